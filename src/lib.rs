@@ -1,0 +1,19 @@
+//! p2pchat: a peer-to-peer terminal chat over UDP, with a rendezvous (lookup) server.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the datagrams, one serde enum encoded with MessagePack behind a two-byte
+//!   header (magic byte and protocol version). Its documentation is the protocol
+//!   specification.
+//! - [`registry`]: the rendezvous server's state machine: the table of active clients,
+//!   register, lookup, leave, expiry. No sockets, no clock: `now` is passed in.
+//! - [`driver`]: the mio event loops that own the sockets, the clock and the signals, and
+//!   drive the state machines. The only caller of `Instant::now()`.
+//!
+//! The state machines follow one pattern: inputs are `handle_*` methods that take the
+//! current time, outputs are drained with `poll_transmit` (datagrams to send), `poll_event`
+//! (things to show) and `poll_timeout` (when to call `handle_timeout` next).
+
+pub mod driver;
+pub mod registry;
+pub mod wire;

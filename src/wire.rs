@@ -1,0 +1,545 @@
+//! The datagrams p2pchat sends, and how they are encoded.
+//!
+//! # Framing
+//!
+//! Every datagram, whoever sends it, is one UDP payload laid out as
+//!
+//! ```text
+//! byte 0      0x50 ('P'), the magic byte
+//! byte 1      the protocol version, currently 1 (see [`VERSION`])
+//! bytes 2..   one MessagePack value: the message
+//! ```
+//!
+//! A receiver first checks the magic byte (anything else is dropped as garbage), then the
+//! version (a different version gets a clear error, never a guess at the body), then decodes
+//! the body. The body must be exactly one MessagePack value with nothing after it. A datagram
+//! longer than [`MAX_DATAGRAM`] bytes is refused before decoding.
+//!
+//! # The message value
+//!
+//! The body is a MessagePack **map with one entry**: the key is the message's name as a string
+//! (`"Register"`, `"Chat"`, ...), the value is a map from field name (string) to field value.
+//! This is serde's "externally tagged" enum shape, written with field names so that other
+//! implementations need not know the field order. Decoders also accept the fields as an array
+//! in the documented order. For example `Lookup { id: 3 }` is the datagram
+//!
+//! ```text
+//! 50 01 81 a6 4c 6f 6f 6b 75 70 81 a2 69 64 03
+//! 'P' v1 map(1) "Lookup" map(1) "id" 3
+//! ```
+//!
+//! Field types: ids are unsigned integers that fit in 32 bits ([`ClientId`]), tokens, session
+//! ids and sequence numbers fit in 64 bits; an absent optional field is `nil`; an address is a
+//! string such as `"127.0.0.1:40000"` or `"[::1]:40000"`; text is a UTF-8 string.
+//!
+//! # Client and rendezvous server
+//!
+//! | message | fields | sent by | answered by |
+//! |---|---|---|---|
+//! | `Register` | `want_id`: id or nil | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`) |
+//! | `Registered` | `id`, `token`, `ttl_secs` | server | - |
+//! | `Lookup` | `id` | anyone | `Found` or `Inactive` |
+//! | `Found` | `id`, `addr` | server | - |
+//! | `Inactive` | `id` | server | - (shown as "Client 3 Inactive") |
+//! | `Leave` | `id`, `token` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
+//! | `LeaveAck` | `id` | server | - |
+//! | `Keepalive` | `id`, `token` | client | nothing; `Error` (`NotRegistered`) if unknown |
+//! | `Error` | `code`, `detail` | server | - |
+//!
+//! The server records the *observed* source address of `Register` as the client's address:
+//! a client must send everything (to the server and to its peers) from that one socket.
+//! A client with no id yet asks for one with `want_id: nil` and gets the lowest free id
+//! (starting at 1); with `want_id: N` it gets N if free, else `Error` `IdTaken`. A repeated
+//! `Register` from an address already registered is answered with the same `Registered`
+//! (same id and token): it is a retransmission, not a second client.
+//!
+//! `token` is a random 64-bit secret given in `Registered`; `Leave` and `Keepalive` carry it.
+//! A `Leave` is honoured only from the registered address with the right token; a repeated
+//! `Leave` whose `LeaveAck` was lost gets `LeaveAck` again. `ttl_secs` is how long the server
+//! keeps an entry it hears nothing from: a client sends `Keepalive` (or anything else) well
+//! within it, typically every third of it. A `Keepalive` or `Leave` the server cannot match
+//! is answered with `Error` `NotRegistered`, which tells a client that the server has
+//! forgotten it (for example after a restart) and should register again.
+//!
+//! `code` in `Error` is one of the strings `"ServerFull"`, `"IdTaken"`, `"BadVersion"`,
+//! `"NotRegistered"`; `detail` is a human-readable sentence. A datagram with the right magic
+//! byte but another version is answered with `Error` `BadVersion` in this version's framing;
+//! a client of another version can tell from byte 1 alone that it cannot talk to this server.
+//!
+//! # Peer to peer
+//!
+//! Peers talk directly, each from the address the server has for it. Every peer message
+//! carries `from`, the sender's id, and `session`, a random 64-bit id chosen by the peer that
+//! sent the `ConnectRequest`. A peer acts on a message only when `from`, the source address
+//! and `session` all match a session it has; anything else is dropped, so that strangers and
+//! datagrams left over from an earlier session change nothing.
+//!
+//! | message | fields | sent by | answered by |
+//! |---|---|---|---|
+//! | `ConnectRequest` | `from`, `session` | requester, every retry interval | `Accept` or `Reject` |
+//! | `Accept` | `from`, `session` | the asked peer (its own id in `from`) | - |
+//! | `Reject` | `from`, `session` | the asked peer | - |
+//! | `Chat` | `from`, `session`, `seq`, `text` | either side | `Ack` |
+//! | `Ack` | `from`, `session`, `seq`, `cumulative` | receiver of a `Chat` | - |
+//! | `Terminate` | `from`, `session` | either side | `TerminateAck` |
+//! | `TerminateAck` | `from`, `session` | receiver of a `Terminate` | - |
+//! | `Ping` | `from`, `session` | either side, when idle | `Pong` |
+//! | `Pong` | `from`, `session` | receiver of a `Ping` | - |
+//!
+//! `Chat` messages are numbered `seq` = 1, 2, 3, ... in each direction of a session. The
+//! receiver shows them once each, in order, and answers every `Chat` (duplicates too) with an
+//! `Ack` naming its `seq` and `cumulative`, the highest number up to which it has received
+//! every message. The sender resends a `Chat` until either number covers it.
+//!
+//! A retransmitted `ConnectRequest` that was already answered gets the same answer again.
+//! If both peers ask each other at once, the request with the smaller `session` wins and is
+//! accepted automatically by the other side. A `Chat`, `Ack` or `Ping` for a session the
+//! receiver does not know is answered with `Terminate` for that session (like a TCP reset),
+//! so a peer that restarted makes the other side end the stale session at once. A
+//! `Terminate` for an unknown session is still answered with `TerminateAck`.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The first byte of every datagram.
+pub const MAGIC: u8 = 0x50;
+/// The protocol version this build speaks (byte 1 of every datagram).
+pub const VERSION: u8 = 1;
+/// Datagrams longer than this are refused without decoding.
+pub const MAX_DATAGRAM: usize = 8192;
+/// The longest chat text one `Chat` carries, in bytes; longer lines are split by the client.
+pub const MAX_TEXT: usize = 1200;
+
+/// A client's numeric id, assigned by the rendezvous server. Ids start at 1.
+pub type ClientId = u32;
+/// A random secret the server hands out with an id; proves a `Leave` comes from the owner.
+pub type Token = u64;
+/// A random id chosen by the requester of a peer-to-peer session.
+pub type SessionId = u64;
+
+/// Why the server refused a request.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The table holds `--max-clients` entries already.
+    ServerFull,
+    /// `Register` asked for an id another client holds.
+    IdTaken,
+    /// The datagram had another protocol version.
+    BadVersion,
+    /// A `Leave` or `Keepalive` that matches no registration from that address and token.
+    NotRegistered,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorCode::ServerFull => "server full",
+            ErrorCode::IdTaken => "id taken",
+            ErrorCode::BadVersion => "bad protocol version",
+            ErrorCode::NotRegistered => "not registered",
+        })
+    }
+}
+
+/// Every datagram of the protocol: see the module documentation for who sends what.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    // ---- client -> server ----
+    /// Ask for an id; `want_id` asks for a particular one.
+    Register { want_id: Option<ClientId> },
+    /// Ask where client `id` is.
+    Lookup { id: ClientId },
+    /// Leave the table. Only honoured from the registered address with the right token.
+    Leave { id: ClientId, token: Token },
+    /// "Still here": refreshes the entry so that it does not expire.
+    Keepalive { id: ClientId, token: Token },
+
+    // ---- server -> client ----
+    /// The id assigned to the sender's address, its token, and the entry's time to live.
+    Registered {
+        id: ClientId,
+        token: Token,
+        ttl_secs: u32,
+    },
+    /// Client `id` is registered at `addr`.
+    Found {
+        id: ClientId,
+        #[serde(with = "addr_as_string")]
+        addr: SocketAddr,
+    },
+    /// No client `id` is registered ("Client 3 Inactive").
+    Inactive { id: ClientId },
+    /// The `Leave` of client `id` was done.
+    LeaveAck { id: ClientId },
+    /// The request was refused.
+    Error { code: ErrorCode, detail: String },
+
+    // ---- peer <-> peer ----
+    /// "Peer `from` would like to chat", resent every retry interval until answered.
+    ConnectRequest { from: ClientId, session: SessionId },
+    /// The asked peer (`from`) accepts the session.
+    Accept { from: ClientId, session: SessionId },
+    /// The asked peer (`from`) declines the session.
+    Reject { from: ClientId, session: SessionId },
+    /// Chat message number `seq` of the sender's direction of the session.
+    Chat {
+        from: ClientId,
+        session: SessionId,
+        seq: u64,
+        text: String,
+    },
+    /// Acknowledges `Chat` number `seq`, and every number up to `cumulative`.
+    Ack {
+        from: ClientId,
+        session: SessionId,
+        seq: u64,
+        cumulative: u64,
+    },
+    /// Ends the session; resent until acknowledged.
+    Terminate { from: ClientId, session: SessionId },
+    /// Acknowledges a `Terminate`.
+    TerminateAck { from: ClientId, session: SessionId },
+    /// Session keepalive, sent when a session has been idle.
+    Ping { from: ClientId, session: SessionId },
+    /// Answer to `Ping`.
+    Pong { from: ClientId, session: SessionId },
+}
+
+impl Message {
+    /// The message's name as it appears on the wire (`"Chat"`, `"Register"`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Register { .. } => "Register",
+            Message::Lookup { .. } => "Lookup",
+            Message::Leave { .. } => "Leave",
+            Message::Keepalive { .. } => "Keepalive",
+            Message::Registered { .. } => "Registered",
+            Message::Found { .. } => "Found",
+            Message::Inactive { .. } => "Inactive",
+            Message::LeaveAck { .. } => "LeaveAck",
+            Message::Error { .. } => "Error",
+            Message::ConnectRequest { .. } => "ConnectRequest",
+            Message::Accept { .. } => "Accept",
+            Message::Reject { .. } => "Reject",
+            Message::Chat { .. } => "Chat",
+            Message::Ack { .. } => "Ack",
+            Message::Terminate { .. } => "Terminate",
+            Message::TerminateAck { .. } => "TerminateAck",
+            Message::Ping { .. } => "Ping",
+            Message::Pong { .. } => "Pong",
+        }
+    }
+}
+
+/// Why a datagram could not be decoded. Decoding never panics; every failure is one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer than the two header bytes.
+    TooShort { len: usize },
+    /// Longer than [`MAX_DATAGRAM`].
+    TooLarge { len: usize },
+    /// The first byte is not [`MAGIC`]: not a p2pchat datagram at all.
+    BadMagic { found: u8 },
+    /// A p2pchat datagram of another protocol version.
+    BadVersion { found: u8 },
+    /// Right header, but the body is not one valid message (wrong types, unknown message,
+    /// truncated, trailing bytes...).
+    Malformed { reason: String },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooShort { len } => write!(f, "datagram too short ({len} bytes)"),
+            DecodeError::TooLarge { len } => {
+                write!(f, "datagram too large ({len} bytes, limit {MAX_DATAGRAM})")
+            }
+            DecodeError::BadMagic { found } => {
+                write!(f, "not a p2pchat datagram (first byte {found:#04x})")
+            }
+            DecodeError::BadVersion { found } => write!(
+                f,
+                "protocol version {found} is not supported (this build speaks version {VERSION})"
+            ),
+            DecodeError::Malformed { reason } => write!(f, "malformed message: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Encodes a message as one datagram (header and body).
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(msg, &mut out);
+    out
+}
+
+/// Encodes a message into `out` (cleared first), reusing its allocation.
+pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(MAGIC);
+    out.push(VERSION);
+    let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
+    // Writing into a Vec cannot fail, and every field type of `Message` is serializable.
+    msg.serialize(&mut ser)
+        .expect("serializing a Message into a Vec cannot fail");
+}
+
+/// Decodes one datagram. Never panics, whatever the bytes.
+pub fn decode(datagram: &[u8]) -> Result<Message, DecodeError> {
+    let len = datagram.len();
+    if len > MAX_DATAGRAM {
+        return Err(DecodeError::TooLarge { len });
+    }
+    if len < 2 {
+        return Err(DecodeError::TooShort { len });
+    }
+    if datagram[0] != MAGIC {
+        return Err(DecodeError::BadMagic { found: datagram[0] });
+    }
+    if datagram[1] != VERSION {
+        return Err(DecodeError::BadVersion { found: datagram[1] });
+    }
+    let mut body = &datagram[2..];
+    let msg = {
+        let mut de = rmp_serde::Deserializer::new(&mut body);
+        Message::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
+            reason: e.to_string(),
+        })?
+    };
+    if !body.is_empty() {
+        return Err(DecodeError::Malformed {
+            reason: format!("{} bytes after the message", body.len()),
+        });
+    }
+    Ok(msg)
+}
+
+/// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
+/// read them; a string that is not an address fails decoding.
+mod addr_as_string {
+    use std::net::SocketAddr;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(addr)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse()
+            .map_err(|_| D::Error::custom(format!("not a socket address: {text:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_messages() -> Vec<Message> {
+        vec![
+            Message::Register { want_id: None },
+            Message::Register { want_id: Some(7) },
+            Message::Lookup { id: 3 },
+            Message::Leave {
+                id: 1,
+                token: u64::MAX,
+            },
+            Message::Keepalive { id: 1, token: 42 },
+            Message::Registered {
+                id: 1,
+                token: 9,
+                ttl_secs: 30,
+            },
+            Message::Found {
+                id: 2,
+                addr: "127.0.0.1:40000".parse().unwrap(),
+            },
+            Message::Found {
+                id: 2,
+                addr: "[::1]:5".parse().unwrap(),
+            },
+            Message::Inactive { id: 3 },
+            Message::LeaveAck { id: 1 },
+            Message::Error {
+                code: ErrorCode::IdTaken,
+                detail: "id 3 is taken".into(),
+            },
+            Message::ConnectRequest {
+                from: 1,
+                session: 5,
+            },
+            Message::Accept {
+                from: 2,
+                session: 5,
+            },
+            Message::Reject {
+                from: 2,
+                session: 5,
+            },
+            Message::Chat {
+                from: 1,
+                session: 5,
+                seq: 1,
+                text: "héllo".into(),
+            },
+            Message::Ack {
+                from: 2,
+                session: 5,
+                seq: 1,
+                cumulative: 1,
+            },
+            Message::Terminate {
+                from: 1,
+                session: 5,
+            },
+            Message::TerminateAck {
+                from: 2,
+                session: 5,
+            },
+            Message::Ping {
+                from: 1,
+                session: 5,
+            },
+            Message::Pong {
+                from: 2,
+                session: 5,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for msg in all_messages() {
+            let bytes = encode(&msg);
+            assert_eq!(bytes[0], MAGIC);
+            assert_eq!(bytes[1], VERSION);
+            assert_eq!(decode(&bytes), Ok(msg.clone()), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn lookup_bytes_match_the_documented_example() {
+        let bytes = encode(&Message::Lookup { id: 3 });
+        let expected = [
+            0x50, 0x01, 0x81, 0xa6, b'L', b'o', b'o', b'k', b'u', b'p', 0x81, 0xa2, b'i', b'd',
+            0x03,
+        ];
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn fields_as_an_array_in_documented_order_are_accepted() {
+        // {"Chat": [from, session, seq, text]}
+        let mut body = vec![MAGIC, VERSION, 0x81, 0xa4];
+        body.extend_from_slice(b"Chat");
+        body.extend_from_slice(&[0x94, 0x01, 0x05, 0x02, 0xa2, b'h', b'i']);
+        assert_eq!(
+            decode(&body),
+            Ok(Message::Chat {
+                from: 1,
+                session: 5,
+                seq: 2,
+                text: "hi".into()
+            })
+        );
+    }
+
+    #[test]
+    fn short_and_empty_datagrams_are_too_short() {
+        assert_eq!(decode(&[]), Err(DecodeError::TooShort { len: 0 }));
+        assert_eq!(decode(&[MAGIC]), Err(DecodeError::TooShort { len: 1 }));
+    }
+
+    #[test]
+    fn wrong_magic_and_wrong_version_are_named() {
+        assert_eq!(
+            decode(b"GET / HTTP/1.1"),
+            Err(DecodeError::BadMagic { found: b'G' })
+        );
+        let mut bytes = encode(&Message::Lookup { id: 3 });
+        bytes[1] = 2;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { found: 2 }));
+        assert!(DecodeError::BadVersion { found: 2 }
+            .to_string()
+            .contains("version 2"));
+    }
+
+    #[test]
+    fn a_64_kib_datagram_is_too_large() {
+        let mut bytes = vec![0u8; 65507];
+        bytes[0] = MAGIC;
+        bytes[1] = VERSION;
+        assert_eq!(decode(&bytes), Err(DecodeError::TooLarge { len: 65507 }));
+    }
+
+    #[test]
+    fn every_truncation_of_every_message_is_an_error() {
+        for msg in all_messages() {
+            let bytes = encode(&msg);
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut]).is_err(), "{msg:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = encode(&Message::Lookup { id: 3 });
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn unknown_message_and_wrong_field_types_are_malformed() {
+        // {"Shout": {"id": 3}}
+        let mut unknown = vec![MAGIC, VERSION, 0x81, 0xa5];
+        unknown.extend_from_slice(b"Shout");
+        unknown.extend_from_slice(&[0x81, 0xa2, b'i', b'd', 0x03]);
+        assert!(matches!(
+            decode(&unknown),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // {"Lookup": {"id": "three"}}
+        let mut wrong = vec![MAGIC, VERSION, 0x81, 0xa6];
+        wrong.extend_from_slice(b"Lookup");
+        wrong.extend_from_slice(&[0x81, 0xa2, b'i', b'd', 0xa5]);
+        wrong.extend_from_slice(b"three");
+        assert!(matches!(decode(&wrong), Err(DecodeError::Malformed { .. })));
+        // {"Lookup": {"id": 4294967296}}: does not fit a ClientId
+        let mut big = vec![MAGIC, VERSION, 0x81, 0xa6];
+        big.extend_from_slice(b"Lookup");
+        big.extend_from_slice(&[0x81, 0xa2, b'i', b'd', 0xcf, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert!(matches!(decode(&big), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn a_found_with_a_bad_address_is_malformed() {
+        let mut bytes = vec![MAGIC, VERSION, 0x81, 0xa5];
+        bytes.extend_from_slice(b"Found");
+        bytes.extend_from_slice(&[0x82, 0xa2, b'i', b'd', 0x02, 0xa4, b'a', b'd', b'd', b'r']);
+        bytes.extend_from_slice(&[0xa3, b'x', b'y', b'z']);
+        assert!(matches!(decode(&bytes), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let seed = rand::random::<u64>();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let templates: Vec<Vec<u8>> = all_messages().iter().map(encode).collect();
+        for _ in 0..20_000 {
+            let mut bytes = templates[rng.random_range(0..templates.len())].clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..bytes.len());
+                bytes[i] = rng.random();
+            }
+            let _ = decode(&bytes);
+        }
+    }
+}
