@@ -4,16 +4,20 @@
 //! to the state machine's next deadline, feeds what arrives to the state machine with
 //! `Instant::now()`, and sends what the state machine asks it to send.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::cli::{self, Input, Output, StdoutOutput, Wake};
+use crate::peer::{Event, Peer, PeerConfig};
 use crate::registry::{Registry, RegistryConfig, TableEvent};
 use crate::wire;
 
@@ -228,4 +232,153 @@ pub fn utc_time_of_day(t: std::time::SystemTime) -> String {
         .unwrap_or(0);
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02}", day / 3600, day % 3600 / 60, day % 60)
+}
+
+const WAKER: Token = Token(2);
+
+/// How the client talks to its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiMode {
+    /// A person at a terminal: line editing, history, output printed above the prompt.
+    Terminal,
+    /// A script: commands read line by line, one readable line per event.
+    Plain,
+    /// A script: commands read line by line, one JSON object per event.
+    Json,
+}
+
+/// Settings of `p2pchat client`.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub bind: SocketAddr,
+    pub peer: PeerConfig,
+    pub ui: UiMode,
+}
+
+/// Runs the chat client until the user leaves. Returns an error (to print on stderr, exit
+/// non-zero) only when the client cannot work at all: no server, a refused registration, a
+/// port in use.
+pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
+    let mut socket = bind(opts.bind)?;
+    let mut poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
+    poll.registry()
+        .register(&mut socket, SOCKET, Interest::READABLE)
+        .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| FatalError(format!("cannot install signal handlers: {e}")))?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(|e| FatalError(format!("cannot watch signals: {e}")))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKER)
+            .map_err(|e| FatalError(format!("cannot create a waker: {e}")))?,
+    );
+    let wake: Wake = Arc::new(move || {
+        let _ = waker.wake();
+    });
+    let (tx, inputs) = mpsc::channel();
+    let mut out: Box<dyn Output> = match opts.ui {
+        UiMode::Terminal => Box::new(
+            cli::spawn_terminal_reader(tx, wake)
+                .map_err(|e| FatalError(format!("cannot start the line editor: {e}")))?,
+        ),
+        UiMode::Plain | UiMode::Json => {
+            cli::spawn_plain_reader(tx, wake)
+                .map_err(|e| FatalError(format!("cannot read stdin: {e}")))?;
+            Box::new(StdoutOutput)
+        }
+    };
+    let json = opts.ui == UiMode::Json;
+    if let Ok(local) = socket.local_addr() {
+        info!("client socket bound to {local}");
+    }
+
+    let mut peer = Peer::new(opts.peer.clone(), Instant::now());
+    // Lines typed before the server gave us an id wait here, in order.
+    let mut held: VecDeque<Input> = VecDeque::new();
+    let mut interrupts = 0u32;
+    let mut events = Events::with_capacity(64);
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut payload = Vec::with_capacity(256);
+    loop {
+        while let Some(t) = peer.poll_transmit() {
+            wire::encode_into(&t.message, &mut payload);
+            send_datagram(&socket, t.to, &payload);
+        }
+        while let Some(ev) = peer.poll_event() {
+            if let Event::Fatal { message } = ev {
+                if json {
+                    out.line(&cli::json_line(&Event::Fatal {
+                        message: message.clone(),
+                    }));
+                }
+                return Err(FatalError(message));
+            }
+            out.line(&if json {
+                cli::json_line(&ev)
+            } else {
+                cli::human_line(&ev)
+            });
+        }
+        if peer.is_finished() {
+            return Ok(());
+        }
+
+        let timeout = wait_for(peer.poll_timeout(), Instant::now());
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(FatalError(format!("poll failed: {e}")));
+        }
+        for event in events.iter() {
+            match event.token() {
+                SOCKET => {
+                    let res = drain_socket(&socket, &mut buf, |from, data| {
+                        peer.handle_datagram(Instant::now(), from, data);
+                    });
+                    if let Err(e) = res {
+                        warn!("receive failed: {e}");
+                    }
+                }
+                WAKER => held.extend(inputs.try_iter()),
+                SIGNALS => {
+                    let n = signals.pending().count();
+                    if n > 0 {
+                        held.push_front(Input::Interrupt);
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(input) = held.front() {
+            let registered = peer.id().is_some();
+            let now = Instant::now();
+            match input {
+                Input::Interrupt => {
+                    interrupts += 1;
+                    if interrupts >= 2 {
+                        out.line(&if json {
+                            cli::json_error("interrupted twice: exiting without waiting")
+                        } else {
+                            "interrupted twice: exiting without waiting".to_string()
+                        });
+                        return Ok(());
+                    }
+                    peer.leave(now);
+                }
+                Input::Eof if registered => peer.finish(now),
+                Input::Line(line) if registered => {
+                    cli::execute(&mut peer, now, line, out.as_mut(), json)
+                }
+                // Not registered yet: keep it for later.
+                _ => break,
+            }
+            held.pop_front();
+        }
+        let now = Instant::now();
+        if peer.poll_timeout().is_some_and(|t| t <= now) {
+            peer.handle_timeout(now);
+        }
+    }
 }

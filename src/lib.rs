@@ -14,6 +14,9 @@
 //! current time, outputs are drained with `poll_transmit` (datagrams to send), `poll_event`
 //! (things to show) and `poll_timeout` (when to call `handle_timeout` next).
 
+pub mod cli;
 pub mod driver;
+pub mod peer;
 pub mod registry;
+pub mod reliable;
 pub mod wire;

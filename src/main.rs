@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use p2pchat::driver::{self, ServerOptions};
+use p2pchat::driver::{self, ClientOptions, ServerOptions, UiMode};
+use p2pchat::peer::PeerConfig;
 use p2pchat::registry::RegistryConfig;
 
 #[derive(Parser, Debug)]
@@ -34,6 +35,50 @@ enum Command {
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         max_clients: u64,
     },
+    /// Run a chat client: register with the server, then connect to peers and chat.
+    Client {
+        /// The rendezvous server (host:port).
+        #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_server)]
+        server: SocketAddr,
+        /// Local address and UDP port to chat from (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+        /// Ask the server for this id (refused if another client has it).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        id: Option<u32>,
+        /// Seconds between connection requests; no resend ever waits longer (decimals allowed).
+        #[arg(long, default_value = "10", value_parser = parse_seconds)]
+        retry_interval: Duration,
+        /// Connection requests sent before giving up on an answer.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+        connect_tries: u32,
+        /// Sends of one chat message before it is reported undelivered.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        message_tries: u32,
+        /// One JSON object per event on stdout, for scripts and bots.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A server address: `host:port`, resolved once at start.
+fn parse_server(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?}: {e} (expected host:port)"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// Seconds, decimals allowed ("10", "0.2"); at least a millisecond.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.001..=86_400.0).contains(&secs) {
+        return Err("must be between 0.001 and 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> ExitCode {
@@ -53,6 +98,29 @@ fn main() -> ExitCode {
                 },
             };
             driver::run_server(&opts, &mut std::io::stdout())
+        }
+        Command::Client {
+            server,
+            bind,
+            id,
+            retry_interval,
+            connect_tries,
+            message_tries,
+            json,
+        } => {
+            use std::io::IsTerminal;
+            let mut peer = PeerConfig::new(server, retry_interval);
+            peer.want_id = id;
+            peer.connect_tries = connect_tries;
+            peer.chat.max_tries = message_tries;
+            let ui = if json {
+                UiMode::Json
+            } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+                UiMode::Terminal
+            } else {
+                UiMode::Plain
+            };
+            driver::run_client(&ClientOptions { bind, peer, ui })
         }
     };
     match result {

@@ -1,0 +1,484 @@
+//! Reliable, ordered delivery of chat messages over one session: a send window and a
+//! receive window. Plain data structures: no sockets, no clock (`now` is passed in).
+//!
+//! The sender numbers messages 1, 2, 3, ..., keeps at most `window` of them in flight, and
+//! resends each one whose acknowledgement has not come within the retransmission timeout
+//! (RTO). The RTO follows RFC 6298: a smoothed round-trip time and its variance, samples
+//! only from messages sent once (Karn's rule), doubling on every timeout, clamped between a
+//! floor and the session's retry interval. After `max_tries` sends without an
+//! acknowledgement a message is given up and reported as undelivered.
+//!
+//! The receiver delivers each message exactly once and in order: duplicates are dropped,
+//! messages that arrive early wait (up to `window` ahead) for the gap to fill.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Settings of a send window.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// Most messages in flight (sent, not yet acknowledged) at once.
+    pub window: usize,
+    /// Sends of one message before it is reported undelivered.
+    pub max_tries: u32,
+    /// The RTO before any round trip has been measured.
+    pub initial_rto: Duration,
+    /// The RTO never goes below this.
+    pub min_rto: Duration,
+    /// The RTO never goes above this (the session's retry interval).
+    pub max_rto: Duration,
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        SendConfig {
+            window: 256,
+            max_tries: 10,
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(50),
+            max_rto: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A round-trip-time estimator and retransmission timeout, after RFC 6298.
+#[derive(Debug, Clone)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// The RTO without back-off.
+    base_rto: Duration,
+    /// How many times the RTO has been doubled since the last fresh sample.
+    backoff: u32,
+    min_rto: Duration,
+    max_rto: Duration,
+}
+
+impl RttEstimator {
+    pub fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> Self {
+        RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            base_rto: initial_rto.clamp(min_rto, max_rto.max(min_rto)),
+            backoff: 0,
+            min_rto,
+            max_rto: max_rto.max(min_rto),
+        }
+    }
+
+    /// The smoothed round-trip time, once one has been measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// The current timeout, back-off included.
+    pub fn rto(&self) -> Duration {
+        let factor = 1u32 << self.backoff.min(16);
+        self.base_rto
+            .saturating_mul(factor)
+            .clamp(self.min_rto, self.max_rto)
+    }
+
+    /// A round-trip sample from a message that was sent exactly once.
+    pub fn on_sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let delta = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + delta) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+        let srtt = self.srtt.unwrap_or(rtt);
+        // RFC 6298: RTO = SRTT + max(G, 4 * RTTVAR); a 1 ms clock granularity.
+        self.base_rto = (srtt + (self.rttvar * 4).max(Duration::from_millis(1)))
+            .clamp(self.min_rto, self.max_rto);
+        self.backoff = 0;
+    }
+
+    /// A retransmission timer expired: double the timeout (RFC 6298, 5.5).
+    pub fn on_timeout(&mut self) {
+        if self.rto() < self.max_rto {
+            self.backoff += 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    text: String,
+    first_sent: Instant,
+    deadline: Instant,
+    tries: u32,
+}
+
+/// What [`SendWindow::poll_transmit`] asks to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing<'a> {
+    pub seq: u64,
+    pub text: &'a str,
+    /// True when this is a resend.
+    pub retransmit: bool,
+}
+
+/// The sending half of a session. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct SendWindow {
+    config: SendConfig,
+    rtt: RttEstimator,
+    next_seq: u64,
+    /// Numbered, not yet sent: the window was full.
+    waiting: VecDeque<(u64, String)>,
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Due for a (re)send, in order.
+    due: VecDeque<u64>,
+    /// Acknowledged since the last `poll_delivered`.
+    delivered: VecDeque<u64>,
+    /// Given up since the last `poll_undelivered`.
+    undelivered: VecDeque<u64>,
+    retransmissions: u64,
+}
+
+impl SendWindow {
+    pub fn new(config: SendConfig) -> Self {
+        let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
+        SendWindow {
+            config,
+            rtt,
+            next_seq: 1,
+            waiting: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            due: VecDeque::new(),
+            delivered: VecDeque::new(),
+            undelivered: VecDeque::new(),
+            retransmissions: 0,
+        }
+    }
+
+    /// Numbers a new message and queues it for sending; returns its number.
+    pub fn push(&mut self, text: String) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.waiting.push_back((seq, text));
+        seq
+    }
+
+    /// The next datagram to send now, if any: resends first, then new messages while the
+    /// window has room. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Outgoing<'_>> {
+        let rto = self.rtt.rto();
+        while let Some(seq) = self.due.pop_front() {
+            // A message acknowledged after it was marked due is skipped.
+            if self.in_flight.contains_key(&seq) {
+                self.retransmissions += 1;
+                let f = self.in_flight.get_mut(&seq).expect("checked above");
+                f.tries += 1;
+                f.deadline = now + rto;
+                return Some(Outgoing {
+                    seq,
+                    text: &f.text,
+                    retransmit: true,
+                });
+            }
+        }
+        if self.in_flight.len() >= self.config.window {
+            return None;
+        }
+        let (seq, text) = self.waiting.pop_front()?;
+        let f = self.in_flight.entry(seq).or_insert(InFlight {
+            text,
+            first_sent: now,
+            deadline: now + rto,
+            tries: 1,
+        });
+        Some(Outgoing {
+            seq,
+            text: &f.text,
+            retransmit: false,
+        })
+    }
+
+    /// An acknowledgement: `seq` and everything up to `cumulative` have arrived.
+    pub fn on_ack(&mut self, now: Instant, seq: u64, cumulative: u64) {
+        let mut acked: Vec<u64> = self
+            .in_flight
+            .range(..=cumulative)
+            .map(|(&s, _)| s)
+            .collect();
+        if self.in_flight.contains_key(&seq) && seq > cumulative {
+            acked.push(seq);
+        }
+        for s in acked {
+            let f = self.in_flight.remove(&s).expect("collected from the map");
+            // Karn's rule: only a message sent once gives an unambiguous round-trip sample.
+            if f.tries == 1 && s == seq {
+                self.rtt
+                    .on_sample(now.saturating_duration_since(f.first_sent));
+            }
+            self.delivered.push_back(s);
+        }
+    }
+
+    /// Marks the messages whose timeout has passed as due for a resend, and gives up on the
+    /// ones that have been sent `max_tries` times.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(s, f)| f.deadline <= now && !self.due.contains(s))
+            .map(|(&s, _)| s)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        self.rtt.on_timeout();
+        for s in expired {
+            if self.in_flight[&s].tries >= self.config.max_tries {
+                self.in_flight.remove(&s);
+                self.undelivered.push_back(s);
+            } else {
+                self.due.push_back(s);
+            }
+        }
+    }
+
+    /// When [`SendWindow::handle_timeout`] must next be called, or `None` when nothing is in
+    /// flight. A message already due is reported by [`SendWindow::wants_to_send`] instead.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.in_flight
+            .iter()
+            .filter(|(s, _)| !self.due.contains(s))
+            .map(|(_, f)| f.deadline)
+            .min()
+    }
+
+    /// True when [`SendWindow::poll_transmit`] would return something now.
+    pub fn wants_to_send(&self) -> bool {
+        self.due.iter().any(|s| self.in_flight.contains_key(s))
+            || (!self.waiting.is_empty() && self.in_flight.len() < self.config.window)
+    }
+
+    pub fn poll_delivered(&mut self) -> Option<u64> {
+        self.delivered.pop_front()
+    }
+
+    pub fn poll_undelivered(&mut self) -> Option<u64> {
+        self.undelivered.pop_front()
+    }
+
+    /// Gives up on everything not yet acknowledged (the session ended); returns the numbers
+    /// in order, so that the user can be told each one was not delivered.
+    pub fn abandon(&mut self) -> Vec<u64> {
+        let mut lost: Vec<u64> = self.undelivered.drain(..).collect();
+        lost.extend(self.in_flight.keys().copied());
+        lost.extend(self.waiting.iter().map(|(s, _)| *s));
+        self.in_flight.clear();
+        self.waiting.clear();
+        self.due.clear();
+        lost.sort_unstable();
+        lost
+    }
+
+    /// Messages numbered but not yet acknowledged nor given up.
+    pub fn outstanding(&self) -> usize {
+        self.in_flight.len() + self.waiting.len()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.outstanding() == 0
+    }
+
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// Resends so far.
+    pub fn retransmissions(&self) -> u64 {
+        self.retransmissions
+    }
+}
+
+/// What [`RecvWindow::receive`] made of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// New and in order: these messages (this one, and any that waited for it) are ready to
+    /// show, in order.
+    Deliver(Vec<(u64, String)>),
+    /// Arrived before a gap; held until the gap fills.
+    Held,
+    /// Already received: not to be shown again (still to be acknowledged).
+    Duplicate,
+    /// Too far ahead of the gap to hold; dropped without an acknowledgement, so that the
+    /// sender resends it later.
+    TooFarAhead,
+}
+
+/// The receiving half of a session. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct RecvWindow {
+    /// The next number to deliver.
+    next: u64,
+    held: BTreeMap<u64, String>,
+    window: u64,
+    duplicates: u64,
+}
+
+impl RecvWindow {
+    pub fn new(window: usize) -> Self {
+        RecvWindow {
+            next: 1,
+            held: BTreeMap::new(),
+            window: window.max(1) as u64,
+            duplicates: 0,
+        }
+    }
+
+    pub fn receive(&mut self, seq: u64, text: String) -> Received {
+        if seq < self.next || self.held.contains_key(&seq) {
+            self.duplicates += 1;
+            return Received::Duplicate;
+        }
+        if seq >= self.next.saturating_add(self.window) {
+            return Received::TooFarAhead;
+        }
+        if seq > self.next {
+            self.held.insert(seq, text);
+            return Received::Held;
+        }
+        let mut ready = vec![(seq, text)];
+        self.next += 1;
+        while let Some(text) = self.held.remove(&self.next) {
+            ready.push((self.next, text));
+            self.next += 1;
+        }
+        Received::Deliver(ready)
+    }
+
+    /// Every message up to this number has been received.
+    pub fn cumulative(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Duplicates dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn rto_follows_rfc6298() {
+        let mut r = RttEstimator::new(Duration::from_secs(1), ms(50), Duration::from_secs(10));
+        assert_eq!(r.rto(), Duration::from_secs(1));
+        r.on_sample(ms(100));
+        // srtt 100, rttvar 50: rto = 100 + 4 * 50
+        assert_eq!(r.rto(), ms(300));
+        r.on_sample(ms(100));
+        // rttvar = 3/4 * 50 + 1/4 * 0 = 37.5; rto = 100 + 150
+        assert_eq!(r.rto(), ms(250));
+        r.on_timeout();
+        assert_eq!(r.rto(), ms(500));
+        r.on_timeout();
+        assert_eq!(r.rto(), ms(1000));
+        r.on_sample(ms(100));
+        assert!(r.rto() < ms(500), "a fresh sample ends the back-off");
+    }
+
+    #[test]
+    fn rto_stays_within_its_bounds() {
+        let mut r = RttEstimator::new(Duration::from_secs(1), ms(50), ms(2000));
+        r.on_sample(Duration::from_micros(30));
+        assert_eq!(r.rto(), ms(50));
+        for _ in 0..40 {
+            r.on_timeout();
+        }
+        assert_eq!(r.rto(), ms(2000));
+    }
+
+    #[test]
+    fn window_limits_messages_in_flight() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(SendConfig {
+            window: 2,
+            ..SendConfig::default()
+        });
+        for i in 0..5 {
+            w.push(format!("m{i}"));
+        }
+        assert_eq!(w.poll_transmit(t0).map(|o| o.seq), Some(1));
+        assert_eq!(w.poll_transmit(t0).map(|o| o.seq), Some(2));
+        assert_eq!(w.poll_transmit(t0), None);
+        w.on_ack(t0 + ms(1), 1, 1);
+        assert_eq!(w.poll_delivered(), Some(1));
+        assert_eq!(w.poll_transmit(t0).map(|o| o.seq), Some(3));
+    }
+
+    #[test]
+    fn cumulative_ack_covers_earlier_messages() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(SendConfig::default());
+        for i in 0..3 {
+            w.push(format!("m{i}"));
+        }
+        while w.poll_transmit(t0).is_some() {}
+        w.on_ack(t0 + ms(5), 3, 3);
+        let got: Vec<u64> = std::iter::from_fn(|| w.poll_delivered()).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        assert!(w.is_idle());
+    }
+
+    #[test]
+    fn unacked_message_is_resent_after_rto_then_given_up() {
+        let t0 = Instant::now();
+        let cfg = SendConfig {
+            max_tries: 3,
+            initial_rto: ms(100),
+            min_rto: ms(100),
+            max_rto: ms(1000),
+            ..SendConfig::default()
+        };
+        let mut w = SendWindow::new(cfg);
+        w.push("hello".into());
+        assert!(w.poll_transmit(t0).is_some());
+        assert_eq!(w.poll_timeout(), Some(t0 + ms(100)));
+        w.handle_timeout(t0 + ms(99));
+        assert_eq!(w.poll_transmit(t0 + ms(99)), None, "not before the RTO");
+        w.handle_timeout(t0 + ms(100));
+        let again = w.poll_transmit(t0 + ms(100)).expect("resent at the RTO");
+        assert!(again.retransmit);
+        // Back-off doubled the RTO.
+        assert_eq!(w.poll_timeout(), Some(t0 + ms(300)));
+        w.handle_timeout(t0 + ms(300));
+        assert!(w.poll_transmit(t0 + ms(300)).is_some());
+        w.handle_timeout(t0 + ms(700));
+        assert_eq!(w.poll_transmit(t0 + ms(700)), None);
+        assert_eq!(w.poll_undelivered(), Some(1));
+        assert!(w.is_idle());
+    }
+
+    #[test]
+    fn receiver_drops_duplicates_and_holds_early_messages() {
+        let mut r = RecvWindow::new(8);
+        assert_eq!(r.receive(2, "b".into()), Received::Held);
+        assert_eq!(r.receive(2, "b".into()), Received::Duplicate);
+        assert_eq!(r.cumulative(), 0);
+        assert_eq!(
+            r.receive(1, "a".into()),
+            Received::Deliver(vec![(1, "a".into()), (2, "b".into())])
+        );
+        assert_eq!(r.receive(1, "a".into()), Received::Duplicate);
+        assert_eq!(r.cumulative(), 2);
+        assert_eq!(r.receive(11, "far".into()), Received::TooFarAhead);
+        assert_eq!(r.duplicates(), 2);
+    }
+}
