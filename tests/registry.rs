@@ -1,0 +1,982 @@
+//! The rendezvous server's rules, tested on the state machine alone.
+//!
+//! The clock is injected: every test starts from `t0 = Instant::now()` and moves time by
+//! adding durations to it, so nothing here sleeps. Tokens come from `Registry::with_seed`, so
+//! a failing run can be replayed exactly. Datagrams go in through `handle_datagram` as encoded
+//! bytes, the same path the server takes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use p2pchat::registry::{Entry, Registry, RegistryConfig, Stats, TableEvent};
+use p2pchat::wire::{self, encode, ClientId, ErrorCode, Message, Token};
+
+const TTL: Duration = Duration::from_secs(30);
+const SEED: u64 = 0x5eed;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A registry with the default 30 s time to live and room for `max_clients`.
+fn registry(max_clients: usize) -> Registry {
+    Registry::with_seed(
+        RegistryConfig {
+            ttl: TTL,
+            max_clients,
+        },
+        SEED,
+    )
+}
+
+/// Feeds one encoded message from `from` and returns the answers, checking that every answer
+/// goes back to the sender (the server never writes to anyone else).
+fn send(r: &mut Registry, now: Instant, from: SocketAddr, msg: &Message) -> Vec<Message> {
+    send_raw(r, now, from, &encode(msg))
+}
+
+fn send_raw(r: &mut Registry, now: Instant, from: SocketAddr, datagram: &[u8]) -> Vec<Message> {
+    r.handle_datagram(now, from, datagram);
+    let mut answers = Vec::new();
+    while let Some(t) = r.poll_transmit() {
+        assert_eq!(t.to, from, "answer {:?} sent to a third party", t.message);
+        answers.push(t.message);
+    }
+    answers
+}
+
+fn events(r: &mut Registry) -> Vec<TableEvent> {
+    std::iter::from_fn(|| r.poll_event()).collect()
+}
+
+/// The whole table, every field of every entry (last_seen included).
+fn table(r: &Registry) -> Vec<Entry> {
+    r.entries().cloned().collect()
+}
+
+fn ids(r: &Registry) -> Vec<ClientId> {
+    r.entries().map(|e| e.id).collect()
+}
+
+/// Registers `from` (asking for `want_id`), expects `Registered`, drains the `Joined` event and
+/// returns the id and token.
+fn register(
+    r: &mut Registry,
+    now: Instant,
+    from: SocketAddr,
+    want_id: Option<ClientId>,
+) -> (ClientId, Token) {
+    let answers = send(r, now, from, &Message::Register { want_id });
+    let [Message::Registered {
+        id,
+        token,
+        ttl_secs,
+    }] = answers[..]
+    else {
+        panic!("Register from {from} was answered {answers:?}");
+    };
+    assert_eq!(ttl_secs, 30);
+    assert_eq!(events(r), vec![TableEvent::Joined { id, addr: from }]);
+    (id, token)
+}
+
+fn error_code(answers: &[Message]) -> ErrorCode {
+    match answers {
+        [Message::Error { code, .. }] => *code,
+        other => panic!("expected one Error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- register
+
+#[test]
+fn register_assigns_the_lowest_free_id_starting_at_1() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    assert_eq!(register(&mut r, t0, addr(1001), None).0, 1);
+    assert_eq!(register(&mut r, t0, addr(1002), None).0, 2);
+    assert_eq!(register(&mut r, t0, addr(1003), None).0, 3);
+    assert_eq!(ids(&r), [1, 2, 3]);
+    for (e, port) in r.entries().zip([1001, 1002, 1003]) {
+        assert_eq!(
+            e.addr,
+            addr(port),
+            "client {} recorded at the wrong address",
+            e.id
+        );
+        assert_eq!(e.joined, t0);
+        assert_eq!(e.last_seen, t0);
+    }
+}
+
+#[test]
+fn register_gives_each_client_a_different_token() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (_, a) = register(&mut r, t0, addr(1001), None);
+    let (_, b) = register(&mut r, t0, addr(1002), None);
+    assert_ne!(a, b);
+    assert_eq!(r.get(1).unwrap().token, a);
+    assert_eq!(r.get(2).unwrap().token, b);
+}
+
+#[test]
+fn freed_ids_are_reused_lowest_first() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let mut tokens = Vec::new();
+    for port in 1001..=1004 {
+        tokens.push(register(&mut r, t0, addr(port), None).1);
+    }
+    // Free 3, then 1 (the order of freeing must not matter).
+    for (id, port, token) in [(3, 1003, tokens[2]), (1, 1001, tokens[0])] {
+        let answers = send(&mut r, t0, addr(port), &Message::Leave { id, token });
+        assert_eq!(answers, [Message::LeaveAck { id }]);
+    }
+    assert_eq!(ids(&r), [2, 4]);
+    events(&mut r);
+    assert_eq!(register(&mut r, t0, addr(2001), None).0, 1);
+    assert_eq!(register(&mut r, t0, addr(2002), None).0, 3);
+    assert_eq!(register(&mut r, t0, addr(2003), None).0, 5);
+}
+
+#[test]
+fn an_expired_id_is_reused() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0 + secs(10), addr(1002), None);
+    r.handle_timeout(t0 + secs(31)); // client 1 expires, client 2 does not
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Expired {
+            id: 1,
+            addr: addr(1001)
+        }]
+    );
+    assert_eq!(register(&mut r, t0 + secs(31), addr(1003), None).0, 1);
+}
+
+#[test]
+fn a_requested_free_id_is_granted() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    assert_eq!(register(&mut r, t0, addr(1001), Some(7)).0, 7);
+    assert_eq!(r.get(7).unwrap().addr, addr(1001));
+    // Ids below it are still handed out lowest first.
+    assert_eq!(register(&mut r, t0, addr(1002), None).0, 1);
+}
+
+#[test]
+fn automatic_ids_skip_an_id_that_was_requested() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    assert_eq!(register(&mut r, t0, addr(1001), Some(2)).0, 2);
+    assert_eq!(register(&mut r, t0, addr(1002), None).0, 1);
+    assert_eq!(register(&mut r, t0, addr(1003), None).0, 3);
+    assert_eq!(ids(&r), [1, 2, 3]);
+}
+
+#[test]
+fn a_requested_id_that_was_freed_is_granted() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (_, token) = register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0, addr(1002), None);
+    send(&mut r, t0, addr(1001), &Message::Leave { id: 1, token });
+    events(&mut r);
+    assert_eq!(register(&mut r, t0, addr(1003), Some(1)).0, 1);
+    // 1 is no longer free: the next automatic id is 3.
+    assert_eq!(register(&mut r, t0, addr(1004), None).0, 3);
+}
+
+#[test]
+fn a_requested_taken_id_gets_id_taken_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1001), None);
+    let before = table(&r);
+    let answers = send(
+        &mut r,
+        t0 + secs(1),
+        addr(1002),
+        &Message::Register { want_id: Some(1) },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::IdTaken);
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+    // The refused address holds nothing: it can still register, and gets id 2.
+    assert_eq!(register(&mut r, t0 + secs(1), addr(1002), None).0, 2);
+}
+
+#[test]
+fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    for want_id in [None, Some(5), Some(id)] {
+        let answers = send(
+            &mut r,
+            t0 + secs(2),
+            addr(1001),
+            &Message::Register { want_id },
+        );
+        assert_eq!(
+            answers,
+            [Message::Registered {
+                id,
+                token,
+                ttl_secs: 30
+            }]
+        );
+    }
+    assert_eq!(r.len(), 1);
+    assert_eq!(events(&mut r), [], "a retransmission is not a second join");
+    // The next client still gets 2: the retransmissions consumed no id.
+    assert_eq!(register(&mut r, t0 + secs(2), addr(1002), None).0, 2);
+}
+
+#[test]
+fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
+    let t0 = Instant::now();
+    let mut r = registry(1);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    let answers = send(&mut r, t0, addr(1001), &Message::Register { want_id: None });
+    assert_eq!(
+        answers,
+        [Message::Registered {
+            id,
+            token,
+            ttl_secs: 30
+        }]
+    );
+}
+
+#[test]
+fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(2);
+    register(&mut r, t0, addr(1001), None);
+    let (_, token2) = register(&mut r, t0, addr(1002), None);
+    let before = table(&r);
+    for want_id in [None, Some(9)] {
+        let answers = send(&mut r, t0, addr(1003), &Message::Register { want_id });
+        assert_eq!(error_code(&answers), ErrorCode::ServerFull);
+    }
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+    // Room again once someone leaves.
+    send(
+        &mut r,
+        t0,
+        addr(1002),
+        &Message::Leave {
+            id: 2,
+            token: token2,
+        },
+    );
+    events(&mut r);
+    assert_eq!(register(&mut r, t0, addr(1003), None).0, 2);
+}
+
+// ---------------------------------------------------------------- lookup
+
+#[test]
+fn lookup_of_a_registered_id_finds_its_registered_address() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0, addr(1002), None);
+    // Anyone may ask, registered or not.
+    for asker in [addr(1001), addr(9999)] {
+        let answers = send(&mut r, t0, asker, &Message::Lookup { id: 2 });
+        assert_eq!(
+            answers,
+            [Message::Found {
+                id: 2,
+                addr: addr(1002)
+            }]
+        );
+    }
+}
+
+#[test]
+fn lookup_of_an_unknown_id_is_inactive() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1001), None);
+    let before = table(&r);
+    for id in [0, 2, 3, u32::MAX] {
+        let answers = send(&mut r, t0, addr(9999), &Message::Lookup { id });
+        assert_eq!(answers, [Message::Inactive { id }]);
+    }
+    assert_eq!(table(&r), before);
+}
+
+#[test]
+fn lookup_of_a_client_that_left_is_inactive() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    let answers = send(&mut r, t0, addr(9999), &Message::Lookup { id });
+    assert_eq!(answers, [Message::Inactive { id }]);
+}
+
+// ---------------------------------------------------------------- leave
+
+#[test]
+fn leave_with_the_right_token_from_the_registered_address_removes_acks_and_emits_left() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0, addr(1002), None);
+    let answers = send(
+        &mut r,
+        t0 + secs(1),
+        addr(1001),
+        &Message::Leave { id, token },
+    );
+    assert_eq!(answers, [Message::LeaveAck { id }]);
+    assert_eq!(ids(&r), [2]);
+    assert!(r.get(id).is_none());
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Left {
+            id,
+            addr: addr(1001)
+        }]
+    );
+    assert_eq!(r.stats().refused, 0);
+}
+
+#[test]
+fn a_repeated_leave_gets_leave_ack_again_without_a_second_event() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0, addr(1002), None);
+    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    assert_eq!(events(&mut r).len(), 1);
+    let before = table(&r);
+    for n in 1..=3 {
+        let answers = send(
+            &mut r,
+            t0 + secs(n),
+            addr(1001),
+            &Message::Leave { id, token },
+        );
+        assert_eq!(answers, [Message::LeaveAck { id }], "repeat {n}");
+    }
+    assert_eq!(events(&mut r), []);
+    assert_eq!(table(&r), before);
+    assert_eq!(r.stats().refused, 0);
+}
+
+#[test]
+fn a_repeated_leave_with_a_wrong_token_is_not_acknowledged() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    events(&mut r);
+    let answers = send(
+        &mut r,
+        t0 + secs(1),
+        addr(1001),
+        &Message::Leave { id, token: !token },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    assert_eq!(r.stats().refused, 1);
+}
+
+#[test]
+fn a_repeated_leave_after_the_id_was_reused_deletes_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    events(&mut r);
+    // Another client now holds id 1.
+    assert_eq!(register(&mut r, t0, addr(1002), None).0, id);
+    let before = table(&r);
+    let answers = send(
+        &mut r,
+        t0 + secs(1),
+        addr(1001),
+        &Message::Leave { id, token },
+    );
+    assert_eq!(answers, [Message::LeaveAck { id }]);
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+}
+
+#[test]
+fn leave_with_a_wrong_token_deletes_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    let before = table(&r);
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token: token.wrapping_add(1),
+        },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+    assert_eq!(r.stats().refused, 1);
+}
+
+#[test]
+fn leave_from_another_address_deletes_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    let before = table(&r);
+    // Even with the right id and token: the address is part of the proof.
+    let answers = send(&mut r, t0, addr(6666), &Message::Leave { id, token });
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+    assert_eq!(r.stats().refused, 1);
+}
+
+#[test]
+fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (_, token1) = register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0, addr(1002), None);
+    let before = table(&r);
+    // Client 1 tries to remove client 2 with its own token.
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id: 2,
+            token: token1,
+        },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+}
+
+#[test]
+fn leave_for_an_unknown_id_is_not_registered() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let answers = send(&mut r, t0, addr(1001), &Message::Leave { id: 4, token: 1 });
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    assert!(r.is_empty());
+    assert_eq!(events(&mut r), []);
+}
+
+// ---------------------------------------------------------------- expiry
+
+#[test]
+fn an_entry_not_heard_from_expires_after_ttl() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, _) = register(&mut r, t0, addr(1001), None);
+    r.handle_timeout(t0 + TTL - secs(1));
+    assert_eq!(ids(&r), [id], "removed before its time to live ran out");
+    assert_eq!(events(&mut r), []);
+    r.handle_timeout(t0 + TTL + secs(1));
+    assert!(r.is_empty(), "still there after its time to live");
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Expired {
+            id,
+            addr: addr(1001)
+        }]
+    );
+    let answers = send(
+        &mut r,
+        t0 + TTL + secs(1),
+        addr(9999),
+        &Message::Lookup { id },
+    );
+    assert_eq!(answers, [Message::Inactive { id }]);
+}
+
+#[test]
+fn expiry_removes_only_the_entries_whose_time_has_come() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0 + secs(20), addr(1002), None);
+    r.handle_timeout(t0 + secs(31));
+    assert_eq!(ids(&r), [2]);
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Expired {
+            id: 1,
+            addr: addr(1001)
+        }]
+    );
+    r.handle_timeout(t0 + secs(51));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn a_keepalive_refreshes_the_entry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    let answers = send(
+        &mut r,
+        t0 + secs(20),
+        addr(1001),
+        &Message::Keepalive { id, token },
+    );
+    assert_eq!(answers, [], "a matching Keepalive is not answered");
+    assert_eq!(r.get(id).unwrap().last_seen, t0 + secs(20));
+    r.handle_timeout(t0 + secs(31));
+    assert_eq!(ids(&r), [id], "expired although refreshed at t0+20s");
+    assert_eq!(events(&mut r), []);
+    r.handle_timeout(t0 + secs(51));
+    assert!(r.is_empty());
+    assert_eq!(events(&mut r).len(), 1);
+}
+
+#[test]
+fn a_lookup_from_the_client_refreshes_the_entry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, _) = register(&mut r, t0, addr(1001), None);
+    send(
+        &mut r,
+        t0 + secs(25),
+        addr(1001),
+        &Message::Lookup { id: 42 },
+    );
+    r.handle_timeout(t0 + secs(31));
+    assert_eq!(ids(&r), [id], "expired although it sent a Lookup at t0+25s");
+    r.handle_timeout(t0 + secs(56));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn a_retransmitted_register_refreshes_the_entry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, _) = register(&mut r, t0, addr(1001), None);
+    send(
+        &mut r,
+        t0 + secs(25),
+        addr(1001),
+        &Message::Register { want_id: None },
+    );
+    r.handle_timeout(t0 + secs(31));
+    assert_eq!(ids(&r), [id]);
+}
+
+#[test]
+fn a_lookup_from_a_stranger_does_not_refresh_the_entry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, _) = register(&mut r, t0, addr(1001), None);
+    send(&mut r, t0 + secs(25), addr(9999), &Message::Lookup { id });
+    assert_eq!(r.get(id).unwrap().last_seen, t0);
+    r.handle_timeout(t0 + secs(31));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn poll_timeout_reports_a_deadline_no_later_than_the_expiry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    assert!(
+        r.poll_timeout()
+            .expect("a registered client needs a wake-up")
+            <= t0 + TTL
+    );
+    send(
+        &mut r,
+        t0 + secs(10),
+        addr(1001),
+        &Message::Keepalive { id, token },
+    );
+    // A driver that sleeps until each deadline it is given, and only then calls
+    // handle_timeout, must see the client expire at t0+40s: not before, not after.
+    let expiry = t0 + secs(10) + TTL;
+    let mut wakeups = 0;
+    loop {
+        let deadline = r
+            .poll_timeout()
+            .expect("client still registered, no wake-up asked");
+        assert!(deadline <= expiry, "wake-up asked after the expiry");
+        r.handle_timeout(deadline);
+        wakeups += 1;
+        assert!(wakeups < 10, "deadlines do not converge on the expiry");
+        if r.is_empty() {
+            assert_eq!(deadline, expiry, "expired at the wrong time");
+            break;
+        }
+    }
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Expired {
+            id,
+            addr: addr(1001)
+        }]
+    );
+}
+
+#[test]
+fn an_empty_registry_asks_for_no_wakeup() {
+    let r = registry(10);
+    assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
+fn a_remembered_departure_is_forgotten_after_ttl() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    let deadline = r.poll_timeout().expect("the departure needs forgetting");
+    assert!(deadline <= t0 + TTL);
+    r.handle_timeout(t0 + TTL + secs(1));
+    assert_eq!(r.poll_timeout(), None);
+    let answers = send(
+        &mut r,
+        t0 + TTL + secs(1),
+        addr(1001),
+        &Message::Leave { id, token },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+}
+
+// ---------------------------------------------------------------- keepalive
+
+#[test]
+fn a_keepalive_from_an_unknown_address_gets_not_registered() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    let before = table(&r);
+    // Unknown id, and the right id and token from the wrong address.
+    for (id, token) in [(7, 1), (id, token)] {
+        let answers = send(
+            &mut r,
+            t0 + secs(5),
+            addr(2002),
+            &Message::Keepalive { id, token },
+        );
+        assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    }
+    assert_eq!(table(&r), before);
+    assert_eq!(r.stats().refused, 2);
+}
+
+#[test]
+fn a_keepalive_with_a_wrong_token_gets_not_registered() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1001), None);
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Keepalive {
+            id,
+            token: token ^ 1,
+        },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    assert_eq!(ids(&r), [id]);
+}
+
+// ---------------------------------------------------------------- hostile input
+
+/// Two registered clients, the events drained.
+fn two_clients(t0: Instant) -> Registry {
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1001), None);
+    register(&mut r, t0, addr(1002), None);
+    r
+}
+
+fn header_then(body: &[u8]) -> Vec<u8> {
+    let mut d = vec![wire::MAGIC, wire::VERSION];
+    d.extend_from_slice(body);
+    d
+}
+
+#[test]
+fn garbage_is_counted_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut r = two_clients(t0);
+    let before = table(&r);
+    let base = r.stats().clone();
+    let datagrams: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![wire::MAGIC],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0; 100],
+        vec![0xff; 65_000],
+        header_then(&[0x90; wire::MAX_DATAGRAM]), // one byte over the limit
+    ];
+    let n = datagrams.len() as u64;
+    for d in &datagrams {
+        for from in [addr(9999), addr(1001)] {
+            let answers = send_raw(&mut r, t0, from, d);
+            assert_eq!(answers, [], "garbage of {} bytes was answered", d.len());
+        }
+    }
+    assert_eq!(
+        *r.stats(),
+        Stats {
+            datagrams: base.datagrams + 2 * n,
+            garbage: base.garbage + 2 * n,
+            ..base
+        }
+    );
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+}
+
+#[test]
+fn malformed_bodies_are_counted_and_change_nothing() {
+    let t0 = Instant::now();
+    let mut r = two_clients(t0);
+    let before = table(&r);
+    let base = r.stats().clone();
+    let mut trailing = encode(&Message::Register { want_id: None });
+    trailing.push(0);
+    let mut truncated = encode(&Message::Leave { id: 1, token: 5 });
+    truncated.pop();
+    let datagrams: Vec<Vec<u8>> = vec![
+        header_then(&[]),
+        header_then(&[0xc1]), // never-used MessagePack byte
+        header_then(b"\x81\xa5Shout\x81\xa2id\x03"), // {"Shout": {"id": 3}}
+        header_then(b"\x81\xa6Lookup\x81\xa2id\xa1x"), // {"Lookup": {"id": "x"}}
+        trailing,
+        truncated,
+    ];
+    for d in &datagrams {
+        assert_eq!(send_raw(&mut r, t0, addr(9999), d), []);
+    }
+    let n = datagrams.len() as u64;
+    assert_eq!(
+        *r.stats(),
+        Stats {
+            datagrams: base.datagrams + n,
+            malformed: base.malformed + n,
+            ..base
+        }
+    );
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+}
+
+#[test]
+fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
+    let t0 = Instant::now();
+    let mut r = two_clients(t0);
+    let before = table(&r);
+    let base = r.stats().clone();
+    for version in [0, 2, 0xff] {
+        // Even a well-formed Register: the body of another version is never guessed at.
+        let mut d = encode(&Message::Register { want_id: None });
+        d[1] = version;
+        let answers = send_raw(&mut r, t0, addr(9999), &d);
+        assert_eq!(error_code(&answers), ErrorCode::BadVersion);
+        let Message::Error { detail, .. } = &answers[0] else {
+            unreachable!()
+        };
+        assert!(detail.contains(&version.to_string()), "{detail:?}");
+    }
+    assert_eq!(
+        *r.stats(),
+        Stats {
+            datagrams: base.datagrams + 3,
+            bad_version: base.bad_version + 3,
+            ..base
+        }
+    );
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+}
+
+fn unexpected_messages() -> Vec<Message> {
+    vec![
+        Message::Registered {
+            id: 1,
+            token: 1,
+            ttl_secs: 1,
+        },
+        Message::Found {
+            id: 1,
+            addr: addr(1),
+        },
+        Message::Inactive { id: 1 },
+        Message::LeaveAck { id: 1 },
+        Message::Error {
+            code: ErrorCode::IdTaken,
+            detail: "x".into(),
+        },
+        Message::ConnectRequest {
+            from: 1,
+            session: 1,
+        },
+        Message::Accept {
+            from: 1,
+            session: 1,
+        },
+        Message::Reject {
+            from: 1,
+            session: 1,
+        },
+        Message::Chat {
+            from: 1,
+            session: 1,
+            seq: 1,
+            text: "hi".into(),
+        },
+        Message::Ack {
+            from: 1,
+            session: 1,
+            seq: 1,
+            cumulative: 1,
+        },
+        Message::Terminate {
+            from: 1,
+            session: 1,
+        },
+        Message::TerminateAck {
+            from: 1,
+            session: 1,
+        },
+        Message::Ping {
+            from: 1,
+            session: 1,
+        },
+        Message::Pong {
+            from: 1,
+            session: 1,
+        },
+    ]
+}
+
+#[test]
+fn unexpected_peer_and_server_messages_are_counted_and_change_nothing() {
+    let t0 = Instant::now();
+    let mut r = two_clients(t0);
+    let before = table(&r);
+    let base = r.stats().clone();
+    let msgs = unexpected_messages();
+    for msg in &msgs {
+        assert_eq!(send(&mut r, t0 + secs(1), addr(9999), msg), [], "{msg:?}");
+    }
+    let n = msgs.len() as u64;
+    assert_eq!(
+        *r.stats(),
+        Stats {
+            datagrams: base.datagrams + n,
+            unexpected: base.unexpected + n,
+            ..base
+        }
+    );
+    assert_eq!(table(&r), before);
+    assert_eq!(events(&mut r), []);
+}
+
+#[test]
+fn random_garbage_never_panics_and_never_changes_the_table() {
+    use rand::{Rng, SeedableRng};
+    let seed = rand::random::<u64>();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let t0 = Instant::now();
+    let mut r = two_clients(t0);
+    let (_, token3) = register(&mut r, t0, addr(1003), Some(3));
+    let before = table(&r);
+    let base = r.stats().datagrams;
+
+    let mut templates: Vec<Vec<u8>> = unexpected_messages().iter().map(encode).collect();
+    templates.extend(
+        [
+            Message::Register { want_id: None },
+            Message::Register { want_id: Some(2) },
+            Message::Lookup { id: 1 },
+            Message::Leave {
+                id: 3,
+                token: token3,
+            },
+            Message::Keepalive {
+                id: 3,
+                token: token3,
+            },
+        ]
+        .iter()
+        .map(encode),
+    );
+
+    let mut fed = 0u64;
+    for i in 0..20_000u32 {
+        let datagram: Vec<u8> = match rng.random_range(0..4) {
+            // A valid datagram with a few bytes changed: reaches deep into the decoder.
+            0 | 1 => {
+                let mut d = templates[rng.random_range(0..templates.len())].clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..d.len());
+                    d[at] = rng.random();
+                }
+                d
+            }
+            // The right header and random bytes after it.
+            2 => {
+                let mut d = vec![0u8; rng.random_range(2..64)];
+                rng.fill(&mut d[..]);
+                d[0] = wire::MAGIC;
+                d[1] = wire::VERSION;
+                d
+            }
+            // Anything at all, up to beyond the size limit.
+            _ => {
+                let len = if rng.random_bool(0.01) {
+                    rng.random_range(wire::MAX_DATAGRAM..65_508)
+                } else {
+                    rng.random_range(0..200)
+                };
+                let mut d = vec![0u8; len];
+                rng.fill(&mut d[..]);
+                d
+            }
+        };
+        // A mutation may still be a valid Register, which would rightly add a client: leave
+        // those out. Every other message from a stranger must change nothing.
+        if matches!(wire::decode(&datagram), Ok(Message::Register { .. })) {
+            continue;
+        }
+        let from = addr(rng.random_range(20_000..60_000));
+        let now = t0 + Duration::from_millis(u64::from(i)); // stays well inside the ttl
+        r.handle_datagram(now, from, &datagram);
+        fed += 1;
+        while let Some(t) = r.poll_transmit() {
+            assert_eq!(t.to, from, "seed {seed}: answered a third party");
+        }
+        assert_eq!(
+            table(&r),
+            before,
+            "seed {seed}: datagram {datagram:02x?} changed the table"
+        );
+    }
+    assert_eq!(events(&mut r), [], "seed {seed}");
+    assert_eq!(r.stats().datagrams, base + fed);
+}
