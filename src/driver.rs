@@ -273,9 +273,14 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
         Waker::new(poll.registry(), WAKER)
             .map_err(|e| FatalError(format!("cannot create a waker: {e}")))?,
     );
-    let wake: Wake = Arc::new(move || {
-        let _ = waker.wake();
-    });
+    // The loop keeps its own reference: if the reader thread held the only one, its exit
+    // (at end of input) would close the waker before the loop saw the wake-up.
+    let wake: Wake = {
+        let waker = Arc::clone(&waker);
+        Arc::new(move || {
+            let _ = waker.wake();
+        })
+    };
     let (tx, inputs) = mpsc::channel();
     let mut out: Box<dyn Output> = match opts.ui {
         UiMode::Terminal => Box::new(
@@ -293,6 +298,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
         info!("client socket bound to {local}");
     }
 
+    let _keep_waker = waker;
     let mut peer = Peer::new(opts.peer.clone(), Instant::now());
     // Lines typed before the server gave us an id wait here, in order.
     let mut held: VecDeque<Input> = VecDeque::new();
