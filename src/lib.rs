@@ -7,8 +7,17 @@
 //!   specification.
 //! - [`registry`]: the rendezvous server's state machine: the table of active clients,
 //!   register, lookup, leave, expiry. No sockets, no clock: `now` is passed in.
-//! - [`driver`]: the mio event loops that own the sockets, the clock and the signals, and
-//!   drive the state machines. The only caller of `Instant::now()`.
+//! - [`peer`]: a client's state machine: registration and keepalives, sessions keyed by
+//!   peer id, connection requests, accept/reject, chat, terminate, leave.
+//! - [`reliable`]: the send and receive windows of one session: numbering, acknowledgements,
+//!   retransmission timeouts after RFC 6298, duplicate removal and reordering.
+//! - [`cli`]: the client's user interface: command parsing, events as readable lines or
+//!   JSON objects, stdin readers (a line editor on a terminal).
+//! - [`driver`]: the mio event loops that own the sockets, stdin, the clock and the
+//!   signals, and drive the state machines. The only caller of `Instant::now()`.
+//!
+//! `examples/echo_bot.rs` drives a [`peer::Peer`] with a plain blocking socket: the state
+//! machines need no particular event loop.
 //!
 //! The state machines follow one pattern: inputs are `handle_*` methods that take the
 //! current time, outputs are drained with `poll_transmit` (datagrams to send), `poll_event`
