@@ -644,21 +644,22 @@ impl Peer {
         });
     }
 
-    /// Leaves once every message sent so far is acknowledged or given up (for the end of a
-    /// script's input): pending requests are withdrawn, new ones declined.
+    /// Leaves once everything the user started has settled (for the end of a script's
+    /// input): every message sent so far is acknowledged or given up, and every `connect`
+    /// has been answered (or has run out of tries). Requests from others are declined.
     pub fn finish(&mut self, now: Instant) {
         if self.finishing {
             return;
         }
         self.finishing = true;
         if let Some(me) = self.id {
-            let pending: Vec<ClientId> = self
+            let incoming: Vec<ClientId> = self
                 .sessions
                 .values()
-                .filter(|s| !matches!(s.state, State::Connected { .. }))
+                .filter(|s| matches!(s.state, State::Incoming { .. }))
                 .map(|s| s.peer)
                 .collect();
-            for p in pending {
+            for p in incoming {
                 let s = self.sessions.remove(&p).expect("listed above");
                 self.end_locally(now, me, s);
             }
@@ -675,11 +676,12 @@ impl Peer {
         {
             return;
         }
-        let drained = self.sessions.values().all(|s| match &s.state {
+        let settled = self.sessions.values().all(|s| match &s.state {
             State::Connected { tx, .. } => tx.is_idle(),
-            _ => true,
+            State::Incoming { .. } => true,
+            State::LookingUp { .. } | State::Requesting { .. } => false,
         });
-        if drained {
+        if settled {
             self.leave(now);
         }
     }
