@@ -1,198 +1,18 @@
 //! End-to-end tests of `p2pchat server`: the real binary, real UDP sockets.
 //!
 //! Each test starts its own server on `127.0.0.1:0`, learns the port from the first line the
-//! server prints, and talks to it with `std::net::UdpSocket`s. The server's stdout is read on
-//! a background thread into a channel, so every wait has a timeout; the child is killed when
-//! the test ends, whether it passes or fails.
+//! server prints, and talks to it with `std::net::UdpSocket`s. The process harness (stdout
+//! read into a channel so that every wait has a timeout, the child killed when the test ends
+//! whether it passes or fails) is in `common/mod.rs`, shared with `client_e2e.rs`.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Proc, Server};
 use p2pchat::wire::{decode, encode, ClientId, ErrorCode, Message, Token, MAGIC, VERSION};
-
-/// The longest any single wait may take; only a failing test ever waits this long.
-const WAIT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------- the server process
-
-/// A running `p2pchat` child, killed and reaped on drop.
-struct Proc {
-    child: Child,
-    stdout: Receiver<String>,
-    /// Everything written to stderr so far (shown when a test fails).
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pchat"))
-            .args(args)
-            .env_remove("RUST_LOG") // only the server's own lines on stderr
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the p2pchat binary");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = err.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Proc {
-            child,
-            stdout: rx,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The next stdout line, or `None` if none comes within `timeout` (or stdout closed).
-    fn next_line(&self, timeout: Duration) -> Option<String> {
-        self.stdout.recv_timeout(timeout).ok()
-    }
-
-    /// The next stdout line, failing the test if none comes within [`WAIT`].
-    fn expect_line(&self, what: &str) -> String {
-        self.next_line(WAIT).unwrap_or_else(|| {
-            panic!(
-                "server printed no line (expected {what}) within {WAIT:?}; stderr: {:?}",
-                self.stderr()
-            )
-        })
-    }
-
-    /// Skips stdout lines until one satisfies `pred`; fails the test after [`WAIT`].
-    fn wait_for_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some(line) if pred(&line) => return line,
-                Some(line) => seen.push(line),
-                None => panic!(
-                    "no line {what} within {WAIT:?}; lines seen: {seen:#?}; stderr: {:?}",
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    /// Waits for the process to end, failing the test if it does not within [`WAIT`].
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process still running {WAIT:?} later; stderr: {:?}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .expect("cannot run kill");
-        assert!(status.success(), "kill {name} {pid} failed");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `p2pchat server` listening on a free loopback port.
-struct Server {
-    proc: Proc,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let mut args = vec!["server", "--bind", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn(&args);
-        let first = proc.expect_line("the listening line");
-        let addr = first
-            .strip_prefix("p2pchat server listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        Server { proc, addr }
-    }
-
-    /// Waits for the next printed table and returns its rows as (id, address).
-    fn expect_table(&self) -> Vec<(ClientId, SocketAddr)> {
-        let head = self.proc.wait_for_line("\"active clients: N\"", |l| {
-            l.starts_with("active clients: ")
-        });
-        self.read_table_after(&head)
-    }
-
-    /// The rows of the table whose first line is `head`, read from the lines that follow.
-    fn read_table_after(&self, head: &str) -> Vec<(ClientId, SocketAddr)> {
-        let n: usize = head["active clients: ".len()..]
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("bad table head {head:?}"));
-        let mut rows = Vec::new();
-        if n > 0 {
-            let columns = self.proc.expect_line("the table's column heads");
-            assert!(columns.contains("ID"), "{columns:?}");
-            for _ in 0..n {
-                let row = self.proc.expect_line("a table row");
-                let mut cells = row.split_whitespace();
-                let (Some(Ok(id)), Some(Ok(addr))) =
-                    (cells.next().map(str::parse), cells.next().map(str::parse))
-                else {
-                    panic!("bad table row {row:?}")
-                };
-                rows.push((id, addr));
-            }
-        }
-        rows
-    }
-
-    /// Asserts that the very next line printed is `expected` (nothing printed in between).
-    fn expect_next_line(&self, expected: &str) {
-        let line = self.proc.expect_line(expected);
-        assert_eq!(line, expected);
-    }
-}
 
 // ---------------------------------------------------------------- clients
 
@@ -520,12 +340,7 @@ fn binding_a_port_already_in_use_fails_with_one_cannot_bind_line() {
     let mut proc = Proc::spawn(&["server", "--bind", &taken]);
     let status = proc.wait_exit();
     assert!(!status.success(), "bound a port that is in use");
-    // Let the stderr reader reach the end of the pipe.
-    let deadline = Instant::now() + WAIT;
-    while !proc.stderr().ends_with('\n') && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    let stderr = proc.stderr();
+    let stderr = proc.full_stderr();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "stderr: {stderr:?}");
     assert!(lines[0].contains("cannot bind"), "stderr: {stderr:?}");

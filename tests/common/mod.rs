@@ -1,0 +1,310 @@
+//! The process harness shared by the end-to-end tests: the real `p2pchat` binary as a
+//! child process.
+//!
+//! A child's stdout is read on a background thread into a channel of lines, so that every
+//! wait has a timeout (and a test that fails never hangs); its stderr is collected on another
+//! thread, to be shown when a test fails. The child is killed and reaped when its [`Proc`] is
+//! dropped, so a test that passes, fails or panics leaves no process behind.
+
+// Each test file uses its own part of the harness.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use p2pchat::wire::ClientId;
+
+/// The longest any single wait may take; only a failing test ever waits this long.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------- any p2pchat process
+
+/// What the stderr reader has collected.
+#[derive(Default)]
+struct StderrSink {
+    text: String,
+    /// The child closed its stderr (it exited, normally).
+    closed: bool,
+}
+
+/// A running `p2pchat` child, killed and reaped on drop.
+pub struct Proc {
+    child: Child,
+    /// The child's stdin, while open (only for [`Proc::spawn_with_stdin`]).
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stderr: Arc<Mutex<StderrSink>>,
+}
+
+impl Proc {
+    /// Starts `p2pchat ARGS` with stdin closed (`/dev/null`).
+    pub fn spawn(args: &[&str]) -> Proc {
+        Self::start(args, Stdio::null())
+    }
+
+    /// Starts `p2pchat ARGS` with a pipe on stdin, to type commands with
+    /// [`Proc::write_line`]. The pipe stays open until [`Proc::close_stdin`] or the drop.
+    pub fn spawn_with_stdin(args: &[&str]) -> Proc {
+        Self::start(args, Stdio::piped())
+    }
+
+    fn start(args: &[&str], stdin: Stdio) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pchat"))
+            .args(args)
+            .env_remove("RUST_LOG") // only the program's own lines on stderr
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the p2pchat binary");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(StderrSink::default()));
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = err.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .text
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            sink.lock().unwrap().closed = true;
+        });
+        Proc {
+            stdin: child.stdin.take(),
+            child,
+            stdout: rx,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().text.clone()
+    }
+
+    /// Everything the child wrote to stderr, once it has closed it (call after the child
+    /// exited); fails the test if stderr is still open after [`WAIT`].
+    pub fn full_stderr(&self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let sink = self.stderr.lock().unwrap();
+                if sink.closed {
+                    return sink.text.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr still open {WAIT:?} later; so far: {:?}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Types one line on the child's stdin.
+    pub fn write_line(&mut self, line: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .expect("stdin is not a pipe, or was closed");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot write {line:?} to the child: {e}; stderr: {:?}",
+                    self.stderr.lock().unwrap().text
+                )
+            });
+    }
+
+    /// Closes the child's stdin: end of input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next stdout line, or `None` if none comes within `timeout` (or stdout closed).
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.stdout.recv_timeout(timeout).ok()
+    }
+
+    /// The next stdout line, failing the test if none comes within [`WAIT`].
+    pub fn expect_line(&self, what: &str) -> String {
+        self.next_line(WAIT).unwrap_or_else(|| {
+            panic!(
+                "no line printed (expected {what}) within {WAIT:?}; stderr: {:?}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Skips stdout lines until one satisfies `pred`; fails the test after [`WAIT`].
+    pub fn wait_for_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(line) if pred(&line) => return line,
+                Some(line) => seen.push(line),
+                None => panic!(
+                    "no line {what} within {WAIT:?}; lines seen: {seen:#?}; stderr: {:?}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Every stdout line not read yet, up to the end of stdout; fails the test if stdout is
+    /// still open after [`WAIT`] (call it once the child exits, or is about to).
+    pub fn rest_of_stdout(&self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Disconnected) => return lines,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "stdout still open {WAIT:?} later; lines since: {lines:#?}; stderr: {:?}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits for the process to end, failing the test if it does not within [`WAIT`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process still running {WAIT:?} later; stderr: {:?}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal with `kill` (`name` such as `-TERM`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill {name} {pid} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- the server
+
+/// The address in the server's first line, `p2pchat server listening on ADDR (...)`.
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("p2pchat server listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}
+
+/// A `p2pchat server` listening on a free loopback port.
+pub struct Server {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `p2pchat server --bind 127.0.0.1:0 EXTRA` and learns its port.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut args = vec!["server", "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(&args);
+        let first = proc.expect_line("the listening line");
+        let addr = parse_listening_line(&first)
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        Server { proc, addr }
+    }
+
+    /// Waits for the next printed table and returns its rows as (id, address).
+    pub fn expect_table(&self) -> Vec<(ClientId, SocketAddr)> {
+        let head = self.proc.wait_for_line("\"active clients: N\"", |l| {
+            l.starts_with("active clients: ")
+        });
+        self.read_table_after(&head)
+    }
+
+    /// The rows of the table whose first line is `head`, read from the lines that follow.
+    pub fn read_table_after(&self, head: &str) -> Vec<(ClientId, SocketAddr)> {
+        let n: usize = head["active clients: ".len()..]
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad table head {head:?}"));
+        let mut rows = Vec::new();
+        if n > 0 {
+            let columns = self.proc.expect_line("the table's column heads");
+            assert!(columns.contains("ID"), "{columns:?}");
+            for _ in 0..n {
+                let row = self.proc.expect_line("a table row");
+                let mut cells = row.split_whitespace();
+                let (Some(Ok(id)), Some(Ok(addr))) =
+                    (cells.next().map(str::parse), cells.next().map(str::parse))
+                else {
+                    panic!("bad table row {row:?}")
+                };
+                rows.push((id, addr));
+            }
+        }
+        rows
+    }
+
+    /// Asserts that the very next line printed is `expected` (nothing printed in between).
+    pub fn expect_next_line(&self, expected: &str) {
+        let line = self.proc.expect_line(expected);
+        assert_eq!(line, expected);
+    }
+
+    /// Waits for `client ID joined from ADDR` and returns the address.
+    pub fn expect_join(&self, id: ClientId) -> SocketAddr {
+        let prefix = format!("client {id} joined from ");
+        let line = self
+            .proc
+            .wait_for_line(&format!("{prefix}ADDR"), |l| l.starts_with(&prefix));
+        line[prefix.len()..]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad join line {line:?}"))
+    }
+}
