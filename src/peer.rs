@@ -832,6 +832,12 @@ impl Peer {
                         };
                         self.send_to_server(Message::Register { want_id: None });
                     }
+                    (ErrorCode::NotRegistered, _) => {
+                        // Never an answer to `Register`: a late or duplicated answer to a
+                        // `Keepalive` sent before, which is why we are registering again.
+                        let message = Message::Error { code, detail };
+                        self.ignore(self.config.server, &message);
+                    }
                     _ => self.fatal(format!("the server refused to register us: {detail}")),
                 }
             }
@@ -995,6 +1001,14 @@ impl Peer {
                 }
             }
             Message::Ping { from, session } => {
+                if self.matches(from, src, session, |st| {
+                    matches!(st, State::Requesting { .. })
+                }) {
+                    // As with a Chat: its Accept was lost, and an idle accepter pings
+                    // (after `session_idle`) before our next request goes out. Answering
+                    // with a reset would end the session it accepted.
+                    self.open(now, from);
+                }
                 let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
                     self.unknown_session(me, src, session, &msg);
                     return;

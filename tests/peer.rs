@@ -1,0 +1,879 @@
+//! The client's state-machine rules, with a simulated clock.
+//!
+//! Most tests run two or more `Peer`s and the `Registry` over the simulated network of
+//! `tests/sim` with no random loss (10 ms one way); a chosen datagram is lost with a filter
+//! when a rule is about losses. A few drive one `Peer` by hand to check exact instants.
+//! Nothing sleeps: "10 s later" is an addition to a virtual clock. Every test uses the one
+//! fixed [`SEED`] (printed, and named by the simulator's own failure messages), so a
+//! failure replays exactly.
+
+mod sim;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use p2pchat::peer::{EndReason, Event, Peer};
+use p2pchat::wire::{encode, ClientId, Message, SessionId};
+use sim::{default_config, NetConfig, Sim, RETRY, SERVER};
+
+/// Fixed seed of these tests: ids, tokens and session ids are reproducible.
+const SEED: u64 = 0x7065_6572;
+
+/// Generous bound on any single wait in these tests.
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A third party: nobody the server or the peers know.
+fn stranger() -> SocketAddr {
+    "10.9.9.9:6666".parse().unwrap()
+}
+
+/// Two registered peers, `a` and `b`, on a network without loss.
+fn pair() -> (Sim, usize, usize) {
+    println!("seed {SEED}");
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let v = s.add_registered_peers(2, &default_config());
+    (s, v[0], v[1])
+}
+
+/// Two peers with an open session: `a` asked, `b` accepted.
+fn connected_pair() -> (Sim, usize, usize) {
+    let (mut s, a, b) = pair();
+    s.connect(a, b);
+    s.expect(LIMIT, "b sees the request", |s| s.has(b, is_request));
+    let ida = s.id(a);
+    s.accept(b, Some(ida));
+    s.expect(LIMIT, "a is connected", |s| s.has(a, is_connected));
+    assert!(s.has(b, is_connected));
+    (s, a, b)
+}
+
+fn is_request(e: &Event) -> bool {
+    matches!(e, Event::Request { .. })
+}
+
+fn is_connected(e: &Event) -> bool {
+    matches!(e, Event::Connected { .. })
+}
+
+fn is_terminated(e: &Event) -> bool {
+    matches!(e, Event::Terminated { .. })
+}
+
+fn is_left(e: &Event) -> bool {
+    matches!(e, Event::Left { .. })
+}
+
+fn is_connect_request(m: &Message) -> bool {
+    matches!(m, Message::ConnectRequest { .. })
+}
+
+fn is_accept(m: &Message) -> bool {
+    matches!(m, Message::Accept { .. })
+}
+
+fn is_ping(m: &Message) -> bool {
+    matches!(m, Message::Ping { .. })
+}
+
+fn session_of(m: &Message) -> SessionId {
+    match m {
+        Message::ConnectRequest { session, .. }
+        | Message::Accept { session, .. }
+        | Message::Reject { session, .. }
+        | Message::Chat { session, .. }
+        | Message::Ack { session, .. }
+        | Message::Terminate { session, .. }
+        | Message::TerminateAck { session, .. }
+        | Message::Ping { session, .. }
+        | Message::Pong { session, .. } => *session,
+        other => panic!("{other:?} has no session"),
+    }
+}
+
+/// The session id of the first request `a` sent.
+fn first_session(s: &Sim, a: usize) -> SessionId {
+    session_of(&s.sent_by(s.addr(a), is_connect_request)[0].message)
+}
+
+/// Drains one hand-driven peer: its datagrams and its events.
+fn drain(p: &mut Peer) -> (Vec<Message>, Vec<Event>) {
+    let sent = std::iter::from_fn(|| p.poll_transmit())
+        .map(|t| t.message)
+        .collect();
+    let events = std::iter::from_fn(|| p.poll_event()).collect();
+    (sent, events)
+}
+
+// ---------------------------------------------------------------------- connection requests
+
+#[test]
+fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
+    let t0 = Instant::now();
+    let asked: SocketAddr = "10.0.1.2:4000".parse().unwrap();
+    let cfg = default_config();
+    assert_eq!(cfg.retry_interval, secs(10));
+    assert_eq!(cfg.connect_tries, 6);
+    let mut p = Peer::with_seed(cfg.clone(), t0, SEED);
+    let registered = Message::Registered {
+        id: 1,
+        token: 7,
+        ttl_secs: 30,
+    };
+    p.handle_datagram(t0, SERVER, &encode(&registered));
+    p.connect(t0, 2).unwrap();
+    let found = Message::Found { id: 2, addr: asked };
+    p.handle_datagram(t0, SERVER, &encode(&found));
+    let (sent, _) = drain(&mut p);
+    let requests = sent.iter().filter(|m| is_connect_request(m)).count();
+    assert_eq!(
+        requests, 1,
+        "the first request goes out with the Found: {sent:?}"
+    );
+
+    for k in 1..u32::from(6u8) {
+        let mark = t0 + cfg.retry_interval * k;
+        p.handle_timeout(mark - ms(1));
+        let (sent, events) = drain(&mut p);
+        assert!(
+            !sent.iter().any(is_connect_request),
+            "request {} resent before the {k}0 s mark: {sent:?}",
+            k + 1
+        );
+        assert!(events.is_empty(), "{events:?}");
+        assert!(
+            p.poll_timeout().is_some_and(|t| t <= mark),
+            "the peer must ask to be woken by the {k}0 s mark"
+        );
+        p.handle_timeout(mark);
+        let (sent, _) = drain(&mut p);
+        let requests: Vec<&Message> = sent.iter().filter(|m| is_connect_request(m)).collect();
+        assert_eq!(requests.len(), 1, "one resend at the {k}0 s mark: {sent:?}");
+        assert_eq!(
+            requests[0],
+            &Message::ConnectRequest {
+                from: 1,
+                session: session_of(requests[0])
+            }
+        );
+    }
+    // Six requests sent; the sixth is given the same interval, then the user is told.
+    p.handle_timeout(t0 + secs(60) - ms(1));
+    let (sent, events) = drain(&mut p);
+    assert!(!sent.iter().any(is_connect_request), "{sent:?}");
+    assert!(events.is_empty(), "no answer yet: {events:?}");
+    p.handle_timeout(t0 + secs(60));
+    let (sent, events) = drain(&mut p);
+    assert!(
+        !sent.iter().any(is_connect_request),
+        "no seventh request: {sent:?}"
+    );
+    assert_eq!(events, vec![Event::NoAnswer { peer: 2 }]);
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Message::Terminate { from: 1, .. })),
+        "the asked peer is told the request is withdrawn: {sent:?}"
+    );
+    // Nothing more about peer 2, ever.
+    p.handle_timeout(t0 + secs(200));
+    let (sent, events) = drain(&mut p);
+    assert!(!sent.iter().any(is_connect_request), "{sent:?}");
+    assert!(events.is_empty(), "{events:?}");
+    assert!(p.connect(t0 + secs(200), 2).is_ok(), "may ask again");
+}
+
+#[test]
+fn connect_request_resends_on_the_network_are_one_retry_interval_apart() {
+    let (mut s, a, b) = pair();
+    s.connect(a, b);
+    s.expect(LIMIT, "no answer", |s| {
+        s.has(a, |e| matches!(e, Event::NoAnswer { .. }))
+    });
+    let times: Vec<Instant> = s
+        .sent_by(s.addr(a), is_connect_request)
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(times.len(), 6, "connect_tries requests");
+    for (k, t) in times.iter().enumerate() {
+        assert_eq!(
+            *t - times[0],
+            RETRY * k as u32,
+            "request {} off its mark",
+            k + 1
+        );
+    }
+    let no_answer = s.when(a, |e| matches!(e, Event::NoAnswer { .. })).unwrap();
+    assert_eq!(no_answer - times[0], RETRY * 6);
+    s.run_for(secs(1));
+    // The asked side, which never answered, saw one request and then its withdrawal.
+    assert_eq!(s.count(b, is_request), 1);
+    assert!(s.peer(b).pending_requests().is_empty());
+    assert_eq!(
+        s.count(b, |e| *e
+            == Event::Terminated {
+                peer: s.id(a),
+                reason: EndReason::Cancelled
+            }),
+        1
+    );
+}
+
+#[test]
+fn connect_to_an_id_the_server_does_not_know_reports_inactive() {
+    let (mut s, a, _b) = pair();
+    s.command(a, |p, now| p.connect(now, 99)).unwrap();
+    s.expect(LIMIT, "inactive", |s| {
+        s.has(a, |e| matches!(e, Event::Inactive { .. }))
+    });
+    assert_eq!(s.events(a).last(), Some(&Event::Inactive { peer: 99 }));
+    assert!(s.sent_by(s.addr(a), is_connect_request).is_empty());
+    // Nothing is left pending: the same command may be given again.
+    s.run_for(secs(30));
+    assert_eq!(
+        s.count(a, |e| matches!(e, Event::Inactive { .. })),
+        1,
+        "{:?}",
+        s.events(a)
+    );
+    assert!(s.command(a, |p, now| p.connect(now, 99)).is_ok());
+}
+
+#[test]
+fn lost_accept_is_sent_again_for_the_resent_request_and_nothing_is_shown_twice() {
+    let (mut s, a, b) = pair();
+    // The first Accept is lost, and so is the first Ping of the accepting side, so that only
+    // the resent request can bring the requester in.
+    s.drop_first(1, is_accept);
+    s.drop_first(1, is_ping);
+    s.connect(a, b);
+    s.expect(LIMIT, "request", |s| s.has(b, is_request));
+    let ida = s.id(a);
+    s.accept(b, None);
+    s.expect(LIMIT, "a connected", |s| s.has(a, is_connected));
+    let requests = s.sent_by(s.addr(a), is_connect_request);
+    let accepts = s.sent_by(s.addr(b), is_accept);
+    assert_eq!(requests.len(), 2, "the request was resent once");
+    assert_eq!(accepts.len(), 2, "the resent request got a second Accept");
+    let session = session_of(&requests[0].message);
+    assert_eq!(session_of(&requests[1].message), session);
+    for acc in &accepts {
+        assert_eq!(
+            acc.message,
+            Message::Accept {
+                from: s.id(b),
+                session
+            },
+            "the same session is accepted again"
+        );
+    }
+    assert_eq!(
+        accepts[1].at - requests[1].at,
+        ms(10),
+        "answered on arrival"
+    );
+    s.run_for(secs(60));
+    assert_eq!(s.count(b, is_request), 1, "{:?}", s.events(b));
+    assert_eq!(s.count(b, is_connected), 1, "{:?}", s.events(b));
+    assert_eq!(s.count(a, is_connected), 1, "{:?}", s.events(a));
+    assert!(!s.has(a, is_terminated) && !s.has(b, is_terminated));
+    // And the session works.
+    s.send(a, None, "hello");
+    s.send(b, Some(ida), "hi");
+    s.expect(LIMIT, "both delivered", |s| {
+        s.has(a, |e| matches!(e, Event::Delivered { .. }))
+            && s.has(b, |e| matches!(e, Event::Delivered { .. }))
+    });
+    assert_eq!(s.shown(b, ida), vec![(1, "hello".to_string())]);
+}
+
+#[test]
+fn ping_on_a_session_whose_accept_was_lost_opens_it_instead_of_ending_it() {
+    let (mut s, a, b) = pair();
+    s.drop_first(1, is_accept);
+    s.connect(a, b);
+    s.expect(LIMIT, "request", |s| s.has(b, is_request));
+    s.accept(b, None);
+    // The accepting side is idle: it pings after `session_idle` (5 s), before the requester
+    // resends its request (10 s).
+    assert!(default_config().session_idle < RETRY);
+    s.expect(secs(9), "a connected by the ping", |s| {
+        s.has(a, is_connected)
+    });
+    s.run_for(secs(60));
+    assert!(!s.has(a, is_terminated), "{:?}", s.events(a));
+    assert!(!s.has(b, is_terminated), "{:?}", s.events(b));
+    assert_eq!(s.count(b, is_request), 1, "{:?}", s.events(b));
+    assert_eq!(s.count(a, is_connected), 1, "{:?}", s.events(a));
+    assert_eq!(s.count(b, is_connected), 1, "{:?}", s.events(b));
+    assert_eq!(s.peer(a).connected_peers(), vec![s.id(b)]);
+    assert_eq!(s.peer(b).connected_peers(), vec![s.id(a)]);
+}
+
+#[test]
+fn retransmitted_request_is_shown_once() {
+    let (mut s, a, b) = pair();
+    s.connect(a, b);
+    s.run_for(secs(25));
+    assert_eq!(s.sent_by(s.addr(a), is_connect_request).len(), 3);
+    assert_eq!(s.count(b, is_request), 1, "{:?}", s.events(b));
+    assert_eq!(s.peer(b).pending_requests(), vec![s.id(a)]);
+}
+
+#[test]
+fn rejected_request_that_is_resent_gets_reject_again() {
+    let (mut s, a, b) = pair();
+    s.drop_first(1, |m| matches!(m, Message::Reject { .. }));
+    s.connect(a, b);
+    s.expect(LIMIT, "request", |s| s.has(b, is_request));
+    let ida = s.id(a);
+    assert_eq!(s.reject(b, None), ida);
+    s.expect(LIMIT, "rejected", |s| {
+        s.has(a, |e| matches!(e, Event::Rejected { .. }))
+    });
+    let session = first_session(&s, a);
+    let rejects = s.sent_by(s.addr(b), |m| matches!(m, Message::Reject { .. }));
+    assert_eq!(rejects.len(), 2, "the resent request was rejected again");
+    for r in &rejects {
+        assert_eq!(
+            r.message,
+            Message::Reject {
+                from: s.id(b),
+                session
+            }
+        );
+    }
+    s.run_for(secs(60));
+    assert_eq!(s.sent_by(s.addr(a), is_connect_request).len(), 2);
+    assert_eq!(
+        s.count(b, is_request),
+        1,
+        "not shown again: {:?}",
+        s.events(b)
+    );
+    assert_eq!(
+        s.events(a)
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .collect::<Vec<_>>(),
+        vec![&Event::Rejected { peer: s.id(b) }]
+    );
+    assert!(!s.has(a, is_connected) && !s.has(b, is_connected));
+}
+
+/// Peers 1, 2 and 3 ask peer 0, one second apart.
+fn three_requests() -> (Sim, Vec<usize>) {
+    println!("seed {SEED}");
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let v = s.add_registered_peers(4, &default_config());
+    for &p in &v[1..] {
+        s.connect(p, v[0]);
+        s.run_for(secs(1));
+    }
+    let ids: Vec<ClientId> = v[1..].iter().map(|&p| s.id(p)).collect();
+    assert_eq!(s.peer(v[0]).pending_requests(), ids, "oldest first");
+    (s, v)
+}
+
+#[test]
+fn accept_and_reject_without_an_id_pick_the_oldest_request() {
+    let (mut s, v) = three_requests();
+    let (target, first, second, third) = (v[0], v[1], v[2], v[3]);
+    assert_eq!(s.accept(target, None), s.id(first));
+    assert_eq!(s.reject(target, None), s.id(second));
+    assert_eq!(s.peer(target).pending_requests(), vec![s.id(third)]);
+    s.expect(LIMIT, "answers arrive", |s| {
+        s.has(first, is_connected) && s.has(second, |e| matches!(e, Event::Rejected { .. }))
+    });
+    assert!(!s.has(third, is_connected));
+    assert!(!s.has(third, |e| matches!(e, Event::Rejected { .. })));
+}
+
+#[test]
+fn accept_and_reject_with_an_id_pick_that_request() {
+    let (mut s, v) = three_requests();
+    let (target, first, second, third) = (v[0], v[1], v[2], v[3]);
+    let (id1, id2, id3) = (s.id(first), s.id(second), s.id(third));
+    assert_eq!(s.accept(target, Some(id2)), id2);
+    assert_eq!(s.peer(target).pending_requests(), vec![id1, id3]);
+    assert_eq!(s.reject(target, Some(id3)), id3);
+    assert_eq!(s.peer(target).pending_requests(), vec![id1]);
+    let err = s.command(target, |p, now| p.accept(now, Some(id3)));
+    assert!(err.is_err(), "no request from {id3} any more");
+    s.expect(LIMIT, "answers arrive", |s| {
+        s.has(second, is_connected) && s.has(third, |e| matches!(e, Event::Rejected { .. }))
+    });
+    assert!(!s.has(first, is_connected));
+    assert!(!s.has(first, |e| matches!(e, Event::Rejected { .. })));
+    assert_eq!(s.peer(target).connected_peers(), vec![id2]);
+}
+
+// ---------------------------------------------------------------------- chat
+
+#[test]
+fn duplicate_chat_is_not_shown_twice_but_is_acknowledged_again() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, session) = (s.id(a), first_session(&s, a));
+    let chat = Message::Chat {
+        from: ida,
+        session,
+        seq: 1,
+        text: "hello".into(),
+    };
+    s.deliver_now(s.addr(a), s.addr(b), &chat);
+    s.deliver_now(s.addr(a), s.addr(b), &chat);
+    s.run_for(secs(1));
+    assert_eq!(s.shown(b, ida), vec![(1, "hello".to_string())]);
+    let acks = s.sent_by(s.addr(b), |m| {
+        matches!(
+            m,
+            Message::Ack {
+                seq: 1,
+                cumulative: 1,
+                ..
+            }
+        )
+    });
+    assert_eq!(acks.len(), 2, "every copy is acknowledged");
+    assert_eq!(s.peer(b).stats().duplicates, 1);
+}
+
+#[test]
+fn early_chat_is_held_and_shown_after_the_one_before_it_in_order() {
+    let (mut s, a, b) = connected_pair();
+    let ida = s.id(a);
+    s.drop_first(1, |m| matches!(m, Message::Chat { seq: 1, .. }));
+    s.send(a, None, "one");
+    s.send(a, None, "two");
+    // Number 2 arrives and is acknowledged, but not shown: 1 is missing.
+    s.expect(LIMIT, "ack of 2", |s| {
+        !s.sent_by(s.addr(b), |m| {
+            matches!(
+                m,
+                Message::Ack {
+                    seq: 2,
+                    cumulative: 0,
+                    ..
+                }
+            )
+        })
+        .is_empty()
+    });
+    assert!(s.shown(b, ida).is_empty(), "{:?}", s.events(b));
+    s.expect(LIMIT, "both shown", |s| s.shown(b, ida).len() == 2);
+    assert_eq!(
+        s.shown(b, ida),
+        vec![(1, "one".to_string()), (2, "two".to_string())]
+    );
+    s.expect(LIMIT, "both delivered", |s| {
+        s.count(a, |e| matches!(e, Event::Delivered { .. })) == 2
+    });
+    assert_eq!(s.shown(b, ida).len(), 2);
+}
+
+#[test]
+fn delivered_chat_gets_delivered() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    assert_eq!(s.send(a, None, "hello"), vec![1]);
+    assert!(s.has(a, |e| *e
+        == Event::Sent {
+            peer: idb,
+            seq: 1,
+            text: "hello".into()
+        }));
+    s.expect(LIMIT, "delivered", |s| {
+        s.has(a, |e| matches!(e, Event::Delivered { .. }))
+    });
+    assert_eq!(s.shown(b, ida), vec![(1, "hello".to_string())]);
+    s.run_for(secs(30));
+    assert_eq!(
+        s.count(a, |e| *e == Event::Delivered { peer: idb, seq: 1 }),
+        1
+    );
+    assert!(!s.has(a, |e| matches!(e, Event::Undelivered { .. })));
+    assert_eq!(s.peer(a).stats().retransmissions, 0);
+}
+
+#[test]
+fn unacknowledged_chat_is_resent_then_reported_undelivered() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    let tries = default_config().chat.max_tries;
+    // Every acknowledgement is lost; everything else gets through.
+    s.drop_first(usize::MAX, |m| matches!(m, Message::Ack { .. }));
+    let sent_at = s.now;
+    s.send(a, None, "hello");
+    s.expect(LIMIT, "undelivered", |s| {
+        s.has(a, |e| matches!(e, Event::Undelivered { .. }))
+    });
+    let chats = s.sent_by(s.addr(a), |m| matches!(m, Message::Chat { .. }));
+    assert_eq!(chats.len(), tries as usize, "sent max_tries times");
+    let gaps: Vec<Duration> = chats.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for w in gaps.windows(2) {
+        assert!(w[0] <= w[1], "the resend timeout backs off: {gaps:?}");
+    }
+    assert!(
+        gaps.iter().all(|g| *g <= RETRY),
+        "never beyond the retry interval: {gaps:?}"
+    );
+    assert_eq!(
+        s.events(a)
+            .iter()
+            .filter(|e| matches!(e, Event::Undelivered { .. }))
+            .count(),
+        1
+    );
+    assert!(s.has(a, |e| *e == Event::Undelivered { peer: idb, seq: 1 }));
+    assert!(!s.has(a, |e| matches!(e, Event::Delivered { .. })));
+    let given_up = s
+        .when(a, |e| matches!(e, Event::Undelivered { .. }))
+        .unwrap();
+    assert!(
+        given_up - sent_at <= RETRY * tries,
+        "{:?}",
+        given_up - sent_at
+    );
+    // The receiver showed it once, however many copies came.
+    assert_eq!(s.shown(b, ida), vec![(1, "hello".to_string())]);
+    // The session survives (the peers still hear each other's pings).
+    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+}
+
+// ---------------------------------------------------------------------- terminate and leave
+
+#[test]
+fn terminate_is_resent_until_acknowledged_and_both_sides_see_terminated() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    s.drop_first(2, |m| matches!(m, Message::TerminateAck { .. }));
+    assert_eq!(s.terminate(a, None), idb);
+    s.expect(LIMIT, "both terminated", |s| {
+        s.has(a, is_terminated) && s.has(b, is_terminated)
+    });
+    s.run_for(secs(60));
+    let session = first_session(&s, a);
+    let terminates = s.sent_by(s.addr(a), |m| matches!(m, Message::Terminate { .. }));
+    assert_eq!(
+        terminates.len(),
+        3,
+        "resent until the third is acknowledged"
+    );
+    assert!(terminates
+        .iter()
+        .all(|r| r.message == Message::Terminate { from: ida, session }));
+    let ended = |i: usize, peer| {
+        s.events(i)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Terminated { peer: p, .. } if *p == peer))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ended(a, idb),
+        vec![Event::Terminated {
+            peer: idb,
+            reason: EndReason::ByUs
+        }]
+    );
+    assert_eq!(
+        ended(b, ida),
+        vec![Event::Terminated {
+            peer: ida,
+            reason: EndReason::ByPeer
+        }]
+    );
+    assert!(s.peer(a).connected_peers().is_empty());
+    assert!(s.peer(b).connected_peers().is_empty());
+}
+
+#[test]
+fn terminate_never_acknowledged_ends_unanswered_after_terminate_tries() {
+    let (mut s, a, b) = connected_pair();
+    let idb = s.id(b);
+    s.set_down(s.addr(b), true);
+    let start = s.now;
+    s.terminate(a, None);
+    s.expect(LIMIT, "a terminated", |s| s.has(a, is_terminated));
+    let terminates = s.sent_by(s.addr(a), |m| matches!(m, Message::Terminate { .. }));
+    assert_eq!(
+        terminates.len(),
+        default_config().terminate_tries as usize,
+        "terminate_tries sends"
+    );
+    assert_eq!(
+        s.events(a).last(),
+        Some(&Event::Terminated {
+            peer: idb,
+            reason: EndReason::Unanswered
+        })
+    );
+    let ended = s.when(a, is_terminated).unwrap();
+    assert!(ended - start <= RETRY * 6, "{:?}", ended - start);
+    s.run_for(secs(60));
+    assert_eq!(s.count(a, is_terminated), 1);
+    assert_eq!(
+        s.sent_by(s.addr(a), |m| matches!(m, Message::Terminate { .. }))
+            .len(),
+        default_config().terminate_tries as usize,
+        "no resend after giving up"
+    );
+}
+
+#[test]
+fn leave_is_resent_until_leave_ack_and_ends_left_acked() {
+    let (mut s, a, _b) = pair();
+    let ida = s.id(a);
+    s.drop_first(2, |m| matches!(m, Message::LeaveAck { .. }));
+    s.leave(a);
+    s.expect(LIMIT, "left", |s| s.has(a, is_left));
+    assert_eq!(
+        s.events(a).last(),
+        Some(&Event::Left { server_acked: true })
+    );
+    assert_eq!(
+        s.sent_by(s.addr(a), |m| matches!(m, Message::Leave { .. }))
+            .len(),
+        3,
+        "resent until the third LeaveAck got through"
+    );
+    assert!(s.peer(a).is_finished());
+    assert!(s.registry.get(ida).is_none(), "the server forgot it");
+    assert_eq!(s.count(a, is_left), 1);
+}
+
+#[test]
+fn leave_with_the_server_gone_ends_left_unacked_after_server_tries() {
+    let (mut s, a, _b) = pair();
+    s.set_down(SERVER, true);
+    let start = s.now;
+    s.leave(a);
+    s.expect(LIMIT, "left", |s| s.has(a, is_left));
+    let cfg = default_config();
+    assert_eq!(
+        s.events(a).last(),
+        Some(&Event::Left {
+            server_acked: false
+        })
+    );
+    assert_eq!(
+        s.sent_by(s.addr(a), |m| matches!(m, Message::Leave { .. }))
+            .len(),
+        cfg.server_tries as usize
+    );
+    let left = s.when(a, is_left).unwrap();
+    assert_eq!(left - start, cfg.server_retry * cfg.server_tries);
+    assert!(s.has(a, |e| matches!(e, Event::Notice { .. })), "told why");
+    assert!(s.peer(a).is_finished());
+}
+
+#[test]
+fn terminate_while_waiting_for_an_answer_cancels_the_request() {
+    let (mut s, a, b) = pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    s.connect(a, b);
+    s.expect(LIMIT, "request", |s| s.has(b, is_request));
+    assert_eq!(s.terminate(a, Some(idb)), idb);
+    assert_eq!(
+        s.events(a).last(),
+        Some(&Event::Terminated {
+            peer: idb,
+            reason: EndReason::Cancelled
+        }),
+        "shown at once"
+    );
+    s.expect(LIMIT, "b's request withdrawn", |s| s.has(b, is_terminated));
+    assert_eq!(
+        s.events(b).last(),
+        Some(&Event::Terminated {
+            peer: ida,
+            reason: EndReason::Cancelled
+        })
+    );
+    assert!(s.peer(b).pending_requests().is_empty());
+    assert!(s.command(b, |p, now| p.accept(now, None)).is_err());
+    s.run_for(secs(60));
+    assert_eq!(s.count(a, is_terminated), 1, "{:?}", s.events(a));
+    assert_eq!(
+        s.sent_by(s.addr(a), is_connect_request).len(),
+        1,
+        "no resend"
+    );
+    assert!(!s.has(a, |e| matches!(e, Event::NoAnswer { .. })));
+}
+
+#[test]
+fn connect_after_terminate_works_again() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    s.send(a, None, "first");
+    s.expect(LIMIT, "delivered", |s| {
+        s.has(a, |e| matches!(e, Event::Delivered { .. }))
+    });
+    s.terminate(a, None);
+    s.expect(LIMIT, "both terminated", |s| {
+        s.has(a, is_terminated) && s.has(b, is_terminated)
+    });
+    s.connect(a, b);
+    s.expect(LIMIT, "second request", |s| s.count(b, is_request) == 2);
+    s.accept(b, Some(ida));
+    s.expect(LIMIT, "connected again", |s| s.count(a, is_connected) == 2);
+    assert_eq!(s.count(b, is_connected), 2);
+    let sessions: Vec<SessionId> = s
+        .sent_by(s.addr(a), is_connect_request)
+        .iter()
+        .map(|r| session_of(&r.message))
+        .collect();
+    assert_ne!(sessions.first(), sessions.last(), "a new session id");
+    assert_eq!(s.send(a, None, "second"), vec![1], "numbering starts again");
+    s.expect(LIMIT, "delivered", |s| {
+        s.count(a, |e| matches!(e, Event::Delivered { .. })) == 2
+    });
+    assert_eq!(
+        s.shown(b, ida),
+        vec![(1, "first".to_string()), (1, "second".to_string())]
+    );
+    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+}
+
+// ---------------------------------------------------------------------- strangers
+
+#[test]
+fn accept_from_a_third_address_or_for_another_session_changes_nothing() {
+    let (mut s, a, b) = pair();
+    let idb = s.id(b);
+    s.connect(a, b);
+    s.expect(LIMIT, "request", |s| s.has(b, is_request));
+    let session = first_session(&s, a);
+    let forged = [
+        (stranger(), Message::Accept { from: idb, session }),
+        (
+            s.addr(b),
+            Message::Accept {
+                from: idb,
+                session: session.wrapping_add(1),
+            },
+        ),
+        (
+            s.addr(b),
+            Message::Chat {
+                from: idb,
+                session: session.wrapping_add(1),
+                seq: 1,
+                text: "not yours".into(),
+            },
+        ),
+    ];
+    for (from, msg) in &forged {
+        s.deliver_now(*from, s.addr(a), msg);
+    }
+    assert!(!s.has(a, is_connected), "{:?}", s.events(a));
+    assert!(s.peer(a).connected_peers().is_empty());
+    assert!(s.peer(a).stats().ignored >= 3);
+    // The real answer still opens the session, once.
+    s.accept(b, None);
+    s.expect(LIMIT, "connected", |s| s.has(a, is_connected));
+    s.run_for(secs(30));
+    assert_eq!(s.count(a, is_connected), 1);
+    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+}
+
+#[test]
+fn chat_from_a_third_address_or_with_a_wrong_session_changes_nothing() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    let session = first_session(&s, a);
+    let chat = |session, text: &str| Message::Chat {
+        from: idb,
+        session,
+        seq: 1,
+        text: text.into(),
+    };
+    s.deliver_now(stranger(), s.addr(a), &chat(session, "from a stranger"));
+    s.deliver_now(s.addr(b), s.addr(a), &chat(session ^ 1, "wrong session"));
+    s.deliver_now(
+        stranger(),
+        s.addr(a),
+        &Message::Terminate { from: idb, session },
+    );
+    s.run_for(secs(1));
+    assert!(s.shown(a, idb).is_empty(), "{:?}", s.events(a));
+    assert!(!s.has(a, is_terminated));
+    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+    assert!(s.peer(a).stats().ignored >= 3);
+    // Message number 1 of the real session is still to come, and is shown.
+    s.send(b, Some(ida), "real");
+    s.expect(LIMIT, "shown", |s| !s.shown(a, idb).is_empty());
+    assert_eq!(s.shown(a, idb), vec![(1, "real".to_string())]);
+    assert!(!s.has(b, is_terminated), "{:?}", s.events(b));
+}
+
+// ---------------------------------------------------------------------- the server
+
+#[test]
+fn no_registration_answer_is_fatal_no_rendezvous_server() {
+    println!("seed {SEED}");
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    s.set_down(SERVER, true);
+    let a = s.add_peer(default_config());
+    s.expect(LIMIT, "fatal", |s| {
+        s.has(a, |e| matches!(e, Event::Fatal { .. }))
+    });
+    let cfg = default_config();
+    match s.events(a).as_slice() {
+        [Event::Fatal { message }] => {
+            assert!(message.contains("no rendezvous server"), "{message:?}")
+        }
+        other => panic!("expected one Fatal event, got {other:?}"),
+    }
+    let registers = s.sent_by(s.addr(a), |m| matches!(m, Message::Register { .. }));
+    assert_eq!(registers.len(), cfg.server_tries as usize);
+    let fatal = s.when(a, |e| matches!(e, Event::Fatal { .. })).unwrap();
+    assert_eq!(fatal - s.start, cfg.server_retry * cfg.server_tries);
+    assert!(s.peer(a).is_finished());
+    assert!(s.peer(a).id().is_none());
+    assert_eq!(s.next_event_time(), None, "nothing left to do");
+}
+
+#[test]
+fn late_not_registered_while_registering_again_is_not_fatal() {
+    let t0 = Instant::now();
+    let mut p = Peer::with_seed(default_config(), t0, SEED);
+    let registered = Message::Registered {
+        id: 4,
+        token: 7,
+        ttl_secs: 30,
+    };
+    p.handle_datagram(t0, SERVER, &encode(&registered));
+    drain(&mut p);
+    // The server forgot us; its answer to our Keepalive arrives twice (duplicated, or the
+    // answers to two Keepalives).
+    let forgotten = Message::Error {
+        code: p2pchat::wire::ErrorCode::NotRegistered,
+        detail: "client 4 is not registered".into(),
+    };
+    let t1 = t0 + secs(10);
+    p.handle_datagram(t1, SERVER, &encode(&forgotten));
+    let (sent, events) = drain(&mut p);
+    assert_eq!(sent, vec![Message::Register { want_id: Some(4) }]);
+    assert!(
+        matches!(events.as_slice(), [Event::Notice { .. }]),
+        "{events:?}"
+    );
+    p.handle_datagram(t1 + ms(5), SERVER, &encode(&forgotten));
+    let (_, events) = drain(&mut p);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Fatal { .. })),
+        "a stale NotRegistered is no refusal of the new Register: {events:?}"
+    );
+    assert!(!p.is_finished());
+    p.handle_datagram(t1 + ms(10), SERVER, &encode(&registered));
+    let (_, events) = drain(&mut p);
+    assert_eq!(events, vec![Event::Registered { id: 4, again: true }]);
+}

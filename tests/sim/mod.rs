@@ -1,0 +1,615 @@
+//! A simulated network with a simulated clock, shared by the behaviour tests (`mod sim;`).
+//!
+//! One [`Registry`] at [`SERVER`] and any number of [`Peer`]s, each at its own address, talk
+//! through a queue of datagrams in flight. Nothing touches a socket and nothing sleeps: the
+//! clock is a virtual `now` that starts at one `Instant::now()` and jumps to the next thing
+//! that happens (a datagram arriving, or the earliest `poll_timeout()` of the registry and of
+//! every peer). Every datagram is encoded with [`wire::encode`] and handed over with
+//! `handle_datagram`, so the decoder is on the path of every test.
+//!
+//! The network is seeded ([`Sim::new`]): each datagram may be lost, duplicated, and delayed by
+//! a base latency plus jitter plus, sometimes, an extra reordering delay, all drawn from one
+//! `StdRng`. The same seed replays the same run exactly. Tests can also drop chosen datagrams
+//! ([`Sim::drop_first`]), take an address off the network ([`Sim::set_down`]), or hand a
+//! datagram straight to a node ([`Sim::deliver_now`]).
+//!
+//! Driving is bounded: [`Sim::run_until`] stops at a virtual-time limit, and any run that
+//! takes more than [`MAX_STEPS`] steps panics (a livelock, e.g. a timer that never moves).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use p2pchat::peer::{Event, Peer, PeerConfig};
+use p2pchat::registry::{Registry, RegistryConfig, TableEvent, Transmit};
+use p2pchat::wire::{self, ClientId, Message};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Where the rendezvous server lives. Addresses are labels: nothing binds them.
+pub const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7070));
+
+/// Steps one `run_until`/`run_for` may take before the run is declared a livelock.
+pub const MAX_STEPS: u64 = 5_000_000;
+
+/// The default retry interval of the client (`--retry-interval 10`).
+pub const RETRY: Duration = Duration::from_secs(10);
+
+/// The address of the `i`-th peer added to a simulation.
+pub fn peer_addr(i: usize) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(10, 0, 1, u8::try_from(i + 1).expect("at most 254 peers")),
+        4000,
+    ))
+}
+
+/// A client configuration with the defaults of the command line (10 s retry interval).
+pub fn default_config() -> PeerConfig {
+    PeerConfig::new(SERVER, RETRY)
+}
+
+/// How the simulated network treats datagrams. Probabilities are per datagram.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Chance a datagram is lost.
+    pub loss: f64,
+    /// Chance a datagram that was not lost arrives twice (the copy has its own delay).
+    pub duplicate: f64,
+    /// Every datagram takes at least this long.
+    pub latency: Duration,
+    /// Plus a uniformly random extra delay up to this.
+    pub jitter: Duration,
+    /// Chance a datagram is held back by up to `reorder_delay` more, so that later ones
+    /// overtake it.
+    pub reorder: f64,
+    pub reorder_delay: Duration,
+}
+
+impl NetConfig {
+    /// No loss, no duplication, no reordering; 10 ms one way.
+    pub fn perfect() -> Self {
+        NetConfig {
+            loss: 0.0,
+            duplicate: 0.0,
+            latency: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            reorder: 0.0,
+            reorder_delay: Duration::ZERO,
+        }
+    }
+
+    /// Lossy and disorderly: `loss` and `duplicate` as given, 10 ms + up to 30 ms of jitter,
+    /// and one datagram in ten held back by up to 300 ms.
+    pub fn lossy(loss: f64, duplicate: f64) -> Self {
+        NetConfig {
+            loss,
+            duplicate,
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(30),
+            reorder: 0.1,
+            reorder_delay: Duration::from_millis(300),
+        }
+    }
+}
+
+/// What happened to a datagram handed to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Scheduled for delivery (once, or twice when duplicated).
+    Sent { copies: u8 },
+    /// Lost at random.
+    Lost,
+    /// Dropped by a test's filter.
+    Filtered,
+}
+
+/// One datagram handed to the network, for tests that check what was sent when.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub message: Message,
+    pub fate: Fate,
+    /// When each copy is due to arrive (empty when it was lost or filtered).
+    pub arrivals: Vec<Instant>,
+}
+
+/// What a filter sees.
+pub struct Packet<'a> {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub message: &'a Message,
+}
+
+struct Filter {
+    remaining: usize,
+    pred: Box<dyn FnMut(&Packet<'_>) -> bool>,
+}
+
+/// Counters of the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Datagrams handed to the network.
+    pub sent: u64,
+    /// Lost at random.
+    pub dropped: u64,
+    /// Dropped by a filter.
+    pub filtered: u64,
+    /// Extra copies made.
+    pub duplicated: u64,
+    /// Handed to a node's `handle_datagram`.
+    pub delivered: u64,
+    /// Arrived at an address that is down, unknown, or whose peer has finished.
+    pub undeliverable: u64,
+}
+
+struct Datagram {
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// One simulated client.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub peer: Peer,
+    /// Every event the peer emitted, with the virtual time it was drained.
+    pub events: Vec<(Instant, Event)>,
+}
+
+/// The simulated network, clock, server and peers. See the module documentation.
+pub struct Sim {
+    pub seed: u64,
+    /// When the simulation started; `now - start` is the virtual time elapsed.
+    pub start: Instant,
+    pub now: Instant,
+    pub net: NetConfig,
+    rng: StdRng,
+    pub registry: Registry,
+    pub registry_events: Vec<(Instant, TableEvent)>,
+    pub nodes: Vec<Node>,
+    in_flight: BTreeMap<(Instant, u64), Datagram>,
+    order: u64,
+    filters: Vec<Filter>,
+    down: HashSet<SocketAddr>,
+    /// Every datagram handed to the network, in order.
+    pub log: Vec<Record>,
+    pub stats: NetStats,
+    pub steps: u64,
+}
+
+impl Sim {
+    /// A simulation whose network, server tokens and peers' session ids all derive from
+    /// `seed`. The server uses the default configuration (30 s time to live).
+    pub fn new(seed: u64, net: NetConfig) -> Self {
+        Self::with_registry(seed, net, RegistryConfig::default())
+    }
+
+    pub fn with_registry(seed: u64, net: NetConfig, config: RegistryConfig) -> Self {
+        let now = Instant::now();
+        Sim {
+            seed,
+            start: now,
+            now,
+            net,
+            rng: StdRng::seed_from_u64(seed),
+            registry: Registry::with_seed(config, seed ^ 0x5e4e_5e4e),
+            registry_events: Vec::new(),
+            nodes: Vec::new(),
+            in_flight: BTreeMap::new(),
+            order: 0,
+            filters: Vec::new(),
+            down: HashSet::new(),
+            log: Vec::new(),
+            stats: NetStats::default(),
+            steps: 0,
+        }
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Adds a peer at [`peer_addr`]`(index)`, started now (it sends its `Register` at once).
+    /// The configuration's server is set to [`SERVER`]. Returns the peer's index.
+    pub fn add_peer(&mut self, mut config: PeerConfig) -> usize {
+        let i = self.nodes.len();
+        config.server = SERVER;
+        let seed = self
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64 + 1);
+        let peer = Peer::with_seed(config, self.now, seed);
+        self.nodes.push(Node {
+            addr: peer_addr(i),
+            peer,
+            events: Vec::new(),
+        });
+        self.drain_peer(i);
+        i
+    }
+
+    pub fn peer(&self, i: usize) -> &Peer {
+        &self.nodes[i].peer
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// The id the server gave peer `i`; panics if it has none yet.
+    pub fn id(&self, i: usize) -> ClientId {
+        self.nodes[i]
+            .peer
+            .id()
+            .unwrap_or_else(|| panic!("peer {i} is not registered (seed {})", self.seed))
+    }
+
+    // ------------------------------------------------------------------ network control
+
+    /// Drops the first `k` datagrams whose message satisfies `pred` (after which the filter
+    /// lets everything through). Filters apply before random loss.
+    pub fn drop_first(&mut self, k: usize, mut pred: impl FnMut(&Message) -> bool + 'static) {
+        self.drop_first_where(k, move |p| pred(p.message));
+    }
+
+    /// Like [`Sim::drop_first`], with the addresses too.
+    pub fn drop_first_where(&mut self, k: usize, pred: impl FnMut(&Packet<'_>) -> bool + 'static) {
+        self.filters.push(Filter {
+            remaining: k,
+            pred: Box::new(pred),
+        });
+    }
+
+    /// Takes `addr` off the network (`down`: true) or puts it back. Datagrams to a down
+    /// address vanish; a down peer's or server's timers do not run (it is as if crashed,
+    /// but its state is kept).
+    pub fn set_down(&mut self, addr: SocketAddr, down: bool) {
+        if down {
+            self.down.insert(addr);
+        } else {
+            self.down.remove(&addr);
+        }
+    }
+
+    /// Hands a datagram straight to the node at `to` now, bypassing the network (no loss, no
+    /// delay, not logged). For strangers and forged messages.
+    pub fn deliver_now(&mut self, from: SocketAddr, to: SocketAddr, message: &Message) {
+        self.deliver(Datagram {
+            from,
+            to,
+            bytes: wire::encode(message),
+        });
+    }
+
+    /// Puts a datagram on the network as if `from` had sent it now (loss, delay and filters
+    /// apply, and it is logged).
+    pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, message: Message) {
+        self.transmit(from, Transmit { to, message });
+    }
+
+    fn transmit(&mut self, from: SocketAddr, t: Transmit) {
+        self.stats.sent += 1;
+        let packet = Packet {
+            from,
+            to: t.to,
+            message: &t.message,
+        };
+        let mut arrivals = Vec::new();
+        let mut filtered = false;
+        for f in &mut self.filters {
+            if f.remaining > 0 && (f.pred)(&packet) {
+                f.remaining -= 1;
+                filtered = true;
+                break;
+            }
+        }
+        let fate = if filtered {
+            self.stats.filtered += 1;
+            Fate::Filtered
+        } else if self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) {
+            self.stats.dropped += 1;
+            Fate::Lost
+        } else {
+            let bytes = wire::encode(&t.message);
+            let copies = if self.net.duplicate > 0.0 && self.rng.random_bool(self.net.duplicate) {
+                self.stats.duplicated += 1;
+                2
+            } else {
+                1
+            };
+            for _ in 1..copies {
+                arrivals.push(self.schedule(from, t.to, bytes.clone()));
+            }
+            arrivals.push(self.schedule(from, t.to, bytes));
+            Fate::Sent { copies }
+        };
+        self.log.push(Record {
+            at: self.now,
+            from,
+            to: t.to,
+            message: t.message,
+            fate,
+            arrivals,
+        });
+    }
+
+    fn schedule(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) -> Instant {
+        let mut delay = self.net.latency;
+        if !self.net.jitter.is_zero() {
+            delay += self.net.jitter.mul_f64(self.rng.random::<f64>());
+        }
+        if self.net.reorder > 0.0 && self.rng.random_bool(self.net.reorder) {
+            delay += self.net.reorder_delay.mul_f64(self.rng.random::<f64>());
+        }
+        self.order += 1;
+        let at = self.now + delay;
+        self.in_flight
+            .insert((at, self.order), Datagram { from, to, bytes });
+        at
+    }
+
+    fn deliver(&mut self, d: Datagram) {
+        if self.down.contains(&d.to) {
+            self.stats.undeliverable += 1;
+            return;
+        }
+        let now = self.now;
+        if d.to == SERVER {
+            self.stats.delivered += 1;
+            self.registry.handle_datagram(now, d.from, &d.bytes);
+            self.drain_registry();
+            return;
+        }
+        match self.nodes.iter().position(|n| n.addr == d.to) {
+            Some(i) if !self.nodes[i].peer.is_finished() => {
+                self.stats.delivered += 1;
+                self.nodes[i].peer.handle_datagram(now, d.from, &d.bytes);
+                self.drain_peer(i);
+            }
+            _ => self.stats.undeliverable += 1,
+        }
+    }
+
+    fn drain_registry(&mut self) {
+        while let Some(t) = self.registry.poll_transmit() {
+            self.transmit(SERVER, t);
+        }
+        while let Some(e) = self.registry.poll_event() {
+            self.registry_events.push((self.now, e));
+        }
+    }
+
+    fn drain_peer(&mut self, i: usize) {
+        let from = self.nodes[i].addr;
+        while let Some(t) = self.nodes[i].peer.poll_transmit() {
+            self.transmit(from, t);
+        }
+        while let Some(e) = self.nodes[i].peer.poll_event() {
+            self.nodes[i].events.push((self.now, e));
+        }
+    }
+
+    // ------------------------------------------------------------------ user commands
+
+    /// Runs a user command on peer `i` at the current virtual time, then sends what it
+    /// queued and collects its events.
+    pub fn command<R>(&mut self, i: usize, f: impl FnOnce(&mut Peer, Instant) -> R) -> R {
+        let now = self.now;
+        let r = f(&mut self.nodes[i].peer, now);
+        self.drain_peer(i);
+        r
+    }
+
+    /// `connect <peer's id>` on peer `i`; panics if refused.
+    pub fn connect(&mut self, i: usize, to: usize) {
+        let id = self.id(to);
+        let seed = self.seed;
+        self.command(i, |p, now| p.connect(now, id))
+            .unwrap_or_else(|e| panic!("peer {i}: connect {id} refused: {e} (seed {seed})"));
+    }
+
+    /// `accept [id]` on peer `i`; returns whom it accepted; panics if refused.
+    pub fn accept(&mut self, i: usize, from: Option<ClientId>) -> ClientId {
+        let seed = self.seed;
+        self.command(i, |p, now| p.accept(now, from))
+            .unwrap_or_else(|e| panic!("peer {i}: accept refused: {e} (seed {seed})"))
+    }
+
+    /// `reject [id]` on peer `i`; returns whom it rejected; panics if refused.
+    pub fn reject(&mut self, i: usize, from: Option<ClientId>) -> ClientId {
+        let seed = self.seed;
+        self.command(i, |p, now| p.reject(now, from))
+            .unwrap_or_else(|e| panic!("peer {i}: reject refused: {e} (seed {seed})"))
+    }
+
+    /// `send [id] text` on peer `i`; returns the message numbers; panics if refused.
+    pub fn send(&mut self, i: usize, to: Option<ClientId>, text: &str) -> Vec<u64> {
+        let seed = self.seed;
+        self.command(i, |p, now| p.send(now, to, text))
+            .unwrap_or_else(|e| panic!("peer {i}: send refused: {e} (seed {seed})"))
+    }
+
+    /// `terminate [id]` on peer `i`; panics if refused.
+    pub fn terminate(&mut self, i: usize, peer: Option<ClientId>) -> ClientId {
+        let seed = self.seed;
+        self.command(i, |p, now| p.terminate(now, peer))
+            .unwrap_or_else(|e| panic!("peer {i}: terminate refused: {e} (seed {seed})"))
+    }
+
+    /// `leave` on peer `i`.
+    pub fn leave(&mut self, i: usize) {
+        self.command(i, |p, now| p.leave(now));
+    }
+
+    // ------------------------------------------------------------------ the clock
+
+    /// The next time something happens: a datagram arrives or a timer is due.
+    pub fn next_event_time(&self) -> Option<Instant> {
+        let mut next = self.in_flight.keys().next().map(|(t, _)| *t);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if !self.down.contains(&SERVER) {
+            consider(self.registry.poll_timeout());
+        }
+        for n in &self.nodes {
+            if !self.down.contains(&n.addr) && !n.peer.is_finished() {
+                consider(n.peer.poll_timeout());
+            }
+        }
+        next
+    }
+
+    /// Moves the clock to the next thing that happens and does it: delivers one datagram,
+    /// or runs every timer that is due. Returns false when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        let Some(t) = self.next_event_time() else {
+            return false;
+        };
+        self.steps += 1;
+        if t > self.now {
+            self.now = t;
+        }
+        let now = self.now;
+        if let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 <= now {
+                let d = entry.remove();
+                self.deliver(d);
+                return true;
+            }
+        }
+        if !self.down.contains(&SERVER) && self.registry.poll_timeout().is_some_and(|t| t <= now) {
+            self.registry.handle_timeout(now);
+            self.drain_registry();
+        }
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if self.down.contains(&n.addr) || n.peer.is_finished() {
+                continue;
+            }
+            if n.peer.poll_timeout().is_some_and(|t| t <= now) {
+                self.nodes[i].peer.handle_timeout(now);
+                self.drain_peer(i);
+            }
+        }
+        true
+    }
+
+    /// Runs until `cond` holds (true), or until `limit` of virtual time has passed or nothing
+    /// is left to happen (false). Panics after [`MAX_STEPS`] steps: a livelock.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&Sim) -> bool) -> bool {
+        let deadline = self.now + limit;
+        let mut steps = 0u64;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            match self.next_event_time() {
+                None => return false,
+                Some(t) if t > deadline => {
+                    self.now = deadline;
+                    return false;
+                }
+                Some(_) => {}
+            }
+            self.step();
+            steps += 1;
+            assert!(
+                steps <= MAX_STEPS,
+                "livelock: {MAX_STEPS} steps at virtual time {:?} (seed {})",
+                self.elapsed(),
+                self.seed
+            );
+        }
+    }
+
+    /// Like [`Sim::run_until`], but panics (naming `what` and the seed) if `cond` is not
+    /// reached within `limit`.
+    pub fn expect(&mut self, limit: Duration, what: &str, cond: impl FnMut(&Sim) -> bool) {
+        if !self.run_until(limit, cond) {
+            panic!(
+                "{what}: not reached within {limit:?} (virtual time {:?}, seed {})",
+                self.elapsed(),
+                self.seed
+            );
+        }
+    }
+
+    /// Does everything that happens in the next `d` of virtual time, and ends at `now + d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(d, |_| false);
+        // `run_until` stops at the deadline, or earlier when nothing is left to happen.
+        self.now = self.now.max(end);
+    }
+
+    // ------------------------------------------------------------------ observations
+
+    /// The events of peer `i`, without times.
+    pub fn events(&self, i: usize) -> Vec<Event> {
+        self.nodes[i]
+            .events
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// How many events of peer `i` satisfy `pred`.
+    pub fn count(&self, i: usize, pred: impl Fn(&Event) -> bool) -> usize {
+        self.nodes[i].events.iter().filter(|(_, e)| pred(e)).count()
+    }
+
+    pub fn has(&self, i: usize, pred: impl Fn(&Event) -> bool) -> bool {
+        self.count(i, pred) > 0
+    }
+
+    /// When peer `i` first emitted an event satisfying `pred`.
+    pub fn when(&self, i: usize, pred: impl Fn(&Event) -> bool) -> Option<Instant> {
+        self.nodes[i]
+            .events
+            .iter()
+            .find(|(_, e)| pred(e))
+            .map(|(t, _)| *t)
+    }
+
+    /// Whether peer `i` has registered.
+    pub fn registered(&self, i: usize) -> bool {
+        self.nodes[i].peer.id().is_some()
+    }
+
+    /// The texts peer `i` was shown from `from`, in the order shown, with their numbers.
+    pub fn shown(&self, i: usize, from: ClientId) -> Vec<(u64, String)> {
+        self.nodes[i]
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Message { from: f, seq, text } if *f == from => Some((*seq, text.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The datagrams node `from` handed to the network whose message satisfies `pred`.
+    pub fn sent_by(&self, from: SocketAddr, pred: impl Fn(&Message) -> bool) -> Vec<&Record> {
+        self.log
+            .iter()
+            .filter(|r| r.from == from && pred(&r.message))
+            .collect()
+    }
+
+    /// Registers `n` peers with `config` and runs until all have their ids.
+    pub fn add_registered_peers(&mut self, n: usize, config: &PeerConfig) -> Vec<usize> {
+        let peers: Vec<usize> = (0..n).map(|_| self.add_peer(config.clone())).collect();
+        let all = peers.clone();
+        self.expect(Duration::from_secs(120), "registration", move |s| {
+            all.iter().all(|&i| s.registered(i))
+        });
+        peers
+    }
+}
