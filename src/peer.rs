@@ -94,6 +94,9 @@ pub enum EndReason {
     PeerSilent,
     /// The peer started a new session, so the old one is over.
     Replaced,
+    /// A message of ours got no acknowledgement after every try: the peer is unreachable,
+    /// and the messages after it could never be shown in order, so the session was ended.
+    Undeliverable,
 }
 
 impl EndReason {
@@ -106,6 +109,7 @@ impl EndReason {
             EndReason::Unanswered => "unanswered",
             EndReason::PeerSilent => "peer_silent",
             EndReason::Replaced => "replaced",
+            EndReason::Undeliverable => "undeliverable",
         }
     }
 }
@@ -119,6 +123,7 @@ impl fmt::Display for EndReason {
             EndReason::Unanswered => "you ended it; the peer did not confirm",
             EndReason::PeerSilent => "the peer stopped answering",
             EndReason::Replaced => "the peer started a new session",
+            EndReason::Undeliverable => "a message could not be delivered, so it was ended",
         })
     }
 }
@@ -152,10 +157,10 @@ pub enum Event {
         seq: u64,
         text: String,
     },
-    /// `peer` acknowledged our message `seq`.
+    /// `peer` has shown our message `seq` (and every one before it).
     Delivered { peer: ClientId, seq: u64 },
-    /// Our message `seq` to `peer` was never acknowledged (retries exhausted, or the session
-    /// ended first). It may or may not have been shown there.
+    /// Our message `seq` to `peer` was never confirmed shown there (its retries ran out, or
+    /// the session ended first). It may or may not have been shown.
     Undelivered { peer: ClientId, seq: u64 },
     /// The session with `peer` is over.
     Terminated { peer: ClientId, reason: EndReason },
@@ -299,7 +304,7 @@ pub struct Peer {
     ttl: Duration,
     server: ServerState,
     sessions: BTreeMap<ClientId, Session>,
-    closing: HashMap<SessionId, Closing>,
+    closing: BTreeMap<SessionId, Closing>,
     /// Requests we rejected, so that a resent request gets the same answer; with expiry.
     rejected: HashMap<(ClientId, SessionId), Instant>,
     current: Option<ClientId>,
@@ -337,7 +342,7 @@ impl Peer {
             token: 0,
             ttl: Duration::from_secs(30),
             sessions: BTreeMap::new(),
-            closing: HashMap::new(),
+            closing: BTreeMap::new(),
             rejected: HashMap::new(),
             current: None,
             next_order: 0,
@@ -686,8 +691,20 @@ impl Peer {
         }
     }
 
-    /// Ends a session on our side: tells the peer, reports what was not delivered.
+    /// Ends a session on our side: tells the peer, reports what was not delivered. With
+    /// `reason`, the end is shown now; without, once the peer acknowledges the Terminate.
     fn end_locally(&mut self, now: Instant, me: ClientId, mut s: Session) {
+        self.end_locally_because(now, me, &mut s, None);
+    }
+
+    fn end_locally_because(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        s: &mut Session,
+        reason: Option<EndReason>,
+    ) {
+        self.absorb_stats(s);
         match &mut s.state {
             State::Connected { tx, .. } => {
                 let period = tx.rtt().rto().min(self.config.retry_interval);
@@ -695,8 +712,14 @@ impl Peer {
                     self.events
                         .push_back(Event::Undelivered { peer: s.peer, seq });
                 }
+                if let Some(reason) = reason {
+                    self.events.push_back(Event::Terminated {
+                        peer: s.peer,
+                        reason,
+                    });
+                }
                 let addr = s.addr.expect("connected sessions have an address");
-                self.start_closing(now, me, &s, addr, period, true);
+                self.start_closing(now, me, s, addr, period, reason.is_none());
             }
             State::Requesting { .. } => {
                 self.events.push_back(Event::Terminated {
@@ -705,13 +728,21 @@ impl Peer {
                 });
                 let addr = s.addr.expect("requests go to an address");
                 let period = self.config.server_retry;
-                self.start_closing(now, me, &s, addr, period, false);
+                self.start_closing(now, me, s, addr, period, false);
             }
             State::LookingUp { .. } => self.events.push_back(Event::Terminated {
                 peer: s.peer,
                 reason: EndReason::Cancelled,
             }),
-            State::Incoming { .. } => self.reject_session(now, me, &s),
+            State::Incoming { .. } => self.reject_session(now, me, s),
+        }
+    }
+
+    /// Keeps the counters of a session that is going away.
+    fn absorb_stats(&mut self, s: &Session) {
+        if let State::Connected { tx, rx } = &s.state {
+            self.stats.duplicates += rx.duplicates();
+            self.stats.retransmissions += tx.retransmissions();
         }
     }
 
@@ -1179,8 +1210,9 @@ impl Peer {
         })
     }
 
-    /// A session message for a session we do not have: if it is not one we are closing,
-    /// answer with a Terminate so that the sender ends its stale session.
+    /// A session message for a session we do not have: answer with a Terminate so that the
+    /// sender ends its stale session. For a session we are closing, this is a resend of our
+    /// Terminate, sooner than its timer: the peer evidently has not heard it.
     fn unknown_session(
         &mut self,
         me: ClientId,
@@ -1191,8 +1223,8 @@ impl Peer {
         self.ignore(src, msg);
         if !self.closing.contains_key(&session) {
             self.stats.resets += 1;
-            self.transmit(src, Message::Terminate { from: me, session });
         }
+        self.transmit(src, Message::Terminate { from: me, session });
     }
 
     fn end_by_peer(&mut self, s: Session) {
@@ -1205,6 +1237,7 @@ impl Peer {
 
     /// Drops a session the peer ended or that died: reports what was not delivered.
     fn end_with(&mut self, mut s: Session, reason: EndReason) {
+        self.absorb_stats(&s);
         if let State::Connected { tx, .. } = &mut s.state {
             for seq in tx.abandon() {
                 self.events
@@ -1377,8 +1410,11 @@ impl Peer {
                     return;
                 }
                 tx.handle_timeout(now);
-                while let Some(seq) = tx.poll_undelivered() {
-                    self.events.push_back(Event::Undelivered { peer, seq });
+                if tx.is_broken() {
+                    let mut s = self.sessions.remove(&peer).expect("present");
+                    self.end_locally_because(now, me, &mut s, Some(EndReason::Undeliverable));
+                    self.refresh_current();
+                    return;
                 }
                 if s.last_sent + cfg.session_idle <= now && !tx.wants_to_send() {
                     out = Some((

@@ -5,8 +5,14 @@
 //! resends each one whose acknowledgement has not come within the retransmission timeout
 //! (RTO). The RTO follows RFC 6298: a smoothed round-trip time and its variance, samples
 //! only from messages sent once (Karn's rule), doubling on every timeout, clamped between a
-//! floor and the session's retry interval. After `max_tries` sends without an
-//! acknowledgement a message is given up and reported as undelivered.
+//! floor and the session's retry interval.
+//!
+//! An acknowledgement names one message (`seq`: it has arrived, stop resending it) and a
+//! cumulative number (every message up to it has arrived and has been shown, in order). A
+//! message counts as *delivered* only once the cumulative number covers it: a message that
+//! arrived early is not shown until the gap before it fills. After `max_tries` sends without
+//! an acknowledgement the window is *broken*: the stream cannot go on in order, so the
+//! session must end and every message not yet delivered is reported as such.
 //!
 //! The receiver delivers each message exactly once and in order: duplicates are dropped,
 //! messages that arrive early wait (up to `window` ahead) for the gap to fill.
@@ -113,6 +119,10 @@ struct InFlight {
     first_sent: Instant,
     deadline: Instant,
     tries: u32,
+    /// Acknowledged on its own: it has arrived (and waits there for a gap to fill).
+    arrived: bool,
+    /// Queued in `due` for a resend.
+    due: bool,
 }
 
 /// What [`SendWindow::poll_transmit`] asks to send.
@@ -135,10 +145,10 @@ pub struct SendWindow {
     in_flight: BTreeMap<u64, InFlight>,
     /// Due for a (re)send, in order.
     due: VecDeque<u64>,
-    /// Acknowledged since the last `poll_delivered`.
+    /// Delivered since the last `poll_delivered`.
     delivered: VecDeque<u64>,
-    /// Given up since the last `poll_undelivered`.
-    undelivered: VecDeque<u64>,
+    /// A message ran out of tries.
+    broken: bool,
     retransmissions: u64,
 }
 
@@ -153,7 +163,7 @@ impl SendWindow {
             in_flight: BTreeMap::new(),
             due: VecDeque::new(),
             delivered: VecDeque::new(),
-            undelivered: VecDeque::new(),
+            broken: false,
             retransmissions: 0,
         }
     }
@@ -172,17 +182,25 @@ impl SendWindow {
         let rto = self.rtt.rto();
         while let Some(seq) = self.due.pop_front() {
             // A message acknowledged after it was marked due is skipped.
-            if self.in_flight.contains_key(&seq) {
-                self.retransmissions += 1;
-                let f = self.in_flight.get_mut(&seq).expect("checked above");
-                f.tries += 1;
-                f.deadline = now + rto;
-                return Some(Outgoing {
-                    seq,
-                    text: &f.text,
-                    retransmit: true,
-                });
+            let resend = match self.in_flight.get_mut(&seq) {
+                Some(f) => {
+                    f.due = false;
+                    !f.arrived
+                }
+                None => false,
+            };
+            if !resend {
+                continue;
             }
+            self.retransmissions += 1;
+            let f = self.in_flight.get_mut(&seq).expect("checked above");
+            f.tries += 1;
+            f.deadline = now + rto;
+            return Some(Outgoing {
+                seq,
+                text: &f.text,
+                retransmit: true,
+            });
         }
         if self.in_flight.len() >= self.config.window {
             return None;
@@ -193,6 +211,8 @@ impl SendWindow {
             first_sent: now,
             deadline: now + rto,
             tries: 1,
+            arrived: false,
+            due: false,
         });
         Some(Outgoing {
             seq,
@@ -201,63 +221,63 @@ impl SendWindow {
         })
     }
 
-    /// An acknowledgement: `seq` and everything up to `cumulative` have arrived.
+    /// An acknowledgement: `seq` has arrived, and everything up to `cumulative` has been
+    /// shown in order (and is now delivered).
     pub fn on_ack(&mut self, now: Instant, seq: u64, cumulative: u64) {
-        let mut acked: Vec<u64> = self
-            .in_flight
-            .range(..=cumulative)
-            .map(|(&s, _)| s)
-            .collect();
-        if self.in_flight.contains_key(&seq) && seq > cumulative {
-            acked.push(seq);
-        }
-        for s in acked {
-            let f = self.in_flight.remove(&s).expect("collected from the map");
+        if let Some(f) = self.in_flight.get_mut(&seq) {
             // Karn's rule: only a message sent once gives an unambiguous round-trip sample.
-            if f.tries == 1 && s == seq {
+            if f.tries == 1 && !f.arrived {
                 self.rtt
                     .on_sample(now.saturating_duration_since(f.first_sent));
             }
-            self.delivered.push_back(s);
+            f.arrived = true;
+        }
+        while let Some(entry) = self.in_flight.first_entry() {
+            if *entry.key() > cumulative {
+                break;
+            }
+            self.delivered.push_back(entry.remove_entry().0);
         }
     }
 
-    /// Marks the messages whose timeout has passed as due for a resend, and gives up on the
-    /// ones that have been sent `max_tries` times.
+    /// Queues the messages whose timeout has passed for a resend. A message already sent
+    /// `max_tries` times breaks the window instead (see [`SendWindow::is_broken`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(s, f)| f.deadline <= now && !self.due.contains(s))
-            .map(|(&s, _)| s)
-            .collect();
-        if expired.is_empty() {
-            return;
-        }
-        self.rtt.on_timeout();
-        for s in expired {
-            if self.in_flight[&s].tries >= self.config.max_tries {
-                self.in_flight.remove(&s);
-                self.undelivered.push_back(s);
+        let mut expired = false;
+        for (&seq, f) in self.in_flight.iter_mut() {
+            if f.arrived || f.due || f.deadline > now {
+                continue;
+            }
+            expired = true;
+            if f.tries >= self.config.max_tries {
+                self.broken = true;
             } else {
-                self.due.push_back(s);
+                f.due = true;
+                self.due.push_back(seq);
             }
         }
+        if expired {
+            self.rtt.on_timeout();
+        }
     }
 
-    /// When [`SendWindow::handle_timeout`] must next be called, or `None` when nothing is in
-    /// flight. A message already due is reported by [`SendWindow::wants_to_send`] instead.
+    /// When [`SendWindow::handle_timeout`] must next be called, or `None` when nothing
+    /// awaits an acknowledgement. A message already due is reported by
+    /// [`SendWindow::wants_to_send`] instead.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.broken {
+            return None;
+        }
         self.in_flight
-            .iter()
-            .filter(|(s, _)| !self.due.contains(s))
-            .map(|(_, f)| f.deadline)
+            .values()
+            .filter(|f| !f.arrived && !f.due)
+            .map(|f| f.deadline)
             .min()
     }
 
     /// True when [`SendWindow::poll_transmit`] would return something now.
     pub fn wants_to_send(&self) -> bool {
-        self.due.iter().any(|s| self.in_flight.contains_key(s))
+        !self.due.is_empty()
             || (!self.waiting.is_empty() && self.in_flight.len() < self.config.window)
     }
 
@@ -265,20 +285,21 @@ impl SendWindow {
         self.delivered.pop_front()
     }
 
-    pub fn poll_undelivered(&mut self) -> Option<u64> {
-        self.undelivered.pop_front()
+    /// True once a message has been sent `max_tries` times without an acknowledgement: the
+    /// peer is unreachable, and the messages after it can never be shown in order. The
+    /// session should end; [`SendWindow::abandon`] lists what was not delivered.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
-    /// Gives up on everything not yet acknowledged (the session ended); returns the numbers
+    /// Gives up on everything not yet delivered (the session ended); returns the numbers
     /// in order, so that the user can be told each one was not delivered.
     pub fn abandon(&mut self) -> Vec<u64> {
-        let mut lost: Vec<u64> = self.undelivered.drain(..).collect();
-        lost.extend(self.in_flight.keys().copied());
+        let mut lost: Vec<u64> = self.in_flight.keys().copied().collect();
         lost.extend(self.waiting.iter().map(|(s, _)| *s));
         self.in_flight.clear();
         self.waiting.clear();
         self.due.clear();
-        lost.sort_unstable();
         lost
     }
 
@@ -460,9 +481,36 @@ mod tests {
         assert_eq!(w.poll_timeout(), Some(t0 + ms(300)));
         w.handle_timeout(t0 + ms(300));
         assert!(w.poll_transmit(t0 + ms(300)).is_some());
+        assert!(!w.is_broken());
         w.handle_timeout(t0 + ms(700));
         assert_eq!(w.poll_transmit(t0 + ms(700)), None);
-        assert_eq!(w.poll_undelivered(), Some(1));
+        assert!(w.is_broken(), "out of tries: the stream cannot go on");
+        assert_eq!(w.poll_timeout(), None);
+        assert_eq!(w.abandon(), vec![1]);
+        assert!(w.is_idle());
+    }
+
+    #[test]
+    fn an_early_message_is_not_delivered_until_the_gap_fills() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(SendConfig {
+            initial_rto: ms(100),
+            min_rto: ms(100),
+            ..SendConfig::default()
+        });
+        w.push("one".into());
+        w.push("two".into());
+        while w.poll_transmit(t0).is_some() {}
+        // Message 2 arrived, message 1 did not: 2 waits at the receiver, unseen.
+        w.on_ack(t0 + ms(10), 2, 0);
+        assert_eq!(w.poll_delivered(), None, "2 is not shown yet");
+        w.handle_timeout(t0 + ms(100));
+        let resent: Vec<u64> =
+            std::iter::from_fn(|| w.poll_transmit(t0 + ms(100)).map(|o| o.seq)).collect();
+        assert_eq!(resent, vec![1], "only the missing message is resent");
+        w.on_ack(t0 + ms(120), 1, 2);
+        let got: Vec<u64> = std::iter::from_fn(|| w.poll_delivered()).collect();
+        assert_eq!(got, vec![1, 2]);
         assert!(w.is_idle());
     }
 

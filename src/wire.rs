@@ -87,9 +87,13 @@
 //! | `Pong` | `from`, `session` | receiver of a `Ping` | - |
 //!
 //! `Chat` messages are numbered `seq` = 1, 2, 3, ... in each direction of a session. The
-//! receiver shows them once each, in order, and answers every `Chat` (duplicates too) with an
-//! `Ack` naming its `seq` and `cumulative`, the highest number up to which it has received
-//! every message. The sender resends a `Chat` until either number covers it.
+//! receiver shows them once each, in order (one that arrives early waits for the gap before
+//! it), and answers every `Chat` (duplicates too) with an `Ack` naming its `seq` (this one has
+//! arrived) and `cumulative`, the highest number up to which every message has arrived and
+//! been shown. The sender stops resending a `Chat` once either number covers it, and counts
+//! it as delivered once `cumulative` does. A `Chat` too far ahead of the gap to be held (more
+//! than the window, 256) is dropped without an `Ack` and is resent later. A sender that gets
+//! no acknowledgement for a `Chat` after its tries ends the session with `Terminate`.
 //!
 //! A retransmitted `ConnectRequest` that was already answered gets the same answer again.
 //! If both peers ask each other at once, the request with the smaller `session` wins and is
@@ -190,7 +194,7 @@ pub enum Message {
         seq: u64,
         text: String,
     },
-    /// Acknowledges `Chat` number `seq`, and every number up to `cumulative`.
+    /// `Chat` number `seq` has arrived; every number up to `cumulative` has been shown.
     Ack {
         from: ClientId,
         session: SessionId,

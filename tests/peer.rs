@@ -543,8 +543,79 @@ fn unacknowledged_chat_is_resent_then_reported_undelivered() {
     );
     // The receiver showed it once, however many copies came.
     assert_eq!(s.shown(b, ida), vec![(1, "hello".to_string())]);
-    // The session survives (the peers still hear each other's pings).
-    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+    // The stream cannot go on in order past a message that never arrived, so the session
+    // ends on both sides, and says why.
+    assert!(s.has(a, |e| *e
+        == Event::Terminated {
+            peer: idb,
+            reason: EndReason::Undeliverable
+        }));
+    assert_eq!(s.peer(a).connected_peers(), Vec::<u32>::new());
+    s.expect(LIMIT, "the peer is told", |s| {
+        s.has(b, |e| {
+            *e == Event::Terminated {
+                peer: ida,
+                reason: EndReason::ByPeer,
+            }
+        })
+    });
+}
+
+#[test]
+fn a_message_after_a_lost_one_is_never_reported_delivered_unshown() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, idb) = (s.id(a), s.id(b));
+    // Every copy of message 1 is lost; message 2 arrives and is acknowledged on its own.
+    s.drop_first(usize::MAX, |m| matches!(m, Message::Chat { seq: 1, .. }));
+    s.send(a, None, "one");
+    s.send(a, None, "two");
+    s.expect(LIMIT, "the session ends", |s| s.has(a, is_terminated));
+    assert!(
+        s.shown(b, ida).is_empty(),
+        "2 waits at b for 1, which never comes"
+    );
+    assert!(
+        !s.has(a, |e| matches!(e, Event::Delivered { .. })),
+        "nothing was shown, so nothing may be reported delivered: {:?}",
+        s.events(a)
+    );
+    assert!(s.has(a, |e| *e == Event::Undelivered { peer: idb, seq: 1 }));
+    assert!(s.has(a, |e| *e == Event::Undelivered { peer: idb, seq: 2 }));
+    assert!(s.has(a, |e| *e
+        == Event::Terminated {
+            peer: idb,
+            reason: EndReason::Undeliverable
+        }));
+    // Its own acknowledgement stopped the resends of message 2.
+    let twos = s.sent_by(s.addr(a), |m| matches!(m, Message::Chat { seq: 2, .. }));
+    assert_eq!(twos.len(), 1);
+}
+
+#[test]
+fn a_ping_for_a_session_being_closed_is_answered_with_terminate_at_once() {
+    let (mut s, a, b) = connected_pair();
+    let idb = s.id(b);
+    // a's Terminates are all lost, so b still thinks the session is open.
+    s.drop_first(usize::MAX, |m| matches!(m, Message::Terminate { .. }));
+    s.terminate(a, None);
+    let terminates = |s: &Sim| {
+        s.sent_by(s.addr(a), |m| matches!(m, Message::Terminate { .. }))
+            .len()
+    };
+    let session = match &s.sent_by(s.addr(a), |m| matches!(m, Message::Terminate { .. }))[0].message
+    {
+        Message::Terminate { session, .. } => *session,
+        other => unreachable!("{other:?}"),
+    };
+    let before = terminates(&s);
+    s.deliver_now(s.addr(b), s.addr(a), &Message::Ping { from: idb, session });
+    assert_eq!(
+        terminates(&s),
+        before + 1,
+        "the Ping is answered with a Terminate now"
+    );
+    // And it does not bring the session back on a's side.
+    assert!(s.peer(a).connected_peers().is_empty());
 }
 
 // ---------------------------------------------------------------------- terminate and leave
