@@ -34,6 +34,12 @@ enum Command {
         /// Most clients registered at once; past it, registrations are refused ("server full").
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         max_clients: u64,
+        /// New registrations allowed per second from one IP address, on average (0: no limit).
+        #[arg(long, default_value_t = 20.0)]
+        register_rate: f64,
+        /// New registrations one IP address may make at once before --register-rate applies.
+        #[arg(long, default_value_t = 200)]
+        register_burst: u32,
     },
     /// Run a chat client: register with the server, then connect to peers and chat.
     Client {
@@ -89,12 +95,16 @@ fn main() -> ExitCode {
             bind,
             ttl,
             max_clients,
+            register_rate,
+            register_burst,
         } => {
             let opts = ServerOptions {
                 bind,
                 registry: RegistryConfig {
                     ttl: Duration::from_secs(ttl),
                     max_clients: usize::try_from(max_clients).unwrap_or(usize::MAX),
+                    register_rate: register_rate.max(0.0),
+                    register_burst: register_burst.max(1),
                 },
             };
             driver::run_server(&opts, &mut std::io::stdout())

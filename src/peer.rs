@@ -311,6 +311,8 @@ pub struct Peer {
     next_order: u64,
     /// `finish` was called: leave once every message is delivered.
     finishing: bool,
+    /// Why the server last refused a registration that we keep retrying.
+    refusal: Option<String>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: PeerStats,
@@ -347,6 +349,7 @@ impl Peer {
             current: None,
             next_order: 0,
             finishing: false,
+            refusal: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: PeerStats::default(),
@@ -841,6 +844,7 @@ impl Peer {
             ) => {
                 let again = *again;
                 self.id = Some(id);
+                self.refusal = None;
                 self.token = token;
                 self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1)));
                 self.server = ServerState::Registered {
@@ -862,6 +866,15 @@ impl Peer {
                             again: true,
                         };
                         self.send_to_server(Message::Register { want_id: None });
+                    }
+                    (ErrorCode::RateLimited, _) => {
+                        // Temporary: the retries go on at their pace, and the user knows why.
+                        if self.refusal.is_none() {
+                            self.events.push_back(Event::Notice {
+                                message: format!("the server says: {detail}; retrying"),
+                            });
+                        }
+                        self.refusal = Some(detail);
                     }
                     (ErrorCode::NotRegistered, _) => {
                         // Never an answer to `Register`: a late or duplicated answer to a
@@ -1322,7 +1335,13 @@ impl Peer {
                     );
                     self.events.push_back(Event::Notice { message });
                 } else {
-                    let message = format!("no rendezvous server at {}", self.config.server);
+                    let message = match self.refusal.take() {
+                        Some(detail) => format!(
+                            "the rendezvous server at {} refused to register us: {detail}",
+                            self.config.server
+                        ),
+                        None => format!("no rendezvous server at {}", self.config.server),
+                    };
                     self.fatal(message);
                 }
             }

@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -23,6 +23,12 @@ pub struct RegistryConfig {
     pub ttl: Duration,
     /// Registrations beyond this many active clients are refused with `ServerFull`.
     pub max_clients: usize,
+    /// New registrations allowed per second from one source IP address, on average
+    /// (a token bucket); 0 means no limit. Retransmitted registrations do not count.
+    pub register_rate: f64,
+    /// How many new registrations one source IP address may make at once before the rate
+    /// applies (the bucket's size).
+    pub register_burst: u32,
 }
 
 impl Default for RegistryConfig {
@@ -30,8 +36,24 @@ impl Default for RegistryConfig {
         RegistryConfig {
             ttl: Duration::from_secs(30),
             max_clients: 100_000,
+            register_rate: 20.0,
+            register_burst: 200,
         }
     }
+}
+
+/// Most source addresses whose registration buckets are remembered; past it, full buckets
+/// (sources quiet long enough to have refilled) are forgotten.
+const MAX_BUCKETS: usize = 65_536;
+
+/// A token bucket limiting new registrations from one source IP address.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    /// When this source was last told it is rate-limited (told at most once a second, so
+    /// that refusals do not become a flood of their own).
+    warned: Option<Instant>,
 }
 
 /// One active client.
@@ -75,6 +97,8 @@ pub struct Stats {
     pub unexpected: u64,
     /// `Leave` or `Keepalive` that matched no registration (forged, stale, or after a restart).
     pub refused: u64,
+    /// New registrations refused because their source went over its rate.
+    pub rate_limited: u64,
 }
 
 /// A departure remembered for a while, so that a repeated `Leave` gets its `LeaveAck` again.
@@ -100,6 +124,7 @@ pub struct Registry {
     expiry: BinaryHeap<Reverse<(Instant, ClientId, u64)>>,
     serial: u64,
     departed: HashMap<SocketAddr, Departure>,
+    buckets: HashMap<IpAddr, Bucket>,
     departed_order: VecDeque<SocketAddr>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TableEvent>,
@@ -128,6 +153,7 @@ impl Registry {
             expiry: BinaryHeap::new(),
             serial: 0,
             departed: HashMap::new(),
+            buckets: HashMap::new(),
             departed_order: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -300,6 +326,9 @@ impl Registry {
             self.send(from, answer);
             return;
         }
+        if !self.take_registration_token(now, from) {
+            return;
+        }
         if self.clients.len() >= self.config.max_clients {
             let detail = format!(
                 "server full ({} clients); try again later",
@@ -363,6 +392,51 @@ impl Registry {
         self.events.push_back(TableEvent::Joined { id, addr: from });
         let answer = self.registered(id, token);
         self.send(from, answer);
+    }
+
+    /// Spends one of the source's registration tokens; false (and perhaps a `RateLimited`
+    /// answer) when it has none left.
+    fn take_registration_token(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let (rate, burst) = (
+            self.config.register_rate,
+            f64::from(self.config.register_burst),
+        );
+        if rate <= 0.0 {
+            return true;
+        }
+        if self.buckets.len() >= MAX_BUCKETS {
+            self.buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
+            });
+        }
+        let b = self.buckets.entry(from.ip()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+            warned: None,
+        });
+        let refill = now.saturating_duration_since(b.last).as_secs_f64() * rate;
+        b.tokens = (b.tokens + refill).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        self.stats.rate_limited += 1;
+        let warn = b
+            .warned
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if warn {
+            b.warned = Some(now);
+            debug!("{from}: too many registrations from {}", from.ip());
+            self.send(
+                from,
+                Message::Error {
+                    code: ErrorCode::RateLimited,
+                    detail: format!("too many registrations from {}; wait", from.ip()),
+                },
+            );
+        }
+        false
     }
 
     fn registered(&self, id: ClientId, token: Token) -> Message {

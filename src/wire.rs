@@ -36,7 +36,7 @@
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `Register` | `want_id`: id or nil | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`) |
+//! | `Register` | `want_id`: id or nil | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
 //! | `Registered` | `id`, `token`, `ttl_secs` | server | - |
 //! | `Lookup` | `id` | anyone | `Found` or `Inactive` |
 //! | `Found` | `id`, `addr` | server | - |
@@ -62,7 +62,10 @@
 //! forgotten it (for example after a restart) and should register again.
 //!
 //! `code` in `Error` is one of the strings `"ServerFull"`, `"IdTaken"`, `"BadVersion"`,
-//! `"NotRegistered"`; `detail` is a human-readable sentence. A datagram with the right magic
+//! `"NotRegistered"`, `"RateLimited"`; `detail` is a human-readable sentence. New
+//! registrations from one source IP address are rate-limited (a token bucket, by default
+//! 200 at once and 20 a second after that); a source over its rate is told `RateLimited` at
+//! most once a second, and its other registrations are dropped unanswered. A datagram with the right magic
 //! byte but another version is answered with `Error` `BadVersion` in this version's framing;
 //! a client of another version can tell from byte 1 alone that it cannot talk to this server.
 //!
@@ -134,6 +137,8 @@ pub enum ErrorCode {
     BadVersion,
     /// A `Leave` or `Keepalive` that matches no registration from that address and token.
     NotRegistered,
+    /// Too many new registrations from the sender's IP address; try again later.
+    RateLimited,
 }
 
 impl fmt::Display for ErrorCode {
@@ -143,6 +148,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::IdTaken => "id taken",
             ErrorCode::BadVersion => "bad protocol version",
             ErrorCode::NotRegistered => "not registered",
+            ErrorCode::RateLimited => "too many registrations",
         })
     }
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use p2pchat::peer::{EndReason, Event, Peer};
-use p2pchat::wire::{encode, ClientId, Message, SessionId};
+use p2pchat::wire::{encode, ClientId, ErrorCode, Message, SessionId};
 use sim::{default_config, NetConfig, Sim, RETRY, SERVER};
 
 /// Fixed seed of these tests: ids, tokens and session ids are reproducible.
@@ -947,4 +947,76 @@ fn late_not_registered_while_registering_again_is_not_fatal() {
     p.handle_datagram(t1 + ms(10), SERVER, &encode(&registered));
     let (_, events) = drain(&mut p);
     assert_eq!(events, vec![Event::Registered { id: 4, again: true }]);
+}
+
+// ---------------------------------------------------------------------- rate-limited registration
+
+fn rate_limited() -> Message {
+    Message::Error {
+        code: ErrorCode::RateLimited,
+        detail: "too many registrations from 10.0.1.1; wait".into(),
+    }
+}
+
+#[test]
+fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    let mut p = Peer::with_seed(cfg.clone(), t0, SEED);
+    drain(&mut p);
+    p.handle_datagram(t0, SERVER, &encode(&rate_limited()));
+    let (_, events) = drain(&mut p);
+    assert!(
+        matches!(events.as_slice(), [Event::Notice { message }] if message.contains("too many registrations")),
+        "{events:?}"
+    );
+    assert!(!p.is_finished());
+    p.handle_timeout(t0 + cfg.server_retry);
+    let (sent, _) = drain(&mut p);
+    assert!(
+        matches!(sent.as_slice(), [Message::Register { .. }]),
+        "retried: {sent:?}"
+    );
+    let registered = Message::Registered {
+        id: 4,
+        token: 9,
+        ttl_secs: 30,
+    };
+    p.handle_datagram(t0 + cfg.server_retry, SERVER, &encode(&registered));
+    let (_, events) = drain(&mut p);
+    assert_eq!(
+        events,
+        vec![Event::Registered {
+            id: 4,
+            again: false
+        }]
+    );
+}
+
+#[test]
+fn a_registration_refused_every_time_ends_with_the_servers_reason() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    let mut p = Peer::with_seed(cfg.clone(), t0, SEED);
+    let mut now = t0;
+    for _ in 0..cfg.server_tries {
+        drain(&mut p);
+        p.handle_datagram(now, SERVER, &encode(&rate_limited()));
+        now += cfg.server_retry;
+        p.handle_timeout(now);
+    }
+    let (_, events) = drain(&mut p);
+    let fatal: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fatal { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fatal.len(), 1, "{events:?}");
+    assert!(
+        fatal[0].contains("refused to register us") && fatal[0].contains("too many registrations"),
+        "{fatal:?}"
+    );
+    assert!(p.is_finished());
 }

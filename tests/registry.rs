@@ -28,6 +28,7 @@ fn registry(max_clients: usize) -> Registry {
         RegistryConfig {
             ttl: TTL,
             max_clients,
+            ..RegistryConfig::default()
         },
         SEED,
     )
@@ -979,4 +980,82 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
     }
     assert_eq!(events(&mut r), [], "seed {seed}");
     assert_eq!(r.stats().datagrams, base + fed);
+}
+
+// ---------------------------------------------------------------------- registration rate
+
+fn rate_limited_registry(rate: f64, burst: u32) -> Registry {
+    Registry::with_seed(
+        RegistryConfig {
+            register_rate: rate,
+            register_burst: burst,
+            ..RegistryConfig::default()
+        },
+        SEED,
+    )
+}
+
+fn addr_on(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+#[test]
+fn registrations_beyond_the_burst_from_one_ip_are_rate_limited() {
+    let t0 = Instant::now();
+    let mut r = rate_limited_registry(1.0, 3);
+    for port in 1..=3 {
+        register(&mut r, t0, addr(port), None);
+    }
+    let answers = send(&mut r, t0, addr(4), &Message::Register { want_id: None });
+    assert_eq!(error_code(&answers), ErrorCode::RateLimited);
+    // Told once; further refusals within the second go unanswered (no reflected flood).
+    let answers = send(&mut r, t0, addr(5), &Message::Register { want_id: None });
+    assert!(answers.is_empty(), "{answers:?}");
+    assert_eq!(ids(&r), vec![1, 2, 3]);
+    assert!(events(&mut r).is_empty());
+    assert_eq!(r.stats().rate_limited, 2);
+    // Another source is not affected.
+    register(&mut r, t0, addr_on([127, 0, 0, 2], 1), None);
+    // A second later the source has earned one more registration, and only one.
+    let later = t0 + secs(1);
+    register(&mut r, later, addr(6), None);
+    let answers = send(&mut r, later, addr(7), &Message::Register { want_id: None });
+    assert_eq!(error_code(&answers), ErrorCode::RateLimited);
+    assert_eq!(ids(&r), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_retransmitted_register_spends_no_registration_token() {
+    let t0 = Instant::now();
+    let mut r = rate_limited_registry(1.0, 1);
+    let (id, token) = register(&mut r, t0, addr(1), None);
+    for _ in 0..10 {
+        let answers = send(&mut r, t0, addr(1), &Message::Register { want_id: None });
+        assert!(
+            matches!(answers[..], [Message::Registered { id: i, token: t, .. }] if i == id && t == token),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(r.stats().rate_limited, 0);
+}
+
+#[test]
+fn a_zero_rate_means_no_limit() {
+    let t0 = Instant::now();
+    let mut r = rate_limited_registry(0.0, 1);
+    for port in 1..=500 {
+        register(&mut r, t0, addr(port), None);
+    }
+    assert_eq!(r.len(), 500);
+    assert_eq!(r.stats().rate_limited, 0);
+}
+
+#[test]
+fn the_default_rate_lets_many_clients_on_one_host_register_at_once() {
+    let t0 = Instant::now();
+    let mut r = Registry::with_seed(RegistryConfig::default(), SEED);
+    for port in 1..=200 {
+        register(&mut r, t0, addr(port), None);
+    }
+    assert_eq!(r.len(), 200);
 }
