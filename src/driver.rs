@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -18,11 +19,12 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::cli::{self, Input, Output, StdoutOutput, Wake};
 use crate::peer::{Event, Peer, PeerConfig};
-use crate::registry::{Registry, RegistryConfig, TableEvent};
+use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats, TableEvent};
 use crate::wire;
 
 const SOCKET: Token = Token(0);
 const SIGNALS: Token = Token(1);
+const WAKER: Token = Token(2);
 
 /// Size of the receive buffer: the largest UDP payload, so that an oversized datagram is
 /// received whole and refused by the decoder rather than silently truncated.
@@ -105,113 +107,243 @@ pub(crate) fn wait_for(deadline: Option<Instant>, now: Instant) -> Option<Durati
 pub struct ServerOptions {
     pub bind: SocketAddr,
     pub registry: RegistryConfig,
+    /// Above this many clients the printed table shows the count, not every row.
+    pub table_rows: usize,
 }
+
+/// The table is printed at most this often; changes in between are shown together.
+const TABLE_INTERVAL: Duration = Duration::from_millis(100);
+/// More changes than this in one go are summed up in one line instead of one line each.
+const MAX_CHANGE_LINES: usize = 20;
 
 /// Runs the rendezvous server until SIGINT or SIGTERM. Prints the listening address and the
 /// table (on every change) to `out`.
 pub fn run_server(opts: &ServerOptions, out: &mut dyn Write) -> Result<(), FatalError> {
-    let mut socket = bind(opts.bind)?;
-    let local = socket
-        .local_addr()
-        .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
-    let mut poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
-    poll.registry()
-        .register(&mut socket, SOCKET, Interest::READABLE)
-        .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
-    let mut signals = Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| FatalError(format!("cannot install signal handlers: {e}")))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
-        .map_err(|e| FatalError(format!("cannot watch signals: {e}")))?;
+    let mut server = Server::bind(opts)?;
+    server.stop_on_signals()?;
+    server.run(out).map(|_| ())
+}
 
-    let mut registry = Registry::new(opts.registry.clone());
-    let _ = writeln!(
-        out,
-        "p2pchat server listening on {local} (ttl {}s, at most {} clients)",
-        opts.registry.ttl.as_secs(),
-        opts.registry.max_clients
-    );
-    let _ = out.flush();
-    info!("listening on {local}");
+/// Stops a running [`Server`] from another thread.
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
 
-    let mut events = Events::with_capacity(64);
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let mut payload = Vec::with_capacity(256);
-    let started = Instant::now();
-    let started_wall = std::time::SystemTime::now();
-    loop {
-        let timeout = wait_for(registry.poll_timeout(), Instant::now());
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(FatalError(format!("poll failed: {e}")));
-        }
-        for event in events.iter() {
-            match event.token() {
-                SOCKET => {
-                    let res = drain_socket(&socket, &mut buf, |from, data| {
-                        registry.handle_datagram(Instant::now(), from, data);
-                        while let Some(t) = registry.poll_transmit() {
-                            wire::encode_into(&t.message, &mut payload);
-                            send_datagram(&socket, t.to, &payload);
-                        }
-                    });
-                    if let Err(e) = res {
-                        warn!("receive failed: {e}");
-                    }
-                }
-                SIGNALS if signals.pending().next().is_some() => {
-                    info!("signal received, shutting down");
-                    let stats = registry.stats();
-                    info!(
-                            "served {} datagrams; dropped {} garbage, {} malformed, {} other versions, {} unexpected; refused {}",
-                            stats.datagrams,
-                            stats.garbage,
-                            stats.malformed,
-                            stats.bad_version,
-                            stats.unexpected,
-                            stats.refused
-                        );
-                    let _ = writeln!(out, "p2pchat server on {local} stopped");
-                    let _ = out.flush();
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
-        registry.handle_timeout(Instant::now());
-        let mut changed = false;
-        while let Some(ev) = registry.poll_event() {
-            changed = true;
-            let line = match ev {
-                TableEvent::Joined { id, addr } => format!("client {id} joined from {addr}"),
-                TableEvent::Left { id, addr } => format!("client {id} at {addr} left"),
-                TableEvent::Expired { id, addr } => {
-                    format!("client {id} at {addr} expired (not heard from)")
-                }
+impl Stopper {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// The rendezvous server's event loop: a bound socket and a [`Registry`]. `p2pchat server`
+/// runs one until a signal; a program can run one on a thread and stop it with a
+/// [`Stopper`] (the benchmarks do).
+pub struct Server {
+    socket: UdpSocket,
+    poll: Poll,
+    local: SocketAddr,
+    registry: Registry,
+    table_rows: usize,
+    stop: Stopper,
+    signals: Option<Signals>,
+}
+
+impl Server {
+    /// Binds the socket (one clear error if the port is taken).
+    pub fn bind(opts: &ServerOptions) -> Result<Server, FatalError> {
+        let mut socket = bind(opts.bind)?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
+        let poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)
+            .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|e| FatalError(format!("cannot create a waker: {e}")))?;
+        Ok(Server {
+            socket,
+            poll,
+            local,
+            registry: Registry::new(opts.registry.clone()),
+            table_rows: opts.table_rows,
+            stop: Stopper {
+                flag: Arc::new(AtomicBool::new(false)),
+                waker: Arc::new(waker),
+            },
+            signals: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stop.clone()
+    }
+
+    /// Makes SIGINT and SIGTERM stop the server cleanly.
+    pub fn stop_on_signals(&mut self) -> Result<(), FatalError> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| FatalError(format!("cannot install signal handlers: {e}")))?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| FatalError(format!("cannot watch signals: {e}")))?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Serves until stopped; returns the registry's counters.
+    pub fn run(mut self, out: &mut dyn Write) -> Result<RegistryStats, FatalError> {
+        let local = self.local;
+        let config = self.registry.config().clone();
+        let _ = writeln!(
+            out,
+            "p2pchat server listening on {local} (ttl {}s, at most {} clients)",
+            config.ttl.as_secs(),
+            config.max_clients
+        );
+        let _ = out.flush();
+        info!("listening on {local}");
+
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut payload = Vec::with_capacity(256);
+        let started = Instant::now();
+        let started_wall = std::time::SystemTime::now();
+        let registry = &mut self.registry;
+        let socket = &self.socket;
+        let mut changes = Vec::new();
+        // The table changed and is yet to be printed; when it may be printed next.
+        let mut table_due = false;
+        let mut next_table = started;
+        loop {
+            let deadline = match (registry.poll_timeout(), table_due) {
+                (Some(t), true) => Some(t.min(next_table)),
+                (None, true) => Some(next_table),
+                (t, false) => t,
             };
-            let _ = writeln!(out, "{line}");
-        }
-        if changed {
-            let wall = |at: Instant| started_wall + at.saturating_duration_since(started);
-            let _ = write!(out, "{}", render_table(&registry, wall));
+            let timeout = wait_for(deadline, Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(FatalError(format!("poll failed: {e}")));
+            }
+            let mut stop = false;
+            for event in events.iter() {
+                match event.token() {
+                    SOCKET => {
+                        let res = drain_socket(socket, &mut buf, |from, data| {
+                            registry.handle_datagram(Instant::now(), from, data);
+                            while let Some(t) = registry.poll_transmit() {
+                                wire::encode_into(&t.message, &mut payload);
+                                send_datagram(socket, t.to, &payload);
+                            }
+                        });
+                        if let Err(e) = res {
+                            warn!("receive failed: {e}");
+                        }
+                    }
+                    SIGNALS => {
+                        if let Some(signals) = self.signals.as_mut() {
+                            stop |= signals.pending().next().is_some();
+                        }
+                    }
+                    WAKER => stop |= self.stop.flag.load(Ordering::SeqCst),
+                    _ => {}
+                }
+            }
+            if stop {
+                let stats = registry.stats().clone();
+                info!(
+                    "stopping; served {} datagrams; dropped {} garbage, {} malformed, {} other versions, {} unexpected; refused {}, rate-limited {}",
+                    stats.datagrams,
+                    stats.garbage,
+                    stats.malformed,
+                    stats.bad_version,
+                    stats.unexpected,
+                    stats.refused,
+                    stats.rate_limited
+                );
+                let _ = writeln!(out, "p2pchat server on {local} stopped");
+                let _ = out.flush();
+                return Ok(stats);
+            }
+            let now = Instant::now();
+            registry.handle_timeout(now);
+            changes.extend(std::iter::from_fn(|| registry.poll_event()));
+            if !changes.is_empty() {
+                let _ = write!(out, "{}", render_changes(&changes));
+                changes.clear();
+                table_due = true;
+            }
+            if table_due && now >= next_table {
+                let wall = |at: Instant| started_wall + at.saturating_duration_since(started);
+                let _ = write!(out, "{}", render_table(registry, self.table_rows, wall));
+                table_due = false;
+                next_table = now + TABLE_INTERVAL;
+            }
             let _ = out.flush();
         }
     }
 }
 
-/// The table as printed by the server: a count, then one row per client.
+/// One line per change, or one line summing them up when there are many.
+pub fn render_changes(changes: &[TableEvent]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if changes.len() <= MAX_CHANGE_LINES {
+        for ev in changes {
+            let _ = match ev {
+                TableEvent::Joined { id, addr } => writeln!(s, "client {id} joined from {addr}"),
+                TableEvent::Left { id, addr } => writeln!(s, "client {id} at {addr} left"),
+                TableEvent::Expired { id, addr } => {
+                    writeln!(s, "client {id} at {addr} expired (not heard from)")
+                }
+            };
+        }
+    } else {
+        let count = |f: fn(&TableEvent) -> bool| changes.iter().filter(|e| f(e)).count();
+        let _ = writeln!(
+            s,
+            "{} clients joined, {} left, {} expired",
+            count(|e| matches!(e, TableEvent::Joined { .. })),
+            count(|e| matches!(e, TableEvent::Left { .. })),
+            count(|e| matches!(e, TableEvent::Expired { .. })),
+        );
+    }
+    s
+}
+
+/// The table as printed by the server: a count, then one row per client in id order (only
+/// the count above `max_rows` clients).
 pub fn render_table(
     registry: &Registry,
+    max_rows: usize,
     wall_clock: impl Fn(Instant) -> std::time::SystemTime,
 ) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
+    if registry.len() > max_rows {
+        let _ = writeln!(
+            s,
+            "active clients: {} (more than {max_rows}: rows not printed; see --table-rows)",
+            registry.len()
+        );
+        return s;
+    }
     let _ = writeln!(s, "active clients: {}", registry.len());
     if !registry.is_empty() {
         let _ = writeln!(s, "  {:>6}  {:<24}  JOINED (UTC)", "ID", "ADDRESS");
-        for e in registry.entries() {
+        let mut rows: Vec<_> = registry.entries().collect();
+        rows.sort_unstable_by_key(|e| e.id);
+        for e in rows {
             let _ = writeln!(
                 s,
                 "  {:>6}  {:<24}  {}",
@@ -233,8 +365,6 @@ pub fn utc_time_of_day(t: std::time::SystemTime) -> String {
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02}", day / 3600, day % 3600 / 60, day % 60)
 }
-
-const WAKER: Token = Token(2);
 
 /// How the client talks to its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,5 +516,70 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
         if peer.poll_timeout().is_some_and(|t| t <= now) {
             peer.handle_timeout(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Message;
+
+    fn registry_with(n: u16) -> Registry {
+        let mut r = Registry::with_seed(
+            RegistryConfig {
+                register_rate: 0.0,
+                ..RegistryConfig::default()
+            },
+            1,
+        );
+        let now = Instant::now();
+        for port in (1..=n).rev() {
+            let from = SocketAddr::from(([127, 0, 0, 1], port));
+            r.handle_message(now, from, Message::Register { want_id: None });
+        }
+        r
+    }
+
+    #[test]
+    fn the_table_lists_rows_in_id_order_up_to_the_limit() {
+        let r = registry_with(3);
+        let text = render_table(&r, 3, |_| std::time::UNIX_EPOCH);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "active clients: 3");
+        let ids: Vec<&str> = lines[2..]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(ids, ["1", "2", "3"]);
+        assert!(lines[2].ends_with("00:00:00"), "{:?}", lines[2]);
+    }
+
+    #[test]
+    fn above_the_limit_the_table_is_only_a_count() {
+        let r = registry_with(4);
+        let text = render_table(&r, 3, |_| std::time::UNIX_EPOCH);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("active clients: 4 (more than 3"), "{text}");
+    }
+
+    #[test]
+    fn many_changes_are_summed_up_in_one_line() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let few: Vec<TableEvent> = (1..=3).map(|id| TableEvent::Joined { id, addr }).collect();
+        assert_eq!(render_changes(&few).lines().count(), 3);
+        let mut many: Vec<TableEvent> =
+            (1..=30).map(|id| TableEvent::Joined { id, addr }).collect();
+        many.push(TableEvent::Left { id: 1, addr });
+        many.push(TableEvent::Expired { id: 2, addr });
+        assert_eq!(
+            render_changes(&many),
+            "30 clients joined, 1 left, 1 expired\n"
+        );
+    }
+
+    #[test]
+    fn time_of_day_is_utc_hours_minutes_seconds() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 3600 * 13 + 60 * 5 + 9);
+        assert_eq!(utc_time_of_day(t), "13:05:09");
     }
 }

@@ -40,6 +40,9 @@ enum Command {
         /// New registrations one IP address may make at once before --register-rate applies.
         #[arg(long, default_value_t = 200)]
         register_burst: u32,
+        /// Above this many clients, the printed table shows the count instead of every row.
+        #[arg(long, default_value_t = 100)]
+        table_rows: usize,
     },
     /// Run a chat client: register with the server, then connect to peers and chat.
     Client {
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             max_clients,
             register_rate,
             register_burst,
+            table_rows,
         } => {
             let opts = ServerOptions {
                 bind,
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
                     register_rate: register_rate.max(0.0),
                     register_burst: register_burst.max(1),
                 },
+                table_rows,
             };
             driver::run_server(&opts, &mut std::io::stdout())
         }

@@ -1,0 +1,245 @@
+//! Does a flood stop the rendezvous server from serving a well-behaved client?
+//!
+//! Runs the real server loop (`p2pchat::driver::Server`) on a thread, registers one
+//! well-behaved client, and measures the round trip of its lookups (one at a time) in three
+//! phases of the same run:
+//!
+//! 1. no flood;
+//! 2. one source sending garbage as fast as it can;
+//! 3. one source registering as fast as it can (from many ports of one IP address).
+//!
+//! It prints p50/p99/max latency and lookups per second for each phase, the flood's rate,
+//! how many lookups got no answer within a second, and what the registration rate limit let
+//! through.
+//!
+//! ```sh
+//! cargo run --release --example flood_latency            # 3 s per phase
+//! cargo run --release --example flood_latency -- 10      # 10 s per phase
+//! ```
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use p2pchat::driver::{Server, ServerOptions};
+use p2pchat::registry::RegistryConfig;
+use p2pchat::wire::{self, Message};
+
+struct Phase {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    lost: u64,
+    elapsed: Duration,
+    flood_sent: u64,
+}
+
+fn main() {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    let phase_len = Duration::from_secs(secs);
+
+    let opts = ServerOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        registry: RegistryConfig::default(),
+        table_rows: 100,
+    };
+    let server = Server::bind(&opts).expect("bind the server");
+    let server_addr = server.local_addr();
+    let stopper = server.stopper();
+    let server_thread = thread::spawn(move || server.run(&mut std::io::sink()));
+
+    // The well-behaved client: registered, then looking itself up, one lookup at a time.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let id = register(&client, server_addr).expect("the well-behaved client registers");
+
+    println!("flood_latency: server on {server_addr}, {secs} s per phase, lookups one at a time");
+    let quiet = measure(&client, server_addr, id, phase_len, "no flood", None);
+    let garbage = measure(
+        &client,
+        server_addr,
+        id,
+        phase_len,
+        "garbage flood",
+        Some(Flood::Garbage),
+    );
+    let registrations = measure(
+        &client,
+        server_addr,
+        id,
+        phase_len,
+        "registration flood",
+        Some(Flood::Register),
+    );
+
+    stopper.stop();
+    let stats = server_thread
+        .join()
+        .expect("server thread")
+        .expect("server ran");
+    for p in [&quiet, &garbage, &registrations] {
+        report(p, &quiet);
+    }
+    println!(
+        "server counters: {} datagrams, {} garbage, {} malformed, {} registrations rate-limited",
+        stats.datagrams, stats.garbage, stats.malformed, stats.rate_limited
+    );
+}
+
+#[derive(Clone, Copy)]
+enum Flood {
+    Garbage,
+    Register,
+}
+
+fn register(socket: &UdpSocket, server: SocketAddr) -> Option<u32> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..5 {
+        socket
+            .send_to(&wire::encode(&Message::Register { want_id: None }), server)
+            .ok()?;
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if let Ok(Message::Registered { id, .. }) = wire::decode(&buf[..n]) {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+fn measure(
+    client: &UdpSocket,
+    server: SocketAddr,
+    id: u32,
+    len: Duration,
+    name: &'static str,
+    flood: Option<Flood>,
+) -> Phase {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flooder = flood.map(|kind| {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        thread::spawn(move || run_flood(kind, server, &stop, &sent))
+    });
+    // Let the flood reach full speed first.
+    if flooder.is_some() {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let lookup = wire::encode(&Message::Lookup { id });
+    let mut buf = [0u8; 2048];
+    let mut latencies = Vec::new();
+    let mut lost = 0;
+    let started = Instant::now();
+    while started.elapsed() < len {
+        let t = Instant::now();
+        client.send_to(&lookup, server).unwrap();
+        loop {
+            match client.recv_from(&mut buf) {
+                Ok((n, from)) if from == server => {
+                    if matches!(wire::decode(&buf[..n]), Ok(Message::Found { .. })) {
+                        latencies.push(t.elapsed());
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    if let Some(f) = flooder {
+        f.join().unwrap();
+    }
+    Phase {
+        name,
+        latencies,
+        lost,
+        elapsed,
+        flood_sent: sent.load(Ordering::SeqCst),
+    }
+}
+
+fn run_flood(kind: Flood, server: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
+    match kind {
+        Flood::Garbage => {
+            // Another source address than the client's: 127.0.0.2.
+            let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut datagram = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                for b in datagram.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                if s.send_to(&datagram, server).is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Flood::Register => {
+            // Many ports of one address, each a would-be new client.
+            let sockets: Vec<UdpSocket> = (0..512)
+                .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
+                .collect();
+            let register = wire::encode(&Message::Register { want_id: None });
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if sockets[i % sockets.len()]
+                    .send_to(&register, server)
+                    .is_ok()
+                {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report(p: &Phase, baseline: &Phase) {
+    let mut l = p.latencies.clone();
+    l.sort_unstable();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let rate = l.len() as f64 / p.elapsed.as_secs_f64();
+    let flood = if p.flood_sent > 0 {
+        format!(
+            ", flood {:.0} datagrams/s",
+            p.flood_sent as f64 / p.elapsed.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
+    let mut b = baseline.latencies.clone();
+    b.sort_unstable();
+    println!(
+        "{}: lookup p50 {:.0} us, p99 {:.0} us, max {:.0} us, {:.0} lookups/s, {} unanswered{} (p99 {:.1}x the no-flood p99)",
+        p.name,
+        us(percentile(&l, 0.5)),
+        us(percentile(&l, 0.99)),
+        us(l.last().copied().unwrap_or_default()),
+        rate,
+        p.lost,
+        flood,
+        us(percentile(&l, 0.99)) / us(percentile(&b, 0.99)).max(1e-9),
+    );
+}
