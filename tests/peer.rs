@@ -885,6 +885,97 @@ fn chat_from_a_third_address_or_with_a_wrong_session_changes_nothing() {
     assert!(!s.has(b, is_terminated), "{:?}", s.events(b));
 }
 
+#[test]
+fn an_unasked_lookup_answer_changes_nothing() {
+    let (mut s, a, b) = connected_pair();
+    let idb = s.id(b);
+    let before = s.events(a).len();
+    let sent_before = s.sent_by(s.addr(a), |_| true).len();
+    // From the server's own address, but nobody asked: a Found for a stranger, an Inactive
+    // for the connected peer.
+    s.deliver_now(
+        SERVER,
+        s.addr(a),
+        &Message::Found {
+            id: 7,
+            addr: stranger(),
+        },
+    );
+    s.deliver_now(SERVER, s.addr(a), &Message::Inactive { id: idb });
+    // From a stranger pretending to be the server: the connected peer is "elsewhere".
+    s.deliver_now(
+        stranger(),
+        s.addr(a),
+        &Message::Found {
+            id: idb,
+            addr: stranger(),
+        },
+    );
+    assert_eq!(s.events(a).len(), before, "no event: {:?}", s.events(a));
+    assert_eq!(
+        s.sent_by(s.addr(a), |_| true).len(),
+        sent_before,
+        "nothing sent because of them"
+    );
+    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+    assert!(s.peer(a).stats().ignored >= 3);
+    // The session still works with the real address.
+    s.send(a, None, "still here");
+    s.expect(LIMIT, "delivered", |s| {
+        s.has(a, |e| matches!(e, Event::Delivered { .. }))
+    });
+}
+
+#[test]
+fn a_request_claiming_a_connected_peers_id_from_another_address_changes_nothing() {
+    let (mut s, a, b) = connected_pair();
+    let idb = s.id(b);
+    // Session id 0 is smaller than any real one: from the real address it would replace
+    // the session. From a third address it must not.
+    s.deliver_now(
+        stranger(),
+        s.addr(a),
+        &Message::ConnectRequest {
+            from: idb,
+            session: 0,
+        },
+    );
+    s.run_for(secs(1));
+    assert!(!s.has(a, is_terminated), "{:?}", s.events(a));
+    assert_eq!(s.count(a, is_request), 0, "{:?}", s.events(a));
+    assert_eq!(s.peer(a).connected_peers(), vec![idb]);
+}
+
+#[test]
+fn server_answers_from_a_third_address_are_ignored_while_registering() {
+    let t0 = Instant::now();
+    let mut p = Peer::with_seed(default_config(), t0, SEED);
+    drain(&mut p);
+    let forged = Message::Registered {
+        id: 66,
+        token: 1,
+        ttl_secs: 30,
+    };
+    p.handle_datagram(t0, stranger(), &encode(&forged));
+    let refusal = Message::Error {
+        code: ErrorCode::IdTaken,
+        detail: "forged".into(),
+    };
+    p.handle_datagram(t0, stranger(), &encode(&refusal));
+    let (sent, events) = drain(&mut p);
+    assert!(sent.is_empty() && events.is_empty(), "{sent:?} {events:?}");
+    assert_eq!(p.id(), None);
+    assert!(!p.is_finished());
+    // The real server's answer is taken.
+    let real = Message::Registered {
+        id: 3,
+        token: 2,
+        ttl_secs: 30,
+    };
+    p.handle_datagram(t0, SERVER, &encode(&real));
+    assert_eq!(p.id(), Some(3));
+}
+
 // ---------------------------------------------------------------------- the server
 
 #[test]
