@@ -17,7 +17,7 @@
 //! The receiver delivers each message exactly once and in order: duplicates are dropped,
 //! messages that arrive early wait (up to `window` ahead) for the gap to fill.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Settings of a send window.
@@ -143,6 +143,9 @@ pub struct SendWindow {
     /// Numbered, not yet sent: the window was full.
     waiting: VecDeque<(u64, String)>,
     in_flight: BTreeMap<u64, InFlight>,
+    /// (deadline, seq) of every message in flight that is neither arrived nor due: the
+    /// earliest is the next timeout, found without scanning the window.
+    timers: BTreeSet<(Instant, u64)>,
     /// Due for a (re)send, in order.
     due: VecDeque<u64>,
     /// Delivered since the last `poll_delivered`.
@@ -161,6 +164,7 @@ impl SendWindow {
             next_seq: 1,
             waiting: VecDeque::new(),
             in_flight: BTreeMap::new(),
+            timers: BTreeSet::new(),
             due: VecDeque::new(),
             delivered: VecDeque::new(),
             broken: false,
@@ -196,6 +200,7 @@ impl SendWindow {
             let f = self.in_flight.get_mut(&seq).expect("checked above");
             f.tries += 1;
             f.deadline = now + rto;
+            self.timers.insert((f.deadline, seq));
             return Some(Outgoing {
                 seq,
                 text: &f.text,
@@ -214,6 +219,7 @@ impl SendWindow {
             arrived: false,
             due: false,
         });
+        self.timers.insert((f.deadline, seq));
         Some(Outgoing {
             seq,
             text: &f.text,
@@ -230,13 +236,20 @@ impl SendWindow {
                 self.rtt
                     .on_sample(now.saturating_duration_since(f.first_sent));
             }
-            f.arrived = true;
+            if !f.arrived {
+                self.timers.remove(&(f.deadline, seq));
+                f.arrived = true;
+            }
         }
         while let Some(entry) = self.in_flight.first_entry() {
             if *entry.key() > cumulative {
                 break;
             }
-            self.delivered.push_back(entry.remove_entry().0);
+            let (s, f) = entry.remove_entry();
+            if !f.arrived {
+                self.timers.remove(&(f.deadline, s));
+            }
+            self.delivered.push_back(s);
         }
     }
 
@@ -244,10 +257,15 @@ impl SendWindow {
     /// `max_tries` times breaks the window instead (see [`SendWindow::is_broken`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = false;
-        for (&seq, f) in self.in_flight.iter_mut() {
-            if f.arrived || f.due || f.deadline > now {
-                continue;
+        while let Some(&(deadline, seq)) = self.timers.first() {
+            if deadline > now {
+                break;
             }
+            self.timers.pop_first();
+            let f = self
+                .in_flight
+                .get_mut(&seq)
+                .expect("timers only name messages in flight");
             expired = true;
             if f.tries >= self.config.max_tries {
                 self.broken = true;
@@ -268,11 +286,7 @@ impl SendWindow {
         if self.broken {
             return None;
         }
-        self.in_flight
-            .values()
-            .filter(|f| !f.arrived && !f.due)
-            .map(|f| f.deadline)
-            .min()
+        self.timers.first().map(|&(deadline, _)| deadline)
     }
 
     /// True when [`SendWindow::poll_transmit`] would return something now.
@@ -298,6 +312,7 @@ impl SendWindow {
         let mut lost: Vec<u64> = self.in_flight.keys().copied().collect();
         lost.extend(self.waiting.iter().map(|(s, _)| *s));
         self.in_flight.clear();
+        self.timers.clear();
         self.waiting.clear();
         self.due.clear();
         lost
