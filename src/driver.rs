@@ -20,7 +20,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::cli::{self, Input, Output, StdoutOutput, Wake};
 use crate::peer::{Event, Peer, PeerConfig};
 use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats, TableEvent};
-use crate::wire;
+use crate::wire::Packer;
 
 const SOCKET: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -213,7 +213,7 @@ impl Server {
 
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut payload = Vec::with_capacity(256);
+        let mut packer = Packer::new();
         let started = Instant::now();
         let started_wall = std::time::SystemTime::now();
         let registry = &mut self.registry;
@@ -242,9 +242,13 @@ impl Server {
                         let res = drain_socket(socket, &mut buf, |from, data| {
                             registry.handle_datagram(Instant::now(), from, data);
                             while let Some(t) = registry.poll_transmit() {
-                                wire::encode_into(&t.message, &mut payload);
-                                send_datagram(socket, t.to, &payload);
+                                packer.push(t.to, &t.message, |to, d| {
+                                    send_datagram(socket, to, d);
+                                });
                             }
+                        });
+                        packer.flush(|to, d| {
+                            send_datagram(socket, to, d);
                         });
                         if let Err(e) = res {
                             warn!("receive failed: {e}");
@@ -435,12 +439,16 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
     let mut interrupts = 0u32;
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; RECV_BUFFER];
-    let mut payload = Vec::with_capacity(256);
+    let mut packer = Packer::new();
     loop {
         while let Some(t) = peer.poll_transmit() {
-            wire::encode_into(&t.message, &mut payload);
-            send_datagram(&socket, t.to, &payload);
+            packer.push(t.to, &t.message, |to, d| {
+                send_datagram(&socket, to, d);
+            });
         }
+        packer.flush(|to, d| {
+            send_datagram(&socket, to, d);
+        });
         while let Some(ev) = peer.poll_event() {
             if let Event::Fatal { message } = ev {
                 if json {

@@ -800,8 +800,14 @@ impl Peer {
 
     /// Feeds one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        match wire::decode(datagram) {
-            Ok(msg) => self.handle_message(now, from, msg),
+        match wire::decode_all(datagram) {
+            Ok(messages) => {
+                for msg in messages {
+                    self.handle_one(now, from, msg);
+                }
+                self.flush(now);
+                self.leave_if_drained(now);
+            }
             Err(DecodeError::BadVersion { found }) if from == self.config.server => {
                 self.fatal(format!(
                     "the server at {from} speaks protocol version {found}; this client speaks version {}",
@@ -817,13 +823,17 @@ impl Peer {
 
     /// Feeds one decoded message.
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.handle_one(now, from, msg);
+        self.flush(now);
+        self.leave_if_drained(now);
+    }
+
+    fn handle_one(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         if from == self.config.server {
             self.handle_server_message(now, msg);
         } else {
             self.handle_peer_message(now, from, msg);
         }
-        self.flush(now);
-        self.leave_if_drained(now);
     }
 
     fn ignore(&mut self, from: SocketAddr, msg: &Message) {

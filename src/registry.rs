@@ -190,8 +190,12 @@ impl Registry {
     /// Feeds one received datagram. Undecodable ones are counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.stats.datagrams += 1;
-        match wire::decode(datagram) {
-            Ok(msg) => self.handle_message(now, from, msg),
+        match wire::decode_all(datagram) {
+            Ok(messages) => {
+                for msg in messages {
+                    self.handle_message(now, from, msg);
+                }
+            }
             Err(DecodeError::BadVersion { found }) => {
                 self.stats.bad_version += 1;
                 debug!("{from}: protocol version {found}, answering BadVersion");

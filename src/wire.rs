@@ -7,13 +7,19 @@
 //! ```text
 //! byte 0      0x50 ('P'), the magic byte
 //! byte 1      the protocol version, currently 1 (see [`VERSION`])
-//! bytes 2..   one MessagePack value: the message
+//! bytes 2..   one or more MessagePack values, one per message, back to back
 //! ```
 //!
 //! A receiver first checks the magic byte (anything else is dropped as garbage), then the
 //! version (a different version gets a clear error, never a guess at the body), then decodes
-//! the body. The body must be exactly one MessagePack value with nothing after it. A datagram
-//! longer than [`MAX_DATAGRAM`] bytes is refused before decoding.
+//! the messages in order. The body must be whole messages with nothing after the last; if any
+//! message in a datagram is malformed, the whole datagram is dropped. A datagram longer than
+//! [`MAX_DATAGRAM`] bytes is refused before decoding.
+//!
+//! A sender may pack several messages for the same receiver into one datagram (p2pchat packs
+//! what it has ready for one destination, up to [`PACK_LIMIT`] bytes, so that a burst of
+//! chat messages or acknowledgements costs a few datagrams, not one each). A receiver handles
+//! them as if they had come one by one, in order. A message bigger than the limit goes alone.
 //!
 //! # The message value
 //!
@@ -118,6 +124,9 @@ pub const VERSION: u8 = 1;
 pub const MAX_DATAGRAM: usize = 8192;
 /// The longest chat text one `Chat` carries, in bytes; longer lines are split by the client.
 pub const MAX_TEXT: usize = 1200;
+/// Senders pack messages into datagrams of at most this many bytes (one message bigger than
+/// this still goes, alone): small enough for a typical path MTU (1280 for IPv6, less headers).
+pub const PACK_LIMIT: usize = 1200;
 
 /// A client's numeric id, assigned by the rendezvous server. Ids start at 1.
 pub type ClientId = u32;
@@ -298,8 +307,45 @@ pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
         .expect("serializing a Message into a Vec cannot fail");
 }
 
-/// Decodes one datagram. Never panics, whatever the bytes.
+/// Decodes a datagram that must hold exactly one message. Never panics, whatever the bytes.
 pub fn decode(datagram: &[u8]) -> Result<Message, DecodeError> {
+    let mut all = decode_all(datagram)?;
+    if all.len() != 1 {
+        return Err(DecodeError::Malformed {
+            reason: format!("{} messages where one was expected", all.len()),
+        });
+    }
+    Ok(all.pop().expect("one message"))
+}
+
+/// Decodes every message of a datagram, in order. Never panics, whatever the bytes; if any
+/// message is malformed, the whole datagram is refused.
+pub fn decode_all(datagram: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    let mut body = check_header(datagram)?;
+    let mut messages = Vec::with_capacity(1);
+    while !body.is_empty() {
+        let before = body.len();
+        let mut de = rmp_serde::Deserializer::new(&mut body);
+        let msg = Message::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
+            reason: if messages.is_empty() {
+                e.to_string()
+            } else {
+                format!("message {}: {e}", messages.len() + 1)
+            },
+        })?;
+        debug_assert!(body.len() < before, "a decoded message consumes bytes");
+        messages.push(msg);
+    }
+    if messages.is_empty() {
+        return Err(DecodeError::Malformed {
+            reason: "no message after the header".into(),
+        });
+    }
+    Ok(messages)
+}
+
+/// Checks the header and returns the body.
+fn check_header(datagram: &[u8]) -> Result<&[u8], DecodeError> {
     let len = datagram.len();
     if len > MAX_DATAGRAM {
         return Err(DecodeError::TooLarge { len });
@@ -313,19 +359,74 @@ pub fn decode(datagram: &[u8]) -> Result<Message, DecodeError> {
     if datagram[1] != VERSION {
         return Err(DecodeError::BadVersion { found: datagram[1] });
     }
-    let mut body = &datagram[2..];
-    let msg = {
-        let mut de = rmp_serde::Deserializer::new(&mut body);
-        Message::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
-            reason: e.to_string(),
-        })?
-    };
-    if !body.is_empty() {
-        return Err(DecodeError::Malformed {
-            reason: format!("{} bytes after the message", body.len()),
-        });
+    Ok(&datagram[2..])
+}
+
+/// Packs consecutive messages for the same destination into datagrams of at most
+/// [`PACK_LIMIT`] bytes. IO-free: finished datagrams are handed to a callback.
+///
+/// ```
+/// use p2pchat::wire::{Message, Packer, decode_all};
+/// let to = "127.0.0.1:4000".parse().unwrap();
+/// let mut sent = Vec::new();
+/// let mut packer = Packer::new();
+/// for id in 1..=3 {
+///     packer.push(to, &Message::Lookup { id }, |_, d| sent.push(d.to_vec()));
+/// }
+/// packer.flush(|_, d| sent.push(d.to_vec()));
+/// assert_eq!(sent.len(), 1);
+/// assert_eq!(decode_all(&sent[0]).unwrap().len(), 3);
+/// ```
+#[derive(Debug, Default)]
+pub struct Packer {
+    to: Option<SocketAddr>,
+    datagram: Vec<u8>,
+    scratch: Vec<u8>,
+    datagrams: u64,
+    messages: u64,
+}
+
+impl Packer {
+    pub fn new() -> Self {
+        Packer::default()
     }
-    Ok(msg)
+
+    /// Adds a message for `to`. If it does not fit in the datagram being packed (another
+    /// destination, or over the limit), that datagram is handed to `send` first.
+    pub fn push(&mut self, to: SocketAddr, msg: &Message, send: impl FnOnce(SocketAddr, &[u8])) {
+        self.scratch.clear();
+        let mut ser = rmp_serde::Serializer::new(&mut self.scratch).with_struct_map();
+        msg.serialize(&mut ser)
+            .expect("serializing a Message into a Vec cannot fail");
+        let fits = self.to == Some(to) && self.datagram.len() + self.scratch.len() <= PACK_LIMIT;
+        if !fits {
+            self.flush(send);
+            self.to = Some(to);
+            self.datagram.push(MAGIC);
+            self.datagram.push(VERSION);
+        }
+        self.datagram.extend_from_slice(&self.scratch);
+        self.messages += 1;
+    }
+
+    /// Hands the datagram being packed, if any, to `send`.
+    pub fn flush(&mut self, send: impl FnOnce(SocketAddr, &[u8])) {
+        if let Some(to) = self.to.take() {
+            send(to, &self.datagram);
+            self.datagram.clear();
+            self.datagrams += 1;
+        }
+    }
+
+    /// Datagrams finished so far.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams
+    }
+
+    /// Messages packed so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
 }
 
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
@@ -534,6 +635,69 @@ mod tests {
         bytes.extend_from_slice(&[0x82, 0xa2, b'i', b'd', 0x02, 0xa4, b'a', b'd', b'd', b'r']);
         bytes.extend_from_slice(&[0xa3, b'x', b'y', b'z']);
         assert!(matches!(decode(&bytes), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn packed_messages_decode_in_order() {
+        let to: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let msgs = all_messages();
+        let mut datagrams: Vec<Vec<u8>> = Vec::new();
+        let mut packer = Packer::new();
+        for m in &msgs {
+            packer.push(to, m, |_, d| datagrams.push(d.to_vec()));
+        }
+        packer.flush(|_, d| datagrams.push(d.to_vec()));
+        assert!(datagrams.len() < msgs.len(), "packed: {}", datagrams.len());
+        assert!(datagrams.iter().all(|d| d.len() <= PACK_LIMIT));
+        let decoded: Vec<Message> = datagrams
+            .iter()
+            .flat_map(|d| decode_all(d).unwrap())
+            .collect();
+        assert_eq!(decoded, msgs);
+        assert_eq!(packer.messages(), msgs.len() as u64);
+        assert_eq!(packer.datagrams(), datagrams.len() as u64);
+    }
+
+    #[test]
+    fn a_new_destination_or_a_full_datagram_starts_another() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut out: Vec<(SocketAddr, usize)> = Vec::new();
+        let mut packer = Packer::new();
+        let chat = |seq| Message::Chat {
+            from: 1,
+            session: 2,
+            seq,
+            text: "x".repeat(500),
+        };
+        packer.push(a, &chat(1), |to, d| {
+            out.push((to, decode_all(d).unwrap().len()))
+        });
+        packer.push(b, &chat(2), |to, d| {
+            out.push((to, decode_all(d).unwrap().len()))
+        });
+        packer.push(b, &chat(3), |to, d| {
+            out.push((to, decode_all(d).unwrap().len()))
+        });
+        packer.push(b, &chat(4), |to, d| {
+            out.push((to, decode_all(d).unwrap().len()))
+        });
+        packer.flush(|to, d| out.push((to, decode_all(d).unwrap().len())));
+        assert_eq!(out, vec![(a, 1), (b, 2), (b, 1)]);
+    }
+
+    #[test]
+    fn one_bad_message_refuses_the_whole_datagram() {
+        let mut d = encode(&Message::Lookup { id: 1 });
+        d.extend_from_slice(&encode(&Message::Lookup { id: 2 })[2..]);
+        assert_eq!(decode_all(&d).unwrap().len(), 2);
+        assert!(matches!(decode(&d), Err(DecodeError::Malformed { .. })));
+        d.push(0xc1); // never used in MessagePack
+        assert!(matches!(decode_all(&d), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_all(&[MAGIC, VERSION]),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]
