@@ -7,7 +7,7 @@
 //! ([`Registry::poll_timeout`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ struct Bucket {
     warned: Option<Instant>,
 }
 
-/// One active client.
+/// One active client, as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub id: ClientId,
@@ -64,7 +64,92 @@ pub struct Entry {
     pub token: Token,
     pub joined: Instant,
     pub last_seen: Instant,
-    serial: u64,
+}
+
+/// How a client is stored: 64 bytes, times in nanoseconds since the table's epoch.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    addr: SocketAddr,
+    token: Token,
+    joined: u64,
+    last_seen: u64,
+    id: ClientId,
+    /// Tells this registration from an earlier one of the same id in the expiry queue.
+    serial: u32,
+}
+
+/// The active clients: records in a dense vector, found by id or by address in O(1) (the
+/// cost of a lookup does not grow with the table), at about 180 bytes per client.
+#[derive(Debug, Default)]
+struct Table {
+    epoch: Option<Instant>,
+    records: Vec<Record>,
+    by_id: HashMap<ClientId, u32>,
+    by_addr: HashMap<SocketAddr, u32>,
+}
+
+impl Table {
+    /// `t` as nanoseconds since the epoch (the first time the table was given).
+    fn nanos(&mut self, t: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(t);
+        u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        let epoch = self.epoch.expect("a table with records has an epoch");
+        epoch + Duration::from_nanos(nanos)
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn contains(&self, id: ClientId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    fn get(&self, id: ClientId) -> Option<&Record> {
+        self.by_id.get(&id).map(|&i| &self.records[i as usize])
+    }
+
+    fn at_addr(&self, addr: &SocketAddr) -> Option<&Record> {
+        self.by_addr.get(addr).map(|&i| &self.records[i as usize])
+    }
+
+    fn at_addr_mut(&mut self, addr: &SocketAddr) -> Option<&mut Record> {
+        self.by_addr
+            .get(addr)
+            .map(|&i| &mut self.records[i as usize])
+    }
+
+    fn insert(&mut self, r: Record) {
+        let i = u32::try_from(self.records.len()).expect("fewer than 2^32 clients");
+        self.by_id.insert(r.id, i);
+        self.by_addr.insert(r.addr, i);
+        self.records.push(r);
+    }
+
+    fn remove(&mut self, id: ClientId) -> Option<Record> {
+        let i = self.by_id.remove(&id)?;
+        let r = self.records.swap_remove(i as usize);
+        self.by_addr.remove(&r.addr);
+        // The last record moved into the hole.
+        if let Some(moved) = self.records.get(i as usize) {
+            self.by_id.insert(moved.id, i);
+            self.by_addr.insert(moved.addr, i);
+        }
+        Some(r)
+    }
+
+    fn entry(&self, r: &Record) -> Entry {
+        Entry {
+            id: r.id,
+            addr: r.addr,
+            token: r.token,
+            joined: self.instant(r.joined),
+            last_seen: self.instant(r.last_seen),
+        }
+    }
 }
 
 /// A change to the table, for the driver to print.
@@ -113,16 +198,16 @@ struct Departure {
 /// The rendezvous server's table and rules. See the module documentation.
 pub struct Registry {
     config: RegistryConfig,
-    clients: BTreeMap<ClientId, Entry>,
-    by_addr: HashMap<SocketAddr, ClientId>,
+    clients: Table,
     /// Ids below `next_id` that were freed; the lowest free id is the smaller of the first of
     /// these and `next_id`.
     free_ids: BTreeSet<ClientId>,
     next_id: ClientId,
-    /// (deadline, id, serial): a lazy expiry queue. An item may be stale (the entry was
-    /// refreshed, or replaced); it is checked against the entry when it comes due.
-    expiry: BinaryHeap<Reverse<(Instant, ClientId, u64)>>,
-    serial: u64,
+    /// (deadline in the table's nanoseconds, id, serial): a lazy expiry queue. An item may
+    /// be stale (the entry was refreshed, or replaced); it is checked against the entry when
+    /// it comes due.
+    expiry: BinaryHeap<Reverse<(u64, ClientId, u32)>>,
+    serial: u32,
     departed: HashMap<SocketAddr, Departure>,
     buckets: HashMap<IpAddr, Bucket>,
     departed_order: VecDeque<SocketAddr>,
@@ -146,8 +231,7 @@ impl Registry {
     fn with_rng(config: RegistryConfig, rng: rand::rngs::StdRng) -> Self {
         Registry {
             config,
-            clients: BTreeMap::new(),
-            by_addr: HashMap::new(),
+            clients: Table::default(),
             free_ids: BTreeSet::new(),
             next_id: 1,
             expiry: BinaryHeap::new(),
@@ -166,13 +250,21 @@ impl Registry {
         &self.config
     }
 
-    /// The active clients, by id.
-    pub fn entries(&self) -> impl ExactSizeIterator<Item = &Entry> {
-        self.clients.values()
+    /// The active clients, in id order (this sorts: it is for printing and tests, not for
+    /// a hot path).
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = Entry> {
+        let mut all: Vec<Entry> = self
+            .clients
+            .records
+            .iter()
+            .map(|r| self.clients.entry(r))
+            .collect();
+        all.sort_unstable_by_key(|e| e.id);
+        all.into_iter()
     }
 
-    pub fn get(&self, id: ClientId) -> Option<&Entry> {
-        self.clients.get(&id)
+    pub fn get(&self, id: ClientId) -> Option<Entry> {
+        self.clients.get(id).map(|r| self.clients.entry(r))
     }
 
     pub fn len(&self) -> usize {
@@ -180,7 +272,7 @@ impl Registry {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
+        self.clients.len() == 0
     }
 
     pub fn stats(&self) -> &Stats {
@@ -224,19 +316,15 @@ impl Registry {
     /// Feeds one decoded message.
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         // Any message from a registered address shows the client is alive.
-        if let Some(id) = self.by_addr.get(&from) {
-            if let Some(entry) = self.clients.get_mut(id) {
-                entry.last_seen = now;
-            }
+        let t = self.clients.nanos(now);
+        if let Some(r) = self.clients.at_addr_mut(&from) {
+            r.last_seen = t;
         }
         match msg {
             Message::Register { want_id } => self.register(now, from, want_id),
             Message::Lookup { id } => {
-                let answer = match self.clients.get(&id) {
-                    Some(entry) => Message::Found {
-                        id,
-                        addr: entry.addr,
-                    },
+                let answer = match self.clients.get(id) {
+                    Some(r) => Message::Found { id, addr: r.addr },
                     None => Message::Inactive { id },
                 };
                 self.send(from, answer);
@@ -264,35 +352,38 @@ impl Registry {
 
     /// Removes the entries whose time to live has run out.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now_ns = self.clients.nanos(now);
+        let ttl = self.ttl_nanos();
         while let Some(&Reverse((deadline, id, serial))) = self.expiry.peek() {
-            if deadline > now {
+            if deadline > now_ns {
                 break;
             }
             self.expiry.pop();
-            let Some(entry) = self.clients.get(&id) else {
+            let Some(r) = self.clients.get(id) else {
                 continue;
             };
-            if entry.serial != serial {
+            if r.serial != serial {
                 continue; // the id was freed and handed to someone else, who has an item of its own
             }
-            let due = entry.last_seen + self.config.ttl;
-            if due > now {
+            let due = r.last_seen.saturating_add(ttl);
+            if due > now_ns {
                 self.expiry.push(Reverse((due, id, serial)));
                 continue;
             }
-            let entry = self.remove(id);
-            debug!("client {id} at {} expired", entry.addr);
-            self.events.push_back(TableEvent::Expired {
-                id,
-                addr: entry.addr,
-            });
+            let r = self.remove(id);
+            debug!("client {id} at {} expired", r.addr);
+            self.events
+                .push_back(TableEvent::Expired { id, addr: r.addr });
         }
         self.forget_departures(now);
     }
 
     /// The next time [`Registry::handle_timeout`] has work to do (it may find none).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let expiry = self.expiry.peek().map(|Reverse((at, _, _))| *at);
+        let expiry = self
+            .expiry
+            .peek()
+            .map(|Reverse((at, _, _))| self.clients.instant(*at));
         let departure = self
             .departed_order
             .front()
@@ -318,15 +409,18 @@ impl Registry {
 
     fn owns(&self, from: SocketAddr, id: ClientId, token: Token) -> bool {
         self.clients
-            .get(&id)
-            .is_some_and(|e| e.addr == from && e.token == token)
+            .get(id)
+            .is_some_and(|r| r.addr == from && r.token == token)
+    }
+
+    fn ttl_nanos(&self) -> u64 {
+        u64::try_from(self.config.ttl.as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn register(&mut self, now: Instant, from: SocketAddr, want_id: Option<ClientId>) {
-        if let Some(id) = self.by_addr.get(&from) {
+        if let Some(r) = self.clients.at_addr(&from) {
             // A retransmission (our answer was lost): the same answer again.
-            let entry = &self.clients[id];
-            let answer = self.registered(entry.id, entry.token);
+            let answer = self.registered(r.id, r.token);
             self.send(from, answer);
             return;
         }
@@ -348,7 +442,7 @@ impl Registry {
             return;
         }
         let id = match want_id.filter(|&id| id != 0) {
-            Some(id) if self.clients.contains_key(&id) => {
+            Some(id) if self.clients.contains(id) => {
                 self.send(
                     from,
                     Message::Error {
@@ -376,19 +470,18 @@ impl Registry {
         };
         self.take_id(id);
         let token = self.rng.random::<Token>();
-        self.serial += 1;
-        let entry = Entry {
-            id,
+        self.serial = self.serial.wrapping_add(1);
+        let t = self.clients.nanos(now);
+        self.clients.insert(Record {
             addr: from,
             token,
-            joined: now,
-            last_seen: now,
+            joined: t,
+            last_seen: t,
+            id,
             serial: self.serial,
-        };
-        self.expiry
-            .push(Reverse((now + self.config.ttl, id, self.serial)));
-        self.clients.insert(id, entry);
-        self.by_addr.insert(from, id);
+        });
+        let deadline = t.saturating_add(self.ttl_nanos());
+        self.expiry.push(Reverse((deadline, id, self.serial)));
         if self.departed.remove(&from).is_some() {
             self.departed_order.retain(|a| *a != from);
         }
@@ -485,13 +578,12 @@ impl Registry {
         );
     }
 
-    fn remove(&mut self, id: ClientId) -> Entry {
-        let entry = self.clients.remove(&id).expect("removing a present id");
-        self.by_addr.remove(&entry.addr);
+    fn remove(&mut self, id: ClientId) -> Record {
+        let r = self.clients.remove(id).expect("removing a present id");
         if id < self.next_id {
             self.free_ids.insert(id);
         }
-        entry
+        r
     }
 
     fn lowest_free_id(&mut self) -> Option<ClientId> {
@@ -499,7 +591,7 @@ impl Registry {
             return Some(id);
         }
         // `next_id` may have been taken by a client that asked for it.
-        while self.clients.contains_key(&self.next_id) {
+        while self.clients.contains(self.next_id) {
             self.next_id = self.next_id.checked_add(1)?;
         }
         Some(self.next_id)
@@ -531,6 +623,67 @@ impl Registry {
                     self.departed_order.pop_front();
                     self.departed.remove(&addr);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use std::collections::BTreeMap;
+
+    /// Random joins, leaves, expiries and lookups, checked against a plain map: the dense
+    /// table's two indexes must always agree with it (removal moves the last record).
+    #[test]
+    fn the_table_agrees_with_a_plain_map_under_random_churn() {
+        let seed = rand::random::<u64>();
+        println!("seed {seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let config = RegistryConfig {
+            ttl: Duration::from_secs(5),
+            max_clients: 64,
+            register_rate: 0.0,
+            ..RegistryConfig::default()
+        };
+        let mut r = Registry::with_seed(config, seed);
+        let mut model: BTreeMap<ClientId, (SocketAddr, Token)> = BTreeMap::new();
+        let t0 = Instant::now();
+        let mut now = t0;
+        for step in 0..20_000 {
+            let from = SocketAddr::from(([127, 0, 0, 1], rng.random_range(1..100u16)));
+            match rng.random_range(0..4) {
+                0 => r.handle_message(now, from, Message::Register { want_id: None }),
+                1 => {
+                    let mine = model.iter().find(|(_, (a, _))| *a == from);
+                    if let Some((&id, &(_, token))) = mine {
+                        r.handle_message(now, from, Message::Leave { id, token });
+                    }
+                }
+                2 => now += Duration::from_millis(rng.random_range(0..700)),
+                _ => r.handle_message(now, from, Message::Keepalive { id: 0, token: 0 }),
+            }
+            r.handle_timeout(now);
+            while let Some(ev) = r.poll_event() {
+                match ev {
+                    TableEvent::Joined { id, addr } => {
+                        let token = r.get(id).expect("joined").token;
+                        assert!(model.insert(id, (addr, token)).is_none(), "seed {seed}");
+                    }
+                    TableEvent::Left { id, .. } | TableEvent::Expired { id, .. } => {
+                        assert!(model.remove(&id).is_some(), "seed {seed} step {step}");
+                    }
+                }
+            }
+            while r.poll_transmit().is_some() {}
+            assert_eq!(r.len(), model.len(), "seed {seed} step {step}");
+            for (&id, &(addr, token)) in &model {
+                let e = r
+                    .get(id)
+                    .unwrap_or_else(|| panic!("seed {seed}: {id} lost"));
+                assert_eq!((e.addr, e.token), (addr, token), "seed {seed} step {step}");
+                assert_eq!(r.clients.at_addr(&addr).map(|x| x.id), Some(id));
             }
         }
     }

@@ -56,7 +56,7 @@ fn events(r: &mut Registry) -> Vec<TableEvent> {
 
 /// The whole table, every field of every entry (last_seen included).
 fn table(r: &Registry) -> Vec<Entry> {
-    r.entries().cloned().collect()
+    r.entries().collect()
 }
 
 fn ids(r: &Registry) -> Vec<ClientId> {
