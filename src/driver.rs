@@ -393,18 +393,15 @@ pub struct ClientOptions {
 /// non-zero) only when the client cannot work at all: no server, a refused registration, a
 /// port in use.
 pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
-    let mut socket = bind(opts.bind)?;
-    let mut poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
-    poll.registry()
-        .register(&mut socket, SOCKET, Interest::READABLE)
-        .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
+    let mut endpoint = Endpoint::bind(opts.bind, opts.peer.clone())?;
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| FatalError(format!("cannot install signal handlers: {e}")))?;
-    poll.registry()
+    endpoint
+        .poll_registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(|e| FatalError(format!("cannot watch signals: {e}")))?;
     let waker = Arc::new(
-        Waker::new(poll.registry(), WAKER)
+        Waker::new(endpoint.poll_registry(), WAKER)
             .map_err(|e| FatalError(format!("cannot create a waker: {e}")))?,
     );
     // The loop keeps its own reference: if the reader thread held the only one, its exit
@@ -428,28 +425,15 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
         }
     };
     let json = opts.ui == UiMode::Json;
-    if let Ok(local) = socket.local_addr() {
-        info!("client socket bound to {local}");
-    }
+    info!("client socket bound to {}", endpoint.local_addr());
 
     let _keep_waker = waker;
-    let mut peer = Peer::new(opts.peer.clone(), Instant::now());
     // Lines typed before the server gave us an id wait here, in order.
     let mut held: VecDeque<Input> = VecDeque::new();
     let mut interrupts = 0u32;
-    let mut events = Events::with_capacity(64);
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let mut packer = Packer::new();
     loop {
-        while let Some(t) = peer.poll_transmit() {
-            packer.push(t.to, &t.message, |to, d| {
-                send_datagram(&socket, to, d);
-            });
-        }
-        packer.flush(|to, d| {
-            send_datagram(&socket, to, d);
-        });
-        while let Some(ev) = peer.poll_event() {
+        endpoint.flush();
+        while let Some(ev) = endpoint.peer().poll_event() {
             if let Event::Fatal { message } = ev {
                 if json {
                     out.line(&cli::json_line(&Event::Fatal {
@@ -464,37 +448,15 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                 cli::human_line(&ev)
             });
         }
-        if peer.is_finished() {
+        if endpoint.peer().is_finished() {
             return Ok(());
         }
-
-        let timeout = wait_for(peer.poll_timeout(), Instant::now());
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(FatalError(format!("poll failed: {e}")));
-        }
-        for event in events.iter() {
-            match event.token() {
-                SOCKET => {
-                    let res = drain_socket(&socket, &mut buf, |from, data| {
-                        peer.handle_datagram(Instant::now(), from, data);
-                    });
-                    if let Err(e) = res {
-                        warn!("receive failed: {e}");
-                    }
-                }
-                WAKER => held.extend(inputs.try_iter()),
-                SIGNALS => {
-                    let n = signals.pending().count();
-                    if n > 0 {
-                        held.push_front(Input::Interrupt);
-                    }
-                }
-                _ => {}
-            }
-        }
+        endpoint.turn(None, |token| match token {
+            WAKER => held.extend(inputs.try_iter()),
+            SIGNALS if signals.pending().count() > 0 => held.push_front(Input::Interrupt),
+            _ => {}
+        })?;
+        let peer = endpoint.peer();
         while let Some(input) = held.front() {
             let registered = peer.id().is_some();
             let now = Instant::now();
@@ -513,17 +475,127 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                 }
                 Input::Eof if registered => peer.finish(now),
                 Input::Line(line) if registered => {
-                    cli::execute(&mut peer, now, line, out.as_mut(), json)
+                    cli::execute(peer, now, line, out.as_mut(), json)
                 }
                 // Not registered yet: keep it for later.
                 _ => break,
             }
             held.pop_front();
         }
-        let now = Instant::now();
-        if peer.poll_timeout().is_some_and(|t| t <= now) {
-            peer.handle_timeout(now);
+    }
+}
+
+/// A client's state machine with its own socket and poller: what a program embeds to chat
+/// without writing an event loop (the `p2pchat client` loop and the benchmarks use it).
+///
+/// Call [`Endpoint::turn`] in a loop; between turns, give commands through
+/// [`Endpoint::peer`] and read its events with `endpoint.peer().poll_event()`.
+pub struct Endpoint {
+    socket: UdpSocket,
+    poll: Poll,
+    events: Events,
+    buf: Vec<u8>,
+    packer: Packer,
+    peer: Peer,
+    local: SocketAddr,
+    received: u64,
+}
+
+impl Endpoint {
+    /// Binds `addr` and starts registering with the server of `config`.
+    pub fn bind(addr: SocketAddr, config: PeerConfig) -> Result<Endpoint, FatalError> {
+        let mut socket = bind(addr)?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
+        let poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)
+            .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
+        Ok(Endpoint {
+            socket,
+            poll,
+            events: Events::with_capacity(64),
+            buf: vec![0u8; RECV_BUFFER],
+            packer: Packer::new(),
+            peer: Peer::new(config, Instant::now()),
+            local,
+            received: 0,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The state machine: commands, events, state.
+    pub fn peer(&mut self) -> &mut Peer {
+        &mut self.peer
+    }
+
+    /// The poller, to register more event sources (tokens other than 0, which is the socket).
+    pub fn poll_registry(&self) -> &mio::Registry {
+        self.poll.registry()
+    }
+
+    /// Sends every datagram the state machine has ready, packed per destination.
+    pub fn flush(&mut self) {
+        let socket = &self.socket;
+        while let Some(t) = self.peer.poll_transmit() {
+            self.packer.push(t.to, &t.message, |to, d| {
+                send_datagram(socket, to, d);
+            });
         }
+        self.packer.flush(|to, d| {
+            send_datagram(socket, to, d);
+        });
+    }
+
+    /// One turn of the loop: sends what is ready, waits for a datagram (at most `max_wait`,
+    /// and never past the state machine's next deadline), handles what came and what fell
+    /// due, and sends the answers. Other event sources that fired are passed to `other`.
+    pub fn turn(
+        &mut self,
+        max_wait: Option<Duration>,
+        mut other: impl FnMut(Token),
+    ) -> Result<(), FatalError> {
+        self.flush();
+        let now = Instant::now();
+        let timeout = match (wait_for(self.peer.poll_timeout(), now), max_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(FatalError(format!("poll failed: {e}")));
+            }
+        }
+        for event in self.events.iter() {
+            match event.token() {
+                SOCKET => {
+                    let (peer, received) = (&mut self.peer, &mut self.received);
+                    let res = drain_socket(&self.socket, &mut self.buf, |from, data| {
+                        *received += 1;
+                        peer.handle_datagram(Instant::now(), from, data);
+                    });
+                    if let Err(e) = res {
+                        warn!("receive failed: {e}");
+                    }
+                }
+                token => other(token),
+            }
+        }
+        let now = Instant::now();
+        if self.peer.poll_timeout().is_some_and(|t| t <= now) {
+            self.peer.handle_timeout(now);
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// Datagrams sent and received so far.
+    pub fn datagrams(&self) -> (u64, u64) {
+        (self.packer.datagrams(), self.received)
     }
 }
 
