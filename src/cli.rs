@@ -198,6 +198,10 @@ pub fn human_error(err: &CommandError) -> String {
 pub trait Output {
     /// Shows one line (without its newline) and makes sure it is visible at once.
     fn line(&mut self, text: &str);
+
+    /// The program is about to exit: whatever follows must be printed at once, and the
+    /// terminal left as it was found.
+    fn finish(&mut self) {}
 }
 
 /// Plain stdout, flushed after every line (for scripts and `--json`).
@@ -212,12 +216,62 @@ impl Output for StdoutOutput {
 }
 
 /// Prints above the line being edited, so that incoming messages do not garble it.
-pub struct PrinterOutput(pub Box<dyn rustyline::ExternalPrinter + Send>);
+///
+/// The line editor runs on a thread of its own and holds the terminal in raw mode while it
+/// waits for a key; a process that exits then would leave the user's shell without echo.
+/// So the terminal's settings are saved before the editor starts and put back by
+/// [`Output::finish`] (and on drop), after which lines are printed directly.
+pub struct PrinterOutput {
+    printer: Box<dyn rustyline::ExternalPrinter + Send>,
+    saved: Option<TerminalSettings>,
+    finished: bool,
+}
 
 impl Output for PrinterOutput {
     fn line(&mut self, text: &str) {
-        if self.0.print(format!("{text}\n")).is_err() {
+        if self.finished || self.printer.print(format!("{text}\n")).is_err() {
             StdoutOutput.line(text);
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Some(saved) = &self.saved {
+            saved.restore();
+        }
+        // Erase the prompt the editor left on the current line.
+        let mut out = io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K");
+        let _ = out.flush();
+    }
+}
+
+impl Drop for PrinterOutput {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The settings of the terminal on stdin, to put back at exit.
+struct TerminalSettings(libc::termios);
+
+impl TerminalSettings {
+    fn save() -> Option<Self> {
+        // SAFETY: tcgetattr only writes into the termios we pass; a zeroed termios is a
+        // valid value of that plain C struct.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            (libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0).then_some(TerminalSettings(t))
+        }
+    }
+
+    fn restore(&self) {
+        // SAFETY: tcsetattr only reads the termios, which tcgetattr filled in.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0);
         }
     }
 }
@@ -268,6 +322,7 @@ pub fn spawn_plain_reader(tx: Sender<Input>, wake: Wake) -> io::Result<()> {
 /// Starts a line editor (history, editing keys) on a thread of its own, and returns the
 /// output that prints above the prompt.
 pub fn spawn_terminal_reader(tx: Sender<Input>, wake: Wake) -> io::Result<PrinterOutput> {
+    let saved = TerminalSettings::save();
     let (ptx, prx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("line-editor".into())
@@ -314,7 +369,11 @@ pub fn spawn_terminal_reader(tx: Sender<Input>, wake: Wake) -> io::Result<Printe
             }
         })?;
     match prx.recv() {
-        Ok(Ok(printer)) => Ok(PrinterOutput(printer)),
+        Ok(Ok(printer)) => Ok(PrinterOutput {
+            printer,
+            saved,
+            finished: false,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::other("the line editor did not start")),
     }

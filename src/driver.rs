@@ -434,6 +434,9 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
     loop {
         endpoint.flush();
         while let Some(ev) = endpoint.peer().poll_event() {
+            if matches!(ev, Event::Left { .. } | Event::Fatal { .. }) {
+                out.finish();
+            }
             if let Event::Fatal { message } = ev {
                 if json {
                     out.line(&cli::json_line(&Event::Fatal {
@@ -464,6 +467,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                 Input::Interrupt => {
                     interrupts += 1;
                     if interrupts >= 2 {
+                        out.finish();
                         out.line(&if json {
                             cli::json_error("interrupted twice: exiting without waiting")
                         } else {
