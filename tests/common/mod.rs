@@ -44,17 +44,35 @@ pub struct Proc {
 impl Proc {
     /// Starts `p2pchat ARGS` with stdin closed (`/dev/null`).
     pub fn spawn(args: &[&str]) -> Proc {
-        Self::start(args, Stdio::null())
+        Self::start(&[], args, Stdio::null())
     }
 
     /// Starts `p2pchat ARGS` with a pipe on stdin, to type commands with
     /// [`Proc::write_line`]. The pipe stays open until [`Proc::close_stdin`] or the drop.
     pub fn spawn_with_stdin(args: &[&str]) -> Proc {
-        Self::start(args, Stdio::piped())
+        Self::start(&[], args, Stdio::piped())
     }
 
-    fn start(args: &[&str], stdin: Stdio) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pchat"))
+    /// Starts `PREFIX... p2pchat ARGS`, with a pipe on stdin (or `/dev/null` if not
+    /// `piped`). The prefix is a command that runs the binary, such as
+    /// `ip netns exec NS`; it must exec it (not fork), so that killing the child kills
+    /// `p2pchat` itself. An empty prefix runs the binary directly.
+    pub fn spawn_via(prefix: &[&str], args: &[&str], piped: bool) -> Proc {
+        let stdin = if piped { Stdio::piped() } else { Stdio::null() };
+        Self::start(prefix, args, stdin)
+    }
+
+    fn start(prefix: &[&str], args: &[&str], stdin: Stdio) -> Proc {
+        let bin = env!("CARGO_BIN_EXE_p2pchat");
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(args)
             .env_remove("RUST_LOG") // only the program's own lines on stderr
             .stdin(stdin)
@@ -160,7 +178,17 @@ impl Proc {
 
     /// Skips stdout lines until one satisfies `pred`; fails the test after [`WAIT`].
     pub fn wait_for_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        self.wait_for_line_within(WAIT, what, pred)
+    }
+
+    /// Skips stdout lines until one satisfies `pred`; fails the test after `timeout`.
+    pub fn wait_for_line_within(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -168,7 +196,7 @@ impl Proc {
                 Some(line) if pred(&line) => return line,
                 Some(line) => seen.push(line),
                 None => panic!(
-                    "no line {what} within {WAIT:?}; lines seen: {seen:#?}; stderr: {:?}",
+                    "no line {what} within {timeout:?}; lines seen: {seen:#?}; stderr: {:?}",
                     self.stderr()
                 ),
             }
@@ -214,6 +242,12 @@ impl Proc {
         }
     }
 
+    /// Kills the process with SIGKILL (a crash: no goodbye to anyone) and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.child.kill().expect("cannot kill the child");
+        self.child.wait().expect("cannot reap the child")
+    }
+
     /// Sends a signal with `kill` (`name` such as `-TERM`).
     pub fn signal(&self, name: &str) {
         let pid = self.pid().to_string();
@@ -250,9 +284,21 @@ pub struct Server {
 impl Server {
     /// Starts `p2pchat server --bind 127.0.0.1:0 EXTRA` and learns its port.
     pub fn start(extra: &[&str]) -> Server {
-        let mut args = vec!["server", "--bind", "127.0.0.1:0"];
+        Self::start_via(&[], "127.0.0.1:0", extra)
+    }
+
+    /// Starts `p2pchat server --bind BIND EXTRA` (a fixed port, to restart a server where
+    /// its clients expect it) and waits for its listening line.
+    pub fn start_at(bind: &str, extra: &[&str]) -> Server {
+        Self::start_via(&[], bind, extra)
+    }
+
+    /// Starts `PREFIX... p2pchat server --bind BIND EXTRA` (see [`Proc::spawn_via`]) and
+    /// waits for its listening line.
+    pub fn start_via(prefix: &[&str], bind: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["server", "--bind", bind];
         args.extend_from_slice(extra);
-        let proc = Proc::spawn(&args);
+        let proc = Proc::spawn_via(prefix, &args, false);
         let first = proc.expect_line("the listening line");
         let addr = parse_listening_line(&first)
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
@@ -307,4 +353,155 @@ impl Server {
             .parse()
             .unwrap_or_else(|_| panic!("bad join line {line:?}"))
     }
+}
+
+// ---------------------------------------------------------------- ports
+
+/// A UDP port on 127.0.0.1 that was free a moment ago: bound, noted, released. For a
+/// process that must come back on the same address (a restarted server or client).
+pub fn free_udp_port() -> u16 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("cannot bind a probe socket");
+    sock.local_addr().expect("local_addr").port()
+}
+
+// ---------------------------------------------------------------- a --json client
+
+/// A `p2pchat client --json` with piped stdin: commands are typed as lines, every stdout
+/// line is checked to be a JSON object with an `"event"` string and kept in `log`.
+pub struct JsonClient {
+    pub proc: Proc,
+    /// A name for messages (`"A"`, `"client 2"`).
+    pub name: String,
+    /// Every event printed so far, in order.
+    pub log: Vec<serde_json::Value>,
+}
+
+impl JsonClient {
+    /// Starts `PREFIX... p2pchat client --json ARGS` (see [`Proc::spawn_via`]); waits for
+    /// nothing.
+    pub fn spawn_via(name: &str, prefix: &[&str], args: &[&str]) -> JsonClient {
+        let mut all = vec!["client", "--json"];
+        all.extend_from_slice(args);
+        JsonClient {
+            proc: Proc::spawn_via(prefix, &all, true),
+            name: name.to_string(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Starts `p2pchat client --json ARGS`; waits for nothing.
+    pub fn spawn(name: &str, args: &[&str]) -> JsonClient {
+        Self::spawn_via(name, &[], args)
+    }
+
+    /// Parses one stdout line, failing the test unless it is an event object.
+    pub fn parse(&self, line: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line:?}", self.name));
+        assert!(
+            v.get("event").is_some_and(serde_json::Value::is_string),
+            "{}: no \"event\" string in {line}",
+            self.name
+        );
+        v
+    }
+
+    /// Types one command.
+    pub fn type_line(&mut self, line: &str) {
+        self.proc.write_line(line);
+    }
+
+    /// The next event, if one comes before `deadline`.
+    pub fn next_event_before(&mut self, deadline: Instant) -> Option<serde_json::Value> {
+        let line = self
+            .proc
+            .next_line(deadline.saturating_duration_since(Instant::now()))?;
+        let v = self.parse(&line);
+        self.log.push(v.clone());
+        Some(v)
+    }
+
+    /// Skips events until one satisfies `pred` (the skipped ones stay in the log); fails the
+    /// test after `timeout`.
+    pub fn wait_event_within(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_event_before(deadline) {
+                Some(v) if pred(&v) => return v,
+                Some(_) => {}
+                None => panic!(
+                    "{}: no event {what} within {timeout:?}; events so far: {:#?}; stderr: {:?}",
+                    self.name,
+                    self.log,
+                    self.proc.stderr()
+                ),
+            }
+        }
+    }
+
+    /// [`JsonClient::wait_event_within`] [`WAIT`].
+    pub fn wait_event(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.wait_event_within(WAIT, what, pred)
+    }
+
+    /// Waits for exactly this event (others may come first).
+    pub fn expect(&mut self, event: serde_json::Value) -> serde_json::Value {
+        let what = event.to_string();
+        self.wait_event(&what, |v| *v == event)
+    }
+
+    /// Reads events until the whole log satisfies `done`; fails the test after `timeout`.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.log) {
+            if self.next_event_before(deadline).is_none() {
+                panic!(
+                    "{}: not {what} within {timeout:?}; events so far: {:#?}; stderr: {:?}",
+                    self.name,
+                    self.log,
+                    self.proc.stderr()
+                );
+            }
+        }
+    }
+
+    /// Reads every event printed within `quiet` (to check that nothing more comes).
+    pub fn read_for(&mut self, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        while self.next_event_before(deadline).is_some() {}
+    }
+
+    /// Waits for the process to exit and reads its last events; returns the exit status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let status = self.proc.wait_exit();
+        for line in self.proc.rest_of_stdout() {
+            let v = self.parse(&line);
+            self.log.push(v);
+        }
+        status
+    }
+
+    /// The logged events named `name`.
+    pub fn events(&self, name: &str) -> Vec<&serde_json::Value> {
+        events_named(&self.log, name)
+    }
+}
+
+/// The events of `log` named `name`.
+pub fn events_named<'a>(log: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    log.iter().filter(|v| v["event"] == name).collect()
 }
