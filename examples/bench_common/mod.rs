@@ -1,0 +1,159 @@
+//! What the `bench_*` examples share: the run-length argument, percentiles, the target line,
+//! a rendezvous server on a thread, two connected [`Endpoint`]s, and a thread's CPU time.
+//!
+//! Each benchmark uses its own part of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use p2pchat::driver::{Endpoint, Server, ServerOptions, Stopper};
+use p2pchat::peer::{Event, PeerConfig};
+use p2pchat::registry::{RegistryConfig, Stats as RegistryStats};
+use p2pchat::wire::ClientId;
+
+/// The first command-line argument as a number (seconds, or a scale), or `default`.
+pub fn arg_or(default: f64) -> f64 {
+    match std::env::args().nth(1) {
+        None => default,
+        Some(a) => a.parse().unwrap_or_else(|_| {
+            eprintln!("usage: {} [NUMBER]   (got {a:?})", program());
+            std::process::exit(2);
+        }),
+    }
+}
+
+fn program() -> String {
+    std::env::args()
+        .next()
+        .and_then(|p| p.rsplit('/').next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The `p`-quantile (0..=1) of sorted values (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The last lines of every benchmark: `name: value (target X) ok|MISSED`.
+pub fn target(name: &str, value: &str, target: &str, ok: bool) {
+    println!(
+        "{name}: {value} (target {target}) {}",
+        if ok { "ok" } else { "MISSED" }
+    );
+}
+
+/// A rendezvous server (`driver::Server`, the real loop) on a thread of its own.
+pub struct ServerThread {
+    pub addr: SocketAddr,
+    stopper: Stopper,
+    handle: JoinHandle<RegistryStats>,
+    /// The server thread's id, to read its CPU time.
+    pub tid: u32,
+}
+
+impl ServerThread {
+    pub fn start(registry: RegistryConfig) -> ServerThread {
+        let opts = ServerOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            registry,
+            table_rows: 100,
+        };
+        let server = Server::bind(&opts).expect("bind the server");
+        let addr = server.local_addr();
+        let stopper = server.stopper();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = thread::spawn(move || {
+            let _ = tx.send(thread_id());
+            server.run(&mut std::io::sink()).expect("server ran")
+        });
+        let tid = rx.recv().expect("server thread started");
+        ServerThread {
+            addr,
+            stopper,
+            handle,
+            tid,
+        }
+    }
+
+    pub fn stop(self) -> RegistryStats {
+        self.stopper.stop();
+        self.handle.join().expect("server thread")
+    }
+}
+
+/// The calling thread's id (Linux: from /proc/thread-self).
+pub fn thread_id() -> u32 {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time a thread of this process has run so far (Linux: /proc/self/task/TID/schedstat).
+pub fn thread_cpu(tid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+/// A client configuration for loopback benchmarks: the command line's defaults.
+pub fn peer_config(server: SocketAddr) -> PeerConfig {
+    PeerConfig::new(server, Duration::from_secs(10))
+}
+
+/// Two endpoints on loopback, registered with `server` and connected to each other (the
+/// first asked, the second accepted). Returns them with their ids.
+pub fn connected_pair(server: SocketAddr) -> (Endpoint, Endpoint, ClientId, ClientId) {
+    let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut a = Endpoint::bind(bind, peer_config(server)).expect("bind a");
+    let mut b = Endpoint::bind(bind, peer_config(server)).expect("bind b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut ida, mut idb) = (None, None);
+    let (mut a_connected, mut b_connected, mut asked) = (false, false, false);
+    while !(a_connected && b_connected) {
+        assert!(
+            Instant::now() < deadline,
+            "the two endpoints did not connect"
+        );
+        a.turn(Some(Duration::from_millis(1)), |_| {}).unwrap();
+        b.turn(Some(Duration::from_millis(1)), |_| {}).unwrap();
+        for (ep, id, connected) in [
+            (&mut a, &mut ida, &mut a_connected),
+            (&mut b, &mut idb, &mut b_connected),
+        ] {
+            while let Some(ev) = ep.peer().poll_event() {
+                match ev {
+                    Event::Registered { id: got, .. } => *id = Some(got),
+                    Event::Request { from } => {
+                        ep.peer().accept(Instant::now(), Some(from)).unwrap();
+                    }
+                    Event::Connected { .. } => *connected = true,
+                    other => panic!("unexpected while connecting: {other:?}"),
+                }
+            }
+        }
+        if let (Some(_), Some(idb), false) = (ida, idb, asked) {
+            a.peer().connect(Instant::now(), idb).unwrap();
+            asked = true;
+        }
+    }
+    a.flush();
+    b.flush();
+    (a, b, ida.unwrap(), idb.unwrap())
+}

@@ -1,0 +1,248 @@
+//! Throughput of one session: how fast two clients move reliable, ordered messages.
+//!
+//! A rendezvous server and two [`Endpoint`]s (the library's client loop: a `Peer` with its
+//! mio socket) on loopback, each on a thread of its own. They connect; then one sends
+//! 1,000,000 messages of 100 bytes, as a bot or a pasted file would: it keeps up to
+//! `BACKLOG` messages queued ahead of what has been delivered. The receiver checks that
+//! every message arrives exactly once, in order, with the right text; the sender checks that
+//! it is told `Delivered` for each, in order.
+//!
+//! In the same run, the baseline: one plain UDP socket sends 1,000,000 datagrams of 100 bytes
+//! to another as fast as it can (one `send_to` each); the receiver (a mio loop, drained until
+//! `WouldBlock`) counts what arrives within the blast and a short grace. Whatever the kernel
+//! drops is simply lost: this is the speed of raw, unreliable UDP on this machine.
+//!
+//! Prints delivered messages per second, datagrams per message in each direction,
+//! retransmissions, the baseline's datagrams per second, and the ratio.
+//!
+//! ```sh
+//! cargo run --release --example bench_peer            # 1,000,000 messages
+//! cargo run --release --example bench_peer -- 0.2     # a fifth of that
+//! ```
+
+mod bench_common;
+
+use std::io;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bench_common::{arg_or, connected_pair, target, ServerThread};
+use mio::{Events, Interest, Poll, Token};
+use p2pchat::peer::Event;
+use p2pchat::registry::RegistryConfig;
+
+/// Messages queued ahead of the last one delivered, at most.
+const BACKLOG: u64 = 20_000;
+const MESSAGE_LEN: usize = 100;
+
+fn main() {
+    let scale = arg_or(1.0);
+    let n = ((1_000_000.0 * scale) as u64).max(1000);
+    println!("bench_peer: {n} messages of {MESSAGE_LEN} bytes, loopback");
+
+    let bare = bare_blast(n);
+    println!(
+        "bare UDP: sent {} datagrams in {:.3} s ({:.0}/s); received {} ({:.1}% lost) in {:.3} s: {:.0} datagrams/s",
+        n,
+        bare.send_time.as_secs_f64(),
+        n as f64 / bare.send_time.as_secs_f64(),
+        bare.received,
+        100.0 * (n - bare.received) as f64 / n as f64,
+        bare.receive_time.as_secs_f64(),
+        bare.rate(),
+    );
+
+    let p2p = reliable(n);
+    let rate = n as f64 / p2p.elapsed.as_secs_f64();
+    println!(
+        "p2pchat: {n} messages delivered in {:.3} s: {rate:.0} messages/s",
+        p2p.elapsed.as_secs_f64()
+    );
+    println!(
+        "  datagrams per message: {:.4} sender -> receiver ({} datagrams), {:.4} receiver -> sender ({} datagrams)",
+        p2p.forward as f64 / n as f64,
+        p2p.forward,
+        p2p.backward as f64 / n as f64,
+        p2p.backward,
+    );
+    println!(
+        "  retransmissions {}, duplicates dropped by the receiver {}, lost 0, out of order 0 (checked)",
+        p2p.retransmissions, p2p.duplicates
+    );
+    let ratio = rate / bare.rate();
+    println!("ratio p2pchat / bare UDP: {ratio:.2}");
+    target(
+        "bench_peer ratio",
+        &format!("{ratio:.2}"),
+        ">= 0.80, nothing lost, duplicated or out of order",
+        ratio >= 0.8,
+    );
+}
+
+struct Bare {
+    received: u64,
+    send_time: Duration,
+    /// From the first send to the last datagram received.
+    receive_time: Duration,
+}
+
+impl Bare {
+    fn rate(&self) -> f64 {
+        self.received as f64 / self.receive_time.as_secs_f64()
+    }
+}
+
+fn bare_blast(n: u64) -> Bare {
+    let mut rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to = rx.local_addr().unwrap();
+    let sending_done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let receiver = {
+        let sending_done = Arc::clone(&sending_done);
+        thread::spawn(move || {
+            let mut poll = Poll::new().unwrap();
+            poll.registry()
+                .register(&mut rx, Token(0), Interest::READABLE)
+                .unwrap();
+            let mut events = Events::with_capacity(64);
+            let mut buf = vec![0u8; 65_536];
+            let mut received = 0u64;
+            let mut last = started;
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                poll.poll(&mut events, Some(Duration::from_millis(10)))
+                    .unwrap();
+                let before = received;
+                loop {
+                    match rx.recv_from(&mut buf) {
+                        Ok((len, _)) => {
+                            debug_assert_eq!(len, MESSAGE_LEN);
+                            received += 1;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => panic!("receive: {e}"),
+                    }
+                }
+                let now = Instant::now();
+                if received > before {
+                    last = now;
+                    quiet_since = None;
+                } else if sending_done.load(Ordering::SeqCst) {
+                    // The grace: 200 ms without a datagram once the sender is done.
+                    let q = *quiet_since.get_or_insert(now);
+                    if now - q > Duration::from_millis(200) || received == n {
+                        return (received, last - started);
+                    }
+                }
+            }
+        })
+    };
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let payload = [b'x'; MESSAGE_LEN];
+    for _ in 0..n {
+        // A full receive buffer drops the datagram; the send itself does not fail.
+        let _ = tx.send_to(&payload, to);
+    }
+    let send_time = started.elapsed();
+    sending_done.store(true, Ordering::SeqCst);
+    let (received, receive_time) = receiver.join().unwrap();
+    Bare {
+        received,
+        send_time,
+        receive_time,
+    }
+}
+
+/// The text of message `seq`: its number, then filler, `MESSAGE_LEN` bytes in all.
+fn message_text(seq: u64, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    let _ = write!(out, "message {seq:>10} ");
+    while out.len() < MESSAGE_LEN {
+        out.push(char::from(b'a' + (out.len() as u8 + seq as u8) % 26));
+    }
+}
+
+struct Reliable {
+    elapsed: Duration,
+    forward: u64,
+    backward: u64,
+    retransmissions: u64,
+    duplicates: u64,
+}
+
+fn reliable(n: u64) -> Reliable {
+    let server = ServerThread::start(RegistryConfig::default());
+    let (mut a, mut b, ida, idb) = connected_pair(server.addr);
+    let done = Arc::new(AtomicBool::new(false));
+
+    let receiver = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let (sent0, _) = b.datagrams();
+            let mut expected = 1u64;
+            let mut want = String::new();
+            while !done.load(Ordering::SeqCst) {
+                b.turn(Some(Duration::from_millis(20)), |_| {}).unwrap();
+                while let Some(ev) = b.peer().poll_event() {
+                    match ev {
+                        Event::Message { from, seq, text } => {
+                            assert_eq!(from, ida);
+                            assert_eq!(seq, expected, "out of order, lost or duplicated");
+                            message_text(seq, &mut want);
+                            assert_eq!(text, want, "message {seq} garbled");
+                            expected += 1;
+                        }
+                        other => panic!("receiver: unexpected {other:?}"),
+                    }
+                }
+            }
+            assert_eq!(expected, n + 1, "every message shown");
+            let (sent, _) = b.datagrams();
+            (sent - sent0, b.peer().stats().duplicates)
+        })
+    };
+
+    let (sent0, _) = a.datagrams();
+    let started = Instant::now();
+    let mut next = 1u64;
+    let mut delivered = 0u64;
+    let mut text = String::new();
+    while delivered < n {
+        while next <= n && next - 1 - delivered < BACKLOG {
+            message_text(next, &mut text);
+            let seqs = a.peer().send(Instant::now(), Some(idb), &text).unwrap();
+            assert_eq!(seqs, [next]);
+            next += 1;
+        }
+        a.turn(Some(Duration::from_millis(20)), |_| {}).unwrap();
+        while let Some(ev) = a.peer().poll_event() {
+            match ev {
+                Event::Sent { .. } => {}
+                Event::Delivered { peer, seq } => {
+                    assert_eq!(peer, idb);
+                    assert_eq!(seq, delivered + 1, "delivered out of order");
+                    delivered += 1;
+                }
+                other => panic!("sender: unexpected {other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let (backward, duplicates) = receiver.join().expect("receiver");
+    let (sent, _) = a.datagrams();
+    let retransmissions = a.peer().stats().retransmissions;
+    server.stop();
+    Reliable {
+        elapsed,
+        forward: sent - sent0,
+        backward,
+        retransmissions,
+        duplicates,
+    }
+}
