@@ -281,6 +281,10 @@ struct Session {
     state: State,
     last_heard: Instant,
     last_sent: Instant,
+    /// Where our latest `Ack` for this session waits in the queue of transmits (its
+    /// position counted from the first transmit ever queued), so that the acknowledgement of
+    /// the next `Chat` can be merged into it while it has not been sent yet.
+    queued_ack: Option<u64>,
 }
 
 /// A `Terminate` we keep resending until it is acknowledged.
@@ -314,6 +318,8 @@ pub struct Peer {
     /// Why the server last refused a registration that we keep retrying.
     refusal: Option<String>,
     transmits: VecDeque<Transmit>,
+    /// Transmits taken by `poll_transmit` so far: the position of `transmits[0]`.
+    polled: u64,
     events: VecDeque<Event>,
     stats: PeerStats,
 }
@@ -351,6 +357,7 @@ impl Peer {
             finishing: false,
             refusal: None,
             transmits: VecDeque::new(),
+            polled: 0,
             events: VecDeque::new(),
             stats: PeerStats::default(),
         };
@@ -411,8 +418,14 @@ impl Peer {
         matches!(self.server, ServerState::Done)
     }
 
+    /// The next datagram to send. Acknowledgements of chat messages wait here until
+    /// taken: the acknowledgement of a later message of the same session replaces one not
+    /// yet taken when it says everything the earlier one said, so a driver that receives a
+    /// burst of datagrams before it sends sends one acknowledgement for the burst.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let t = self.transmits.pop_front()?;
+        self.polled += 1;
+        Some(t)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -482,6 +495,7 @@ impl Peer {
                 },
                 last_heard: now,
                 last_sent: now,
+                queued_ack: None,
             },
         );
         self.send_to_server(Message::Lookup { id: peer });
@@ -1016,6 +1030,7 @@ impl Peer {
                 };
                 let received = rx.receive(seq, text);
                 let cumulative = rx.cumulative();
+                let queued = s.queued_ack;
                 match received {
                     Received::Deliver(ready) => {
                         for (seq, text) in ready {
@@ -1025,6 +1040,10 @@ impl Peer {
                     Received::Held | Received::Duplicate => {}
                     Received::TooFarAhead => return,
                 }
+                if seq <= cumulative && self.merge_ack(queued, src, session, seq, cumulative) {
+                    return;
+                }
+                let position = self.polled + self.transmits.len() as u64;
                 self.transmit(
                     src,
                     Message::Ack {
@@ -1034,6 +1053,9 @@ impl Peer {
                         cumulative,
                     },
                 );
+                if let Some(s) = self.sessions.get_mut(&from) {
+                    s.queued_ack = Some(position);
+                }
             }
             Message::Ack {
                 from,
@@ -1186,6 +1208,7 @@ impl Peer {
                 },
                 last_heard: now,
                 last_sent: now,
+                queued_ack: None,
             },
         );
         self.events.push_back(Event::Request { from });
@@ -1489,6 +1512,39 @@ impl Peer {
                     },
                 });
             }
+        }
+    }
+
+    /// Folds the acknowledgement of `Chat` `seq`, which `cumulative` covers, into our `Ack`
+    /// for the same session at `position` if it is still queued and says nothing that the
+    /// new one does not: `cumulative` covers its `seq` too. True if merged.
+    fn merge_ack(
+        &mut self,
+        position: Option<u64>,
+        to: SocketAddr,
+        session: SessionId,
+        seq: u64,
+        cumulative: u64,
+    ) -> bool {
+        let Some(index) = position.and_then(|p| p.checked_sub(self.polled)) else {
+            return false;
+        };
+        let Some(t) = self.transmits.get_mut(index as usize) else {
+            return false;
+        };
+        match &mut t.message {
+            Message::Ack {
+                session: queued_session,
+                seq: queued_seq,
+                cumulative: queued_cumulative,
+                ..
+            } if t.to == to && *queued_session == session && *queued_seq <= cumulative => {
+                // The newest message's number: a fresh round-trip sample for the sender.
+                *queued_seq = seq;
+                *queued_cumulative = cumulative;
+                true
+            }
+            _ => false,
         }
     }
 

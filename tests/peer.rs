@@ -479,6 +479,60 @@ fn early_chat_is_held_and_shown_after_the_one_before_it_in_order() {
 }
 
 #[test]
+fn acknowledgements_of_chats_received_before_the_next_send_are_merged_into_one() {
+    let (mut s, a, b) = connected_pair();
+    let (ida, session, from) = (s.id(a), first_session(&s, a), s.addr(a));
+    let chat = |seq: u64| {
+        encode(&Message::Chat {
+            from: ida,
+            session,
+            seq,
+            text: format!("m{seq}"),
+        })
+    };
+    let acks = |s: &Sim| -> Vec<(u64, u64)> {
+        s.sent_by(s.addr(b), |m| matches!(m, Message::Ack { .. }))
+            .iter()
+            .map(|r| match r.message {
+                Message::Ack {
+                    seq, cumulative, ..
+                } => (seq, cumulative),
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    // A burst that a driver receives before it sends: 1, 2, a duplicate of 1, 3, then 5
+    // (early: its acknowledgement says more than the cumulative one, so it goes on its own).
+    s.command(b, |p, now| {
+        for seq in [1, 2, 1, 3, 5] {
+            p.handle_datagram(now, from, &chat(seq));
+        }
+    });
+    assert_eq!(acks(&s), vec![(3, 3), (5, 3)]);
+    // 4 fills the gap: both are shown and one acknowledgement covers everything.
+    s.command(b, |p, now| {
+        p.handle_datagram(now, from, &chat(4));
+        p.handle_datagram(now, from, &chat(6));
+    });
+    assert_eq!(acks(&s), vec![(3, 3), (5, 3), (6, 6)]);
+    let shown: Vec<u64> = s.shown(b, ida).iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(shown, vec![1, 2, 3, 4, 5, 6]);
+    // Taken one by one, as the simulator does, every datagram gets its own.
+    s.deliver_now(
+        from,
+        s.addr(b),
+        &Message::Chat {
+            from: ida,
+            session,
+            seq: 6,
+            text: "m6".into(),
+        },
+    );
+    assert_eq!(acks(&s).last(), Some(&(6, 6)));
+    assert_eq!(acks(&s).len(), 4);
+}
+
+#[test]
 fn delivered_chat_gets_delivered() {
     let (mut s, a, b) = connected_pair();
     let (ida, idb) = (s.id(a), s.id(b));
