@@ -36,7 +36,11 @@
 //!
 //! Field types: ids are unsigned integers that fit in 32 bits ([`ClientId`]), tokens, session
 //! ids and sequence numbers fit in 64 bits; an absent optional field is `nil`; an address is a
-//! string such as `"127.0.0.1:40000"` or `"[::1]:40000"`; text is a UTF-8 string.
+//! string such as `"127.0.0.1:40000"` or `"[::1]:40000"`; text (`text`, `detail`) is a UTF-8
+//! string of at most [`MAX_TEXT`] bytes. Decoders skip fields they do not know, but a value
+//! nested more than [`MAX_DEPTH`] deep anywhere in a message, or a longer text, makes the
+//! message malformed: the decoder's work and stack stay small whatever a datagram holds, and
+//! every message that decodes encodes again within [`MAX_DATAGRAM`].
 //!
 //! # Client and rendezvous server
 //!
@@ -123,7 +127,12 @@ pub const VERSION: u8 = 1;
 /// Datagrams longer than this are refused without decoding.
 pub const MAX_DATAGRAM: usize = 8192;
 /// The longest chat text one `Chat` carries, in bytes; longer lines are split by the client.
+/// Also the longest `detail` of an `Error`. A longer one is malformed.
 pub const MAX_TEXT: usize = 1200;
+/// How deep MessagePack values may nest in a message (a message itself needs 2 levels: the
+/// map naming it and the map of its fields). Deeper nesting, even in a field the decoder
+/// skips, is malformed, so that a small datagram cannot make decoding recurse deeply.
+pub const MAX_DEPTH: usize = 16;
 /// Senders pack messages into datagrams of at most this many bytes (one message bigger than
 /// this still goes, alone): small enough for a typical path MTU (1280 for IPv6, less headers).
 pub const PACK_LIMIT: usize = 1200;
@@ -193,7 +202,11 @@ pub enum Message {
     /// The `Leave` of client `id` was done.
     LeaveAck { id: ClientId },
     /// The request was refused.
-    Error { code: ErrorCode, detail: String },
+    Error {
+        code: ErrorCode,
+        #[serde(deserialize_with = "bounded_text")]
+        detail: String,
+    },
 
     // ---- peer <-> peer ----
     /// "Peer `from` would like to chat", resent every retry interval until answered.
@@ -207,6 +220,7 @@ pub enum Message {
         from: ClientId,
         session: SessionId,
         seq: u64,
+        #[serde(deserialize_with = "bounded_text")]
         text: String,
     },
     /// `Chat` number `seq` has arrived; every number up to `cumulative` has been shown.
@@ -326,6 +340,7 @@ pub fn decode_all(datagram: &[u8]) -> Result<Vec<Message>, DecodeError> {
     while !body.is_empty() {
         let before = body.len();
         let mut de = rmp_serde::Deserializer::new(&mut body);
+        de.set_max_depth(MAX_DEPTH);
         let msg = Message::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
             reason: if messages.is_empty() {
                 e.to_string()
@@ -427,6 +442,18 @@ impl Packer {
     pub fn messages(&self) -> u64 {
         self.messages
     }
+}
+
+/// Decodes a text field, refusing one longer than [`MAX_TEXT`] bytes.
+fn bounded_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.len() > MAX_TEXT {
+        return Err(serde::de::Error::custom(format!(
+            "text of {} bytes, limit {MAX_TEXT}",
+            text.len()
+        )));
+    }
+    Ok(text)
 }
 
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
@@ -698,6 +725,97 @@ mod tests {
             decode_all(&[MAGIC, VERSION]),
             Err(DecodeError::Malformed { .. })
         ));
+    }
+
+    /// `{"Chat": [1, 5, 2, text]}`: the fields as an array, the shortest form.
+    fn chat_as_array(text: &str) -> Vec<u8> {
+        let mut d = vec![MAGIC, VERSION, 0x81, 0xa4];
+        d.extend_from_slice(b"Chat");
+        d.extend_from_slice(&[0x94, 0x01, 0x05, 0x02, 0xda]);
+        d.extend_from_slice(&u16::try_from(text.len()).unwrap().to_be_bytes());
+        d.extend_from_slice(text.as_bytes());
+        d
+    }
+
+    /// Breaks the round trip that the `decode` fuzz target asserts (found by review while
+    /// writing it; the fuzzer did not grow an input this long in its runs): an 8 KB text in
+    /// the array form decoded, but encoded again (with field names) it was over
+    /// `MAX_DATAGRAM`, so the decoder refused what the encoder wrote. Texts are now bounded
+    /// by `MAX_TEXT`.
+    #[test]
+    fn a_text_longer_than_max_text_is_malformed() {
+        let long = chat_as_array(&"x".repeat(8170));
+        assert!(long.len() <= MAX_DATAGRAM);
+        assert!(matches!(decode(&long), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode(&chat_as_array(&"x".repeat(MAX_TEXT + 1))),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let longest = decode(&chat_as_array(&"é".repeat(MAX_TEXT / 2))).unwrap();
+        assert_eq!(decode(&encode(&longest)), Ok(longest));
+        let error = Message::Error {
+            code: ErrorCode::IdTaken,
+            detail: "d".repeat(MAX_TEXT + 1),
+        };
+        assert!(matches!(
+            decode(&encode(&error)),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn every_message_that_decodes_encodes_within_the_datagram_limit() {
+        let biggest = [
+            Message::Chat {
+                from: u32::MAX,
+                session: u64::MAX,
+                seq: u64::MAX,
+                text: "x".repeat(MAX_TEXT),
+            },
+            Message::Error {
+                code: ErrorCode::NotRegistered,
+                detail: "x".repeat(MAX_TEXT),
+            },
+        ];
+        for m in biggest {
+            let bytes = encode(&m);
+            assert!(bytes.len() <= MAX_DATAGRAM);
+            assert_eq!(decode(&bytes), Ok(m));
+        }
+    }
+
+    /// `{"Lookup": {"id": 3, "x": [[[...nil...]]]}}`: an unknown field nested `depth` deep.
+    fn lookup_with_nested_field(depth: usize) -> Vec<u8> {
+        let mut d = vec![MAGIC, VERSION, 0x81, 0xa6];
+        d.extend_from_slice(b"Lookup");
+        d.extend_from_slice(&[0x82, 0xa2, b'i', b'd', 0x03, 0xa1, b'x']);
+        d.extend(std::iter::repeat_n(0x91, depth));
+        d.push(0xc0);
+        d
+    }
+
+    /// Found by review while writing the fuzz targets: rmp-serde follows up to 1024 nested
+    /// arrays in a field it skips, and at that depth a debug build overflows a 2 MiB thread
+    /// stack (a test thread's) and aborts the process, from a 1 KB datagram. Nesting is now
+    /// bounded by `MAX_DEPTH`; this decodes on a thread with a small stack.
+    #[test]
+    fn deep_nesting_is_malformed_not_a_stack_overflow() {
+        let result = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                (
+                    decode(&lookup_with_nested_field(1000)),
+                    decode(&lookup_with_nested_field(MAX_DEPTH)),
+                    decode(&lookup_with_nested_field(3)),
+                )
+            })
+            .unwrap()
+            .join()
+            .expect("decoding does not overflow the stack");
+        assert!(matches!(result.0, Err(DecodeError::Malformed { .. })));
+        assert!(matches!(result.1, Err(DecodeError::Malformed { .. })));
+        // A shallow field the decoder does not know is still skipped.
+        assert_eq!(result.2, Ok(Message::Lookup { id: 3 }));
     }
 
     #[test]

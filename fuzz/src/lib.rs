@@ -1,0 +1,265 @@
+//! Structured inputs shared by the fuzz targets.
+//!
+//! libFuzzer hands each target a byte string; [`arbitrary`] turns it into these types. The
+//! numbers that matter to the protocol (ids, sequence numbers) are drawn mostly from a small
+//! range, so that the fuzzer hits "the id of a client that exists" and "the next message of
+//! the session" often, and sometimes from the whole range.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+use p2pchat::wire::{ErrorCode, Message};
+
+/// A client id: usually 0..=7, sometimes any `u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Id(pub u32);
+
+impl<'a> Arbitrary<'a> for Id {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let b = u8::arbitrary(u)?;
+        if b & 0x80 == 0 {
+            Ok(Id(u32::from(b & 7)))
+        } else {
+            Ok(Id(u32::arbitrary(u)?))
+        }
+    }
+}
+
+/// A sequence number, token or session id: usually 0..=15, sometimes any `u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Num(pub u64);
+
+impl<'a> Arbitrary<'a> for Num {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let b = u8::arbitrary(u)?;
+        if b & 0x80 == 0 {
+            Ok(Num(u64::from(b & 15)))
+        } else {
+            Ok(Num(u64::arbitrary(u)?))
+        }
+    }
+}
+
+/// Any socket address, IPv4 or IPv6 (with flow info and scope id).
+#[derive(Arbitrary, Debug, Clone)]
+pub enum FuzzAddr {
+    V4([u8; 4], u16),
+    V6([u8; 16], u16, u32, u32),
+}
+
+impl FuzzAddr {
+    pub fn to_addr(&self) -> SocketAddr {
+        match *self {
+            FuzzAddr::V4(ip, port) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)),
+            FuzzAddr::V6(ip, port, flow, scope) => {
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope))
+            }
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum FuzzCode {
+    ServerFull,
+    IdTaken,
+    BadVersion,
+    NotRegistered,
+    RateLimited,
+}
+
+impl FuzzCode {
+    pub fn to_code(self) -> ErrorCode {
+        match self {
+            FuzzCode::ServerFull => ErrorCode::ServerFull,
+            FuzzCode::IdTaken => ErrorCode::IdTaken,
+            FuzzCode::BadVersion => ErrorCode::BadVersion,
+            FuzzCode::NotRegistered => ErrorCode::NotRegistered,
+            FuzzCode::RateLimited => ErrorCode::RateLimited,
+        }
+    }
+}
+
+/// Every [`Message`], with fields the fuzzer can steer.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum FuzzMessage {
+    Register {
+        want_id: Option<Id>,
+    },
+    Lookup {
+        id: Id,
+    },
+    Leave {
+        id: Id,
+        token: Num,
+    },
+    Keepalive {
+        id: Id,
+        token: Num,
+    },
+    Registered {
+        id: Id,
+        token: Num,
+        ttl_secs: u32,
+    },
+    Found {
+        id: Id,
+        addr: FuzzAddr,
+    },
+    Inactive {
+        id: Id,
+    },
+    LeaveAck {
+        id: Id,
+    },
+    Error {
+        code: FuzzCode,
+        detail: String,
+    },
+    ConnectRequest {
+        from: Id,
+        session: Num,
+    },
+    Accept {
+        from: Id,
+        session: Num,
+    },
+    Reject {
+        from: Id,
+        session: Num,
+    },
+    Chat {
+        from: Id,
+        session: Num,
+        seq: Num,
+        text: String,
+    },
+    Ack {
+        from: Id,
+        session: Num,
+        seq: Num,
+        cumulative: Num,
+    },
+    Terminate {
+        from: Id,
+        session: Num,
+    },
+    TerminateAck {
+        from: Id,
+        session: Num,
+    },
+    Ping {
+        from: Id,
+        session: Num,
+    },
+    Pong {
+        from: Id,
+        session: Num,
+    },
+}
+
+impl FuzzMessage {
+    pub fn to_message(&self) -> Message {
+        use FuzzMessage as F;
+        match self.clone() {
+            F::Register { want_id } => Message::Register {
+                want_id: want_id.map(|i| i.0),
+            },
+            F::Lookup { id } => Message::Lookup { id: id.0 },
+            F::Leave { id, token } => Message::Leave {
+                id: id.0,
+                token: token.0,
+            },
+            F::Keepalive { id, token } => Message::Keepalive {
+                id: id.0,
+                token: token.0,
+            },
+            F::Registered {
+                id,
+                token,
+                ttl_secs,
+            } => Message::Registered {
+                id: id.0,
+                token: token.0,
+                ttl_secs,
+            },
+            F::Found { id, addr } => Message::Found {
+                id: id.0,
+                addr: addr.to_addr(),
+            },
+            F::Inactive { id } => Message::Inactive { id: id.0 },
+            F::LeaveAck { id } => Message::LeaveAck { id: id.0 },
+            F::Error { code, detail } => Message::Error {
+                code: code.to_code(),
+                detail,
+            },
+            F::ConnectRequest { from, session } => Message::ConnectRequest {
+                from: from.0,
+                session: session.0,
+            },
+            F::Accept { from, session } => Message::Accept {
+                from: from.0,
+                session: session.0,
+            },
+            F::Reject { from, session } => Message::Reject {
+                from: from.0,
+                session: session.0,
+            },
+            F::Chat {
+                from,
+                session,
+                seq,
+                text,
+            } => Message::Chat {
+                from: from.0,
+                session: session.0,
+                seq: seq.0,
+                text,
+            },
+            F::Ack {
+                from,
+                session,
+                seq,
+                cumulative,
+            } => Message::Ack {
+                from: from.0,
+                session: session.0,
+                seq: seq.0,
+                cumulative: cumulative.0,
+            },
+            F::Terminate { from, session } => Message::Terminate {
+                from: from.0,
+                session: session.0,
+            },
+            F::TerminateAck { from, session } => Message::TerminateAck {
+                from: from.0,
+                session: session.0,
+            },
+            F::Ping { from, session } => Message::Ping {
+                from: from.0,
+                session: session.0,
+            },
+            F::Pong { from, session } => Message::Pong {
+                from: from.0,
+                session: session.0,
+            },
+        }
+    }
+}
+
+/// How far the clock moves before a step: not at all, a few milliseconds, or seconds.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Advance {
+    None,
+    Millis(u16),
+    Secs(u8),
+}
+
+impl Advance {
+    pub fn duration(self) -> std::time::Duration {
+        match self {
+            Advance::None => std::time::Duration::ZERO,
+            Advance::Millis(ms) => std::time::Duration::from_millis(u64::from(ms)),
+            Advance::Secs(s) => std::time::Duration::from_secs(u64::from(s)),
+        }
+    }
+}
