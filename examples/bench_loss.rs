@@ -94,8 +94,13 @@ fn report(name: &str, p: &Phase) {
         ms(l.last().copied().unwrap_or_default()),
     );
     println!(
-        "  dropped by the benchmark: {} at the sender, {} at the receiver; retransmissions {}, duplicates dropped {}, undelivered {}",
-        p.dropped.0, p.dropped.1, p.sender.retransmissions, p.receiver.duplicates, p.undelivered
+        "  dropped by the benchmark: {} at the sender, {} at the receiver; retransmissions {} ({} early), duplicates dropped {}, undelivered {}",
+        p.dropped.0,
+        p.dropped.1,
+        p.sender.retransmissions,
+        p.sender.early_retransmissions,
+        p.receiver.duplicates,
+        p.undelivered
     );
 }
 

@@ -232,6 +232,9 @@ pub struct PeerStats {
     pub duplicates: u64,
     /// Chat messages resent.
     pub retransmissions: u64,
+    /// Of those, resent before their timeout because a message sent after them had
+    /// arrived (early retransmission).
+    pub early_retransmissions: u64,
 }
 
 enum ServerState {
@@ -408,6 +411,7 @@ impl Peer {
             if let State::Connected { tx, rx } = &s.state {
                 stats.duplicates += rx.duplicates();
                 stats.retransmissions += tx.retransmissions();
+                stats.early_retransmissions += tx.early_retransmissions();
             }
         }
         stats
@@ -760,6 +764,7 @@ impl Peer {
         if let State::Connected { tx, rx } = &s.state {
             self.stats.duplicates += rx.duplicates();
             self.stats.retransmissions += tx.retransmissions();
+            self.stats.early_retransmissions += tx.early_retransmissions();
         }
     }
 

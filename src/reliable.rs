@@ -7,6 +7,13 @@
 //! only from messages sent once (Karn's rule), doubling on every timeout, clamped between a
 //! floor and the session's retry interval.
 //!
+//! A message need not wait for its timeout when the path shows it lost: once a message sent
+//! once, and sent a reorder window (a quarter of the smoothed round trip, at least 1 ms) after
+//! another, is acknowledged while the other is not, the other is resent at once (early
+//! retransmission, after RACK, RFC 8985). On sparse traffic the next message's
+//! acknowledgement so reveals a loss long before the RTO would, and messages sent together
+//! may still arrive in any order without a resend.
+//!
 //! An acknowledgement names one message (`seq`: it has arrived, stop resending it) and a
 //! cumulative number (every message up to it has arrived and has been shown, in order). A
 //! message counts as *delivered* only once the cumulative number covers it: a message that
@@ -117,6 +124,8 @@ impl RttEstimator {
 struct InFlight {
     text: String,
     first_sent: Instant,
+    /// When its latest copy was sent.
+    last_sent: Instant,
     deadline: Instant,
     tries: u32,
     /// Acknowledged on its own: it has arrived (and waits there for a gap to fill).
@@ -153,6 +162,8 @@ pub struct SendWindow {
     /// A message ran out of tries.
     broken: bool,
     retransmissions: u64,
+    /// Of which sent early, before their timeout (see `detect_losses`).
+    early_retransmissions: u64,
 }
 
 impl SendWindow {
@@ -169,6 +180,7 @@ impl SendWindow {
             delivered: VecDeque::new(),
             broken: false,
             retransmissions: 0,
+            early_retransmissions: 0,
         }
     }
 
@@ -199,6 +211,7 @@ impl SendWindow {
             self.retransmissions += 1;
             let f = self.in_flight.get_mut(&seq).expect("checked above");
             f.tries += 1;
+            f.last_sent = now;
             f.deadline = now + rto;
             self.timers.insert((f.deadline, seq));
             return Some(Outgoing {
@@ -214,6 +227,7 @@ impl SendWindow {
         let f = self.in_flight.entry(seq).or_insert(InFlight {
             text,
             first_sent: now,
+            last_sent: now,
             deadline: now + rto,
             tries: 1,
             arrived: false,
@@ -230,11 +244,14 @@ impl SendWindow {
     /// An acknowledgement: `seq` has arrived, and everything up to `cumulative` has been
     /// shown in order (and is now delivered).
     pub fn on_ack(&mut self, now: Instant, seq: u64, cumulative: u64) {
+        // When the acknowledged message was sent, if it was sent once (Karn's rule: only
+        // then is it clear which copy arrived).
+        let mut sent_once_at = None;
         if let Some(f) = self.in_flight.get_mut(&seq) {
-            // Karn's rule: only a message sent once gives an unambiguous round-trip sample.
             if f.tries == 1 && !f.arrived {
                 self.rtt
                     .on_sample(now.saturating_duration_since(f.first_sent));
+                sent_once_at = Some(f.first_sent);
             }
             if !f.arrived {
                 self.timers.remove(&(f.deadline, seq));
@@ -251,6 +268,41 @@ impl SendWindow {
             }
             self.delivered.push_back(s);
         }
+        if let Some(acked_sent) = sent_once_at {
+            self.detect_losses(acked_sent);
+        }
+    }
+
+    /// Early retransmission (after RACK, RFC 8985, simplified): a message sent once that
+    /// has arrived shows that every message whose latest copy went out more than a reorder
+    /// window before it, and that has not arrived, is lost. Those are resent at once rather
+    /// than at their timeout: on sparse traffic, the next message's acknowledgement reveals
+    /// a loss long before the RTO would.
+    fn detect_losses(&mut self, acked_sent: Instant) {
+        let window = self.reorder_window();
+        let Some(before) = acked_sent.checked_sub(window) else {
+            return;
+        };
+        // Copies are first sent in order, so only messages first sent before `before` can
+        // qualify: stop at the first one sent later.
+        for (&seq, f) in self.in_flight.iter_mut() {
+            if f.first_sent > before {
+                break;
+            }
+            if f.arrived || f.due || f.last_sent > before || f.tries >= self.config.max_tries {
+                continue;
+            }
+            self.timers.remove(&(f.deadline, seq));
+            f.due = true;
+            self.due.push_back(seq);
+            self.early_retransmissions += 1;
+        }
+    }
+
+    /// How much later than another message one may arrive without being taken for lost: a
+    /// quarter of the smoothed round trip (RFC 8985), at least 1 ms.
+    fn reorder_window(&self) -> Duration {
+        (self.rtt.srtt().unwrap_or(self.rtt.rto()) / 4).max(Duration::from_millis(1))
     }
 
     /// Queues the messages whose timeout has passed for a resend. A message already sent
@@ -334,6 +386,11 @@ impl SendWindow {
     /// Resends so far.
     pub fn retransmissions(&self) -> u64 {
         self.retransmissions
+    }
+
+    /// Of the resends, how many were early: a later message had arrived.
+    pub fn early_retransmissions(&self) -> u64 {
+        self.early_retransmissions
     }
 }
 
@@ -527,6 +584,65 @@ mod tests {
         let got: Vec<u64> = std::iter::from_fn(|| w.poll_delivered()).collect();
         assert_eq!(got, vec![1, 2]);
         assert!(w.is_idle());
+    }
+
+    #[test]
+    fn a_later_message_arriving_resends_an_earlier_one_before_its_timeout() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(SendConfig::default());
+        w.push("one".into());
+        assert!(w.poll_transmit(t0).is_some());
+        w.push("two".into());
+        assert!(w.poll_transmit(t0 + ms(20)).is_some());
+        // 2 arrived, 1 did not, and 1 went out well before 2: 1 is lost.
+        w.on_ack(t0 + ms(21), 2, 0);
+        let again = w.poll_transmit(t0 + ms(21)).expect("resent at once");
+        assert_eq!((again.seq, again.retransmit), (1, true));
+        assert_eq!((w.retransmissions(), w.early_retransmissions()), (1, 1));
+        // Its timer starts again from the resend.
+        assert_eq!(w.poll_timeout(), Some(t0 + ms(21) + w.rtt().rto()));
+        w.on_ack(t0 + ms(22), 1, 2);
+        let got: Vec<u64> = std::iter::from_fn(|| w.poll_delivered()).collect();
+        assert_eq!(got, vec![1, 2]);
+    }
+
+    #[test]
+    fn messages_sent_together_may_arrive_out_of_order_without_a_resend() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(SendConfig::default());
+        w.push("one".into());
+        w.push("two".into());
+        while w.poll_transmit(t0).is_some() {}
+        w.on_ack(t0 + ms(5), 2, 0);
+        assert_eq!(
+            w.poll_transmit(t0 + ms(5)),
+            None,
+            "within the reorder window"
+        );
+        assert_eq!(w.retransmissions(), 0);
+    }
+
+    #[test]
+    fn an_acknowledged_resend_reveals_no_loss() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(SendConfig {
+            initial_rto: ms(100),
+            min_rto: ms(100),
+            ..SendConfig::default()
+        });
+        w.push("one".into());
+        assert!(w.poll_transmit(t0).is_some());
+        w.push("two".into());
+        assert!(w.poll_transmit(t0 + ms(20)).is_some());
+        w.handle_timeout(t0 + ms(100));
+        assert_eq!(w.poll_transmit(t0 + ms(100)).map(|o| o.seq), Some(1));
+        w.handle_timeout(t0 + ms(120));
+        assert_eq!(w.poll_transmit(t0 + ms(120)).map(|o| o.seq), Some(2));
+        // Which copy of 2 arrived is unknown (Karn), so it says nothing about the copy of 1
+        // sent between the two.
+        w.on_ack(t0 + ms(121), 2, 0);
+        assert_eq!(w.poll_transmit(t0 + ms(121)), None);
+        assert_eq!(w.early_retransmissions(), 0);
     }
 
     #[test]
