@@ -35,7 +35,7 @@ use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
 
 /// Messages queued ahead of the last one delivered, at most.
-const BACKLOG: u64 = 20_000;
+const BACKLOG: u64 = 100_000;
 const MESSAGE_LEN: usize = 100;
 
 fn main() {

@@ -18,6 +18,7 @@
 //! ```sh
 //! cargo run --release --example bench_server           # 100,000 clients, 4 s of each load
 //! cargo run --release --example bench_server -- 10     # 10 s of each load
+//! cargo run --release --example bench_server -- 4 1000 # 1,000 clients
 //! ```
 
 mod bench_common;
@@ -36,7 +37,6 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use p2pchat::registry::RegistryConfig;
 use p2pchat::wire::{self, ClientId, Message};
 
-const CLIENTS: u32 = 100_000;
 const SOCKETS: usize = 4;
 const OUTSTANDING: usize = 8;
 /// A request not answered within this is counted lost and replaced.
@@ -45,17 +45,22 @@ const GIVE_UP: Duration = Duration::from_millis(200);
 fn main() {
     let secs = arg_or(4.0);
     let half = Duration::from_secs_f64(secs / 2.0);
+    let clients: u32 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000)
+        .max((SOCKETS * OUTSTANDING) as u32);
     println!(
-        "bench_server: {CLIENTS} clients; {SOCKETS} sockets x {OUTSTANDING} requests outstanding; {secs} s of each load, loopback"
+        "bench_server: {clients} clients; {SOCKETS} sockets x {OUTSTANDING} requests outstanding; {secs} s of each load, loopback"
     );
     let server = ServerThread::start(RegistryConfig {
         ttl: Duration::from_secs(3600),
-        max_clients: CLIENTS as usize + 1000,
+        max_clients: clients as usize + 1000,
         register_rate: 0.0,
         ..RegistryConfig::default()
     });
     let started = Instant::now();
-    let registered = register_many(server.addr, CLIENTS);
+    let registered = register_many(server.addr, clients);
     println!(
         "registered {registered} clients in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -65,11 +70,24 @@ fn main() {
     let mut lookups = Load::default();
     let mut echoes = Load::default();
     for to_server in [true, false, false, true] {
-        if to_server {
-            lookups.add(load(server.addr, server.tid, registered, half, true));
+        let (name, total, one) = if to_server {
+            let one = load(server.addr, server.tid, registered, half, true);
+            ("lookups", &mut lookups, one)
         } else {
-            echoes.add(load(echo.addr, echo.tid, registered, half, false));
-        }
+            let one = load(echo.addr, echo.tid, registered, half, false);
+            ("echoes", &mut echoes, one)
+        };
+        let mut sorted = one.latencies.clone();
+        sorted.sort_unstable();
+        println!(
+            "  {name}: {:.0}/s, p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+            one.rate(),
+            us(percentile(&sorted, 0.5)),
+            us(percentile(&sorted, 0.99)),
+            us(percentile(&sorted, 0.999)),
+            us(sorted.last().copied().unwrap_or_default()),
+        );
+        total.add(one);
     }
     echo.stop();
     let stats = server.stop();
