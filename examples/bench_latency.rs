@@ -9,7 +9,8 @@
 //! threads, each with the same kind of loop (poll, drain the socket until `WouldBlock`,
 //! answer). One sends a ping and waits for the pong before the next.
 //!
-//! The two alternate in rounds (bare, p2pchat, p2pchat, bare, ...) so that a change in the
+//! The measuring side runs on CPU 0, the answering side on CPU 1 (pinned), so that each
+//! has a core of its own. The two alternate in rounds (bare, p2pchat, p2pchat, bare, ...) so that a change in the
 //! machine's load hits both alike. Prints p50/p99 of both and the ratio of the p50s.
 //!
 //! ```sh
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{arg_or, connected_pair, percentile, target, us, ServerThread};
+use bench_common::{arg_or, connected_pair, percentile, pin_to_cpu, target, us, ServerThread};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use p2pchat::driver::Endpoint;
@@ -40,7 +41,10 @@ fn main() {
     let slice = Duration::from_secs_f64(secs / f64::from(ROUNDS));
     println!("bench_latency: {secs} s of each, in {ROUNDS} rounds, loopback");
 
-    let server = ServerThread::start(RegistryConfig::default());
+    // The side that measures on CPU 0, the side that answers on CPU 1.
+    let pinned = pin_to_cpu(0);
+    println!("threads pinned to CPUs: {pinned}");
+    let server = ServerThread::start(RegistryConfig::default(), Some(1));
     let (a, b, _, idb) = connected_pair(server.addr);
     let mut chat = Chat::start(a, b, idb);
     let mut pingpong = PingPong::start();
@@ -104,6 +108,7 @@ impl Chat {
         let handle = {
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
+                pin_to_cpu(1);
                 let mut shown = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     receiver
@@ -183,6 +188,7 @@ impl PingPong {
         let ponger = {
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
+                pin_to_cpu(1);
                 let mut poll = Poll::new().unwrap();
                 poll.registry()
                     .register(&mut pong, Token(0), Interest::READABLE)

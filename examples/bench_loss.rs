@@ -49,7 +49,7 @@ fn main() {
         "bench_loss: {count} messages, one every {} ms, loopback; seed {seed}",
         PERIOD.as_millis()
     );
-    let server = ServerThread::start(RegistryConfig::default());
+    let server = ServerThread::start(RegistryConfig::default(), None);
 
     let lossy = run(server.addr, count, LOSS, seed);
     report(&format!("{:.0}% loss", LOSS * 100.0), &lossy);

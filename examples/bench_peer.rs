@@ -7,6 +7,8 @@
 //! every message arrives exactly once, in order, with the right text; the sender checks that
 //! it is told `Delivered` for each, in order.
 //!
+//! Senders run on CPU 0 and receivers on CPU 1 (pinned), so that each has a core of its own.
+//!
 //! In the same run, the baseline: one plain UDP socket sends 1,000,000 datagrams of 100 bytes
 //! to another as fast as it can (one `send_to` each); the receiver (a mio loop, drained until
 //! `WouldBlock`) counts what arrives within the blast and a short grace. Whatever the kernel
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{arg_or, connected_pair, target, ServerThread};
+use bench_common::{arg_or, connected_pair, pin_to_cpu, target, ServerThread};
 use mio::{Events, Interest, Poll, Token};
 use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
@@ -41,7 +43,9 @@ const MESSAGE_LEN: usize = 100;
 fn main() {
     let scale = arg_or(1.0);
     let n = ((1_000_000.0 * scale) as u64).max(1000);
-    println!("bench_peer: {n} messages of {MESSAGE_LEN} bytes, loopback");
+    // Senders on CPU 0, receivers on CPU 1.
+    let pinned = pin_to_cpu(0);
+    println!("bench_peer: {n} messages of {MESSAGE_LEN} bytes, loopback; threads pinned to CPUs: {pinned}");
 
     let bare = bare_blast(n);
     println!(
@@ -103,6 +107,7 @@ fn bare_blast(n: u64) -> Bare {
     let receiver = {
         let sending_done = Arc::clone(&sending_done);
         thread::spawn(move || {
+            pin_to_cpu(1);
             let mut poll = Poll::new().unwrap();
             poll.registry()
                 .register(&mut rx, Token(0), Interest::READABLE)
@@ -176,13 +181,14 @@ struct Reliable {
 }
 
 fn reliable(n: u64) -> Reliable {
-    let server = ServerThread::start(RegistryConfig::default());
+    let server = ServerThread::start(RegistryConfig::default(), Some(1));
     let (mut a, mut b, ida, idb) = connected_pair(server.addr);
     let done = Arc::new(AtomicBool::new(false));
 
     let receiver = {
         let done = Arc::clone(&done);
         thread::spawn(move || {
+            pin_to_cpu(1);
             let (sent0, _) = b.datagrams();
             let mut expected = 1u64;
             let mut want = String::new();

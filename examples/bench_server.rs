@@ -5,7 +5,8 @@
 //! clients with it (each from an address of its own: 127.2.x.1, many ports; the rate limit
 //! is off), then loads it with lookups of random registered ids from `SOCKETS` sockets, each
 //! keeping `OUTSTANDING` requests in flight: a new request goes out as soon as an answer
-//! comes. The load generator is one thread with a mio loop.
+//! comes. The load generator is one thread with a mio loop, pinned to CPU 0; the servers
+//! are pinned to CPU 1, so that each side has a core of its own.
 //!
 //! The baseline, in the same run: a bare UDP echo server written in the same mio style
 //! (one thread, poll, drain the socket until `WouldBlock`, answer every datagram), loaded the
@@ -31,7 +32,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{arg_or, percentile, target, thread_cpu, thread_id, us, ServerThread};
+use bench_common::{
+    arg_or, percentile, pin_to_cpu, target, thread_cpu, thread_id, us, ServerThread,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use p2pchat::registry::RegistryConfig;
@@ -53,12 +56,18 @@ fn main() {
     println!(
         "bench_server: {clients} clients; {SOCKETS} sockets x {OUTSTANDING} requests outstanding; {secs} s of each load, loopback"
     );
-    let server = ServerThread::start(RegistryConfig {
-        ttl: Duration::from_secs(3600),
-        max_clients: clients as usize + 1000,
-        register_rate: 0.0,
-        ..RegistryConfig::default()
-    });
+    // The load generator on CPU 0, the servers on CPU 1.
+    let pinned = pin_to_cpu(0);
+    println!("threads pinned to CPUs: {pinned}");
+    let server = ServerThread::start(
+        RegistryConfig {
+            ttl: Duration::from_secs(3600),
+            max_clients: clients as usize + 1000,
+            register_rate: 0.0,
+            ..RegistryConfig::default()
+        },
+        Some(1),
+    );
     let started = Instant::now();
     let registered = register_many(server.addr, clients);
     println!(
@@ -164,6 +173,8 @@ struct Load {
     lost: u64,
     elapsed: Duration,
     server_cpu: Duration,
+    /// CPU time of the load generator's thread.
+    client_cpu: Duration,
     latencies: Vec<Duration>,
 }
 
@@ -173,6 +184,7 @@ impl Load {
         self.lost += other.lost;
         self.elapsed += other.elapsed;
         self.server_cpu += other.server_cpu;
+        self.client_cpu += other.client_cpu;
         self.latencies.extend(other.latencies);
         self.latencies.sort_unstable();
     }
@@ -187,7 +199,7 @@ impl Load {
 
     fn report(&self, name: &str) {
         println!(
-            "{name}: {:.0}/s ({} answers in {:.2} s, {} lost); latency p50 {:.1} us, p99 {:.1} us; server thread CPU {:.2} us per answer ({:.0}% busy)",
+            "{name}: {:.0}/s ({} answers in {:.2} s, {} lost); latency p50 {:.1} us, p99 {:.1} us; server thread CPU {:.2} us per answer ({:.0}% busy), load generator {:.0}% busy",
             self.rate(),
             self.answers,
             self.elapsed.as_secs_f64(),
@@ -196,6 +208,7 @@ impl Load {
             us(self.p(0.99)),
             us(self.server_cpu) / self.answers.max(1) as f64,
             100.0 * self.server_cpu.as_secs_f64() / self.elapsed.as_secs_f64(),
+            100.0 * self.client_cpu.as_secs_f64() / self.elapsed.as_secs_f64(),
         );
     }
 }
@@ -236,6 +249,8 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
     };
     let mut result = Load::default();
     let cpu0 = thread_cpu(server_tid);
+    let me = thread_id();
+    let client_cpu0 = thread_cpu(me);
     let started = Instant::now();
     for slot in 0..slots {
         let id = next_id(slot);
@@ -291,6 +306,7 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
     }
     result.elapsed = started.elapsed();
     result.server_cpu = thread_cpu(server_tid).saturating_sub(cpu0);
+    result.client_cpu = thread_cpu(me).saturating_sub(client_cpu0);
     // Let the last answers arrive before the next load starts.
     thread::sleep(Duration::from_millis(50));
     result
@@ -319,6 +335,7 @@ impl EchoServer {
         let handle = {
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
+                pin_to_cpu(1);
                 let _ = tx.send(thread_id());
                 let mut events = Events::with_capacity(64);
                 let mut buf = vec![0u8; 65_536];

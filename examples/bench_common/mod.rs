@@ -1,5 +1,6 @@
 //! What the `bench_*` examples share: the run-length argument, percentiles, the target line,
-//! a rendezvous server on a thread, two connected [`Endpoint`]s, and a thread's CPU time.
+//! a rendezvous server on a thread, two connected [`Endpoint`]s, a thread's CPU time, and
+//! pinning a thread to a CPU.
 //!
 //! Each benchmark uses its own part of it.
 #![allow(dead_code)]
@@ -66,7 +67,8 @@ pub struct ServerThread {
 }
 
 impl ServerThread {
-    pub fn start(registry: RegistryConfig) -> ServerThread {
+    /// Starts a server; its thread is pinned to `cpu` if given (see [`pin_to_cpu`]).
+    pub fn start(registry: RegistryConfig, cpu: Option<usize>) -> ServerThread {
         let opts = ServerOptions {
             bind: "127.0.0.1:0".parse().unwrap(),
             registry,
@@ -77,6 +79,9 @@ impl ServerThread {
         let stopper = server.stopper();
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = thread::spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
             let _ = tx.send(thread_id());
             server.run(&mut std::io::sink()).expect("server ran")
         });
@@ -92,6 +97,30 @@ impl ServerThread {
     pub fn stop(self) -> RegistryStats {
         self.stopper.stop();
         self.handle.join().expect("server thread")
+    }
+}
+
+/// Pins the calling thread to CPU `cpu` (Linux), so that the two busy threads of a benchmark
+/// (a sender and a receiver, a client and a server) each have a core, instead of the
+/// scheduler sometimes putting both on one core to take turns (which made runs on this
+/// 2-core machine bimodal). Threads spawned afterwards inherit the pinning. Does nothing on a
+/// machine with one CPU, or when the environment variable `BENCH_NO_PIN` is set; returns
+/// whether the thread is pinned.
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    if std::env::var_os("BENCH_NO_PIN").is_some() {
+        return false;
+    }
+    // Not `available_parallelism`: that counts the CPUs this thread may use, one once pinned.
+    // SAFETY: sysconf has no preconditions; a zeroed cpu_set_t is the empty set; CPU_SET and
+    // sched_setaffinity only read and write the set given, which lives on this stack frame.
+    unsafe {
+        let cpus = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_ONLN)).unwrap_or(1);
+        if cpus < 2 {
+            return false;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 
