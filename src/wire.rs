@@ -103,10 +103,15 @@
 //! receiver shows them once each, in order (one that arrives early waits for the gap before
 //! it), and answers every `Chat` (duplicates too) with an `Ack` naming its `seq` (this one has
 //! arrived) and `cumulative`, the highest number up to which every message has arrived and
-//! been shown. The sender stops resending a `Chat` once either number covers it, and counts
-//! it as delivered once `cumulative` does. A `Chat` too far ahead of the gap to be held (more
-//! than the window, 256) is dropped without an `Ack` and is resent later. A sender that gets
-//! no acknowledgement for a `Chat` after its tries ends the session with `Terminate`.
+//! been shown. One `Ack` may answer several `Chat`s: a receiver that has several to answer at
+//! once (a burst it received before sending anything) may send a single `Ack` whose
+//! `cumulative` covers them all, naming the newest in `seq`; a `Chat` that arrived early
+//! (above `cumulative`) still gets an `Ack` naming it. The sender stops resending a `Chat`
+//! once either number covers it, and counts it as delivered once `cumulative` does. A sender
+//! may resend a `Chat` before its timeout once a `Chat` it sent well after it is acknowledged
+//! by `seq` and it is not. A `Chat` too far ahead of the gap to be held (more than the
+//! window, 256) is dropped without an `Ack` and is resent later. A sender that gets no
+//! acknowledgement for a `Chat` after its tries ends the session with `Terminate`.
 //!
 //! A retransmitted `ConnectRequest` that was already answered gets the same answer again.
 //! If both peers ask each other at once, the request with the smaller `session` wins and is
