@@ -42,6 +42,10 @@ impl Default for RegistryConfig {
     }
 }
 
+/// The server handles at most this many messages of one datagram and drops the rest, so
+/// that its answers to one datagram stay within a small multiple of the datagram's size.
+pub const MAX_MESSAGES_PER_DATAGRAM: usize = 8;
+
 /// Most source addresses whose registration buckets are remembered; past it, full buckets
 /// (sources quiet long enough to have refilled) are forgotten.
 const MAX_BUCKETS: usize = 65_536;
@@ -244,6 +248,9 @@ pub struct Stats {
     pub refused: u64,
     /// New registrations refused because their source went over its rate.
     pub rate_limited: u64,
+    /// Messages dropped because their datagram packed more than
+    /// [`MAX_MESSAGES_PER_DATAGRAM`].
+    pub excess: u64,
 }
 
 /// A departure remembered for a while, so that a repeated `Leave` gets its `LeaveAck` again.
@@ -344,7 +351,15 @@ impl Registry {
         self.stats.datagrams += 1;
         match wire::decode_all(datagram) {
             Ok(messages) => {
-                for msg in messages {
+                // Answers go to a source address that may be forged: handling every message
+                // of a datagram packed with lookups would turn a small request into many
+                // times its size in answers. A client never packs more than a few.
+                let excess = messages.len().saturating_sub(MAX_MESSAGES_PER_DATAGRAM);
+                if excess > 0 {
+                    self.stats.excess += excess as u64;
+                    debug!("{from}: {excess} messages past the first {MAX_MESSAGES_PER_DATAGRAM} of a datagram dropped");
+                }
+                for msg in messages.into_iter().take(MAX_MESSAGES_PER_DATAGRAM) {
                     self.handle_message(now, from, msg);
                 }
             }

@@ -20,6 +20,9 @@
 //! what it has ready for one destination, up to [`PACK_LIMIT`] bytes, so that a burst of
 //! chat messages or acknowledgements costs a few datagrams, not one each). A receiver handles
 //! them as if they had come one by one, in order. A message bigger than the limit goes alone.
+//! The rendezvous server handles at most 8 messages of one datagram and drops the rest: its
+//! answers go to a source address that may be forged, and must not be many times the size
+//! of what it received.
 //!
 //! # The message value
 //!

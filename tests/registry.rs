@@ -1059,3 +1059,30 @@ fn the_default_rate_lets_many_clients_on_one_host_register_at_once() {
     }
     assert_eq!(r.len(), 200);
 }
+
+#[test]
+fn a_datagram_packed_with_lookups_gets_at_most_eight_answers() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    register(&mut r, t0, addr(1), None);
+    let mut packer = wire::Packer::new();
+    let mut datagram = Vec::new();
+    // 80 lookups of 13 bytes each fit in one datagram under wire::PACK_LIMIT.
+    for _ in 0..80 {
+        packer.push(addr(9), &Message::Lookup { id: 1 }, |_, d| {
+            assert!(datagram.is_empty(), "one datagram");
+            datagram = d.to_vec();
+        });
+    }
+    packer.flush(|_, d| datagram = d.to_vec());
+    assert_eq!(wire::decode_all(&datagram).unwrap().len(), 80);
+    let answers = send_raw(&mut r, t0, addr(9), &datagram);
+    assert_eq!(answers.len(), 8);
+    let answer_bytes: usize = answers.iter().map(|m| wire::encode(m).len()).sum();
+    assert!(
+        answer_bytes <= 3 * datagram.len(),
+        "{answer_bytes} bytes of answers to a {}-byte datagram",
+        datagram.len()
+    );
+    assert_eq!(r.stats().excess, 72);
+}
