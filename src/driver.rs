@@ -77,6 +77,38 @@ pub(crate) fn drain_socket(
     }
 }
 
+/// The receive buffer the server asks for: room for bursts (a flood, a crowd joining at once)
+/// while the loop is busy or descheduled. The kernel grants at most `net.core.rmem_max`.
+const SERVER_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Asks the kernel for a receive buffer of `bytes` (it may grant less); returns what the
+/// socket has afterwards.
+fn request_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: plain setsockopt/getsockopt on a socket we own, with an int of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&want as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        );
+    }
+    usize::try_from(got).unwrap_or(0)
+}
+
 /// Sends one datagram; failures are logged and counted by the caller's retransmission logic
 /// (UDP gives no delivery promise anyway, and every protocol message is retried).
 pub(crate) fn send_datagram(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> bool {
@@ -155,6 +187,8 @@ impl Server {
     /// Binds the socket (one clear error if the port is taken).
     pub fn bind(opts: &ServerOptions) -> Result<Server, FatalError> {
         let mut socket = bind(opts.bind)?;
+        let granted = request_receive_buffer(&socket, SERVER_RECEIVE_BUFFER);
+        info!("receive buffer: {granted} bytes (asked for {SERVER_RECEIVE_BUFFER})");
         let local = socket
             .local_addr()
             .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
