@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{arg_or, connected_pair, pin_to_cpu, target, ServerThread};
+use bench_common::{
+    arg_or, connected_pair, pin_to_cpu, target, thread_cpu, thread_id, us, ServerThread,
+};
 use mio::{Events, Interest, Poll, Token};
 use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
@@ -75,6 +77,14 @@ fn main() {
     println!(
         "  retransmissions {}, duplicates dropped by the receiver {}, lost 0, out of order 0 (checked)",
         p2p.retransmissions, p2p.duplicates
+    );
+    let busy = |cpu: Duration| 100.0 * cpu.as_secs_f64() / p2p.elapsed.as_secs_f64();
+    println!(
+        "  CPU per message: sender thread {:.2} us ({:.0}% busy), receiver thread {:.2} us ({:.0}% busy)",
+        us(p2p.sender_cpu) / n as f64,
+        busy(p2p.sender_cpu),
+        us(p2p.receiver_cpu) / n as f64,
+        busy(p2p.receiver_cpu),
     );
     let ratio = rate / bare.rate();
     println!("ratio p2pchat / bare UDP: {ratio:.2}");
@@ -178,6 +188,9 @@ struct Reliable {
     backward: u64,
     retransmissions: u64,
     duplicates: u64,
+    /// CPU time of the sending and the receiving thread during the transfer.
+    sender_cpu: Duration,
+    receiver_cpu: Duration,
 }
 
 fn reliable(n: u64) -> Reliable {
@@ -190,6 +203,9 @@ fn reliable(n: u64) -> Reliable {
         thread::spawn(move || {
             pin_to_cpu(1);
             let (sent0, _) = b.datagrams();
+            let me = thread_id();
+            let cpu0 = thread_cpu(me);
+            let mut cpu = Duration::ZERO;
             let mut expected = 1u64;
             let mut want = String::new();
             while !done.load(Ordering::SeqCst) {
@@ -202,6 +218,9 @@ fn reliable(n: u64) -> Reliable {
                             message_text(seq, &mut want);
                             assert_eq!(text, want, "message {seq} garbled");
                             expected += 1;
+                            if expected > n {
+                                cpu = thread_cpu(me).saturating_sub(cpu0);
+                            }
                         }
                         other => panic!("receiver: unexpected {other:?}"),
                     }
@@ -209,11 +228,13 @@ fn reliable(n: u64) -> Reliable {
             }
             assert_eq!(expected, n + 1, "every message shown");
             let (sent, _) = b.datagrams();
-            (sent - sent0, b.peer().stats().duplicates)
+            (sent - sent0, b.peer().stats().duplicates, cpu)
         })
     };
 
     let (sent0, _) = a.datagrams();
+    let me = thread_id();
+    let cpu0 = thread_cpu(me);
     let started = Instant::now();
     let mut next = 1u64;
     let mut delivered = 0u64;
@@ -239,8 +260,9 @@ fn reliable(n: u64) -> Reliable {
         }
     }
     let elapsed = started.elapsed();
+    let sender_cpu = thread_cpu(me).saturating_sub(cpu0);
     done.store(true, Ordering::SeqCst);
-    let (backward, duplicates) = receiver.join().expect("receiver");
+    let (backward, duplicates, receiver_cpu) = receiver.join().expect("receiver");
     let (sent, _) = a.datagrams();
     let retransmissions = a.peer().stats().retransmissions;
     server.stop();
@@ -250,5 +272,7 @@ fn reliable(n: u64) -> Reliable {
         backward,
         retransmissions,
         duplicates,
+        sender_cpu,
+        receiver_cpu,
     }
 }
