@@ -262,11 +262,18 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
     while started.elapsed() < len {
         poll.poll(&mut events, Some(Duration::from_millis(10)))
             .unwrap();
-        for i in 0..SOCKETS {
-            let socket = &sockets[i];
-            loop {
+        // Round robin, one datagram per socket per pass, until a pass finds every socket
+        // empty. (Draining one socket to the end before reading the next may never end, as
+        // its answers come back faster than they are handled, and the other sockets' answers
+        // would wait; so would a socket found empty once and not read again while the others
+        // are busy.)
+        let mut busy = true;
+        while busy {
+            busy = false;
+            for socket in &sockets {
                 match socket.recv_from(&mut buf) {
                     Ok((n, _)) => {
+                        busy = true;
                         let now = Instant::now();
                         let Ok(messages) = wire::decode_all(&buf[..n]) else {
                             continue;
@@ -288,7 +295,7 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
                             send(&sockets[slot as usize % SOCKETS], slot, id, &mut sent_at);
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => panic!("load: {e}"),
                 }
