@@ -57,6 +57,20 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, FatalError> {
     })
 }
 
+/// Binds `addr` and watches the socket with a new poller (token [`SOCKET`]); returns both
+/// and the address actually bound.
+fn watch_socket(addr: SocketAddr) -> Result<(UdpSocket, Poll, SocketAddr), FatalError> {
+    let mut socket = bind(addr)?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
+    let poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
+    poll.registry()
+        .register(&mut socket, SOCKET, Interest::READABLE)
+        .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
+    Ok((socket, poll, local))
+}
+
 /// Receives every datagram waiting on a non-blocking socket (readiness is edge-triggered, so
 /// the socket must be drained until `WouldBlock`), calling `each` for every one.
 pub(crate) fn drain_socket(
@@ -186,16 +200,9 @@ pub struct Server {
 impl Server {
     /// Binds the socket (one clear error if the port is taken).
     pub fn bind(opts: &ServerOptions) -> Result<Server, FatalError> {
-        let mut socket = bind(opts.bind)?;
+        let (socket, poll, local) = watch_socket(opts.bind)?;
         let granted = request_receive_buffer(&socket, SERVER_RECEIVE_BUFFER);
         info!("receive buffer: {granted} bytes (asked for {SERVER_RECEIVE_BUFFER})");
-        let local = socket
-            .local_addr()
-            .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
-        let poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
-        poll.registry()
-            .register(&mut socket, SOCKET, Interest::READABLE)
-            .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
         let waker = Waker::new(poll.registry(), WAKER)
             .map_err(|e| FatalError(format!("cannot create a waker: {e}")))?;
         Ok(Server {
@@ -542,14 +549,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Binds `addr` and starts registering with the server of `config`.
     pub fn bind(addr: SocketAddr, config: PeerConfig) -> Result<Endpoint, FatalError> {
-        let mut socket = bind(addr)?;
-        let local = socket
-            .local_addr()
-            .map_err(|e| FatalError(format!("cannot read the bound address: {e}")))?;
-        let poll = Poll::new().map_err(|e| FatalError(format!("cannot create a poller: {e}")))?;
-        poll.registry()
-            .register(&mut socket, SOCKET, Interest::READABLE)
-            .map_err(|e| FatalError(format!("cannot watch the socket: {e}")))?;
+        let (socket, poll, local) = watch_socket(addr)?;
         Ok(Endpoint {
             socket,
             poll,

@@ -1110,11 +1110,7 @@ impl Peer {
                 if self.matches(from, src, session, |_| true) {
                     let s = self.sessions.remove(&from).expect("matched");
                     self.end_by_peer(s);
-                } else if self
-                    .closing
-                    .get(&session)
-                    .is_some_and(|c| c.peer == from && c.addr == src)
-                {
+                } else if self.closing_matches(from, src, session) {
                     // Both ended it at once.
                     self.closed(session, EndReason::ByUs);
                 } else {
@@ -1122,11 +1118,7 @@ impl Peer {
                 }
             }
             Message::TerminateAck { from, session } => {
-                if self
-                    .closing
-                    .get(&session)
-                    .is_some_and(|c| c.peer == from && c.addr == src)
-                {
+                if self.closing_matches(from, src, session) {
                     self.closed(session, EndReason::ByUs);
                 } else {
                     self.ignore(src, &msg);
@@ -1248,6 +1240,13 @@ impl Peer {
         self.sessions
             .get(&from)
             .is_some_and(|s| s.id == session && s.addr == Some(src) && state_ok(&s.state))
+    }
+
+    /// Whether `session` is one we are closing with `from` at `src`.
+    fn closing_matches(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
+        self.closing
+            .get(&session)
+            .is_some_and(|c| c.peer == from && c.addr == src)
     }
 
     fn connected_mut(

@@ -249,6 +249,22 @@ pub enum Message {
 }
 
 impl Message {
+    /// The session a peer-to-peer message belongs to (`None` for client-server messages).
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Message::ConnectRequest { session, .. }
+            | Message::Accept { session, .. }
+            | Message::Reject { session, .. }
+            | Message::Chat { session, .. }
+            | Message::Ack { session, .. }
+            | Message::Terminate { session, .. }
+            | Message::TerminateAck { session, .. }
+            | Message::Ping { session, .. }
+            | Message::Pong { session, .. } => Some(*session),
+            _ => None,
+        }
+    }
+
     /// The message's name as it appears on the wire (`"Chat"`, `"Register"`, ...).
     pub fn name(&self) -> &'static str {
         match self {

@@ -84,18 +84,8 @@ fn is_ping(m: &Message) -> bool {
 }
 
 fn session_of(m: &Message) -> SessionId {
-    match m {
-        Message::ConnectRequest { session, .. }
-        | Message::Accept { session, .. }
-        | Message::Reject { session, .. }
-        | Message::Chat { session, .. }
-        | Message::Ack { session, .. }
-        | Message::Terminate { session, .. }
-        | Message::TerminateAck { session, .. }
-        | Message::Ping { session, .. }
-        | Message::Pong { session, .. } => *session,
-        other => panic!("{other:?} has no session"),
-    }
+    m.session()
+        .unwrap_or_else(|| panic!("{m:?} has no session"))
 }
 
 /// The session id of the first request `a` sent.

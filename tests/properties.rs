@@ -479,21 +479,6 @@ fn peer_op() -> impl Strategy<Value = PeerOp> {
     ]
 }
 
-fn session_of(m: &Message) -> Option<SessionId> {
-    match m {
-        Message::ConnectRequest { session, .. }
-        | Message::Accept { session, .. }
-        | Message::Reject { session, .. }
-        | Message::Chat { session, .. }
-        | Message::Ack { session, .. }
-        | Message::Terminate { session, .. }
-        | Message::TerminateAck { session, .. }
-        | Message::Ping { session, .. }
-        | Message::Pong { session, .. } => Some(*session),
-        _ => None,
-    }
-}
-
 /// Checks one peer's events: in each session with a peer (from one `Connected` with it to
 /// the next; each `Connected` starts new windows), messages shown from it are numbered
 /// 1, 2, 3, ... (none twice, none skipped, none out of order), ours are numbered 1, 2, 3,
@@ -627,7 +612,7 @@ proptest! {
                                 src = s.addr(v[1 - to]);
                             }
                             let sessions: Vec<SessionId> =
-                                s.log.iter().filter_map(|r| session_of(&r.message)).collect();
+                                s.log.iter().filter_map(|r| Message::session(&r.message)).collect();
                             let session = if sessions.is_empty() {
                                 0
                             } else {

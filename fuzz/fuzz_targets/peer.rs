@@ -153,20 +153,6 @@ struct Net {
 
 const MAX_IN_FLIGHT: usize = 256;
 
-fn session_of(m: &Message) -> Option<SessionId> {
-    match m {
-        Message::ConnectRequest { session, .. }
-        | Message::Accept { session, .. }
-        | Message::Reject { session, .. }
-        | Message::Chat { session, .. }
-        | Message::Ack { session, .. }
-        | Message::Terminate { session, .. }
-        | Message::TerminateAck { session, .. }
-        | Message::Ping { session, .. }
-        | Message::Pong { session, .. } => Some(*session),
-        _ => None,
-    }
-}
 
 impl Net {
     fn node_of(&self, addr: SocketAddr) -> Option<usize> {
@@ -178,7 +164,7 @@ impl Net {
         let mut datagrams = Vec::new();
         let mut packer = Packer::new();
         for t in &transmits {
-            if let Some(s) = session_of(&t.message) {
+            if let Some(s) = Message::session(&t.message) {
                 if !self.sessions.contains(&s) {
                     self.sessions.push(s);
                     if self.sessions.len() > 16 {
