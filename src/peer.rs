@@ -514,18 +514,10 @@ impl Peer {
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
         let peer = self.pick_request(peer)?;
-        let chat = self.config.chat.clone();
-        let s = self.sessions.get_mut(&peer).expect("picked from sessions");
-        s.state = State::Connected {
-            tx: Box::new(SendWindow::new(chat.clone())),
-            rx: RecvWindow::new(chat.window),
-        };
-        s.last_heard = now;
-        s.last_sent = now;
+        let s = &self.sessions[&peer];
         let (to, session) = (s.addr.expect("requests have an address"), s.id);
+        self.open(now, peer);
         self.transmit(to, Message::Accept { from: me, session });
-        self.current = Some(peer);
-        self.events.push_back(Event::Connected { peer });
         Ok(peer)
     }
 
