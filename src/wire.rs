@@ -339,7 +339,13 @@ pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
     out.clear();
     out.push(MAGIC);
     out.push(VERSION);
-    let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
+    append_body(msg, out);
+}
+
+/// Appends one message's MessagePack value (fields by name) to `out`: the one place the
+/// body encoding is decided, for single and packed datagrams alike.
+fn append_body(msg: &Message, out: &mut Vec<u8>) {
+    let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
     // Writing into a Vec cannot fail, and every field type of `Message` is serializable.
     msg.serialize(&mut ser)
         .expect("serializing a Message into a Vec cannot fail");
@@ -434,9 +440,7 @@ impl Packer {
     /// destination, or over the limit), that datagram is handed to `send` first.
     pub fn push(&mut self, to: SocketAddr, msg: &Message, send: impl FnOnce(SocketAddr, &[u8])) {
         self.scratch.clear();
-        let mut ser = rmp_serde::Serializer::new(&mut self.scratch).with_struct_map();
-        msg.serialize(&mut ser)
-            .expect("serializing a Message into a Vec cannot fail");
+        append_body(msg, &mut self.scratch);
         let fits = self.to == Some(to) && self.datagram.len() + self.scratch.len() <= PACK_LIMIT;
         if !fits {
             self.flush(send);
