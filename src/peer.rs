@@ -36,6 +36,10 @@ pub struct PeerConfig {
     pub server: SocketAddr,
     /// Ask the server for this id.
     pub want_id: Option<ClientId>,
+    /// Claim this unique name once registered.
+    pub name: Option<String>,
+    /// Shown beside the name.
+    pub display_name: Option<String>,
     /// Period of `ConnectRequest` resends, and the longest any other resend waits.
     pub retry_interval: Duration,
     /// `ConnectRequest`s sent before the user is told there was no answer.
@@ -62,6 +66,8 @@ impl PeerConfig {
         PeerConfig {
             server,
             want_id: None,
+            name: None,
+            display_name: None,
             retry_interval,
             connect_tries: 6,
             server_retry,
@@ -939,7 +945,7 @@ impl Peer {
                 // It does not know us: as good as left.
                 self.server_left(true);
             }
-            (_, Message::Found { id, addr }) => {
+            (_, Message::Found { id, addr, .. }) => {
                 let Some(me) = self.id else { return };
                 let retry = self.config.retry_interval;
                 match self.sessions.get_mut(&id) {
@@ -950,9 +956,18 @@ impl Peer {
                             next: now + retry,
                         };
                         let session = s.id;
-                        self.transmit(addr, Message::ConnectRequest { from: me, session });
+                        let request = self.connect_request(me, session);
+                        self.transmit(addr, request);
                     }
-                    _ => self.ignore(self.config.server, &Message::Found { id, addr }),
+                    _ => self.ignore(
+                        self.config.server,
+                        &Message::Found {
+                            id,
+                            addr,
+                            name: None,
+                            display_name: None,
+                        },
+                    ),
                 }
             }
             (_, Message::Inactive { id }) => match self.sessions.get(&id) {
@@ -972,7 +987,7 @@ impl Peer {
             return;
         };
         match msg {
-            Message::ConnectRequest { from, session } => {
+            Message::ConnectRequest { from, session, .. } => {
                 self.on_request(now, me, src, from, session)
             }
             Message::Accept { from, session } => {
@@ -1128,7 +1143,12 @@ impl Peer {
         from: ClientId,
         session: SessionId,
     ) {
-        let msg = Message::ConnectRequest { from, session };
+        let msg = Message::ConnectRequest {
+            from,
+            session,
+            name: None,
+            display_name: None,
+        };
         if from == me {
             self.ignore(src, &msg);
             return;
@@ -1436,13 +1456,7 @@ impl Peer {
                     *tries += 1;
                     // Keep to the exact period even if this call came late.
                     *next = (*next + cfg.retry_interval).max(now);
-                    out = Some((
-                        to,
-                        Message::ConnectRequest {
-                            from: me,
-                            session: s.id,
-                        },
-                    ));
+                    out = Some((to, Self::request_message(cfg, me, s.id)));
                 }
             }
             State::Incoming { .. } if s.last_heard + lifetime <= now => {
@@ -1541,6 +1555,19 @@ impl Peer {
                 true
             }
             _ => false,
+        }
+    }
+
+    fn connect_request(&self, me: ClientId, session: SessionId) -> Message {
+        Self::request_message(&self.config, me, session)
+    }
+
+    fn request_message(cfg: &PeerConfig, me: ClientId, session: SessionId) -> Message {
+        Message::ConnectRequest {
+            from: me,
+            session,
+            name: cfg.name.clone(),
+            display_name: cfg.display_name.clone(),
         }
     }
 

@@ -399,7 +399,12 @@ impl Registry {
             Message::Register { want_id } => self.register(now, from, want_id),
             Message::Lookup { id } => {
                 let answer = match self.clients.get(id) {
-                    Some(r) => Message::Found { id, addr: r.addr },
+                    Some(r) => Message::Found {
+                        id,
+                        addr: r.addr,
+                        name: None,
+                        display_name: None,
+                    },
                     None => Message::Inactive { id },
                 };
                 self.send(from, answer);

@@ -58,6 +58,31 @@
 //! | `LeaveAck` | `id` | server | - |
 //! | `Keepalive` | `id`, `token` | client | nothing; `Error` (`NotRegistered`) if unknown |
 //! | `Error` | `code`, `detail` | server | - |
+//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
+//! | `Claimed` | `id`, `name` | server | - |
+//! | `Resolve` | `name` | anyone | `Found` or `Unknown` |
+//! | `Unknown` | `name` | server | - |
+//! | `List` | `id`, `token`, `after`: id or nil | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
+//! | `Listing` | `clients`: array of {`id`, `name`, `display_name`, `online_secs`}, `next`: id or nil, `total` | server | - |
+//!
+//! `Found` also carries `name` and `display_name` when the client has claimed a name (the
+//! fields are left out otherwise).
+//!
+//! # Names and listing
+//!
+//! A registered client may `Claim` one unique name (see [`check_name`]: letters, digits, `_`,
+//! `-`, `.`, starting with a letter, at most [`MAX_NAME`] bytes; unique without regard to
+//! ASCII case), and a free-form display name of at most [`MAX_DISPLAY_NAME`] bytes. A second
+//! `Claim` replaces the first. A name held by another client is refused with `NameTaken`,
+//! unless `previous` is the token of the registration that holds it: a client keeps its
+//! last token and claims its name back after a restart, before the old entry expires. The
+//! name is released when its client leaves or expires.
+//!
+//! `List` pages through the table in id order: the server answers with as many clients as
+//! fit in one datagram of [`PACK_LIMIT`] bytes, and `next` names the `after` of the next
+//! page. Only a registered client may list (the answer is much larger than the question,
+//! and must not go to a forged address), and a server started with `--no-list` answers
+//! `Error` `ListDisabled`.
 //!
 //! The server records the *observed* source address of `Register` as the client's address:
 //! a client must send everything (to the server and to its peers) from that one socket.
@@ -75,7 +100,7 @@
 //! forgotten it (for example after a restart) and should register again.
 //!
 //! `code` in `Error` is one of the strings `"ServerFull"`, `"IdTaken"`, `"BadVersion"`,
-//! `"NotRegistered"`, `"RateLimited"`; `detail` is a human-readable sentence. New
+//! `"NotRegistered"`, `"RateLimited"`, `"NameTaken"`, `"BadName"`, `"ListDisabled"`; `detail` is a human-readable sentence. New
 //! registrations from one source IP address are rate-limited (a token bucket, by default
 //! 200 at once and 20 a second after that); a source over its rate is told `RateLimited` at
 //! most once a second, and its other registrations are dropped unanswered. A datagram with the right magic
@@ -92,7 +117,7 @@
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `ConnectRequest` | `from`, `session` | requester, every retry interval | `Accept` or `Reject` |
+//! | `ConnectRequest` | `from`, `session`, `name`, `display_name` (left out when none) | requester, every retry interval | `Accept` or `Reject` |
 //! | `Accept` | `from`, `session` | the asked peer (its own id in `from`) | - |
 //! | `Reject` | `from`, `session` | the asked peer | - |
 //! | `Chat` | `from`, `session`, `seq`, `text` | either side | `Ack` |
@@ -165,6 +190,12 @@ pub enum ErrorCode {
     NotRegistered,
     /// Too many new registrations from the sender's IP address; try again later.
     RateLimited,
+    /// `Claim` asked for a name another client holds.
+    NameTaken,
+    /// `Claim` asked for a name (or display name) that breaks the rules in [`check_name`].
+    BadName,
+    /// The server was started with `--no-list` and does not tell who is online.
+    ListDisabled,
 }
 
 impl fmt::Display for ErrorCode {
@@ -175,6 +206,9 @@ impl fmt::Display for ErrorCode {
             ErrorCode::BadVersion => "bad protocol version",
             ErrorCode::NotRegistered => "not registered",
             ErrorCode::RateLimited => "too many registrations",
+            ErrorCode::NameTaken => "name taken",
+            ErrorCode::BadName => "bad name",
+            ErrorCode::ListDisabled => "listing disabled",
         })
     }
 }
@@ -191,6 +225,33 @@ pub enum Message {
     Leave { id: ClientId, token: Token },
     /// "Still here": refreshes the entry so that it does not expire.
     Keepalive { id: ClientId, token: Token },
+    /// Registered client `id` (proved by `token`) takes the unique `name`, with an optional
+    /// free-form `display_name`. `previous` is the token of an earlier registration of the
+    /// same client (kept in its state directory): if the entry holding `name` has that
+    /// token, it is a leftover of this client's last run and is removed.
+    Claim {
+        id: ClientId,
+        token: Token,
+        #[serde(deserialize_with = "bounded_text")]
+        name: String,
+        #[serde(default, deserialize_with = "bounded_opt_text")]
+        display_name: Option<String>,
+        #[serde(default)]
+        previous: Option<Token>,
+    },
+    /// Ask where the client named `name` is (names match without regard to ASCII case).
+    Resolve {
+        #[serde(deserialize_with = "bounded_text")]
+        name: String,
+    },
+    /// Registered client `id` (proved by `token`) asks who is online: the clients with ids
+    /// above `after` (from the first with `nil`), in id order, one datagram's worth.
+    List {
+        id: ClientId,
+        token: Token,
+        #[serde(default)]
+        after: Option<ClientId>,
+    },
 
     // ---- server -> client ----
     /// The id assigned to the sender's address, its token, and the entry's time to live.
@@ -199,11 +260,42 @@ pub enum Message {
         token: Token,
         ttl_secs: u32,
     },
-    /// Client `id` is registered at `addr`.
+    /// Client `id` is registered at `addr`, with its name if it has claimed one.
     Found {
         id: ClientId,
         #[serde(with = "addr_as_string")]
         addr: SocketAddr,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "bounded_opt_text"
+        )]
+        name: Option<String>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "bounded_opt_text"
+        )]
+        display_name: Option<String>,
+    },
+    /// The `Claim` of `name` by client `id` was done.
+    Claimed {
+        id: ClientId,
+        #[serde(deserialize_with = "bounded_text")]
+        name: String,
+    },
+    /// No client is named `name`.
+    Unknown {
+        #[serde(deserialize_with = "bounded_text")]
+        name: String,
+    },
+    /// One page of the answer to `List`: `clients` in id order; `next` is the `after` to ask
+    /// for the next page (`nil` on the last page); `total` counts every client online.
+    Listing {
+        clients: Vec<Listed>,
+        #[serde(default)]
+        next: Option<ClientId>,
+        total: u32,
     },
     /// No client `id` is registered ("Client 3 Inactive").
     Inactive { id: ClientId },
@@ -218,7 +310,23 @@ pub enum Message {
 
     // ---- peer <-> peer ----
     /// "Peer `from` would like to chat", resent every retry interval until answered.
-    ConnectRequest { from: ClientId, session: SessionId },
+    /// `name` and `display_name` are what the requester claimed at the server, if anything.
+    ConnectRequest {
+        from: ClientId,
+        session: SessionId,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "bounded_opt_text"
+        )]
+        name: Option<String>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "bounded_opt_text"
+        )]
+        display_name: Option<String>,
+    },
     /// The asked peer (`from`) accepts the session.
     Accept { from: ClientId, session: SessionId },
     /// The asked peer (`from`) declines the session.
@@ -272,6 +380,12 @@ impl Message {
             Message::Lookup { .. } => "Lookup",
             Message::Leave { .. } => "Leave",
             Message::Keepalive { .. } => "Keepalive",
+            Message::Claim { .. } => "Claim",
+            Message::Resolve { .. } => "Resolve",
+            Message::List { .. } => "List",
+            Message::Claimed { .. } => "Claimed",
+            Message::Unknown { .. } => "Unknown",
+            Message::Listing { .. } => "Listing",
             Message::Registered { .. } => "Registered",
             Message::Found { .. } => "Found",
             Message::Inactive { .. } => "Inactive",
@@ -288,6 +402,72 @@ impl Message {
             Message::Pong { .. } => "Pong",
         }
     }
+}
+
+/// One client in a `Listing`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: ClientId,
+    #[serde(default, deserialize_with = "bounded_opt_text")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "bounded_opt_text")]
+    pub display_name: Option<String>,
+    /// For how many seconds the client has been registered.
+    pub online_secs: u32,
+}
+
+/// The longest name, in bytes.
+pub const MAX_NAME: usize = 32;
+/// The longest display name, in bytes.
+pub const MAX_DISPLAY_NAME: usize = 64;
+
+/// Why a name or display name is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadName(pub String);
+
+impl fmt::Display for BadName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadName {}
+
+/// Checks a name: 1 to [`MAX_NAME`] bytes of ASCII letters, digits, `_`, `-` and `.`,
+/// starting with a letter (so that a name is never mistaken for a numeric id). Names are
+/// unique without regard to ASCII case: `Alice` and `alice` are the same name.
+pub fn check_name(name: &str) -> Result<(), BadName> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(BadName(format!(
+            "a name has 1 to {MAX_NAME} characters, not {}",
+            name.chars().count()
+        )));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(BadName(format!("name {name:?} must start with a letter")));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(BadName(format!(
+            "name {name:?} has {c:?}; use letters, digits, '_', '-' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a display name: 1 to [`MAX_DISPLAY_NAME`] bytes, no control characters.
+pub fn check_display_name(display: &str) -> Result<(), BadName> {
+    if display.trim().is_empty() || display.len() > MAX_DISPLAY_NAME {
+        return Err(BadName(format!(
+            "a display name has 1 to {MAX_DISPLAY_NAME} bytes and is not blank"
+        )));
+    }
+    if display.chars().any(char::is_control) {
+        return Err(BadName("a display name has no control characters".into()));
+    }
+    Ok(())
 }
 
 /// Why a datagram could not be decoded. Decoding never panics; every failure is one of these.
@@ -484,6 +664,17 @@ fn bounded_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Err
     Ok(text)
 }
 
+/// Decodes an optional text field, refusing one longer than [`MAX_TEXT`] bytes.
+fn bounded_opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(text) if text.len() > MAX_TEXT => Err(serde::de::Error::custom(format!(
+            "text of {} bytes, limit {MAX_TEXT}",
+            text.len()
+        ))),
+        other => Ok(other),
+    }
+}
+
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
 /// read them; a string that is not an address fails decoding.
 mod addr_as_string {
@@ -506,10 +697,74 @@ mod addr_as_string {
 mod tests {
     use super::*;
 
+    #[test]
+    fn names_follow_the_rules() {
+        for good in ["alice", "Bob_2", "c.d-e", "x"] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "2bob",
+            "-x",
+            "al ice",
+            "a/b",
+            "é",
+            &"a".repeat(MAX_NAME + 1),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_display_name("Alice L.").is_ok());
+        assert!(check_display_name("  ").is_err());
+        assert!(check_display_name("a\u{1b}[2J").is_err());
+        assert!(check_display_name(&"a".repeat(MAX_DISPLAY_NAME + 1)).is_err());
+    }
+
     fn all_messages() -> Vec<Message> {
         vec![
             Message::Register { want_id: None },
             Message::Register { want_id: Some(7) },
+            Message::Claim {
+                id: 1,
+                token: 2,
+                name: "alice".into(),
+                display_name: Some("Alice L.".into()),
+                previous: Some(3),
+            },
+            Message::Resolve { name: "bob".into() },
+            Message::List {
+                id: 1,
+                token: 2,
+                after: Some(40),
+            },
+            Message::Claimed {
+                id: 1,
+                name: "alice".into(),
+            },
+            Message::Unknown {
+                name: "carol".into(),
+            },
+            Message::Listing {
+                clients: vec![Listed {
+                    id: 4,
+                    name: Some("dave".into()),
+                    display_name: None,
+                    online_secs: 12,
+                }],
+                next: None,
+                total: 1,
+            },
+            Message::Found {
+                id: 2,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                name: Some("bob".into()),
+                display_name: Some("Bob".into()),
+            },
+            Message::ConnectRequest {
+                from: 1,
+                session: 5,
+                name: Some("alice".into()),
+                display_name: None,
+            },
             Message::Lookup { id: 3 },
             Message::Leave {
                 id: 1,
@@ -524,10 +779,14 @@ mod tests {
             Message::Found {
                 id: 2,
                 addr: "127.0.0.1:40000".parse().unwrap(),
+                name: None,
+                display_name: None,
             },
             Message::Found {
                 id: 2,
                 addr: "[::1]:5".parse().unwrap(),
+                name: None,
+                display_name: None,
             },
             Message::Inactive { id: 3 },
             Message::LeaveAck { id: 1 },
@@ -538,6 +797,8 @@ mod tests {
             Message::ConnectRequest {
                 from: 1,
                 session: 5,
+                name: None,
+                display_name: None,
             },
             Message::Accept {
                 from: 2,

@@ -119,7 +119,12 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
     };
     p.handle_datagram(t0, SERVER, &encode(&registered));
     p.connect(t0, 2).unwrap();
-    let found = Message::Found { id: 2, addr: asked };
+    let found = Message::Found {
+        id: 2,
+        addr: asked,
+        name: None,
+        display_name: None,
+    };
     p.handle_datagram(t0, SERVER, &encode(&found));
     let (sent, _) = drain(&mut p);
     let requests = sent.iter().filter(|m| is_connect_request(m)).count();
@@ -150,7 +155,9 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
             requests[0],
             &Message::ConnectRequest {
                 from: 1,
-                session: session_of(requests[0])
+                session: session_of(requests[0]),
+                name: None,
+                display_name: None
             }
         );
     }
@@ -943,6 +950,8 @@ fn an_unasked_lookup_answer_changes_nothing() {
         &Message::Found {
             id: 7,
             addr: stranger(),
+            name: None,
+            display_name: None,
         },
     );
     s.deliver_now(SERVER, s.addr(a), &Message::Inactive { id: idb });
@@ -953,6 +962,8 @@ fn an_unasked_lookup_answer_changes_nothing() {
         &Message::Found {
             id: idb,
             addr: stranger(),
+            name: None,
+            display_name: None,
         },
     );
     assert_eq!(s.events(a).len(), before, "no event: {:?}", s.events(a));
@@ -982,6 +993,8 @@ fn a_request_claiming_a_connected_peers_id_from_another_address_changes_nothing(
         &Message::ConnectRequest {
             from: idb,
             session: 0,
+            name: None,
+            display_name: None,
         },
     );
     s.run_for(secs(1));

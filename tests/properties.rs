@@ -83,7 +83,12 @@ fn server_message() -> impl Strategy<Value = Message> {
                 ttl_secs,
             }
         }),
-        (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found { id, addr }),
+        (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found {
+            id,
+            addr,
+            name: None,
+            display_name: None
+        }),
         small_id().prop_map(|id| Message::Inactive { id }),
         small_id().prop_map(|id| Message::LeaveAck { id }),
         (arb_code(), arb_text()).prop_map(|(code, detail)| Message::Error { code, detail }),
@@ -100,7 +105,12 @@ fn peer_message(
     text: String,
 ) -> Message {
     match kind % 9 {
-        0 => Message::ConnectRequest { from, session },
+        0 => Message::ConnectRequest {
+            from,
+            session,
+            name: None,
+            display_name: None,
+        },
         1 => Message::Accept { from, session },
         2 => Message::Reject { from, session },
         3 => Message::Chat {

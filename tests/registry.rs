@@ -299,7 +299,9 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
             answers,
             [Message::Found {
                 id: 2,
-                addr: addr(1002)
+                addr: addr(1002),
+                name: None,
+                display_name: None
             }]
         );
     }
@@ -823,6 +825,8 @@ fn unexpected_messages() -> Vec<Message> {
         Message::Found {
             id: 1,
             addr: addr(1),
+            name: None,
+            display_name: None,
         },
         Message::Inactive { id: 1 },
         Message::LeaveAck { id: 1 },
@@ -833,6 +837,8 @@ fn unexpected_messages() -> Vec<Message> {
         Message::ConnectRequest {
             from: 1,
             session: 1,
+            name: None,
+            display_name: None,
         },
         Message::Accept {
             from: 1,

@@ -94,7 +94,9 @@ fn register_then_lookup_finds_the_clients_address_as_seen_by_the_server() {
         answer,
         Message::Found {
             id: 1,
-            addr: alice_addr
+            addr: alice_addr,
+            name: None,
+            display_name: None
         }
     );
 }
@@ -223,7 +225,9 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
             request(asker, to, &Message::Lookup { id: 1 }),
             Message::Found {
                 id: 1,
-                addr: alice_addr
+                addr: alice_addr,
+                name: None,
+                display_name: None
             }
         );
     }

@@ -394,7 +394,7 @@ impl Net {
                     self.id_of(me)
                 };
                 let msg = match kind {
-                    Forged::ConnectRequest => Message::ConnectRequest { from, session },
+                    Forged::ConnectRequest => Message::ConnectRequest { from, session, name: None, display_name: None },
                     Forged::Accept => Message::Accept { from, session },
                     Forged::Reject => Message::Reject { from, session },
                     Forged::Chat { seq, text } => Message::Chat {
