@@ -15,8 +15,8 @@
 //!   JSON objects, stdin readers (a line editor on a terminal).
 //! - [`driver`]: the mio event loops that own the sockets, stdin, the clock and the
 //!   signals, and drive the state machines. The only caller of `Instant::now()`.
-//! - [`store`]: the client's state directory: identity and offline outbox as JSON files,
-//!   each saved atomically, the directory locked against a second client.
+//! - [`store`]: the client's state directory: identity, offline outbox and message history
+//!   as JSON files, each saved atomically, the directory locked against a second client.
 //!
 //! `examples/echo_bot.rs` drives a [`peer::Peer`] with a plain blocking socket: the state
 //! machines need no particular event loop.
