@@ -903,6 +903,16 @@ mod tests {
                 ..Identity::default()
             })
         );
+        fs::write(
+            tmp.0.join("history/bob.json"),
+            r#"{"version": 1, "colour": "blue", "entries": [{"n": 4, "at_ms": 9,
+                "direction": "in", "peer_id": null, "text": "x", "delivery": "received",
+                "edited_at_ms": 12}]}"#,
+        )
+        .unwrap();
+        let history = store.load_history().unwrap();
+        assert_eq!(history.last("bob", 5)[0].n, 4);
+        assert_eq!(history.conversations(), vec![("bob", 9)]);
     }
 
     #[test]
