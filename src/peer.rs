@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::registry::Transmit;
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
-use crate::wire::{self, ClientId, DecodeError, ErrorCode, Message, SessionId, Token};
+use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, SessionId, Token};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
 /// interval; every field may be changed after.
@@ -40,6 +40,12 @@ pub struct PeerConfig {
     pub name: Option<String>,
     /// Shown beside the name.
     pub display_name: Option<String>,
+    /// The token of this client's previous run (from its state directory), so that it can
+    /// take its name back from a registration the server has not yet expired.
+    pub previous_token: Option<Token>,
+    /// How often a peer that messages are queued for is looked up again while it is
+    /// offline or does not answer.
+    pub queue_retry: Duration,
     /// Period of `ConnectRequest` resends, and the longest any other resend waits.
     pub retry_interval: Duration,
     /// `ConnectRequest`s sent before the user is told there was no answer.
@@ -68,6 +74,8 @@ impl PeerConfig {
             want_id: None,
             name: None,
             display_name: None,
+            previous_token: None,
+            queue_retry: retry_interval * 3,
             retry_interval,
             connect_tries: 6,
             server_retry,
@@ -83,6 +91,75 @@ impl PeerConfig {
             session_timeout: session_idle * 6,
         }
     }
+}
+
+/// Whom a command is for: a numeric id or a name, as the user typed it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Id(ClientId),
+    Name(String),
+}
+
+impl Target {
+    /// A number is an id, anything else must be a valid name (see [`wire::check_name`]).
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let text = text.strip_prefix('@').unwrap_or(text);
+        if text.starts_with(|c: char| c.is_ascii_digit()) {
+            return match text.parse::<ClientId>() {
+                Ok(0) => Err("client ids start at 1".into()),
+                Ok(id) => Ok(Target::Id(id)),
+                Err(_) => Err(format!("{text:?} is neither a client id nor a name")),
+            };
+        }
+        wire::check_name(text).map_err(|e| e.to_string())?;
+        Ok(Target::Name(text.to_string()))
+    }
+
+    /// The same key for every spelling of the same peer (names ignore ASCII case).
+    pub fn key(&self) -> String {
+        match self {
+            Target::Id(id) => id.to_string(),
+            Target::Name(name) => name.to_ascii_lowercase(),
+        }
+    }
+
+    /// Whether this target is peer `id`, whose name (if any) is `name`.
+    pub fn is(&self, id: ClientId, name: Option<&str>) -> bool {
+        match self {
+            Target::Id(i) => *i == id,
+            Target::Name(n) => name.is_some_and(|m| m.eq_ignore_ascii_case(n)),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Id(id) => write!(f, "{id}"),
+            Target::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What [`Peer::send_to`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sending {
+    /// Sent (to be acknowledged) as these numbers.
+    Sent(Vec<u64>),
+    /// Queued until a session with the target is open.
+    Queued,
+}
+
+/// A session as listed by [`Peer::sessions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub peer: ClientId,
+    /// `"looking_up"`, `"requesting"`, `"incoming"` or `"connected"`.
+    pub state: &'static str,
+    /// Whether `send` without a target goes here.
+    pub current: bool,
+    /// Messages sent and not yet acknowledged.
+    pub in_flight: usize,
 }
 
 /// Why a session ended.
@@ -176,6 +253,30 @@ pub enum Event {
     Notice { message: String },
     /// The client cannot go on (no server, id taken, server full, other protocol version).
     Fatal { message: String },
+    /// The server gave us our name.
+    Claimed { name: String },
+    /// The server knows no client named `name` (the answer to `connect name`).
+    UnknownName { name: String },
+    /// `text` waits for `to`, which is not connected; it goes once a session with `to` is
+    /// open (the client keeps asking while `to` is offline or silent).
+    Queued { to: Target, text: String },
+    /// The messages queued for `to` went to `peer` as numbers `seqs` (a `Sent` event
+    /// follows for each).
+    Dequeued {
+        to: Target,
+        peer: ClientId,
+        seqs: Vec<u64>,
+    },
+    /// The `count` messages queued for `to` were dropped: `reason`.
+    QueueDropped {
+        to: Target,
+        count: usize,
+        reason: String,
+    },
+    /// Who is online, from the server: `clients` in id order, `total` counted by the server.
+    Online { clients: Vec<Listed>, total: u32 },
+    /// The server did not list who is online.
+    ListFailed { reason: String },
 }
 
 /// Why a command was refused. The `Display` text says what to do instead.
@@ -192,6 +293,10 @@ pub enum CommandError {
     NoRequestFrom(ClientId),
     NoSessionWith(ClientId),
     EmptyMessage,
+    /// No session with a peer of that name.
+    NoSessionNamed(String),
+    /// `broadcast` with nobody connected.
+    NobodyConnected,
 }
 
 impl fmt::Display for CommandError {
@@ -219,6 +324,12 @@ impl fmt::Display for CommandError {
                 write!(f, "no session or request with {p} to terminate")
             }
             CommandError::EmptyMessage => write!(f, "nothing to send; type send <message>"),
+            CommandError::NoSessionNamed(n) => {
+                write!(f, "no session or request with {n}; type connect {n} first")
+            }
+            CommandError::NobodyConnected => {
+                write!(f, "not connected to anyone; nothing was sent")
+            }
         }
     }
 }
@@ -294,6 +405,38 @@ struct Session {
     /// position counted from the first transmit ever queued), so that the acknowledgement of
     /// the next `Chat` can be merged into it while it has not been sent yet.
     queued_ack: Option<u64>,
+    /// Started by the queue (not by the user): its failures are not shown.
+    auto: bool,
+}
+
+/// Messages queued for a peer that is not connected, and the next attempt to reach it.
+struct Pursuit {
+    target: Target,
+    texts: VecDeque<String>,
+    /// When to try to connect again; `None` while an attempt is under way.
+    next_try: Option<Instant>,
+}
+
+/// A `Resolve` of a name we wait for.
+struct Resolving {
+    name: String,
+    tries: u32,
+    next: Instant,
+    auto: bool,
+}
+
+/// Our `Claim` of our name, resent until answered.
+struct Claiming {
+    tries: u32,
+    next: Instant,
+}
+
+/// A `list` in progress: the pages received so far.
+struct Listing {
+    after: Option<ClientId>,
+    tries: u32,
+    next: Instant,
+    clients: Vec<Listed>,
 }
 
 /// A `Terminate` we keep resending until it is acknowledged.
@@ -331,7 +474,22 @@ pub struct Peer {
     polled: u64,
     events: VecDeque<Event>,
     stats: PeerStats,
+    /// Names (and display names) of peers, as the server or their requests gave them.
+    names: HashMap<ClientId, (String, Option<String>)>,
+    /// Our name, once the server has granted it.
+    name: Option<String>,
+    claiming: Option<Claiming>,
+    resolving: BTreeMap<String, Resolving>,
+    outbox: BTreeMap<String, Pursuit>,
+    listing: Option<Listing>,
 }
+
+/// The most clients one `list` collects (a bound on what a misbehaving server can make us
+/// hold).
+const MAX_LISTED: usize = 1_000_000;
+
+/// The most peer names remembered; past it, the names of peers without a session go.
+const MAX_NAMES: usize = 4096;
 
 impl Peer {
     /// A peer that starts registering at `now`; session ids come from the OS's randomness.
@@ -369,6 +527,12 @@ impl Peer {
             polled: 0,
             events: VecDeque::new(),
             stats: PeerStats::default(),
+            names: HashMap::new(),
+            name: None,
+            claiming: None,
+            resolving: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            listing: None,
         };
         peer.send_to_server(Message::Register { want_id: want });
         peer
@@ -394,6 +558,68 @@ impl Peer {
             .values()
             .filter(|s| matches!(s.state, State::Connected { .. }))
             .map(|s| s.peer)
+            .collect()
+    }
+
+    /// The token of our registration (kept by the client so that its next run can claim its
+    /// name back: see [`PeerConfig::previous_token`]).
+    pub fn token(&self) -> Option<Token> {
+        self.id.map(|_| self.token)
+    }
+
+    /// Our name, once the server has granted it.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The name of peer `id`, if we know it.
+    pub fn name_of(&self, id: ClientId) -> Option<&str> {
+        self.names.get(&id).map(|(n, _)| n.as_str())
+    }
+
+    /// The display name of peer `id`, if it has one.
+    pub fn display_name_of(&self, id: ClientId) -> Option<&str> {
+        self.names.get(&id).and_then(|(_, d)| d.as_deref())
+    }
+
+    /// The peer with a session (in any state) that `target` names.
+    pub fn find(&self, target: &Target) -> Option<ClientId> {
+        match target {
+            Target::Id(id) => self.sessions.contains_key(id).then_some(*id),
+            Target::Name(_) => self
+                .sessions
+                .keys()
+                .copied()
+                .find(|&p| target.is(p, self.name_of(p))),
+        }
+    }
+
+    /// Every session and request, by peer id.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions
+            .values()
+            .map(|s| SessionInfo {
+                peer: s.peer,
+                state: match s.state {
+                    State::LookingUp { .. } => "looking_up",
+                    State::Requesting { .. } => "requesting",
+                    State::Incoming { .. } => "incoming",
+                    State::Connected { .. } => "connected",
+                },
+                current: self.current == Some(s.peer),
+                in_flight: match &s.state {
+                    State::Connected { tx, .. } => tx.outstanding(),
+                    _ => 0,
+                },
+            })
+            .collect()
+    }
+
+    /// The messages waiting for peers that are not connected, per target, oldest first.
+    pub fn outbox(&self) -> Vec<(Target, Vec<String>)> {
+        self.outbox
+            .values()
+            .map(|p| (p.target.clone(), p.texts.iter().cloned().collect()))
             .collect()
     }
 
@@ -468,6 +694,22 @@ impl Peer {
         for c in self.closing.values() {
             consider(c.next);
         }
+        if let Some(c) = &self.claiming {
+            consider(c.next);
+        }
+        if let Some(l) = &self.listing {
+            consider(l.next);
+        }
+        for r in self.resolving.values() {
+            consider(r.next);
+        }
+        if !self.finishing && matches!(self.server, ServerState::Registered { .. }) {
+            for p in self.outbox.values() {
+                if let Some(t) = p.next_try {
+                    consider(t);
+                }
+            }
+        }
         next
     }
 
@@ -484,12 +726,21 @@ impl Peer {
         if peer == me {
             return Err(CommandError::OwnId);
         }
-        match self.sessions.get(&peer).map(|s| &s.state) {
-            Some(State::Connected { .. }) => return Err(CommandError::AlreadyConnected(peer)),
-            Some(State::LookingUp { .. } | State::Requesting { .. }) => {
+        match self
+            .sessions
+            .get_mut(&peer)
+            .map(|s| (&s.state, &mut s.auto))
+        {
+            Some((State::Connected { .. }, _)) => return Err(CommandError::AlreadyConnected(peer)),
+            Some((State::LookingUp { .. } | State::Requesting { .. }, auto)) if *auto => {
+                // The queue was already trying: from now on the user sees how it goes.
+                *auto = false;
+                return Ok(());
+            }
+            Some((State::LookingUp { .. } | State::Requesting { .. }, _)) => {
                 return Err(CommandError::AlreadyConnecting(peer))
             }
-            Some(State::Incoming { .. }) => return self.accept(now, Some(peer)).map(|_| ()),
+            Some((State::Incoming { .. }, _)) => return self.accept(now, Some(peer)).map(|_| ()),
             None => {}
         }
         let id = self.rng.random::<SessionId>();
@@ -506,10 +757,300 @@ impl Peer {
                 last_heard: now,
                 last_sent: now,
                 queued_ack: None,
+                auto: false,
             },
         );
         self.send_to_server(Message::Lookup { id: peer });
         Ok(())
+    }
+
+    /// Connects to `target`, an id or a name (looked up with `Resolve`).
+    pub fn connect_to(&mut self, now: Instant, target: &Target) -> Result<(), CommandError> {
+        let name = match target {
+            Target::Id(id) => return self.connect(now, *id),
+            Target::Name(name) => name,
+        };
+        self.usable_id()?;
+        if self.is_own_name(name) {
+            return Err(CommandError::OwnId);
+        }
+        if let Some(p) = self.find(target) {
+            return self.connect(now, p);
+        }
+        if let Some(r) = self.resolving.get_mut(&target.key()) {
+            r.auto = false;
+            return Ok(());
+        }
+        self.start_resolve(now, name, false);
+        Ok(())
+    }
+
+    /// The peer with a session or request that `target` names, for `accept`, `reject`,
+    /// `terminate` and `switch`. An id with no session is returned as is (the command then
+    /// says there is none); a name must match a session.
+    pub fn session_peer(&self, target: &Target) -> Result<ClientId, CommandError> {
+        match (self.find(target), target) {
+            (Some(p), _) => Ok(p),
+            (None, Target::Id(id)) => Ok(*id),
+            (None, Target::Name(name)) => Err(CommandError::NoSessionNamed(name.clone())),
+        }
+    }
+
+    /// Makes `target`, which must be connected, the peer that `send` without a target goes to.
+    pub fn switch(&mut self, target: &Target) -> Result<ClientId, CommandError> {
+        let peer = self.session_peer(target)?;
+        match self.sessions.get(&peer).map(|s| &s.state) {
+            Some(State::Connected { .. }) => {
+                self.current = Some(peer);
+                Ok(peer)
+            }
+            _ => Err(CommandError::NotConnectedTo(peer)),
+        }
+    }
+
+    /// Sends `text` to `target`, or to the current peer. A target that is not connected
+    /// gets the message queued: the client connects (now, and again from time to time while
+    /// the target is offline or does not answer) and sends the queue, in order, once a
+    /// session is open.
+    pub fn send_to(
+        &mut self,
+        now: Instant,
+        target: Option<&Target>,
+        text: &str,
+    ) -> Result<Sending, CommandError> {
+        let Some(target) = target else {
+            return self.send(now, None, text).map(Sending::Sent);
+        };
+        if let Some(p) = self.find(target) {
+            if matches!(self.sessions[&p].state, State::Connected { .. })
+                && !self
+                    .outbox
+                    .values()
+                    .any(|q| q.target.is(p, self.name_of(p)))
+            {
+                return self.send(now, Some(p), text).map(Sending::Sent);
+            }
+        }
+        let me = self.usable_id()?;
+        if self.finishing {
+            return Err(CommandError::Leaving);
+        }
+        if text.is_empty() {
+            return Err(CommandError::EmptyMessage);
+        }
+        let own = match target {
+            Target::Id(id) => *id == me,
+            Target::Name(name) => self.is_own_name(name),
+        };
+        if own {
+            return Err(CommandError::OwnId);
+        }
+        for piece in split_text(text, wire::MAX_TEXT) {
+            self.queue(now, target.clone(), piece.to_string(), true);
+        }
+        self.pursue(now);
+        self.flush(now);
+        Ok(Sending::Queued)
+    }
+
+    /// Sends `text` to every connected peer: one copy each, numbered and acknowledged in
+    /// each session. Returns the peers and their message numbers.
+    pub fn broadcast(
+        &mut self,
+        now: Instant,
+        text: &str,
+    ) -> Result<Vec<(ClientId, Vec<u64>)>, CommandError> {
+        self.usable_id()?;
+        let peers = self.connected_peers();
+        if peers.is_empty() {
+            return Err(CommandError::NobodyConnected);
+        }
+        let mut sent = Vec::with_capacity(peers.len());
+        for p in peers {
+            sent.push((p, self.send(now, Some(p), text)?));
+        }
+        Ok(sent)
+    }
+
+    /// Puts back a message queued by an earlier run (from the state directory). No `Queued`
+    /// event: the user was told when it was queued.
+    pub fn restore_queued(&mut self, now: Instant, target: Target, text: String) {
+        self.queue(now, target, text, false);
+    }
+
+    /// Drops the messages queued for `target`; returns how many there were.
+    pub fn drop_queue(&mut self, target: &Target, reason: &str) -> usize {
+        let Some(p) = self.outbox.remove(&target.key()) else {
+            return 0;
+        };
+        let count = p.texts.len();
+        self.resolving.remove(&target.key());
+        self.events.push_back(Event::QueueDropped {
+            to: p.target,
+            count,
+            reason: reason.to_string(),
+        });
+        count
+    }
+
+    /// Asks the server who is online; the answer comes as an `Online` event (or
+    /// `ListFailed`), after as many pages as the server needs.
+    pub fn list(&mut self, now: Instant) -> Result<(), CommandError> {
+        let me = self.usable_id()?;
+        self.listing = Some(Listing {
+            after: None,
+            tries: 1,
+            next: now + self.config.server_retry,
+            clients: Vec::new(),
+        });
+        self.send_to_server(Message::List {
+            id: me,
+            token: self.token,
+            after: None,
+        });
+        Ok(())
+    }
+
+    fn is_own_name(&self, name: &str) -> bool {
+        let mine = self.name.as_deref().or(self.config.name.as_deref());
+        mine.is_some_and(|m| m.eq_ignore_ascii_case(name))
+    }
+
+    fn queue(&mut self, now: Instant, target: Target, text: String, announce: bool) {
+        let pursuit = self.outbox.entry(target.key()).or_insert_with(|| Pursuit {
+            target: target.clone(),
+            texts: VecDeque::new(),
+            next_try: Some(now),
+        });
+        pursuit.texts.push_back(text.clone());
+        if announce {
+            self.events.push_back(Event::Queued { to: target, text });
+        }
+    }
+
+    fn start_resolve(&mut self, now: Instant, name: &str, auto: bool) {
+        self.resolving.insert(
+            name.to_ascii_lowercase(),
+            Resolving {
+                name: name.to_string(),
+                tries: 1,
+                next: now + self.config.server_retry,
+                auto,
+            },
+        );
+        self.send_to_server(Message::Resolve {
+            name: name.to_string(),
+        });
+    }
+
+    /// Starts an attempt to reach every queued-for target whose time has come.
+    fn pursue(&mut self, now: Instant) {
+        if self.finishing || !matches!(self.server, ServerState::Registered { .. }) {
+            return;
+        }
+        let due: Vec<String> = self
+            .outbox
+            .iter()
+            .filter(|(_, p)| p.next_try.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let target = self.outbox[&key].target.clone();
+            if let Some(peer) = self.find(&target) {
+                if matches!(self.sessions[&peer].state, State::Connected { .. }) {
+                    self.deliver_queued(now, peer);
+                    continue;
+                }
+                // A session is on its way (or the peer asked us): wait for it.
+                if let Some(p) = self.outbox.get_mut(&key) {
+                    p.next_try = None;
+                }
+                continue;
+            }
+            if let Some(p) = self.outbox.get_mut(&key) {
+                p.next_try = None;
+            }
+            match &target {
+                Target::Id(id) => {
+                    if self.connect(now, *id).is_ok() {
+                        if let Some(s) = self.sessions.get_mut(id) {
+                            s.auto = true;
+                        }
+                    }
+                }
+                Target::Name(name) => {
+                    if !self.resolving.contains_key(&key) {
+                        let name = name.clone();
+                        self.start_resolve(now, &name, true);
+                    }
+                }
+            }
+        }
+        // Attempts that ended without a session: try again later.
+        let retry = now + self.config.queue_retry;
+        let idle: Vec<String> = self
+            .outbox
+            .iter()
+            .filter(|(k, p)| {
+                p.next_try.is_none()
+                    && !self.resolving.contains_key(*k)
+                    && self.find(&p.target).is_none()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in idle {
+            if let Some(p) = self.outbox.get_mut(&key) {
+                p.next_try = Some(retry);
+            }
+        }
+    }
+
+    /// Sends whatever is queued for `peer`, now connected, in the order it was queued.
+    fn deliver_queued(&mut self, now: Instant, peer: ClientId) {
+        let name = self.name_of(peer).map(str::to_string);
+        let keys: Vec<String> = self
+            .outbox
+            .iter()
+            .filter(|(_, p)| p.target.is(peer, name.as_deref()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let pursuit = self.outbox.remove(&key).expect("listed above");
+            self.resolving.remove(&key);
+            let Some(Session {
+                state: State::Connected { tx, .. },
+                ..
+            }) = self.sessions.get_mut(&peer)
+            else {
+                return;
+            };
+            let mut sent = Vec::with_capacity(pursuit.texts.len());
+            for text in &pursuit.texts {
+                sent.push((tx.push(text.clone()), text.clone()));
+            }
+            self.events.push_back(Event::Dequeued {
+                to: pursuit.target,
+                peer,
+                seqs: sent.iter().map(|(seq, _)| *seq).collect(),
+            });
+            for (seq, text) in sent {
+                self.events.push_back(Event::Sent { peer, seq, text });
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Remembers the name a server or a request gave for `peer`.
+    fn learn_name(&mut self, peer: ClientId, name: Option<String>, display: Option<String>) {
+        let Some(name) = name.filter(|n| wire::check_name(n).is_ok()) else {
+            return;
+        };
+        let display = display.filter(|d| wire::check_display_name(d).is_ok());
+        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&peer) {
+            let sessions = &self.sessions;
+            self.names.retain(|p, _| sessions.contains_key(p));
+        }
+        self.names.insert(peer, (name, display));
     }
 
     /// Accepts the request of `peer`, or the oldest request. Returns whom we accepted.
@@ -703,8 +1244,9 @@ impl Peer {
         let settled = self.sessions.values().all(|s| match &s.state {
             State::Connected { tx, .. } => tx.is_idle(),
             State::Incoming { .. } => true,
-            State::LookingUp { .. } | State::Requesting { .. } => false,
-        });
+            State::LookingUp { .. } | State::Requesting { .. } => s.auto,
+        }) && self.resolving.values().all(|r| r.auto)
+            && self.listing.is_none();
         if settled {
             self.leave(now);
         }
@@ -878,6 +1420,110 @@ impl Peer {
                     keepalive_at: now + self.keepalive_period(),
                 };
                 self.events.push_back(Event::Registered { id, again });
+                if self.config.name.is_some() {
+                    self.claiming = Some(Claiming {
+                        tries: 1,
+                        next: now + self.config.server_retry,
+                    });
+                    self.send_claim();
+                }
+            }
+            (ServerState::Registered { .. }, Message::Claimed { id, name })
+                if self.claiming.is_some() && Some(id) == self.id =>
+            {
+                self.claiming = None;
+                if self.name.as_deref() != Some(name.as_str()) {
+                    self.name = Some(name.clone());
+                    self.events.push_back(Event::Claimed { name });
+                }
+            }
+            (
+                ServerState::Registered { .. },
+                Message::Error {
+                    code: code @ (ErrorCode::NameTaken | ErrorCode::BadName),
+                    detail,
+                },
+            ) if self.claiming.is_some() => {
+                let _ = code;
+                self.claiming = None;
+                self.give_up_registration(format!("the server refused the name: {detail}"));
+            }
+            (
+                ServerState::Registered { .. },
+                Message::Error {
+                    code: ErrorCode::ListDisabled,
+                    detail,
+                },
+            ) if self.listing.is_some() => {
+                self.listing = None;
+                self.events.push_back(Event::ListFailed { reason: detail });
+            }
+            (
+                _,
+                Message::Listing {
+                    clients,
+                    next,
+                    total,
+                },
+            ) if self.listing.is_some() => {
+                let me = self.id.unwrap_or_default();
+                let token = self.token;
+                let retry = now + self.config.server_retry;
+                let l = self.listing.as_mut().expect("checked");
+                // Pages come in id order: anything at or below what we have is a duplicate.
+                let last = l.clients.last().map(|c| c.id);
+                l.clients.extend(
+                    clients
+                        .into_iter()
+                        .filter(|c| last.is_none_or(|id| c.id > id)),
+                );
+                match next {
+                    Some(n) if Some(n) > l.after && l.clients.len() < MAX_LISTED => {
+                        l.after = Some(n);
+                        l.tries = 1;
+                        l.next = retry;
+                        self.send_to_server(Message::List {
+                            id: me,
+                            token,
+                            after: Some(n),
+                        });
+                    }
+                    _ => {
+                        let l = self.listing.take().expect("checked");
+                        self.events.push_back(Event::Online {
+                            clients: l.clients,
+                            total,
+                        });
+                    }
+                }
+            }
+            (_, Message::Unknown { name }) => {
+                let key = name.to_ascii_lowercase();
+                match self.resolving.remove(&key) {
+                    Some(r) => {
+                        if !r.auto {
+                            self.events.push_back(Event::UnknownName { name: r.name });
+                        }
+                        self.pursuit_retry(now, &key);
+                    }
+                    None => self.ignore(self.config.server, &Message::Unknown { name }),
+                }
+            }
+            (
+                _,
+                Message::Found {
+                    id,
+                    addr,
+                    name: Some(name),
+                    display_name,
+                },
+            ) if self.resolving.contains_key(&name.to_ascii_lowercase()) => {
+                let r = self
+                    .resolving
+                    .remove(&name.to_ascii_lowercase())
+                    .expect("checked");
+                self.learn_name(id, Some(name), display_name);
+                self.resolved(now, id, addr, r.auto);
             }
             (ServerState::Registering { again, want, .. }, Message::Error { code, detail }) => {
                 match (code, *again) {
@@ -945,11 +1591,21 @@ impl Peer {
                 // It does not know us: as good as left.
                 self.server_left(true);
             }
-            (_, Message::Found { id, addr, .. }) => {
+            (
+                _,
+                Message::Found {
+                    id,
+                    addr,
+                    name,
+                    display_name,
+                },
+            ) => {
                 let Some(me) = self.id else { return };
                 let retry = self.config.retry_interval;
                 match self.sessions.get_mut(&id) {
                     Some(s) if matches!(s.state, State::LookingUp { .. }) => {
+                        self.learn_name(id, name, display_name);
+                        let s = self.sessions.get_mut(&id).expect("just seen");
                         s.addr = Some(addr);
                         s.state = State::Requesting {
                             tries: 1,
@@ -972,12 +1628,91 @@ impl Peer {
             }
             (_, Message::Inactive { id }) => match self.sessions.get(&id) {
                 Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                    self.sessions.remove(&id);
-                    self.events.push_back(Event::Inactive { peer: id });
+                    let s = self.sessions.remove(&id).expect("just seen");
+                    if !s.auto {
+                        self.events.push_back(Event::Inactive { peer: id });
+                    }
+                    self.pursuit_retry(now, &id.to_string());
                 }
                 _ => self.ignore(self.config.server, &Message::Inactive { id }),
             },
             (_, other) => self.ignore(self.config.server, &other),
+        }
+    }
+
+    fn send_claim(&mut self) {
+        let (Some(id), Some(name)) = (self.id, self.config.name.clone()) else {
+            return;
+        };
+        self.send_to_server(Message::Claim {
+            id,
+            token: self.token,
+            name,
+            display_name: self.config.display_name.clone(),
+            previous: self.config.previous_token,
+        });
+    }
+
+    /// The server registered us but will not have us as configured: leave (best effort,
+    /// so that the entry does not wait for its expiry) and stop.
+    fn give_up_registration(&mut self, message: String) {
+        if let Some(id) = self.id {
+            self.send_to_server(Message::Leave {
+                id,
+                token: self.token,
+            });
+        }
+        self.fatal(message);
+    }
+
+    /// A name we looked up is client `peer` at `addr`: ask it to connect (or, if it has
+    /// asked us and the user asked for it, accept).
+    fn resolved(&mut self, now: Instant, peer: ClientId, addr: SocketAddr, auto: bool) {
+        let Some(me) = self.id else { return };
+        if peer == me {
+            if !auto {
+                self.events.push_back(Event::Notice {
+                    message: "that name is yours; connect to another client".into(),
+                });
+            }
+            return;
+        }
+        if self.sessions.contains_key(&peer) {
+            if !auto {
+                if let Err(e) = self.connect(now, peer) {
+                    self.events.push_back(Event::Notice {
+                        message: e.to_string(),
+                    });
+                }
+            }
+            return;
+        }
+        let session = self.rng.random::<SessionId>();
+        self.sessions.insert(
+            peer,
+            Session {
+                peer,
+                id: session,
+                addr: Some(addr),
+                state: State::Requesting {
+                    tries: 1,
+                    next: now + self.config.retry_interval,
+                },
+                last_heard: now,
+                last_sent: now,
+                queued_ack: None,
+                auto,
+            },
+        );
+        let request = self.connect_request(me, session);
+        self.transmit(addr, request);
+    }
+
+    /// An attempt to reach the target of queue `key` failed: try again later.
+    fn pursuit_retry(&mut self, now: Instant, key: &str) {
+        let retry = now + self.config.queue_retry;
+        if let Some(p) = self.outbox.get_mut(key) {
+            p.next_try = Some(retry);
         }
     }
 
@@ -987,8 +1722,23 @@ impl Peer {
             return;
         };
         match msg {
-            Message::ConnectRequest { from, session, .. } => {
-                self.on_request(now, me, src, from, session)
+            Message::ConnectRequest {
+                from,
+                session,
+                name,
+                display_name,
+            } => {
+                self.on_request(now, me, src, from, session);
+                // The name is the requester's claim: kept for a request we now hold from
+                // that address, never for someone else's session.
+                let holds = self.sessions.get(&from).is_some_and(|s| {
+                    s.id == session
+                        && s.addr == Some(src)
+                        && !matches!(s.state, State::Connected { .. })
+                });
+                if holds && name.is_some() {
+                    self.learn_name(from, name, display_name);
+                }
             }
             Message::Accept { from, session } => {
                 if self.matches(from, src, session, |st| {
@@ -1005,6 +1755,16 @@ impl Peer {
                 }) {
                     self.sessions.remove(&from);
                     self.events.push_back(Event::Rejected { peer: from });
+                    let name = self.name_of(from).map(str::to_string);
+                    let queued: Vec<Target> = self
+                        .outbox
+                        .values()
+                        .filter(|p| p.target.is(from, name.as_deref()))
+                        .map(|p| p.target.clone())
+                        .collect();
+                    for target in queued {
+                        self.drop_queue(&target, "the peer rejected the connection");
+                    }
                 } else {
                     self.ignore(src, &msg);
                 }
@@ -1218,6 +1978,7 @@ impl Peer {
                 last_heard: now,
                 last_sent: now,
                 queued_ack: None,
+                auto: false,
             },
         );
         self.events.push_back(Event::Request { from });
@@ -1238,6 +1999,7 @@ impl Peer {
         s.last_sent = now;
         self.current = Some(peer);
         self.events.push_back(Event::Connected { peer });
+        self.deliver_queued(now, peer);
     }
 
     /// Whether a message from `from` at `src` for `session` matches our session with it, in
@@ -1355,8 +2117,66 @@ impl Peer {
             self.transmit(to, Message::Terminate { from: me, session });
         }
         self.rejected.retain(|_, until| *until > now);
+        self.name_timers(now);
+        self.pursue(now);
         self.flush(now);
         self.leave_if_drained(now);
+    }
+
+    /// Resends of `Claim`, `Resolve` and `List`, and giving up on them.
+    fn name_timers(&mut self, now: Instant) {
+        let (retry, max) = (self.config.server_retry, self.config.server_tries);
+        if let Some(c) = self.claiming.as_mut().filter(|c| c.next <= now) {
+            if c.tries >= max {
+                self.claiming = None;
+                let name = self.config.name.clone().unwrap_or_default();
+                self.give_up_registration(format!(
+                    "the server at {} did not answer the claim of the name {name} (does it support names?)",
+                    self.config.server
+                ));
+                return;
+            }
+            c.tries += 1;
+            c.next = now + retry;
+            self.send_claim();
+        }
+        if let Some(l) = self.listing.as_mut().filter(|l| l.next <= now) {
+            if l.tries >= max {
+                self.listing = None;
+                self.events.push_back(Event::ListFailed {
+                    reason: "the server did not answer".into(),
+                });
+            } else {
+                l.tries += 1;
+                l.next = now + retry;
+                let after = l.after;
+                let (id, token) = (self.id.unwrap_or_default(), self.token);
+                self.send_to_server(Message::List { id, token, after });
+            }
+        }
+        let due: Vec<String> = self
+            .resolving
+            .iter()
+            .filter(|(_, r)| r.next <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let r = self.resolving.get_mut(&key).expect("listed above");
+            if r.tries >= max {
+                let r = self.resolving.remove(&key).expect("listed above");
+                if !r.auto {
+                    self.events.push_back(Event::Notice {
+                        message: format!("the server did not answer the lookup of {}", r.name),
+                    });
+                }
+                self.pursuit_retry(now, &key);
+            } else {
+                r.tries += 1;
+                r.next = now + retry;
+                let name = r.name.clone();
+                self.send_to_server(Message::Resolve { name });
+            }
+        }
     }
 
     fn server_timers(&mut self, now: Instant) {
@@ -1495,8 +2315,11 @@ impl Peer {
             self.transmit(to, msg);
         }
         if let Some(ev) = end {
-            self.sessions.remove(&peer);
-            self.events.push_back(ev);
+            // An attempt the queue started fails quietly: the queue tries again later.
+            let auto = self.sessions.remove(&peer).is_some_and(|s| s.auto);
+            if !auto {
+                self.events.push_back(ev);
+            }
         }
     }
 
