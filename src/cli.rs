@@ -4,21 +4,34 @@
 use std::io::{self, BufRead, Write};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::peer::{CommandError, Event, Peer};
+use crate::journal::Journal;
+use crate::peer::{CommandError, Event, Peer, Sending, Target};
 use crate::wire::ClientId;
 
 /// One line the user typed, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Connect(ClientId),
-    Accept(Option<ClientId>),
-    Reject(Option<ClientId>),
-    Send(String),
-    Terminate(Option<ClientId>),
+    Connect(Target),
+    Accept(Option<Target>),
+    Reject(Option<Target>),
+    /// To the current peer (no targets), or to each target.
+    Send {
+        targets: Vec<Target>,
+        text: String,
+    },
+    Broadcast(String),
+    Switch(Target),
+    Terminate(Option<Target>),
+    Sessions,
+    List,
+    History {
+        peer: Option<Target>,
+        count: usize,
+    },
     Status,
     Leave,
     Help,
@@ -26,18 +39,28 @@ pub enum Command {
     Nothing,
 }
 
-/// The commands, as shown by `help`.
+/// How many messages `history` shows without a count.
+pub const DEFAULT_HISTORY: usize = 20;
+
+/// The commands, as shown by `help`: what each does, and an example.
 pub const HELP: &str = "\
-commands:
-  connect <id>       ask client <id> to chat (resent until it answers)
-  accept [id]        accept a connection request (the oldest, or the one from <id>)
-  reject [id]        reject a connection request
-  send <message>     send a message to the connected peer; a plain line does the same
-  terminate [id]     end the session (or withdraw the request) with the peer
-  status             show your id, sessions and waiting requests
-  leave              end every session, leave the server and exit (also Ctrl-C, Ctrl-D)
-  help               this list
-a line that starts with a command word is that command; to send such a line, use send.";
+commands (a leading / is allowed; a line that is not a command goes to the current peer):
+  connect <id|name>            ask a client to chat (resent until it answers)   e.g. connect bob
+  accept [id|name]             accept a connection request (default: oldest)    e.g. accept 3
+  reject [id|name]             reject a connection request                      e.g. reject bob
+  send [@id|@name ...] <text>  send to the current peer, or to each @peer;      e.g. send @bob @4 lunch?
+                               a peer that is not connected gets it queued
+  @name <text>                 the same as send @name <text>                    e.g. @bob hi
+  broadcast <text>             send to every connected peer                     e.g. broadcast back soon
+  switch <id|name>             make a connected peer the current one            e.g. switch bob
+  sessions                     list sessions, requests and queued messages      e.g. sessions
+  list                         who is online, from the server                   e.g. list
+  history [id|name] [N]        the last N messages with a peer (default 20)     e.g. history bob 50
+  terminate [id|name]          end a session, withdraw a request, drop a queue  e.g. terminate bob
+  status                       your id and name, sessions and requests          e.g. status
+  leave                        end every session, leave the server, exit        e.g. leave
+  help                         this list                                        e.g. help
+Ctrl-C and Ctrl-D leave too. To send a line that starts with a command word, use send.";
 
 /// Parses one input line. A line that does not start with a command word is a message.
 /// A leading `/` is allowed (`/connect 2`); with it, an unknown word is an error.
@@ -54,52 +77,111 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         Some((w, r)) => (w, r.trim()),
         None => (body, ""),
     };
-    let id = |what: &str| -> Result<Option<ClientId>, String> {
+    let target = |what: &str| -> Result<Option<Target>, String> {
         if rest.is_empty() {
             return Ok(None);
         }
-        parse_id(rest)
+        Target::parse(rest)
             .map(Some)
-            .map_err(|e| format!("{what}: {e}; for example {what} 3"))
+            .map_err(|e| format!("{what}: {e}; for example {what} 3 or {what} bob"))
+    };
+    // Everything after the command word as typed, inner spacing kept.
+    let after_word = || -> &str {
+        let start = line.trim_start().trim_start_matches('/');
+        start
+            .get(word.len()..)
+            .unwrap_or("")
+            .trim_start()
+            .trim_end_matches(['\r', '\n'])
     };
     match word.to_ascii_lowercase().as_str() {
-        "connect" => match id("connect")? {
+        "connect" => match target("connect")? {
             Some(p) => Ok(Command::Connect(p)),
-            None => Err("connect needs a client id, for example connect 3".into()),
+            None => Err("connect needs a client id or name, for example connect 3".into()),
         },
-        "accept" => Ok(Command::Accept(id("accept")?)),
-        "reject" => Ok(Command::Reject(id("reject")?)),
-        "terminate" => Ok(Command::Terminate(id("terminate")?)),
-        "send" => {
-            // Everything after "send " as typed, inner spacing kept.
-            let text = line
-                .trim_start()
-                .trim_start_matches('/')
-                .get(4..)
-                .unwrap_or("")
-                .trim_start()
-                .trim_end_matches(['\r', '\n']);
+        "accept" => Ok(Command::Accept(target("accept")?)),
+        "reject" => Ok(Command::Reject(target("reject")?)),
+        "terminate" => Ok(Command::Terminate(target("terminate")?)),
+        "switch" => match target("switch")? {
+            Some(p) => Ok(Command::Switch(p)),
+            None => Err("switch needs a connected peer, for example switch bob".into()),
+        },
+        "send" => parse_send(after_word()),
+        "broadcast" => {
+            let text = after_word();
             if text.is_empty() {
-                Err("send needs a message, for example send hello".into())
+                Err("broadcast needs a message, for example broadcast hello all".into())
             } else {
-                Ok(Command::Send(text.to_string()))
+                Ok(Command::Broadcast(text.to_string()))
             }
         }
+        "history" => parse_history(rest),
+        "sessions" if rest.is_empty() => Ok(Command::Sessions),
+        "list" | "who" if rest.is_empty() => Ok(Command::List),
         "status" if rest.is_empty() => Ok(Command::Status),
         "leave" | "quit" | "exit" if rest.is_empty() => Ok(Command::Leave),
         "help" | "?" if rest.is_empty() => Ok(Command::Help),
         _ if slash => Err(format!("unknown command /{word}; type help for the list")),
-        _ => Ok(Command::Send(
-            line.trim_end_matches(['\r', '\n']).to_string(),
-        )),
+        _ if word.starts_with('@') => parse_send(line.trim_start().trim_end_matches(['\r', '\n'])),
+        _ => Ok(Command::Send {
+            targets: Vec::new(),
+            text: line.trim_end_matches(['\r', '\n']).to_string(),
+        }),
     }
 }
 
-fn parse_id(text: &str) -> Result<ClientId, String> {
-    match text.parse::<ClientId>() {
-        Ok(0) => Err("client ids start at 1".into()),
-        Ok(id) => Ok(id),
-        Err(_) => Err(format!("{text:?} is not a client id (a number)")),
+/// `[@target ...] text`.
+fn parse_send(mut rest: &str) -> Result<Command, String> {
+    let mut targets = Vec::new();
+    while let Some(after_at) = rest.strip_prefix('@') {
+        let (word, tail) = after_at
+            .split_once(char::is_whitespace)
+            .unwrap_or((after_at, ""));
+        let target = Target::parse(word).map_err(|e| format!("send: @{word}: {e}"))?;
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+        rest = tail.trim_start();
+    }
+    if rest.is_empty() {
+        return Err("send needs a message, for example send hello or send @bob hello".into());
+    }
+    Ok(Command::Send {
+        targets,
+        text: rest.to_string(),
+    })
+}
+
+/// `history [id|name] [N]`.
+fn parse_history(rest: &str) -> Result<Command, String> {
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let count = |w: &str| -> Result<usize, String> {
+        match w.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "history: {w:?} is not a count; for example history bob 20"
+            )),
+        }
+    };
+    let bad = || "history takes a peer and a count, for example history bob 20".to_string();
+    match words.as_slice() {
+        [] => Ok(Command::History {
+            peer: None,
+            count: DEFAULT_HISTORY,
+        }),
+        [one] => match Target::parse(one) {
+            // A lone number is a peer id: "history 3" is the history with client 3.
+            Ok(t) => Ok(Command::History {
+                peer: Some(t),
+                count: DEFAULT_HISTORY,
+            }),
+            Err(_) => Err(bad()),
+        },
+        [peer, n] => Ok(Command::History {
+            peer: Some(Target::parse(peer).map_err(|e| format!("history: {e}"))?),
+            count: count(n)?,
+        }),
+        _ => Err(bad()),
     }
 }
 
@@ -117,8 +199,118 @@ pub fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// One readable line for an event.
+/// How human output looks: colour (only on a terminal, never with `NO_COLOR`) and
+/// timestamps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+    pub timestamps: bool,
+}
+
+impl Style {
+    /// Colour when stdout is a terminal and `NO_COLOR` is unset or empty
+    /// (<https://no-color.org>); timestamps always.
+    pub fn for_terminal(stdout_is_terminal: bool) -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            color: stdout_is_terminal && !no_color,
+            timestamps: true,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// The local time of day of `at`, `HH:MM:SS`.
+pub fn clock(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: localtime_r only reads `secs` and writes into the zeroed tm we pass, which
+    // is a plain C struct.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            let day = secs.rem_euclid(86_400);
+            return format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60);
+        }
+        tm
+    };
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+/// Names of peers, for showing them: `bob (3)` rather than `client 3`.
+pub trait Names {
+    fn name_of(&self, id: ClientId) -> Option<&str>;
+    fn display_name_of(&self, id: ClientId) -> Option<&str>;
+}
+
+impl Names for Peer {
+    fn name_of(&self, id: ClientId) -> Option<&str> {
+        Peer::name_of(self, id)
+    }
+    fn display_name_of(&self, id: ClientId) -> Option<&str> {
+        Peer::display_name_of(self, id)
+    }
+}
+
+/// No names known (for tests and plain rendering).
+pub struct NoNames;
+
+impl Names for NoNames {
+    fn name_of(&self, _: ClientId) -> Option<&str> {
+        None
+    }
+    fn display_name_of(&self, _: ClientId) -> Option<&str> {
+        None
+    }
+}
+
+/// `bob (3)`, or `client 3` for a peer without a name.
+pub fn who(names: &dyn Names, id: ClientId) -> String {
+    match names.name_of(id) {
+        Some(n) => format!("{} ({id})", sanitize(n)),
+        None => format!("client {id}"),
+    }
+}
+
+/// `bob`, or `3`: short, for message lines.
+fn short(names: &dyn Names, id: ClientId) -> String {
+    names.name_of(id).map_or_else(|| id.to_string(), sanitize)
+}
+
+/// ` "Alice L."` when peer `id` has a display name.
+fn display(names: &dyn Names, id: ClientId) -> String {
+    names
+        .display_name_of(id)
+        .map_or_else(String::new, |d| format!(" \"{}\"", sanitize(d)))
+}
+
+fn ago(secs: u32) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+/// One readable line for an event, without names, colour or time (see [`render_human`]).
 pub fn human_line(ev: &Event) -> String {
+    render_human(ev, &NoNames, Style::default(), SystemTime::now())
+}
+
+/// One readable line (or several, for `Online`) for an event.
+pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime) -> String {
+    let time = if style.timestamps {
+        format!("{} ", clock(now))
+    } else {
+        String::new()
+    };
     match ev {
         Event::Registered { id, again: false } => {
             format!("registered: you are client {id}. Type help for the commands.")
@@ -126,42 +318,128 @@ pub fn human_line(ev: &Event) -> String {
         Event::Registered { id, again: true } => {
             format!("registered again with the server: you are client {id}")
         }
+        Event::Claimed { name } => format!("your name is {}", sanitize(name)),
         Event::Request { from } => {
-            format!("client {from} wants to connect: type accept {from} or reject {from}")
+            let name = names.name_of(*from).map_or(from.to_string(), sanitize);
+            style.paint(
+                "1",
+                &format!(
+                    "{} wants to connect{}: type accept {name} or reject {name}",
+                    who(names, *from),
+                    display(names, *from)
+                ),
+            )
         }
-        Event::Connected { peer } => format!("connected to client {peer}"),
-        Event::Rejected { peer } => format!("client {peer} rejected the connection"),
+        Event::Connected { peer } => {
+            format!(
+                "connected to {}{}",
+                who(names, *peer),
+                display(names, *peer)
+            )
+        }
+        Event::Rejected { peer } => format!("{} rejected the connection", who(names, *peer)),
         Event::Inactive { peer } => format!("Client {peer} Inactive"),
-        Event::NoAnswer { peer } => format!("no answer from client {peer}; gave up asking"),
+        Event::UnknownName { name } => format!("nobody online is named {}", sanitize(name)),
+        Event::NoAnswer { peer } => {
+            format!("no answer from {}; gave up asking", who(names, *peer))
+        }
         Event::LookupFailed { peer } => {
             format!("the server did not answer the lookup of client {peer}")
         }
-        Event::Sent { peer, seq, text } => format!("[you -> {peer} #{seq}] {}", sanitize(text)),
-        Event::Message { from, seq, text } => format!("[{from} #{seq}] {}", sanitize(text)),
-        Event::Delivered { peer, seq } => format!("(#{seq} delivered to {peer})"),
-        Event::Undelivered { peer, seq } => {
-            format!("(#{seq} to {peer} was NOT delivered: no acknowledgement)")
-        }
+        Event::Sent { peer, seq, text } => style.paint(
+            "2",
+            &format!(
+                "[{time}you -> {} #{seq}] {}",
+                short(names, *peer),
+                sanitize(text)
+            ),
+        ),
+        Event::Message { from, seq, text } => format!(
+            "[{time}{} #{seq}] {}",
+            style.paint("1;36", &short(names, *from)),
+            sanitize(text)
+        ),
+        Event::Delivered { peer, seq } => style.paint(
+            "32",
+            &format!("(\u{2713} #{seq} delivered to {})", short(names, *peer)),
+        ),
+        Event::Undelivered { peer, seq } => style.paint(
+            "31",
+            &format!(
+                "(\u{2717} #{seq} to {} was NOT delivered: no acknowledgement)",
+                short(names, *peer)
+            ),
+        ),
+        Event::Queued { to, text } => style.paint(
+            "33",
+            &format!(
+                "[{time}you -> {} queued] {} (not connected: it goes once you are)",
+                sanitize(&to.to_string()),
+                sanitize(text)
+            ),
+        ),
+        Event::Dequeued { to, peer, seqs } => format!(
+            "sending {} queued message{} to {}",
+            seqs.len(),
+            if seqs.len() == 1 { "" } else { "s" },
+            if to.is(*peer, None) {
+                who(names, *peer)
+            } else {
+                format!("{} ({peer})", sanitize(&to.to_string()))
+            }
+        ),
+        Event::QueueDropped { to, count, reason } => style.paint(
+            "31",
+            &format!(
+                "{count} message{} queued for {} NOT delivered: {reason}",
+                if *count == 1 { "" } else { "s" },
+                sanitize(&to.to_string())
+            ),
+        ),
         Event::Terminated { peer, reason } => {
-            format!("session with client {peer} ended: {reason}")
+            format!("session with {} ended: {reason}", who(names, *peer))
         }
+        Event::Online { clients, total } => {
+            let mut lines = vec![format!("{total} online:")];
+            for c in clients {
+                let since = now - std::time::Duration::from_secs(u64::from(c.online_secs));
+                lines.push(format!(
+                    "  {:>6}  {:<16} {:<24} since {} ({})",
+                    c.id,
+                    c.name.as_deref().map_or("-".into(), sanitize),
+                    c.display_name.as_deref().map_or(String::new(), sanitize),
+                    clock(since),
+                    ago(c.online_secs)
+                ));
+            }
+            lines.join("\n")
+        }
+        Event::ListFailed { reason } => format!("cannot list who is online: {reason}"),
         Event::Left { server_acked: true } => "left the server. Bye.".into(),
         Event::Left {
             server_acked: false,
         } => "left (the server did not confirm). Bye.".into(),
-        Event::Notice { message } => format!("note: {message}"),
-        Event::Fatal { message } => format!("error: {message}"),
+        Event::Notice { message } => style.paint("33", &format!("note: {message}")),
+        Event::Fatal { message } => style.paint("31", &format!("error: {message}")),
     }
 }
 
-/// One JSON object for an event (see the README for the list).
+/// One JSON object for an event, without peer names (see [`render_json`]).
 pub fn json_line(ev: &Event) -> String {
-    let v = match ev {
+    render_json(ev, &NoNames)
+}
+
+/// One JSON object for an event (see the README for the list). Events about a peer carry
+/// its `name` (and `display_name`) when it has one.
+pub fn render_json(ev: &Event, names: &dyn Names) -> String {
+    let mut v = match ev {
         Event::Registered { id, again } => json!({"event": "registered", "id": id, "again": again}),
+        Event::Claimed { name } => json!({"event": "claimed", "name": name}),
         Event::Request { from } => json!({"event": "request", "from": from}),
         Event::Connected { peer } => json!({"event": "connected", "peer": peer}),
         Event::Rejected { peer } => json!({"event": "rejected", "peer": peer}),
         Event::Inactive { peer } => json!({"event": "inactive", "peer": peer}),
+        Event::UnknownName { name } => json!({"event": "unknown_name", "name": name}),
         Event::NoAnswer { peer } => json!({"event": "no_answer", "peer": peer}),
         Event::LookupFailed { peer } => json!({"event": "lookup_failed", "peer": peer}),
         Event::Sent { peer, seq, text } => {
@@ -174,13 +452,53 @@ pub fn json_line(ev: &Event) -> String {
         Event::Undelivered { peer, seq } => {
             json!({"event": "undelivered", "peer": peer, "seq": seq})
         }
+        Event::Queued { to, text } => {
+            json!({"event": "queued", "to": to.to_string(), "text": text})
+        }
+        Event::Dequeued { to, peer, seqs } => {
+            json!({"event": "dequeued", "to": to.to_string(), "peer": peer, "seqs": seqs})
+        }
+        Event::QueueDropped { to, count, reason } => json!({
+            "event": "queue_dropped", "to": to.to_string(), "count": count, "reason": reason
+        }),
         Event::Terminated { peer, reason } => {
             json!({"event": "terminated", "peer": peer, "reason": reason.as_str()})
         }
+        Event::Online { clients, total } => json!({
+            "event": "online",
+            "total": total,
+            "clients": clients.iter().map(|c| json!({
+                "id": c.id,
+                "name": c.name,
+                "display_name": c.display_name,
+                "online_secs": c.online_secs,
+            })).collect::<Vec<Value>>(),
+        }),
+        Event::ListFailed { reason } => json!({"event": "list_failed", "reason": reason}),
         Event::Left { server_acked } => json!({"event": "left", "server_acked": server_acked}),
         Event::Notice { message } => json!({"event": "notice", "message": message}),
         Event::Fatal { message } => json!({"event": "error", "message": message, "fatal": true}),
     };
+    let about = match ev {
+        Event::Request { from } | Event::Message { from, .. } => Some(*from),
+        Event::Connected { peer }
+        | Event::Rejected { peer }
+        | Event::NoAnswer { peer }
+        | Event::Sent { peer, .. }
+        | Event::Delivered { peer, .. }
+        | Event::Undelivered { peer, .. }
+        | Event::Dequeued { peer, .. }
+        | Event::Terminated { peer, .. } => Some(*peer),
+        _ => None,
+    };
+    if let (Some(id), Some(map)) = (about, v.as_object_mut()) {
+        if let Some(name) = names.name_of(id) {
+            map.insert("name".into(), json!(name));
+        }
+        if let Some(d) = names.display_name_of(id) {
+            map.insert("display_name".into(), json!(d));
+        }
+    }
     v.to_string()
 }
 
@@ -379,72 +697,129 @@ pub fn spawn_terminal_reader(tx: Sender<Input>, wake: Wake) -> io::Result<Printe
     }
 }
 
-/// Carries out one input line on `peer`, showing errors and command output on `out`.
-pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, json: bool) {
-    let show_error = |out: &mut dyn Output, message: &str| {
-        out.line(&if json {
+/// How the client shows things, and what it remembers: the state of one user interface.
+pub struct Ui {
+    /// One JSON object per line instead of readable lines.
+    pub json: bool,
+    pub style: Style,
+    /// The message history, when the client keeps state.
+    pub journal: Option<Journal>,
+}
+
+impl Ui {
+    pub fn new(json: bool, style: Style, journal: Option<Journal>) -> Ui {
+        Ui {
+            json,
+            style,
+            journal,
+        }
+    }
+
+    /// Records `ev` in the history and shows it.
+    pub fn show(&mut self, peer: &Peer, ev: &Event, out: &mut dyn Output) {
+        let now = SystemTime::now();
+        if let Some(j) = &mut self.journal {
+            j.observe(peer, ev, now);
+        }
+        out.line(&self.render(peer, ev, now));
+    }
+
+    pub fn render(&self, names: &dyn Names, ev: &Event, now: SystemTime) -> String {
+        if self.json {
+            render_json(ev, names)
+        } else {
+            render_human(ev, names, self.style, now)
+        }
+    }
+
+    fn error(&self, out: &mut dyn Output, message: &str) {
+        out.line(&if self.json {
             json_error(message)
         } else {
-            format!("error: {message}")
+            self.style.paint("31", &format!("error: {message}"))
         });
-    };
+    }
+
+    /// A line answering a command (not an event): human mode only.
+    fn say(&self, out: &mut dyn Output, text: &str) {
+        if !self.json {
+            out.line(text);
+        }
+    }
+}
+
+/// Carries out one input line on `peer`, showing errors and command output on `out`.
+pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, ui: &mut Ui) {
     let cmd = match parse_command(line) {
         Ok(cmd) => cmd,
-        Err(message) => return show_error(out, &message),
+        Err(message) => return ui.error(out, &message),
+    };
+    let named = |peer: &Peer, t: &Option<Target>| -> Result<Option<ClientId>, CommandError> {
+        t.as_ref().map(|t| peer.session_peer(t)).transpose()
     };
     let result = match cmd {
         Command::Nothing => Ok(()),
-        Command::Connect(p) => peer.connect(now, p),
-        Command::Accept(p) => peer.accept(now, p).map(|_| ()),
-        Command::Reject(p) => peer.reject(now, p).map(|p| {
-            if !json {
-                out.line(&format!("rejected the request of client {p}"));
+        Command::Connect(t) => peer.connect_to(now, &t),
+        Command::Accept(t) => named(peer, &t).and_then(|p| peer.accept(now, p).map(|_| ())),
+        Command::Reject(t) => named(peer, &t).and_then(|p| {
+            peer.reject(now, p).map(|p| {
+                ui.say(out, &format!("rejected the request of {}", who(peer, p)));
+            })
+        }),
+        Command::Send { targets, text } if targets.is_empty() => {
+            peer.send_to(now, None, &text).map(|_| ())
+        }
+        Command::Send { targets, text } => {
+            // Each target on its own: one that fails does not stop the others.
+            for t in &targets {
+                match peer.send_to(now, Some(t), &text) {
+                    Ok(Sending::Sent(_) | Sending::Queued) => {}
+                    Err(e) => ui.error(out, &format!("@{t}: {e}")),
+                }
+            }
+            Ok(())
+        }
+        Command::Broadcast(text) => peer.broadcast(now, &text).map(|_| ()),
+        Command::Switch(t) => peer.switch(&t).map(|p| {
+            if ui.json {
+                out.line(
+                    &json!({"event": "switched", "peer": p, "name": peer.name_of(p)}).to_string(),
+                );
+            } else {
+                out.line(&format!("now talking to {}", who(peer, p)));
             }
         }),
-        Command::Send(text) => peer.send(now, None, &text).map(|_| ()),
-        Command::Terminate(p) => peer.terminate(now, p).map(|p| {
-            if !json {
-                out.line(&format!("ending the session with client {p}..."));
-            }
+        Command::Terminate(Some(t)) if peer.find(&t).is_none() && queued_for(peer, &t) > 0 => {
+            peer.drop_queue(&t, "you cancelled them");
+            Ok(())
+        }
+        Command::Terminate(t) => named(peer, &t).and_then(|p| {
+            peer.terminate(now, p).map(|p| {
+                ui.say(out, &format!("ending the session with {}...", who(peer, p)));
+            })
         }),
         Command::Leave => {
             peer.leave(now);
             Ok(())
         }
+        Command::List => peer.list(now),
+        Command::Sessions => {
+            show_sessions(peer, out, ui);
+            Ok(())
+        }
+        Command::History {
+            peer: target,
+            count,
+        } => {
+            show_history(peer, target, count, out, ui);
+            Ok(())
+        }
         Command::Status => {
-            let (connected, requests) = (peer.connected_peers(), peer.pending_requests());
-            out.line(&if json {
-                json!({
-                    "event": "status",
-                    "id": peer.id(),
-                    "current": peer.current_peer(),
-                    "connected": connected,
-                    "requests": requests,
-                })
-                .to_string()
-            } else {
-                let list = |v: &[ClientId]| {
-                    if v.is_empty() {
-                        "none".to_string()
-                    } else {
-                        v.iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                };
-                format!(
-                    "you are client {}; connected to: {}; current: {}; waiting requests from: {}",
-                    peer.id().map_or("?".into(), |i| i.to_string()),
-                    list(&connected),
-                    peer.current_peer().map_or("none".into(), |p| p.to_string()),
-                    list(&requests)
-                )
-            });
+            show_status(peer, out, ui);
             Ok(())
         }
         Command::Help => {
-            if json {
+            if ui.json {
                 out.line(&json!({"event": "help", "text": HELP}).to_string());
             } else {
                 for l in HELP.lines() {
@@ -455,7 +830,163 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
         }
     };
     if let Err(e) = result {
-        show_error(out, &e.to_string());
+        ui.error(out, &e.to_string());
+    }
+}
+
+fn queued_for(peer: &Peer, target: &Target) -> usize {
+    peer.outbox()
+        .iter()
+        .filter(|(t, _)| t.key() == target.key())
+        .map(|(_, texts)| texts.len())
+        .sum()
+}
+
+fn show_sessions(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
+    let sessions = peer.sessions();
+    let outbox = peer.outbox();
+    if ui.json {
+        out.line(
+            &json!({
+                "event": "sessions",
+                "sessions": sessions.iter().map(|s| json!({
+                    "peer": s.peer,
+                    "name": peer.name_of(s.peer),
+                    "state": s.state,
+                    "current": s.current,
+                    "in_flight": s.in_flight,
+                })).collect::<Vec<Value>>(),
+                "queued": outbox.iter().map(|(t, texts)| json!({
+                    "to": t.to_string(),
+                    "count": texts.len(),
+                })).collect::<Vec<Value>>(),
+            })
+            .to_string(),
+        );
+        return;
+    }
+    if sessions.is_empty() && outbox.is_empty() {
+        out.line("no sessions; type connect <id|name>");
+        return;
+    }
+    for s in &sessions {
+        let state = match s.state {
+            "connected" => "connected",
+            "incoming" => "asks to connect (accept or reject)",
+            "requesting" => "asked, waiting for an answer",
+            _ => "looking up",
+        };
+        out.line(&format!(
+            "{} {}{}: {state}{}",
+            if s.current { "*" } else { " " },
+            who(peer, s.peer),
+            display(peer, s.peer),
+            if s.in_flight > 0 {
+                format!(", {} not yet acknowledged", s.in_flight)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    for (t, texts) in &outbox {
+        out.line(&format!(
+            "  {}: {} message{} queued until connected",
+            sanitize(&t.to_string()),
+            texts.len(),
+            if texts.len() == 1 { "" } else { "s" }
+        ));
+    }
+}
+
+fn show_status(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
+    let (connected, requests) = (peer.connected_peers(), peer.pending_requests());
+    if ui.json {
+        out.line(
+            &json!({
+                "event": "status",
+                "id": peer.id(),
+                "name": peer.name(),
+                "current": peer.current_peer(),
+                "connected": connected,
+                "requests": requests,
+            })
+            .to_string(),
+        );
+        return;
+    }
+    let list = |v: &[ClientId]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|&p| who(peer, p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    out.line(&format!(
+        "you are client {}{}; connected to: {}; current: {}; waiting requests from: {}",
+        peer.id().map_or("?".into(), |i| i.to_string()),
+        peer.name().map_or(String::new(), |n| format!(" ({n})")),
+        list(&connected),
+        peer.current_peer().map_or("none".into(), |p| who(peer, p)),
+        list(&requests)
+    ));
+}
+
+fn show_history(peer: &Peer, target: Option<Target>, count: usize, out: &mut dyn Output, ui: &Ui) {
+    let Some(journal) = &ui.journal else {
+        return ui.error(
+            out,
+            "no history is kept: this client runs without a state directory",
+        );
+    };
+    let key = match &target {
+        Some(t) => journal.key_of_target(peer, t),
+        None => match peer.current_peer() {
+            Some(p) => journal.key_of_peer(peer, p),
+            None => {
+                return ui.error(
+                    out,
+                    "history of whom? type history <id|name>, for example history bob",
+                )
+            }
+        },
+    };
+    let entries = journal.last(&key, count);
+    if ui.json {
+        out.line(
+            &json!({
+                "event": "history",
+                "peer": key,
+                "entries": entries.iter().map(|e| json!({
+                    "at_ms": e.at_ms,
+                    "direction": e.direction,
+                    "peer_id": e.peer_id,
+                    "text": e.text,
+                    "delivery": e.delivery,
+                })).collect::<Vec<Value>>(),
+            })
+            .to_string(),
+        );
+        return;
+    }
+    if entries.is_empty() {
+        out.line(&format!("no messages with {key} yet"));
+        return;
+    }
+    for e in entries {
+        let at = UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
+        let mark = crate::journal::mark(e.delivery);
+        let line = match e.direction {
+            crate::store::Direction::Out => {
+                format!("[{} you -> {key}] {} {mark}", clock(at), sanitize(&e.text))
+            }
+            crate::store::Direction::In => {
+                format!("[{} {key}] {}", clock(at), sanitize(&e.text))
+            }
+        };
+        out.line(&line);
     }
 }
 
@@ -463,40 +994,120 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
 mod tests {
     use super::*;
 
+    fn id(n: ClientId) -> Target {
+        Target::Id(n)
+    }
+
+    fn name(n: &str) -> Target {
+        Target::Name(n.into())
+    }
+
+    fn send(targets: Vec<Target>, text: &str) -> Result<Command, String> {
+        Ok(Command::Send {
+            targets,
+            text: text.into(),
+        })
+    }
+
     #[test]
     fn commands_parse() {
-        assert_eq!(parse_command("connect 3"), Ok(Command::Connect(3)));
-        assert_eq!(parse_command("  CONNECT   3 "), Ok(Command::Connect(3)));
-        assert_eq!(parse_command("/connect 3"), Ok(Command::Connect(3)));
+        assert_eq!(parse_command("connect 3"), Ok(Command::Connect(id(3))));
+        assert_eq!(parse_command("  CONNECT   3 "), Ok(Command::Connect(id(3))));
+        assert_eq!(parse_command("/connect 3"), Ok(Command::Connect(id(3))));
+        assert_eq!(
+            parse_command("connect bob"),
+            Ok(Command::Connect(name("bob")))
+        );
         assert_eq!(parse_command("accept"), Ok(Command::Accept(None)));
-        assert_eq!(parse_command("accept 2"), Ok(Command::Accept(Some(2))));
-        assert_eq!(parse_command("reject 2"), Ok(Command::Reject(Some(2))));
+        assert_eq!(parse_command("accept 2"), Ok(Command::Accept(Some(id(2)))));
+        assert_eq!(
+            parse_command("reject bob"),
+            Ok(Command::Reject(Some(name("bob"))))
+        );
         assert_eq!(parse_command("terminate"), Ok(Command::Terminate(None)));
+        assert_eq!(
+            parse_command("switch Bob"),
+            Ok(Command::Switch(name("Bob")))
+        );
+        assert_eq!(parse_command("sessions"), Ok(Command::Sessions));
+        assert_eq!(parse_command("list"), Ok(Command::List));
         assert_eq!(parse_command("leave"), Ok(Command::Leave));
         assert_eq!(parse_command("quit"), Ok(Command::Leave));
         assert_eq!(parse_command("help"), Ok(Command::Help));
         assert_eq!(parse_command("status"), Ok(Command::Status));
         assert_eq!(parse_command(""), Ok(Command::Nothing));
+        assert_eq!(
+            parse_command("broadcast  hi  all"),
+            Ok(Command::Broadcast("hi  all".into()))
+        );
+    }
+
+    #[test]
+    fn history_takes_a_peer_and_a_count() {
+        assert_eq!(
+            parse_command("history"),
+            Ok(Command::History {
+                peer: None,
+                count: DEFAULT_HISTORY
+            })
+        );
+        assert_eq!(
+            parse_command("history bob 5"),
+            Ok(Command::History {
+                peer: Some(name("bob")),
+                count: 5
+            })
+        );
+        assert_eq!(
+            parse_command("history 3"),
+            Ok(Command::History {
+                peer: Some(id(3)),
+                count: DEFAULT_HISTORY
+            })
+        );
+        assert!(parse_command("history bob many").is_err());
+        assert!(parse_command("history bob 0").is_err());
+        assert!(parse_command("history a b c").is_err());
+    }
+
+    #[test]
+    fn send_takes_targets_before_the_text() {
+        assert_eq!(
+            parse_command("send @2 @bob hello there"),
+            send(vec![id(2), name("bob")], "hello there")
+        );
+        assert_eq!(parse_command("@bob hi"), send(vec![name("bob")], "hi"));
+        // The same target twice gets one copy.
+        assert_eq!(
+            parse_command("send @bob @BOB @bob x"),
+            send(vec![name("bob"), name("BOB")], "x")
+        );
+        let e = parse_command("send @bob").unwrap_err();
+        assert!(e.contains("needs a message"), "{e}");
+        let e = parse_command("send @no/pe hi").unwrap_err();
+        assert!(e.contains("@no/pe"), "{e}");
+        // An @ inside the text is text.
+        assert_eq!(
+            parse_command("send mail me @ home"),
+            send(vec![], "mail me @ home")
+        );
     }
 
     #[test]
     fn send_keeps_the_text_as_typed() {
         assert_eq!(
             parse_command("send  hello   world "),
-            Ok(Command::Send("hello   world ".into()))
+            send(vec![], "hello   world ")
         );
-        assert_eq!(
-            parse_command("hello there"),
-            Ok(Command::Send("hello there".into()))
-        );
+        assert_eq!(parse_command("hello there"), send(vec![], "hello there"));
         // A plain line that merely starts like a command word is a message.
         assert_eq!(
             parse_command("leave me alone"),
-            Ok(Command::Send("leave me alone".into()))
+            send(vec![], "leave me alone")
         );
         assert_eq!(
             parse_command("send accept my apologies"),
-            Ok(Command::Send("accept my apologies".into()))
+            send(vec![], "accept my apologies")
         );
     }
 
@@ -504,16 +1115,43 @@ mod tests {
     fn bad_arguments_get_one_clear_line() {
         let e = parse_command("connect").unwrap_err();
         assert!(e.contains("connect 3"), "{e}");
-        let e = parse_command("connect bob").unwrap_err();
-        assert!(e.contains("not a client id"), "{e}");
+        let e = parse_command("connect b/ob").unwrap_err();
+        assert!(e.contains("connect"), "{e}");
         let e = parse_command("connect 0").unwrap_err();
         assert!(e.contains("start at 1"), "{e}");
-        let e = parse_command("accept x").unwrap_err();
+        let e = parse_command("accept 3x").unwrap_err();
         assert!(e.contains("accept"), "{e}");
         let e = parse_command("send").unwrap_err();
         assert!(e.contains("send hello"), "{e}");
         let e = parse_command("/dance").unwrap_err();
         assert!(e.contains("unknown command /dance"), "{e}");
+        let e = parse_command("switch").unwrap_err();
+        assert!(e.contains("switch bob"), "{e}");
+    }
+
+    #[test]
+    fn help_gives_every_command_an_example() {
+        for word in [
+            "connect",
+            "accept",
+            "reject",
+            "send",
+            "broadcast",
+            "switch",
+            "sessions",
+            "list",
+            "history",
+            "terminate",
+            "status",
+            "leave",
+            "help",
+        ] {
+            let line = HELP
+                .lines()
+                .find(|l| l.trim_start().starts_with(word))
+                .unwrap_or_else(|| panic!("{word} is not in help"));
+            assert!(line.contains("e.g. "), "no example for {word}: {line}");
+        }
     }
 
     #[test]
@@ -525,6 +1163,46 @@ mod tests {
         });
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(shown.contains("hi") && shown.contains("there"));
+    }
+
+    #[test]
+    fn colour_only_when_asked_and_plain_lines_have_no_escapes() {
+        let ev = Event::Delivered { peer: 2, seq: 1 };
+        let now = SystemTime::now();
+        let plain = render_human(&ev, &NoNames, Style::default(), now);
+        assert!(!plain.contains('\u{1b}'), "{plain:?}");
+        let coloured = render_human(
+            &ev,
+            &NoNames,
+            Style {
+                color: true,
+                timestamps: false,
+            },
+            now,
+        );
+        assert!(coloured.starts_with("\u{1b}["), "{coloured:?}");
+        assert!(coloured.contains("#1 delivered to 2"), "{coloured:?}");
+    }
+
+    #[test]
+    fn message_lines_carry_the_time_when_asked() {
+        let ev = Event::Message {
+            from: 2,
+            seq: 4,
+            text: "hi".into(),
+        };
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let line = render_human(
+            &ev,
+            &NoNames,
+            Style {
+                color: false,
+                timestamps: true,
+            },
+            at,
+        );
+        assert_eq!(line, format!("[{} 2 #4] hi", clock(at)));
+        assert_eq!(clock(at).len(), 8);
     }
 
     #[test]
@@ -546,5 +1224,47 @@ mod tests {
             human_line(&Event::Inactive { peer: 3 }),
             "Client 3 Inactive"
         );
+        let v: serde_json::Value = serde_json::from_str(&json_line(&Event::Queued {
+            to: name("bob"),
+            text: "later".into(),
+        }))
+        .unwrap();
+        assert_eq!(v, json!({"event": "queued", "to": "bob", "text": "later"}));
+    }
+
+    struct Bob;
+
+    impl Names for Bob {
+        fn name_of(&self, id: ClientId) -> Option<&str> {
+            (id == 2).then_some("bob")
+        }
+        fn display_name_of(&self, id: ClientId) -> Option<&str> {
+            (id == 2).then_some("Bob \u{1b}[31mB.")
+        }
+    }
+
+    #[test]
+    fn peers_are_shown_with_their_names() {
+        let v: serde_json::Value =
+            serde_json::from_str(&render_json(&Event::Connected { peer: 2 }, &Bob)).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "connected", "peer": 2, "name": "bob", "display_name": "Bob \u{1b}[31mB."})
+        );
+        let line = render_human(
+            &Event::Connected { peer: 2 },
+            &Bob,
+            Style::default(),
+            SystemTime::now(),
+        );
+        assert!(line.starts_with("connected to bob (2)"), "{line}");
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        let line = render_human(
+            &Event::Request { from: 2 },
+            &Bob,
+            Style::default(),
+            SystemTime::now(),
+        );
+        assert!(line.contains("accept bob"), "{line}");
     }
 }

@@ -17,8 +17,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cli::{self, Input, Output, StdoutOutput, Wake};
+use crate::cli::{self, Input, Output, StdoutOutput, Ui, Wake};
 use crate::peer::{Event, Peer, PeerConfig};
+use crate::profile::{Profile, StateChoice};
 use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats, TableEvent};
 use crate::wire::Packer;
 
@@ -428,13 +429,23 @@ pub struct ClientOptions {
     pub bind: SocketAddr,
     pub peer: PeerConfig,
     pub ui: UiMode,
+    /// Where the identity, queued messages and history are kept.
+    pub state: StateChoice,
+    /// Colour and timestamps of readable output.
+    pub style: cli::Style,
 }
 
 /// Runs the chat client until the user leaves. Returns an error (to print on stderr, exit
 /// non-zero) only when the client cannot work at all: no server, a refused registration, a
 /// port in use.
 pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
-    let mut endpoint = Endpoint::bind(opts.bind, opts.peer.clone())?;
+    let (mut profile, journal, mut notices) =
+        Profile::open(&opts.state, opts.peer.name.as_deref()).map_err(FatalError)?;
+    let mut config = opts.peer.clone();
+    profile.configure(&mut config);
+    let mut endpoint = Endpoint::bind(opts.bind, config)?;
+    let mut ui = Ui::new(opts.ui == UiMode::Json, opts.style, journal);
+    notices.extend(profile.restore(endpoint.peer(), Instant::now(), ui.journal.as_mut()));
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| FatalError(format!("cannot install signal handlers: {e}")))?;
     endpoint
@@ -465,20 +476,35 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
             Box::new(StdoutOutput)
         }
     };
-    let json = opts.ui == UiMode::Json;
+    let json = ui.json;
     info!("client socket bound to {}", endpoint.local_addr());
+    for message in notices {
+        ui.show(endpoint.peer(), &Event::Notice { message }, out.as_mut());
+    }
 
     let _keep_waker = waker;
     // Lines typed before the server gave us an id wait here, in order.
     let mut held: VecDeque<Input> = VecDeque::new();
     let mut interrupts = 0u32;
+    // Says what happens to queued messages and writes the state, at any exit.
+    let finish = |profile: &mut Profile, ui: &mut Ui, peer: &Peer, out: &mut dyn Output| {
+        for message in profile.finish(peer, ui.journal.as_mut()) {
+            out.line(&ui.render(
+                peer,
+                &Event::Notice { message },
+                std::time::SystemTime::now(),
+            ));
+        }
+    };
     loop {
         endpoint.flush();
         while let Some(ev) = endpoint.peer().poll_event() {
-            if matches!(ev, Event::Left { .. } | Event::Fatal { .. }) {
-                out.finish();
+            if let Some(message) = profile.observe(endpoint.peer(), &ev) {
+                ui.show(endpoint.peer(), &Event::Notice { message }, out.as_mut());
             }
             if let Event::Fatal { message } = ev {
+                finish(&mut profile, &mut ui, endpoint.peer(), out.as_mut());
+                out.finish();
                 if json {
                     out.line(&cli::json_line(&Event::Fatal {
                         message: message.clone(),
@@ -486,16 +512,26 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                 }
                 return Err(FatalError(message));
             }
-            out.line(&if json {
-                cli::json_line(&ev)
-            } else {
-                cli::human_line(&ev)
-            });
+            if matches!(ev, Event::Left { .. }) {
+                finish(&mut profile, &mut ui, endpoint.peer(), out.as_mut());
+                out.finish();
+            }
+            ui.show(endpoint.peer(), &ev, out.as_mut());
         }
         if endpoint.peer().is_finished() {
             return Ok(());
         }
-        endpoint.turn(None, |token| match token {
+        let wait = match ui.journal.as_mut() {
+            Some(j) => {
+                let (wait, failed) = profile.save_history(j, Instant::now(), false);
+                if let Some(message) = failed {
+                    ui.show(endpoint.peer(), &Event::Notice { message }, out.as_mut());
+                }
+                wait
+            }
+            None => None,
+        };
+        endpoint.turn(wait, |token| match token {
             WAKER => held.extend(inputs.try_iter()),
             SIGNALS if signals.pending().count() > 0 => held.push_front(Input::Interrupt),
             _ => {}
@@ -508,6 +544,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                 Input::Interrupt => {
                     interrupts += 1;
                     if interrupts >= 2 {
+                        finish(&mut profile, &mut ui, peer, out.as_mut());
                         out.finish();
                         out.line(&if json {
                             cli::json_error("interrupted twice: exiting without waiting")
@@ -520,7 +557,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                 }
                 Input::Eof if registered => peer.finish(now),
                 Input::Line(line) if registered => {
-                    cli::execute(peer, now, line, out.as_mut(), json)
+                    cli::execute(peer, now, line, out.as_mut(), &mut ui)
                 }
                 // Not registered yet: keep it for later.
                 _ => break,

@@ -17,6 +17,10 @@
 //!   signals, and drive the state machines. The only caller of `Instant::now()`.
 //! - [`store`]: the client's state directory: identity, offline outbox and message history
 //!   as JSON files, each saved atomically, the directory locked against a second client.
+//! - [`journal`]: keeps the message history up to date from a peer's events (delivery
+//!   states, queued messages).
+//! - [`profile`]: a client's state between runs, glued to its events: the saved identity
+//!   configures the peer, queued messages come back, changes are written as they happen.
 //!
 //! `examples/echo_bot.rs` drives a [`peer::Peer`] with a plain blocking socket: the state
 //! machines need no particular event loop.
@@ -27,7 +31,9 @@
 
 pub mod cli;
 pub mod driver;
+pub mod journal;
 pub mod peer;
+pub mod profile;
 pub mod registry;
 pub mod reliable;
 pub mod store;

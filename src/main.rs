@@ -1,14 +1,18 @@
 //! The `p2pchat` command: `p2pchat server` and `p2pchat client`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use p2pchat::cli;
 use p2pchat::driver::{self, ClientOptions, ServerOptions, UiMode};
 use p2pchat::peer::PeerConfig;
+use p2pchat::profile::StateChoice;
 use p2pchat::registry::RegistryConfig;
+use p2pchat::wire;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +71,25 @@ enum Command {
         /// One JSON object per event on stdout, for scripts and bots.
         #[arg(long)]
         json: bool,
+        /// A unique name to be known by (letters, digits, _ - .; starting with a letter).
+        /// Kept in the state directory: later runs use it without the flag.
+        #[arg(long, value_parser = parse_name)]
+        name: Option<String>,
+        /// A free-form name shown beside yours, e.g. "Alice L.".
+        #[arg(long, value_parser = parse_display_name)]
+        display_name: Option<String>,
+        /// Where your name, queued messages and history are kept [default: one directory
+        /// per --name in the platform's data directory, e.g. ~/.local/share/p2pchat/alice,
+        /// or .../p2pchat/anonymous].
+        #[arg(long, conflicts_with = "no_state")]
+        state_dir: Option<PathBuf>,
+        /// Keep nothing between runs.
+        #[arg(long)]
+        no_state: bool,
+        /// Seconds between attempts to reach a peer that messages are queued for
+        /// [default: 3 x --retry-interval].
+        #[arg(long, value_parser = parse_seconds)]
+        queue_retry: Option<Duration>,
     },
 }
 
@@ -77,6 +100,16 @@ fn parse_server(text: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {text:?}: {e} (expected host:port)"))?
         .next()
         .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    wire::check_name(text).map_err(|e| e.to_string())?;
+    Ok(text.to_string())
+}
+
+fn parse_display_name(text: &str) -> Result<String, String> {
+    wire::check_display_name(text).map_err(|e| e.to_string())?;
+    Ok(text.to_string())
 }
 
 /// Seconds, decimals allowed ("10", "0.2"); at least a millisecond.
@@ -122,10 +155,26 @@ fn main() -> ExitCode {
             connect_tries,
             message_tries,
             json,
+            name,
+            display_name,
+            state_dir,
+            no_state,
+            queue_retry,
         } => {
             use std::io::IsTerminal;
             let mut peer = PeerConfig::new(server, retry_interval);
             peer.want_id = id;
+            peer.name = name;
+            peer.display_name = display_name;
+            if let Some(q) = queue_retry {
+                peer.queue_retry = q;
+            }
+            let state = match (no_state, state_dir) {
+                (true, _) => StateChoice::Off,
+                (false, Some(dir)) => StateChoice::Dir(dir),
+                (false, None) => StateChoice::Default,
+            };
+            let style = cli::Style::for_terminal(std::io::stdout().is_terminal());
             peer.connect_tries = connect_tries;
             peer.chat.max_tries = message_tries;
             let ui = if json {
@@ -135,7 +184,13 @@ fn main() -> ExitCode {
             } else {
                 UiMode::Plain
             };
-            driver::run_client(&ClientOptions { bind, peer, ui })
+            driver::run_client(&ClientOptions {
+                bind,
+                peer,
+                ui,
+                state,
+                style,
+            })
         }
     };
     match result {

@@ -306,7 +306,8 @@ fn bad_commands_get_one_error_line_and_change_nothing() {
     let mut c = JsonClient::start(server.addr, 1);
     let bad = [
         ("/dance", "unknown command /dance"),
-        ("connect abc", "not a client id"),
+        ("connect 3x", "neither a client id nor a name"),
+        ("connect b/ob", "use letters, digits"),
         ("connect 0", "start at 1"),
         ("accept", "no connection request"),
         ("send hi", "not connected"),
@@ -326,7 +327,7 @@ fn bad_commands_get_one_error_line_and_change_nothing() {
     let status = c.next_event("the status");
     assert_eq!(
         status,
-        json!({"event": "status", "id": 1, "current": null, "connected": [], "requests": []})
+        json!({"event": "status", "id": 1, "name": null, "current": null, "connected": [], "requests": []})
     );
     assert_eq!(c.proc.try_exit(), None, "the client exited");
     // Network commands still work too.
@@ -444,10 +445,10 @@ fn a_plain_client_prints_readable_lines() {
     );
     c.write_line("connect 3");
     assert_eq!(c.expect_line("Client 3 Inactive"), "Client 3 Inactive");
-    c.write_line("connect abc");
+    c.write_line("connect 3x");
     let error = c.expect_line("an error");
     assert!(
-        error.starts_with("error: ") && error.contains("not a client id"),
+        error.starts_with("error: ") && error.contains("neither a client id nor a name"),
         "{error:?}"
     );
     c.write_line("leave");

@@ -39,6 +39,39 @@ pub struct Proc {
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
     stderr: Arc<Mutex<StderrSink>>,
+    /// The child's own data directory (`XDG_DATA_HOME`), removed on drop.
+    data_home: TempDir,
+}
+
+/// A fresh directory under the system's temporary directory, removed (with what it holds)
+/// on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("p2pchat-test-{}-{what}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cannot create a temporary directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Proc {
@@ -72,8 +105,13 @@ impl Proc {
             }
             None => Command::new(bin),
         };
+        // Every child gets a data directory of its own: its default state directory is
+        // there, so tests never share state (nor touch the user's).
+        let data_home = TempDir::new("data");
         let mut child = command
             .args(args)
+            .env("XDG_DATA_HOME", data_home.path())
+            .env_remove("NO_COLOR")
             .env_remove("RUST_LOG") // only the program's own lines on stderr
             .stdin(stdin)
             .stdout(Stdio::piped())
@@ -104,6 +142,7 @@ impl Proc {
             sink.lock().unwrap().closed = true;
         });
         Proc {
+            data_home,
             stdin: child.stdin.take(),
             child,
             stdout: rx,
