@@ -278,9 +278,11 @@ pub fn who(names: &dyn Names, id: ClientId) -> String {
     }
 }
 
-/// `bob`, or `3`: short, for message lines.
+/// `bob (3)`, or `3`: for message lines.
 fn short(names: &dyn Names, id: ClientId) -> String {
-    names.name_of(id).map_or_else(|| id.to_string(), sanitize)
+    names
+        .name_of(id)
+        .map_or_else(|| id.to_string(), |n| format!("{} ({id})", sanitize(n)))
 }
 
 /// ` "Alice L."` when peer `id` has a display name.
