@@ -1246,7 +1246,8 @@ impl Peer {
             State::Incoming { .. } => true,
             State::LookingUp { .. } | State::Requesting { .. } => s.auto,
         }) && self.resolving.values().all(|r| r.auto)
-            && self.listing.is_none();
+            && self.listing.is_none()
+            && self.claiming.is_none();
         if settled {
             self.leave(now);
         }
