@@ -21,7 +21,7 @@ use crate::cli::{self, Input, Output, StdoutOutput, Ui, Wake};
 use crate::peer::{Event, Peer, PeerConfig};
 use crate::profile::{Profile, StateChoice};
 use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats, TableEvent};
-use crate::wire::Packer;
+use crate::wire::{ClientId, Packer};
 
 const SOCKET: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -340,6 +340,14 @@ impl Server {
     }
 }
 
+/// "client 3" or "client 3 (alice)".
+fn client_label(id: ClientId, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("client {id} ({name})"),
+        None => format!("client {id}"),
+    }
+}
+
 /// One line per change, or one line summing them up when there are many.
 pub fn render_changes(changes: &[TableEvent]) -> String {
     use std::fmt::Write as _;
@@ -348,27 +356,50 @@ pub fn render_changes(changes: &[TableEvent]) -> String {
         for ev in changes {
             let _ = match ev {
                 TableEvent::Joined { id, addr } => writeln!(s, "client {id} joined from {addr}"),
-                TableEvent::Left { id, addr } => writeln!(s, "client {id} at {addr} left"),
-                TableEvent::Expired { id, addr } => {
-                    writeln!(s, "client {id} at {addr} expired (not heard from)")
+                TableEvent::Named {
+                    id,
+                    addr,
+                    name,
+                    display_name,
+                } => match display_name {
+                    Some(d) => writeln!(s, "client {id} at {addr} is now {name} ({d})"),
+                    None => writeln!(s, "client {id} at {addr} is now {name}"),
+                },
+                TableEvent::Left { id, addr, name } => {
+                    writeln!(s, "{} at {addr} left", client_label(*id, name.as_deref()))
                 }
+                TableEvent::Expired { id, addr, name } => writeln!(
+                    s,
+                    "{} at {addr} expired (not heard from)",
+                    client_label(*id, name.as_deref())
+                ),
+                TableEvent::Replaced { id, addr, name, by } => writeln!(
+                    s,
+                    "{} at {addr} left (replaced by its next run, client {by})",
+                    client_label(*id, Some(name))
+                ),
             };
         }
     } else {
         let count = |f: fn(&TableEvent) -> bool| changes.iter().filter(|e| f(e)).count();
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{} clients joined, {} left, {} expired",
             count(|e| matches!(e, TableEvent::Joined { .. })),
-            count(|e| matches!(e, TableEvent::Left { .. })),
+            count(|e| matches!(e, TableEvent::Left { .. } | TableEvent::Replaced { .. })),
             count(|e| matches!(e, TableEvent::Expired { .. })),
         );
+        let named = count(|e| matches!(e, TableEvent::Named { .. }));
+        if named > 0 {
+            let _ = write!(s, ", {named} named");
+        }
+        s.push('\n');
     }
     s
 }
 
 /// The table as printed by the server: a count, then one row per client in id order (only
-/// the count above `max_rows` clients).
+/// the count above `max_rows` clients). The name columns are there when a client has one.
 pub fn render_table(
     registry: &Registry,
     max_rows: usize,
@@ -386,17 +417,29 @@ pub fn render_table(
     }
     let _ = writeln!(s, "active clients: {}", registry.len());
     if !registry.is_empty() {
-        let _ = writeln!(s, "  {:>6}  {:<24}  JOINED (UTC)", "ID", "ADDRESS");
-        let mut rows: Vec<_> = registry.entries().collect();
-        rows.sort_unstable_by_key(|e| e.id);
-        for e in rows {
-            let _ = writeln!(
+        let names = registry.has_names();
+        let _ = write!(s, "  {:>6}  {:<24}  JOINED (UTC)", "ID", "ADDRESS");
+        let _ = if names {
+            writeln!(s, "  {:<16}  DISPLAY NAME", "NAME")
+        } else {
+            writeln!(s)
+        };
+        for e in registry.entries() {
+            let _ = write!(
                 s,
                 "  {:>6}  {:<24}  {}",
                 e.id,
                 e.addr.to_string(),
                 utc_time_of_day(wall_clock(e.joined))
             );
+            if names {
+                let _ = write!(s, "      {:<16}", e.name.as_deref().unwrap_or("-"));
+                if let Some(d) = &e.display_name {
+                    let _ = write!(s, "  {d}");
+                }
+                s.truncate(s.trim_end().len());
+            }
+            s.push('\n');
         }
     }
     s
@@ -724,8 +767,16 @@ mod tests {
         assert_eq!(render_changes(&few).lines().count(), 3);
         let mut many: Vec<TableEvent> =
             (1..=30).map(|id| TableEvent::Joined { id, addr }).collect();
-        many.push(TableEvent::Left { id: 1, addr });
-        many.push(TableEvent::Expired { id: 2, addr });
+        many.push(TableEvent::Left {
+            id: 1,
+            addr,
+            name: None,
+        });
+        many.push(TableEvent::Expired {
+            id: 2,
+            addr,
+            name: Some("bob".into()),
+        });
         assert_eq!(
             render_changes(&many),
             "30 clients joined, 1 left, 1 expired\n"

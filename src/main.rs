@@ -47,6 +47,10 @@ enum Command {
         /// Above this many clients, the printed table shows the count instead of every row.
         #[arg(long, default_value_t = 100)]
         table_rows: usize,
+        /// Do not tell clients who is online: `list` is answered "this server does not list
+        /// its clients" (names can still be claimed and resolved).
+        #[arg(long)]
+        no_list: bool,
     },
     /// Run a chat client: register with the server, then connect to peers and chat.
     Client {
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             register_rate,
             register_burst,
             table_rows,
+            no_list,
         } => {
             let opts = ServerOptions {
                 bind,
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
                     max_clients: usize::try_from(max_clients).unwrap_or(usize::MAX),
                     register_rate: register_rate.max(0.0),
                     register_burst: register_burst.max(1),
+                    list: !no_list,
                 },
                 table_rows,
             };

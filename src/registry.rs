@@ -7,14 +7,14 @@
 //! ([`Registry::poll_timeout`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::debug;
 use rand::{Rng, SeedableRng};
 
-use crate::wire::{self, ClientId, DecodeError, ErrorCode, Message, Token};
+use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token};
 
 /// Settings of a [`Registry`].
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct RegistryConfig {
     /// How many new registrations one source IP address may make at once before the rate
     /// applies (the bucket's size).
     pub register_burst: u32,
+    /// Whether registered clients may ask who is online (`List`); `false` answers every
+    /// `List` with `ListDisabled` (`p2pchat server --no-list`).
+    pub list: bool,
 }
 
 impl Default for RegistryConfig {
@@ -38,6 +41,7 @@ impl Default for RegistryConfig {
             max_clients: 100_000,
             register_rate: 20.0,
             register_burst: 200,
+            list: true,
         }
     }
 }
@@ -68,7 +72,24 @@ pub struct Entry {
     pub token: Token,
     pub joined: Instant,
     pub last_seen: Instant,
+    /// The name the client claimed, as it spelled it.
+    pub name: Option<String>,
+    pub display_name: Option<String>,
 }
+
+/// A claimed name, kept beside the table (most clients have none, and pay nothing for it).
+#[derive(Debug, Clone)]
+struct Name {
+    /// As the client spelled it (the index is by its ASCII-lowercase form).
+    name: Box<str>,
+    display_name: Option<Box<str>>,
+}
+
+/// The most id slots one `List` page looks at. The dense id index may have long runs of
+/// free ids (after many clients left); the page then ends early, with `next` naming the
+/// last id looked at, so that one request costs a bounded amount of work whatever the
+/// table looks like.
+pub const MAX_LIST_SCAN: usize = 16_384;
 
 /// How a client is stored: 64 bytes, times in nanoseconds since the table's epoch.
 #[derive(Debug, Clone, Copy)]
@@ -100,8 +121,8 @@ struct Table {
 struct IdIndex {
     /// `dense[id]` is the record's position, or `ABSENT`.
     dense: Vec<u32>,
-    /// Ids at or above `dense.len()`.
-    sparse: HashMap<ClientId, u32>,
+    /// Ids at or above `dense.len()`, ordered so that `List` can page through them.
+    sparse: BTreeMap<ClientId, u32>,
 }
 
 const ABSENT: u32 = u32::MAX;
@@ -141,6 +162,30 @@ impl IdIndex {
         }
     }
 
+    /// Every id slot above `after` (from the first with `None`) in increasing id order: the
+    /// dense part's slots, free ones included (as `None`, so that a caller can bound how
+    /// many it looks at), then the sparse ids.
+    fn slots_after(
+        &self,
+        after: Option<ClientId>,
+    ) -> impl Iterator<Item = (ClientId, Option<u32>)> + Clone + '_ {
+        use std::ops::Bound;
+        let start = after.map_or(0, |a| a as usize + 1);
+        let dense = self
+            .dense
+            .get(start..)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+            .map(move |(k, &i)| ((start + k) as ClientId, (i != ABSENT).then_some(i)));
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let sparse = self
+            .sparse
+            .range((from, Bound::Unbounded))
+            .map(|(&id, &i)| (id, Some(i)));
+        dense.chain(sparse)
+    }
+
     fn remove(&mut self, id: ClientId) -> Option<u32> {
         match self.dense.get_mut(id as usize) {
             Some(slot) => {
@@ -150,6 +195,19 @@ impl IdIndex {
             None => self.sparse.remove(&id),
         }
     }
+}
+
+/// Whether the slots hold no client, looking at no more than `budget` of them (if it runs
+/// out, there may be one).
+fn no_client_in(mut slots: impl Iterator<Item = (ClientId, Option<u32>)>, budget: usize) -> bool {
+    for _ in 0..budget {
+        match slots.next() {
+            None => return true,
+            Some((_, Some(_))) => return false,
+            Some((_, None)) => {}
+        }
+    }
+    false
 }
 
 impl Table {
@@ -205,23 +263,52 @@ impl Table {
         Some(r)
     }
 
-    fn entry(&self, r: &Record) -> Entry {
+    fn entry(&self, r: &Record, name: Option<&Name>) -> Entry {
         Entry {
             id: r.id,
             addr: r.addr,
             token: r.token,
             joined: self.instant(r.joined),
             last_seen: self.instant(r.last_seen),
+            name: name.map(|n| n.name.to_string()),
+            display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
         }
     }
 }
 
-/// A change to the table, for the driver to print.
+/// A change to the table, for the driver to print. A client that leaves carries the name it
+/// had, if any, since its entry is gone by the time the event is printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableEvent {
-    Joined { id: ClientId, addr: SocketAddr },
-    Left { id: ClientId, addr: SocketAddr },
-    Expired { id: ClientId, addr: SocketAddr },
+    Joined {
+        id: ClientId,
+        addr: SocketAddr,
+    },
+    /// The client claimed `name` (a first name, another one, or a new display name).
+    Named {
+        id: ClientId,
+        addr: SocketAddr,
+        name: String,
+        display_name: Option<String>,
+    },
+    Left {
+        id: ClientId,
+        addr: SocketAddr,
+        name: Option<String>,
+    },
+    Expired {
+        id: ClientId,
+        addr: SocketAddr,
+        name: Option<String>,
+    },
+    /// Removed because client `by`, the next run of the same client (it proved it with this
+    /// entry's token), claimed its name.
+    Replaced {
+        id: ClientId,
+        addr: SocketAddr,
+        name: String,
+        by: ClientId,
+    },
 }
 
 /// An answer to send.
@@ -244,8 +331,14 @@ pub struct Stats {
     pub malformed: u64,
     /// Decodable, but not something a server answers (peer-to-peer messages, answers).
     pub unexpected: u64,
-    /// `Leave` or `Keepalive` that matched no registration (forged, stale, or after a restart).
+    /// `Leave`, `Keepalive`, `Claim` or `List` that matched no registration (forged, stale,
+    /// or after a restart).
     pub refused: u64,
+    /// `Claim`s refused because the name was taken (`NameTaken`) or broke the rules
+    /// (`BadName`).
+    pub claims_refused: u64,
+    /// `List` pages sent.
+    pub list_pages: u64,
     /// New registrations refused because their source went over its rate.
     pub rate_limited: u64,
     /// Messages dropped because their datagram packed more than
@@ -266,6 +359,10 @@ struct Departure {
 pub struct Registry {
     config: RegistryConfig,
     clients: Table,
+    /// The claimed names, by id and by ASCII-lowercase name. Only named clients have
+    /// entries here.
+    names: HashMap<ClientId, Name>,
+    by_name: HashMap<Box<str>, ClientId>,
     /// Ids below `next_id` that were freed; the lowest free id is the smaller of the first of
     /// these and `next_id`.
     free_ids: BTreeSet<ClientId>,
@@ -299,6 +396,8 @@ impl Registry {
         Registry {
             config,
             clients: Table::default(),
+            names: HashMap::new(),
+            by_name: HashMap::new(),
             free_ids: BTreeSet::new(),
             next_id: 1,
             expiry: BinaryHeap::new(),
@@ -324,14 +423,28 @@ impl Registry {
             .clients
             .records
             .iter()
-            .map(|r| self.clients.entry(r))
+            .map(|r| self.clients.entry(r, self.name_of(r.id)))
             .collect();
         all.sort_unstable_by_key(|e| e.id);
         all.into_iter()
     }
 
     pub fn get(&self, id: ClientId) -> Option<Entry> {
-        self.clients.get(id).map(|r| self.clients.entry(r))
+        self.clients
+            .get(id)
+            .map(|r| self.clients.entry(r, self.name_of(id)))
+    }
+
+    /// Whether any client has claimed a name.
+    pub fn has_names(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    fn name_of(&self, id: ClientId) -> Option<&Name> {
+        if self.names.is_empty() {
+            return None; // the common case costs no hashing
+        }
+        self.names.get(&id)
     }
 
     pub fn len(&self) -> usize {
@@ -399,28 +512,37 @@ impl Registry {
             Message::Register { want_id } => self.register(now, from, want_id),
             Message::Lookup { id } => {
                 let answer = match self.clients.get(id) {
-                    Some(r) => Message::Found {
-                        id,
-                        addr: r.addr,
-                        name: None,
-                        display_name: None,
-                    },
+                    Some(r) => self.found(r.id, r.addr),
                     None => Message::Inactive { id },
                 };
                 self.send(from, answer);
             }
+            Message::Resolve { name } => {
+                let holder = if self.by_name.is_empty() {
+                    None
+                } else {
+                    self.by_name
+                        .get(name.to_ascii_lowercase().as_str())
+                        .copied()
+                };
+                let answer = match holder.and_then(|id| self.clients.get(id)) {
+                    Some(r) => self.found(r.id, r.addr),
+                    None => Message::Unknown { name },
+                };
+                self.send(from, answer);
+            }
+            Message::Claim {
+                id,
+                token,
+                name,
+                display_name,
+                previous,
+            } => self.claim(from, id, token, name, display_name, previous),
+            Message::List { id, token, after } => self.list(now, from, id, token, after),
             Message::Leave { id, token } => self.leave(now, from, id, token),
             Message::Keepalive { id, token } => {
                 if !self.owns(from, id, token) {
-                    self.stats.refused += 1;
-                    debug!("{from}: keepalive for id {id} matches no registration");
-                    self.send(
-                        from,
-                        Message::Error {
-                            code: ErrorCode::NotRegistered,
-                            detail: format!("client {id} is not registered from {from}"),
-                        },
-                    );
+                    self.not_registered(from, id, "keepalive");
                 }
             }
             other => {
@@ -450,10 +572,13 @@ impl Registry {
                 self.expiry.push(Reverse((due, id, serial)));
                 continue;
             }
-            let r = self.remove(id);
+            let (r, name) = self.remove(id);
             debug!("client {id} at {} expired", r.addr);
-            self.events
-                .push_back(TableEvent::Expired { id, addr: r.addr });
+            self.events.push_back(TableEvent::Expired {
+                id,
+                addr: r.addr,
+                name: name.map(String::from),
+            });
         }
         self.forget_departures(now);
     }
@@ -616,6 +741,213 @@ impl Registry {
         false
     }
 
+    /// The answer to a `Lookup` or `Resolve` that found client `id` at `addr`.
+    fn found(&self, id: ClientId, addr: SocketAddr) -> Message {
+        let name = self.name_of(id);
+        Message::Found {
+            id,
+            addr,
+            name: name.map(|n| n.name.to_string()),
+            display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
+        }
+    }
+
+    /// Answers a request that needs a registration (`id` and `token` from its address)
+    /// and did not match one.
+    fn not_registered(&mut self, from: SocketAddr, id: ClientId, what: &str) {
+        self.stats.refused += 1;
+        debug!("{from}: {what} for id {id} matches no registration");
+        self.send(
+            from,
+            Message::Error {
+                code: ErrorCode::NotRegistered,
+                detail: format!("client {id} is not registered from {from} with that token"),
+            },
+        );
+    }
+
+    fn refuse_claim(&mut self, from: SocketAddr, code: ErrorCode, detail: String) {
+        self.stats.claims_refused += 1;
+        debug!("{from}: claim refused: {detail}");
+        self.send(from, Message::Error { code, detail });
+    }
+
+    fn claim(
+        &mut self,
+        from: SocketAddr,
+        id: ClientId,
+        token: Token,
+        name: String,
+        display_name: Option<String>,
+        previous: Option<Token>,
+    ) {
+        if !self.owns(from, id, token) {
+            self.not_registered(from, id, "claim");
+            return;
+        }
+        let checked = wire::check_name(&name).and_then(|()| {
+            display_name
+                .as_deref()
+                .map_or(Ok(()), wire::check_display_name)
+        });
+        if let Err(e) = checked {
+            self.refuse_claim(from, ErrorCode::BadName, e.0);
+            return;
+        }
+        let key: Box<str> = name.to_ascii_lowercase().into();
+        match self.by_name.get(&key).copied() {
+            Some(holder) if holder == id => {
+                // A retransmission, or a new spelling or display name of the same name.
+                let n = self.names.get_mut(&id).expect("a holder has a name");
+                let same = *n.name == *name && n.display_name.as_deref() == display_name.as_deref();
+                if same {
+                    self.send(from, Message::Claimed { id, name });
+                    return;
+                }
+            }
+            Some(holder) => {
+                let holder_token = self.clients.get(holder).map(|r| r.token);
+                if previous.is_none() || previous != holder_token {
+                    let detail = format!("name {name} is taken by client {holder}");
+                    self.refuse_claim(from, ErrorCode::NameTaken, detail);
+                    return;
+                }
+                // The holder is this client's previous run, which did not leave.
+                let (old, old_name) = self.remove(holder);
+                debug!("client {holder} at {} replaced by client {id}", old.addr);
+                self.events.push_back(TableEvent::Replaced {
+                    id: holder,
+                    addr: old.addr,
+                    name: old_name.map_or_else(|| name.clone(), String::from),
+                    by: id,
+                });
+            }
+            None => {}
+        }
+        self.release_name(id);
+        self.by_name.insert(key, id);
+        self.names.insert(
+            id,
+            Name {
+                name: name.as_str().into(),
+                display_name: display_name.as_deref().map(Box::from),
+            },
+        );
+        debug!("client {id} at {from} is now {name}");
+        self.events.push_back(TableEvent::Named {
+            id,
+            addr: from,
+            name: name.clone(),
+            display_name,
+        });
+        self.send(from, Message::Claimed { id, name });
+    }
+
+    /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
+    /// in a datagram of `PACK_LIMIT` bytes (looking at no more than `MAX_LIST_SCAN` id
+    /// slots).
+    fn list(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        id: ClientId,
+        token: Token,
+        after: Option<ClientId>,
+    ) {
+        if !self.owns(from, id, token) {
+            self.not_registered(from, id, "list");
+            return;
+        }
+        if !self.config.list {
+            self.send(
+                from,
+                Message::Error {
+                    code: ErrorCode::ListDisabled,
+                    detail: "this server does not list its clients".into(),
+                },
+            );
+            return;
+        }
+        let page = self.page(now, after);
+        self.stats.list_pages += 1;
+        self.send(from, page);
+    }
+
+    /// One `Listing` page. Its size is measured with the encoder: MessagePack values
+    /// concatenate, so the page is the empty `Listing` (with its `next` and `total`), plus
+    /// the array header's growth, plus each client's own encoding; the result is checked
+    /// with `wire::encode` before it goes.
+    fn page(&mut self, now: Instant, after: Option<ClientId>) -> Message {
+        let now_ns = self.clients.nanos(now);
+        let total = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
+        let size_with = |next: Option<ClientId>, items: usize, bytes: usize| {
+            let empty = wire::encode(&Message::Listing {
+                clients: Vec::new(),
+                next,
+                total,
+            })
+            .len();
+            // An empty array is one byte; up to 15 items too, then three (array 16).
+            empty + if items <= 15 { 0 } else { 2 } + bytes
+        };
+        let mut clients: Vec<Listed> = Vec::new();
+        let mut bytes = 0;
+        let mut scratch = Vec::with_capacity(256);
+        let mut next = None;
+        let mut scanned = 0;
+        let mut slots = self.clients.by_id.slots_after(after).peekable();
+        while let Some((slot_id, position)) = slots.next() {
+            scanned += 1;
+            if let Some(i) = position {
+                let r = &self.clients.records[i as usize];
+                let name = self.name_of(slot_id);
+                let listed = Listed {
+                    id: slot_id,
+                    name: name.map(|n| n.name.to_string()),
+                    display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
+                    online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
+                        .unwrap_or(u32::MAX),
+                };
+                scratch.clear();
+                rmp_serde::encode::write_named(&mut scratch, &listed)
+                    .expect("encoding into a Vec cannot fail");
+                let with = bytes + scratch.len();
+                let n = clients.len() + 1;
+                // Exact when more clients follow (`next` is this id); the last client of
+                // the table may also fit with `next` nil, which is shorter.
+                let fits = size_with(Some(slot_id), n, with) <= wire::PACK_LIMIT
+                    || (size_with(None, n, with) <= wire::PACK_LIMIT
+                        && no_client_in(slots.clone(), MAX_LIST_SCAN - scanned));
+                if !fits {
+                    debug_assert!(!clients.is_empty(), "one client always fits in a page");
+                    next = clients.last().map(|c| c.id).or(after);
+                    break;
+                }
+                clients.push(listed);
+                bytes = with;
+            }
+            if scanned >= MAX_LIST_SCAN && slots.peek().is_some() {
+                next = Some(slot_id);
+                break;
+            }
+        }
+        let mut page = Message::Listing {
+            clients,
+            next,
+            total,
+        };
+        // Checked with the encoder itself (never expected to trim anything).
+        while wire::encode(&page).len() > wire::PACK_LIMIT {
+            let Message::Listing { clients, next, .. } = &mut page else {
+                unreachable!()
+            };
+            let Some(last) = clients.pop() else { break };
+            debug!("listing page trimmed at client {}", last.id);
+            *next = Some(clients.last().map_or(last.id.saturating_sub(1), |c| c.id));
+        }
+        page
+    }
+
     fn registered(&self, id: ClientId, token: Token) -> Message {
         Message::Registered {
             id,
@@ -626,7 +958,7 @@ impl Registry {
 
     fn leave(&mut self, now: Instant, from: SocketAddr, id: ClientId, token: Token) {
         if self.owns(from, id, token) {
-            self.remove(id);
+            let (_, name) = self.remove(id);
             self.remember_departure(Departure {
                 addr: from,
                 id,
@@ -634,7 +966,11 @@ impl Registry {
                 at: now,
             });
             debug!("client {id} at {from} left");
-            self.events.push_back(TableEvent::Left { id, addr: from });
+            self.events.push_back(TableEvent::Left {
+                id,
+                addr: from,
+                name: name.map(String::from),
+            });
             self.send(from, Message::LeaveAck { id });
             return;
         }
@@ -658,12 +994,24 @@ impl Registry {
         );
     }
 
-    fn remove(&mut self, id: ClientId) -> Record {
+    /// Removes client `id` from the table, releasing its name; returns its record and the
+    /// name it had.
+    fn remove(&mut self, id: ClientId) -> (Record, Option<Box<str>>) {
         let r = self.clients.remove(id).expect("removing a present id");
         if id < self.next_id {
             self.free_ids.insert(id);
         }
-        r
+        (r, self.release_name(id))
+    }
+
+    /// Forgets the name of client `id`, if it has one, and returns it.
+    fn release_name(&mut self, id: ClientId) -> Option<Box<str>> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let n = self.names.remove(&id)?;
+        self.by_name.remove(n.name.to_ascii_lowercase().as_str());
+        Some(n.name)
     }
 
     fn lowest_free_id(&mut self) -> Option<ClientId> {
@@ -786,9 +1134,12 @@ mod tests {
                         let token = r.get(id).expect("joined").token;
                         assert!(model.insert(id, (addr, token)).is_none(), "seed {seed}");
                     }
-                    TableEvent::Left { id, .. } | TableEvent::Expired { id, .. } => {
+                    TableEvent::Left { id, .. }
+                    | TableEvent::Expired { id, .. }
+                    | TableEvent::Replaced { id, .. } => {
                         assert!(model.remove(&id).is_some(), "seed {seed} step {step}");
                     }
+                    TableEvent::Named { .. } => {}
                 }
             }
             while r.poll_transmit().is_some() {}

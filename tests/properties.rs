@@ -278,6 +278,7 @@ proptest! {
             max_clients,
             register_rate: 1.0,
             register_burst: 3,
+            list: true,
         };
         let mut reg = Registry::with_seed(config, seed);
         let mut now = Instant::now();
@@ -336,7 +337,11 @@ proptest! {
                 prop_assert!(added.is_empty());
                 for id in &removed {
                     prop_assert!(last_seen[id] + ttl <= now, "client {} expired early", id);
-                    let expired = TableEvent::Expired { id: *id, addr: before[id].0 };
+                    let expired = TableEvent::Expired {
+                        id: *id,
+                        addr: before[id].0,
+                        name: None,
+                    };
                     prop_assert!(events.contains(&expired), "no event for expired client {}", id);
                 }
                 if let Some(t) = reg.poll_timeout() {

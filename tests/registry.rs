@@ -156,7 +156,8 @@ fn an_expired_id_is_reused() {
         events(&mut r),
         [TableEvent::Expired {
             id: 1,
-            addr: addr(1001)
+            addr: addr(1001),
+            name: None
         }]
     );
     assert_eq!(register(&mut r, t0 + secs(31), addr(1003), None).0, 1);
@@ -351,7 +352,8 @@ fn leave_with_the_right_token_from_the_registered_address_removes_acks_and_emits
         events(&mut r),
         [TableEvent::Left {
             id,
-            addr: addr(1001)
+            addr: addr(1001),
+            name: None,
         }]
     );
     assert_eq!(r.stats().refused, 0);
@@ -501,7 +503,8 @@ fn an_entry_not_heard_from_expires_after_ttl() {
         events(&mut r),
         [TableEvent::Expired {
             id,
-            addr: addr(1001)
+            addr: addr(1001),
+            name: None,
         }]
     );
     let answers = send(
@@ -525,7 +528,8 @@ fn expiry_removes_only_the_entries_whose_time_has_come() {
         events(&mut r),
         [TableEvent::Expired {
             id: 1,
-            addr: addr(1001)
+            addr: addr(1001),
+            name: None
         }]
     );
     r.handle_timeout(t0 + secs(51));
@@ -633,7 +637,8 @@ fn poll_timeout_reports_a_deadline_no_later_than_the_expiry() {
         events(&mut r),
         [TableEvent::Expired {
             id,
-            addr: addr(1001)
+            addr: addr(1001),
+            name: None,
         }]
     );
 }

@@ -177,7 +177,14 @@ fn check_message(
         "{msg:?} from {from}"
     );
     if let Some(id) = honoured {
-        assert_eq!(events, [TableEvent::Left { id, addr: from }]);
+        assert_eq!(
+            events,
+            [TableEvent::Left {
+                id,
+                addr: from,
+                name: None
+            }]
+        );
         assert!(transmits.contains(&Transmit {
             to: from,
             message: Message::LeaveAck { id }
@@ -218,6 +225,7 @@ fuzz_target!(|input: Input| {
         max_clients: usize::from(input.max_clients % 5),
         register_rate: f64::from(input.register_rate % 4) / 2.0,
         register_burst: u32::from(input.register_burst % 4),
+        list: true,
     };
     let ttl = config.ttl;
     let max = config.max_clients;
@@ -325,7 +333,8 @@ fuzz_target!(|input: Input| {
                     assert!(row.last_seen + ttl <= now, "client {id} expired early");
                     assert!(events.contains(&TableEvent::Expired {
                         id: *id,
-                        addr: row.addr
+                        addr: row.addr,
+                        name: None
                     }));
                 }
                 assert_eq!(events.len(), removed.len(), "{events:?}");
