@@ -1097,3 +1097,718 @@ fn a_datagram_packed_with_lookups_gets_at_most_eight_answers() {
     );
     assert_eq!(r.stats().excess, 72);
 }
+
+// ---------------------------------------------------------------------- names
+
+fn claim_msg(
+    id: ClientId,
+    token: Token,
+    name: &str,
+    display_name: Option<&str>,
+    previous: Option<Token>,
+) -> Message {
+    Message::Claim {
+        id,
+        token,
+        name: name.into(),
+        display_name: display_name.map(String::from),
+        previous,
+    }
+}
+
+/// Claims `name` for the client registered at `from`, expects `Claimed` and the `Named`
+/// event.
+fn claim(
+    r: &mut Registry,
+    now: Instant,
+    from: SocketAddr,
+    (id, token): (ClientId, Token),
+    name: &str,
+    display_name: Option<&str>,
+) {
+    let answers = send(
+        r,
+        now,
+        from,
+        &claim_msg(id, token, name, display_name, None),
+    );
+    assert_eq!(
+        answers,
+        [Message::Claimed {
+            id,
+            name: name.into()
+        }]
+    );
+    assert_eq!(
+        events(r),
+        [TableEvent::Named {
+            id,
+            addr: from,
+            name: name.into(),
+            display_name: display_name.map(String::from)
+        }]
+    );
+}
+
+fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
+    let answers = send(r, now, addr(9999), &Message::Resolve { name: name.into() });
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    answers.into_iter().next().unwrap()
+}
+
+fn found(id: ClientId, at: SocketAddr, name: &str, display_name: Option<&str>) -> Message {
+    Message::Found {
+        id,
+        addr: at,
+        name: Some(name.into()),
+        display_name: display_name.map(String::from),
+    }
+}
+
+#[test]
+fn a_claimed_name_is_granted_and_lookup_and_resolve_carry_it() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), alice, "Alice", Some("Alice L."));
+    let e = r.get(alice.0).unwrap();
+    assert_eq!(e.name.as_deref(), Some("Alice"));
+    assert_eq!(e.display_name.as_deref(), Some("Alice L."));
+    let by_id = send(&mut r, t0, addr(9999), &Message::Lookup { id: alice.0 });
+    assert_eq!(by_id, [found(1, addr(1001), "Alice", Some("Alice L."))]);
+    assert_eq!(
+        resolve(&mut r, t0, "Alice"),
+        found(1, addr(1001), "Alice", Some("Alice L."))
+    );
+    assert!(r.has_names());
+}
+
+#[test]
+fn resolve_ignores_ascii_case_and_an_unclaimed_name_is_unknown() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let bob = register(&mut r, t0, addr(1002), None);
+    assert_eq!(
+        resolve(&mut r, t0, "bob"),
+        Message::Unknown { name: "bob".into() }
+    );
+    claim(&mut r, t0, addr(1002), bob, "bob", None);
+    for asked in ["bob", "BOB", "bOb"] {
+        assert_eq!(
+            resolve(&mut r, t0, asked),
+            found(1, addr(1002), "bob", None)
+        );
+    }
+    for other in ["bobby", "2bob", "", "b\u{f6}b"] {
+        assert_eq!(
+            resolve(&mut r, t0, other),
+            Message::Unknown { name: other.into() }
+        );
+    }
+}
+
+#[test]
+fn a_name_held_by_another_client_is_name_taken_without_regard_to_case() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    let bob = register(&mut r, t0, addr(1002), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+    for taken in ["alice", "Alice", "ALICE"] {
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1002),
+            &claim_msg(bob.0, bob.1, taken, None, None),
+        );
+        let [Message::Error { code, detail }] = &answers[..] else {
+            panic!("{answers:?}")
+        };
+        assert_eq!(*code, ErrorCode::NameTaken);
+        assert!(detail.contains("taken by client 1"), "{detail}");
+    }
+    assert_eq!(events(&mut r), []);
+    assert_eq!(r.get(bob.0).unwrap().name, None);
+    assert_eq!(r.get(alice.0).unwrap().name.as_deref(), Some("alice"));
+    assert_eq!(r.stats().claims_refused, 3);
+}
+
+#[test]
+fn bad_names_and_display_names_are_refused_and_change_nothing() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+    let before = table(&r);
+    let long_name = "a".repeat(wire::MAX_NAME + 1);
+    let long_display = "d".repeat(wire::MAX_DISPLAY_NAME + 1);
+    let bad = [
+        ("", None),
+        ("2alice", None),
+        ("al ice", None),
+        ("al/ice", None),
+        ("\u{e9}lise", None),
+        (long_name.as_str(), None),
+        ("alice2", Some("")),
+        ("alice2", Some("   ")),
+        ("alice2", Some("a\u{1b}[2J")),
+        ("alice2", Some(long_display.as_str())),
+    ];
+    for (name, display) in bad {
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1001),
+            &claim_msg(alice.0, alice.1, name, display, None),
+        );
+        let [Message::Error { code, detail }] = &answers[..] else {
+            panic!("{answers:?}")
+        };
+        assert_eq!(*code, ErrorCode::BadName, "{name:?} {display:?}");
+        let expected = match display {
+            None => wire::check_name(name),
+            Some(d) => wire::check_display_name(d),
+        };
+        assert_eq!(Err(wire::BadName(detail.clone())), expected);
+    }
+    assert_eq!(table(&r), before, "a refused claim changed the table");
+    assert_eq!(events(&mut r), []);
+    assert_eq!(
+        resolve(&mut r, t0, "alice"),
+        found(1, addr(1001), "alice", None)
+    );
+}
+
+#[test]
+fn a_claim_from_another_address_or_with_a_wrong_token_is_not_registered() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    let forged = [
+        (
+            addr(6666),
+            claim_msg(alice.0, alice.1, "mallory", None, None),
+        ),
+        (
+            addr(1001),
+            claim_msg(alice.0, alice.1 ^ 1, "mallory", None, None),
+        ),
+        (addr(1001), claim_msg(7, alice.1, "mallory", None, None)),
+    ];
+    for (from, msg) in forged {
+        let answers = send(&mut r, t0, from, &msg);
+        assert_eq!(error_code(&answers), ErrorCode::NotRegistered, "{msg:?}");
+    }
+    assert_eq!(
+        resolve(&mut r, t0, "mallory"),
+        Message::Unknown {
+            name: "mallory".into()
+        }
+    );
+    assert_eq!(r.get(alice.0).unwrap().name, None);
+    assert_eq!(events(&mut r), []);
+    assert_eq!(r.stats().refused, 3);
+}
+
+#[test]
+fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let old = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), old, "alice", Some("Alice"));
+    // The client restarts on another port, before its old entry expires.
+    let new = register(&mut r, t0 + secs(5), addr(1002), None);
+    assert_eq!(new.0, 2);
+    let answers = send(
+        &mut r,
+        t0 + secs(5),
+        addr(1002),
+        &claim_msg(new.0, new.1, "Alice", None, Some(old.1)),
+    );
+    assert_eq!(
+        answers,
+        [Message::Claimed {
+            id: 2,
+            name: "Alice".into()
+        }]
+    );
+    assert_eq!(
+        events(&mut r),
+        [
+            TableEvent::Replaced {
+                id: 1,
+                addr: addr(1001),
+                name: "alice".into(),
+                by: 2
+            },
+            TableEvent::Named {
+                id: 2,
+                addr: addr(1002),
+                name: "Alice".into(),
+                display_name: None
+            }
+        ]
+    );
+    assert_eq!(ids(&r), [2]);
+    assert_eq!(
+        resolve(&mut r, t0 + secs(5), "alice"),
+        found(2, addr(1002), "Alice", None)
+    );
+    // The old run's requests are no longer honoured.
+    let answers = send(
+        &mut r,
+        t0 + secs(5),
+        addr(1001),
+        &Message::Keepalive {
+            id: old.0,
+            token: old.1,
+        },
+    );
+    assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+}
+
+#[test]
+fn a_previous_token_that_is_not_the_holders_is_name_taken() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    let bob = register(&mut r, t0, addr(1002), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+    for previous in [alice.1 ^ 1, bob.1] {
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1002),
+            &claim_msg(bob.0, bob.1, "alice", None, Some(previous)),
+        );
+        assert_eq!(error_code(&answers), ErrorCode::NameTaken);
+    }
+    assert_eq!(ids(&r), [1, 2]);
+    assert_eq!(events(&mut r), []);
+}
+
+#[test]
+fn a_retransmitted_claim_gets_claimed_again_and_no_second_event() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", Some("Alice L."));
+    let before = table(&r);
+    for _ in 0..3 {
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1001),
+            &claim_msg(alice.0, alice.1, "alice", Some("Alice L."), None),
+        );
+        assert_eq!(
+            answers,
+            [Message::Claimed {
+                id: 1,
+                name: "alice".into()
+            }]
+        );
+    }
+    assert_eq!(events(&mut r), []);
+    assert_eq!(table(&r), before);
+    // A new display name for the same name is a change, and is reported.
+    claim(
+        &mut r,
+        t0,
+        addr(1001),
+        alice,
+        "alice",
+        Some("Alice Liddell"),
+    );
+}
+
+#[test]
+fn a_new_claim_releases_the_old_name() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    let bob = register(&mut r, t0, addr(1002), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+    claim(&mut r, t0, addr(1001), alice, "alicia", None);
+    assert_eq!(
+        resolve(&mut r, t0, "alice"),
+        Message::Unknown {
+            name: "alice".into()
+        }
+    );
+    assert_eq!(
+        resolve(&mut r, t0, "alicia"),
+        found(1, addr(1001), "alicia", None)
+    );
+    claim(&mut r, t0, addr(1002), bob, "alice", None);
+}
+
+#[test]
+fn a_claim_refreshes_the_entry() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0 + secs(20), addr(1001), alice, "alice", None);
+    assert_eq!(r.get(1).unwrap().last_seen, t0 + secs(20));
+    r.handle_timeout(t0 + secs(40));
+    assert_eq!(ids(&r), [1]);
+}
+
+#[test]
+fn a_name_is_released_when_its_client_leaves() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id: alice.0,
+            token: alice.1,
+        },
+    );
+    assert_eq!(answers, [Message::LeaveAck { id: 1 }]);
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Left {
+            id: 1,
+            addr: addr(1001),
+            name: Some("alice".into())
+        }]
+    );
+    assert!(!r.has_names());
+    assert_eq!(
+        resolve(&mut r, t0, "alice"),
+        Message::Unknown {
+            name: "alice".into()
+        }
+    );
+    let bob = register(&mut r, t0, addr(1002), None);
+    claim(&mut r, t0, addr(1002), bob, "Alice", None);
+}
+
+#[test]
+fn a_name_is_released_when_its_client_expires() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+    let bob = register(&mut r, t0 + secs(20), addr(1002), None);
+    r.handle_timeout(t0 + TTL);
+    assert_eq!(
+        events(&mut r),
+        [TableEvent::Expired {
+            id: 1,
+            addr: addr(1001),
+            name: Some("alice".into())
+        }]
+    );
+    assert_eq!(
+        resolve(&mut r, t0 + TTL, "alice"),
+        Message::Unknown {
+            name: "alice".into()
+        }
+    );
+    claim(&mut r, t0 + TTL, addr(1002), bob, "alice", None);
+}
+
+// ---------------------------------------------------------------------- listing
+
+fn list_msg((id, token): (ClientId, Token), after: Option<ClientId>) -> Message {
+    Message::List { id, token, after }
+}
+
+/// Asks for one page; returns it and its encoded size.
+fn list_page(
+    r: &mut Registry,
+    now: Instant,
+    from: SocketAddr,
+    me: (ClientId, Token),
+    after: Option<ClientId>,
+) -> (Vec<wire::Listed>, Option<ClientId>, u32, usize) {
+    let answers = send(r, now, from, &list_msg(me, after));
+    let [msg @ Message::Listing { .. }] = &answers[..] else {
+        panic!("List answered {answers:?}")
+    };
+    let size = encode(msg).len();
+    let Message::Listing {
+        clients,
+        next,
+        total,
+    } = msg.clone()
+    else {
+        unreachable!()
+    };
+    (clients, next, total, size)
+}
+
+fn unlimited_registry(max_clients: usize) -> Registry {
+    Registry::with_seed(
+        RegistryConfig {
+            ttl: TTL,
+            max_clients,
+            register_rate: 0.0,
+            ..RegistryConfig::default()
+        },
+        SEED,
+    )
+}
+
+/// Client number `i`'s address: a different one for every `i` below 6 million.
+fn many_addr(i: u32) -> SocketAddr {
+    let [_, a, b, c] = (i / 60_000).to_be_bytes();
+    addr_on([10, a, b, c], 1024 + (i % 60_000) as u16)
+}
+
+/// A name of the longest length, different for every `i`.
+fn long_name(i: u32) -> String {
+    format!("n{i:0>width$}", width = wire::MAX_NAME - 1)
+}
+
+/// A display name of the longest length, different for every `i`.
+fn long_display(i: u32) -> String {
+    format!("{i:-<width$}", width = wire::MAX_DISPLAY_NAME)
+}
+
+#[test]
+fn list_is_list_disabled_when_the_server_does_not_list() {
+    let t0 = Instant::now();
+    let mut r = Registry::with_seed(
+        RegistryConfig {
+            list: false,
+            ..RegistryConfig::default()
+        },
+        SEED,
+    );
+    let alice = register(&mut r, t0, addr(1001), None);
+    let answers = send(&mut r, t0, addr(1001), &list_msg(alice, None));
+    let [Message::Error { code, detail }] = &answers[..] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(*code, ErrorCode::ListDisabled);
+    assert_eq!(detail, "this server does not list its clients");
+    // Names still work.
+    claim(&mut r, t0, addr(1001), alice, "alice", None);
+}
+
+#[test]
+fn list_from_a_stranger_or_with_a_wrong_token_is_not_registered() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    for (from, me) in [
+        (addr(6666), alice),
+        (addr(1001), (alice.0, alice.1 ^ 1)),
+        (addr(1001), (2, alice.1)),
+    ] {
+        let answers = send(&mut r, t0, from, &list_msg(me, None));
+        assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
+    }
+    assert_eq!(r.stats().refused, 3);
+    assert_eq!(r.stats().list_pages, 0);
+}
+
+#[test]
+fn a_list_shows_ids_names_and_time_online() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let alice = register(&mut r, t0, addr(1001), None);
+    claim(&mut r, t0, addr(1001), alice, "alice", Some("Alice L."));
+    register(&mut r, t0 + secs(7), addr(1002), None);
+    let now = t0 + secs(10);
+    let (clients, next, total, _) = list_page(&mut r, now, addr(1001), alice, None);
+    assert_eq!(
+        clients,
+        [
+            wire::Listed {
+                id: 1,
+                name: Some("alice".into()),
+                display_name: Some("Alice L.".into()),
+                online_secs: 10
+            },
+            wire::Listed {
+                id: 2,
+                name: None,
+                display_name: None,
+                online_secs: 3
+            }
+        ]
+    );
+    assert_eq!((next, total), (None, 2));
+    let (clients, next, _, _) = list_page(&mut r, now, addr(1001), alice, Some(1));
+    assert_eq!(clients.iter().map(|c| c.id).collect::<Vec<_>>(), [2]);
+    assert_eq!(next, None);
+    let (clients, next, _, _) = list_page(&mut r, now, addr(1001), alice, Some(2));
+    assert_eq!((clients, next), (vec![], None));
+}
+
+/// 5,000 clients with names and display names of the longest length: every page fits in
+/// `PACK_LIMIT` and is as full as it can be, and the pages list every client exactly once,
+/// in id order.
+#[test]
+fn paging_through_5000_named_clients_lists_each_once_in_order_within_the_limit() {
+    let t0 = Instant::now();
+    let n = 5000u32;
+    let mut r = unlimited_registry(n as usize);
+    let mut me = (0, 0);
+    for i in 0..n {
+        let from = many_addr(i);
+        let c = register(&mut r, t0, from, None);
+        let display = long_display(i);
+        assert_eq!(display.len(), wire::MAX_DISPLAY_NAME);
+        claim(&mut r, t0, from, c, &long_name(i), Some(&display));
+        if i == 0 {
+            me = c;
+        }
+    }
+    let now = t0 + secs(1);
+    let mut seen: Vec<ClientId> = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (clients, next, total, size) = list_page(&mut r, now, many_addr(0), me, after);
+        pages += 1;
+        assert!(size <= wire::PACK_LIMIT, "page of {size} bytes");
+        assert_eq!(total, n);
+        assert!(!clients.is_empty());
+        for c in &clients {
+            let i = c.id - 1;
+            assert_eq!(c.name.as_deref(), Some(long_name(i).as_str()));
+            assert_eq!(c.online_secs, 1);
+        }
+        seen.extend(clients.iter().map(|c| c.id));
+        match next {
+            Some(next) => {
+                assert_eq!(Some(next), clients.last().map(|c| c.id));
+                // As full as it can be: the following client would not have fitted.
+                let mut more = clients.clone();
+                more.push(wire::Listed {
+                    id: next + 1,
+                    name: Some(long_name(next)),
+                    display_name: Some(long_display(next)),
+                    online_secs: 1,
+                });
+                let bigger = Message::Listing {
+                    clients: more,
+                    next: (next + 1 < n).then_some(next + 1),
+                    total,
+                };
+                assert!(encode(&bigger).len() > wire::PACK_LIMIT, "page not full");
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=n).collect::<Vec<_>>());
+    assert!(pages > 500, "{pages} pages");
+    assert_eq!(r.stats().list_pages, pages);
+}
+
+/// Clients join and leave between pages: no client is listed twice, and every client online
+/// from the first page to the last is listed.
+#[test]
+fn paging_is_correct_when_clients_join_and_leave_between_pages() {
+    use rand::{Rng, SeedableRng};
+    let seed = rand::random::<u64>();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let t0 = Instant::now();
+    let mut r = unlimited_registry(10_000);
+    let mut online: std::collections::BTreeMap<ClientId, (SocketAddr, Token)> = Default::default();
+    let mut next_addr = 0;
+    let mut join = |r: &mut Registry, online: &mut std::collections::BTreeMap<_, _>| {
+        let from = many_addr(next_addr);
+        next_addr += 1;
+        let (id, token) = register(r, t0, from, None);
+        online.insert(id, (from, token));
+        if id % 3 == 0 {
+            claim(r, t0, from, (id, token), &long_name(id), None);
+        }
+    };
+    for _ in 0..2000 {
+        join(&mut r, &mut online);
+    }
+    // Client 1 lists, and stays throughout.
+    let me = (1, online[&1].1);
+    let mut stayed: std::collections::BTreeSet<ClientId> = online.keys().copied().collect();
+    let mut seen: Vec<ClientId> = Vec::new();
+    let mut after = None;
+    loop {
+        let (clients, next, total, size) = list_page(&mut r, t0, online[&1].0, me, after);
+        assert!(size <= wire::PACK_LIMIT, "seed {seed}");
+        assert_eq!(total as usize, online.len(), "seed {seed}");
+        for c in &clients {
+            assert!(online.contains_key(&c.id), "seed {seed}: {} listed", c.id);
+        }
+        seen.extend(clients.iter().map(|c| c.id));
+        let Some(next) = next else { break };
+        after = Some(next);
+        // Between pages: some leave (never client 1), some join (reusing freed ids).
+        for _ in 0..rng.random_range(0..6) {
+            let id = rng.random_range(2..=online.keys().last().copied().unwrap());
+            if let Some((from, token)) = online.remove(&id) {
+                let answers = send(&mut r, t0, from, &Message::Leave { id, token });
+                assert_eq!(answers, [Message::LeaveAck { id }], "seed {seed}");
+                events(&mut r);
+                stayed.remove(&id);
+            }
+        }
+        for _ in 0..rng.random_range(0..6) {
+            join(&mut r, &mut online);
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "seed {seed}: listed twice or out of order");
+    for id in &stayed {
+        assert!(seen.binary_search(id).is_ok(), "seed {seed}: {id} skipped");
+    }
+}
+
+/// Ids a client asked for, far above the others, are listed too, in order; and a table
+/// with a long run of free ids is paged through in bounded steps.
+#[test]
+fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
+    let t0 = Instant::now();
+    let mut r = unlimited_registry(100_000);
+    let mut clients = Vec::new();
+    for i in 0..60_000 {
+        clients.push(register(&mut r, t0, many_addr(i), None));
+    }
+    // All but the first and last 10 leave: a long run of free ids in the middle.
+    for &(id, token) in &clients[10..clients.len() - 10] {
+        let from = many_addr(id - 1);
+        send(&mut r, t0, from, &Message::Leave { id, token });
+    }
+    events(&mut r);
+    let far = [4_000_000_000, 70_000, 3_000_000_000];
+    for (k, id) in far.iter().enumerate() {
+        register(&mut r, t0, many_addr(70_000 + k as u32), Some(*id));
+    }
+    let me = clients[0];
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (page, next, total, _) = list_page(&mut r, t0, many_addr(0), me, after);
+        pages += 1;
+        assert_eq!(total, 23);
+        seen.extend(page.iter().map(|c| c.id));
+        match next {
+            Some(n) => {
+                assert!(after.is_none_or(|a| n > a), "no progress");
+                after = Some(n);
+            }
+            None => break,
+        }
+    }
+    let mut expected: Vec<ClientId> = (1..=10).chain(59_991..=60_000).collect();
+    expected.extend([70_000, 3_000_000_000, 4_000_000_000]);
+    assert_eq!(seen, expected);
+    assert!(
+        pages >= 60_000 / p2pchat::registry::MAX_LIST_SCAN,
+        "{pages} pages"
+    );
+}
