@@ -784,6 +784,88 @@ mod tests {
     }
 
     #[test]
+    fn names_get_columns_in_the_table_once_a_client_has_one() {
+        let mut r = registry_with(2);
+        let now = Instant::now();
+        let alice = SocketAddr::from(([127, 0, 0, 1], 2)); // registered first: client 1
+        let token = r.get(1).unwrap().token;
+        r.handle_message(
+            now,
+            alice,
+            Message::Claim {
+                id: 1,
+                token,
+                name: "alice".into(),
+                display_name: Some("Alice L.".into()),
+                previous: None,
+            },
+        );
+        let text = render_table(&r, 3, |_| std::time::UNIX_EPOCH);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "      ID  ADDRESS                   JOINED (UTC)  NAME              DISPLAY NAME"
+        );
+        assert_eq!(
+            lines[2],
+            "       1  127.0.0.1:2               00:00:00      alice             Alice L."
+        );
+        assert_eq!(
+            lines[3],
+            "       2  127.0.0.1:1               00:00:00      -"
+        );
+    }
+
+    #[test]
+    fn change_lines_name_the_client() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let changes = [
+            TableEvent::Named {
+                id: 3,
+                addr,
+                name: "alice".into(),
+                display_name: Some("Alice L.".into()),
+            },
+            TableEvent::Left {
+                id: 3,
+                addr,
+                name: Some("alice".into()),
+            },
+            TableEvent::Expired {
+                id: 4,
+                addr,
+                name: None,
+            },
+            TableEvent::Replaced {
+                id: 5,
+                addr,
+                name: "bob".into(),
+                by: 6,
+            },
+        ];
+        assert_eq!(
+            render_changes(&changes),
+            "client 3 at 127.0.0.1:9 is now alice (Alice L.)\n\
+             client 3 (alice) at 127.0.0.1:9 left\n\
+             client 4 at 127.0.0.1:9 expired (not heard from)\n\
+             client 5 (bob) at 127.0.0.1:9 left (replaced by its next run, client 6)\n"
+        );
+        let many: Vec<TableEvent> = (1..=25)
+            .map(|id| TableEvent::Named {
+                id,
+                addr,
+                name: format!("n{id}"),
+                display_name: None,
+            })
+            .chain(changes)
+            .collect();
+        assert_eq!(
+            render_changes(&many),
+            "0 clients joined, 2 left, 1 expired, 26 named\n"
+        );
+    }
+
+    #[test]
     fn time_of_day_is_utc_hours_minutes_seconds() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 3600 * 13 + 60 * 5 + 9);
         assert_eq!(utc_time_of_day(t), "13:05:09");

@@ -80,9 +80,18 @@
 //!
 //! `List` pages through the table in id order: the server answers with as many clients as
 //! fit in one datagram of [`PACK_LIMIT`] bytes, and `next` names the `after` of the next
-//! page. Only a registered client may list (the answer is much larger than the question,
-//! and must not go to a forged address), and a server started with `--no-list` answers
-//! `Error` `ListDisabled`.
+//! page (the last id on the page); `nil` means there is no more. A client keeps asking
+//! while `next` is not `nil`: a page may hold fewer clients than would fit, or none, when
+//! the server stopped looking early (it looks at a bounded number of ids per page, so that
+//! a table with long runs of free ids costs it bounded work), and `next` is then the last
+//! id it looked at. Since pages follow ids, a client that stays online while the pages are
+//! fetched is listed exactly once; one that joins or leaves meanwhile may or may not be.
+//! `total` counts the clients online when the page was made, and `online_secs` is how long
+//! each has been registered. Only a registered client may list (the answer is much larger
+//! than the question, and must not go to a forged address), and a server started with
+//! `--no-list` answers `Error` `ListDisabled`. `Claim` and `List` that match no
+//! registration (address, id and token) are answered `Error` `NotRegistered`, like
+//! `Keepalive`.
 //!
 //! The server records the *observed* source address of `Register` as the client's address:
 //! a client must send everything (to the server and to its peers) from that one socket.
@@ -186,7 +195,8 @@ pub enum ErrorCode {
     IdTaken,
     /// The datagram had another protocol version.
     BadVersion,
-    /// A `Leave` or `Keepalive` that matches no registration from that address and token.
+    /// A `Leave`, `Keepalive`, `Claim` or `List` that matches no registration from that
+    /// address and token.
     NotRegistered,
     /// Too many new registrations from the sender's IP address; try again later.
     RateLimited,
