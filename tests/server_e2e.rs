@@ -351,3 +351,182 @@ fn binding_a_port_already_in_use_fails_with_one_cannot_bind_line() {
     assert!(lines[0].contains(&taken), "stderr: {stderr:?}");
     assert_eq!(proc.next_line(Duration::ZERO), None, "printed on stdout");
 }
+
+// ---------------------------------------------------------------- names and listing
+
+/// Like [`request`], also returning the answer's size in bytes.
+fn request_sized(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> (Message, usize) {
+    let mut buf = [0u8; 65_536];
+    for _ in 0..3 {
+        sock.send_to(&encode(msg), server).unwrap();
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if from == server {
+                let answer = decode(&buf[..n]).expect("the server sent an undecodable datagram");
+                return (answer, n);
+            }
+        }
+    }
+    panic!("no answer to {msg:?}");
+}
+
+fn claim(sock: &UdpSocket, server: SocketAddr, id: ClientId, token: Token, name: &str) -> Message {
+    request(
+        sock,
+        server,
+        &Message::Claim {
+            id,
+            token,
+            name: name.into(),
+            display_name: Some(format!("{name:-<64}")),
+            previous: None,
+        },
+    )
+}
+
+#[test]
+fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
+    let server = Server::start(&[]);
+    let (alice, alice_token) = joined_client(&server, 1);
+    let alice_addr = alice.local_addr().unwrap();
+    let answer = request(
+        &alice,
+        server.addr,
+        &Message::Claim {
+            id: 1,
+            token: alice_token,
+            name: "alice".into(),
+            display_name: Some("Alice L.".into()),
+            previous: None,
+        },
+    );
+    assert_eq!(
+        answer,
+        Message::Claimed {
+            id: 1,
+            name: "alice".into()
+        }
+    );
+    server.expect_next_line(&format!("client 1 at {alice_addr} is now alice (Alice L.)"));
+    assert_eq!(server.expect_table(), [(1, alice_addr)]);
+
+    let (bob, bob_token) = joined_client(&server, 2);
+    match claim(&bob, server.addr, 2, bob_token, "ALICE") {
+        Message::Error {
+            code: ErrorCode::NameTaken,
+            detail,
+        } => assert!(detail.contains("taken by client 1"), "{detail}"),
+        other => panic!("a taken name was answered {other:?}"),
+    }
+    let stranger = socket();
+    assert_eq!(
+        request(
+            &stranger,
+            server.addr,
+            &Message::Resolve {
+                name: "Alice".into()
+            }
+        ),
+        Message::Found {
+            id: 1,
+            addr: alice_addr,
+            name: Some("alice".into()),
+            display_name: Some("Alice L.".into())
+        }
+    );
+    assert_eq!(
+        request(
+            &stranger,
+            server.addr,
+            &Message::Resolve { name: "zed".into() }
+        ),
+        Message::Unknown { name: "zed".into() }
+    );
+    // A stranger may not list.
+    assert!(matches!(
+        request(
+            &stranger,
+            server.addr,
+            &Message::List {
+                id: 1,
+                token: alice_token,
+                after: None
+            }
+        ),
+        Message::Error {
+            code: ErrorCode::NotRegistered,
+            ..
+        }
+    ));
+
+    // 40 clients in all, most with the longest names: several pages.
+    let mut others = vec![bob];
+    for id in 3..=40 {
+        let sock = socket();
+        let (got, token, _) = register(&sock, server.addr);
+        assert_eq!(got, id);
+        let name = format!("c{id:0>31}");
+        assert!(matches!(
+            claim(&sock, server.addr, id, token, &name),
+            Message::Claimed { .. }
+        ));
+        others.push(sock);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let list = Message::List {
+            id: 1,
+            token: alice_token,
+            after,
+        };
+        let (answer, size) = request_sized(&alice, server.addr, &list);
+        let Message::Listing {
+            clients,
+            next,
+            total,
+        } = answer
+        else {
+            panic!("List answered {answer:?}")
+        };
+        pages += 1;
+        assert!(size <= p2pchat::wire::PACK_LIMIT, "a page of {size} bytes");
+        assert_eq!(total, 40);
+        seen.extend(clients.iter().map(|c| c.id));
+        if let Some(c) = clients.iter().find(|c| c.id == 1) {
+            assert_eq!(c.name.as_deref(), Some("alice"));
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+    assert!(pages >= 4, "{pages} pages");
+}
+
+#[test]
+fn a_server_started_with_no_list_answers_list_disabled() {
+    let server = Server::start(&["--no-list"]);
+    let (alice, token) = joined_client(&server, 1);
+    match request(
+        &alice,
+        server.addr,
+        &Message::List {
+            id: 1,
+            token,
+            after: None,
+        },
+    ) {
+        Message::Error {
+            code: ErrorCode::ListDisabled,
+            detail,
+        } => assert_eq!(detail, "this server does not list its clients"),
+        other => panic!("List answered {other:?}"),
+    }
+    // Names still work.
+    assert!(matches!(
+        claim(&alice, server.addr, 1, token, "alice"),
+        Message::Claimed { id: 1, .. }
+    ));
+}
