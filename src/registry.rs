@@ -880,13 +880,17 @@ impl Registry {
     fn page(&mut self, now: Instant, after: Option<ClientId>) -> Message {
         let now_ns = self.clients.nanos(now);
         let total = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
-        let size_with = |next: Option<ClientId>, items: usize, bytes: usize| {
-            let empty = wire::encode(&Message::Listing {
+        let empty = |next: Option<ClientId>| {
+            wire::encode(&Message::Listing {
                 clients: Vec::new(),
                 next,
                 total,
             })
-            .len();
+            .len()
+        };
+        let empty_last = empty(None);
+        let size_with = |next: Option<ClientId>, items: usize, bytes: usize| {
+            let empty = next.map_or(empty_last, |id| empty(Some(id)));
             // An empty array is one byte; up to 15 items too, then three (array 16).
             empty + if items <= 15 { 0 } else { 2 } + bytes
         };
@@ -931,12 +935,14 @@ impl Registry {
                 break;
             }
         }
+        let expected = size_with(next, clients.len(), bytes);
         let mut page = Message::Listing {
             clients,
             next,
             total,
         };
         // Checked with the encoder itself (never expected to trim anything).
+        debug_assert_eq!(wire::encode(&page).len(), expected, "page size");
         while wire::encode(&page).len() > wire::PACK_LIMIT {
             let Message::Listing { clients, next, .. } = &mut page else {
                 unreachable!()
