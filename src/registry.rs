@@ -512,25 +512,19 @@ impl Registry {
             Message::Register { want_id } => self.register(now, from, want_id),
             Message::Lookup { id } => {
                 let answer = match self.clients.get(id) {
+                    // Without names (the common case) the answer is built right here.
+                    Some(r) if self.names.is_empty() => Message::Found {
+                        id,
+                        addr: r.addr,
+                        name: None,
+                        display_name: None,
+                    },
                     Some(r) => self.found(r.id, r.addr),
                     None => Message::Inactive { id },
                 };
                 self.send(from, answer);
             }
-            Message::Resolve { name } => {
-                let holder = if self.by_name.is_empty() {
-                    None
-                } else {
-                    self.by_name
-                        .get(name.to_ascii_lowercase().as_str())
-                        .copied()
-                };
-                let answer = match holder.and_then(|id| self.clients.get(id)) {
-                    Some(r) => self.found(r.id, r.addr),
-                    None => Message::Unknown { name },
-                };
-                self.send(from, answer);
-            }
+            Message::Resolve { name } => self.resolve(from, name),
             Message::Claim {
                 id,
                 token,
@@ -741,6 +735,22 @@ impl Registry {
         false
     }
 
+    #[inline(never)] // kept out of handle_message, which lookups go through
+    fn resolve(&mut self, from: SocketAddr, name: String) {
+        let holder = if self.by_name.is_empty() {
+            None
+        } else {
+            self.by_name
+                .get(name.to_ascii_lowercase().as_str())
+                .copied()
+        };
+        let answer = match holder.and_then(|id| self.clients.get(id)) {
+            Some(r) => self.found(r.id, r.addr),
+            None => Message::Unknown { name },
+        };
+        self.send(from, answer);
+    }
+
     /// The answer to a `Lookup` or `Resolve` that found client `id` at `addr`.
     fn found(&self, id: ClientId, addr: SocketAddr) -> Message {
         let name = self.name_of(id);
@@ -772,6 +782,7 @@ impl Registry {
         self.send(from, Message::Error { code, detail });
     }
 
+    #[inline(never)] // rare: kept out of handle_message, which lookups go through
     fn claim(
         &mut self,
         from: SocketAddr,
@@ -846,6 +857,7 @@ impl Registry {
     /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
     /// in a datagram of `PACK_LIMIT` bytes (looking at no more than `MAX_LIST_SCAN` id
     /// slots).
+    #[inline(never)] // rare: kept out of handle_message, which lookups go through
     fn list(
         &mut self,
         now: Instant,
