@@ -95,7 +95,13 @@ fn peers_connect_by_name_and_see_each_others_names() {
     let mut alice = client(
         &server,
         "alice",
-        &["--name", "alice", "--display-name", "Alice L.", "--no-state"],
+        &[
+            "--name",
+            "alice",
+            "--display-name",
+            "Alice L.",
+            "--no-state",
+        ],
     );
     alice.expect(json!({"event": "claimed", "name": "alice"}));
     let mut bob = named(&server, "bob");
@@ -147,14 +153,19 @@ fn list_shows_who_is_online_and_a_no_list_server_refuses() {
 fn one_client_holds_several_sessions_with_targets_broadcast_and_switch() {
     let server = Server::start(&[]);
     let mut hub = named(&server, "hub");
-    let mut peers: Vec<JsonClient> = ["b1", "b2", "b3"].iter().map(|n| named(&server, n)).collect();
+    let mut peers: Vec<JsonClient> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|n| named(&server, n))
+        .collect();
     for (i, p) in peers.iter_mut().enumerate() {
         connect(&mut hub, p, &format!("b{}", i + 1), "hub");
     }
     hub.type_line("broadcast to all");
     hub.type_line("send @b1 @b3 to two");
     hub.type_line("switch b2");
-    hub.wait_event("switched", |v| v["event"] == "switched" && v["name"] == "b2");
+    hub.wait_event("switched", |v| {
+        v["event"] == "switched" && v["name"] == "b2"
+    });
     hub.type_line("to the current one");
     hub.type_line("sessions");
     let sessions = hub.wait_event("sessions", |v| v["event"] == "sessions");
@@ -218,7 +229,10 @@ fn a_queue_survives_a_restart_of_the_sender_and_reaches_the_peer_when_it_comes()
     let kept = alice.wait_event("the queue is kept", |v| {
         v["event"] == "notice" && v["message"].as_str().unwrap().contains("stay queued")
     });
-    assert!(kept["message"].as_str().unwrap().contains("2 messages for bob"));
+    assert!(kept["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 messages for bob"));
     assert!(alice.wait_exit().success());
 
     // A second run, without --name: the state directory knows who it is.
@@ -310,8 +324,18 @@ fn help_lists_every_command_with_an_example() {
     let help = c.wait_event("help", |v| v["event"] == "help");
     let text = help["text"].as_str().unwrap();
     for word in [
-        "connect", "accept", "reject", "send", "broadcast", "switch", "sessions", "list",
-        "history", "terminate", "status", "leave",
+        "connect",
+        "accept",
+        "reject",
+        "send",
+        "broadcast",
+        "switch",
+        "sessions",
+        "list",
+        "history",
+        "terminate",
+        "status",
+        "leave",
     ] {
         let line = text
             .lines()
@@ -352,7 +376,10 @@ fn plain_output_has_times_and_names_but_no_colour() {
     assert_eq!(parts[0].matches(':').count(), 2, "a time: {line}");
     let bob_id = format!("({})", id_of(&bob));
     assert_eq!(&parts[1..], ["bob", bob_id.as_str(), "#1"], "{line}");
-    assert!(!line.contains('\u{1b}'), "no colour when not a terminal: {line:?}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no colour when not a terminal: {line:?}"
+    );
 }
 
 /// Runs a client on a pseudo-terminal (with `script`), types a bad command and `leave`,
