@@ -1284,14 +1284,18 @@ impl Peer {
                 self.start_closing(now, me, s, addr, period, reason.is_none());
             }
             State::Requesting { .. } => {
-                self.events.push_back(Event::Terminated {
-                    peer: s.peer,
-                    reason: EndReason::Cancelled,
-                });
+                // The queue's own attempts end quietly: the user never started them.
+                if !s.auto {
+                    self.events.push_back(Event::Terminated {
+                        peer: s.peer,
+                        reason: EndReason::Cancelled,
+                    });
+                }
                 let addr = s.addr.expect("requests go to an address");
                 let period = self.config.server_retry;
                 self.start_closing(now, me, s, addr, period, false);
             }
+            State::LookingUp { .. } if s.auto => {}
             State::LookingUp { .. } => self.events.push_back(Event::Terminated {
                 peer: s.peer,
                 reason: EndReason::Cancelled,
@@ -1471,7 +1475,19 @@ impl Peer {
                 let token = self.token;
                 let retry = now + self.config.server_retry;
                 let l = self.listing.as_mut().expect("checked");
-                // Pages come in id order: anything at or below what we have is a duplicate.
+                // The answer to an earlier page, resent or late: its clients are at or below
+                // where we are now.
+                let stale = next.is_some_and(|n| Some(n) <= l.after)
+                    || clients.first().is_some_and(|c| Some(c.id) <= l.after);
+                if stale {
+                    let msg = Message::Listing {
+                        clients,
+                        next,
+                        total,
+                    };
+                    self.ignore(self.config.server, &msg);
+                    return;
+                }
                 let last = l.clients.last().map(|c| c.id);
                 l.clients.extend(
                     clients

@@ -312,3 +312,148 @@ fn queueing_for_yourself_is_refused() {
     assert!(r.is_err(), "{r:?}");
     assert!(s.peer(a).outbox().is_empty());
 }
+
+fn named_config(name: &str) -> PeerConfig {
+    let mut cfg = patient();
+    cfg.name = Some(name.to_string());
+    cfg
+}
+
+fn claimed(s: &Sim, i: usize) -> bool {
+    s.has(i, |e| matches!(e, Event::Claimed { .. }))
+}
+
+#[test]
+fn peers_connect_by_name_under_loss() {
+    for seed in seeds(20) {
+        println!("seed {seed}");
+        let mut s = Sim::new(seed, NetConfig::lossy(0.3, 0.1));
+        let a = s.add_peer(named_config("alice"));
+        let b = s.add_peer(named_config("bob"));
+        s.expect(secs(300), "both named", |s| claimed(s, a) && claimed(s, b));
+        let r = s.command(a, |p, now| p.connect_to(now, &Target::Name("BOB".into())));
+        assert_eq!(r, Ok(()), "seed {seed}");
+        let ida = s.id(a);
+        s.expect(secs(600), "the request", |s| {
+            s.has(b, |e| matches!(e, Event::Request { from } if *from == ida))
+        });
+        assert_eq!(s.peer(b).name_of(ida), Some("alice"), "seed {seed}");
+        let accepted = s.command(b, |p, now| {
+            let who = p.session_peer(&Target::Name("alice".into()))?;
+            p.accept(now, Some(who))
+        });
+        assert_eq!(accepted, Ok(ida), "seed {seed}");
+        let idb = s.id(b);
+        s.expect(secs(600), "connected", |s| {
+            s.peer(a).connected_peers() == vec![idb]
+        });
+        assert_eq!(s.peer(a).name_of(idb), Some("bob"), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_queue_for_a_name_waits_until_someone_claims_it() {
+    for seed in seeds(20) {
+        println!("seed {seed}");
+        let mut s = Sim::new(seed, NetConfig::lossy(0.3, 0.1));
+        let mut cfg = named_config("alice");
+        cfg.queue_retry = secs(15);
+        let a = s.add_peer(cfg);
+        s.expect(secs(300), "named", |s| claimed(s, a));
+        let texts = queue_for(&mut s, a, &Target::Name("bob".into()), 5);
+        s.run_for(secs(60));
+        assert!(
+            !s.has(a, |e| matches!(e, Event::UnknownName { .. })),
+            "seed {seed}: the queue's lookups are quiet"
+        );
+        let b = s.add_peer(named_config("bob"));
+        s.expect(secs(300), "bob named", |s| claimed(s, b));
+        let ida = s.id(a);
+        s.expect(secs(600), "the queue's request", |s| {
+            s.has(b, |e| matches!(e, Event::Request { from } if *from == ida))
+        });
+        s.accept(b, Some(ida));
+        s.expect(secs(900), "every queued message delivered", |s| {
+            s.count(a, |e| matches!(e, Event::Delivered { .. })) == 5
+        });
+        assert_eq!(shown_texts(&s, b, ida), texts, "seed {seed}");
+    }
+}
+
+#[test]
+fn list_pages_through_thousands_of_clients_under_loss() {
+    use p2pchat::registry::RegistryConfig;
+    use p2pchat::wire::Message;
+    use std::net::{Ipv4Addr, SocketAddr};
+    const OTHERS: u32 = 3000;
+    for seed in seeds(5) {
+        println!("seed {seed}");
+        let config = RegistryConfig {
+            ttl: secs(3600),
+            register_rate: 0.0,
+            max_clients: 10_000,
+            ..RegistryConfig::default()
+        };
+        let mut s = Sim::with_registry(seed, NetConfig::lossy(0.3, 0.1), config);
+        // Clients that only register (and half of them claim a long name), straight into the
+        // server's state machine.
+        let now = s.now;
+        for k in 0..OTHERS {
+            let addr = SocketAddr::from((Ipv4Addr::from(0x0a02_0000 + k), 5000));
+            s.registry
+                .handle_message(now, addr, Message::Register { want_id: None });
+            let mut token = None;
+            while let Some(t) = s.registry.poll_transmit() {
+                if let Message::Registered { id, token: tk, .. } = t.message {
+                    token = Some((id, tk));
+                }
+            }
+            let (id, token) = token.expect("registered");
+            if k % 2 == 0 {
+                let name = format!("n{k:0>31}");
+                s.registry.handle_message(
+                    now,
+                    addr,
+                    Message::Claim {
+                        id,
+                        token,
+                        name,
+                        display_name: Some("x".repeat(64)),
+                        previous: None,
+                    },
+                );
+                while s.registry.poll_transmit().is_some() {}
+            }
+        }
+        while s.registry.poll_event().is_some() {}
+        let a = s.add_peer(patient());
+        s.expect(secs(300), "registered", |s| s.registered(a));
+        s.command(a, |p, now| p.list(now)).unwrap();
+        s.expect(secs(3000), "the listing", |s| {
+            s.has(a, |e| {
+                matches!(e, Event::Online { .. } | Event::ListFailed { .. })
+            })
+        });
+        let online = s
+            .events(a)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Online { clients, total } => Some((clients, total)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("seed {seed}: the list failed: {:?}", s.events(a)));
+        let (clients, total) = online;
+        assert_eq!(total, OTHERS + 1, "seed {seed}");
+        assert_eq!(
+            clients.len(),
+            (OTHERS + 1) as usize,
+            "seed {seed}: everyone, once"
+        );
+        assert!(
+            clients.windows(2).all(|w| w[0].id < w[1].id),
+            "seed {seed}: in id order, no duplicates"
+        );
+        let named = clients.iter().filter(|c| c.name.is_some()).count();
+        assert_eq!(named, (OTHERS / 2) as usize, "seed {seed}");
+    }
+}
