@@ -798,6 +798,12 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
         Command::Terminate(t) => named(peer, &t).and_then(|p| {
             peer.terminate(now, p).map(|p| {
                 ui.say(out, &format!("ending the session with {}...", who(peer, p)));
+                // A queue that was trying to reach this peer stops too.
+                if let Some(t) = &t {
+                    if queued_for(peer, t) > 0 {
+                        peer.drop_queue(t, "you ended the session");
+                    }
+                }
             })
         }),
         Command::Leave => {
