@@ -63,7 +63,7 @@
 //! | `Resolve` | `name` | anyone | `Found` or `Unknown` |
 //! | `Unknown` | `name` | server | - |
 //! | `List` | `id`, `token`, `after`: id or nil | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
-//! | `Listing` | `clients`: array of {`id`, `name`, `display_name`, `online_secs`}, `next`: id or nil, `total` | server | - |
+//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total` | server | - |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
 //! fields are left out otherwise).
@@ -418,9 +418,18 @@ impl Message {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub id: ClientId,
-    #[serde(default, deserialize_with = "bounded_opt_text")]
+    /// Left out when the client has no name (so that a page holds more clients).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounded_opt_text"
+    )]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "bounded_opt_text")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounded_opt_text"
+    )]
     pub display_name: Option<String>,
     /// For how many seconds the client has been registered.
     pub online_secs: u32,

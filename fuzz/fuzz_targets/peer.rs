@@ -153,7 +153,6 @@ struct Net {
 
 const MAX_IN_FLIGHT: usize = 256;
 
-
 impl Net {
     fn node_of(&self, addr: SocketAddr) -> Option<usize> {
         self.nodes.iter().position(|n| n.addr == addr)
@@ -394,7 +393,12 @@ impl Net {
                     self.id_of(me)
                 };
                 let msg = match kind {
-                    Forged::ConnectRequest => Message::ConnectRequest { from, session, name: None, display_name: None },
+                    Forged::ConnectRequest => Message::ConnectRequest {
+                        from,
+                        session,
+                        name: None,
+                        display_name: None,
+                    },
                     Forged::Accept => Message::Accept { from, session },
                     Forged::Reject => Message::Reject { from, session },
                     Forged::Chat { seq, text } => Message::Chat {

@@ -65,6 +65,9 @@ pub enum FuzzCode {
     BadVersion,
     NotRegistered,
     RateLimited,
+    NameTaken,
+    BadName,
+    ListDisabled,
 }
 
 impl FuzzCode {
@@ -75,6 +78,9 @@ impl FuzzCode {
             FuzzCode::BadVersion => ErrorCode::BadVersion,
             FuzzCode::NotRegistered => ErrorCode::NotRegistered,
             FuzzCode::RateLimited => ErrorCode::RateLimited,
+            FuzzCode::NameTaken => ErrorCode::NameTaken,
+            FuzzCode::BadName => ErrorCode::BadName,
+            FuzzCode::ListDisabled => ErrorCode::ListDisabled,
         }
     }
 }
@@ -104,6 +110,33 @@ pub enum FuzzMessage {
     Found {
         id: Id,
         addr: FuzzAddr,
+        name: Option<String>,
+    },
+    Claim {
+        id: Id,
+        token: Num,
+        name: String,
+        previous: Option<Num>,
+    },
+    Resolve {
+        name: String,
+    },
+    List {
+        id: Id,
+        token: Num,
+        after: Option<Id>,
+    },
+    Claimed {
+        id: Id,
+        name: String,
+    },
+    Unknown {
+        name: String,
+    },
+    Listing {
+        clients: Vec<(Id, Option<String>, u32)>,
+        next: Option<Id>,
+        total: u32,
     },
     Inactive {
         id: Id,
@@ -118,6 +151,7 @@ pub enum FuzzMessage {
     ConnectRequest {
         from: Id,
         session: Num,
+        name: Option<String>,
     },
     Accept {
         from: Id,
@@ -182,9 +216,48 @@ impl FuzzMessage {
                 token: token.0,
                 ttl_secs,
             },
-            F::Found { id, addr } => Message::Found {
+            F::Found { id, addr, name } => Message::Found {
                 id: id.0,
                 addr: addr.to_addr(),
+                name,
+                display_name: None,
+            },
+            F::Claim {
+                id,
+                token,
+                name,
+                previous,
+            } => Message::Claim {
+                id: id.0,
+                token: token.0,
+                name,
+                display_name: None,
+                previous: previous.map(|p| p.0),
+            },
+            F::Resolve { name } => Message::Resolve { name },
+            F::List { id, token, after } => Message::List {
+                id: id.0,
+                token: token.0,
+                after: after.map(|a| a.0),
+            },
+            F::Claimed { id, name } => Message::Claimed { id: id.0, name },
+            F::Unknown { name } => Message::Unknown { name },
+            F::Listing {
+                clients,
+                next,
+                total,
+            } => Message::Listing {
+                clients: clients
+                    .into_iter()
+                    .map(|(id, name, online_secs)| p2pchat::wire::Listed {
+                        id: id.0,
+                        name,
+                        display_name: None,
+                        online_secs,
+                    })
+                    .collect(),
+                next: next.map(|n| n.0),
+                total,
             },
             F::Inactive { id } => Message::Inactive { id: id.0 },
             F::LeaveAck { id } => Message::LeaveAck { id: id.0 },
@@ -192,9 +265,15 @@ impl FuzzMessage {
                 code: code.to_code(),
                 detail,
             },
-            F::ConnectRequest { from, session } => Message::ConnectRequest {
+            F::ConnectRequest {
+                from,
+                session,
+                name,
+            } => Message::ConnectRequest {
                 from: from.0,
                 session: session.0,
+                name,
+                display_name: None,
             },
             F::Accept { from, session } => Message::Accept {
                 from: from.0,
