@@ -9,30 +9,10 @@ use std::time::Duration;
 
 use p2pchat::peer::{Event, PeerConfig, Sending, Target};
 use p2pchat::wire::ClientId;
-use sim::{default_config, NetConfig, Sim};
+use sim::{default_config, patient_config, seeds, NetConfig, Sim};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn seeds(count: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("SIM_SEED") {
-        return vec![s.parse().expect("SIM_SEED must be a number")];
-    }
-    let count = std::env::var("SIM_SEEDS")
-        .map_or(count, |s| s.parse().expect("SIM_SEEDS must be a number"));
-    (0..count).collect()
-}
-
-/// Patient bounds for 30% loss (see tests/conversation.rs for the arithmetic).
-fn patient() -> PeerConfig {
-    let mut cfg = default_config();
-    cfg.server_tries = 30;
-    cfg.connect_tries = 20;
-    cfg.terminate_tries = 30;
-    cfg.chat.max_tries = 30;
-    cfg.session_timeout = secs(120);
-    cfg
 }
 
 /// Peer `hub` connects to each of `spokes`, which accept; returns once all are connected.
@@ -70,7 +50,7 @@ fn a_broadcast_to_five_peers_under_loss_reaches_each_exactly_once_in_order() {
     for seed in seeds(40) {
         println!("seed {seed}");
         let mut s = Sim::new(seed, NetConfig::lossy(0.3, 0.1));
-        let cfg = patient();
+        let cfg = patient_config();
         let all = s.add_registered_peers(6, &cfg);
         let (hub, spokes) = (all[0], &all[1..]);
         connect_all(&mut s, hub, spokes);
@@ -199,7 +179,7 @@ fn a_queue_for_a_peer_that_comes_back_is_delivered_in_order_and_loses_nothing() 
     for seed in seeds(40) {
         println!("seed {seed}");
         let mut s = Sim::new(seed, NetConfig::lossy(0.3, 0.1));
-        let mut cfg = patient();
+        let mut cfg = patient_config();
         cfg.queue_retry = secs(20);
         let a = s.add_registered_peers(1, &cfg)[0];
         let ida = s.id(a);
@@ -314,7 +294,7 @@ fn queueing_for_yourself_is_refused() {
 }
 
 fn named_config(name: &str) -> PeerConfig {
-    let mut cfg = patient();
+    let mut cfg = patient_config();
     cfg.name = Some(name.to_string());
     cfg
 }
@@ -426,7 +406,7 @@ fn list_pages_through_thousands_of_clients_under_loss() {
             }
         }
         while s.registry.poll_event().is_some() {}
-        let a = s.add_peer(patient());
+        let a = s.add_peer(patient_config());
         s.expect(secs(300), "registered", |s| s.registered(a));
         s.command(a, |p, now| p.list(now)).unwrap();
         s.expect(secs(3000), "the listing", |s| {
