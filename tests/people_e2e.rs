@@ -416,3 +416,36 @@ fn colour_on_a_terminal_unless_no_color_is_set() {
     assert!(plain.contains("error: unknown command /dance"), "{plain:?}");
     assert!(!plain.contains("\u{1b}[31m"), "{plain:?}");
 }
+
+#[test]
+fn a_client_killed_and_restarted_takes_its_name_back_at_once() {
+    let server = Server::start(&[]);
+    let state = TempDir::new("crashy");
+    let addr = server.addr.to_string();
+    let args = [
+        "--server",
+        addr.as_str(),
+        "--retry-interval",
+        RETRY,
+        "--name",
+        "alice",
+        "--state-dir",
+        state.arg(),
+    ];
+    let mut first = JsonClient::spawn("alice", &args);
+    first.expect(json!({"event": "claimed", "name": "alice"}));
+    let old_id = id_of(&first);
+    // No Leave: the server still holds the name (for its 30 s time to live).
+    first.proc.kill();
+    let mut again = JsonClient::spawn("alice again", &args);
+    again.expect(json!({"event": "claimed", "name": "alice"}));
+    assert_ne!(id_of(&again), old_id, "a new registration");
+    // The old entry is gone: one alice, and bob finds the new one.
+    let mut bob = named(&server, "bob");
+    bob.type_line("list");
+    let online = bob.wait_event("online", |v| v["event"] == "online");
+    assert_eq!(online["total"], 2, "{online}");
+    bob.type_line("connect alice");
+    let request = again.wait_event("request", |v| v["event"] == "request");
+    assert_eq!(request["name"], "bob");
+}
