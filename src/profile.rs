@@ -48,8 +48,9 @@ fn now_ms() -> u64 {
 }
 
 impl Profile {
-    /// Opens the state. Returns the profile, the journal (when state is kept) and notices
-    /// for the user; an error only for an explicit directory that cannot be used.
+    /// Opens the state. Returns the profile, the journal (kept in memory only when no
+    /// state is kept) and notices for the user; an error only for an explicit directory
+    /// that cannot be used.
     pub fn open(
         choice: &StateChoice,
         name: Option<&str>,
@@ -91,7 +92,10 @@ impl Profile {
             last_history_save: None,
             write_failed: false,
         };
-        let mut journal = None;
+        // Without a state directory the history lives as long as the process.
+        let mut journal = Some(Journal::new(crate::store::History::new(
+            crate::store::DEFAULT_HISTORY_CAP,
+        )));
         if let Some(store) = &profile.store {
             match store.load_identity() {
                 Ok(found) => profile.identity = found.unwrap_or_default(),
@@ -280,10 +284,15 @@ impl Profile {
         for (target, texts) in outbox {
             let n = texts.len();
             let plural = if n == 1 { "" } else { "s" };
-            notices.push(if self.store.is_some() && !self.write_failed {
-                format!("{n} message{plural} for {target} stay queued: they go when you are both online")
+            let (stay, were) = if n == 1 {
+                ("stays", "was")
             } else {
-                format!("{n} message{plural} for {target} were NOT delivered (nothing is kept between runs)")
+                ("stay", "were")
+            };
+            notices.push(if self.store.is_some() && !self.write_failed {
+                format!("{n} message{plural} for {target} {stay} queued: sent when you are both online")
+            } else {
+                format!("{n} message{plural} for {target} {were} NOT delivered (nothing is kept between runs)")
             });
         }
         notices
