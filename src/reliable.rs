@@ -25,6 +25,7 @@
 //! messages that arrive early wait (up to `window` ahead) for the gap to fill.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 /// Settings of a send window.
@@ -121,8 +122,8 @@ impl RttEstimator {
 }
 
 #[derive(Debug, Clone)]
-struct InFlight {
-    text: String,
+struct InFlight<T> {
+    text: T,
     first_sent: Instant,
     /// When its latest copy was sent.
     last_sent: Instant,
@@ -134,24 +135,26 @@ struct InFlight {
     due: bool,
 }
 
-/// What [`SendWindow::poll_transmit`] asks to send.
+/// What [`SendWindow::poll_transmit`] asks to send: for chat, text (`U = str`); for file
+/// chunks, bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing<'a> {
+pub struct Outgoing<'a, U: ?Sized = str> {
     pub seq: u64,
-    pub text: &'a str,
+    pub text: &'a U,
     /// True when this is a resend.
     pub retransmit: bool,
 }
 
-/// The sending half of a session. See the module documentation.
+/// The sending half of a session. See the module documentation. The payload `T` is chat
+/// text by default; file transfers send chunks of bytes through the same window.
 #[derive(Debug, Clone)]
-pub struct SendWindow {
+pub struct SendWindow<T = String> {
     config: SendConfig,
     rtt: RttEstimator,
     next_seq: u64,
     /// Numbered, not yet sent: the window was full.
-    waiting: VecDeque<(u64, String)>,
-    in_flight: BTreeMap<u64, InFlight>,
+    waiting: VecDeque<(u64, T)>,
+    in_flight: BTreeMap<u64, InFlight<T>>,
     /// (deadline, seq) of every message in flight that is neither arrived nor due: the
     /// earliest is the next timeout, found without scanning the window.
     timers: BTreeSet<(Instant, u64)>,
@@ -167,7 +170,15 @@ pub struct SendWindow {
 }
 
 impl SendWindow {
+    /// A send window for chat text.
     pub fn new(config: SendConfig) -> Self {
+        Self::for_payload(config)
+    }
+}
+
+impl<T: Deref> SendWindow<T> {
+    /// A send window for any payload (file chunks: `SendWindow::<Vec<u8>>::for_payload`).
+    pub fn for_payload(config: SendConfig) -> Self {
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
         SendWindow {
             config,
@@ -185,7 +196,7 @@ impl SendWindow {
     }
 
     /// Numbers a new message and queues it for sending; returns its number.
-    pub fn push(&mut self, text: String) -> u64 {
+    pub fn push(&mut self, text: T) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.waiting.push_back((seq, text));
@@ -194,7 +205,7 @@ impl SendWindow {
 
     /// The next datagram to send now, if any: resends first, then new messages while the
     /// window has room. Call until it returns `None`.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Outgoing<'_>> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Outgoing<'_, T::Target>> {
         let rto = self.rtt.rto();
         while let Some(seq) = self.due.pop_front() {
             // A message acknowledged after it was marked due is skipped.
@@ -216,7 +227,7 @@ impl SendWindow {
             self.timers.insert((f.deadline, seq));
             return Some(Outgoing {
                 seq,
-                text: &f.text,
+                text: &*f.text,
                 retransmit: true,
             });
         }
@@ -236,7 +247,7 @@ impl SendWindow {
         self.timers.insert((f.deadline, seq));
         Some(Outgoing {
             seq,
-            text: &f.text,
+            text: &*f.text,
             retransmit: false,
         })
     }
@@ -396,10 +407,10 @@ impl SendWindow {
 
 /// What [`RecvWindow::receive`] made of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Received {
+pub enum Received<T = String> {
     /// New and in order: these messages (this one, and any that waited for it) are ready to
     /// show, in order.
-    Deliver(Vec<(u64, String)>),
+    Deliver(Vec<(u64, T)>),
     /// Arrived before a gap; held until the gap fills.
     Held,
     /// Already received: not to be shown again (still to be acknowledged).
@@ -411,16 +422,24 @@ pub enum Received {
 
 /// The receiving half of a session. See the module documentation.
 #[derive(Debug, Clone)]
-pub struct RecvWindow {
+pub struct RecvWindow<T = String> {
     /// The next number to deliver.
     next: u64,
-    held: BTreeMap<u64, String>,
+    held: BTreeMap<u64, T>,
     window: u64,
     duplicates: u64,
 }
 
 impl RecvWindow {
+    /// A receive window for chat text.
     pub fn new(window: usize) -> Self {
+        Self::for_payload(window)
+    }
+}
+
+impl<T> RecvWindow<T> {
+    /// A receive window for any payload (file chunks: `RecvWindow::<Vec<u8>>::for_payload`).
+    pub fn for_payload(window: usize) -> Self {
         RecvWindow {
             next: 1,
             held: BTreeMap::new(),
@@ -429,7 +448,7 @@ impl RecvWindow {
         }
     }
 
-    pub fn receive(&mut self, seq: u64, text: String) -> Received {
+    pub fn receive(&mut self, seq: u64, text: T) -> Received<T> {
         if seq < self.next || self.held.contains_key(&seq) {
             self.duplicates += 1;
             return Received::Duplicate;

@@ -156,6 +156,48 @@
 //! receiver does not know is answered with `Terminate` for that session (like a TCP reset),
 //! so a peer that restarted makes the other side end the stale session at once. A
 //! `Terminate` for an unknown session is still answered with `TerminateAck`.
+//!
+//! # File transfer
+//!
+//! Files go from peer to peer inside a session, as messages of the session (with its `from`
+//! and `session`). Each transfer has a number `n`, chosen by the peer that offers the file
+//! (1, 2, 3, ... per session and direction), so a transfer is named by its offerer and `n`.
+//!
+//! | message | fields | sent by | answered by |
+//! |---|---|---|---|
+//! | `FileOffer` | `from`, `session`, `n`, `name`, `size`, `sha256` (32-byte bin) | offerer, resent until answered | `FileGet`, or `FileCancel` (`Refused`) |
+//! | `FileGet` | `from`, `session`, `n` | receiver | the chunks |
+//! | `Chunk` | `from`, `session`, `n`, `seq`, `data` (bin, at most [`CHUNK_SIZE`] bytes) | offerer | `ChunkAck` |
+//! | `ChunkAck` | `from`, `session`, `n`, `seq`, `cumulative` | receiver | - |
+//! | `FileCancel` | `from`, `session`, `offerer`, `n`, `reason` | either side, resent until acknowledged | `FileCancelAck` |
+//! | `FileCancelAck` | `from`, `session`, `offerer`, `n` | receiver of a `FileCancel` | - |
+//!
+//! `name` is only a suggestion: the receiver cleans it (no directories, no `..`, no control
+//! characters) and never overwrites a file. The offer is resent (from the session's
+//! retransmission timeout, doubling, at most every retry interval) until the receiver
+//! answers; an offer unanswered for `connect_tries` retry intervals is withdrawn with
+//! `FileCancel` `Expired`. The receiver answers a repeated offer with the same answer; a
+//! `FileGet` that is lost is so repeated too, and the receiver also resends it until the
+//! first chunk arrives.
+//!
+//! After `FileGet`, the file travels as `Chunk`s numbered `seq` = 1, 2, 3, ...: chunk `seq`
+//! holds the bytes from `(seq - 1) * CHUNK_SIZE`, and every chunk but the last is full. A
+//! file of `size` bytes has `max(1, ceil(size / CHUNK_SIZE))` chunks: an empty file is one
+//! empty chunk. Chunks are sent, acknowledged, resent and reordered exactly like `Chat`
+//! (same window rules, same early retransmission; a `ChunkAck` may cover a burst), with a
+//! smaller window (64 chunks) so that a transfer does not fill the receiver's socket
+//! buffer. The receiver writes them in order and hashes them as they come; it acknowledges
+//! the **last** chunk with a `cumulative` that covers it only once the SHA-256 of the whole
+//! file matches `sha256`, so that acknowledgement means "received and verified". If the
+//! digest differs it sends `FileCancel` `ChecksumMismatch` instead. A repeated last chunk of
+//! a finished transfer is acknowledged again.
+//!
+//! `reason` is one of `"Refused"`, `"Cancelled"`, `"ChecksumMismatch"`, `"DiskError"`,
+//! `"Expired"`, `"Unknown"`. A `FileCancel` is resent (like `Terminate`) until
+//! `FileCancelAck`, and is acknowledged even when the transfer is unknown. A `Chunk`,
+//! `FileGet` or `ChunkAck` for a transfer the receiver does not know is answered once with
+//! `FileCancel` `Unknown` (not resent). When the session ends, every transfer of it ends
+//! too.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -364,7 +406,98 @@ pub enum Message {
     Ping { from: ClientId, session: SessionId },
     /// Answer to `Ping`.
     Pong { from: ClientId, session: SessionId },
+
+    // ---- file transfer ----
+    /// Offers file transfer `n` (numbered by the offerer, per session): a file called `name`
+    /// of `size` bytes whose SHA-256 is `sha256`. Resent until answered.
+    FileOffer {
+        from: ClientId,
+        session: SessionId,
+        n: u64,
+        #[serde(deserialize_with = "bounded_text")]
+        name: String,
+        size: u64,
+        #[serde(with = "serde_bytes")]
+        sha256: [u8; 32],
+    },
+    /// The receiver of offer `n` wants the file: send the chunks.
+    FileGet {
+        from: ClientId,
+        session: SessionId,
+        n: u64,
+    },
+    /// Chunk `seq` (1, 2, 3, ...) of transfer `n`: bytes `(seq - 1) * CHUNK_SIZE` onwards.
+    Chunk {
+        from: ClientId,
+        session: SessionId,
+        n: u64,
+        seq: u64,
+        #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "bounded_bytes")]
+        data: Vec<u8>,
+    },
+    /// Chunk `seq` of transfer `n` has arrived; every chunk up to `cumulative` has been
+    /// written. A `cumulative` that covers the last chunk also says the SHA-256 matched.
+    ChunkAck {
+        from: ClientId,
+        session: SessionId,
+        n: u64,
+        seq: u64,
+        cumulative: u64,
+    },
+    /// Ends transfer `n` offered by `offerer` (either side may send it): refused, cancelled,
+    /// or failed. Resent until `FileCancelAck`.
+    FileCancel {
+        from: ClientId,
+        session: SessionId,
+        offerer: ClientId,
+        n: u64,
+        reason: FileEnd,
+    },
+    /// Acknowledges a `FileCancel`.
+    FileCancelAck {
+        from: ClientId,
+        session: SessionId,
+        offerer: ClientId,
+        n: u64,
+    },
 }
+
+/// Why a file transfer ended early (the `reason` of `FileCancel`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileEnd {
+    /// The receiver said no.
+    Refused,
+    /// Either person cancelled it.
+    Cancelled,
+    /// The whole file arrived but its SHA-256 did not match the offer.
+    ChecksumMismatch,
+    /// Reading or writing the file failed.
+    DiskError,
+    /// The offer was not answered in time.
+    Expired,
+    /// The transfer is not known (any more) to the sender of the `FileCancel`.
+    Unknown,
+}
+
+impl FileEnd {
+    /// A short stable name, used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileEnd::Refused => "refused",
+            FileEnd::Cancelled => "cancelled",
+            FileEnd::ChecksumMismatch => "checksum_mismatch",
+            FileEnd::DiskError => "disk_error",
+            FileEnd::Expired => "expired",
+            FileEnd::Unknown => "unknown_transfer",
+        }
+    }
+}
+
+/// The most file bytes one `Chunk` carries: with its fields, a `Chunk` stays within
+/// [`PACK_LIMIT`], so chunks never fragment.
+pub const CHUNK_SIZE: usize = 1100;
+/// The most bytes a `Chunk` may carry when decoded (a longer one is malformed).
+pub const MAX_CHUNK: usize = 4096;
 
 impl Message {
     /// The session a peer-to-peer message belongs to (`None` for client-server messages).
@@ -378,7 +511,13 @@ impl Message {
             | Message::Terminate { session, .. }
             | Message::TerminateAck { session, .. }
             | Message::Ping { session, .. }
-            | Message::Pong { session, .. } => Some(*session),
+            | Message::Pong { session, .. }
+            | Message::FileOffer { session, .. }
+            | Message::FileGet { session, .. }
+            | Message::Chunk { session, .. }
+            | Message::ChunkAck { session, .. }
+            | Message::FileCancel { session, .. }
+            | Message::FileCancelAck { session, .. } => Some(*session),
             _ => None,
         }
     }
@@ -410,6 +549,12 @@ impl Message {
             Message::TerminateAck { .. } => "TerminateAck",
             Message::Ping { .. } => "Ping",
             Message::Pong { .. } => "Pong",
+            Message::FileOffer { .. } => "FileOffer",
+            Message::FileGet { .. } => "FileGet",
+            Message::Chunk { .. } => "Chunk",
+            Message::ChunkAck { .. } => "ChunkAck",
+            Message::FileCancel { .. } => "FileCancel",
+            Message::FileCancelAck { .. } => "FileCancelAck",
         }
     }
 }
@@ -694,6 +839,18 @@ fn bounded_opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     }
 }
 
+/// Decodes the bytes of a `Chunk`, refusing more than [`MAX_CHUNK`].
+fn bounded_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let data: Vec<u8> = serde_bytes::deserialize(d)?;
+    if data.len() > MAX_CHUNK {
+        return Err(serde::de::Error::custom(format!(
+            "chunk of {} bytes, limit {MAX_CHUNK}",
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
 /// read them; a string that is not an address fails decoding.
 mod addr_as_string {
@@ -854,6 +1011,46 @@ mod tests {
             Message::Pong {
                 from: 2,
                 session: 5,
+            },
+            Message::FileOffer {
+                from: 1,
+                session: 5,
+                n: 1,
+                name: "report (1).pdf".into(),
+                size: 5 << 30,
+                sha256: [7; 32],
+            },
+            Message::FileGet {
+                from: 2,
+                session: 5,
+                n: 1,
+            },
+            Message::Chunk {
+                from: 1,
+                session: 5,
+                n: 1,
+                seq: 3,
+                data: vec![0, 1, 2, 255],
+            },
+            Message::ChunkAck {
+                from: 2,
+                session: 5,
+                n: 1,
+                seq: 3,
+                cumulative: 2,
+            },
+            Message::FileCancel {
+                from: 2,
+                session: 5,
+                offerer: 1,
+                n: 1,
+                reason: FileEnd::Refused,
+            },
+            Message::FileCancelAck {
+                from: 1,
+                session: 5,
+                offerer: 1,
+                n: 1,
             },
         ]
     }
@@ -1084,12 +1281,70 @@ mod tests {
                 code: ErrorCode::NotRegistered,
                 detail: "x".repeat(MAX_TEXT),
             },
+            Message::Chunk {
+                from: u32::MAX,
+                session: u64::MAX,
+                n: u64::MAX,
+                seq: u64::MAX,
+                data: vec![0xff; MAX_CHUNK],
+            },
+            Message::FileOffer {
+                from: u32::MAX,
+                session: u64::MAX,
+                n: u64::MAX,
+                name: "x".repeat(MAX_TEXT),
+                size: u64::MAX,
+                sha256: [0xff; 32],
+            },
         ];
         for m in biggest {
             let bytes = encode(&m);
             assert!(bytes.len() <= MAX_DATAGRAM);
             assert_eq!(decode(&bytes), Ok(m));
         }
+    }
+
+    #[test]
+    fn a_full_chunk_fits_one_packed_datagram() {
+        let chunk = Message::Chunk {
+            from: u32::MAX,
+            session: u64::MAX,
+            n: u64::MAX,
+            seq: u64::MAX,
+            data: vec![0xff; CHUNK_SIZE],
+        };
+        let bytes = encode(&chunk);
+        assert!(bytes.len() <= PACK_LIMIT, "{} bytes", bytes.len());
+        assert_eq!(decode(&bytes), Ok(chunk));
+    }
+
+    #[test]
+    fn a_chunk_longer_than_max_chunk_is_malformed() {
+        let chunk = Message::Chunk {
+            from: 1,
+            session: 2,
+            n: 3,
+            seq: 4,
+            data: vec![0; MAX_CHUNK + 1],
+        };
+        assert!(matches!(
+            decode(&encode(&chunk)),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // The digest is exactly 32 bytes.
+        let mut offer = encode(&Message::FileOffer {
+            from: 1,
+            session: 2,
+            n: 3,
+            name: "a".into(),
+            size: 1,
+            sha256: [1; 32],
+        });
+        // "sha256" bin8 of 32 -> claim 31 and drop one byte.
+        let at = offer.windows(2).position(|w| w == [0xc4, 32]).unwrap();
+        offer[at + 1] = 31;
+        offer.pop();
+        assert!(matches!(decode(&offer), Err(DecodeError::Malformed { .. })));
     }
 
     /// `{"Lookup": {"id": 3, "x": [[[...nil...]]]}}`: an unknown field nested `depth` deep.
