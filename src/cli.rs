@@ -37,6 +37,20 @@ pub enum Command {
     Help,
     /// An empty line: nothing to do.
     Nothing,
+    // ---- file transfer ----
+    /// `sendfile <path> [@id]`
+    SendFile {
+        path: String,
+        to: Option<Target>,
+    },
+    /// `getfile [n]`
+    GetFile(Option<u64>),
+    /// `refuse [n]`
+    Refuse(Option<u64>),
+    /// `cancel [n]`
+    Cancel(Option<u64>),
+    /// `transfers`
+    Transfers,
 }
 
 /// How many messages `history` shows without a count.
@@ -60,6 +74,11 @@ commands (a leading / is allowed; a line that is not a command goes to the curre
   status                       your id and name, sessions and requests          e.g. status
   leave                        end every session, leave the server, exit        e.g. leave
   help                         this list                                        e.g. help
+  sendfile <path> [@id]        offer a file to the current peer, or to @id      e.g. sendfile notes.pdf @3
+  getfile [n]                  accept file offer n (default: the only one)      e.g. getfile 2
+  refuse [n]                   refuse file offer n                              e.g. refuse 2
+  cancel [n]                   stop transfer n, either way; removes the partial e.g. cancel 2
+  transfers                    list the transfers going on or waiting           e.g. transfers
 Ctrl-C and Ctrl-D leave too. To send a line that starts with a command word, use send.";
 
 /// Parses one input line. A line that does not start with a command word is a message.
@@ -121,6 +140,12 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         "status" if rest.is_empty() => Ok(Command::Status),
         "leave" | "quit" | "exit" if rest.is_empty() => Ok(Command::Leave),
         "help" | "?" if rest.is_empty() => Ok(Command::Help),
+        // ---- file transfer ----
+        "sendfile" => parse_sendfile(rest),
+        "getfile" => Ok(Command::GetFile(transfer_number("getfile", rest)?)),
+        "refuse" => Ok(Command::Refuse(transfer_number("refuse", rest)?)),
+        "cancel" => Ok(Command::Cancel(transfer_number("cancel", rest)?)),
+        "transfers" if rest.is_empty() => Ok(Command::Transfers),
         _ if slash => Err(format!("unknown command /{word}; type help for the list")),
         _ if word.starts_with('@') => parse_send(line.trim_start().trim_end_matches(['\r', '\n'])),
         _ => Ok(Command::Send {
@@ -423,6 +448,12 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         } => "left (the server did not confirm). Bye.".into(),
         Event::Notice { message } => style.paint("33", &format!("note: {message}")),
         Event::Fatal { message } => style.paint("31", &format!("error: {message}")),
+        ev @ (Event::FileOffered { .. }
+        | Event::FileOffer { .. }
+        | Event::FileProgress { .. }
+        | Event::FileReceived { .. }
+        | Event::FileSent { .. }
+        | Event::FileFailed { .. }) => file_human_line(ev),
     }
 }
 
@@ -480,6 +511,12 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::Left { server_acked } => json!({"event": "left", "server_acked": server_acked}),
         Event::Notice { message } => json!({"event": "notice", "message": message}),
         Event::Fatal { message } => json!({"event": "error", "message": message, "fatal": true}),
+        ev @ (Event::FileOffered { .. }
+        | Event::FileOffer { .. }
+        | Event::FileProgress { .. }
+        | Event::FileReceived { .. }
+        | Event::FileSent { .. }
+        | Event::FileFailed { .. }) => file_json(ev),
     };
     let about = match ev {
         Event::Request { from } | Event::Message { from, .. } => Some(*from),
@@ -826,6 +863,16 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
             show_status(peer, out, ui);
             Ok(())
         }
+        Command::SendFile { .. }
+        | Command::GetFile(_)
+        | Command::Refuse(_)
+        | Command::Cancel(_)
+        | Command::Transfers => {
+            if let Err(message) = execute_file_command(peer, now, cmd, out, ui.json) {
+                ui.error(out, &message);
+            }
+            Ok(())
+        }
         Command::Help => {
             if ui.json {
                 out.line(&json!({"event": "help", "text": HELP}).to_string());
@@ -998,6 +1045,392 @@ fn show_history(peer: &Peer, target: Option<Target>, count: usize, out: &mut dyn
     }
 }
 
+// ---------------------------------------------------------------------- file transfer
+
+/// `sendfile <path> [@id]`: the path may hold spaces; a last word starting with `@` is the
+/// target.
+fn parse_sendfile(rest: &str) -> Result<Command, String> {
+    const USAGE: &str =
+        "sendfile needs a file, for example sendfile notes.txt or sendfile notes.txt @3";
+    if rest.is_empty() {
+        return Err(USAGE.into());
+    }
+    let (path, to) = match rest.rsplit_once(char::is_whitespace) {
+        Some((path, last)) if last.starts_with('@') => (path.trim_end(), Some(last)),
+        _ if rest.starts_with('@') => return Err(USAGE.into()),
+        _ => (rest, None),
+    };
+    let to = to.map(parse_target).transpose()?;
+    Ok(Command::SendFile {
+        path: path.to_string(),
+        to,
+    })
+}
+
+/// A target peer, `@<id>` or `@<name>`.
+pub fn parse_target(word: &str) -> Result<Target, String> {
+    let t = word
+        .strip_prefix('@')
+        .ok_or_else(|| format!("{word:?}: a target is written @<id> or @<name>, for example @3"))?;
+    Target::parse(t).map_err(|e| format!("{word}: {e}; for example @3 or @bob"))
+}
+
+fn transfer_number(what: &str, rest: &str) -> Result<Option<u64>, String> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    match rest.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "{what}: {rest:?} is not a transfer number; for example {what} 2 (type transfers for the list)"
+        )),
+    }
+}
+
+/// `12.5 MiB`
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `[#########-----------]  45%  12.3 MiB of 27.0 MiB  4.1 MiB/s  4 s left`
+pub fn progress_bar(bytes: u64, size: u64, rate: u64, eta_secs: Option<u64>) -> String {
+    const WIDTH: u64 = 20;
+    // Parts of `size` done, out of `of` (all done for an empty file).
+    let part = |of: u64| {
+        (u128::from(bytes.min(size)) * u128::from(of))
+            .checked_div(u128::from(size))
+            .map_or(of, |v| v as u64)
+    };
+    let (filled, percent) = (part(WIDTH), part(100));
+    let eta = match eta_secs {
+        Some(s) if s >= 3600 => format!("{}h{:02}m left", s / 3600, s % 3600 / 60),
+        Some(s) if s >= 60 => format!("{}m{:02}s left", s / 60, s % 60),
+        Some(s) => format!("{s} s left"),
+        None => "time left unknown".into(),
+    };
+    format!(
+        "[{}{}] {percent:>3}%  {} of {}  {}/s  {eta}",
+        "#".repeat(filled as usize),
+        "-".repeat((WIDTH - filled) as usize),
+        human_bytes(bytes),
+        human_bytes(size),
+        human_bytes(rate),
+    )
+}
+
+fn file_human_line(ev: &Event) -> String {
+    match ev {
+        Event::FileOffered {
+            peer,
+            n,
+            name,
+            size,
+        } => format!(
+            "file {n}: offered {} ({}) to client {peer}; waiting for the answer",
+            sanitize(name),
+            human_bytes(*size)
+        ),
+        Event::FileOffer {
+            from,
+            n,
+            name,
+            size,
+            ..
+        } => format!(
+            "file offer {n} from {from}: {} ({}). Type getfile {n} or refuse {n}",
+            sanitize(name),
+            human_bytes(*size)
+        ),
+        Event::FileProgress {
+            peer,
+            n,
+            outgoing,
+            bytes,
+            size,
+            rate,
+            eta_secs,
+        } => format!(
+            "file {n} {} {peer} {}",
+            if *outgoing { "to" } else { "from" },
+            progress_bar(*bytes, *size, *rate, *eta_secs)
+        ),
+        Event::FileReceived {
+            from,
+            n,
+            path,
+            size,
+            sha256,
+        } => format!(
+            "file {n} from {from} received: {} ({}, sha256 {sha256})",
+            sanitize(&path.display().to_string()),
+            human_bytes(*size)
+        ),
+        Event::FileSent { peer, n, size } => format!(
+            "file {n} sent: client {peer} has all {} and the checksum matched",
+            human_bytes(*size)
+        ),
+        Event::FileFailed { peer, n, reason } => {
+            format!("file {n} (client {peer}) failed: {reason}")
+        }
+        _ => String::new(),
+    }
+}
+
+fn file_json(ev: &Event) -> serde_json::Value {
+    match ev {
+        Event::FileOffered {
+            peer,
+            n,
+            name,
+            size,
+        } => {
+            json!({"event": "file_offered", "peer": peer, "n": n, "name": name, "size": size})
+        }
+        Event::FileOffer {
+            from,
+            n,
+            name,
+            size,
+            sha256,
+        } => {
+            json!({"event": "file_offer", "from": from, "n": n, "name": name, "size": size, "sha256": sha256})
+        }
+        Event::FileProgress {
+            peer,
+            n,
+            outgoing,
+            bytes,
+            size,
+            rate,
+            eta_secs,
+        } => {
+            json!({"event": "file_progress", "peer": peer, "n": n, "outgoing": outgoing, "bytes": bytes, "size": size, "rate": rate, "eta_secs": eta_secs})
+        }
+        Event::FileReceived {
+            from,
+            n,
+            path,
+            size,
+            sha256,
+        } => {
+            json!({"event": "file_received", "from": from, "n": n, "path": path.display().to_string(), "size": size, "sha256": sha256})
+        }
+        Event::FileSent { peer, n, size } => {
+            json!({"event": "file_sent", "peer": peer, "n": n, "size": size})
+        }
+        Event::FileFailed { peer, n, reason } => {
+            json!({"event": "file_failed", "peer": peer, "n": n, "reason": reason.as_str(), "detail": reason.to_string()})
+        }
+        _ => json!({"event": "notice", "message": "unknown event"}),
+    }
+}
+
+/// A file hashed for `sendfile`, ready to be offered.
+#[derive(Debug)]
+pub struct HashedFile {
+    pub path: std::path::PathBuf,
+    pub to: Option<ClientId>,
+    pub name: String,
+    /// Size and SHA-256, or why the file could not be read.
+    pub result: Result<(u64, [u8; 32]), String>,
+}
+
+/// Files being hashed on background threads, and the results waiting for the loop.
+struct Jobs {
+    /// Set by the driver: wakes its loop when a result is ready. Without it, `sendfile`
+    /// hashes in place.
+    wake: Option<Wake>,
+    pending: usize,
+    ready: Vec<HashedFile>,
+}
+
+static JOBS: std::sync::Mutex<Jobs> = std::sync::Mutex::new(Jobs {
+    wake: None,
+    pending: 0,
+    ready: Vec::new(),
+});
+
+/// Makes `sendfile` hash files on a background thread and call `wake` when one is done;
+/// the loop then takes the results with [`take_hashed`] and offers them with
+/// [`offer_hashed`].
+pub fn hash_in_background(wake: Wake) {
+    JOBS.lock().unwrap_or_else(|e| e.into_inner()).wake = Some(wake);
+}
+
+/// Files hashed since the last call.
+pub fn take_hashed() -> Vec<HashedFile> {
+    let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let ready = std::mem::take(&mut jobs.ready);
+    jobs.pending -= ready.len();
+    ready
+}
+
+/// How many files are still being hashed (the end of input waits for them).
+pub fn hashing() -> usize {
+    let jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    jobs.pending + jobs.ready.len()
+}
+
+/// Offers a hashed file.
+pub fn offer_hashed(
+    peer: &mut Peer,
+    now: Instant,
+    file: HashedFile,
+    out: &mut dyn Output,
+    json: bool,
+) {
+    let path = file.path.display().to_string();
+    let result = file
+        .result
+        .map_err(|e| format!("cannot read {path}: {e}"))
+        .and_then(|(size, sha256)| {
+            let source = crate::downloads::DiskSource::open(&file.path)
+                .map_err(|e| format!("cannot read {path}: {e}"))?;
+            peer.send_file(now, file.to, &file.name, size, sha256, Box::new(source))
+                .map_err(|e| format!("cannot offer {path}: {e}"))
+        });
+    if let Err(message) = result {
+        out.line(&if json {
+            json_error(&message)
+        } else {
+            format!("error: {message}")
+        });
+    }
+}
+
+/// Carries out a file command: opens and hashes files, creates downloads.
+fn execute_file_command(
+    peer: &mut Peer,
+    now: Instant,
+    cmd: Command,
+    out: &mut dyn Output,
+    json: bool,
+) -> Result<(), String> {
+    use crate::downloads::{hash_file, safe_file_name, DiskSink};
+    match cmd {
+        Command::SendFile { path, to } => {
+            let p = std::path::Path::new(&path);
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("{path:?} does not name a file"))?
+                .to_string();
+            let to = match &to {
+                Some(t) => Some(peer.session_peer(t).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            // Refuse early what the peer would: no point hashing it first.
+            peer.file_link(to).map_err(|e| e.to_string())?;
+            if p.is_dir() {
+                return Err(format!("{path} is a directory; only files can be sent"));
+            }
+            std::fs::File::open(p).map_err(|e| format!("cannot read {path}: {e}"))?;
+            // The offer carries the digest: hash the file first, on a thread of its own
+            // when the driver takes the results (a big file takes seconds), so that chat
+            // and the session keepalives go on meanwhile.
+            let wake = JOBS.lock().unwrap_or_else(|e| e.into_inner()).wake.clone();
+            match wake {
+                Some(wake) => {
+                    JOBS.lock().unwrap_or_else(|e| e.into_inner()).pending += 1;
+                    let job_path = p.to_path_buf();
+                    std::thread::Builder::new()
+                        .name("hash".into())
+                        .spawn(move || {
+                            let result = hash_file(&job_path).map_err(|e| e.to_string());
+                            let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+                            jobs.ready.push(HashedFile {
+                                path: job_path,
+                                to,
+                                name,
+                                result,
+                            });
+                            drop(jobs);
+                            wake();
+                        })
+                        .map_err(|e| format!("cannot start hashing {path}: {e}"))?;
+                    if !json {
+                        out.line(&format!("computing the SHA-256 of {path}..."));
+                    }
+                }
+                None => {
+                    let result = hash_file(p).map_err(|e| e.to_string());
+                    offer_hashed(
+                        peer,
+                        now,
+                        HashedFile {
+                            path: p.to_path_buf(),
+                            to,
+                            name,
+                            result,
+                        },
+                        out,
+                        json,
+                    );
+                }
+            }
+        }
+        Command::GetFile(n) => {
+            let (n, _, offered) = peer.file_offer(n).map_err(|e| e.to_string())?;
+            let name = safe_file_name(&offered)?;
+            let dir = peer.config().files.downloads.clone();
+            let sink = DiskSink::create(&dir, &name)
+                .map_err(|e| format!("cannot receive file {n}: {e}"))?;
+            peer.get_file(now, n, Box::new(sink))
+                .map_err(|e| e.to_string())?;
+            if !json {
+                out.line(&format!("receiving file {n} into {}", dir.display()));
+            }
+        }
+        Command::Refuse(n) => {
+            peer.refuse_file(now, n).map_err(|e| e.to_string())?;
+        }
+        Command::Cancel(n) => {
+            peer.cancel_file(now, n).map_err(|e| e.to_string())?;
+        }
+        Command::Transfers => {
+            let list = peer.transfers();
+            if json {
+                let items: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|t| {
+                        json!({"n": t.n, "peer": t.peer, "outgoing": t.outgoing, "name": t.name,
+                               "size": t.size, "done": t.done, "state": t.state})
+                    })
+                    .collect();
+                out.line(&json!({"event": "transfers", "transfers": items}).to_string());
+            } else if list.is_empty() {
+                out.line("no transfers");
+            } else {
+                for t in list {
+                    out.line(&format!(
+                        "file {} {} client {}: {} ({} of {}) {}",
+                        t.n,
+                        if t.outgoing { "to" } else { "from" },
+                        t.peer,
+                        sanitize(&t.name),
+                        human_bytes(t.done),
+                        human_bytes(t.size),
+                        t.state
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1160,6 +1593,54 @@ mod tests {
                 .unwrap_or_else(|| panic!("{word} is not in help"));
             assert!(line.contains("e.g. "), "no example for {word}: {line}");
         }
+    }
+
+    #[test]
+    fn file_commands_parse() {
+        assert_eq!(
+            parse_command("sendfile my notes.txt @3"),
+            Ok(Command::SendFile {
+                path: "my notes.txt".into(),
+                to: Some(Target::Id(3))
+            })
+        );
+        assert_eq!(
+            parse_command("/sendfile a.txt"),
+            Ok(Command::SendFile {
+                path: "a.txt".into(),
+                to: None
+            })
+        );
+        assert_eq!(parse_command("getfile"), Ok(Command::GetFile(None)));
+        assert_eq!(parse_command("getfile 4"), Ok(Command::GetFile(Some(4))));
+        assert_eq!(parse_command("refuse 2"), Ok(Command::Refuse(Some(2))));
+        assert_eq!(parse_command("cancel"), Ok(Command::Cancel(None)));
+        assert_eq!(parse_command("transfers"), Ok(Command::Transfers));
+        assert!(parse_command("sendfile")
+            .unwrap_err()
+            .contains("sendfile notes.txt"));
+        assert!(parse_command("sendfile @3").is_err());
+        assert_eq!(
+            parse_command("sendfile a b @bob"),
+            Ok(Command::SendFile {
+                path: "a b".into(),
+                to: Some(Target::Name("bob".into()))
+            })
+        );
+        assert!(parse_command("sendfile a @-x").unwrap_err().contains("@3"));
+        assert!(parse_command("cancel 0")
+            .unwrap_err()
+            .contains("transfer number"));
+    }
+
+    #[test]
+    fn the_progress_line_shows_bar_rate_and_time_left() {
+        let line = progress_bar(512 << 20, 1 << 30, 4 << 20, Some(128));
+        assert_eq!(
+            line,
+            "[##########----------]  50%  512.0 MiB of 1.0 GiB  4.0 MiB/s  2m08s left"
+        );
+        assert!(progress_bar(0, 0, 0, None).starts_with("[####################] 100%"));
     }
 
     #[test]

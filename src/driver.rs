@@ -507,6 +507,8 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
             let _ = waker.wake();
         })
     };
+    // ---- file transfer: `sendfile` hashes on a thread and wakes the loop when done.
+    cli::hash_in_background(Arc::clone(&wake));
     let (tx, inputs) = mpsc::channel();
     let mut out: Box<dyn Output> = match opts.ui {
         UiMode::Terminal => Box::new(
@@ -580,6 +582,11 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
             _ => {}
         })?;
         let peer = endpoint.peer();
+        if peer.id().is_some() {
+            for file in cli::take_hashed() {
+                cli::offer_hashed(peer, Instant::now(), file, out.as_mut(), json);
+            }
+        }
         while let Some(input) = held.front() {
             let registered = peer.id().is_some();
             let now = Instant::now();
@@ -598,7 +605,8 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                     }
                     peer.leave(now);
                 }
-                Input::Eof if registered => peer.finish(now),
+                // The end of input waits for the files still being hashed for sendfile.
+                Input::Eof if registered && cli::hashing() == 0 => peer.finish(now),
                 Input::Line(line) if registered => {
                     cli::execute(peer, now, line, out.as_mut(), &mut ui)
                 }

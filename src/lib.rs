@@ -11,6 +11,10 @@
 //!   peer id, connection requests, accept/reject, chat, terminate, leave.
 //! - [`reliable`]: the send and receive windows of one session: numbering, acknowledgements,
 //!   retransmission timeouts after RFC 6298, duplicate removal and reordering.
+//! - [`transfer`]: file transfers between peers, both sides, as a state machine owned by
+//!   the `Peer`; the file is reached through the `FileSource` and `FileSink` traits.
+//! - [`downloads`]: those traits on real files: the downloads directory, safe names,
+//!   temporary files renamed once the SHA-256 matches.
 //! - [`cli`]: the client's user interface: command parsing, events as readable lines or
 //!   JSON objects, stdin readers (a line editor on a terminal).
 //! - [`driver`]: the mio event loops that own the sockets, stdin, the clock and the
@@ -30,6 +34,7 @@
 //! (things to show) and `poll_timeout` (when to call `handle_timeout` next).
 
 pub mod cli;
+pub mod downloads;
 pub mod driver;
 pub mod journal;
 pub mod peer;
@@ -37,4 +42,5 @@ pub mod profile;
 pub mod registry;
 pub mod reliable;
 pub mod store;
+pub mod transfer;
 pub mod wire;

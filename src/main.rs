@@ -94,6 +94,10 @@ enum Command {
         /// [default: 3 x --retry-interval].
         #[arg(long, value_parser = parse_seconds)]
         queue_retry: Option<Duration>,
+        /// Directory where received files are written (default: the platform's downloads
+        /// directory, else the current directory).
+        #[arg(long, value_name = "DIR")]
+        downloads: Option<std::path::PathBuf>,
     },
 }
 
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
             state_dir,
             no_state,
             queue_retry,
+            downloads,
         } => {
             use std::io::IsTerminal;
             let mut peer = PeerConfig::new(server, retry_interval);
@@ -183,6 +188,20 @@ fn main() -> ExitCode {
             let style = cli::Style::for_terminal(std::io::stdout().is_terminal());
             peer.connect_tries = connect_tries;
             peer.chat.max_tries = message_tries;
+            let mut peer = peer.with_file_defaults();
+            let (dir, why) = p2pchat::downloads::downloads_dir(downloads);
+            if !dir.is_dir() {
+                eprintln!(
+                    "p2pchat: the downloads directory {} ({why}) is not a directory",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            log::info!("received files go to {} ({why})", dir.display());
+            if dir == std::path::Path::new(".") {
+                eprintln!("p2pchat: note: {why}");
+            }
+            peer.files.downloads = dir;
             let ui = if json {
                 UiMode::Json
             } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::registry::Transmit;
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
+use crate::transfer::{FileConfig, Files, Link, TransferFailure};
 use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, SessionId, Token};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
@@ -62,6 +63,8 @@ pub struct PeerConfig {
     pub session_idle: Duration,
     /// A connected session with nothing heard for this long is declared dead.
     pub session_timeout: Duration,
+    /// File transfers: chunk window, progress events, offer lifetime.
+    pub files: FileConfig,
 }
 
 impl PeerConfig {
@@ -89,7 +92,15 @@ impl PeerConfig {
             },
             session_idle,
             session_timeout: session_idle * 6,
+            files: FileConfig::from_chat(&SendConfig::default(), retry_interval, 6),
         }
+        .with_file_defaults()
+    }
+
+    /// Derives the file transfer settings from the chat's (call again after changing them).
+    pub fn with_file_defaults(mut self) -> Self {
+        self.files = FileConfig::from_chat(&self.chat, self.retry_interval, self.connect_tries);
+        self
     }
 }
 
@@ -277,6 +288,50 @@ pub enum Event {
     Online { clients: Vec<Listed>, total: u32 },
     /// The server did not list who is online.
     ListFailed { reason: String },
+    // ---- file transfer (src/transfer.rs); `n` is the transfer's local number ----
+    /// Our offer `n` of a file went to `peer`.
+    FileOffered {
+        peer: ClientId,
+        n: u64,
+        name: String,
+        size: u64,
+    },
+    /// `from` offers a file; answer with `getfile n` or `refuse n`. `name` is as offered
+    /// (it is cleaned before anything is written).
+    FileOffer {
+        from: ClientId,
+        n: u64,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
+    /// Transfer `n` has moved `bytes` of `size` (at most a few times a second).
+    FileProgress {
+        peer: ClientId,
+        n: u64,
+        outgoing: bool,
+        bytes: u64,
+        size: u64,
+        /// Bytes per second since the transfer started.
+        rate: u64,
+        eta_secs: Option<u64>,
+    },
+    /// File `n` from `from` arrived whole, its SHA-256 matched, and it is at `path`.
+    FileReceived {
+        from: ClientId,
+        n: u64,
+        path: std::path::PathBuf,
+        size: u64,
+        sha256: String,
+    },
+    /// `peer` has received our file `n` and confirmed its SHA-256.
+    FileSent { peer: ClientId, n: u64, size: u64 },
+    /// Transfer `n` ended without the file: why. Any partial file was removed.
+    FileFailed {
+        peer: ClientId,
+        n: u64,
+        reason: TransferFailure,
+    },
 }
 
 /// Why a command was refused. The `Display` text says what to do instead.
@@ -482,6 +537,8 @@ pub struct Peer {
     resolving: BTreeMap<String, Resolving>,
     outbox: BTreeMap<String, Pursuit>,
     listing: Option<Listing>,
+    /// File transfers (src/transfer.rs).
+    pub(crate) files: Files,
 }
 
 /// The most clients one `list` collects (a bound on what a misbehaving server can make us
@@ -504,6 +561,7 @@ impl Peer {
 
     fn with_rng(config: PeerConfig, now: Instant, rng: rand::rngs::StdRng) -> Self {
         let want = config.want_id;
+        let files = Files::new(config.files.clone(), config.retry_interval);
         let mut peer = Peer {
             server: ServerState::Registering {
                 tries: 1,
@@ -533,6 +591,7 @@ impl Peer {
             resolving: BTreeMap::new(),
             outbox: BTreeMap::new(),
             listing: None,
+            files,
         };
         peer.send_to_server(Message::Register { want_id: want });
         peer
@@ -659,13 +718,16 @@ impl Peer {
     /// yet taken when it says everything the earlier one said, so a driver that receives a
     /// burst of datagrams before it sends sends one acknowledgement for the burst.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front()?;
+        let Some(t) = self.transmits.pop_front() else {
+            // Chat first: file chunks only once the peer's own datagrams are out.
+            return self.files.poll_transmit();
+        };
         self.polled += 1;
         Some(t)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop_front().or_else(|| self.files.poll_event())
     }
 
     /// The next time [`Peer::handle_timeout`] has work to do.
@@ -709,6 +771,9 @@ impl Peer {
                     consider(t);
                 }
             }
+        }
+        if let Some(t) = self.files.poll_timeout() {
+            consider(t);
         }
         next
     }
@@ -1228,6 +1293,7 @@ impl Peer {
                 let s = self.sessions.remove(&p).expect("listed above");
                 self.end_locally(now, me, s);
             }
+            self.files.refuse_all(now, me);
         }
         self.leave_if_drained(now);
     }
@@ -1247,7 +1313,9 @@ impl Peer {
             State::LookingUp { .. } | State::Requesting { .. } => s.auto,
         }) && self.resolving.values().all(|r| r.auto)
             && self.listing.is_none()
-            && self.claiming.is_none();
+            && self.claiming.is_none()
+
+            && self.files.is_idle();
         if settled {
             self.leave(now);
         }
@@ -1267,6 +1335,8 @@ impl Peer {
         reason: Option<EndReason>,
     ) {
         self.absorb_stats(s);
+        self.files
+            .session_ended(s.peer, s.id, reason.unwrap_or(EndReason::ByUs));
         match &mut s.state {
             State::Connected { tx, .. } => {
                 let period = tx.rtt().rto().min(self.config.retry_interval);
@@ -1908,7 +1978,42 @@ impl Peer {
                     self.ignore(src, &msg);
                 }
             }
-            other => self.ignore(src, &other),
+            // ---- file transfer (src/transfer.rs) ----
+            other => match crate::transfer::route(&other) {
+                Some((from, session)) => {
+                    match Self::connected_mut(&mut self.sessions, from, src, session) {
+                        Some(s) => {
+                            s.last_heard = now;
+                            let link = Self::link_of(s);
+                            self.files.handle_message(now, me, link, other);
+                        }
+                        None => self.unknown_session(me, src, session, &other),
+                    }
+                }
+                None => self.ignore(src, &other),
+            },
+        }
+    }
+
+    /// The session a file command goes on: with `peer`, or the current peer.
+    pub(crate) fn file_link(&self, peer: Option<ClientId>) -> Result<Link, CommandError> {
+        let peer = peer.or(self.current).ok_or(CommandError::NotConnected)?;
+        match self.sessions.get(&peer) {
+            Some(s) if matches!(s.state, State::Connected { .. }) => Ok(Self::link_of(s)),
+            _ => Err(CommandError::NotConnectedTo(peer)),
+        }
+    }
+
+    fn link_of(s: &Session) -> Link {
+        let rto = match &s.state {
+            State::Connected { tx, .. } => tx.rtt().rto(),
+            _ => Duration::from_secs(1),
+        };
+        Link {
+            peer: s.peer,
+            session: s.id,
+            addr: s.addr.expect("connected sessions have an address"),
+            rto,
         }
     }
 
@@ -2079,6 +2184,7 @@ impl Peer {
     /// Drops a session the peer ended or that died: reports what was not delivered.
     fn end_with(&mut self, mut s: Session, reason: EndReason) {
         self.absorb_stats(&s);
+        self.files.session_ended(s.peer, s.id, reason);
         if let State::Connected { tx, .. } = &mut s.state {
             for seq in tx.abandon() {
                 self.events
@@ -2136,6 +2242,9 @@ impl Peer {
         self.rejected.retain(|_, until| *until > now);
         self.name_timers(now);
         self.pursue(now);
+        if let Some(me) = self.id {
+            self.files.handle_timeout(now, me);
+        }
         self.flush(now);
         self.leave_if_drained(now);
     }
@@ -2363,6 +2472,7 @@ impl Peer {
                 });
             }
         }
+        self.files.flush(now, me);
     }
 
     /// Folds the acknowledgement of `Chat` `seq`, which `cumulative` covers, into our `Ack`

@@ -432,7 +432,10 @@ pub enum Message {
         session: SessionId,
         n: u64,
         seq: u64,
-        #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "bounded_bytes")]
+        #[serde(
+            serialize_with = "serde_bytes::serialize",
+            deserialize_with = "bounded_bytes"
+        )]
         data: Vec<u8>,
     },
     /// Chunk `seq` of transfer `n` has arrived; every chunk up to `cumulative` has been

@@ -1,0 +1,322 @@
+//! Files on disk for transfers: the offerer's [`DiskSource`], the receiver's [`DiskSink`]
+//! (a temporary file in the downloads directory, renamed only once the SHA-256 matched,
+//! never over an existing file), and [`safe_file_name`], which keeps a name sent by a peer
+//! inside that directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::transfer::{FileSink, FileSource};
+
+/// The longest file name kept, in bytes (most file systems allow 255; room is left for
+/// ` (12)` and the temporary name's decorations).
+pub const MAX_FILE_NAME: usize = 200;
+
+/// Suffix of the temporary file a download is written to.
+pub const PART_SUFFIX: &str = ".p2pchat-part";
+
+/// Makes a file name sent by a peer safe to create in the downloads directory, or says
+/// why it is refused.
+///
+/// Refused: an empty name, `.` and `..`, and anything with a path separator (`/`, `\`),
+/// so that no name can reach outside the directory (`../x`, `/etc/passwd`, `a/b`,
+/// `C:\x`). Cleaned: control characters and the characters Windows forbids (`<>:"|?*`)
+/// become `_`; leading dots (hidden files, and our temporary names) and trailing dots
+/// and spaces are removed; device names (`CON`, `NUL`, `COM1`...) get a leading `_`; a
+/// name longer than [`MAX_FILE_NAME`] bytes is shortened, keeping its extension.
+pub fn safe_file_name(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("the file name is empty".into());
+    }
+    if name.contains(['/', '\\']) {
+        return Err(format!(
+            "the file name {:?} is a path; only a plain name is accepted",
+            crate::cli::sanitize(name)
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a file name"));
+    }
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let mut cleaned = cleaned
+        .trim_start_matches('.')
+        .trim_end_matches(['.', ' '])
+        .trim_start()
+        .to_string();
+    if cleaned.is_empty() {
+        return Err(format!(
+            "the file name {:?} has nothing left once cleaned",
+            crate::cli::sanitize(name)
+        ));
+    }
+    let stem = cleaned.split('.').next().unwrap_or("").to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.as_bytes()[3].is_ascii_digit());
+    if reserved {
+        cleaned.insert(0, '_');
+    }
+    if cleaned.len() > MAX_FILE_NAME {
+        let (stem, ext) = split_extension(&cleaned);
+        let ext = if ext.len() <= 16 { ext } else { "" };
+        let mut cut = MAX_FILE_NAME - ext.len();
+        while !stem.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cleaned = format!("{}{ext}", &stem[..cut]);
+    }
+    Ok(cleaned)
+}
+
+/// `("report", ".pdf")`; `("archive.tar", ".gz")`; `("README", "")`.
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    }
+}
+
+/// The `k`-th candidate for `name`: `name`, then `name (1).ext`, `name (2).ext`, ...
+pub fn numbered(name: &str, k: u32) -> String {
+    if k == 0 {
+        return name.to_string();
+    }
+    let (stem, ext) = split_extension(name);
+    format!("{stem} ({k}){ext}")
+}
+
+/// The downloads directory to use: `wanted`, else the platform's, else the current one.
+/// The second value says which, for a line to the user.
+pub fn downloads_dir(wanted: Option<PathBuf>) -> (PathBuf, String) {
+    if let Some(dir) = wanted {
+        return (dir, "given by --downloads".into());
+    }
+    match dirs::download_dir() {
+        Some(dir) => (dir, "the platform's downloads directory".into()),
+        None => (
+            PathBuf::from("."),
+            "no downloads directory known for this platform; using the current directory \
+             (choose one with --downloads)"
+                .into(),
+        ),
+    }
+}
+
+/// The size and SHA-256 of a file, read once from start to end.
+pub fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                hasher.update(&buf[..k]);
+                size += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((size, hasher.finalize().into()))
+}
+
+/// Read-ahead of [`DiskSource`]: one read of this size serves many chunks.
+const READ_AHEAD: usize = 256 * 1024;
+
+/// A file being sent, read in blocks of 256 KiB.
+pub struct DiskSource {
+    file: File,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    at: u64,
+}
+
+impl DiskSource {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(DiskSource {
+            file: File::open(path)?,
+            buf: Vec::new(),
+            at: 0,
+        })
+    }
+}
+
+impl FileSource for DiskSource {
+    fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+        let end = self.at + self.buf.len() as u64;
+        if offset < self.at || offset >= end {
+            self.buf.resize(READ_AHEAD, 0);
+            let k = self.file.read_at(&mut self.buf, offset)?;
+            self.buf.truncate(k);
+            self.at = offset;
+            if k == 0 {
+                return Ok(0);
+            }
+        }
+        let start = (offset - self.at) as usize;
+        let k = out.len().min(self.buf.len() - start);
+        out[..k].copy_from_slice(&self.buf[start..start + k]);
+        Ok(k)
+    }
+}
+
+/// A download: written to `.<name>.p2pchat-part` in the directory (created new, never
+/// over another file), moved to `name` (or `name (1).ext`, ...: never over an existing
+/// file) by [`FileSink::finish`], removed by [`FileSink::abort`].
+pub struct DiskSink {
+    dir: PathBuf,
+    name: String,
+    temp: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl DiskSink {
+    /// Creates the temporary file for `name`, which must be safe (see [`safe_file_name`]).
+    pub fn create(dir: &Path, name: &str) -> io::Result<Self> {
+        debug_assert_eq!(safe_file_name(name).as_deref(), Ok(name));
+        for k in 0..1000 {
+            let temp = dir.join(format!(".{}{PART_SUFFIX}", numbered(name, k)));
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => {
+                    return Ok(DiskSink {
+                        dir: dir.to_path_buf(),
+                        name: name.to_string(),
+                        temp,
+                        out: Some(BufWriter::with_capacity(READ_AHEAD, file)),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create a file in {}: {e}", dir.display()),
+                    ))
+                }
+            }
+        }
+        Err(io::Error::other("too many downloads of that name at once"))
+    }
+
+    /// The temporary file being written.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+}
+
+impl FileSink for DiskSink {
+    fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.out.as_mut() {
+            Some(out) => out.write_all(data),
+            None => Err(io::Error::other("the download is closed")),
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<PathBuf> {
+        if let Some(out) = self.out.take() {
+            out.into_inner().map_err(|e| e.into_error())?;
+        }
+        let result = (|| {
+            for k in 0..10_000 {
+                let target = self.dir.join(numbered(&self.name, k));
+                // A hard link fails if the target exists: a rename that never replaces.
+                match fs::hard_link(&self.temp, &target) {
+                    Ok(()) => {
+                        fs::remove_file(&self.temp)?;
+                        return Ok(target);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(_) => {
+                        // No hard links here (some file systems): claim the name, then
+                        // rename over the empty file we just created.
+                        match OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&target)
+                        {
+                            Ok(_) => {
+                                fs::rename(&self.temp, &target)?;
+                                return Ok(target);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Err(io::Error::other("too many files of that name"))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        result
+    }
+
+    fn abort(mut self: Box<Self>) {
+        self.out = None;
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "..\\x",
+            "C:\\x",
+            "...",
+        ] {
+            assert!(safe_file_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn odd_names_are_cleaned() {
+        assert_eq!(safe_file_name("report.pdf").unwrap(), "report.pdf");
+        assert_eq!(safe_file_name(".bashrc").unwrap(), "bashrc");
+        assert_eq!(safe_file_name("a\u{1b}[2Jb").unwrap(), "a_[2Jb");
+        assert_eq!(safe_file_name("x\ny").unwrap(), "x_y");
+        assert_eq!(safe_file_name("what?.txt").unwrap(), "what_.txt");
+        assert_eq!(safe_file_name("con.txt").unwrap(), "_con.txt");
+        assert_eq!(safe_file_name("COM1").unwrap(), "_COM1");
+        assert_eq!(safe_file_name("name. ").unwrap(), "name");
+        let long = format!("{}.tar.gz", "é".repeat(300));
+        let short = safe_file_name(&long).unwrap();
+        assert!(
+            short.len() <= MAX_FILE_NAME && short.ends_with(".gz"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn numbered_names_keep_the_extension() {
+        assert_eq!(numbered("a.txt", 0), "a.txt");
+        assert_eq!(numbered("a.txt", 1), "a (1).txt");
+        assert_eq!(numbered("archive.tar.gz", 2), "archive.tar (2).gz");
+        assert_eq!(numbered("README", 3), "README (3)");
+    }
+}

@@ -1,0 +1,1341 @@
+//! File transfers between peers: the state machines of both sides, sans IO.
+//!
+//! [`Files`] holds every transfer of a client. Like [`crate::peer::Peer`], which owns it, it
+//! never touches a socket, a file or the clock: the file is reached through a
+//! [`FileSource`] (offerer) or a [`FileSink`] (receiver) that the driver implements with
+//! real files (see [`crate::downloads`]) and the tests in memory, and `now` is passed in.
+//!
+//! Memory stays bounded whatever the size of the file: the offerer reads a chunk only when
+//! its send window has room, so at most `window` chunks are held (and as many queued to
+//! send); the receiver holds at most `window` chunks that arrived early and writes every
+//! chunk as soon as it is next in order. Both SHA-256 digests are computed while streaming
+//! (the offerer's by the driver before offering, since the offer carries it).
+//!
+//! Chunks go through the same [`SendWindow`] / [`RecvWindow`] as chat (RFC 6298 RTO, early
+//! retransmission, dedupe, reorder hold), one pair per transfer. Chat goes first: the
+//! owning `Peer` hands out its own datagrams before the chunks queued here, and a transfer
+//! only ever queues one window of chunks.
+//!
+//! The wire protocol is described in [`crate::wire`], section "File transfer".
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::peer::{CommandError, EndReason, Event, Peer};
+use crate::registry::Transmit;
+use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
+use crate::wire::{ClientId, FileEnd, Message, SessionId, CHUNK_SIZE};
+
+/// Where the offerer's bytes come from.
+pub trait FileSource: Send {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 only at the end).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// Where the receiver's bytes go: a temporary file until the digest matches.
+pub trait FileSink: Send {
+    /// Appends the next bytes of the file.
+    fn write_chunk(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The whole file arrived and its SHA-256 matched: make it visible under its final name,
+    /// which is returned.
+    fn finish(self: Box<Self>) -> io::Result<PathBuf>;
+    /// The transfer failed or was cancelled: remove what was written.
+    fn abort(self: Box<Self>);
+}
+
+/// An in-memory file, for tests and examples.
+impl FileSource for Vec<u8> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Settings of file transfers.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    /// Window, resend bound and timeouts of the chunks (the chat's, with a smaller window).
+    pub chunks: SendConfig,
+    /// `file_progress` events come at most this often per transfer.
+    pub progress_interval: Duration,
+    /// An offer not answered for this long is withdrawn.
+    pub offer_lifetime: Duration,
+    /// `FileCancel` sends before giving up on its acknowledgement.
+    pub cancel_tries: u32,
+    /// Most offers from one peer waiting for our answer; more are refused.
+    pub max_pending_offers: usize,
+    /// Where the driver writes received files (the state machine never touches it).
+    pub downloads: PathBuf,
+}
+
+impl FileConfig {
+    /// Derives the settings from the chat's: same timeouts, a window of 64 chunks (70 KB,
+    /// well within a socket's default receive buffer).
+    pub fn from_chat(chat: &SendConfig, retry_interval: Duration, connect_tries: u32) -> Self {
+        FileConfig {
+            chunks: SendConfig {
+                window: 64,
+                ..chat.clone()
+            },
+            progress_interval: Duration::from_millis(500),
+            offer_lifetime: retry_interval * connect_tries.max(1),
+            cancel_tries: 6,
+            max_pending_offers: 32,
+            downloads: PathBuf::from("."),
+        }
+    }
+}
+
+/// The session a transfer travels on, as the owning `Peer` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub peer: ClientId,
+    pub session: SessionId,
+    pub addr: SocketAddr,
+    /// The session's current retransmission timeout: the first resend period of control
+    /// messages.
+    pub rto: Duration,
+}
+
+/// Why a transfer failed (the `reason` of `file_failed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferFailure {
+    /// The receiver refused the offer.
+    Refused,
+    /// Cancelled by us (`by_peer` false) or by the peer.
+    Cancelled { by_peer: bool },
+    /// The file arrived whole but its SHA-256 differs from the offer's.
+    ChecksumMismatch,
+    /// Reading or writing the file failed (here, or at the peer when `detail` is empty).
+    DiskError(String),
+    /// Nobody answered the offer in time.
+    Expired,
+    /// A chunk got no acknowledgement after every try.
+    Undeliverable,
+    /// The session ended.
+    SessionEnded(EndReason),
+    /// The peer does not know the transfer (any more).
+    Unknown,
+    /// The offered file name could not be made safe (a path, `..`): refused at once.
+    BadName(String),
+}
+
+impl TransferFailure {
+    /// A short stable name, used in JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransferFailure::Refused => "refused",
+            TransferFailure::Cancelled { by_peer: false } => "cancelled",
+            TransferFailure::Cancelled { by_peer: true } => "cancelled_by_peer",
+            TransferFailure::ChecksumMismatch => "checksum_mismatch",
+            TransferFailure::DiskError(_) => "disk_error",
+            TransferFailure::Expired => "expired",
+            TransferFailure::Undeliverable => "undeliverable",
+            TransferFailure::SessionEnded(_) => "session_ended",
+            TransferFailure::Unknown => "unknown_transfer",
+            TransferFailure::BadName(_) => "bad_name",
+        }
+    }
+
+    fn from_wire(reason: FileEnd) -> Self {
+        match reason {
+            FileEnd::Refused => TransferFailure::Refused,
+            FileEnd::Cancelled => TransferFailure::Cancelled { by_peer: true },
+            FileEnd::ChecksumMismatch => TransferFailure::ChecksumMismatch,
+            FileEnd::DiskError => TransferFailure::DiskError(String::new()),
+            FileEnd::Expired => TransferFailure::Expired,
+            FileEnd::Unknown => TransferFailure::Unknown,
+        }
+    }
+
+    fn to_wire(&self) -> FileEnd {
+        match self {
+            TransferFailure::Refused => FileEnd::Refused,
+            TransferFailure::Cancelled { .. } | TransferFailure::SessionEnded(_) => {
+                FileEnd::Cancelled
+            }
+            TransferFailure::ChecksumMismatch => FileEnd::ChecksumMismatch,
+            TransferFailure::DiskError(_) => FileEnd::DiskError,
+            TransferFailure::Expired => FileEnd::Expired,
+            TransferFailure::Undeliverable => FileEnd::Cancelled,
+            TransferFailure::Unknown => FileEnd::Unknown,
+            TransferFailure::BadName(_) => FileEnd::Refused,
+        }
+    }
+}
+
+impl fmt::Display for TransferFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferFailure::Refused => write!(f, "the peer refused it"),
+            TransferFailure::Cancelled { by_peer: false } => write!(f, "you cancelled it"),
+            TransferFailure::Cancelled { by_peer: true } => write!(f, "the peer cancelled it"),
+            TransferFailure::ChecksumMismatch => {
+                write!(f, "the SHA-256 of what arrived does not match the offer")
+            }
+            TransferFailure::DiskError(d) if d.is_empty() => {
+                write!(f, "the peer could not read or write the file")
+            }
+            TransferFailure::DiskError(d) => write!(f, "disk error: {d}"),
+            TransferFailure::Expired => write!(f, "the offer was not answered in time"),
+            TransferFailure::Undeliverable => write!(f, "the peer stopped acknowledging chunks"),
+            TransferFailure::SessionEnded(r) => write!(f, "the session ended ({r})"),
+            TransferFailure::Unknown => write!(f, "the peer does not know this transfer"),
+            TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
+        }
+    }
+}
+
+/// Why a file command was refused. The `Display` text says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileError {
+    /// The session part of the command failed (not registered, not connected...).
+    Session(CommandError),
+    /// No transfer has that number.
+    NoTransfer(u64),
+    /// No number given, and not exactly one transfer fits.
+    Ambiguous { what: &'static str, count: usize },
+    /// Transfer `n` is not an offer waiting for our answer.
+    NotAnOffer(u64),
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileError::Session(e) => e.fmt(f),
+            FileError::NoTransfer(n) => {
+                write!(f, "no transfer {n}; type transfers for the list")
+            }
+            FileError::Ambiguous { what, count: 0 } => write!(f, "no {what}"),
+            FileError::Ambiguous { what, count } => write!(
+                f,
+                "{count} {what}s: give the number (type transfers for the list)"
+            ),
+            FileError::NotAnOffer(n) => {
+                write!(f, "transfer {n} is not an offer waiting for your answer")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+impl From<CommandError> for FileError {
+    fn from(e: CommandError) -> Self {
+        FileError::Session(e)
+    }
+}
+
+/// What `transfers` shows of one transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferInfo {
+    /// The local number (what `getfile`, `refuse` and `cancel` take).
+    pub n: u64,
+    pub peer: ClientId,
+    /// True for a file we send.
+    pub outgoing: bool,
+    pub name: String,
+    pub size: u64,
+    /// Bytes acknowledged (outgoing) or written (incoming).
+    pub done: u64,
+    /// `"offered"` (waiting for the receiver), `"sending"`, `"receiving"`.
+    pub state: &'static str,
+}
+
+/// The SHA-256 of `data` in lowercase hex, as shown to users.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How many chunks a file of `size` bytes travels in (an empty file is one empty chunk).
+pub fn chunk_count(size: u64) -> u64 {
+    size.div_ceil(CHUNK_SIZE as u64).max(1)
+}
+
+enum Kind {
+    /// Our offer, waiting for the answer.
+    Offering {
+        source: Box<dyn FileSource>,
+        next: Instant,
+        period: Duration,
+        expires: Instant,
+    },
+    /// Our file, on its way.
+    Sending {
+        source: Box<dyn FileSource>,
+        tx: Box<SendWindow<Vec<u8>>>,
+        /// The next chunk to read from the source.
+        next_chunk: u64,
+        /// Chunks acknowledged cumulatively.
+        acked: u64,
+    },
+    /// The peer's offer, waiting for our user.
+    Offered,
+    /// The peer's file, arriving.
+    Receiving {
+        sink: Option<Box<dyn FileSink>>,
+        rx: RecvWindow<Vec<u8>>,
+        hasher: Sha256,
+        written: u64,
+        /// Resend of `FileGet` until the first chunk arrives.
+        get_next: Option<Instant>,
+        get_period: Duration,
+        /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
+        queued_ack: Option<u64>,
+    },
+}
+
+struct Transfer {
+    link: Link,
+    /// Who offered it, and its number there: the transfer's name on the wire.
+    offerer: ClientId,
+    wire_n: u64,
+    name: String,
+    size: u64,
+    sha256: [u8; 32],
+    chunks: u64,
+    started: Instant,
+    last_progress: Instant,
+    progress_bytes: u64,
+    kind: Kind,
+}
+
+impl Transfer {
+    fn outgoing(&self) -> bool {
+        matches!(self.kind, Kind::Offering { .. } | Kind::Sending { .. })
+    }
+
+    fn done_bytes(&self) -> u64 {
+        match &self.kind {
+            Kind::Sending { acked, .. } => (acked * CHUNK_SIZE as u64).min(self.size),
+            Kind::Receiving { written, .. } => *written,
+            _ => 0,
+        }
+    }
+
+    fn key(&self) -> Key {
+        (self.link.peer, self.link.session, self.offerer, self.wire_n)
+    }
+}
+
+/// A transfer's name on the wire: (peer, session, offerer, n).
+type Key = (ClientId, SessionId, ClientId, u64);
+
+/// How a finished transfer answers a repeat of its messages.
+#[derive(Debug, Clone, Copy)]
+enum Closed {
+    /// Received and verified: a repeated last chunk is acknowledged again.
+    Received { chunks: u64 },
+    /// Sent and confirmed: late acknowledgements are ignored.
+    Sent,
+    /// Ended early: repeats get this `FileCancel` again.
+    Failed(FileEnd),
+}
+
+/// A `FileCancel` resent until acknowledged.
+struct Cancelling {
+    key: Key,
+    addr: SocketAddr,
+    reason: FileEnd,
+    tries: u32,
+    next: Instant,
+    period: Duration,
+}
+
+/// How many finished transfers are remembered, to answer repeats of their messages.
+const CLOSED_MEMORY: usize = 256;
+
+/// Every file transfer of a client. See the module documentation.
+pub struct Files {
+    config: FileConfig,
+    max_rto: Duration,
+    next_local: u64,
+    transfers: BTreeMap<u64, Transfer>,
+    index: HashMap<Key, u64>,
+    closed: HashMap<Key, Closed>,
+    closed_order: VecDeque<Key>,
+    cancelling: Vec<Cancelling>,
+    transmits: VecDeque<Transmit>,
+    polled: u64,
+    events: VecDeque<Event>,
+    /// Chunks resent by transfers that have ended.
+    retransmissions: u64,
+}
+
+impl Files {
+    /// `max_rto`: the longest any resend waits (the retry interval).
+    pub fn new(config: FileConfig, max_rto: Duration) -> Self {
+        Files {
+            config,
+            max_rto,
+            next_local: 1,
+            transfers: BTreeMap::new(),
+            index: HashMap::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
+            cancelling: Vec::new(),
+            transmits: VecDeque::new(),
+            polled: 0,
+            events: VecDeque::new(),
+            retransmissions: 0,
+        }
+    }
+
+    /// Chunks resent so far, by every transfer.
+    pub fn retransmissions(&self) -> u64 {
+        self.retransmissions
+            + self
+                .transfers
+                .values()
+                .map(|t| match &t.kind {
+                    Kind::Sending { tx, .. } => tx.retransmissions(),
+                    _ => 0,
+                })
+                .sum::<u64>()
+    }
+
+    /// Takes transfer `n` out, keeping its counters.
+    fn take(&mut self, n: u64) -> Option<Transfer> {
+        let t = self.transfers.remove(&n)?;
+        if let Kind::Sending { tx, .. } = &t.kind {
+            self.retransmissions += tx.retransmissions();
+        }
+        Some(t)
+    }
+
+    pub fn config(&self) -> &FileConfig {
+        &self.config
+    }
+
+    /// The next datagram to send (after the owning peer's own).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front()?;
+        self.polled += 1;
+        Some(t)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// True when no transfer is going on or waiting (to leave at the end of a script).
+    pub fn is_idle(&self) -> bool {
+        self.transfers
+            .values()
+            .all(|t| matches!(t.kind, Kind::Offered))
+    }
+
+    /// Every transfer going on or waiting, by local number.
+    pub fn list(&self) -> Vec<TransferInfo> {
+        self.transfers
+            .iter()
+            .map(|(&n, t)| TransferInfo {
+                n,
+                peer: t.link.peer,
+                outgoing: t.outgoing(),
+                name: t.name.clone(),
+                size: t.size,
+                done: t.done_bytes(),
+                state: match t.kind {
+                    Kind::Offering { .. } => "offered",
+                    Kind::Offered => "waiting for you",
+                    Kind::Sending { .. } => "sending",
+                    Kind::Receiving { .. } => "receiving",
+                },
+            })
+            .collect()
+    }
+
+    /// The offer `n` (or the only one waiting) for our answer: its number, peer and name.
+    pub fn pick_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+        let n = match n {
+            Some(n) => match self.transfers.get(&n) {
+                Some(t) if matches!(t.kind, Kind::Offered) => n,
+                Some(_) => return Err(FileError::NotAnOffer(n)),
+                None => return Err(FileError::NoTransfer(n)),
+            },
+            None => {
+                let offers: Vec<u64> = self
+                    .transfers
+                    .iter()
+                    .filter(|(_, t)| matches!(t.kind, Kind::Offered))
+                    .map(|(&n, _)| n)
+                    .collect();
+                match offers[..] {
+                    [n] => n,
+                    _ => {
+                        return Err(FileError::Ambiguous {
+                            what: "file offer waiting for your answer",
+                            count: offers.len(),
+                        })
+                    }
+                }
+            }
+        };
+        let t = &self.transfers[&n];
+        Ok((n, t.link.peer, t.name.clone()))
+    }
+
+    fn pick_any(&self, n: Option<u64>) -> Result<u64, FileError> {
+        match n {
+            Some(n) if self.transfers.contains_key(&n) => Ok(n),
+            Some(n) => Err(FileError::NoTransfer(n)),
+            None => {
+                let mut all = self.transfers.keys();
+                match (all.next(), all.next()) {
+                    (Some(&n), None) => Ok(n),
+                    _ => Err(FileError::Ambiguous {
+                        what: "transfer",
+                        count: self.transfers.len(),
+                    }),
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Offers a file on `link`; returns its local number. `sha256` is the file's digest,
+    /// which the caller computed (the offer carries it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        link: Link,
+        name: String,
+        size: u64,
+        sha256: [u8; 32],
+        source: Box<dyn FileSource>,
+    ) -> u64 {
+        let n = self.next_local;
+        self.next_local += 1;
+        let period = link.rto.min(self.max_rto);
+        let t = Transfer {
+            link,
+            offerer: me,
+            // The local number is unique in the client, hence in the session.
+            wire_n: n,
+            name,
+            size,
+            sha256,
+            chunks: chunk_count(size),
+            started: now,
+            last_progress: now,
+            progress_bytes: 0,
+            kind: Kind::Offering {
+                source,
+                next: now + period,
+                period,
+                expires: now + self.config.offer_lifetime,
+            },
+        };
+        self.send_offer(me, &t);
+        self.index.insert(t.key(), n);
+        self.events.push_back(Event::FileOffered {
+            peer: link.peer,
+            n,
+            name: t.name.clone(),
+            size,
+        });
+        self.transfers.insert(n, t);
+        n
+    }
+
+    fn send_offer(&mut self, me: ClientId, t: &Transfer) {
+        self.transmits.push_back(Transmit {
+            to: t.link.addr,
+            message: Message::FileOffer {
+                from: me,
+                session: t.link.session,
+                n: t.wire_n,
+                name: t.name.clone(),
+                size: t.size,
+                sha256: t.sha256,
+            },
+        });
+    }
+
+    /// Accepts offer `n`: the file will be written to `sink`.
+    pub fn get(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        n: u64,
+        sink: Box<dyn FileSink>,
+    ) -> Result<(), FileError> {
+        let window = self.config.chunks.window;
+        let max_rto = self.max_rto;
+        let t = match self.transfers.get_mut(&n) {
+            Some(t) if matches!(t.kind, Kind::Offered) => t,
+            Some(_) => {
+                sink.abort();
+                return Err(FileError::NotAnOffer(n));
+            }
+            None => {
+                sink.abort();
+                return Err(FileError::NoTransfer(n));
+            }
+        };
+        let period = t.link.rto.min(max_rto);
+        t.started = now;
+        t.last_progress = now;
+        t.kind = Kind::Receiving {
+            sink: Some(sink),
+            rx: RecvWindow::for_payload(window),
+            hasher: Sha256::new(),
+            written: 0,
+            get_next: Some(now + period),
+            get_period: period,
+            queued_ack: None,
+        };
+        let (to, session, wire_n) = (t.link.addr, t.link.session, t.wire_n);
+        self.transmits.push_back(Transmit {
+            to,
+            message: Message::FileGet {
+                from: me,
+                session,
+                n: wire_n,
+            },
+        });
+        Ok(())
+    }
+
+    /// Refuses offer `n` (or the only one waiting). Returns its number.
+    pub fn refuse(&mut self, now: Instant, me: ClientId, n: Option<u64>) -> Result<u64, FileError> {
+        let (n, _, _) = self.pick_offer(n)?;
+        self.end(now, me, n, TransferFailure::Refused, true);
+        Ok(n)
+    }
+
+    /// Cancels transfer `n` (or the only one), in either direction, at any stage.
+    pub fn cancel(&mut self, now: Instant, me: ClientId, n: Option<u64>) -> Result<u64, FileError> {
+        let n = self.pick_any(n)?;
+        let refusing = matches!(self.transfers[&n].kind, Kind::Offered);
+        let why = if refusing {
+            TransferFailure::Refused
+        } else {
+            TransferFailure::Cancelled { by_peer: false }
+        };
+        self.end(now, me, n, why, true);
+        Ok(n)
+    }
+
+    /// At the end of a script's input: refuses every offer still waiting for an answer.
+    pub fn refuse_all(&mut self, now: Instant, me: ClientId) {
+        let offers: Vec<u64> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| matches!(t.kind, Kind::Offered))
+            .map(|(&n, _)| n)
+            .collect();
+        for n in offers {
+            self.end(now, me, n, TransferFailure::Refused, true);
+        }
+    }
+
+    // ------------------------------------------------------------------ endings
+
+    /// Ends transfer `n`: removes the partial file, tells the user, and (with `tell_peer`)
+    /// the peer, with a `FileCancel` resent until acknowledged.
+    fn end(&mut self, now: Instant, me: ClientId, n: u64, why: TransferFailure, tell_peer: bool) {
+        let Some(t) = self.take(n) else {
+            return;
+        };
+        let key = t.key();
+        self.index.remove(&key);
+        if let Kind::Receiving { sink: Some(s), .. } = t.kind {
+            s.abort();
+        }
+        let reason = why.to_wire();
+        self.remember(key, Closed::Failed(reason));
+        if tell_peer {
+            let period = t.link.rto.min(self.max_rto);
+            self.send_cancel(me, key, t.link.addr, reason);
+            self.cancelling.push(Cancelling {
+                key,
+                addr: t.link.addr,
+                reason,
+                tries: 1,
+                next: now + period,
+                period,
+            });
+        }
+        self.events.push_back(Event::FileFailed {
+            peer: t.link.peer,
+            n,
+            reason: why,
+        });
+    }
+
+    fn send_cancel(&mut self, me: ClientId, key: Key, to: SocketAddr, reason: FileEnd) {
+        let (_, session, offerer, n) = key;
+        self.transmits.push_back(Transmit {
+            to,
+            message: Message::FileCancel {
+                from: me,
+                session,
+                offerer,
+                n,
+                reason,
+            },
+        });
+    }
+
+    fn remember(&mut self, key: Key, how: Closed) {
+        if self.closed.insert(key, how).is_none() {
+            self.closed_order.push_back(key);
+        }
+        while self.closed_order.len() > CLOSED_MEMORY {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+    }
+
+    /// The session with `peer` ended: every transfer on it fails, partial files go.
+    pub fn session_ended(&mut self, peer: ClientId, session: SessionId, reason: EndReason) {
+        let gone: Vec<u64> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| t.link.peer == peer && t.link.session == session)
+            .map(|(&n, _)| n)
+            .collect();
+        for n in gone {
+            let t = self.take(n).expect("listed above");
+            self.index.remove(&t.key());
+            if let Kind::Receiving { sink: Some(s), .. } = t.kind {
+                s.abort();
+            }
+            self.events.push_back(Event::FileFailed {
+                peer,
+                n,
+                reason: TransferFailure::SessionEnded(reason),
+            });
+        }
+        self.cancelling
+            .retain(|c| !(c.key.0 == peer && c.key.1 == session));
+    }
+
+    // ------------------------------------------------------------------ network input
+
+    /// A file message on a session that the owning peer has matched to `link`.
+    pub fn handle_message(&mut self, now: Instant, me: ClientId, link: Link, msg: Message) {
+        let peer = link.peer;
+        match msg {
+            Message::FileOffer {
+                n,
+                name,
+                size,
+                sha256,
+                ..
+            } => {
+                let key = (peer, link.session, peer, n);
+                if let Some(&local) = self.index.get(&key) {
+                    // A resend: our answer was lost, or is yet to come.
+                    if let Some(Kind::Receiving { written: 0, .. }) =
+                        self.transfers.get(&local).map(|t| &t.kind)
+                    {
+                        self.reply(
+                            link,
+                            Message::FileGet {
+                                from: me,
+                                session: link.session,
+                                n,
+                            },
+                        );
+                    }
+                    return;
+                }
+                if let Some(Closed::Failed(reason)) = self.closed.get(&key).copied() {
+                    self.send_cancel(me, key, link.addr, reason);
+                    return;
+                }
+                if self.closed.contains_key(&key) {
+                    return;
+                }
+                let waiting = self
+                    .transfers
+                    .values()
+                    .filter(|t| t.link.peer == peer && matches!(t.kind, Kind::Offered))
+                    .count();
+                if waiting >= self.config.max_pending_offers {
+                    self.remember(key, Closed::Failed(FileEnd::Refused));
+                    self.send_cancel(me, key, link.addr, FileEnd::Refused);
+                    return;
+                }
+                let local = self.next_local;
+                self.next_local += 1;
+                if let Err(why) = crate::downloads::safe_file_name(&name) {
+                    self.remember(key, Closed::Failed(FileEnd::Refused));
+                    self.send_cancel(me, key, link.addr, FileEnd::Refused);
+                    self.events.push_back(Event::FileFailed {
+                        peer,
+                        n: local,
+                        reason: TransferFailure::BadName(why),
+                    });
+                    return;
+                }
+                self.index.insert(key, local);
+                self.events.push_back(Event::FileOffer {
+                    from: peer,
+                    n: local,
+                    name: name.clone(),
+                    size,
+                    sha256: hex(&sha256),
+                });
+                self.transfers.insert(
+                    local,
+                    Transfer {
+                        link,
+                        offerer: peer,
+                        wire_n: n,
+                        name,
+                        size,
+                        sha256,
+                        chunks: chunk_count(size),
+                        started: now,
+                        last_progress: now,
+                        progress_bytes: 0,
+                        kind: Kind::Offered,
+                    },
+                );
+            }
+            Message::FileGet { n, session, .. } => {
+                let key = (peer, link.session, me, n);
+                let Some(&local) = self.index.get(&key) else {
+                    match self.closed.get(&key).copied() {
+                        Some(Closed::Failed(reason)) => {
+                            self.send_cancel(me, key, link.addr, reason)
+                        }
+                        Some(_) => {}
+                        None => self.send_cancel(me, key, link.addr, FileEnd::Unknown),
+                    }
+                    let _ = session;
+                    return;
+                };
+                let chunks = self.config.chunks.clone();
+                let t = self.transfers.get_mut(&local).expect("indexed");
+                if let Kind::Offering { .. } = t.kind {
+                    let Kind::Offering { source, .. } =
+                        std::mem::replace(&mut t.kind, Kind::Offered)
+                    else {
+                        unreachable!("checked above")
+                    };
+                    t.started = now;
+                    t.last_progress = now;
+                    t.kind = Kind::Sending {
+                        source,
+                        tx: Box::new(SendWindow::for_payload(chunks)),
+                        next_chunk: 1,
+                        acked: 0,
+                    };
+                }
+            }
+            Message::Chunk { n, seq, data, .. } => {
+                let key = (peer, link.session, peer, n);
+                let Some(&local) = self.index.get(&key) else {
+                    match self.closed.get(&key).copied() {
+                        Some(Closed::Received { chunks }) => self.reply(
+                            link,
+                            Message::ChunkAck {
+                                from: me,
+                                session: link.session,
+                                n,
+                                seq,
+                                cumulative: chunks,
+                            },
+                        ),
+                        Some(Closed::Failed(reason)) => {
+                            self.send_cancel(me, key, link.addr, reason)
+                        }
+                        Some(Closed::Sent) => {}
+                        None => self.send_cancel(me, key, link.addr, FileEnd::Unknown),
+                    }
+                    return;
+                };
+                self.on_chunk(now, me, local, seq, data);
+            }
+            Message::ChunkAck {
+                n, seq, cumulative, ..
+            } => {
+                let key = (peer, link.session, me, n);
+                let Some(&local) = self.index.get(&key) else {
+                    if !self.closed.contains_key(&key) {
+                        self.send_cancel(me, key, link.addr, FileEnd::Unknown);
+                    }
+                    return;
+                };
+                let t = self.transfers.get_mut(&local).expect("indexed");
+                let Kind::Sending { tx, acked, .. } = &mut t.kind else {
+                    return;
+                };
+                tx.on_ack(now, seq, cumulative);
+                while let Some(s) = tx.poll_delivered() {
+                    *acked = s;
+                }
+                if *acked >= t.chunks {
+                    let t = self.take(local).expect("present");
+                    self.index.remove(&key);
+                    self.remember(key, Closed::Sent);
+                    self.events.push_back(Event::FileSent {
+                        peer,
+                        n: local,
+                        size: t.size,
+                    });
+                }
+            }
+            Message::FileCancel {
+                offerer, n, reason, ..
+            } => {
+                let key = (peer, link.session, offerer, n);
+                self.reply(
+                    link,
+                    Message::FileCancelAck {
+                        from: me,
+                        session: link.session,
+                        offerer,
+                        n,
+                    },
+                );
+                if let Some(&local) = self.index.get(&key) {
+                    self.end(now, me, local, TransferFailure::from_wire(reason), false);
+                }
+            }
+            Message::FileCancelAck { offerer, n, .. } => {
+                let key = (peer, link.session, offerer, n);
+                self.cancelling.retain(|c| c.key != key);
+            }
+            _ => {}
+        }
+    }
+
+    fn reply(&mut self, link: Link, message: Message) {
+        self.transmits.push_back(Transmit {
+            to: link.addr,
+            message,
+        });
+    }
+
+    fn on_chunk(&mut self, now: Instant, me: ClientId, local: u64, seq: u64, data: Vec<u8>) {
+        let t = self.transfers.get_mut(&local).expect("indexed");
+        let (chunks, size) = (t.chunks, t.size);
+        let link = t.link;
+        let wire_n = t.wire_n;
+        let Kind::Receiving {
+            sink,
+            rx,
+            hasher,
+            written,
+            get_next,
+            queued_ack,
+            ..
+        } = &mut t.kind
+        else {
+            return;
+        };
+        *get_next = None;
+        // A chunk must be where the offer says: full, except the last.
+        let expected = if seq == chunks {
+            size - (chunks - 1) * CHUNK_SIZE as u64
+        } else {
+            CHUNK_SIZE as u64
+        };
+        if seq == 0 || seq > chunks || data.len() as u64 != expected {
+            log::debug!(
+                "transfer {local}: chunk {seq} of {} bytes dropped",
+                data.len()
+            );
+            return;
+        }
+        let received = rx.receive(seq, data);
+        let mut failure = None;
+        match received {
+            Received::Deliver(ready) => {
+                for (_, data) in ready {
+                    hasher.update(&data);
+                    *written += data.len() as u64;
+                    if let Some(s) = sink.as_mut() {
+                        if let Err(e) = s.write_chunk(&data) {
+                            failure = Some(TransferFailure::DiskError(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+            }
+            Received::Held | Received::Duplicate => {}
+            Received::TooFarAhead => return,
+        }
+        if let Some(why) = failure {
+            self.end(now, me, local, why, true);
+            return;
+        }
+        let cumulative = rx.cumulative();
+        if cumulative == chunks {
+            // Every byte is here: the acknowledgement of the last chunk says it is verified.
+            let digest: [u8; 32] = std::mem::take(hasher).finalize().into();
+            if digest != t.sha256 {
+                self.end(now, me, local, TransferFailure::ChecksumMismatch, true);
+                return;
+            }
+            let sink = sink.take().expect("a receiving transfer has its sink");
+            match sink.finish() {
+                Ok(path) => {
+                    let t = self.transfers.remove(&local).expect("present");
+                    let key = t.key();
+                    self.index.remove(&key);
+                    self.remember(key, Closed::Received { chunks });
+                    self.events.push_back(Event::FileReceived {
+                        from: link.peer,
+                        n: local,
+                        path,
+                        size: t.size,
+                        sha256: hex(&t.sha256),
+                    });
+                }
+                Err(e) => {
+                    self.end(
+                        now,
+                        me,
+                        local,
+                        TransferFailure::DiskError(e.to_string()),
+                        true,
+                    );
+                    return;
+                }
+            }
+            self.reply(
+                link,
+                Message::ChunkAck {
+                    from: me,
+                    session: link.session,
+                    n: wire_n,
+                    seq,
+                    cumulative,
+                },
+            );
+            return;
+        }
+        // Merge into our queued acknowledgement when it says nothing the new one does not.
+        if seq <= cumulative {
+            if let Some(index) = queued_ack.and_then(|p| p.checked_sub(self.polled)) {
+                if let Some(Transmit {
+                    message:
+                        Message::ChunkAck {
+                            seq: qs,
+                            cumulative: qc,
+                            ..
+                        },
+                    ..
+                }) = self.transmits.get_mut(index as usize)
+                {
+                    if *qs <= cumulative {
+                        *qs = seq;
+                        *qc = cumulative;
+                        return;
+                    }
+                }
+            }
+        }
+        *queued_ack = Some(self.polled + self.transmits.len() as u64);
+        self.transmits.push_back(Transmit {
+            to: link.addr,
+            message: Message::ChunkAck {
+                from: me,
+                session: link.session,
+                n: wire_n,
+                seq,
+                cumulative,
+            },
+        });
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// Reads and queues the chunks the windows have room for, and reports progress. Called
+    /// by the owning peer after every input.
+    pub fn flush(&mut self, now: Instant, me: ClientId) {
+        let mut failed = Vec::new();
+        let window = self.config.chunks.window;
+        let interval = self.config.progress_interval;
+        for (&local, t) in self.transfers.iter_mut() {
+            if let Kind::Sending {
+                source,
+                tx,
+                next_chunk,
+                ..
+            } = &mut t.kind
+            {
+                while tx.outstanding() < window && *next_chunk <= t.chunks {
+                    let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
+                    let len = (t.size - offset).min(CHUNK_SIZE as u64) as usize;
+                    let mut data = vec![0u8; len];
+                    if let Err(e) = read_full(source.as_mut(), offset, &mut data) {
+                        failed.push((local, TransferFailure::DiskError(e.to_string())));
+                        break;
+                    }
+                    tx.push(data);
+                    *next_chunk += 1;
+                }
+                while let Some(out) = tx.poll_transmit(now) {
+                    self.transmits.push_back(Transmit {
+                        to: t.link.addr,
+                        message: Message::Chunk {
+                            from: me,
+                            session: t.link.session,
+                            n: t.wire_n,
+                            seq: out.seq,
+                            data: out.text.to_vec(),
+                        },
+                    });
+                }
+            }
+            let done = t.done_bytes();
+            let moving = matches!(t.kind, Kind::Sending { .. } | Kind::Receiving { .. });
+            if moving && done != t.progress_bytes && now >= t.last_progress + interval {
+                let elapsed = now.saturating_duration_since(t.started).as_secs_f64();
+                let rate = if elapsed > 0.0 {
+                    (done as f64 / elapsed) as u64
+                } else {
+                    0
+                };
+                let eta = (rate > 0).then(|| (t.size - done).div_ceil(rate));
+                t.last_progress = now;
+                t.progress_bytes = done;
+                self.events.push_back(Event::FileProgress {
+                    peer: t.link.peer,
+                    n: local,
+                    outgoing: t.outgoing(),
+                    bytes: done,
+                    size: t.size,
+                    rate,
+                    eta_secs: eta,
+                });
+            }
+        }
+        for (n, why) in failed {
+            self.end(now, me, n, why, true);
+        }
+    }
+
+    /// Resends offers, `FileGet`s, chunks and `FileCancel`s that are due; gives up on those
+    /// out of time or tries.
+    pub fn handle_timeout(&mut self, now: Instant, me: ClientId) {
+        let max_rto = self.max_rto;
+        let mut resend_offer = Vec::new();
+        let mut resend_get = Vec::new();
+        let mut failed = Vec::new();
+        for (&n, t) in self.transfers.iter_mut() {
+            match &mut t.kind {
+                Kind::Offering {
+                    next,
+                    period,
+                    expires,
+                    ..
+                } => {
+                    if *expires <= now {
+                        failed.push((n, TransferFailure::Expired));
+                    } else if *next <= now {
+                        *period = (*period * 2).min(max_rto);
+                        *next = now + *period;
+                        resend_offer.push(n);
+                    }
+                }
+                Kind::Receiving {
+                    get_next: Some(next),
+                    get_period,
+                    ..
+                } if *next <= now => {
+                    *get_period = (*get_period * 2).min(max_rto);
+                    *next = now + *get_period;
+                    resend_get.push((t.link, t.wire_n));
+                }
+                Kind::Sending { tx, .. } => {
+                    tx.handle_timeout(now);
+                    if tx.is_broken() {
+                        failed.push((n, TransferFailure::Undeliverable));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for n in resend_offer {
+            let t = self.transfers.remove(&n).expect("listed above");
+            self.send_offer(me, &t);
+            self.transfers.insert(n, t);
+        }
+        for (link, n) in resend_get {
+            self.reply(
+                link,
+                Message::FileGet {
+                    from: me,
+                    session: link.session,
+                    n,
+                },
+            );
+        }
+        for (n, why) in failed {
+            self.end(now, me, n, why, true);
+        }
+        let tries = self.config.cancel_tries;
+        let mut resend = Vec::new();
+        self.cancelling.retain_mut(|c| {
+            if c.next > now {
+                return true;
+            }
+            if c.tries >= tries {
+                return false;
+            }
+            c.tries += 1;
+            c.period = (c.period * 2).min(max_rto);
+            c.next = now + c.period;
+            resend.push((c.key, c.addr, c.reason));
+            true
+        });
+        for (key, addr, reason) in resend {
+            self.send_cancel(me, key, addr, reason);
+        }
+        self.flush(now, me);
+    }
+
+    /// When [`Files::handle_timeout`] has work to do next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for t in self.transfers.values() {
+            match &t.kind {
+                Kind::Offering { next, expires, .. } => {
+                    consider(*next);
+                    consider(*expires);
+                }
+                Kind::Sending { tx, .. } => {
+                    if let Some(d) = tx.poll_timeout() {
+                        consider(d);
+                    }
+                }
+                Kind::Receiving {
+                    get_next: Some(d), ..
+                } => consider(*d),
+                _ => {}
+            }
+        }
+        for c in &self.cancelling {
+            consider(c.next);
+        }
+        next
+    }
+}
+
+/// Fills `buf` from `offset`, or fails if the file is shorter than it was when offered.
+fn read_full(source: &mut dyn FileSource, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read_at(offset + filled as u64, &mut buf[filled..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than when it was offered",
+                ))
+            }
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The first message field of a file-transfer message: who sent it on which session.
+pub(crate) fn route(msg: &Message) -> Option<(ClientId, SessionId)> {
+    match *msg {
+        Message::FileOffer { from, session, .. }
+        | Message::FileGet { from, session, .. }
+        | Message::Chunk { from, session, .. }
+        | Message::ChunkAck { from, session, .. }
+        | Message::FileCancel { from, session, .. }
+        | Message::FileCancelAck { from, session, .. } => Some((from, session)),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------- Peer commands
+
+impl Peer {
+    /// Offers a file to `peer` (default: the current peer). `sha256` is its digest; the
+    /// bytes are read from `source` only once the peer accepts. Returns the local number.
+    pub fn send_file(
+        &mut self,
+        now: Instant,
+        peer: Option<ClientId>,
+        name: &str,
+        size: u64,
+        sha256: [u8; 32],
+        source: Box<dyn FileSource>,
+    ) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        let link = self.file_link(peer)?;
+        let n = self
+            .files
+            .offer(now, me, link, name.to_string(), size, sha256, source);
+        Ok(n)
+    }
+
+    /// Accepts offer `n`, writing the file to `sink`.
+    pub fn get_file(
+        &mut self,
+        now: Instant,
+        n: u64,
+        sink: Box<dyn FileSink>,
+    ) -> Result<(), FileError> {
+        let me = match self.file_command_id() {
+            Ok(me) => me,
+            Err(e) => {
+                sink.abort();
+                return Err(e);
+            }
+        };
+        self.files.get(now, me, n, sink)
+    }
+
+    /// Refuses offer `n` (or the only one waiting).
+    pub fn refuse_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        self.files.refuse(now, me, n)
+    }
+
+    /// Cancels transfer `n` (or the only one).
+    pub fn cancel_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        self.files.cancel(now, me, n)
+    }
+
+    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name).
+    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+        self.files.pick_offer(n)
+    }
+
+    /// Every transfer going on or waiting.
+    pub fn transfers(&self) -> Vec<TransferInfo> {
+        self.files.list()
+    }
+
+    /// File chunks resent so far.
+    pub fn chunk_retransmissions(&self) -> u64 {
+        self.files.retransmissions()
+    }
+
+    fn file_command_id(&self) -> Result<ClientId, FileError> {
+        self.id()
+            .ok_or(FileError::Session(CommandError::NotRegistered))
+    }
+}

@@ -1,0 +1,418 @@
+//! File transfers on the simulated network: whole files through 30% loss, duplication and
+//! reordering, chat flowing at the same time, cancel from either side, refusal, a bad
+//! digest, a hostile name, and a peer that vanishes mid-transfer.
+//!
+//! The files are in memory (`Vec<u8>` sources, [`MemSink`] sinks). Seeded runs print their
+//! seed; `SIM_SEED=<n>` replays one.
+
+mod sim;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2pchat::peer::{EndReason, Event, PeerConfig};
+use p2pchat::transfer::{FileSink, TransferFailure};
+use p2pchat::wire::{ClientId, Message, CHUNK_SIZE};
+use sha2::{Digest, Sha256};
+use sim::{default_config, NetConfig, Sim};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// What a [`MemSink`] holds and how it ended.
+#[derive(Default, Debug)]
+struct Written {
+    data: Vec<u8>,
+    finished: bool,
+    aborted: bool,
+}
+
+/// An in-memory download.
+struct MemSink(Arc<Mutex<Written>>);
+
+impl FileSink for MemSink {
+    fn write_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.lock().unwrap().data.extend_from_slice(data);
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> std::io::Result<PathBuf> {
+        self.0.lock().unwrap().finished = true;
+        Ok(PathBuf::from("memory"))
+    }
+    fn abort(self: Box<Self>) {
+        let mut w = self.0.lock().unwrap();
+        w.aborted = true;
+        w.data.clear();
+    }
+}
+
+/// Deterministic bytes that are not all alike.
+fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn seeds(count: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("SIM_SEED") {
+        return vec![s.parse().expect("SIM_SEED must be a number")];
+    }
+    (0..count).collect()
+}
+
+/// Patient bounds for a network that loses 30% (see tests/conversation.rs).
+fn patient_config() -> PeerConfig {
+    let mut cfg = default_config();
+    cfg.server_tries = 30;
+    cfg.connect_tries = 20;
+    cfg.terminate_tries = 30;
+    cfg.chat.max_tries = 30;
+    cfg.session_timeout = secs(120);
+    let mut cfg = cfg.with_file_defaults();
+    cfg.files.cancel_tries = 30;
+    cfg
+}
+
+/// Two registered peers (0 and 1) with a session.
+fn connected(seed: u64, net: NetConfig, cfg: &PeerConfig) -> Sim {
+    let mut sim = Sim::new(seed, net);
+    sim.add_registered_peers(2, cfg);
+    sim.connect(0, 1);
+    sim.expect(secs(300), "the request arrives", |s| {
+        s.has(1, |e| matches!(e, Event::Request { .. }))
+    });
+    sim.accept(1, None);
+    sim.expect(secs(300), "both connected", |s| {
+        s.has(0, |e| matches!(e, Event::Connected { .. }))
+            && s.has(1, |e| matches!(e, Event::Connected { .. }))
+    });
+    sim
+}
+
+/// Peer 0 offers `data` (under `name`, with `digest`) to peer 1 and waits for the offer to
+/// arrive; returns peer 0's and peer 1's numbers of the transfer.
+fn offer(sim: &mut Sim, name: &str, data: Vec<u8>, digest: [u8; 32]) -> (u64, u64) {
+    let to = sim.id(1);
+    let size = data.len() as u64;
+    let seed = sim.seed;
+    let mine = sim
+        .command(0, |p, now| {
+            p.send_file(now, Some(to), name, size, digest, Box::new(data))
+        })
+        .unwrap_or_else(|e| panic!("sendfile refused: {e} (seed {seed})"));
+    sim.expect(secs(120), "the offer arrives", |s| {
+        s.has(1, |e| matches!(e, Event::FileOffer { .. }))
+    });
+    let theirs = sim
+        .events(1)
+        .iter()
+        .find_map(|e| match e {
+            Event::FileOffer { n, .. } => Some(*n),
+            _ => None,
+        })
+        .expect("offered");
+    (mine, theirs)
+}
+
+fn get(sim: &mut Sim, n: u64) -> Arc<Mutex<Written>> {
+    let written = Arc::new(Mutex::new(Written::default()));
+    let sink = Box::new(MemSink(Arc::clone(&written)));
+    sim.command(1, |p, now| p.get_file(now, n, sink))
+        .expect("getfile");
+    written
+}
+
+fn failed(sim: &Sim, i: usize) -> Option<TransferFailure> {
+    sim.events(i).into_iter().find_map(|e| match e {
+        Event::FileFailed { reason, .. } => Some(reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_file_arrives_identical_through_loss_while_chat_flows() {
+    for seed in seeds(12) {
+        println!("seed {seed}");
+        let cfg = patient_config();
+        let mut sim = connected(seed, NetConfig::lossy(0.3, 0.1), &cfg);
+        let data = file_bytes(150 * CHUNK_SIZE + 77, seed);
+        let (_, n) = offer(&mut sim, "data.bin", data.clone(), sha256(&data));
+        let offered = sim.events(1).into_iter().find_map(|e| match e {
+            Event::FileOffer {
+                name, size, sha256, ..
+            } => Some((name, size, sha256)),
+            _ => None,
+        });
+        assert_eq!(
+            offered,
+            Some((
+                "data.bin".to_string(),
+                data.len() as u64,
+                p2pchat::transfer::hex(&sha256(&data))
+            )),
+            "seed {seed}"
+        );
+        let written = get(&mut sim, n);
+        // Chat both ways while the chunks travel.
+        let (a, b) = (sim.id(0), sim.id(1));
+        for k in 0..20 {
+            sim.send(0, Some(b), &format!("a{k}"));
+            sim.send(1, Some(a), &format!("b{k}"));
+            sim.run_for(Duration::from_millis(50));
+        }
+        sim.expect(secs(600), "the file is received and confirmed", |s| {
+            s.has(1, |e| matches!(e, Event::FileReceived { .. }))
+                && s.has(0, |e| matches!(e, Event::FileSent { .. }))
+        });
+        let w = written.lock().unwrap();
+        assert!(w.finished && !w.aborted, "seed {seed}");
+        assert!(w.data == data, "seed {seed}: the bytes differ");
+        drop(w);
+        sim.expect(secs(600), "every chat message shown", |s| {
+            s.shown(1, a).len() == 20 && s.shown(0, b).len() == 20
+        });
+        let texts: Vec<String> = sim.shown(1, a).into_iter().map(|(_, t)| t).collect();
+        let want: Vec<String> = (0..20).map(|k| format!("a{k}")).collect();
+        assert_eq!(texts, want, "seed {seed}");
+        assert_eq!(failed(&sim, 0), None, "seed {seed}");
+        assert_eq!(failed(&sim, 1), None, "seed {seed}");
+        // Progress was reported, but not per chunk.
+        let progress = sim.count(1, |e| matches!(e, Event::FileProgress { .. }));
+        assert!(progress < 150, "seed {seed}: {progress} progress events");
+    }
+}
+
+#[test]
+fn an_empty_file_arrives() {
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(1, NetConfig::perfect(), &cfg);
+    let (_, n) = offer(&mut sim, "empty", Vec::new(), sha256(&[]));
+    let written = get(&mut sim, n);
+    sim.expect(secs(10), "received", |s| {
+        s.has(1, |e| matches!(e, Event::FileReceived { size: 0, .. }))
+            && s.has(0, |e| matches!(e, Event::FileSent { .. }))
+    });
+    assert!(written.lock().unwrap().finished);
+}
+
+#[test]
+fn nothing_is_sent_until_the_receiver_answers_and_a_refusal_ends_it() {
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(2, NetConfig::perfect(), &cfg);
+    let data = file_bytes(10 * CHUNK_SIZE, 2);
+    let (_, n) = offer(&mut sim, "x.bin", data.clone(), sha256(&data));
+    sim.run_for(secs(5));
+    assert!(sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::Chunk { .. }))
+        .is_empty());
+    sim.command(1, |p, now| p.refuse_file(now, Some(n)))
+        .expect("refuse");
+    sim.expect(secs(10), "the offerer hears the refusal", |s| {
+        failed(s, 0) == Some(TransferFailure::Refused)
+    });
+    assert!(sim.peer(0).transfers().is_empty());
+    assert!(sim.peer(1).transfers().is_empty());
+    assert!(sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::Chunk { .. }))
+        .is_empty());
+}
+
+fn cancel_mid_transfer(canceller: usize, seed: u64) {
+    let cfg = patient_config();
+    let mut sim = connected(seed, NetConfig::lossy(0.3, 0.1), &cfg);
+    let data = file_bytes(2000 * CHUNK_SIZE, seed);
+    let (mine, theirs) = offer(&mut sim, "big.bin", data.clone(), sha256(&data));
+    let written = get(&mut sim, theirs);
+    sim.expect(secs(600), "some bytes written", |_| {
+        written.lock().unwrap().data.len() > 20 * CHUNK_SIZE
+    });
+    let n = if canceller == 0 { mine } else { theirs };
+    sim.command(canceller, |p, now| p.cancel_file(now, Some(n)))
+        .expect("cancel");
+    let other = 1 - canceller;
+    sim.expect(secs(600), "both sides report the failure", |s| {
+        failed(s, 0).is_some() && failed(s, 1).is_some()
+    });
+    assert_eq!(
+        failed(&sim, canceller),
+        Some(TransferFailure::Cancelled { by_peer: false }),
+        "seed {seed}"
+    );
+    assert_eq!(
+        failed(&sim, other),
+        Some(TransferFailure::Cancelled { by_peer: true }),
+        "seed {seed}"
+    );
+    let w = written.lock().unwrap();
+    assert!(w.aborted && !w.finished && w.data.is_empty(), "seed {seed}");
+    drop(w);
+    // Once settled, no chunk flows any more and chat still works.
+    sim.run_for(secs(30));
+    let chunks_before = sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::Chunk { .. }))
+        .len();
+    let b = sim.id(1);
+    sim.send(0, Some(b), "still here");
+    sim.expect(secs(300), "chat after the cancel", |s| {
+        s.shown(1, s.id(0)).len() == 1
+    });
+    let chunks_after = sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::Chunk { .. }))
+        .len();
+    assert_eq!(chunks_before, chunks_after, "seed {seed}");
+}
+
+#[test]
+fn the_receiver_cancels_mid_transfer() {
+    for seed in seeds(4) {
+        println!("seed {seed}");
+        cancel_mid_transfer(1, seed);
+    }
+}
+
+#[test]
+fn the_sender_cancels_mid_transfer() {
+    for seed in seeds(4) {
+        println!("seed {seed}");
+        cancel_mid_transfer(0, seed);
+    }
+}
+
+#[test]
+fn a_wrong_digest_fails_on_both_sides_and_removes_the_file() {
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(3, NetConfig::perfect(), &cfg);
+    let data = file_bytes(5 * CHUNK_SIZE + 1, 3);
+    let (_, n) = offer(&mut sim, "x.bin", data, [0; 32]);
+    let written = get(&mut sim, n);
+    sim.expect(secs(10), "both fail", |s| {
+        failed(s, 0).is_some() && failed(s, 1).is_some()
+    });
+    assert_eq!(failed(&sim, 1), Some(TransferFailure::ChecksumMismatch));
+    assert_eq!(failed(&sim, 0), Some(TransferFailure::ChecksumMismatch));
+    let w = written.lock().unwrap();
+    assert!(w.aborted && !w.finished);
+}
+
+#[test]
+fn a_hostile_file_name_is_refused_at_once() {
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(4, NetConfig::perfect(), &cfg);
+    let to = sim.id(1);
+    for (k, name) in ["../x", "/etc/passwd", "a/b", "..", "c:\\x"]
+        .iter()
+        .enumerate()
+    {
+        sim.command(0, |p, now| {
+            p.send_file(
+                now,
+                Some(to),
+                name,
+                3,
+                sha256(b"abc"),
+                Box::new(b"abc".to_vec()),
+            )
+        })
+        .expect("sendfile");
+        sim.expect(secs(10), "the offerer hears the refusal", |s| {
+            s.count(0, |e| {
+                matches!(
+                    e,
+                    Event::FileFailed {
+                        reason: TransferFailure::Refused,
+                        ..
+                    }
+                )
+            }) == k + 1
+        });
+    }
+    assert_eq!(
+        sim.count(1, |e| matches!(
+            e,
+            Event::FileFailed {
+                reason: TransferFailure::BadName(_),
+                ..
+            }
+        )),
+        5
+    );
+    assert!(!sim.has(1, |e| matches!(e, Event::FileOffer { .. })));
+    assert!(sim.peer(1).transfers().is_empty());
+}
+
+#[test]
+fn a_vanishing_peer_fails_the_transfer_on_the_other_side() {
+    for (vanisher, seed) in [(0usize, 5u64), (1, 6)] {
+        println!("seed {seed}, peer {vanisher} vanishes");
+        let cfg = default_config().with_file_defaults();
+        let mut sim = connected(seed, NetConfig::perfect(), &cfg);
+        let data = file_bytes(100_000 * CHUNK_SIZE, seed);
+        let (_, n) = offer(&mut sim, "huge.bin", data.clone(), sha256(&data));
+        let written = get(&mut sim, n);
+        sim.expect(secs(60), "some bytes written", |_| {
+            written.lock().unwrap().data.len() > 100 * CHUNK_SIZE
+        });
+        let addr = sim.addr(vanisher);
+        sim.set_down(addr, true);
+        let other = 1 - vanisher;
+        sim.expect(secs(120), "the transfer fails", |s| {
+            failed(s, other).is_some()
+        });
+        match failed(&sim, other) {
+            Some(TransferFailure::SessionEnded(EndReason::PeerSilent))
+            | Some(TransferFailure::Undeliverable) => {}
+            other => panic!("seed {seed}: {other:?}"),
+        }
+        if other == 1 {
+            assert!(written.lock().unwrap().aborted, "seed {seed}");
+        }
+        assert!(sim.peer(other).transfers().is_empty());
+    }
+}
+
+#[test]
+fn commands_with_unknown_or_ambiguous_numbers_are_refused() {
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(7, NetConfig::perfect(), &cfg);
+    let e = sim
+        .command(1, |p, now| p.cancel_file(now, Some(9)))
+        .unwrap_err();
+    assert!(e.to_string().contains("no transfer 9"), "{e}");
+    let e = sim
+        .command(1, |p, now| p.refuse_file(now, None))
+        .unwrap_err();
+    assert!(e.to_string().contains("no file offer"), "{e}");
+    let data = b"hello".to_vec();
+    offer(&mut sim, "a.txt", data.clone(), sha256(&data));
+    let to: ClientId = sim.id(1);
+    sim.command(0, |p, now| {
+        p.send_file(
+            now,
+            Some(to),
+            "b.txt",
+            5,
+            sha256(&data),
+            Box::new(data.clone()),
+        )
+    })
+    .expect("second offer");
+    sim.run_for(secs(1));
+    let e = sim
+        .command(1, |p, now| p.refuse_file(now, None))
+        .unwrap_err();
+    assert!(e.to_string().contains("2 file offer"), "{e}");
+    let e = sim.command(1, |p, _| p.file_offer(Some(77))).unwrap_err();
+    assert!(e.to_string().contains("no transfer 77"), "{e}");
+}
