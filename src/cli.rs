@@ -1389,7 +1389,14 @@ fn execute_file_command(
             peer.get_file(now, n, Box::new(sink))
                 .map_err(|e| e.to_string())?;
             if !json {
-                out.line(&format!("receiving file {n} into {}", dir.display()));
+                out.line(&if dir == std::path::Path::new(".") {
+                    format!(
+                        "receiving file {n} into the current directory (no downloads directory \
+                         is known here; choose one with --downloads)"
+                    )
+                } else {
+                    format!("receiving file {n} into {}", dir.display())
+                });
             }
         }
         Command::Refuse(n) => {

@@ -105,7 +105,10 @@ pub fn downloads_dir(wanted: Option<PathBuf>) -> (PathBuf, String) {
     if let Some(dir) = wanted {
         return (dir, "given by --downloads".into());
     }
-    match dirs::download_dir() {
+    let home_downloads = dirs::home_dir()
+        .map(|h| h.join("Downloads"))
+        .filter(|d| d.is_dir());
+    match dirs::download_dir().or(home_downloads) {
         Some(dir) => (dir, "the platform's downloads directory".into()),
         None => (
             PathBuf::from("."),

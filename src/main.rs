@@ -197,10 +197,8 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            // Said at `getfile` too, when it matters, not at every start.
             log::info!("received files go to {} ({why})", dir.display());
-            if dir == std::path::Path::new(".") {
-                eprintln!("p2pchat: note: {why}");
-            }
             peer.files.downloads = dir;
             let ui = if json {
                 UiMode::Json

@@ -97,9 +97,12 @@ impl PeerConfig {
         .with_file_defaults()
     }
 
-    /// Derives the file transfer settings from the chat's (call again after changing them).
+    /// Derives the file transfer settings from the chat's (call again after changing them);
+    /// the downloads directory is kept.
     pub fn with_file_defaults(mut self) -> Self {
+        let downloads = std::mem::take(&mut self.files.downloads);
         self.files = FileConfig::from_chat(&self.chat, self.retry_interval, self.connect_tries);
+        self.files.downloads = downloads;
         self
     }
 }

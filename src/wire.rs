@@ -161,7 +161,8 @@
 //!
 //! Files go from peer to peer inside a session, as messages of the session (with its `from`
 //! and `session`). Each transfer has a number `n`, chosen by the peer that offers the file
-//! (1, 2, 3, ... per session and direction), so a transfer is named by its offerer and `n`.
+//! and never used twice by it in a session (p2pchat uses its own transfer counter), so a
+//! transfer is named by its offerer and `n`.
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
