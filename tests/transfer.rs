@@ -416,3 +416,75 @@ fn commands_with_unknown_or_ambiguous_numbers_are_refused() {
     let e = sim.command(1, |p, _| p.file_offer(Some(77))).unwrap_err();
     assert!(e.to_string().contains("no transfer 77"), "{e}");
 }
+
+#[test]
+fn several_transfers_run_at_once_in_both_directions() {
+    for seed in seeds(4) {
+        println!("seed {seed}");
+        let cfg = patient_config();
+        let mut sim = connected(100 + seed, NetConfig::lossy(0.3, 0.1), &cfg);
+        let (a, b) = (sim.id(0), sim.id(1));
+        // Two files from 0 to 1, one from 1 to 0, all offered before any is accepted.
+        let files: Vec<Vec<u8>> = (0..3)
+            .map(|k| file_bytes(40 * CHUNK_SIZE + 13 * k, seed * 10 + k as u64))
+            .collect();
+        for (k, data) in files.iter().enumerate() {
+            let (from, to) = if k < 2 { (0, b) } else { (1, a) };
+            let (d, digest) = (data.clone(), sha256(data));
+            let size = data.len() as u64;
+            sim.command(from, |p, now| {
+                p.send_file(now, Some(to), &format!("f{k}"), size, digest, Box::new(d))
+            })
+            .expect("sendfile");
+        }
+        sim.expect(secs(300), "every offer arrives", |s| {
+            s.count(1, |e| matches!(e, Event::FileOffer { .. })) == 2
+                && s.count(0, |e| matches!(e, Event::FileOffer { .. })) == 1
+        });
+        let mut sinks = Vec::new();
+        for i in [0usize, 1] {
+            let offers: Vec<(u64, String)> = sim
+                .events(i)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::FileOffer { n, name, .. } => Some((n, name)),
+                    _ => None,
+                })
+                .collect();
+            for (n, name) in offers {
+                let written = Arc::new(Mutex::new(Written::default()));
+                let sink = Box::new(MemSink(Arc::clone(&written)));
+                sim.command(i, |p, now| p.get_file(now, n, sink))
+                    .expect("getfile");
+                sinks.push((name, written));
+            }
+        }
+        sim.send(0, Some(b), "during");
+        sim.expect(secs(900), "every file received and confirmed", |s| {
+            s.count(1, |e| matches!(e, Event::FileReceived { .. })) == 2
+                && s.count(0, |e| matches!(e, Event::FileReceived { .. })) == 1
+                && s.count(0, |e| matches!(e, Event::FileSent { .. })) == 2
+                && s.count(1, |e| matches!(e, Event::FileSent { .. })) == 1
+        });
+        for (name, written) in sinks {
+            let k: usize = name[1..].parse().unwrap();
+            let w = written.lock().unwrap();
+            assert!(w.finished, "seed {seed}: {name}");
+            assert!(w.data == files[k], "seed {seed}: {name} differs");
+        }
+        assert_eq!(sim.shown(1, a).len(), 1, "seed {seed}");
+        // The numbers are per client: peer 1 numbered its own offer after the two it got.
+        let numbers: Vec<u64> = sim
+            .events(1)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::FileOffer { n, .. } | Event::FileOffered { n, .. } => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut unique = numbers.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), numbers.len(), "seed {seed}: {numbers:?}");
+    }
+}
