@@ -86,6 +86,12 @@ fn main() {
             p2p.hash_time.as_secs_f64()
         );
         println!(
+            "  datagrams: {} sender -> receiver, {} receiver -> sender ({:.3} per chunk)",
+            p2p.chunks,
+            p2p.acks,
+            p2p.acks as f64 / p2p.chunks.max(1) as f64
+        );
+        println!(
             "  peak memory (VmHWM): sender {} KiB, receiver {} KiB; sender retransmitted {} chunks",
             p2p.sender_hwm_kib, p2p.receiver_hwm_kib, p2p.retransmissions
         );
@@ -140,7 +146,10 @@ fn write_file(path: &Path, size: u64) -> io::Result<()> {
         out.write_all(&block[..k])?;
         left -= k as u64;
     }
-    out.flush()
+    // On disk before the runs, so that its write-back does not compete with them.
+    out.into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()
 }
 
 /// The size of a datagram holding one full `Chunk`, as p2pchat sends it.
@@ -250,6 +259,9 @@ struct Transfer {
     receiver_hwm_kib: u64,
     retransmissions: u64,
     received_path: PathBuf,
+    /// Datagrams the sender and the receiver sent.
+    chunks: u64,
+    acks: u64,
 }
 
 /// Runs the receiver and the sender as child processes; reads their report lines.
@@ -272,9 +284,11 @@ fn transfer(server: SocketAddr, path: &Path, downloads: &Path) -> Transfer {
     let mut slines = BufReader::new(sender.stdout.take().unwrap()).lines();
     let hash_time = Duration::from_secs_f64(field(&mut slines, "hashed").parse().unwrap());
     let elapsed = Duration::from_secs_f64(field(&mut rlines, "received").parse().unwrap());
+    let acks: u64 = field(&mut rlines, "datagrams").parse().unwrap();
     let received_path = PathBuf::from(field(&mut rlines, "path"));
     let receiver_hwm_kib = field(&mut rlines, "hwm").parse().unwrap();
     let retransmissions = field(&mut slines, "retransmissions").parse().unwrap();
+    let chunks: u64 = field(&mut slines, "datagrams").parse().unwrap();
     let sender_hwm_kib = field(&mut slines, "hwm").parse().unwrap();
     assert!(receiver.wait().unwrap().success(), "the receiver failed");
     assert!(sender.wait().unwrap().success(), "the sender failed");
@@ -285,6 +299,8 @@ fn transfer(server: SocketAddr, path: &Path, downloads: &Path) -> Transfer {
         receiver_hwm_kib,
         retransmissions,
         received_path,
+        chunks,
+        acks,
     }
 }
 
@@ -341,6 +357,7 @@ fn child_receiver(server: &str, dir: &str) {
                         ep.turn(Some(Duration::from_millis(10)), |_| {}).unwrap();
                     }
                     println!("received {}", elapsed.as_secs_f64());
+                    println!("datagrams {}", ep.datagrams().0);
                     println!("path {}", path.display());
                     println!("hwm {}", peak_memory_kib());
                     return;
@@ -380,6 +397,7 @@ fn child_sender(server: &str, peer: &str, path: &str) {
                 }
                 Event::FileSent { .. } => {
                     println!("retransmissions {}", ep.peer().chunk_retransmissions());
+                    println!("datagrams {}", ep.datagrams().0);
                     println!("hwm {}", peak_memory_kib());
                     return;
                 }
