@@ -147,9 +147,7 @@ fn write_file(path: &Path, size: u64) -> io::Result<()> {
         left -= k as u64;
     }
     // On disk before the runs, so that its write-back does not compete with them.
-    out.into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 /// The size of a datagram holding one full `Chunk`, as p2pchat sends it.

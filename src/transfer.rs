@@ -128,6 +128,8 @@ pub enum TransferFailure {
     Unknown,
     /// The offered file name could not be made safe (a path, `..`): refused at once.
     BadName(String),
+    /// We accepted, but no chunk came after every `FileGet`.
+    NotStarted,
 }
 
 impl TransferFailure {
@@ -144,6 +146,7 @@ impl TransferFailure {
             TransferFailure::SessionEnded(_) => "session_ended",
             TransferFailure::Unknown => "unknown_transfer",
             TransferFailure::BadName(_) => "bad_name",
+            TransferFailure::NotStarted => "not_started",
         }
     }
 
@@ -170,6 +173,7 @@ impl TransferFailure {
             TransferFailure::Undeliverable => FileEnd::Cancelled,
             TransferFailure::Unknown => FileEnd::Unknown,
             TransferFailure::BadName(_) => FileEnd::Refused,
+            TransferFailure::NotStarted => FileEnd::Cancelled,
         }
     }
 }
@@ -192,6 +196,7 @@ impl fmt::Display for TransferFailure {
             TransferFailure::SessionEnded(r) => write!(f, "the session ended ({r})"),
             TransferFailure::Unknown => write!(f, "the peer does not know this transfer"),
             TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
+            TransferFailure::NotStarted => write!(f, "the peer never started sending"),
         }
     }
 }
@@ -290,6 +295,7 @@ enum Kind {
         /// Resend of `FileGet` until the first chunk arrives.
         get_next: Option<Instant>,
         get_period: Duration,
+        get_tries: u32,
         /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
         queued_ack: Option<u64>,
     },
@@ -597,6 +603,7 @@ impl Files {
             written: 0,
             get_next: Some(now + period),
             get_period: period,
+            get_tries: 1,
             queued_ack: None,
         };
         let (to, session, wire_n) = (t.link.addr, t.link.session, t.wire_n);
@@ -811,7 +818,7 @@ impl Files {
                     },
                 );
             }
-            Message::FileGet { n, session, .. } => {
+            Message::FileGet { n, .. } => {
                 let key = (peer, link.session, me, n);
                 let Some(&local) = self.index.get(&key) else {
                     match self.closed.get(&key).copied() {
@@ -821,7 +828,6 @@ impl Files {
                         Some(_) => {}
                         None => self.send_cancel(me, key, link.addr, FileEnd::Unknown),
                     }
-                    let _ = session;
                     return;
                 };
                 let chunks = self.config.chunks.clone();
@@ -1154,11 +1160,17 @@ impl Files {
                 Kind::Receiving {
                     get_next: Some(next),
                     get_period,
+                    get_tries,
                     ..
                 } if *next <= now => {
-                    *get_period = (*get_period * 2).min(max_rto);
-                    *next = now + *get_period;
-                    resend_get.push((t.link, t.wire_n));
+                    if *get_tries >= self.config.cancel_tries {
+                        failed.push((n, TransferFailure::NotStarted));
+                    } else {
+                        *get_tries += 1;
+                        *get_period = (*get_period * 2).min(max_rto);
+                        *next = now + *get_period;
+                        resend_get.push((t.link, t.wire_n));
+                    }
                 }
                 Kind::Sending { tx, .. } => {
                     tx.handle_timeout(now);

@@ -179,7 +179,8 @@
 //! answers; an offer unanswered for `connect_tries` retry intervals is withdrawn with
 //! `FileCancel` `Expired`. The receiver answers a repeated offer with the same answer; a
 //! `FileGet` that is lost is so repeated too, and the receiver also resends it until the
-//! first chunk arrives.
+//! first chunk arrives (6 sends, like `FileCancel`; then it gives the transfer up with
+//! `FileCancel` `Cancelled`).
 //!
 //! After `FileGet`, the file travels as `Chunk`s numbered `seq` = 1, 2, 3, ...: chunk `seq`
 //! holds the bytes from `(seq - 1) * CHUNK_SIZE`, and every chunk but the last is full. A

@@ -488,3 +488,52 @@ fn several_transfers_run_at_once_in_both_directions() {
         assert_eq!(unique.len(), numbers.len(), "seed {seed}: {numbers:?}");
     }
 }
+
+#[test]
+fn a_receiver_that_gets_no_chunk_gives_up_after_its_tries() {
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(8, NetConfig::perfect(), &cfg);
+    let data = file_bytes(3 * CHUNK_SIZE, 8);
+    let (_, n) = offer(&mut sim, "x.bin", data.clone(), sha256(&data));
+    // Every FileGet is lost: the offerer never starts.
+    sim.drop_first(1000, |m| matches!(m, Message::FileGet { .. }));
+    let written = get(&mut sim, n);
+    sim.expect(secs(120), "the receiver gives up", |s| {
+        failed(s, 1).is_some()
+    });
+    assert_eq!(failed(&sim, 1), Some(TransferFailure::NotStarted));
+    assert!(written.lock().unwrap().aborted);
+    let gets = sim
+        .sent_by(sim.addr(1), |m| matches!(m, Message::FileGet { .. }))
+        .len();
+    assert!(gets >= 6, "{gets} FileGets");
+    sim.expect(secs(60), "the offerer is told", |s| failed(s, 0).is_some());
+    assert_eq!(
+        failed(&sim, 0),
+        Some(TransferFailure::Cancelled { by_peer: true })
+    );
+}
+
+#[test]
+fn an_unanswered_offer_expires_on_both_sides() {
+    let cfg = default_config().with_file_defaults();
+    let lifetime = cfg.files.offer_lifetime;
+    let mut sim = connected(9, NetConfig::perfect(), &cfg);
+    let data = b"never taken".to_vec();
+    offer(&mut sim, "x.txt", data.clone(), sha256(&data));
+    sim.run_for(lifetime - secs(1));
+    assert_eq!(failed(&sim, 0), None, "not before its lifetime");
+    let offers = sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::FileOffer { .. }))
+        .len();
+    assert!(
+        (2..=12).contains(&offers),
+        "{offers} offers in {lifetime:?}"
+    );
+    sim.expect(secs(30), "both told", |s| {
+        failed(s, 0).is_some() && failed(s, 1).is_some()
+    });
+    assert_eq!(failed(&sim, 0), Some(TransferFailure::Expired));
+    assert_eq!(failed(&sim, 1), Some(TransferFailure::Expired));
+    assert!(sim.peer(1).transfers().is_empty());
+}
