@@ -95,7 +95,8 @@ fn server_message() -> impl Strategy<Value = Message> {
     ]
 }
 
-/// A peer-to-peer message of `kind` (0..9) with the given fields.
+/// A peer-to-peer message of `kind` (0..15: session messages, then file transfer) with the
+/// given fields.
 fn peer_message(
     kind: u8,
     from: ClientId,
@@ -104,7 +105,7 @@ fn peer_message(
     b: u64,
     text: String,
 ) -> Message {
-    match kind % 9 {
+    match kind % 15 {
         0 => Message::ConnectRequest {
             from,
             session,
@@ -128,13 +129,54 @@ fn peer_message(
         5 => Message::Terminate { from, session },
         6 => Message::TerminateAck { from, session },
         7 => Message::Ping { from, session },
-        _ => Message::Pong { from, session },
+        8 => Message::Pong { from, session },
+        // File transfer: numbers and sequence numbers small, so that they hit real ones.
+        9 => Message::FileOffer {
+            from,
+            session,
+            n: a % 4,
+            name: text,
+            size: b % 5000,
+            sha256: [a as u8; 32],
+        },
+        10 => Message::FileGet {
+            from,
+            session,
+            n: a % 4,
+        },
+        11 => Message::Chunk {
+            from,
+            session,
+            n: a % 4,
+            seq: b % 8,
+            data: text.into_bytes(),
+        },
+        12 => Message::ChunkAck {
+            from,
+            session,
+            n: a % 4,
+            seq: b % 8,
+            cumulative: b % 8,
+        },
+        13 => Message::FileCancel {
+            from,
+            session,
+            offerer: from,
+            n: a % 4,
+            reason: p2pchat::wire::FileEnd::Cancelled,
+        },
+        _ => Message::FileCancelAck {
+            from,
+            session,
+            offerer: from,
+            n: a % 4,
+        },
     }
 }
 
 fn p2p_message() -> impl Strategy<Value = Message> {
     (
-        0u8..9,
+        0u8..15,
         small_id(),
         small_u64(),
         small_u64(),
