@@ -430,3 +430,24 @@ fn a_transfer_between_two_clients_can_be_cancelled_by_the_sender() {
         "the partial file is removed"
     );
 }
+
+#[test]
+fn the_end_of_a_scripts_input_waits_for_its_file_to_be_hashed_and_sent() {
+    let (_server, mut a, mut b, _ida, idb, da, db) = pair();
+    let data = file_bytes(2 * 1024 * 1024, 4);
+    let path = da.path().join("script.bin");
+    std::fs::write(&path, &data).unwrap();
+    a.type_line(&format!("sendfile {} @{idb}", path.display()));
+    // End of input at once: the file is still being hashed.
+    a.proc.close_stdin();
+    let offer = b.wait_event("file_offer", |v| v["event"] == "file_offer");
+    b.type_line(&format!("getfile {}", offer["n"]));
+    let got = b.wait_event_within(Duration::from_secs(60), "file_received", |v| {
+        v["event"] == "file_received"
+    });
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == data);
+    assert!(a.wait_exit().success());
+    assert_eq!(a.events("file_sent").len(), 1, "{:#?}", a.log);
+    assert_eq!(a.events("left").len(), 1);
+    assert_eq!(files_in(&db), vec!["script.bin"]);
+}
