@@ -453,7 +453,7 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         | Event::FileProgress { .. }
         | Event::FileReceived { .. }
         | Event::FileSent { .. }
-        | Event::FileFailed { .. }) => file_human_line(ev),
+        | Event::FileFailed { .. }) => file_human_line(ev, names),
     }
 }
 
@@ -1129,7 +1129,7 @@ pub fn progress_bar(bytes: u64, size: u64, rate: u64, eta_secs: Option<u64>) -> 
     )
 }
 
-fn file_human_line(ev: &Event) -> String {
+fn file_human_line(ev: &Event, names: &dyn Names) -> String {
     match ev {
         Event::FileOffered {
             peer,
@@ -1137,9 +1137,10 @@ fn file_human_line(ev: &Event) -> String {
             name,
             size,
         } => format!(
-            "file {n}: offered {} ({}) to client {peer}; waiting for the answer",
+            "file {n}: offered {} ({}) to {}; waiting for the answer",
             sanitize(name),
-            human_bytes(*size)
+            human_bytes(*size),
+            who(names, *peer)
         ),
         Event::FileOffer {
             from,
@@ -1148,7 +1149,8 @@ fn file_human_line(ev: &Event) -> String {
             size,
             ..
         } => format!(
-            "file offer {n} from {from}: {} ({}). Type getfile {n} or refuse {n}",
+            "file offer {n} from {}: {} ({}). Type getfile {n} or refuse {n}",
+            who(names, *from),
             sanitize(name),
             human_bytes(*size)
         ),
@@ -1161,8 +1163,9 @@ fn file_human_line(ev: &Event) -> String {
             rate,
             eta_secs,
         } => format!(
-            "file {n} {} {peer} {}",
+            "file {n} {} {} {}",
             if *outgoing { "to" } else { "from" },
+            who(names, *peer),
             progress_bar(*bytes, *size, *rate, *eta_secs)
         ),
         Event::FileReceived {
@@ -1172,16 +1175,18 @@ fn file_human_line(ev: &Event) -> String {
             size,
             sha256,
         } => format!(
-            "file {n} from {from} received: {} ({}, sha256 {sha256})",
+            "file {n} from {} received: {} ({}, sha256 {sha256})",
+            who(names, *from),
             sanitize(&path.display().to_string()),
             human_bytes(*size)
         ),
         Event::FileSent { peer, n, size } => format!(
-            "file {n} sent: client {peer} has all {} and the checksum matched",
+            "file {n} sent: {} has all {} and the checksum matched",
+            who(names, *peer),
             human_bytes(*size)
         ),
         Event::FileFailed { peer, n, reason } => {
-            format!("file {n} (client {peer}) failed: {reason}")
+            format!("file {n} ({}) failed: {reason}", who(names, *peer))
         }
         _ => String::new(),
     }
