@@ -108,7 +108,11 @@ pub fn downloads_dir(wanted: Option<PathBuf>) -> (PathBuf, String) {
     let home_downloads = dirs::home_dir()
         .map(|h| h.join("Downloads"))
         .filter(|d| d.is_dir());
-    match dirs::download_dir().or(home_downloads) {
+    // A default that does not exist is passed over (only --downloads must exist).
+    match dirs::download_dir()
+        .filter(|d| d.is_dir())
+        .or(home_downloads)
+    {
         Some(dir) => (dir, "the platform's downloads directory".into()),
         None => (
             PathBuf::from("."),

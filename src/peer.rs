@@ -1317,7 +1317,6 @@ impl Peer {
         }) && self.resolving.values().all(|r| r.auto)
             && self.listing.is_none()
             && self.claiming.is_none()
-
             && self.files.is_idle();
         if settled {
             self.leave(now);
