@@ -1,9 +1,11 @@
-//! End-to-end test under real packet loss: the real server and two real clients in a network
+//! End-to-end tests under real packet loss: the real server and two real clients in a network
 //! namespace of their own, whose kernel drops 20% of the UDP datagrams at random (an
 //! nftables rule on the input hook, so every datagram, each way, is at risk).
 //!
 //! Each client sends 100 messages, most of them one at a time (a datagram each, since the
 //! clients pack only what is ready at once), the last ones in a burst (packed together).
+//! In a second test (a namespace of its own), one client sends the other a 1 MiB file,
+//! which must arrive byte-identical with its SHA-256.
 //!
 //! It needs root and the `ip` (iproute2) and `nft` (nftables) commands; `.ci/run` installs
 //! them. Without them the test fails with one line saying why, unless
@@ -108,13 +110,14 @@ struct LossyNetns {
 }
 
 impl LossyNetns {
-    fn create() -> Result<LossyNetns, String> {
+    /// `tag` tells apart the namespaces of tests that run at once.
+    fn create(tag: &str) -> Result<LossyNetns, String> {
         if !is_root() {
             return Err("not root (network namespaces and nftables need root)".into());
         }
         let ip = find_tool("ip").ok_or("the `ip` command (iproute2) is missing")?;
         let nft = find_tool("nft").ok_or("the `nft` command (nftables) is missing")?;
-        let name = format!("p2ploss-{}", std::process::id());
+        let name = format!("p2ploss-{tag}-{}", std::process::id());
         run(&ip, &["netns", "add", &name], None)?;
         // From here on, the drop deletes it, whatever fails next.
         let ns = LossyNetns { name, ip, nft };
@@ -170,35 +173,45 @@ impl Drop for LossyNetns {
 
 /// A `--json` client in the namespace: short resend periods, and tries enough that 20% loss
 /// never runs them out.
-fn spawn_client(ns: &LossyNetns, name: &str, bind: &str, id: ClientId) -> JsonClient {
+fn spawn_client(
+    ns: &LossyNetns,
+    name: &str,
+    bind: &str,
+    id: ClientId,
+    extra: &[&str],
+) -> JsonClient {
     let want = id.to_string();
-    JsonClient::spawn_via(
-        name,
-        &ns.prefix(),
-        &[
-            "--server",
-            SERVER,
-            "--bind",
-            bind,
-            "--id",
-            &want,
-            "--retry-interval",
-            "0.2",
-            "--connect-tries",
-            "100",
-            "--message-tries",
-            "60",
-        ],
-    )
+    let mut args = vec![
+        "--server",
+        SERVER,
+        "--bind",
+        bind,
+        "--id",
+        &want,
+        "--retry-interval",
+        "0.2",
+        "--connect-tries",
+        "100",
+        "--message-tries",
+        "60",
+    ];
+    args.extend_from_slice(extra);
+    JsonClient::spawn_via(name, &ns.prefix(), &args)
 }
 
 /// Starts a client and waits for its registration. Registration is tried 5 times, which
 /// 20% loss each way defeats about once in 170 (the client then exits, as documented): such
 /// a client is started again, on the same address, which the server knows if it heard one
 /// of the Registers, so that the id is the same.
-fn registered_client(ns: &LossyNetns, name: &str, bind: &str, id: ClientId) -> JsonClient {
+fn registered_client(
+    ns: &LossyNetns,
+    name: &str,
+    bind: &str,
+    id: ClientId,
+    extra: &[&str],
+) -> JsonClient {
     for _ in 0..5 {
-        let mut c = spawn_client(ns, name, bind, id);
+        let mut c = spawn_client(ns, name, bind, id, extra);
         let first = c.wait_event("registered (or a fatal error)", |v| {
             v["event"] == "registered" || v["event"] == "error"
         });
@@ -267,26 +280,23 @@ fn check_log(c: &JsonClient, me: &str, peer: ClientId, other: &str) {
 
 // ---------------------------------------------------------------- the test
 
-#[test]
-fn a_hundred_messages_each_way_survive_twenty_percent_loss() {
+/// The lossy namespace, or `None` when `P2PCHAT_SKIP_NETNS=1` says to skip.
+fn lossy_netns(tag: &str) -> Option<LossyNetns> {
     if std::env::var("P2PCHAT_SKIP_NETNS").is_ok_and(|v| v == "1") {
         // Straight to stderr, past the test harness's capture, so that it shows.
         let _ = writeln!(
             std::io::stderr(),
             "netns_loss: skipped (P2PCHAT_SKIP_NETNS=1)"
         );
-        return;
+        return None;
     }
-    let ns = LossyNetns::create().unwrap_or_else(|e| {
+    Some(LossyNetns::create(tag).unwrap_or_else(|e| {
         panic!("netns_loss cannot run: {e}; run it as root with iproute2 and nftables installed, or set P2PCHAT_SKIP_NETNS=1 to skip it")
-    });
-    let started = Instant::now();
-    // Declared after `ns`, so dropped (killed) before the namespace is deleted.
-    let server = Server::start_via(&ns.prefix(), SERVER, &[]);
-    let mut a = registered_client(&ns, "A", BIND_A, 1);
-    let mut b = registered_client(&ns, "B", BIND_B, 2);
+    }))
+}
 
-    // A asks, B accepts. A lookup that loses all 5 of its tries is asked again.
+/// A (id 1) asks B (id 2), B accepts. A lookup that loses all 5 of its tries is asked again.
+fn connect(a: &mut JsonClient, b: &mut JsonClient) {
     a.type_line("connect 2");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -311,6 +321,19 @@ fn a_hundred_messages_each_way_survive_twenty_percent_loss() {
     if a.events("connected").is_empty() {
         a.expect(json!({"event": "connected", "peer": 2}));
     }
+}
+
+#[test]
+fn a_hundred_messages_each_way_survive_twenty_percent_loss() {
+    let Some(ns) = lossy_netns("chat") else {
+        return;
+    };
+    let started = Instant::now();
+    // Declared after `ns`, so dropped (killed) before the namespace is deleted.
+    let server = Server::start_via(&ns.prefix(), SERVER, &[]);
+    let mut a = registered_client(&ns, "A", BIND_A, 1, &[]);
+    let mut b = registered_client(&ns, "B", BIND_B, 2, &[]);
+    connect(&mut a, &mut b);
     let connected = started.elapsed();
 
     // Both type their lines: most of them 10 ms apart, so that each goes in a datagram of
@@ -355,6 +378,52 @@ fn a_hundred_messages_each_way_survive_twenty_percent_loss() {
         a.log.last().unwrap(),
         b.log.last().unwrap(),
         b.events("terminated")[0]["reason"],
+    );
+    assert!(
+        dropped > 0,
+        "the kernel dropped nothing: no loss was tested"
+    );
+}
+
+#[test]
+fn a_file_arrives_identical_through_twenty_percent_loss() {
+    let Some(ns) = lossy_netns("file") else {
+        return;
+    };
+    let (da, db) = (
+        common::TempDir::new("netns-a"),
+        common::TempDir::new("netns-b"),
+    );
+    let server = Server::start_via(&ns.prefix(), SERVER, &[]);
+    let mut a = registered_client(&ns, "A", BIND_A, 1, &["--downloads", da.arg()]);
+    let mut b = registered_client(&ns, "B", BIND_B, 2, &["--downloads", db.arg()]);
+    connect(&mut a, &mut b);
+    // 1 MiB of bytes that are not all alike.
+    let mut x: u32 = 0x1234_5678;
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let path = da.path().join("lossy.bin");
+    std::fs::write(&path, &data).unwrap();
+    a.type_line(&format!("sendfile {} @2", path.display()));
+    let long = Duration::from_secs(60);
+    let offer = b.wait_event_within(long, "file_offer", |v| v["event"] == "file_offer");
+    b.type_line(&format!("getfile {}", offer["n"]));
+    let got = b.wait_event_within(long, "file_received", |v| v["event"] == "file_received");
+    a.wait_event_within(long, "file_sent", |v| v["event"] == "file_sent");
+    let received = std::fs::read(got["path"].as_str().unwrap()).unwrap();
+    assert!(received == data, "the bytes differ");
+    assert_eq!(got["sha256"], offer["sha256"]);
+    drop(server);
+    let (seen, dropped) = ns.counters();
+    println!(
+        "nft: {dropped} of {seen} UDP datagrams dropped ({:.1}%) during a 1 MiB transfer",
+        100.0 * dropped as f64 / seen.max(1) as f64
     );
     assert!(
         dropped > 0,
