@@ -207,6 +207,10 @@ fn main() -> ExitCode {
             } else {
                 UiMode::Plain
             };
+            if ui != UiMode::Json {
+                // A person reads each progress line: fewer of them than a script gets.
+                peer.files.progress_interval = Duration::from_secs(2);
+            }
             driver::run_client(&ClientOptions {
                 bind,
                 peer,
