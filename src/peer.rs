@@ -103,6 +103,8 @@ impl PeerConfig {
         let downloads = std::mem::take(&mut self.files.downloads);
         self.files = FileConfig::from_chat(&self.chat, self.retry_interval, self.connect_tries);
         self.files.downloads = downloads;
+        // A transfer goes quiet for as long as a session may before it is given up.
+        self.files.stall_timeout = self.session_timeout;
         self
     }
 }

@@ -74,6 +74,9 @@ pub struct FileConfig {
     pub cancel_tries: u32,
     /// Most offers from one peer waiting for our answer; more are refused.
     pub max_pending_offers: usize,
+    /// A transfer being received that gets no chunk for this long (once started) fails:
+    /// the session may live on (its keepalives answered) while the sender has stopped.
+    pub stall_timeout: Duration,
     /// Where the driver writes received files (the state machine never touches it).
     pub downloads: PathBuf,
 }
@@ -91,6 +94,7 @@ impl FileConfig {
             offer_lifetime: retry_interval * connect_tries.max(1),
             cancel_tries: 6,
             max_pending_offers: 32,
+            stall_timeout: retry_interval.min(Duration::from_secs(5)) * 6,
             downloads: PathBuf::from("."),
         }
     }
@@ -130,6 +134,8 @@ pub enum TransferFailure {
     BadName(String),
     /// We accepted, but no chunk came after every `FileGet`.
     NotStarted,
+    /// No chunk came for the stall timeout, though the session lives.
+    Stalled,
 }
 
 impl TransferFailure {
@@ -147,6 +153,7 @@ impl TransferFailure {
             TransferFailure::Unknown => "unknown_transfer",
             TransferFailure::BadName(_) => "bad_name",
             TransferFailure::NotStarted => "not_started",
+            TransferFailure::Stalled => "stalled",
         }
     }
 
@@ -173,7 +180,7 @@ impl TransferFailure {
             TransferFailure::Undeliverable => FileEnd::Cancelled,
             TransferFailure::Unknown => FileEnd::Unknown,
             TransferFailure::BadName(_) => FileEnd::Refused,
-            TransferFailure::NotStarted => FileEnd::Cancelled,
+            TransferFailure::NotStarted | TransferFailure::Stalled => FileEnd::Cancelled,
         }
     }
 }
@@ -197,6 +204,7 @@ impl fmt::Display for TransferFailure {
             TransferFailure::Unknown => write!(f, "the peer does not know this transfer"),
             TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
             TransferFailure::NotStarted => write!(f, "the peer never started sending"),
+            TransferFailure::Stalled => write!(f, "the peer stopped sending"),
         }
     }
 }
@@ -298,6 +306,8 @@ enum Kind {
         get_tries: u32,
         /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
         queued_ack: Option<u64>,
+        /// When the latest chunk arrived (once one has).
+        last_chunk: Option<Instant>,
     },
 }
 
@@ -605,6 +615,7 @@ impl Files {
             get_period: period,
             get_tries: 1,
             queued_ack: None,
+            last_chunk: None,
         };
         let (to, session, wire_n) = (t.link.addr, t.link.session, t.wire_n);
         self.transmits.push_back(Transmit {
@@ -945,12 +956,14 @@ impl Files {
             written,
             get_next,
             queued_ack,
+            last_chunk,
             ..
         } = &mut t.kind
         else {
             return;
         };
         *get_next = None;
+        *last_chunk = Some(now);
         // A chunk must be where the offer says: full, except the last.
         let expected = if seq == chunks {
             size - (chunks - 1) * CHUNK_SIZE as u64
@@ -1172,6 +1185,12 @@ impl Files {
                         resend_get.push((t.link, t.wire_n));
                     }
                 }
+                Kind::Receiving {
+                    last_chunk: Some(last),
+                    ..
+                } if *last + self.config.stall_timeout <= now => {
+                    failed.push((n, TransferFailure::Stalled));
+                }
                 Kind::Sending { tx, .. } => {
                     tx.handle_timeout(now);
                     if tx.is_broken() {
@@ -1236,8 +1255,17 @@ impl Files {
                     }
                 }
                 Kind::Receiving {
-                    get_next: Some(d), ..
-                } => consider(*d),
+                    get_next,
+                    last_chunk,
+                    ..
+                } => {
+                    if let Some(d) = get_next {
+                        consider(*d);
+                    }
+                    if let Some(last) = last_chunk {
+                        consider(*last + self.config.stall_timeout);
+                    }
+                }
                 _ => {}
             }
         }

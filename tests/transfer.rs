@@ -537,3 +537,34 @@ fn an_unanswered_offer_expires_on_both_sides() {
     assert_eq!(failed(&sim, 1), Some(TransferFailure::Expired));
     assert!(sim.peer(1).transfers().is_empty());
 }
+
+#[test]
+fn a_sender_that_stops_while_the_session_lives_fails_the_transfer_as_stalled() {
+    let cfg = default_config().with_file_defaults();
+    let stall = cfg.files.stall_timeout;
+    let mut sim = connected(10, NetConfig::perfect(), &cfg);
+    let data = file_bytes(5000 * CHUNK_SIZE, 10);
+    let (_, n) = offer(&mut sim, "x.bin", data.clone(), sha256(&data));
+    let written = get(&mut sim, n);
+    sim.expect(secs(60), "some bytes written", |_| {
+        written.lock().unwrap().data.len() > 100 * CHUNK_SIZE
+    });
+    // From now on no chunk, nor the sender's FileCancel, reaches the receiver; the
+    // session's pings still do.
+    let sender = sim.addr(0);
+    sim.drop_first_where(usize::MAX, move |p| {
+        p.from == sender
+            && matches!(
+                p.message,
+                Message::Chunk { .. } | Message::FileCancel { .. }
+            )
+    });
+    let stopped = sim.now;
+    sim.expect(stall + secs(5), "the receiver gives up", |s| {
+        failed(s, 1).is_some()
+    });
+    assert_eq!(failed(&sim, 1), Some(TransferFailure::Stalled));
+    assert!(sim.now >= stopped + stall, "not before the stall timeout");
+    assert!(written.lock().unwrap().aborted);
+    assert!(!sim.has(1, |e| matches!(e, Event::Terminated { .. })));
+}
