@@ -15,7 +15,7 @@ use p2pchat::peer::{EndReason, Event, PeerConfig};
 use p2pchat::transfer::{FileSink, TransferFailure};
 use p2pchat::wire::{ClientId, Message, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
-use sim::{default_config, NetConfig, Sim};
+use sim::{default_config, seeds, NetConfig, Sim};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -65,22 +65,10 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-fn seeds(count: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("SIM_SEED") {
-        return vec![s.parse().expect("SIM_SEED must be a number")];
-    }
-    (0..count).collect()
-}
-
-/// Patient bounds for a network that loses 30% (see tests/conversation.rs).
+/// [`sim::patient_config`] (bounds for 30% loss), with file transfers derived from it
+/// and patient `FileCancel`s too.
 fn patient_config() -> PeerConfig {
-    let mut cfg = default_config();
-    cfg.server_tries = 30;
-    cfg.connect_tries = 20;
-    cfg.terminate_tries = 30;
-    cfg.chat.max_tries = 30;
-    cfg.session_timeout = secs(120);
-    let mut cfg = cfg.with_file_defaults();
+    let mut cfg = sim::patient_config().with_file_defaults();
     cfg.files.cancel_tries = 30;
     cfg
 }
