@@ -96,6 +96,11 @@ pub(crate) fn drain_socket(
 /// while the loop is busy or descheduled. The kernel grants at most `net.core.rmem_max`.
 const SERVER_RECEIVE_BUFFER: usize = 4 << 20;
 
+/// The receive buffer a client asks for: room for the windows of several file transfers
+/// at once (64 chunks of 1,153 bytes each, and the kernel counts about twice that per
+/// datagram), beyond Linux's usual 208 KiB default.
+const CLIENT_RECEIVE_BUFFER: usize = 2 << 20;
+
 /// Asks the kernel for a receive buffer of `bytes` (it may grant less); returns what the
 /// socket has afterwards.
 fn request_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
@@ -638,6 +643,8 @@ impl Endpoint {
     /// Binds `addr` and starts registering with the server of `config`.
     pub fn bind(addr: SocketAddr, config: PeerConfig) -> Result<Endpoint, FatalError> {
         let (socket, poll, local) = watch_socket(addr)?;
+        let granted = request_receive_buffer(&socket, CLIENT_RECEIVE_BUFFER);
+        debug!("client receive buffer: {granted} bytes (asked for {CLIENT_RECEIVE_BUFFER})");
         Ok(Endpoint {
             socket,
             poll,

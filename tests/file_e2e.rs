@@ -451,3 +451,39 @@ fn the_end_of_a_scripts_input_waits_for_its_file_to_be_hashed_and_sent() {
     assert_eq!(a.events("left").len(), 1);
     assert_eq!(files_in(&db), vec!["script.bin"]);
 }
+
+#[test]
+fn sendfile_to_a_peer_by_name_among_several_sessions() {
+    let server = Server::start(&[]);
+    let (da, db, dc) = (TempDir::new("a"), TempDir::new("b"), TempDir::new("c"));
+    let (mut a, _) = client_with("alice", server.addr, &da.0, &["--name", "alice"]);
+    let (mut b, _) = client_with("bob", server.addr, &db.0, &["--name", "bob"]);
+    let (mut c, _) = client_with("carol", server.addr, &dc.0, &["--name", "carol"]);
+    for (peer, name) in [(&mut b, "bob"), (&mut c, "carol")] {
+        peer.wait_event("claimed", |v| v["event"] == "claimed");
+        a.type_line(&format!("connect {name}"));
+        peer.wait_event("request", |v| {
+            v["event"] == "request" && v["name"] == "alice"
+        });
+        peer.type_line("accept alice");
+        a.wait_event("connected", |v| {
+            v["event"] == "connected" && v["name"] == name
+        });
+    }
+    let data = file_bytes(200_000, 7);
+    let path = da.0.join("for-bob.bin");
+    std::fs::write(&path, &data).unwrap();
+    // carol is the current peer (the last connected): the @name must win.
+    a.type_line(&format!("sendfile {} @bob", path.display()));
+    let offer = b.wait_event("file_offer", |v| v["event"] == "file_offer");
+    assert_eq!(offer["name"], "for-bob.bin");
+    b.type_line("getfile");
+    let got = b.wait_event_within(Duration::from_secs(30), "file_received", |v| {
+        v["event"] == "file_received"
+    });
+    let received = std::fs::read(got["path"].as_str().unwrap()).unwrap();
+    assert_eq!(received, data);
+    c.read_for(Duration::from_millis(300));
+    assert!(c.events("file_offer").is_empty(), "carol got an offer");
+    assert!(files_in(&dc).is_empty());
+}
