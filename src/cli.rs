@@ -743,6 +743,8 @@ pub struct Ui {
     pub style: Style,
     /// The message history, when the client keeps state.
     pub journal: Option<Journal>,
+    /// Files being hashed for `sendfile`.
+    pub hasher: Hasher,
 }
 
 impl Ui {
@@ -751,6 +753,7 @@ impl Ui {
             json,
             style,
             journal,
+            hasher: Hasher::default(),
         }
     }
 
@@ -868,7 +871,7 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
         | Command::Refuse(_)
         | Command::Cancel(_)
         | Command::Transfers => {
-            if let Err(message) = execute_file_command(peer, now, cmd, out, ui.json) {
+            if let Err(message) = execute_file_command(peer, now, cmd, out, ui.json, &ui.hasher) {
                 ui.error(out, &message);
             }
             Ok(())
@@ -1252,6 +1255,7 @@ pub struct HashedFile {
 }
 
 /// Files being hashed on background threads, and the results waiting for the loop.
+#[derive(Default)]
 struct Jobs {
     /// Set by the driver: wakes its loop when a result is ready. Without it, `sendfile`
     /// hashes in place.
@@ -1260,31 +1264,38 @@ struct Jobs {
     ready: Vec<HashedFile>,
 }
 
-static JOBS: std::sync::Mutex<Jobs> = std::sync::Mutex::new(Jobs {
-    wake: None,
-    pending: 0,
-    ready: Vec::new(),
-});
-
-/// Makes `sendfile` hash files on a background thread and call `wake` when one is done;
-/// the loop then takes the results with [`take_hashed`] and offers them with
-/// [`offer_hashed`].
-pub fn hash_in_background(wake: Wake) {
-    JOBS.lock().unwrap_or_else(|e| e.into_inner()).wake = Some(wake);
+/// Where `sendfile` hashes files: in place (the default), or on background threads whose
+/// results the loop collects (see [`Hasher::in_background`]). One per client.
+#[derive(Clone, Default)]
+pub struct Hasher {
+    jobs: Arc<std::sync::Mutex<Jobs>>,
 }
 
-/// Files hashed since the last call.
-pub fn take_hashed() -> Vec<HashedFile> {
-    let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
-    let ready = std::mem::take(&mut jobs.ready);
-    jobs.pending -= ready.len();
-    ready
-}
+impl Hasher {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-/// How many files are still being hashed (the end of input waits for them).
-pub fn hashing() -> usize {
-    let jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
-    jobs.pending + jobs.ready.len()
+    /// Makes `sendfile` hash files on a background thread and call `wake` when one is
+    /// done; the loop then takes the results with [`Hasher::take`] and offers them with
+    /// [`offer_hashed`].
+    pub fn in_background(&self, wake: Wake) {
+        self.jobs().wake = Some(wake);
+    }
+
+    /// Files hashed since the last call.
+    pub fn take(&self) -> Vec<HashedFile> {
+        let mut jobs = self.jobs();
+        let ready = std::mem::take(&mut jobs.ready);
+        jobs.pending -= ready.len();
+        ready
+    }
+
+    /// How many files are still being hashed (the end of input waits for them).
+    pub fn hashing(&self) -> usize {
+        let jobs = self.jobs();
+        jobs.pending + jobs.ready.len()
+    }
 }
 
 /// Offers a hashed file.
@@ -1321,6 +1332,7 @@ fn execute_file_command(
     cmd: Command,
     out: &mut dyn Output,
     json: bool,
+    hasher: &Hasher,
 ) -> Result<(), String> {
     use crate::downloads::{hash_file, safe_file_name, DiskSink};
     match cmd {
@@ -1344,16 +1356,17 @@ fn execute_file_command(
             // The offer carries the digest: hash the file first, on a thread of its own
             // when the driver takes the results (a big file takes seconds), so that chat
             // and the session keepalives go on meanwhile.
-            let wake = JOBS.lock().unwrap_or_else(|e| e.into_inner()).wake.clone();
+            let wake = hasher.jobs().wake.clone();
             match wake {
                 Some(wake) => {
-                    JOBS.lock().unwrap_or_else(|e| e.into_inner()).pending += 1;
+                    hasher.jobs().pending += 1;
                     let job_path = p.to_path_buf();
+                    let hasher = hasher.clone();
                     std::thread::Builder::new()
                         .name("hash".into())
                         .spawn(move || {
                             let result = hash_file(&job_path).map_err(|e| e.to_string());
-                            let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut jobs = hasher.jobs();
                             jobs.ready.push(HashedFile {
                                 path: job_path,
                                 to,

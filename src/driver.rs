@@ -513,7 +513,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
         })
     };
     // ---- file transfer: `sendfile` hashes on a thread and wakes the loop when done.
-    cli::hash_in_background(Arc::clone(&wake));
+    ui.hasher.in_background(Arc::clone(&wake));
     let (tx, inputs) = mpsc::channel();
     let mut out: Box<dyn Output> = match opts.ui {
         UiMode::Terminal => Box::new(
@@ -588,7 +588,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
         })?;
         let peer = endpoint.peer();
         if peer.id().is_some() {
-            for file in cli::take_hashed() {
+            for file in ui.hasher.take() {
                 cli::offer_hashed(peer, Instant::now(), file, out.as_mut(), json);
             }
         }
@@ -611,7 +611,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
                     peer.leave(now);
                 }
                 // The end of input waits for the files still being hashed for sendfile.
-                Input::Eof if registered && cli::hashing() == 0 => peer.finish(now),
+                Input::Eof if registered && ui.hasher.hashing() == 0 => peer.finish(now),
                 Input::Line(line) if registered => {
                     cli::execute(peer, now, line, out.as_mut(), &mut ui)
                 }
