@@ -26,13 +26,9 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{arg_or, peer_config, pin_to_cpu, target, ServerThread};
-use mio::{Events, Interest, Poll, Token};
+use bench_common::{arg_or, peer_config, pin_to_cpu, target, BlastReceiver, ServerThread};
 use p2pchat::downloads::{hash_file, safe_file_name, DiskSink, DiskSource};
 use p2pchat::driver::Endpoint;
 use p2pchat::peer::Event;
@@ -173,48 +169,12 @@ struct Bare {
 
 fn bare_blast(path: &Path, size: u64) -> Bare {
     let datagram = chunk_datagram_len();
-    let mut rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let to = rx.local_addr().unwrap();
-    let sending_done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let receiver = {
-        let sending_done = Arc::clone(&sending_done);
-        thread::spawn(move || {
-            pin_to_cpu(1);
-            let mut poll = Poll::new().unwrap();
-            poll.registry()
-                .register(&mut rx, Token(0), Interest::READABLE)
-                .unwrap();
-            let mut events = Events::with_capacity(64);
-            let mut buf = vec![0u8; 65_536];
-            let mut received = 0u64;
-            let mut last = started;
-            let mut quiet_since: Option<Instant> = None;
-            loop {
-                poll.poll(&mut events, Some(Duration::from_millis(10)))
-                    .unwrap();
-                let before = received;
-                loop {
-                    match rx.recv_from(&mut buf) {
-                        Ok((len, _)) => received += (len - (datagram - CHUNK_SIZE)) as u64,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => panic!("receive: {e}"),
-                    }
-                }
-                let now = Instant::now();
-                if received > before {
-                    last = now;
-                    quiet_since = None;
-                } else if sending_done.load(Ordering::SeqCst) {
-                    let q = *quiet_since.get_or_insert(now);
-                    if now - q > Duration::from_millis(200) || received >= size {
-                        return (received, last - started);
-                    }
-                }
-            }
-        })
-    };
+    // File bytes: what a datagram carries beyond the header.
+    let receiver = BlastReceiver::start(started, size, move |len| {
+        (len - (datagram - CHUNK_SIZE)) as u64
+    });
+    let to = receiver.addr;
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut file = BufReader::with_capacity(256 * 1024, File::open(path).unwrap());
     let header = datagram - CHUNK_SIZE;
@@ -229,8 +189,7 @@ fn bare_blast(path: &Path, size: u64) -> Bare {
         let _ = tx.send_to(&payload[..header + k], to);
         sent += 1;
     }
-    sending_done.store(true, Ordering::SeqCst);
-    let (received, time) = receiver.join().unwrap();
+    let (received, time) = receiver.finish();
     Bare {
         sent,
         datagram,

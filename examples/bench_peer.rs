@@ -24,7 +24,6 @@
 
 mod bench_common;
 
-use std::io;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,9 +31,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bench_common::{
-    arg_or, connected_pair, pin_to_cpu, target, thread_cpu, thread_id, us, ServerThread,
+    arg_or, connected_pair, pin_to_cpu, target, thread_cpu, thread_id, us, BlastReceiver,
+    ServerThread,
 };
-use mio::{Events, Interest, Poll, Token};
 use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
 
@@ -110,52 +109,12 @@ impl Bare {
 }
 
 fn bare_blast(n: u64) -> Bare {
-    let mut rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let to = rx.local_addr().unwrap();
-    let sending_done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let receiver = {
-        let sending_done = Arc::clone(&sending_done);
-        thread::spawn(move || {
-            pin_to_cpu(1);
-            let mut poll = Poll::new().unwrap();
-            poll.registry()
-                .register(&mut rx, Token(0), Interest::READABLE)
-                .unwrap();
-            let mut events = Events::with_capacity(64);
-            let mut buf = vec![0u8; 65_536];
-            let mut received = 0u64;
-            let mut last = started;
-            let mut quiet_since: Option<Instant> = None;
-            loop {
-                poll.poll(&mut events, Some(Duration::from_millis(10)))
-                    .unwrap();
-                let before = received;
-                loop {
-                    match rx.recv_from(&mut buf) {
-                        Ok((len, _)) => {
-                            debug_assert_eq!(len, MESSAGE_LEN);
-                            received += 1;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => panic!("receive: {e}"),
-                    }
-                }
-                let now = Instant::now();
-                if received > before {
-                    last = now;
-                    quiet_since = None;
-                } else if sending_done.load(Ordering::SeqCst) {
-                    // The grace: 200 ms without a datagram once the sender is done.
-                    let q = *quiet_since.get_or_insert(now);
-                    if now - q > Duration::from_millis(200) || received == n {
-                        return (received, last - started);
-                    }
-                }
-            }
-        })
-    };
+    let receiver = BlastReceiver::start(started, n, |len| {
+        debug_assert_eq!(len, MESSAGE_LEN);
+        1
+    });
+    let to = receiver.addr;
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let payload = [b'x'; MESSAGE_LEN];
     for _ in 0..n {
@@ -163,8 +122,7 @@ fn bare_blast(n: u64) -> Bare {
         let _ = tx.send_to(&payload, to);
     }
     let send_time = started.elapsed();
-    sending_done.store(true, Ordering::SeqCst);
-    let (received, receive_time) = receiver.join().unwrap();
+    let (received, receive_time) = receiver.finish();
     Bare {
         received,
         send_time,

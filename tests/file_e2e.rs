@@ -5,6 +5,7 @@
 //! file.
 
 mod common;
+mod sim;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use common::{JsonClient, Server, TempDir, WAIT};
 use p2pchat::wire::{self, ClientId, FileEnd, Message, SessionId, CHUNK_SIZE};
+use sim::file_bytes;
 
 /// Short resend periods, so that nothing in these tests waits long.
 const RETRY: &str = "0.3";
@@ -27,18 +29,6 @@ fn files_in(dir: &TempDir) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn hex(d: &[u8]) -> String {

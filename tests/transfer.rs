@@ -15,7 +15,7 @@ use p2pchat::peer::{EndReason, Event, PeerConfig};
 use p2pchat::transfer::{FileSink, TransferFailure};
 use p2pchat::wire::{ClientId, Message, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
-use sim::{default_config, seeds, NetConfig, Sim};
+use sim::{default_config, file_bytes, seeds, NetConfig, Sim};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -46,19 +46,6 @@ impl FileSink for MemSink {
         w.aborted = true;
         w.data.clear();
     }
-}
-
-/// Deterministic bytes that are not all alike.
-fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

@@ -186,3 +186,78 @@ pub fn connected_pair(server: SocketAddr) -> (Endpoint, Endpoint, ClientId, Clie
     b.flush();
     (a, b, ida.unwrap(), idb.unwrap())
 }
+
+/// The receiving side of a bare UDP blast (the baseline the benchmarks compare with), on a
+/// thread pinned to CPU 1: counts what arrives until `expected` is counted, or until 200 ms
+/// pass without a datagram once the sender has said it is done.
+pub struct BlastReceiver {
+    pub addr: SocketAddr,
+    sending_done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: JoinHandle<(u64, Duration)>,
+}
+
+impl BlastReceiver {
+    /// Starts receiving; each datagram of `len` bytes counts `count(len)`. Times are
+    /// measured from `started`.
+    pub fn start(
+        started: Instant,
+        expected: u64,
+        count: impl Fn(usize) -> u64 + Send + 'static,
+    ) -> BlastReceiver {
+        use mio::{Events, Interest, Poll, Token};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut rx = mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = rx.local_addr().unwrap();
+        let sending_done = std::sync::Arc::new(AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&sending_done);
+        let handle = thread::spawn(move || {
+            pin_to_cpu(1);
+            let mut poll = Poll::new().unwrap();
+            poll.registry()
+                .register(&mut rx, Token(0), Interest::READABLE)
+                .unwrap();
+            let mut events = Events::with_capacity(64);
+            let mut buf = vec![0u8; 65_536];
+            let mut received = 0u64;
+            let mut last = started;
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                poll.poll(&mut events, Some(Duration::from_millis(10)))
+                    .unwrap();
+                let before = received;
+                loop {
+                    match rx.recv_from(&mut buf) {
+                        Ok((len, _)) => received += count(len),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => panic!("receive: {e}"),
+                    }
+                }
+                let now = Instant::now();
+                if received > before {
+                    last = now;
+                    quiet_since = None;
+                } else if done.load(Ordering::SeqCst) {
+                    // The grace: 200 ms without a datagram once the sender is done.
+                    let q = *quiet_since.get_or_insert(now);
+                    if now - q > Duration::from_millis(200) || received >= expected {
+                        return (received, last - started);
+                    }
+                }
+            }
+        });
+        BlastReceiver {
+            addr,
+            sending_done,
+            handle,
+        }
+    }
+
+    /// The sender is done: waits for the stragglers; returns what was counted and the time
+    /// from the start to the last datagram.
+    pub fn finish(self) -> (u64, Duration) {
+        self.sending_done
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}

@@ -82,6 +82,19 @@ pub fn patient_config() -> PeerConfig {
     cfg
 }
 
+/// Deterministic bytes that are not all alike.
+pub fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// How the simulated network treats datagrams. Probabilities are per datagram.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
