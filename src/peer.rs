@@ -1133,8 +1133,9 @@ impl Peer {
         let peer = self.pick_request(peer)?;
         let s = &self.sessions[&peer];
         let (to, session) = (s.addr.expect("requests have an address"), s.id);
-        self.open(now, peer);
+        // The Accept first: opening sends what is queued for the peer, which should follow.
         self.transmit(to, Message::Accept { from: me, session });
+        self.open(now, peer);
         Ok(peer)
     }
 
@@ -2076,15 +2077,15 @@ impl Peer {
             State::Requesting { .. } if same_addr && session < s.id => {
                 // Both asked at once: the smaller session id wins, and we wanted this.
                 s.id = session;
-                self.open(now, from);
                 self.transmit(src, Message::Accept { from: me, session });
+                self.open(now, from);
             }
             State::LookingUp { .. } => {
                 // We were about to ask it ourselves.
                 s.id = session;
                 s.addr = Some(src);
-                self.open(now, from);
                 self.transmit(src, Message::Accept { from: me, session });
+                self.open(now, from);
             }
             _ => self.ignore(src, &msg),
         }
