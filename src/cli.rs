@@ -831,21 +831,26 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
                 out.line(&format!("now talking to {}", who(peer, p)));
             }
         }),
-        Command::Terminate(Some(t)) if peer.find(&t).is_none() && queued_for(peer, &t) > 0 => {
-            peer.drop_queue(&t, "you cancelled them");
-            Ok(())
+        Command::Terminate(t) => {
+            // With no session, `terminate bob` drops what is queued for bob, if anything.
+            let dropped = match &t {
+                Some(t) if peer.find(t).is_none() => peer.drop_queue(t, "you cancelled them"),
+                _ => 0,
+            };
+            if dropped > 0 {
+                Ok(())
+            } else {
+                named(peer, &t).and_then(|p| {
+                    peer.terminate(now, p).map(|p| {
+                        ui.say(out, &format!("ending the session with {}...", who(peer, p)));
+                        // A queue that was trying to reach this peer stops too.
+                        if let Some(t) = &t {
+                            peer.drop_queue(t, "you ended the session");
+                        }
+                    })
+                })
+            }
         }
-        Command::Terminate(t) => named(peer, &t).and_then(|p| {
-            peer.terminate(now, p).map(|p| {
-                ui.say(out, &format!("ending the session with {}...", who(peer, p)));
-                // A queue that was trying to reach this peer stops too.
-                if let Some(t) = &t {
-                    if queued_for(peer, t) > 0 {
-                        peer.drop_queue(t, "you ended the session");
-                    }
-                }
-            })
-        }),
         Command::Leave => {
             peer.leave(now);
             Ok(())
@@ -890,14 +895,6 @@ pub fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, 
     if let Err(e) = result {
         ui.error(out, &e.to_string());
     }
-}
-
-fn queued_for(peer: &Peer, target: &Target) -> usize {
-    peer.outbox()
-        .iter()
-        .filter(|(t, _)| t.key() == target.key())
-        .map(|(_, texts)| texts.len())
-        .sum()
 }
 
 fn show_sessions(peer: &Peer, out: &mut dyn Output, ui: &Ui) {

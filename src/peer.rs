@@ -1704,7 +1704,7 @@ impl Peer {
                             next: now + retry,
                         };
                         let session = s.id;
-                        let request = self.connect_request(me, session);
+                        let request = Self::request_message(&self.config, me, session);
                         self.transmit(addr, request);
                     }
                     _ => self.ignore(
@@ -1796,7 +1796,7 @@ impl Peer {
                 auto,
             },
         );
-        let request = self.connect_request(me, session);
+        let request = Self::request_message(&self.config, me, session);
         self.transmit(addr, request);
     }
 
@@ -2513,10 +2513,7 @@ impl Peer {
         }
     }
 
-    fn connect_request(&self, me: ClientId, session: SessionId) -> Message {
-        Self::request_message(&self.config, me, session)
-    }
-
+    /// Our `ConnectRequest` for `session`, with the name we claim.
     fn request_message(cfg: &PeerConfig, me: ClientId, session: SessionId) -> Message {
         Message::ConnectRequest {
             from: me,

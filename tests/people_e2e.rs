@@ -449,3 +449,27 @@ fn a_client_killed_and_restarted_takes_its_name_back_at_once() {
     let request = again.wait_event("request", |v| v["event"] == "request");
     assert_eq!(request["name"], "bob");
 }
+
+#[test]
+fn terminate_drops_a_queue_for_a_peer_without_a_session() {
+    let server = Server::start(&[]);
+    let mut alice = named(&server, "alice");
+    alice.type_line("send @nobody are you there");
+    alice.expect(json!({"event": "queued", "to": "nobody", "text": "are you there"}));
+    alice.type_line("terminate nobody");
+    alice.expect(json!({
+        "event": "queue_dropped", "to": "nobody", "count": 1, "reason": "you cancelled them"
+    }));
+    alice.type_line("terminate nobody");
+    let e = alice.wait_event("an error", |v| v["event"] == "error");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no session or request with nobody"),
+        "{e}"
+    );
+    alice.type_line("sessions");
+    let s = alice.wait_event("sessions", |v| v["event"] == "sessions");
+    assert_eq!(s["queued"], json!([]));
+}
