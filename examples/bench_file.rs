@@ -29,10 +29,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bench_common::{arg_or, peer_config, pin_to_cpu, target, BlastReceiver, ServerThread};
-use p2pchat::downloads::{hash_file, safe_file_name, DiskSink, DiskSource};
+use p2pchat::client::downloads::{hash_file, DiskSink, DiskSource};
 use p2pchat::driver::Endpoint;
 use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
+use p2pchat::text::safe_file_name;
 use p2pchat::wire::{self, ClientId, Message, CHUNK_SIZE};
 
 const MIB: u64 = 1 << 20;

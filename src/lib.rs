@@ -33,14 +33,10 @@
 //! current time, outputs are drained with `poll_transmit` (datagrams to send), `poll_event`
 //! (things to show) and `poll_timeout` (when to call `handle_timeout` next).
 
-pub mod cli;
-pub mod downloads;
+pub mod client;
 pub mod driver;
-pub mod journal;
 pub mod peer;
-pub mod profile;
 pub mod registry;
 pub mod reliable;
-pub mod store;
-pub mod transfer;
+pub mod text;
 pub mod wire;

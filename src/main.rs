@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use p2pchat::cli;
+use p2pchat::client::cli;
+use p2pchat::client::profile::StateChoice;
 use p2pchat::driver::{self, ClientOptions, ServerOptions, UiMode};
 use p2pchat::peer::PeerConfig;
-use p2pchat::profile::StateChoice;
 use p2pchat::registry::RegistryConfig;
 use p2pchat::wire;
 
@@ -189,7 +189,7 @@ fn main() -> ExitCode {
             peer.connect_tries = connect_tries;
             peer.chat.max_tries = message_tries;
             let mut peer = peer.with_file_defaults();
-            let (dir, why) = p2pchat::downloads::downloads_dir(downloads);
+            let (dir, why) = p2pchat::client::downloads::downloads_dir(downloads);
             if !dir.is_dir() {
                 eprintln!(
                     "p2pchat: the downloads directory {} ({why}) is not a directory",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rand::{Rng, SeedableRng};
 
-use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token};
+use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token, Transmit};
 
 /// Settings of a [`Registry`].
 #[derive(Debug, Clone)]
@@ -309,13 +309,6 @@ pub enum TableEvent {
         name: String,
         by: ClientId,
     },
-}
-
-/// An answer to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub to: SocketAddr,
-    pub message: Message,
 }
 
 /// Counters of what the registry has seen; dropped datagrams are counted here.

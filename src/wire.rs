@@ -676,6 +676,14 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// A message to send and where: what the state machines (the registry and the peer) hand
+/// to the driver from their `poll_transmit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub message: Message,
+}
+
 /// Encodes a message as one datagram (header and body).
 pub fn encode(msg: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2pchat::peer::{EndReason, Event, PeerConfig};
-use p2pchat::transfer::{FileSink, TransferFailure};
+use p2pchat::peer::{FileSink, TransferFailure};
 use p2pchat::wire::{ClientId, Message, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
 use sim::{default_config, file_bytes, seeds, NetConfig, Sim};
@@ -135,7 +135,7 @@ fn a_file_arrives_identical_through_loss_while_chat_flows() {
             Some((
                 "data.bin".to_string(),
                 data.len() as u64,
-                p2pchat::transfer::hex(&sha256(&data))
+                p2pchat::peer::hex(&sha256(&data))
             )),
             "seed {seed}"
         );

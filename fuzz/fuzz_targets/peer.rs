@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2pchat::peer::{Event, Peer, PeerConfig};
-use p2pchat::registry::{Registry, RegistryConfig, Transmit};
+use p2pchat::registry::{Registry, RegistryConfig};
+use p2pchat::wire::Transmit;
 use p2pchat::wire::{self, ClientId, Message, Packer, SessionId};
 use p2pchat_fuzz::{Advance, FuzzAddr, FuzzMessage, Id, Num};
 

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pchat::registry::{Registry, RegistryConfig, TableEvent, Transmit};
+use p2pchat::registry::{Registry, RegistryConfig, TableEvent};
+use p2pchat::wire::Transmit;
 use p2pchat::wire::{self, ClientId, Message, Token};
 use p2pchat_fuzz::{Advance, FuzzMessage, Id, Num};
 

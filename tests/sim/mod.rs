@@ -22,7 +22,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use p2pchat::peer::{Event, Peer, PeerConfig};
-use p2pchat::registry::{Registry, RegistryConfig, TableEvent, Transmit};
+use p2pchat::registry::{Registry, RegistryConfig, TableEvent};
+use p2pchat::wire::Transmit;
 use p2pchat::wire::{self, ClientId, Message};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

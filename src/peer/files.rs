@@ -27,10 +27,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::peer::{CommandError, EndReason, Event, Peer};
-use crate::registry::Transmit;
+use super::{CommandError, EndReason, Event, Peer};
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
-use crate::wire::{ClientId, FileEnd, Message, SessionId, CHUNK_SIZE};
+use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
 
 /// Where the offerer's bytes come from.
 pub trait FileSource: Send {
@@ -429,10 +428,6 @@ impl Files {
         Some(t)
     }
 
-    pub fn config(&self) -> &FileConfig {
-        &self.config
-    }
-
     /// The next datagram to send (after the owning peer's own).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.transmits.pop_front()?;
@@ -794,7 +789,7 @@ impl Files {
                 }
                 let local = self.next_local;
                 self.next_local += 1;
-                if let Err(why) = crate::downloads::safe_file_name(&name) {
+                if let Err(why) = crate::text::safe_file_name(&name) {
                     self.remember(key, Closed::Failed(FileEnd::Refused));
                     self.send_cancel(me, key, link.addr, FileEnd::Refused);
                     self.events.push_back(Event::FileFailed {

@@ -17,9 +17,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::cli::{self, Input, Output, StdoutOutput, Ui, Wake};
+use crate::client::cli::{self, Input, Output, StdoutOutput, Ui, Wake};
+use crate::client::profile::{Profile, StateChoice};
 use crate::peer::{Event, Peer, PeerConfig};
-use crate::profile::{Profile, StateChoice};
 use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats, TableEvent};
 use crate::wire::{ClientId, Packer};
 

@@ -11,9 +11,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::journal::Journal;
+use crate::client::journal::Journal;
+use crate::client::store::{Identity, Queued, Store, StoreError};
 use crate::peer::{Event, Peer, PeerConfig, Target};
-use crate::store::{Identity, Queued, Store, StoreError};
 
 /// Where the client keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +93,8 @@ impl Profile {
             write_failed: false,
         };
         // Without a state directory the history lives as long as the process.
-        let mut journal = Some(Journal::new(crate::store::History::new(
-            crate::store::DEFAULT_HISTORY_CAP,
+        let mut journal = Some(Journal::new(crate::client::store::History::new(
+            crate::client::store::DEFAULT_HISTORY_CAP,
         )));
         if let Some(store) = &profile.store {
             match store.load_identity() {

@@ -9,8 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::client::store::{conversation_key, Delivery, Direction, Entry, History};
 use crate::peer::{Event, Peer, Target};
-use crate::store::{conversation_key, Delivery, Direction, Entry, History};
 use crate::wire::ClientId;
 
 /// A history being kept up to date from events.

@@ -24,10 +24,16 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rand::{Rng, SeedableRng};
 
-use crate::registry::Transmit;
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
-use crate::transfer::{FileConfig, Files, Link, TransferFailure};
-use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, SessionId, Token};
+mod files;
+
+use crate::wire::{
+    self, ClientId, DecodeError, ErrorCode, Listed, Message, SessionId, Token, Transmit,
+};
+pub use files::{
+    chunk_count, hex, FileConfig, FileError, FileSink, FileSource, TransferFailure, TransferInfo,
+};
+use files::{Files, Link};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
 /// interval; every field may be changed after.
@@ -1984,7 +1990,7 @@ impl Peer {
                 }
             }
             // ---- file transfer (src/transfer.rs) ----
-            other => match crate::transfer::route(&other) {
+            other => match files::route(&other) {
                 Some((from, session)) => {
                     match Self::connected_mut(&mut self.sessions, from, src, session) {
                         Some(s) => {

@@ -8,8 +8,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::journal::Journal;
+use crate::client::journal::Journal;
 use crate::peer::{CommandError, Event, Peer, Sending, Target};
+use crate::text::sanitize;
 use crate::wire::ClientId;
 
 /// One line the user typed, understood.
@@ -208,20 +209,6 @@ fn parse_history(rest: &str) -> Result<Command, String> {
         }),
         _ => Err(bad()),
     }
-}
-
-/// Replaces control characters (terminal escape sequences included) so that text from a
-/// peer cannot move the cursor, change colours or clear the screen.
-pub fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{FFFD}'
-            } else {
-                c
-            }
-        })
-        .collect()
 }
 
 /// How human output looks: colour (only on a terminal, never with `NO_COLOR`) and
@@ -1032,12 +1019,12 @@ fn show_history(peer: &Peer, target: Option<Target>, count: usize, out: &mut dyn
     }
     for e in entries {
         let at = UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
-        let mark = crate::journal::mark(e.delivery);
+        let mark = crate::client::journal::mark(e.delivery);
         let line = match e.direction {
-            crate::store::Direction::Out => {
+            crate::client::store::Direction::Out => {
                 format!("[{} you -> {key}] {} {mark}", clock(at), sanitize(&e.text))
             }
-            crate::store::Direction::In => {
+            crate::client::store::Direction::In => {
                 format!("[{} {key}] {}", clock(at), sanitize(&e.text))
             }
         };
@@ -1308,7 +1295,7 @@ pub fn offer_hashed(
         .result
         .map_err(|e| format!("cannot read {path}: {e}"))
         .and_then(|(size, sha256)| {
-            let source = crate::downloads::DiskSource::open(&file.path)
+            let source = crate::client::downloads::DiskSource::open(&file.path)
                 .map_err(|e| format!("cannot read {path}: {e}"))?;
             peer.send_file(now, file.to, &file.name, size, sha256, Box::new(source))
                 .map_err(|e| format!("cannot offer {path}: {e}"))
@@ -1331,7 +1318,8 @@ fn execute_file_command(
     json: bool,
     hasher: &Hasher,
 ) -> Result<(), String> {
-    use crate::downloads::{hash_file, safe_file_name, DiskSink};
+    use crate::client::downloads::{hash_file, DiskSink};
+    use crate::text::safe_file_name;
     match cmd {
         Command::SendFile { path, to } => {
             let p = std::path::Path::new(&path);
