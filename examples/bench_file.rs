@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bench_common::{arg_or, peer_config, pin_to_cpu, target, BlastReceiver, ServerThread};
-use p2pchat::client::downloads::{hash_file, DiskSink, DiskSource};
+use p2pchat::app::downloads::{hash_file, DiskSink, DiskSource};
 use p2pchat::driver::Endpoint;
 use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;

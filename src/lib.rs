@@ -2,29 +2,32 @@
 //!
 //! # Layout
 //!
+//! The protocol core (no sockets, no clock, no terminal, no disk; it could be a crate of
+//! its own):
+//!
 //! - [`wire`]: the datagrams, one serde enum encoded with MessagePack behind a two-byte
-//!   header (magic byte and protocol version). Its documentation is the protocol
-//!   specification.
-//! - [`registry`]: the rendezvous server's state machine: the table of active clients,
-//!   register, lookup, leave, expiry. No sockets, no clock: `now` is passed in.
-//! - [`peer`]: a client's state machine: registration and keepalives, sessions keyed by
-//!   peer id, connection requests, accept/reject, chat, terminate, leave.
+//!   header (magic byte and protocol version), and [`wire::Transmit`], what every state
+//!   machine hands its driver. Its documentation is the protocol specification.
 //! - [`reliable`]: the send and receive windows of one session: numbering, acknowledgements,
 //!   retransmission timeouts after RFC 6298, duplicate removal and reordering.
-//! - [`transfer`]: file transfers between peers, both sides, as a state machine owned by
-//!   the `Peer`; the file is reached through the `FileSource` and `FileSink` traits.
-//! - [`downloads`]: those traits on real files: the downloads directory, safe names,
-//!   temporary files renamed once the SHA-256 matches.
-//! - [`cli`]: the client's user interface: command parsing, events as readable lines or
-//!   JSON objects, stdin readers (a line editor on a terminal).
+//! - [`registry`]: the rendezvous server's state machine: the table of active clients,
+//!   register, lookup, names, listing, leave, expiry.
+//! - [`peer`]: a client's state machine, a folder split by concern (the link to the
+//!   server, names, sessions, the outbox of queued messages, file transfers).
+//! - [`text`]: pure text helpers both sides use: [`text::sanitize`] for text from the
+//!   network, [`text::safe_file_name`] for names a peer sends.
+//!
+//! Around it:
+//!
+//! - [`app`]: the application: command parsing, events as readable lines or JSON, the
+//!   terminal, the client [`App`](app::client::App) that executes commands and fans events
+//!   out to the history, the state directory and the screen, the server's table, and the
+//!   files on disk (state directory, downloads).
 //! - [`driver`]: the mio event loops that own the sockets, stdin, the clock and the
 //!   signals, and drive the state machines. The only caller of `Instant::now()`.
-//! - [`store`]: the client's state directory: identity, offline outbox and message history
-//!   as JSON files, each saved atomically, the directory locked against a second client.
-//! - [`journal`]: keeps the message history up to date from a peer's events (delivery
-//!   states, queued messages).
-//! - [`profile`]: a client's state between runs, glued to its events: the saved identity
-//!   configures the peer, queued messages come back, changes are written as they happen.
+//!
+//! Imports run one way: `driver` -> `app` -> core; inside the core, `peer` and `registry`
+//! -> `reliable`, `text` and `wire`.
 //!
 //! `examples/echo_bot.rs` drives a [`peer::Peer`] with a plain blocking socket: the state
 //! machines need no particular event loop.
@@ -33,7 +36,7 @@
 //! current time, outputs are drained with `poll_transmit` (datagrams to send), `poll_event`
 //! (things to show) and `poll_timeout` (when to call `handle_timeout` next).
 
-pub mod client;
+pub mod app;
 pub mod driver;
 pub mod peer;
 pub mod registry;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use p2pchat::client::cli;
-use p2pchat::client::profile::StateChoice;
+use p2pchat::app::profile::StateChoice;
+use p2pchat::app::render::Style;
 use p2pchat::driver::{self, ClientOptions, ServerOptions, UiMode};
 use p2pchat::peer::PeerConfig;
 use p2pchat::registry::RegistryConfig;
@@ -185,11 +185,11 @@ fn main() -> ExitCode {
                 (false, Some(dir)) => StateChoice::Dir(dir),
                 (false, None) => StateChoice::Default,
             };
-            let style = cli::Style::for_terminal(std::io::stdout().is_terminal());
+            let style = Style::for_terminal(std::io::stdout().is_terminal());
             peer.connect_tries = connect_tries;
             peer.chat.max_tries = message_tries;
             let mut peer = peer.with_file_defaults();
-            let (dir, why) = p2pchat::client::downloads::downloads_dir(downloads);
+            let (dir, why) = p2pchat::app::downloads::downloads_dir(downloads);
             if !dir.is_dir() {
                 eprintln!(
                     "p2pchat: the downloads directory {} ({why}) is not a directory",

@@ -334,7 +334,7 @@ fn help_lists_every_command_with_an_example() {
     c.type_line("help");
     let help = c.wait_event("help", |v| v["event"] == "help");
     // The same text as the library's (whose unit test checks an example per command).
-    assert_eq!(help["text"], p2pchat::client::cli::HELP);
+    assert_eq!(help["text"], p2pchat::app::command::HELP);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::journal::Journal;
-use crate::client::store::{Identity, Queued, Store, StoreError};
+use crate::app::journal::Journal;
+use crate::app::store::{Identity, Queued, Store, StoreError};
 use crate::peer::{Event, Peer, PeerConfig, Target};
 
 /// Where the client keeps its state.
@@ -93,8 +93,8 @@ impl Profile {
             write_failed: false,
         };
         // Without a state directory the history lives as long as the process.
-        let mut journal = Some(Journal::new(crate::client::store::History::new(
-            crate::client::store::DEFAULT_HISTORY_CAP,
+        let mut journal = Some(Journal::new(crate::app::store::History::new(
+            crate::app::store::DEFAULT_HISTORY_CAP,
         )));
         if let Some(store) = &profile.store {
             match store.load_identity() {

@@ -1,4 +1,4 @@
-//! The message history as the client sees it: turns the events of a [`Peer`] into the
+//! The message history as the client sees it: turns the events of a [`Peer`](crate::peer::Peer) into the
 //! entries of a [`History`], and keeps each entry's delivery state up to date.
 //!
 //! Outgoing messages are matched to their entries by (peer, message number) for the life
@@ -9,8 +9,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::client::store::{conversation_key, Delivery, Direction, Entry, History};
-use crate::peer::{Event, Peer, Target};
+use crate::app::render::Names;
+use crate::app::store::{conversation_key, Delivery, Direction, Entry, History};
+use crate::peer::{Event, Target};
 use crate::wire::ClientId;
 
 /// A history being kept up to date from events.
@@ -56,12 +57,12 @@ impl Journal {
     }
 
     /// The conversation with peer `id`.
-    pub fn key_of_peer(&self, names: &Peer, id: ClientId) -> String {
+    pub fn key_of_peer(&self, names: &dyn Names, id: ClientId) -> String {
         conversation_key(names.name_of(id), id)
     }
 
     /// The conversation a target names.
-    pub fn key_of_target(&self, names: &Peer, target: &Target) -> String {
+    pub fn key_of_target(&self, names: &dyn Names, target: &Target) -> String {
         match target {
             Target::Name(n) => conversation_key(Some(n), 0),
             Target::Id(id) => self.key_of_peer(names, *id),
@@ -74,9 +75,9 @@ impl Journal {
     }
 
     /// Links messages queued by an earlier run (and given back to the peer with
-    /// [`Peer::restore_queued`]) to their history entries: the last `count` entries still
+    /// [`Peer::restore_queued`](crate::peer::Peer::restore_queued)) to their history entries: the last `count` entries still
     /// marked queued in the target's conversation.
-    pub fn restore_queued(&mut self, names: &Peer, target: &Target, count: usize) {
+    pub fn restore_queued(&mut self, names: &dyn Names, target: &Target, count: usize) {
         let conv = self.key_of_target(names, target);
         let entries: Vec<u64> = self
             .history
@@ -93,7 +94,7 @@ impl Journal {
     }
 
     /// Records what `ev` says about messages.
-    pub fn observe(&mut self, names: &Peer, ev: &Event, now: SystemTime) {
+    pub fn observe(&mut self, names: &dyn Names, ev: &Event, now: SystemTime) {
         let at = millis(now);
         match ev {
             Event::Connected { peer } => {

@@ -1,7 +1,7 @@
 //! Files on disk for transfers: the offerer's [`DiskSource`], the receiver's [`DiskSink`]
 //! (a temporary file in the downloads directory, renamed only once the SHA-256 matched,
 //! never over an existing file), which writes under the name that
-//! [`safe_file_name`](crate::text::safe_file_name) made safe.
+//! [`crate::text::safe_file_name`] made safe.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
