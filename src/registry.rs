@@ -472,15 +472,13 @@ impl Registry {
             Err(DecodeError::BadVersion { found }) => {
                 self.stats.bad_version += 1;
                 debug!("{from}: protocol version {found}, answering BadVersion");
-                self.send(
+                self.send_error(
                     from,
-                    Message::Error {
-                        code: ErrorCode::BadVersion,
-                        detail: format!(
-                            "this server speaks protocol version {}, not {found}",
-                            wire::VERSION
-                        ),
-                    },
+                    ErrorCode::BadVersion,
+                    format!(
+                        "this server speaks protocol version {}, not {found}",
+                        wire::VERSION
+                    ),
                 );
             }
             Err(e @ DecodeError::Malformed { .. }) => {
@@ -595,6 +593,12 @@ impl Registry {
         self.events.pop_front()
     }
 
+    /// Answers `to` with an [`Message::Error`].
+    fn send_error(&mut self, to: SocketAddr, code: ErrorCode, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.send(to, Message::Error { code, detail });
+    }
+
     fn send(&mut self, to: SocketAddr, message: Message) {
         self.transmits.push_back(Transmit { to, message });
     }
@@ -624,38 +628,19 @@ impl Registry {
                 "server full ({} clients); try again later",
                 self.config.max_clients
             );
-            self.send(
-                from,
-                Message::Error {
-                    code: ErrorCode::ServerFull,
-                    detail,
-                },
-            );
+            self.send_error(from, ErrorCode::ServerFull, detail);
             return;
         }
         let id = match want_id.filter(|&id| id != 0) {
             Some(id) if self.clients.contains(id) => {
-                self.send(
-                    from,
-                    Message::Error {
-                        code: ErrorCode::IdTaken,
-                        detail: format!("id {id} is taken"),
-                    },
-                );
+                self.send_error(from, ErrorCode::IdTaken, format!("id {id} is taken"));
                 return;
             }
             Some(id) => id,
             None => match self.lowest_free_id() {
                 Some(id) => id,
                 None => {
-                    let detail = "no free id left".to_string();
-                    self.send(
-                        from,
-                        Message::Error {
-                            code: ErrorCode::ServerFull,
-                            detail,
-                        },
-                    );
+                    self.send_error(from, ErrorCode::ServerFull, "no free id left");
                     return;
                 }
             },
@@ -717,12 +702,10 @@ impl Registry {
         if warn {
             b.warned = Some(now);
             debug!("{from}: too many registrations from {}", from.ip());
-            self.send(
+            self.send_error(
                 from,
-                Message::Error {
-                    code: ErrorCode::RateLimited,
-                    detail: format!("too many registrations from {}; wait", from.ip()),
-                },
+                ErrorCode::RateLimited,
+                format!("too many registrations from {}; wait", from.ip()),
             );
         }
         false
@@ -760,19 +743,17 @@ impl Registry {
     fn not_registered(&mut self, from: SocketAddr, id: ClientId, what: &str) {
         self.stats.refused += 1;
         debug!("{from}: {what} for id {id} matches no registration");
-        self.send(
+        self.send_error(
             from,
-            Message::Error {
-                code: ErrorCode::NotRegistered,
-                detail: format!("client {id} is not registered from {from} with that token"),
-            },
+            ErrorCode::NotRegistered,
+            format!("client {id} is not registered from {from} with that token"),
         );
     }
 
     fn refuse_claim(&mut self, from: SocketAddr, code: ErrorCode, detail: String) {
         self.stats.claims_refused += 1;
         debug!("{from}: claim refused: {detail}");
-        self.send(from, Message::Error { code, detail });
+        self.send_error(from, code, detail);
     }
 
     #[inline(never)] // rare: kept out of handle_message, which lookups go through
@@ -864,12 +845,10 @@ impl Registry {
             return;
         }
         if !self.config.list {
-            self.send(
+            self.send_error(
                 from,
-                Message::Error {
-                    code: ErrorCode::ListDisabled,
-                    detail: "this server does not list its clients".into(),
-                },
+                ErrorCode::ListDisabled,
+                "this server does not list its clients",
             );
             return;
         }
@@ -996,12 +975,10 @@ impl Registry {
         }
         self.stats.refused += 1;
         debug!("{from}: leave for id {id} matches no registration; nothing deleted");
-        self.send(
+        self.send_error(
             from,
-            Message::Error {
-                code: ErrorCode::NotRegistered,
-                detail: format!("client {id} is not registered from {from} with that token"),
-            },
+            ErrorCode::NotRegistered,
+            format!("client {id} is not registered from {from} with that token"),
         );
     }
 
