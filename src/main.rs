@@ -223,7 +223,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("p2pchat: {e}");
+            // A fatal error can quote the server (a refused registration): never raw.
+            eprintln!("p2pchat: {}", p2pchat::text::sanitize(&e.to_string()));
             ExitCode::FAILURE
         }
     }

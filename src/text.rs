@@ -2,18 +2,88 @@
 //! safe to print, and making a file name sent by a peer safe to create. Nothing here
 //! touches the terminal or the disk.
 
-/// Replaces control characters (terminal escape sequences included) so that text from a
-/// peer cannot move the cursor, change colours or clear the screen.
+/// Makes text from the network safe to show on a terminal.
+///
+/// - Control characters (C0, DEL, C1: every terminal escape sequence starts with one)
+///   become U+FFFD, so that text cannot move the cursor, change colours, set the window
+///   title or clear the screen. A tab stays.
+/// - Invisible characters (see [`is_invisible`]: bidi controls such as U+202E, zero-width
+///   characters, other format characters, line and paragraph separators) are shown as
+///   their code, `<U+202E>`, so that text cannot reverse itself ("invoice\u{202E}fdp.exe"
+///   shown as "invoiceexe.pdf") or hide characters. A zero-width joiner between two
+///   characters beyond ASCII stays: it joins emoji sequences (and some scripts) and hides
+///   nothing there. Names get the stricter [`sanitize_name`].
+///
+/// The JSON output (`--json`) carries text as it came (escaped by JSON): a program reading
+/// it decides how to show it.
 pub fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{FFFD}'
+    clean(text, true)
+}
+
+/// [`sanitize`] for names, display names and file names, where nothing invisible has a
+/// place: a zero-width joiner is shown as `<U+200D>` too.
+pub fn sanitize_name(text: &str) -> String {
+    clean(text, false)
+}
+
+fn clean(text: &str, keep_joiners: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_control() && c != '\t' {
+            out.push('\u{FFFD}');
+        } else if is_invisible(c) {
+            let joins = |x: Option<char>| x.is_some_and(|x| !x.is_ascii() && !is_invisible(x));
+            if keep_joiners && c == ZERO_WIDTH_JOINER && joins(prev) && joins(chars.peek().copied())
+            {
+                out.push(c);
             } else {
-                c
+                out.push_str(&format!("<U+{:04X}>", c as u32));
             }
-        })
-        .collect()
+        } else {
+            out.push(c);
+        }
+        prev = Some(c);
+    }
+    out
+}
+
+const ZERO_WIDTH_JOINER: char = '\u{200D}';
+
+/// Characters that change how the text around them is shown, or show nothing at all: the
+/// Unicode format characters (general category Cf: bidi embeddings, overrides and
+/// isolates, zero-width space and joiners, word joiner, invisible operators, the byte
+/// order mark, interlinear annotation, tags), the line and paragraph separators, and the
+/// fillers that render as blank (Hangul fillers, Mongolian vowel separator).
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 /// The longest file name kept, in bytes (most file systems allow 255; room is left for
@@ -25,8 +95,9 @@ pub const MAX_FILE_NAME: usize = 200;
 ///
 /// Refused: an empty name, `.` and `..`, and anything with a path separator (`/`, `\`),
 /// so that no name can reach outside the directory (`../x`, `/etc/passwd`, `a/b`,
-/// `C:\x`). Cleaned: control characters and the characters Windows forbids (`<>:"|?*`)
-/// become `_`; leading dots (hidden files, and our temporary names) and trailing dots
+/// `C:\x`). Cleaned: control characters, invisible characters ([`is_invisible`]: a bidi
+/// override would make `invoice\u{202E}fdp.exe` read as "invoiceexe.pdf") and the
+/// characters Windows forbids (`<>:"|?*`) become `_`; leading dots (hidden files, and our temporary names) and trailing dots
 /// and spaces are removed; device names (`CON`, `NUL`, `COM1`...) get a leading `_`; a
 /// name longer than [`MAX_FILE_NAME`] bytes is shortened, keeping its extension.
 pub fn safe_file_name(name: &str) -> Result<String, String> {
@@ -36,7 +107,7 @@ pub fn safe_file_name(name: &str) -> Result<String, String> {
     if name.contains(['/', '\\']) {
         return Err(format!(
             "the file name {:?} is a path; only a plain name is accepted",
-            sanitize(name)
+            sanitize_name(name)
         ));
     }
     if name == "." || name == ".." {
@@ -45,7 +116,10 @@ pub fn safe_file_name(name: &str) -> Result<String, String> {
     let cleaned: String = name
         .chars()
         .map(|c| {
-            if c.is_control() || matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*') {
+            if c.is_control()
+                || is_invisible(c)
+                || matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*')
+            {
                 '_'
             } else {
                 c
@@ -60,7 +134,7 @@ pub fn safe_file_name(name: &str) -> Result<String, String> {
     if cleaned.is_empty() {
         return Err(format!(
             "the file name {:?} has nothing left once cleaned",
-            sanitize(name)
+            sanitize_name(name)
         ));
     }
     let stem = cleaned.split('.').next().unwrap_or("").to_ascii_uppercase();
@@ -137,6 +211,48 @@ mod tests {
             short.len() <= MAX_FILE_NAME && short.ends_with(".gz"),
             "{short}"
         );
+    }
+
+    #[test]
+    fn control_characters_become_the_replacement_character() {
+        assert_eq!(
+            sanitize("a\u{1b}[2Jb\u{7}\u{9b}c\td"),
+            "a\u{FFFD}[2Jb\u{FFFD}\u{FFFD}c\td"
+        );
+        assert_eq!(sanitize("x\ny\r"), "x\u{FFFD}y\u{FFFD}");
+    }
+
+    #[test]
+    fn bidi_controls_and_invisible_characters_are_shown_as_codes() {
+        assert_eq!(sanitize("invoice\u{202E}fdp.exe"), "invoice<U+202E>fdp.exe");
+        assert_eq!(sanitize("a\u{2066}b\u{2069}"), "a<U+2066>b<U+2069>");
+        assert_eq!(sanitize("pay\u{200B}pal"), "pay<U+200B>pal");
+        assert_eq!(sanitize("\u{FEFF}x\u{2028}y"), "<U+FEFF>x<U+2028>y");
+        assert_eq!(sanitize("tag\u{E0041}"), "tag<U+E0041>");
+        assert_eq!(sanitize("\u{3164}"), "<U+3164>");
+        // What is not invisible stays as it is.
+        assert_eq!(sanitize("héllo wörld 你好 ✓"), "héllo wörld 你好 ✓");
+    }
+
+    #[test]
+    fn a_joiner_stays_inside_an_emoji_sequence_but_not_in_names() {
+        let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}";
+        assert_eq!(sanitize(family), family);
+        assert_eq!(sanitize("a\u{200D}b"), "a<U+200D>b");
+        assert_eq!(sanitize("\u{1F468}\u{200D}"), "\u{1F468}<U+200D>");
+        assert_eq!(
+            sanitize_name(family),
+            "\u{1F468}<U+200D>\u{1F469}<U+200D>\u{1F467}"
+        );
+    }
+
+    #[test]
+    fn invisible_characters_in_file_names_become_underscores() {
+        assert_eq!(
+            safe_file_name("invoice\u{202E}fdp.exe").unwrap(),
+            "invoice_fdp.exe"
+        );
+        assert_eq!(safe_file_name("a\u{200B}b.txt").unwrap(), "a_b.txt");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::app::render::{
 };
 use crate::app::terminal::{Input, Output, Wake};
 use crate::peer::{CommandError, Event, Peer, PeerConfig, Sending, Target};
-use crate::text::sanitize;
+use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
 
 /// How a client run ended.
@@ -395,7 +395,7 @@ fn show_sessions(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
     for (t, texts) in &outbox {
         out.line(&format!(
             "  {}: {} message{} queued until connected",
-            sanitize(&t.to_string()),
+            sanitize_name(&t.to_string()),
             texts.len(),
             if texts.len() == 1 { "" } else { "s" }
         ));
@@ -475,6 +475,7 @@ fn show_history(peer: &Peer, target: Option<Target>, count: usize, out: &mut dyn
         );
         return;
     }
+    let key = sanitize_name(&key);
     if entries.is_empty() {
         out.line(&format!("no messages with {key} yet"));
         return;
@@ -688,7 +689,7 @@ fn execute_file_command(
                         t.n,
                         if t.outgoing { "to" } else { "from" },
                         t.peer,
-                        sanitize(&t.name),
+                        sanitize_name(&t.name),
                         human_bytes(t.done),
                         human_bytes(t.size),
                         t.state

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::peer::{CommandError, Event, Peer};
-use crate::text::sanitize;
+use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
 
 /// How human output looks: colour (only on a terminal, never with `NO_COLOR`) and
@@ -84,23 +84,24 @@ impl Names for NoNames {
 /// `bob (3)`, or `client 3` for a peer without a name.
 pub fn who(names: &dyn Names, id: ClientId) -> String {
     match names.name_of(id) {
-        Some(n) => format!("{} ({id})", sanitize(n)),
+        Some(n) => format!("{} ({id})", sanitize_name(n)),
         None => format!("client {id}"),
     }
 }
 
 /// `bob (3)`, or `3`: for message lines.
 fn short(names: &dyn Names, id: ClientId) -> String {
-    names
-        .name_of(id)
-        .map_or_else(|| id.to_string(), |n| format!("{} ({id})", sanitize(n)))
+    names.name_of(id).map_or_else(
+        || id.to_string(),
+        |n| format!("{} ({id})", sanitize_name(n)),
+    )
 }
 
 /// ` "Alice L."` when peer `id` has a display name.
 pub(crate) fn display(names: &dyn Names, id: ClientId) -> String {
     names
         .display_name_of(id)
-        .map_or_else(String::new, |d| format!(" \"{}\"", sanitize(d)))
+        .map_or_else(String::new, |d| format!(" \"{}\"", sanitize_name(d)))
 }
 
 fn ago(secs: u32) -> String {
@@ -131,9 +132,9 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         Event::Registered { id, again: true } => {
             format!("registered again with the server: you are client {id}")
         }
-        Event::Claimed { name } => format!("your name is {}", sanitize(name)),
+        Event::Claimed { name } => format!("your name is {}", sanitize_name(name)),
         Event::Request { from } => {
-            let name = names.name_of(*from).map_or(from.to_string(), sanitize);
+            let name = names.name_of(*from).map_or(from.to_string(), sanitize_name);
             style.paint(
                 "1",
                 &format!(
@@ -152,7 +153,7 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         }
         Event::Rejected { peer } => format!("{} rejected the connection", who(names, *peer)),
         Event::Inactive { peer } => format!("Client {peer} Inactive"),
-        Event::UnknownName { name } => format!("nobody online is named {}", sanitize(name)),
+        Event::UnknownName { name } => format!("nobody online is named {}", sanitize_name(name)),
         Event::NoAnswer { peer } => {
             format!("no answer from {}; gave up asking", who(names, *peer))
         }
@@ -187,7 +188,7 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
             "33",
             &format!(
                 "[{time}you -> {} queued] {} (not connected: it goes once you are)",
-                sanitize(&to.to_string()),
+                sanitize_name(&to.to_string()),
                 sanitize(text)
             ),
         ),
@@ -198,15 +199,16 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
             if to.is(*peer, None) {
                 who(names, *peer)
             } else {
-                format!("{} ({peer})", sanitize(&to.to_string()))
+                format!("{} ({peer})", sanitize_name(&to.to_string()))
             }
         ),
         Event::QueueDropped { to, count, reason } => style.paint(
             "31",
             &format!(
-                "{count} message{} queued for {} NOT delivered: {reason}",
+                "{count} message{} queued for {} NOT delivered: {}",
                 if *count == 1 { "" } else { "s" },
-                sanitize(&to.to_string())
+                sanitize_name(&to.to_string()),
+                sanitize(reason)
             ),
         ),
         Event::Terminated { peer, reason } => {
@@ -219,21 +221,25 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
                 lines.push(format!(
                     "  {:>6}  {:<16} {:<24} since {} ({})",
                     c.id,
-                    c.name.as_deref().map_or("-".into(), sanitize),
-                    c.display_name.as_deref().map_or(String::new(), sanitize),
+                    c.name.as_deref().map_or("-".into(), sanitize_name),
+                    c.display_name
+                        .as_deref()
+                        .map_or(String::new(), sanitize_name),
                     clock(since),
                     ago(c.online_secs)
                 ));
             }
             lines.join("\n")
         }
-        Event::ListFailed { reason } => format!("cannot list who is online: {reason}"),
+        Event::ListFailed { reason } => {
+            format!("cannot list who is online: {}", sanitize(reason))
+        }
         Event::Left { server_acked: true } => "left the server. Bye.".into(),
         Event::Left {
             server_acked: false,
         } => "left (the server did not confirm). Bye.".into(),
-        Event::Notice { message } => style.paint("33", &format!("note: {message}")),
-        Event::Fatal { message } => style.paint("31", &format!("error: {message}")),
+        Event::Notice { message } => style.paint("33", &format!("note: {}", sanitize(message))),
+        Event::Fatal { message } => style.paint("31", &format!("error: {}", sanitize(message))),
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -334,7 +340,7 @@ pub fn json_error(message: &str) -> String {
 
 /// The human line for a refused command.
 pub fn human_error(err: &CommandError) -> String {
-    format!("error: {err}")
+    format!("error: {}", sanitize(&err.to_string()))
 }
 
 /// `12.5 MiB`
@@ -388,7 +394,7 @@ fn file_human_line(ev: &Event, names: &dyn Names) -> String {
             size,
         } => format!(
             "file {n}: offered {} ({}) to {}; waiting for the answer",
-            sanitize(name),
+            sanitize_name(name),
             human_bytes(*size),
             who(names, *peer)
         ),
@@ -401,7 +407,7 @@ fn file_human_line(ev: &Event, names: &dyn Names) -> String {
         } => format!(
             "file offer {n} from {}: {} ({}). Type getfile {n} or refuse {n}",
             who(names, *from),
-            sanitize(name),
+            sanitize_name(name),
             human_bytes(*size)
         ),
         Event::FileProgress {
@@ -436,6 +442,7 @@ fn file_human_line(ev: &Event, names: &dyn Names) -> String {
             human_bytes(*size)
         ),
         Event::FileFailed { peer, n, reason } => {
+            let reason = sanitize(&reason.to_string());
             format!("file {n} ({}) failed: {reason}", who(names, *peer))
         }
         _ => String::new(),
@@ -519,6 +526,50 @@ mod tests {
         });
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(shown.contains("hi") && shown.contains("there"));
+    }
+
+    #[test]
+    fn text_the_server_sends_is_never_printed_raw() {
+        let hostile = "x\u{1b}[2J\u{1b}]0;owned\u{7}\u{1b}[31m\u{202E}y";
+        for ev in [
+            Event::Notice {
+                message: format!("the server says: {hostile}; retrying"),
+            },
+            Event::Fatal {
+                message: format!("the server refused to register us: {hostile}"),
+            },
+            Event::ListFailed {
+                reason: hostile.into(),
+            },
+        ] {
+            let shown = render_human(&ev, &NoNames, Style::default(), SystemTime::now());
+            assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+            assert!(
+                !shown.contains('\u{202E}') && shown.contains("<U+202E>"),
+                "{shown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_cannot_reverse_or_hide_themselves() {
+        struct Hostile;
+        impl Names for Hostile {
+            fn name_of(&self, _: ClientId) -> Option<&str> {
+                Some("bob\u{202E}kcilc")
+            }
+            fn display_name_of(&self, _: ClientId) -> Option<&str> {
+                Some("Bob\u{200B}\u{2066}")
+            }
+        }
+        let shown = render_human(
+            &Event::Request { from: 2 },
+            &Hostile,
+            Style::default(),
+            SystemTime::now(),
+        );
+        assert!(shown.contains("bob<U+202E>kcilc (2)"), "{shown:?}");
+        assert!(!shown.chars().any(crate::text::is_invisible), "{shown:?}");
     }
 
     #[test]
