@@ -5,8 +5,11 @@
 //! One directory holds the state of one client identity. By default it is
 //! [`Store::default_dir`], `<platform data dir>/p2pchat` (on Linux `$XDG_DATA_HOME/p2pchat`
 //! or `~/.local/share/p2pchat`); a client that wants a second identity gives it a directory
-//! of its own. It is created with mode 0700, and every file in it with mode 0600: the
-//! identity holds the token with which the client claims its name back after a restart.
+//! of its own. It is created with mode 0700 (an existing one that others can read or enter
+//! is set back to 0700), and every file in it with mode 0600: the identity holds the token
+//! with which the client claims its name back after a restart. No file in it is ever opened
+//! through a symbolic link (`O_NOFOLLOW`), and temporary files are created exclusively, so
+//! a link planted at `identity.json.tmp` cannot send the identity elsewhere.
 //!
 //! | file | what | type |
 //! | --- | --- | --- |
@@ -27,9 +30,10 @@
 //!
 //! Fields that this version does not know are ignored, so a later version may add some; a
 //! file whose `version` is not 1 is refused as [`StoreError::Corrupt`], as is one that is not
-//! valid JSON of the right shape. A missing file is no error: no identity yet, an empty
-//! outbox, no history. Loading never panics: the caller tells the user about the error and
-//! goes on without that file, which the next save of that file replaces.
+//! valid JSON of the right shape (or is a symbolic link). A missing file is no error: no
+//! identity yet, an empty outbox, no history. Loading never panics. A damaged file is never
+//! overwritten: loading it moves it aside to `<file>.damaged` (or `.damaged-2`, ...), the
+//! error names both paths, and the caller tells the user and goes on without that file.
 //!
 //! # Atomicity
 //!
@@ -60,8 +64,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -85,9 +89,14 @@ pub enum StoreError {
     Locked { dir: PathBuf },
     /// Reading or writing `path` failed.
     Io { path: PathBuf, error: io::Error },
-    /// `path` is not a file this version can read: not JSON, the wrong shape, or another
-    /// format version. `detail` says what is wrong.
-    Corrupt { path: PathBuf, detail: String },
+    /// `path` is not a file this version can read: not JSON, the wrong shape, another
+    /// format version, or a symbolic link. `detail` says what is wrong; `kept` is where the
+    /// file was moved aside to (`None` if it could not be moved).
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+        kept: Option<PathBuf>,
+    },
 }
 
 impl StoreError {
@@ -120,7 +129,21 @@ impl fmt::Display for StoreError {
                 "cannot read or write {}: {error}; check its permissions and the free disk space",
                 path.display()
             ),
-            StoreError::Corrupt { path, detail } => write!(
+            StoreError::Corrupt {
+                path,
+                detail,
+                kept: Some(kept),
+            } => write!(
+                f,
+                "{} is not a file this p2pchat can read ({detail}); it was moved aside to {}",
+                path.display(),
+                kept.display()
+            ),
+            StoreError::Corrupt {
+                path,
+                detail,
+                kept: None,
+            } => write!(
                 f,
                 "{} is not a file this p2pchat can read ({detail}); \
                  move it aside to keep it, or p2pchat will write over it",
@@ -456,6 +479,7 @@ impl Store {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| StoreError::io(&lock_path, e))?;
@@ -614,14 +638,36 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Reads and parses `path`; `Ok(None)` if it does not exist.
+    /// Reads and parses `path`; `Ok(None)` if it does not exist. A file that cannot be
+    /// parsed, or a symbolic link, is moved aside (see [`move_aside`]) and reported as
+    /// [`StoreError::Corrupt`].
     fn read<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StoreError> {
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
+        let read = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .and_then(|mut file| {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map(|_| bytes)
+            });
+        let parsed = match read {
+            Ok(bytes) => parse(path, &bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "it is a symbolic link, which p2pchat does not follow here".into(),
+                kept: None,
+            }),
             Err(e) => return Err(StoreError::io(path, e)),
         };
-        parse(path, &bytes).map(Some)
+        match parsed {
+            Err(StoreError::Corrupt { path, detail, .. }) => {
+                let _guard = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+                let kept = move_aside(&path);
+                Err(StoreError::Corrupt { path, detail, kept })
+            }
+            other => other.map(Some),
+        }
     }
 
     /// Writes `value` as pretty JSON to `path`, atomically (see the module documentation).
@@ -636,13 +682,62 @@ impl Store {
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (before the umask). An existing
-/// directory keeps its mode: the user may have chosen it.
+/// `dir` that its group or others may read, write or enter is set to 0700: it holds the
+/// identity's token.
 fn create_dir(dir: &Path) -> Result<(), StoreError> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| StoreError::io(dir, e))
+        .map_err(|e| StoreError::io(dir, e))?;
+    let mode = fs::metadata(dir)
+        .map_err(|e| StoreError::io(dir, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700 | 0o700))
+            .map_err(|e| StoreError::io(dir, e))?;
+        log::info!(
+            "{}: mode set to 0700 (it was {:o})",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// Moves a damaged `path` aside to `<path>.damaged` (or `.damaged-2`, `-3`, ...) without
+/// replacing anything there, so that the next save cannot destroy it. Returns where it is
+/// now, or `None` if it could not be moved (then the save will replace it).
+fn move_aside(path: &Path) -> Option<PathBuf> {
+    for k in 1..=100 {
+        let mut name = path.file_name()?.to_os_string();
+        name.push(if k == 1 {
+            ".damaged".to_string()
+        } else {
+            format!(".damaged-{k}")
+        });
+        let aside = path.with_file_name(name);
+        // A hard link never replaces an existing name; the link itself (not a target) is
+        // what moves when `path` is a symbolic link.
+        match fs::hard_link(path, &aside) {
+            Ok(()) => {
+                return match fs::remove_file(path) {
+                    Ok(()) => {
+                        let _ = sync_dir(path.parent().unwrap_or(Path::new(".")));
+                        Some(aside)
+                    }
+                    Err(_) => {
+                        let _ = fs::remove_file(&aside);
+                        None
+                    }
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Deletes the `*.tmp` files in `dir` (a missing `dir` has none).
@@ -677,12 +772,25 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(TMP_SUFFIX);
     let tmp = dir.join(tmp_name);
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
+    // Created exclusively and never through a link: a `.tmp` already there (a planted link,
+    // or the leftover of a crash; no other client writes here while we hold the lock) is
+    // removed, not followed, and the creation tried once more.
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)
+    };
+    let written = create()
+        .or_else(|e| {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            fs::remove_file(&tmp)?;
+            create()
+        })
         .and_then(|mut file| {
             file.write_all(contents)?;
             file.sync_all()
@@ -711,6 +819,7 @@ fn parse<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, StoreError
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         detail,
+        kept: None,
     };
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
@@ -1272,18 +1381,36 @@ mod tests {
         store.save_history(&mut h).unwrap();
         let bad = tmp.0.join("history/id-3.json");
         let good = fs::read(&bad).unwrap();
-        for contents in [
+        for (k, contents) in [
             &good[..good.len() - 5],
             b"{\"version\": 1, \"entries\": [{\"n\": 1}]}",
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             fs::write(&bad, contents).unwrap();
             match store.load_history() {
                 Err(e @ StoreError::Corrupt { .. }) => assert_eq!(e.path(), bad),
                 other => panic!("expected Corrupt, got {other:?}"),
             }
+            // Moved aside, never to be overwritten: to `.damaged`, then (each load below
+            // moves its own copy) `.damaged-2`, `-3`, ... beside it.
+            let aside = tmp.0.join(if k == 0 {
+                "history/id-3.json.damaged"
+            } else {
+                "history/id-3.json.damaged-3"
+            });
+            assert!(!bad.exists());
+            assert_eq!(fs::read(&aside).unwrap(), contents);
+            fs::write(&bad, contents).unwrap();
             let (mut lossy, errors) = store.load_history_lossy();
             assert_eq!(errors.len(), 1);
             assert_eq!(errors[0].path(), bad);
+            assert!(
+                errors[0].to_string().contains("moved aside"),
+                "{}",
+                errors[0]
+            );
             assert_eq!(lossy.conversations(), vec![("bob", 4_000)]);
             assert_eq!(
                 lossy.record("bob", 5_000, Direction::In, None, "x", Delivery::Received),
@@ -1291,12 +1418,70 @@ mod tests {
             );
         }
         // Files other than `<key>.json` are not history.
-        fs::rename(&bad, tmp.0.join("history/id-3.json.corrupt")).unwrap();
         fs::create_dir(tmp.0.join("history/dir.json")).unwrap();
         assert_eq!(
             store.load_history().unwrap().conversations(),
             vec![("bob", 4_000)]
         );
+    }
+
+    #[test]
+    fn a_damaged_identity_is_moved_aside_and_never_overwritten() {
+        let tmp = TempDir::new("damaged-identity");
+        let store = Store::open(&tmp.0).unwrap();
+        let path = tmp.0.join(IDENTITY_FILE);
+        fs::write(&path, b"{\"version\": 1, \"identity\": {\"na").unwrap();
+        let e = store.load_identity().unwrap_err();
+        let aside = tmp.0.join("identity.json.damaged");
+        assert!(e.to_string().contains(&*aside.to_string_lossy()), "{e}");
+        store.save_identity(&identity()).unwrap();
+        assert_eq!(
+            fs::read(&aside).unwrap(),
+            b"{\"version\": 1, \"identity\": {\"na"
+        );
+        assert_eq!(store.load_identity().unwrap(), Some(identity()));
+    }
+
+    #[test]
+    fn no_file_is_written_or_read_through_a_symbolic_link() {
+        use std::os::unix::fs::symlink;
+        let tmp = TempDir::new("symlinks");
+        let store = Store::open(&tmp.0).unwrap();
+        let outside = TempDir::new("symlinks-outside");
+        let target = outside.0.join("stolen");
+        // A link planted where the next save writes its temporary file.
+        symlink(&target, tmp.0.join("identity.json.tmp")).unwrap();
+        store.save_identity(&identity()).unwrap();
+        assert!(!target.exists(), "the save followed the planted link");
+        assert_eq!(store.load_identity().unwrap(), Some(identity()));
+        // A link in place of a file is not read: it is moved aside as damaged.
+        fs::write(&target, b"{\"version\": 1, \"queued\": []}").unwrap();
+        symlink(&target, tmp.0.join(OUTBOX_FILE)).unwrap();
+        match store.load_outbox() {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains("symbolic link"), "{e}")
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        store.save_outbox(&[]).unwrap();
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            b"{\"version\": 1, \"queued\": []}",
+            "the save wrote through the link"
+        );
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tmp.0.join(OUTBOX_FILE)), 0o600);
+        assert_eq!(mode(&tmp.0.join(IDENTITY_FILE)), 0o600);
+    }
+
+    #[test]
+    fn an_open_state_directory_is_closed_to_others() {
+        let tmp = TempDir::new("mode");
+        fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o755)).unwrap();
+        let _store = Store::open(&tmp.0).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tmp.0), 0o700);
+        assert_eq!(mode(&tmp.0.join(HISTORY_DIR)), 0o700);
     }
 
     #[test]
