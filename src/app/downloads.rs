@@ -18,6 +18,26 @@ use crate::text::safe_file_name;
 /// Suffix of the temporary file a download is written to.
 pub const PART_SUFFIX: &str = ".p2pchat-part";
 
+/// The bytes that an unprivileged process may still write in the file system of `dir`
+/// (`statvfs`: available blocks times the fragment size).
+// The counts are 64-bit here but 32-bit on some targets: the conversions are not useless.
+#[allow(clippy::useless_conversion)]
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: statvfs reads the NUL-terminated path and writes only into the zeroed struct
+    // we pass, a plain C struct.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
 /// The downloads directory to use: `wanted`, else the platform's, else the current one.
 /// The second value says which, for a line to the user.
 pub fn downloads_dir(wanted: Option<PathBuf>) -> (PathBuf, String) {
@@ -196,5 +216,28 @@ impl FileSink for DiskSink {
     fn abort(mut self: Box<Self>) {
         self.out = None;
         let _ = fs::remove_file(&self.temp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::useless_conversion)]
+    fn free_space_is_what_the_file_system_says_and_errors_are_errors() {
+        let dir = std::env::temp_dir();
+        let free = free_space(&dir).unwrap();
+        // What df would say: within what other processes write meanwhile.
+        let st = {
+            let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+            st
+        };
+        let again = u64::from(st.f_bavail) * u64::from(st.f_frsize);
+        assert!(free.abs_diff(again) < 64 << 20, "{free} vs {again}");
+        assert!(free > 0);
+        assert!(free_space(Path::new("/nonexistent/p2pchat-test")).is_err());
     }
 }
