@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::peer::{FileSink, FileSource};
-use crate::text::numbered;
-#[cfg(debug_assertions)]
-use crate::text::safe_file_name;
+use crate::text::{numbered, safe_file_name};
 
 /// Suffix of the temporary file a download is written to.
 pub const PART_SUFFIX: &str = ".p2pchat-part";
