@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{CommandError, EndReason, Event, Peer};
+use super::event::{CommandError, EndReason, Event};
+use super::Peer;
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
 
