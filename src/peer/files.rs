@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::event::{CommandError, EndReason, Event};
+use super::outputs::Outputs;
+use super::retry::{Retry, Step};
 use super::Peer;
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
@@ -279,7 +281,8 @@ enum Kind {
     /// Our offer, waiting for the answer.
     Offering {
         source: Box<dyn FileSource>,
-        next: Instant,
+        /// Resends of the offer, bounded by `expires` rather than by a number of tries.
+        retry: Retry,
         period: Duration,
         expires: Instant,
     },
@@ -301,9 +304,8 @@ enum Kind {
         hasher: Sha256,
         written: u64,
         /// Resend of `FileGet` until the first chunk arrives.
-        get_next: Option<Instant>,
+        get: Option<Retry>,
         get_period: Duration,
-        get_tries: u32,
         /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
         queued_ack: Option<u64>,
         /// When the latest chunk arrived (once one has).
@@ -363,8 +365,7 @@ struct Cancelling {
     key: Key,
     addr: SocketAddr,
     reason: FileEnd,
-    tries: u32,
-    next: Instant,
+    retry: Retry,
     period: Duration,
 }
 
@@ -381,9 +382,7 @@ pub struct Files {
     closed: HashMap<Key, Closed>,
     closed_order: VecDeque<Key>,
     cancelling: Vec<Cancelling>,
-    transmits: VecDeque<Transmit>,
-    polled: u64,
-    events: VecDeque<Event>,
+    out: Outputs,
     /// Chunks resent by transfers that have ended.
     retransmissions: u64,
 }
@@ -400,9 +399,7 @@ impl Files {
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
             cancelling: Vec::new(),
-            transmits: VecDeque::new(),
-            polled: 0,
-            events: VecDeque::new(),
+            out: Outputs::default(),
             retransmissions: 0,
         }
     }
@@ -431,13 +428,11 @@ impl Files {
 
     /// The next datagram to send (after the owning peer's own).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front()?;
-        self.polled += 1;
-        Some(t)
+        self.out.poll_transmit()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.out.poll_event()
     }
 
     /// True when no transfer is going on or waiting (to leave at the end of a script).
@@ -547,14 +542,14 @@ impl Files {
             progress_bytes: 0,
             kind: Kind::Offering {
                 source,
-                next: now + period,
+                retry: Retry::first(now + period),
                 period,
                 expires: now + self.config.offer_lifetime,
             },
         };
         self.send_offer(me, &t);
         self.index.insert(t.key(), n);
-        self.events.push_back(Event::FileOffered {
+        self.out.event(Event::FileOffered {
             peer: link.peer,
             n,
             name: t.name.clone(),
@@ -565,9 +560,9 @@ impl Files {
     }
 
     fn send_offer(&mut self, me: ClientId, t: &Transfer) {
-        self.transmits.push_back(Transmit {
-            to: t.link.addr,
-            message: Message::FileOffer {
+        self.out.transmit(
+            t.link.addr,
+            Message::FileOffer {
                 from: me,
                 session: t.link.session,
                 n: t.wire_n,
@@ -575,7 +570,7 @@ impl Files {
                 size: t.size,
                 sha256: t.sha256,
             },
-        });
+        );
     }
 
     /// Accepts offer `n`: the file will be written to `sink`.
@@ -607,21 +602,20 @@ impl Files {
             rx: RecvWindow::for_payload(window),
             hasher: Sha256::new(),
             written: 0,
-            get_next: Some(now + period),
+            get: Some(Retry::first(now + period)),
             get_period: period,
-            get_tries: 1,
             queued_ack: None,
             last_chunk: None,
         };
         let (to, session, wire_n) = (t.link.addr, t.link.session, t.wire_n);
-        self.transmits.push_back(Transmit {
+        self.out.transmit(
             to,
-            message: Message::FileGet {
+            Message::FileGet {
                 from: me,
                 session,
                 n: wire_n,
             },
-        });
+        );
         Ok(())
     }
 
@@ -680,12 +674,11 @@ impl Files {
                 key,
                 addr: t.link.addr,
                 reason,
-                tries: 1,
-                next: now + period,
+                retry: Retry::first(now + period),
                 period,
             });
         }
-        self.events.push_back(Event::FileFailed {
+        self.out.event(Event::FileFailed {
             peer: t.link.peer,
             n,
             reason: why,
@@ -694,16 +687,16 @@ impl Files {
 
     fn send_cancel(&mut self, me: ClientId, key: Key, to: SocketAddr, reason: FileEnd) {
         let (_, session, offerer, n) = key;
-        self.transmits.push_back(Transmit {
+        self.out.transmit(
             to,
-            message: Message::FileCancel {
+            Message::FileCancel {
                 from: me,
                 session,
                 offerer,
                 n,
                 reason,
             },
-        });
+        );
     }
 
     fn remember(&mut self, key: Key, how: Closed) {
@@ -731,7 +724,7 @@ impl Files {
             if let Kind::Receiving { sink: Some(s), .. } = t.kind {
                 s.abort();
             }
-            self.events.push_back(Event::FileFailed {
+            self.out.event(Event::FileFailed {
                 peer,
                 n,
                 reason: TransferFailure::SessionEnded(reason),
@@ -793,7 +786,7 @@ impl Files {
                 if let Err(why) = crate::text::safe_file_name(&name) {
                     self.remember(key, Closed::Failed(FileEnd::Refused));
                     self.send_cancel(me, key, link.addr, FileEnd::Refused);
-                    self.events.push_back(Event::FileFailed {
+                    self.out.event(Event::FileFailed {
                         peer,
                         n: local,
                         reason: TransferFailure::BadName(why),
@@ -801,7 +794,7 @@ impl Files {
                     return;
                 }
                 self.index.insert(key, local);
-                self.events.push_back(Event::FileOffer {
+                self.out.event(Event::FileOffer {
                     from: peer,
                     n: local,
                     name: name.clone(),
@@ -901,7 +894,7 @@ impl Files {
                     let t = self.take(local).expect("present");
                     self.index.remove(&key);
                     self.remember(key, Closed::Sent);
-                    self.events.push_back(Event::FileSent {
+                    self.out.event(Event::FileSent {
                         peer,
                         n: local,
                         size: t.size,
@@ -934,10 +927,7 @@ impl Files {
     }
 
     fn reply(&mut self, link: Link, message: Message) {
-        self.transmits.push_back(Transmit {
-            to: link.addr,
-            message,
-        });
+        self.out.transmit(link.addr, message);
     }
 
     fn on_chunk(&mut self, now: Instant, me: ClientId, local: u64, seq: u64, data: Vec<u8>) {
@@ -950,7 +940,7 @@ impl Files {
             rx,
             hasher,
             written,
-            get_next,
+            get,
             queued_ack,
             last_chunk,
             ..
@@ -958,7 +948,7 @@ impl Files {
         else {
             return;
         };
-        *get_next = None;
+        *get = None;
         *last_chunk = Some(now);
         // A chunk must be where the offer says: full, except the last.
         let expected = if seq == chunks {
@@ -1010,7 +1000,7 @@ impl Files {
                     let key = t.key();
                     self.index.remove(&key);
                     self.remember(key, Closed::Received { chunks });
-                    self.events.push_back(Event::FileReceived {
+                    self.out.event(Event::FileReceived {
                         from: link.peer,
                         n: local,
                         path,
@@ -1043,36 +1033,34 @@ impl Files {
         }
         // Merge into our queued acknowledgement when it says nothing the new one does not.
         if seq <= cumulative {
-            if let Some(index) = queued_ack.and_then(|p| p.checked_sub(self.polled)) {
-                if let Some(Transmit {
-                    message:
-                        Message::ChunkAck {
-                            seq: qs,
-                            cumulative: qc,
-                            ..
-                        },
-                    ..
-                }) = self.transmits.get_mut(index as usize)
-                {
-                    if *qs <= cumulative {
-                        *qs = seq;
-                        *qc = cumulative;
-                        return;
-                    }
+            if let Some(Transmit {
+                message:
+                    Message::ChunkAck {
+                        seq: qs,
+                        cumulative: qc,
+                        ..
+                    },
+                ..
+            }) = self.out.queued_mut(*queued_ack)
+            {
+                if *qs <= cumulative {
+                    *qs = seq;
+                    *qc = cumulative;
+                    return;
                 }
             }
         }
-        *queued_ack = Some(self.polled + self.transmits.len() as u64);
-        self.transmits.push_back(Transmit {
-            to: link.addr,
-            message: Message::ChunkAck {
+        *queued_ack = Some(self.out.next_position());
+        self.out.transmit(
+            link.addr,
+            Message::ChunkAck {
                 from: me,
                 session: link.session,
                 n: wire_n,
                 seq,
                 cumulative,
             },
-        });
+        );
     }
 
     // ------------------------------------------------------------------ output
@@ -1103,16 +1091,16 @@ impl Files {
                     *next_chunk += 1;
                 }
                 while let Some(out) = tx.poll_transmit(now) {
-                    self.transmits.push_back(Transmit {
-                        to: t.link.addr,
-                        message: Message::Chunk {
+                    self.out.transmit(
+                        t.link.addr,
+                        Message::Chunk {
                             from: me,
                             session: t.link.session,
                             n: t.wire_n,
                             seq: out.seq,
                             data: out.text.to_vec(),
                         },
-                    });
+                    );
                 }
             }
             let done = t.done_bytes();
@@ -1127,7 +1115,7 @@ impl Files {
                 let eta = (rate > 0).then(|| (t.size - done).div_ceil(rate));
                 t.last_progress = now;
                 t.progress_bytes = done;
-                self.events.push_back(Event::FileProgress {
+                self.out.event(Event::FileProgress {
                     peer: t.link.peer,
                     n: local,
                     outgoing: t.outgoing(),
@@ -1153,32 +1141,28 @@ impl Files {
         for (&n, t) in self.transfers.iter_mut() {
             match &mut t.kind {
                 Kind::Offering {
-                    next,
+                    retry,
                     period,
                     expires,
                     ..
                 } => {
                     if *expires <= now {
                         failed.push((n, TransferFailure::Expired));
-                    } else if *next <= now {
-                        *period = (*period * 2).min(max_rto);
-                        *next = now + *period;
+                    } else if let Some(Step::Resend) =
+                        retry.poll_doubling(now, u32::MAX, period, max_rto)
+                    {
                         resend_offer.push(n);
                     }
                 }
                 Kind::Receiving {
-                    get_next: Some(next),
+                    get: Some(get),
                     get_period,
-                    get_tries,
                     ..
-                } if *next <= now => {
-                    if *get_tries >= self.config.cancel_tries {
-                        failed.push((n, TransferFailure::NotStarted));
-                    } else {
-                        *get_tries += 1;
-                        *get_period = (*get_period * 2).min(max_rto);
-                        *next = now + *get_period;
-                        resend_get.push((t.link, t.wire_n));
+                } if get.next() <= now => {
+                    match get.poll_doubling(now, self.config.cancel_tries, get_period, max_rto) {
+                        Some(Step::GiveUp) => failed.push((n, TransferFailure::NotStarted)),
+                        Some(Step::Resend) => resend_get.push((t.link, t.wire_n)),
+                        None => {}
                     }
                 }
                 Kind::Receiving {
@@ -1217,16 +1201,11 @@ impl Files {
         let tries = self.config.cancel_tries;
         let mut resend = Vec::new();
         self.cancelling.retain_mut(|c| {
-            if c.next > now {
-                return true;
+            match c.retry.poll_doubling(now, tries, &mut c.period, max_rto) {
+                Some(Step::GiveUp) => return false,
+                Some(Step::Resend) => resend.push((c.key, c.addr, c.reason)),
+                None => {}
             }
-            if c.tries >= tries {
-                return false;
-            }
-            c.tries += 1;
-            c.period = (c.period * 2).min(max_rto);
-            c.next = now + c.period;
-            resend.push((c.key, c.addr, c.reason));
             true
         });
         for (key, addr, reason) in resend {
@@ -1241,8 +1220,8 @@ impl Files {
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for t in self.transfers.values() {
             match &t.kind {
-                Kind::Offering { next, expires, .. } => {
-                    consider(*next);
+                Kind::Offering { retry, expires, .. } => {
+                    consider(retry.next());
                     consider(*expires);
                 }
                 Kind::Sending { tx, .. } => {
@@ -1251,12 +1230,10 @@ impl Files {
                     }
                 }
                 Kind::Receiving {
-                    get_next,
-                    last_chunk,
-                    ..
+                    get, last_chunk, ..
                 } => {
-                    if let Some(d) = get_next {
-                        consider(*d);
+                    if let Some(g) = get {
+                        consider(g.next());
                     }
                     if let Some(last) = last_chunk {
                         consider(*last + self.config.stall_timeout);
@@ -1266,7 +1243,7 @@ impl Files {
             }
         }
         for c in &self.cancelling {
-            consider(c.next);
+            consider(c.retry.next());
         }
         next
     }

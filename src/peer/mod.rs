@@ -25,6 +25,8 @@ use rand::{Rng, SeedableRng};
 
 mod event;
 mod files;
+mod outputs;
+mod retry;
 
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{
@@ -35,6 +37,8 @@ pub use files::{
     chunk_count, hex, FileConfig, FileError, FileSink, FileSource, TransferFailure, TransferInfo,
 };
 use files::{Files, Link};
+use outputs::Outputs;
+use retry::{Retry, Step};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
 /// interval; every field may be changed after.
@@ -118,8 +122,7 @@ impl PeerConfig {
 
 enum ServerState {
     Registering {
-        tries: u32,
-        next: Instant,
+        retry: Retry,
         want: Option<ClientId>,
         again: bool,
     },
@@ -127,9 +130,8 @@ enum ServerState {
         keepalive_at: Instant,
     },
     Leaving {
-        tries: u32,
         /// `None` once the server has answered or the tries ran out.
-        next: Option<Instant>,
+        retry: Option<Retry>,
         acked: bool,
     },
     Done,
@@ -138,13 +140,11 @@ enum ServerState {
 enum State {
     /// Waiting for the server to say where the peer is.
     LookingUp {
-        tries: u32,
-        next: Instant,
+        retry: Retry,
     },
     /// `ConnectRequest` sent; waiting for `Accept` or `Reject`.
     Requesting {
-        tries: u32,
-        next: Instant,
+        retry: Retry,
     },
     /// The peer asked; waiting for our user to answer. `order` ranks requests by arrival.
     Incoming {
@@ -182,22 +182,14 @@ struct Pursuit {
 /// A `Resolve` of a name we wait for.
 struct Resolving {
     name: String,
-    tries: u32,
-    next: Instant,
+    retry: Retry,
     auto: bool,
-}
-
-/// Our `Claim` of our name, resent until answered.
-struct Claiming {
-    tries: u32,
-    next: Instant,
 }
 
 /// A `list` in progress: the pages received so far.
 struct Listing {
     after: Option<ClientId>,
-    tries: u32,
-    next: Instant,
+    retry: Retry,
     clients: Vec<Listed>,
 }
 
@@ -205,8 +197,7 @@ struct Listing {
 struct Closing {
     peer: ClientId,
     addr: SocketAddr,
-    tries: u32,
-    next: Instant,
+    retry: Retry,
     period: Duration,
     /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
     /// shown already).
@@ -231,16 +222,14 @@ pub struct Peer {
     finishing: bool,
     /// Why the server last refused a registration that we keep retrying.
     refusal: Option<String>,
-    transmits: VecDeque<Transmit>,
-    /// Transmits taken by `poll_transmit` so far: the position of `transmits[0]`.
-    polled: u64,
-    events: VecDeque<Event>,
+    out: Outputs,
     stats: PeerStats,
     /// Names (and display names) of peers, as the server or their requests gave them.
     names: HashMap<ClientId, (String, Option<String>)>,
     /// Our name, once the server has granted it.
     name: Option<String>,
-    claiming: Option<Claiming>,
+    /// Our `Claim` of our name, resent until answered.
+    claiming: Option<Retry>,
     resolving: BTreeMap<String, Resolving>,
     outbox: BTreeMap<String, Pursuit>,
     listing: Option<Listing>,
@@ -271,8 +260,7 @@ impl Peer {
         let files = Files::new(config.files.clone(), config.retry_interval);
         let mut peer = Peer {
             server: ServerState::Registering {
-                tries: 1,
-                next: now + config.server_retry,
+                retry: Retry::first(now + config.server_retry),
                 want,
                 again: false,
             },
@@ -288,9 +276,7 @@ impl Peer {
             next_order: 0,
             finishing: false,
             refusal: None,
-            transmits: VecDeque::new(),
-            polled: 0,
-            events: VecDeque::new(),
+            out: Outputs::default(),
             stats: PeerStats::default(),
             names: HashMap::new(),
             name: None,
@@ -405,6 +391,7 @@ impl Peer {
 
     pub fn stats(&self) -> PeerStats {
         let mut stats = self.stats.clone();
+        stats.ignored = self.out.ignored();
         for s in self.sessions.values() {
             if let State::Connected { tx, rx } = &s.state {
                 stats.duplicates += rx.duplicates();
@@ -425,16 +412,14 @@ impl Peer {
     /// yet taken when it says everything the earlier one said, so a driver that receives a
     /// burst of datagrams before it sends sends one acknowledgement for the burst.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let Some(t) = self.transmits.pop_front() else {
-            // Chat first: file chunks only once the peer's own datagrams are out.
-            return self.files.poll_transmit();
-        };
-        self.polled += 1;
-        Some(t)
+        // Chat first: file chunks only once the peer's own datagrams are out.
+        self.out
+            .poll_transmit()
+            .or_else(|| self.files.poll_transmit())
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front().or_else(|| self.files.poll_event())
+        self.out.poll_event().or_else(|| self.files.poll_event())
     }
 
     /// The next time [`Peer::handle_timeout`] has work to do.
@@ -442,14 +427,14 @@ impl Peer {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         match &self.server {
-            ServerState::Registering { next, .. } => consider(*next),
+            ServerState::Registering { retry, .. } => consider(retry.next()),
             ServerState::Registered { keepalive_at } => consider(*keepalive_at),
-            ServerState::Leaving { next: Some(n), .. } => consider(*n),
-            ServerState::Leaving { next: None, .. } | ServerState::Done => {}
+            ServerState::Leaving { retry: Some(r), .. } => consider(r.next()),
+            ServerState::Leaving { retry: None, .. } | ServerState::Done => {}
         }
         for s in self.sessions.values() {
             match &s.state {
-                State::LookingUp { next, .. } | State::Requesting { next, .. } => consider(*next),
+                State::LookingUp { retry } | State::Requesting { retry } => consider(retry.next()),
                 State::Incoming { .. } => consider(s.last_heard + self.request_lifetime()),
                 State::Connected { tx, .. } => {
                     if let Some(t) = tx.poll_timeout() {
@@ -461,16 +446,16 @@ impl Peer {
             }
         }
         for c in self.closing.values() {
-            consider(c.next);
+            consider(c.retry.next());
         }
         if let Some(c) = &self.claiming {
-            consider(c.next);
+            consider(c.next());
         }
         if let Some(l) = &self.listing {
-            consider(l.next);
+            consider(l.retry.next());
         }
         for r in self.resolving.values() {
-            consider(r.next);
+            consider(r.retry.next());
         }
         if !self.finishing && matches!(self.server, ServerState::Registered { .. }) {
             for p in self.outbox.values() {
@@ -523,8 +508,7 @@ impl Peer {
                 id,
                 addr: None,
                 state: State::LookingUp {
-                    tries: 1,
-                    next: now + self.config.server_retry,
+                    retry: Retry::first(now + self.config.server_retry),
                 },
                 last_heard: now,
                 last_sent: now,
@@ -657,7 +641,7 @@ impl Peer {
         };
         let count = p.texts.len();
         self.resolving.remove(&target.key());
-        self.events.push_back(Event::QueueDropped {
+        self.out.event(Event::QueueDropped {
             to: p.target,
             count,
             reason: reason.to_string(),
@@ -671,8 +655,7 @@ impl Peer {
         let me = self.usable_id()?;
         self.listing = Some(Listing {
             after: None,
-            tries: 1,
-            next: now + self.config.server_retry,
+            retry: Retry::first(now + self.config.server_retry),
             clients: Vec::new(),
         });
         self.send_to_server(Message::List {
@@ -696,7 +679,7 @@ impl Peer {
         });
         pursuit.texts.push_back(text.clone());
         if announce {
-            self.events.push_back(Event::Queued { to: target, text });
+            self.out.event(Event::Queued { to: target, text });
         }
     }
 
@@ -705,8 +688,7 @@ impl Peer {
             name.to_ascii_lowercase(),
             Resolving {
                 name: name.to_string(),
-                tries: 1,
-                next: now + self.config.server_retry,
+                retry: Retry::first(now + self.config.server_retry),
                 auto,
             },
         );
@@ -800,13 +782,13 @@ impl Peer {
             for text in &pursuit.texts {
                 sent.push((tx.push(text.clone()), text.clone()));
             }
-            self.events.push_back(Event::Dequeued {
+            self.out.event(Event::Dequeued {
                 to: pursuit.target,
                 peer,
                 seqs: sent.iter().map(|(seq, _)| *seq).collect(),
             });
             for (seq, text) in sent {
-                self.events.push_back(Event::Sent { peer, seq, text });
+                self.out.event(Event::Sent { peer, seq, text });
             }
         }
         self.flush(now);
@@ -913,7 +895,7 @@ impl Peer {
         for piece in split_text(text, wire::MAX_TEXT) {
             let seq = tx.push(piece.to_string());
             seqs.push(seq);
-            self.events.push_back(Event::Sent {
+            self.out.event(Event::Sent {
                 peer,
                 seq,
                 text: piece.to_string(),
@@ -960,7 +942,7 @@ impl Peer {
         let Some(me) = self.id else {
             // Never registered: nothing to tell anyone.
             self.server = ServerState::Done;
-            self.events.push_back(Event::Left {
+            self.out.event(Event::Left {
                 server_acked: false,
             });
             return;
@@ -972,8 +954,7 @@ impl Peer {
         }
         self.current = None;
         self.server = ServerState::Leaving {
-            tries: 1,
-            next: Some(now + self.config.server_retry),
+            retry: Some(Retry::first(now + self.config.server_retry)),
             acked: false,
         };
         self.send_to_server(Message::Leave {
@@ -1048,11 +1029,10 @@ impl Peer {
             State::Connected { tx, .. } => {
                 let period = tx.rtt().rto().min(self.config.retry_interval);
                 for seq in tx.abandon() {
-                    self.events
-                        .push_back(Event::Undelivered { peer: s.peer, seq });
+                    self.out.event(Event::Undelivered { peer: s.peer, seq });
                 }
                 if let Some(reason) = reason {
-                    self.events.push_back(Event::Terminated {
+                    self.out.event(Event::Terminated {
                         peer: s.peer,
                         reason,
                     });
@@ -1063,7 +1043,7 @@ impl Peer {
             State::Requesting { .. } => {
                 // The queue's own attempts end quietly: the user never started them.
                 if !s.auto {
-                    self.events.push_back(Event::Terminated {
+                    self.out.event(Event::Terminated {
                         peer: s.peer,
                         reason: EndReason::Cancelled,
                     });
@@ -1073,7 +1053,7 @@ impl Peer {
                 self.start_closing(now, me, s, addr, period, false);
             }
             State::LookingUp { .. } if s.auto => {}
-            State::LookingUp { .. } => self.events.push_back(Event::Terminated {
+            State::LookingUp { .. } => self.out.event(Event::Terminated {
                 peer: s.peer,
                 reason: EndReason::Cancelled,
             }),
@@ -1111,8 +1091,7 @@ impl Peer {
             Closing {
                 peer: s.peer,
                 addr,
-                tries: 1,
-                next: now + period,
+                retry: Retry::first(now + period),
                 period,
                 announce,
             },
@@ -1177,11 +1156,6 @@ impl Peer {
         }
     }
 
-    fn ignore(&mut self, from: SocketAddr, msg: &Message) {
-        self.stats.ignored += 1;
-        debug!("{from}: ignored {msg:?}");
-    }
-
     fn handle_server_message(&mut self, now: Instant, msg: Message) {
         match (&self.server, msg) {
             (
@@ -1201,12 +1175,9 @@ impl Peer {
                 self.server = ServerState::Registered {
                     keepalive_at: now + self.keepalive_period(),
                 };
-                self.events.push_back(Event::Registered { id, again });
+                self.out.event(Event::Registered { id, again });
                 if self.config.name.is_some() {
-                    self.claiming = Some(Claiming {
-                        tries: 1,
-                        next: now + self.config.server_retry,
-                    });
+                    self.claiming = Some(Retry::first(now + self.config.server_retry));
                     self.send_claim();
                 }
             }
@@ -1216,7 +1187,7 @@ impl Peer {
                 self.claiming = None;
                 if self.name.as_deref() != Some(name.as_str()) {
                     self.name = Some(name.clone());
-                    self.events.push_back(Event::Claimed { name });
+                    self.out.event(Event::Claimed { name });
                 }
             }
             (
@@ -1238,7 +1209,7 @@ impl Peer {
                 },
             ) if self.listing.is_some() => {
                 self.listing = None;
-                self.events.push_back(Event::ListFailed { reason: detail });
+                self.out.event(Event::ListFailed { reason: detail });
             }
             (
                 _,
@@ -1262,7 +1233,7 @@ impl Peer {
                         next,
                         total,
                     };
-                    self.ignore(self.config.server, &msg);
+                    self.out.ignore(self.config.server, &msg);
                     return;
                 }
                 let last = l.clients.last().map(|c| c.id);
@@ -1274,8 +1245,7 @@ impl Peer {
                 match next {
                     Some(n) if Some(n) > l.after && l.clients.len() < MAX_LISTED => {
                         l.after = Some(n);
-                        l.tries = 1;
-                        l.next = retry;
+                        l.retry = Retry::first(retry);
                         self.send_to_server(Message::List {
                             id: me,
                             token,
@@ -1284,7 +1254,7 @@ impl Peer {
                     }
                     _ => {
                         let l = self.listing.take().expect("checked");
-                        self.events.push_back(Event::Online {
+                        self.out.event(Event::Online {
                             clients: l.clients,
                             total,
                         });
@@ -1296,11 +1266,13 @@ impl Peer {
                 match self.resolving.remove(&key) {
                     Some(r) => {
                         if !r.auto {
-                            self.events.push_back(Event::UnknownName { name: r.name });
+                            self.out.event(Event::UnknownName { name: r.name });
                         }
                         self.pursuit_retry(now, &key);
                     }
-                    None => self.ignore(self.config.server, &Message::Unknown { name }),
+                    None => self
+                        .out
+                        .ignore(self.config.server, &Message::Unknown { name }),
                 }
             }
             (
@@ -1323,12 +1295,11 @@ impl Peer {
                 match (code, *again) {
                     (ErrorCode::IdTaken, true) if want.is_some() => {
                         // Someone took our old id while the server was away: take any.
-                        self.events.push_back(Event::Notice {
+                        self.out.event(Event::Notice {
                             message: format!("{detail}; registering with a new id"),
                         });
                         self.server = ServerState::Registering {
-                            tries: 1,
-                            next: now + self.config.server_retry,
+                            retry: Retry::first(now + self.config.server_retry),
                             want: None,
                             again: true,
                         };
@@ -1337,7 +1308,7 @@ impl Peer {
                     (ErrorCode::RateLimited, _) => {
                         // Temporary: the retries go on at their pace, and the user knows why.
                         if self.refusal.is_none() {
-                            self.events.push_back(Event::Notice {
+                            self.out.event(Event::Notice {
                                 message: format!("the server says: {detail}; retrying"),
                             });
                         }
@@ -1347,36 +1318,35 @@ impl Peer {
                         // Never an answer to `Register`: a late or duplicated answer to a
                         // `Keepalive` sent before, which is why we are registering again.
                         let message = Message::Error { code, detail };
-                        self.ignore(self.config.server, &message);
+                        self.out.ignore(self.config.server, &message);
                     }
                     _ => self.fatal(format!("the server refused to register us: {detail}")),
                 }
             }
             (ServerState::Registered { .. }, Message::Error { code, detail }) => {
                 if code == ErrorCode::NotRegistered {
-                    self.events.push_back(Event::Notice {
+                    self.out.event(Event::Notice {
                         message: "the server no longer knows us (restarted?); registering again"
                             .into(),
                     });
                     let want = self.id;
                     self.server = ServerState::Registering {
-                        tries: 1,
-                        next: now + self.config.server_retry,
+                        retry: Retry::first(now + self.config.server_retry),
                         want,
                         again: true,
                     };
                     self.send_to_server(Message::Register { want_id: want });
                 } else {
-                    self.events.push_back(Event::Notice {
+                    self.out.event(Event::Notice {
                         message: format!("the server says: {detail}"),
                     });
                 }
             }
-            (ServerState::Leaving { next: Some(_), .. }, Message::LeaveAck { .. }) => {
+            (ServerState::Leaving { retry: Some(_), .. }, Message::LeaveAck { .. }) => {
                 self.server_left(true);
             }
             (
-                ServerState::Leaving { next: Some(_), .. },
+                ServerState::Leaving { retry: Some(_), .. },
                 Message::Error {
                     code: ErrorCode::NotRegistered,
                     ..
@@ -1402,14 +1372,13 @@ impl Peer {
                         let s = self.sessions.get_mut(&id).expect("just seen");
                         s.addr = Some(addr);
                         s.state = State::Requesting {
-                            tries: 1,
-                            next: now + retry,
+                            retry: Retry::first(now + retry),
                         };
                         let session = s.id;
                         let request = Self::request_message(&self.config, me, session);
                         self.transmit(addr, request);
                     }
-                    _ => self.ignore(
+                    _ => self.out.ignore(
                         self.config.server,
                         &Message::Found {
                             id,
@@ -1424,13 +1393,15 @@ impl Peer {
                 Some(s) if matches!(s.state, State::LookingUp { .. }) => {
                     let s = self.sessions.remove(&id).expect("just seen");
                     if !s.auto {
-                        self.events.push_back(Event::Inactive { peer: id });
+                        self.out.event(Event::Inactive { peer: id });
                     }
                     self.pursuit_retry(now, &id.to_string());
                 }
-                _ => self.ignore(self.config.server, &Message::Inactive { id }),
+                _ => self
+                    .out
+                    .ignore(self.config.server, &Message::Inactive { id }),
             },
-            (_, other) => self.ignore(self.config.server, &other),
+            (_, other) => self.out.ignore(self.config.server, &other),
         }
     }
 
@@ -1465,7 +1436,7 @@ impl Peer {
         let Some(me) = self.id else { return };
         if peer == me {
             if !auto {
-                self.events.push_back(Event::Notice {
+                self.out.event(Event::Notice {
                     message: "that name is yours; connect to another client".into(),
                 });
             }
@@ -1474,7 +1445,7 @@ impl Peer {
         if self.sessions.contains_key(&peer) {
             if !auto {
                 if let Err(e) = self.connect(now, peer) {
-                    self.events.push_back(Event::Notice {
+                    self.out.event(Event::Notice {
                         message: e.to_string(),
                     });
                 }
@@ -1489,8 +1460,7 @@ impl Peer {
                 id: session,
                 addr: Some(addr),
                 state: State::Requesting {
-                    tries: 1,
-                    next: now + self.config.retry_interval,
+                    retry: Retry::first(now + self.config.retry_interval),
                 },
                 last_heard: now,
                 last_sent: now,
@@ -1512,7 +1482,7 @@ impl Peer {
 
     fn handle_peer_message(&mut self, now: Instant, src: SocketAddr, msg: Message) {
         let Some(me) = self.id else {
-            self.ignore(src, &msg);
+            self.out.ignore(src, &msg);
             return;
         };
         match msg {
@@ -1540,7 +1510,7 @@ impl Peer {
                 }) {
                     self.open(now, from);
                 } else {
-                    self.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::Reject { from, session } => {
@@ -1548,7 +1518,7 @@ impl Peer {
                     matches!(st, State::Requesting { .. })
                 }) {
                     self.sessions.remove(&from);
-                    self.events.push_back(Event::Rejected { peer: from });
+                    self.out.event(Event::Rejected { peer: from });
                     let name = self.name_of(from).map(str::to_string);
                     let queued: Vec<Target> = self
                         .outbox
@@ -1560,7 +1530,7 @@ impl Peer {
                         self.drop_queue(&target, "the peer rejected the connection");
                     }
                 } else {
-                    self.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::Chat {
@@ -1600,7 +1570,7 @@ impl Peer {
                 match received {
                     Received::Deliver(ready) => {
                         for (seq, text) in ready {
-                            self.events.push_back(Event::Message { from, seq, text });
+                            self.out.event(Event::Message { from, seq, text });
                         }
                     }
                     Received::Held | Received::Duplicate => {}
@@ -1609,7 +1579,7 @@ impl Peer {
                 if seq <= cumulative && self.merge_ack(queued, src, session, seq, cumulative) {
                     return;
                 }
-                let position = self.polled + self.transmits.len() as u64;
+                let position = self.out.next_position();
                 self.transmit(
                     src,
                     Message::Ack {
@@ -1639,7 +1609,7 @@ impl Peer {
                 };
                 tx.on_ack(now, seq, cumulative);
                 while let Some(seq) = tx.poll_delivered() {
-                    self.events.push_back(Event::Delivered { peer: from, seq });
+                    self.out.event(Event::Delivered { peer: from, seq });
                 }
             }
             Message::Ping { from, session } => {
@@ -1662,7 +1632,7 @@ impl Peer {
             Message::Pong { from, session } => {
                 match Self::connected_mut(&mut self.sessions, from, src, session) {
                     Some(s) => s.last_heard = now,
-                    None => self.ignore(src, &msg),
+                    None => self.out.ignore(src, &msg),
                 }
             }
             Message::Terminate { from, session } => {
@@ -1675,14 +1645,14 @@ impl Peer {
                     // Both ended it at once.
                     self.closed(session, EndReason::ByUs);
                 } else {
-                    self.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::TerminateAck { from, session } => {
                 if self.closing_matches(from, src, session) {
                     self.closed(session, EndReason::ByUs);
                 } else {
-                    self.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             // ---- file transfer (src/transfer.rs) ----
@@ -1697,7 +1667,7 @@ impl Peer {
                         None => self.unknown_session(me, src, session, &other),
                     }
                 }
-                None => self.ignore(src, &other),
+                None => self.out.ignore(src, &other),
             },
         }
     }
@@ -1739,7 +1709,7 @@ impl Peer {
             display_name: None,
         };
         if from == me {
-            self.ignore(src, &msg);
+            self.out.ignore(src, &msg);
             return;
         }
         if self.rejected.contains_key(&(from, session)) {
@@ -1789,7 +1759,7 @@ impl Peer {
                 self.transmit(src, Message::Accept { from: me, session });
                 self.open(now, from);
             }
-            _ => self.ignore(src, &msg),
+            _ => self.out.ignore(src, &msg),
         }
     }
 
@@ -1810,7 +1780,7 @@ impl Peer {
                 auto: false,
             },
         );
-        self.events.push_back(Event::Request { from });
+        self.out.event(Event::Request { from });
     }
 
     /// Opens the session with `peer` (which has an address).
@@ -1827,7 +1797,7 @@ impl Peer {
         s.last_heard = now;
         s.last_sent = now;
         self.current = Some(peer);
-        self.events.push_back(Event::Connected { peer });
+        self.out.event(Event::Connected { peer });
         self.deliver_queued(now, peer);
     }
 
@@ -1873,7 +1843,7 @@ impl Peer {
         session: SessionId,
         msg: &Message,
     ) {
-        self.ignore(src, msg);
+        self.out.ignore(src, msg);
         if !self.closing.contains_key(&session) {
             self.stats.resets += 1;
         }
@@ -1894,11 +1864,10 @@ impl Peer {
         self.files.session_ended(s.peer, s.id, reason);
         if let State::Connected { tx, .. } = &mut s.state {
             for seq in tx.abandon() {
-                self.events
-                    .push_back(Event::Undelivered { peer: s.peer, seq });
+                self.out.event(Event::Undelivered { peer: s.peer, seq });
             }
         }
-        self.events.push_back(Event::Terminated {
+        self.out.event(Event::Terminated {
             peer: s.peer,
             reason,
         });
@@ -1908,7 +1877,7 @@ impl Peer {
     fn closed(&mut self, session: SessionId, reason: EndReason) {
         if let Some(c) = self.closing.remove(&session) {
             if c.announce {
-                self.events.push_back(Event::Terminated {
+                self.out.event(Event::Terminated {
                     peer: c.peer,
                     reason,
                 });
@@ -1929,22 +1898,21 @@ impl Peer {
         let due: Vec<SessionId> = self
             .closing
             .iter()
-            .filter(|(_, c)| c.next <= now)
+            .filter(|(_, c)| c.retry.next() <= now)
             .map(|(&id, _)| id)
             .collect();
         for session in due {
             let max = self.config.terminate_tries;
             let cap = self.config.retry_interval;
             let c = self.closing.get_mut(&session).expect("listed above");
-            if c.tries >= max {
-                self.closed(session, EndReason::Unanswered);
-                continue;
+            match c.retry.poll_doubling(now, max, &mut c.period, cap) {
+                Some(Step::GiveUp) => self.closed(session, EndReason::Unanswered),
+                Some(Step::Resend) => {
+                    let (to, me) = (c.addr, self.id.unwrap_or_default());
+                    self.transmit(to, Message::Terminate { from: me, session });
+                }
+                None => {}
             }
-            c.tries += 1;
-            c.period = (c.period * 2).min(cap);
-            c.next = now + c.period;
-            let (to, me) = (c.addr, self.id.unwrap_or_default());
-            self.transmit(to, Message::Terminate { from: me, session });
         }
         self.rejected.retain(|_, until| *until > now);
         self.name_timers(now);
@@ -1959,8 +1927,12 @@ impl Peer {
     /// Resends of `Claim`, `Resolve` and `List`, and giving up on them.
     fn name_timers(&mut self, now: Instant) {
         let (retry, max) = (self.config.server_retry, self.config.server_tries);
-        if let Some(c) = self.claiming.as_mut().filter(|c| c.next <= now) {
-            if c.tries >= max {
+        let claim = self
+            .claiming
+            .as_mut()
+            .and_then(|c| c.poll(now, max, now + retry));
+        match claim {
+            Some(Step::GiveUp) => {
                 self.claiming = None;
                 let name = self.config.name.clone().unwrap_or_default();
                 self.give_up_registration(format!(
@@ -1969,45 +1941,43 @@ impl Peer {
                 ));
                 return;
             }
-            c.tries += 1;
-            c.next = now + retry;
-            self.send_claim();
+            Some(Step::Resend) => self.send_claim(),
+            None => {}
         }
-        if let Some(l) = self.listing.as_mut().filter(|l| l.next <= now) {
-            if l.tries >= max {
-                self.listing = None;
-                self.events.push_back(Event::ListFailed {
-                    reason: "the server did not answer".into(),
-                });
-            } else {
-                l.tries += 1;
-                l.next = now + retry;
-                let after = l.after;
-                let (id, token) = (self.id.unwrap_or_default(), self.token);
-                self.send_to_server(Message::List { id, token, after });
-            }
-        }
-        let due: Vec<String> = self
-            .resolving
-            .iter()
-            .filter(|(_, r)| r.next <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let r = self.resolving.get_mut(&key).expect("listed above");
-            if r.tries >= max {
-                let r = self.resolving.remove(&key).expect("listed above");
-                if !r.auto {
-                    self.events.push_back(Event::Notice {
-                        message: format!("the server did not answer the lookup of {}", r.name),
+        if let Some(l) = self.listing.as_mut() {
+            match l.retry.poll(now, max, now + retry) {
+                Some(Step::GiveUp) => {
+                    self.listing = None;
+                    self.out.event(Event::ListFailed {
+                        reason: "the server did not answer".into(),
                     });
                 }
-                self.pursuit_retry(now, &key);
-            } else {
-                r.tries += 1;
-                r.next = now + retry;
-                let name = r.name.clone();
-                self.send_to_server(Message::Resolve { name });
+                Some(Step::Resend) => {
+                    let after = l.after;
+                    let (id, token) = (self.id.unwrap_or_default(), self.token);
+                    self.send_to_server(Message::List { id, token, after });
+                }
+                None => {}
+            }
+        }
+        let keys: Vec<String> = self.resolving.keys().cloned().collect();
+        for key in keys {
+            let r = self.resolving.get_mut(&key).expect("listed above");
+            match r.retry.poll(now, max, now + retry) {
+                Some(Step::GiveUp) => {
+                    let r = self.resolving.remove(&key).expect("listed above");
+                    if !r.auto {
+                        self.out.event(Event::Notice {
+                            message: format!("the server did not answer the lookup of {}", r.name),
+                        });
+                    }
+                    self.pursuit_retry(now, &key);
+                }
+                Some(Step::Resend) => {
+                    let name = r.name.clone();
+                    self.send_to_server(Message::Resolve { name });
+                }
+                None => {}
             }
         }
     }
@@ -2017,26 +1987,25 @@ impl Peer {
         let keepalive = self.keepalive_period();
         match &mut self.server {
             ServerState::Registering {
-                tries,
-                next,
+                retry: r,
                 want,
                 again,
-            } if *next <= now => {
-                if *tries < tries_max {
-                    *tries += 1;
-                    *next = now + retry;
+            } => match r.poll(now, tries_max, now + retry) {
+                None => {}
+                Some(Step::Resend) => {
                     let want = *want;
                     self.send_to_server(Message::Register { want_id: want });
-                } else if *again {
+                }
+                Some(Step::GiveUp) if *again => {
                     // Keep trying, at the retry interval, and say so once per round.
-                    *tries = 0;
-                    *next = now + self.config.retry_interval;
+                    *r = Retry::round(now + self.config.retry_interval);
                     let message = format!(
                         "the rendezvous server at {} does not answer; still trying",
                         self.config.server
                     );
-                    self.events.push_back(Event::Notice { message });
-                } else {
+                    self.out.event(Event::Notice { message });
+                }
+                Some(Step::GiveUp) => {
                     let message = match self.refusal.take() {
                         Some(detail) => format!(
                             "the rendezvous server at {} refused to register us: {detail}",
@@ -2046,30 +2015,28 @@ impl Peer {
                     };
                     self.fatal(message);
                 }
-            }
+            },
             ServerState::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
                 let (id, token) = (self.id.unwrap_or_default(), self.token);
                 self.send_to_server(Message::Keepalive { id, token });
             }
-            ServerState::Leaving {
-                tries,
-                next: Some(next),
-                ..
-            } if *next <= now => {
-                if *tries < tries_max {
-                    *tries += 1;
-                    *next = now + retry;
-                    let (id, token) = (self.id.unwrap_or_default(), self.token);
-                    self.send_to_server(Message::Leave { id, token });
-                } else {
-                    self.events.push_back(Event::Notice {
-                        message: format!(
-                            "the rendezvous server at {} did not answer; leaving anyway",
-                            self.config.server
-                        ),
-                    });
-                    self.server_left(false);
+            ServerState::Leaving { retry: Some(r), .. } => {
+                match r.poll(now, tries_max, now + retry) {
+                    None => {}
+                    Some(Step::Resend) => {
+                        let (id, token) = (self.id.unwrap_or_default(), self.token);
+                        self.send_to_server(Message::Leave { id, token });
+                    }
+                    Some(Step::GiveUp) => {
+                        self.out.event(Event::Notice {
+                            message: format!(
+                                "the rendezvous server at {} did not answer; leaving anyway",
+                                self.config.server
+                            ),
+                        });
+                        self.server_left(false);
+                    }
                 }
             }
             _ => {}
@@ -2084,32 +2051,31 @@ impl Peer {
         let mut out: Option<(SocketAddr, Message)> = None;
         let mut end: Option<Event> = None;
         match &mut s.state {
-            State::LookingUp { tries, next } if *next <= now => {
-                if *tries >= cfg.server_tries {
-                    end = Some(Event::LookupFailed { peer });
-                } else {
-                    *tries += 1;
-                    *next = now + cfg.server_retry;
-                    out = Some((cfg.server, Message::Lookup { id: peer }));
+            State::LookingUp { retry } => {
+                match retry.poll(now, cfg.server_tries, now + cfg.server_retry) {
+                    Some(Step::GiveUp) => end = Some(Event::LookupFailed { peer }),
+                    Some(Step::Resend) => out = Some((cfg.server, Message::Lookup { id: peer })),
+                    None => {}
                 }
             }
-            State::Requesting { tries, next } if *next <= now => {
+            State::Requesting { retry } => {
                 let to = s.addr.expect("requests go to an address");
-                if *tries >= cfg.connect_tries {
-                    // Tell the peer, once, that we stopped asking.
-                    out = Some((
-                        to,
-                        Message::Terminate {
-                            from: me,
-                            session: s.id,
-                        },
-                    ));
-                    end = Some(Event::NoAnswer { peer });
-                } else {
-                    *tries += 1;
-                    // Keep to the exact period even if this call came late.
-                    *next = (*next + cfg.retry_interval).max(now);
-                    out = Some((to, Self::request_message(cfg, me, s.id)));
+                // Keep to the exact period even if this call came late.
+                let then = (retry.next() + cfg.retry_interval).max(now);
+                match retry.poll(now, cfg.connect_tries, then) {
+                    Some(Step::GiveUp) => {
+                        // Tell the peer, once, that we stopped asking.
+                        out = Some((
+                            to,
+                            Message::Terminate {
+                                from: me,
+                                session: s.id,
+                            },
+                        ));
+                        end = Some(Event::NoAnswer { peer });
+                    }
+                    Some(Step::Resend) => out = Some((to, Self::request_message(cfg, me, s.id))),
+                    None => {}
                 }
             }
             State::Incoming { .. } if s.last_heard + lifetime <= now => {
@@ -2151,7 +2117,7 @@ impl Peer {
             // An attempt the queue started fails quietly: the queue tries again later.
             let auto = self.sessions.remove(&peer).is_some_and(|s| s.auto);
             if !auto {
-                self.events.push_back(ev);
+                self.out.event(ev);
             }
         }
     }
@@ -2168,15 +2134,15 @@ impl Peer {
             let to = s.addr.expect("connected sessions have an address");
             while let Some(out) = tx.poll_transmit(now) {
                 s.last_sent = now;
-                self.transmits.push_back(Transmit {
+                self.out.transmit(
                     to,
-                    message: Message::Chat {
+                    Message::Chat {
                         from: me,
                         session: s.id,
                         seq: out.seq,
                         text: out.text.to_string(),
                     },
-                });
+                );
             }
         }
         self.files.flush(now, me);
@@ -2193,10 +2159,7 @@ impl Peer {
         seq: u64,
         cumulative: u64,
     ) -> bool {
-        let Some(index) = position.and_then(|p| p.checked_sub(self.polled)) else {
-            return false;
-        };
-        let Some(t) = self.transmits.get_mut(index as usize) else {
+        let Some(t) = self.out.queued_mut(position) else {
             return false;
         };
         match &mut t.message {
@@ -2226,14 +2189,11 @@ impl Peer {
     }
 
     fn transmit(&mut self, to: SocketAddr, message: Message) {
-        self.transmits.push_back(Transmit { to, message });
+        self.out.transmit(to, message);
     }
 
     fn send_to_server(&mut self, message: Message) {
-        self.transmits.push_back(Transmit {
-            to: self.config.server,
-            message,
-        });
+        self.out.transmit(self.config.server, message);
     }
 
     fn keepalive_period(&self) -> Duration {
@@ -2242,12 +2202,15 @@ impl Peer {
 
     fn fatal(&mut self, message: String) {
         self.server = ServerState::Done;
-        self.events.push_back(Event::Fatal { message });
+        self.out.event(Event::Fatal { message });
     }
 
     fn server_left(&mut self, acked: bool) {
-        if let ServerState::Leaving { next, acked: a, .. } = &mut self.server {
-            *next = None;
+        if let ServerState::Leaving {
+            retry, acked: a, ..
+        } = &mut self.server
+        {
+            *retry = None;
             *a = acked;
         }
         self.server_left_if_done();
@@ -2256,12 +2219,12 @@ impl Peer {
     /// Finishes leaving once the server part is over and every Terminate is settled.
     fn server_left_if_done(&mut self) {
         if let ServerState::Leaving {
-            next: None, acked, ..
+            retry: None, acked, ..
         } = self.server
         {
             if self.closing.is_empty() {
                 self.server = ServerState::Done;
-                self.events.push_back(Event::Left {
+                self.out.event(Event::Left {
                     server_acked: acked,
                 });
             }
