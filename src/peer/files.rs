@@ -30,7 +30,6 @@ use sha2::{Digest, Sha256};
 use super::event::{CommandError, EndReason, Event};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
-use super::Peer;
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
 
@@ -1278,77 +1277,5 @@ pub(crate) fn route(msg: &Message) -> Option<(ClientId, SessionId)> {
         | Message::FileCancel { from, session, .. }
         | Message::FileCancelAck { from, session, .. } => Some((from, session)),
         _ => None,
-    }
-}
-
-// ---------------------------------------------------------------------- Peer commands
-
-impl Peer {
-    /// Offers a file to `peer` (default: the current peer). `sha256` is its digest; the
-    /// bytes are read from `source` only once the peer accepts. Returns the local number.
-    pub fn send_file(
-        &mut self,
-        now: Instant,
-        peer: Option<ClientId>,
-        name: &str,
-        size: u64,
-        sha256: [u8; 32],
-        source: Box<dyn FileSource>,
-    ) -> Result<u64, FileError> {
-        let me = self.file_command_id()?;
-        let link = self.file_link(peer)?;
-        let n = self
-            .files
-            .offer(now, me, link, name.to_string(), size, sha256, source);
-        Ok(n)
-    }
-
-    /// Accepts offer `n`, writing the file to `sink`.
-    pub fn get_file(
-        &mut self,
-        now: Instant,
-        n: u64,
-        sink: Box<dyn FileSink>,
-    ) -> Result<(), FileError> {
-        let me = match self.file_command_id() {
-            Ok(me) => me,
-            Err(e) => {
-                sink.abort();
-                return Err(e);
-            }
-        };
-        self.files.get(now, me, n, sink)
-    }
-
-    /// Refuses offer `n` (or the only one waiting).
-    pub fn refuse_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
-        let me = self.file_command_id()?;
-        self.files.refuse(now, me, n)
-    }
-
-    /// Cancels transfer `n` (or the only one).
-    pub fn cancel_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
-        let me = self.file_command_id()?;
-        self.files.cancel(now, me, n)
-    }
-
-    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name).
-    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
-        self.files.pick_offer(n)
-    }
-
-    /// Every transfer going on or waiting.
-    pub fn transfers(&self) -> Vec<TransferInfo> {
-        self.files.list()
-    }
-
-    /// File chunks resent so far.
-    pub fn chunk_retransmissions(&self) -> u64 {
-        self.files.retransmissions()
-    }
-
-    fn file_command_id(&self) -> Result<ClientId, FileError> {
-        self.id()
-            .ok_or(FileError::Session(CommandError::NotRegistered))
     }
 }
