@@ -27,6 +27,7 @@ mod event;
 mod files;
 mod outputs;
 mod retry;
+mod server;
 
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{
@@ -39,6 +40,7 @@ pub use files::{
 use files::{Files, Link};
 use outputs::Outputs;
 use retry::{Retry, Step};
+use server::{Answer, Server};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
 /// interval; every field may be changed after.
@@ -120,23 +122,6 @@ impl PeerConfig {
     }
 }
 
-enum ServerState {
-    Registering {
-        retry: Retry,
-        want: Option<ClientId>,
-        again: bool,
-    },
-    Registered {
-        keepalive_at: Instant,
-    },
-    Leaving {
-        /// `None` once the server has answered or the tries ran out.
-        retry: Option<Retry>,
-        acked: bool,
-    },
-    Done,
-}
-
 enum State {
     /// Waiting for the server to say where the peer is.
     LookingUp {
@@ -208,10 +193,7 @@ struct Closing {
 pub struct Peer {
     config: PeerConfig,
     rng: rand::rngs::StdRng,
-    id: Option<ClientId>,
-    token: Token,
-    ttl: Duration,
-    server: ServerState,
+    server: Server,
     sessions: BTreeMap<ClientId, Session>,
     closing: BTreeMap<SessionId, Closing>,
     /// Requests we rejected, so that a resent request gets the same answer; with expiry.
@@ -220,8 +202,6 @@ pub struct Peer {
     next_order: u64,
     /// `finish` was called: leave once every message is delivered.
     finishing: bool,
-    /// Why the server last refused a registration that we keep retrying.
-    refusal: Option<String>,
     out: Outputs,
     stats: PeerStats,
     /// Names (and display names) of peers, as the server or their requests gave them.
@@ -256,27 +236,19 @@ impl Peer {
     }
 
     fn with_rng(config: PeerConfig, now: Instant, rng: rand::rngs::StdRng) -> Self {
-        let want = config.want_id;
         let files = Files::new(config.files.clone(), config.retry_interval);
-        let mut peer = Peer {
-            server: ServerState::Registering {
-                retry: Retry::first(now + config.server_retry),
-                want,
-                again: false,
-            },
+        let mut out = Outputs::default();
+        Peer {
+            server: Server::new(&config, now, &mut out),
             config,
             rng,
-            id: None,
-            token: 0,
-            ttl: Duration::from_secs(30),
             sessions: BTreeMap::new(),
             closing: BTreeMap::new(),
             rejected: HashMap::new(),
             current: None,
             next_order: 0,
             finishing: false,
-            refusal: None,
-            out: Outputs::default(),
+            out,
             stats: PeerStats::default(),
             names: HashMap::new(),
             name: None,
@@ -285,9 +257,7 @@ impl Peer {
             outbox: BTreeMap::new(),
             listing: None,
             files,
-        };
-        peer.send_to_server(Message::Register { want_id: want });
-        peer
+        }
     }
 
     pub fn config(&self) -> &PeerConfig {
@@ -296,7 +266,7 @@ impl Peer {
 
     /// Our id, once registered.
     pub fn id(&self) -> Option<ClientId> {
-        self.id
+        self.server.id()
     }
 
     /// The peer that `send` without a target goes to: the last one connected.
@@ -316,7 +286,7 @@ impl Peer {
     /// The token of our registration (kept by the client so that its next run can claim its
     /// name back: see [`PeerConfig::previous_token`]).
     pub fn token(&self) -> Option<Token> {
-        self.id.map(|_| self.token)
+        self.server.id().map(|_| self.server.token())
     }
 
     /// Our name, once the server has granted it.
@@ -404,7 +374,7 @@ impl Peer {
 
     /// True once the peer has left (or failed fatally): the driver may close the socket.
     pub fn is_finished(&self) -> bool {
-        matches!(self.server, ServerState::Done)
+        self.server.is_done()
     }
 
     /// The next datagram to send. Acknowledgements of chat messages wait here until
@@ -426,11 +396,8 @@ impl Peer {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        match &self.server {
-            ServerState::Registering { retry, .. } => consider(retry.next()),
-            ServerState::Registered { keepalive_at } => consider(*keepalive_at),
-            ServerState::Leaving { retry: Some(r), .. } => consider(r.next()),
-            ServerState::Leaving { retry: None, .. } | ServerState::Done => {}
+        if let Some(t) = self.server.poll_timeout() {
+            consider(t);
         }
         for s in self.sessions.values() {
             match &s.state {
@@ -457,7 +424,7 @@ impl Peer {
         for r in self.resolving.values() {
             consider(r.retry.next());
         }
-        if !self.finishing && matches!(self.server, ServerState::Registered { .. }) {
+        if !self.finishing && self.server.is_registered() {
             for p in self.outbox.values() {
                 if let Some(t) = p.next_try {
                     consider(t);
@@ -516,7 +483,8 @@ impl Peer {
                 auto: false,
             },
         );
-        self.send_to_server(Message::Lookup { id: peer });
+        self.server
+            .send(&mut self.out, Message::Lookup { id: peer });
         Ok(())
     }
 
@@ -658,11 +626,14 @@ impl Peer {
             retry: Retry::first(now + self.config.server_retry),
             clients: Vec::new(),
         });
-        self.send_to_server(Message::List {
-            id: me,
-            token: self.token,
-            after: None,
-        });
+        self.server.send(
+            &mut self.out,
+            Message::List {
+                id: me,
+                token: self.server.token(),
+                after: None,
+            },
+        );
         Ok(())
     }
 
@@ -692,14 +663,17 @@ impl Peer {
                 auto,
             },
         );
-        self.send_to_server(Message::Resolve {
-            name: name.to_string(),
-        });
+        self.server.send(
+            &mut self.out,
+            Message::Resolve {
+                name: name.to_string(),
+            },
+        );
     }
 
     /// Starts an attempt to reach every queued-for target whose time has come.
     fn pursue(&mut self, now: Instant) {
-        if self.finishing || !matches!(self.server, ServerState::Registered { .. }) {
+        if self.finishing || !self.server.is_registered() {
             return;
         }
         let due: Vec<String> = self
@@ -935,16 +909,12 @@ impl Peer {
     /// Leaves now: ends every session, tells the server, and finishes once it answers (or
     /// the tries run out). Messages not yet acknowledged are reported undelivered.
     pub fn leave(&mut self, now: Instant) {
-        if matches!(self.server, ServerState::Leaving { .. } | ServerState::Done) {
+        if !self.server.is_active() {
             return;
         }
         self.finishing = true;
-        let Some(me) = self.id else {
-            // Never registered: nothing to tell anyone.
-            self.server = ServerState::Done;
-            self.out.event(Event::Left {
-                server_acked: false,
-            });
+        let Some(me) = self.server.id() else {
+            self.server.leave(now, &mut self.out);
             return;
         };
         let peers: Vec<ClientId> = self.sessions.keys().copied().collect();
@@ -953,14 +923,7 @@ impl Peer {
             self.end_locally(now, me, s);
         }
         self.current = None;
-        self.server = ServerState::Leaving {
-            retry: Some(Retry::first(now + self.config.server_retry)),
-            acked: false,
-        };
-        self.send_to_server(Message::Leave {
-            id: me,
-            token: self.token,
-        });
+        self.server.leave(now, &mut self.out);
     }
 
     /// Leaves once everything the user started has settled (for the end of a script's
@@ -971,7 +934,7 @@ impl Peer {
             return;
         }
         self.finishing = true;
-        if let Some(me) = self.id {
+        if let Some(me) = self.server.id() {
             let incoming: Vec<ClientId> = self
                 .sessions
                 .values()
@@ -988,12 +951,7 @@ impl Peer {
     }
 
     fn leave_if_drained(&mut self, now: Instant) {
-        if !self.finishing
-            || !matches!(
-                self.server,
-                ServerState::Registered { .. } | ServerState::Registering { .. }
-            )
-        {
+        if !self.finishing || !self.server.is_active() {
             return;
         }
         let settled = self.sessions.values().all(|s| match &s.state {
@@ -1099,10 +1057,7 @@ impl Peer {
     }
 
     fn usable_id(&self) -> Result<ClientId, CommandError> {
-        match self.server {
-            ServerState::Leaving { .. } | ServerState::Done => Err(CommandError::Leaving),
-            _ => self.id.ok_or(CommandError::NotRegistered),
-        }
+        self.server.usable_id()
     }
 
     fn refresh_current(&mut self) {
@@ -1199,10 +1154,11 @@ impl Peer {
                 self.leave_if_drained(now);
             }
             Err(DecodeError::BadVersion { found }) if from == self.config.server => {
-                self.fatal(format!(
+                let message = format!(
                     "the server at {from} speaks protocol version {found}; this client speaks version {}",
                     wire::VERSION
-                ));
+                );
+                self.server.fatal(message, &mut self.out);
             }
             Err(e) => {
                 self.stats.undecodable += 1;
@@ -1227,32 +1183,9 @@ impl Peer {
     }
 
     fn handle_server_message(&mut self, now: Instant, msg: Message) {
-        match (&self.server, msg) {
-            (
-                ServerState::Registering { again, .. },
-                Message::Registered {
-                    id,
-                    token,
-                    ttl_secs,
-                    ..
-                },
-            ) => {
-                let again = *again;
-                self.id = Some(id);
-                self.refusal = None;
-                self.token = token;
-                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1)));
-                self.server = ServerState::Registered {
-                    keepalive_at: now + self.keepalive_period(),
-                };
-                self.out.event(Event::Registered { id, again });
-                if self.config.name.is_some() {
-                    self.claiming = Some(Retry::first(now + self.config.server_retry));
-                    self.send_claim();
-                }
-            }
-            (ServerState::Registered { .. }, Message::Claimed { id, name })
-                if self.claiming.is_some() && Some(id) == self.id =>
+        match (self.server.is_registered(), msg) {
+            (true, Message::Claimed { id, name })
+                if self.claiming.is_some() && Some(id) == self.server.id() =>
             {
                 self.claiming = None;
                 if self.name.as_deref() != Some(name.as_str()) {
@@ -1261,7 +1194,7 @@ impl Peer {
                 }
             }
             (
-                ServerState::Registered { .. },
+                true,
                 Message::Error {
                     code: code @ (ErrorCode::NameTaken | ErrorCode::BadName),
                     detail,
@@ -1272,7 +1205,7 @@ impl Peer {
                 self.give_up_registration(format!("the server refused the name: {detail}"));
             }
             (
-                ServerState::Registered { .. },
+                true,
                 Message::Error {
                     code: ErrorCode::ListDisabled,
                     detail,
@@ -1289,8 +1222,8 @@ impl Peer {
                     total,
                 },
             ) if self.listing.is_some() => {
-                let me = self.id.unwrap_or_default();
-                let token = self.token;
+                let me = self.server.id().unwrap_or_default();
+                let token = self.server.token();
                 let retry = now + self.config.server_retry;
                 let l = self.listing.as_mut().expect("checked");
                 // The answer to an earlier page, resent or late: its clients are at or below
@@ -1316,11 +1249,14 @@ impl Peer {
                     Some(n) if Some(n) > l.after && l.clients.len() < MAX_LISTED => {
                         l.after = Some(n);
                         l.retry = Retry::first(retry);
-                        self.send_to_server(Message::List {
-                            id: me,
-                            token,
-                            after: Some(n),
-                        });
+                        self.server.send(
+                            &mut self.out,
+                            Message::List {
+                                id: me,
+                                token,
+                                after: Some(n),
+                            },
+                        );
                     }
                     _ => {
                         let l = self.listing.take().expect("checked");
@@ -1361,80 +1297,31 @@ impl Peer {
                 self.learn_name(id, Some(name), display_name);
                 self.resolved(now, id, addr, r.auto);
             }
-            (ServerState::Registering { again, want, .. }, Message::Error { code, detail }) => {
-                match (code, *again) {
-                    (ErrorCode::IdTaken, true) if want.is_some() => {
-                        // Someone took our old id while the server was away: take any.
-                        self.out.event(Event::Notice {
-                            message: format!("{detail}; registering with a new id"),
-                        });
-                        self.server = ServerState::Registering {
-                            retry: Retry::first(now + self.config.server_retry),
-                            want: None,
-                            again: true,
-                        };
-                        self.send_to_server(Message::Register { want_id: None });
-                    }
-                    (ErrorCode::RateLimited, _) => {
-                        // Temporary: the retries go on at their pace, and the user knows why.
-                        if self.refusal.is_none() {
-                            self.out.event(Event::Notice {
-                                message: format!("the server says: {detail}; retrying"),
-                            });
-                        }
-                        self.refusal = Some(detail);
-                    }
-                    (ErrorCode::NotRegistered, _) => {
-                        // Never an answer to `Register`: a late or duplicated answer to a
-                        // `Keepalive` sent before, which is why we are registering again.
-                        let message = Message::Error { code, detail };
-                        self.out.ignore(self.config.server, &message);
-                    }
-                    _ => self.fatal(format!("the server refused to register us: {detail}")),
+            (_, msg) => self.handle_registration(now, msg),
+        }
+    }
+
+    fn handle_registration(&mut self, now: Instant, msg: Message) {
+        let settled = self.closing.is_empty();
+        let msg = match self.server.handle_message(now, msg, settled, &mut self.out) {
+            Answer::Registered => {
+                if self.config.name.is_some() {
+                    self.claiming = Some(Retry::first(now + self.config.server_retry));
+                    self.send_claim();
                 }
+                return;
             }
-            (ServerState::Registered { .. }, Message::Error { code, detail }) => {
-                if code == ErrorCode::NotRegistered {
-                    self.out.event(Event::Notice {
-                        message: "the server no longer knows us (restarted?); registering again"
-                            .into(),
-                    });
-                    let want = self.id;
-                    self.server = ServerState::Registering {
-                        retry: Retry::first(now + self.config.server_retry),
-                        want,
-                        again: true,
-                    };
-                    self.send_to_server(Message::Register { want_id: want });
-                } else {
-                    self.out.event(Event::Notice {
-                        message: format!("the server says: {detail}"),
-                    });
-                }
-            }
-            (ServerState::Leaving { retry: Some(_), .. }, Message::LeaveAck { .. }) => {
-                self.server_left(true);
-            }
-            (
-                ServerState::Leaving { retry: Some(_), .. },
-                Message::Error {
-                    code: ErrorCode::NotRegistered,
-                    ..
-                },
-            ) => {
-                // It does not know us: as good as left.
-                self.server_left(true);
-            }
-            (
-                _,
-                Message::Found {
-                    id,
-                    addr,
-                    name,
-                    display_name,
-                },
-            ) => {
-                let Some(me) = self.id else { return };
+            Answer::Handled => return,
+            Answer::NotMine(msg) => msg,
+        };
+        match msg {
+            Message::Found {
+                id,
+                addr,
+                name,
+                display_name,
+            } => {
+                let Some(me) = self.server.id() else { return };
                 let retry = self.config.retry_interval;
                 match self.sessions.get_mut(&id) {
                     Some(s) if matches!(s.state, State::LookingUp { .. }) => {
@@ -1459,7 +1346,7 @@ impl Peer {
                     ),
                 }
             }
-            (_, Message::Inactive { id }) => match self.sessions.get(&id) {
+            Message::Inactive { id } => match self.sessions.get(&id) {
                 Some(s) if matches!(s.state, State::LookingUp { .. }) => {
                     let s = self.sessions.remove(&id).expect("just seen");
                     if !s.auto {
@@ -1471,39 +1358,36 @@ impl Peer {
                     .out
                     .ignore(self.config.server, &Message::Inactive { id }),
             },
-            (_, other) => self.out.ignore(self.config.server, &other),
+            other => self.out.ignore(self.config.server, &other),
         }
     }
 
     fn send_claim(&mut self) {
-        let (Some(id), Some(name)) = (self.id, self.config.name.clone()) else {
+        let (Some(id), Some(name)) = (self.server.id(), self.config.name.clone()) else {
             return;
         };
-        self.send_to_server(Message::Claim {
-            id,
-            token: self.token,
-            name,
-            display_name: self.config.display_name.clone(),
-            previous: self.config.previous_token,
-        });
+        self.server.send(
+            &mut self.out,
+            Message::Claim {
+                id,
+                token: self.server.token(),
+                name,
+                display_name: self.config.display_name.clone(),
+                previous: self.config.previous_token,
+            },
+        );
     }
 
     /// The server registered us but will not have us as configured: leave (best effort,
     /// so that the entry does not wait for its expiry) and stop.
     fn give_up_registration(&mut self, message: String) {
-        if let Some(id) = self.id {
-            self.send_to_server(Message::Leave {
-                id,
-                token: self.token,
-            });
-        }
-        self.fatal(message);
+        self.server.give_up(message, &mut self.out);
     }
 
     /// A name we looked up is client `peer` at `addr`: ask it to connect (or, if it has
     /// asked us and the user asked for it, accept).
     fn resolved(&mut self, now: Instant, peer: ClientId, addr: SocketAddr, auto: bool) {
-        let Some(me) = self.id else { return };
+        let Some(me) = self.server.id() else { return };
         if peer == me {
             if !auto {
                 self.out.event(Event::Notice {
@@ -1551,7 +1435,7 @@ impl Peer {
     }
 
     fn handle_peer_message(&mut self, now: Instant, src: SocketAddr, msg: Message) {
-        let Some(me) = self.id else {
+        let Some(me) = self.server.id() else {
             self.out.ignore(src, &msg);
             return;
         };
@@ -1953,7 +1837,8 @@ impl Peer {
                 });
             }
         }
-        self.server_left_if_done();
+        let settled = self.closing.is_empty();
+        self.server.left_if_done(settled, &mut self.out);
     }
 
     // ------------------------------------------------------------------ timers
@@ -1978,7 +1863,7 @@ impl Peer {
             match c.retry.poll_doubling(now, max, &mut c.period, cap) {
                 Some(Step::GiveUp) => self.closed(session, EndReason::Unanswered),
                 Some(Step::Resend) => {
-                    let (to, me) = (c.addr, self.id.unwrap_or_default());
+                    let (to, me) = (c.addr, self.server.id().unwrap_or_default());
                     self.transmit(to, Message::Terminate { from: me, session });
                 }
                 None => {}
@@ -1987,7 +1872,7 @@ impl Peer {
         self.rejected.retain(|_, until| *until > now);
         self.name_timers(now);
         self.pursue(now);
-        if let Some(me) = self.id {
+        if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
         }
         self.flush(now);
@@ -2024,8 +1909,9 @@ impl Peer {
                 }
                 Some(Step::Resend) => {
                     let after = l.after;
-                    let (id, token) = (self.id.unwrap_or_default(), self.token);
-                    self.send_to_server(Message::List { id, token, after });
+                    let (id, token) = (self.server.id().unwrap_or_default(), self.server.token());
+                    self.server
+                        .send(&mut self.out, Message::List { id, token, after });
                 }
                 None => {}
             }
@@ -2045,7 +1931,7 @@ impl Peer {
                 }
                 Some(Step::Resend) => {
                     let name = r.name.clone();
-                    self.send_to_server(Message::Resolve { name });
+                    self.server.send(&mut self.out, Message::Resolve { name });
                 }
                 None => {}
             }
@@ -2053,68 +1939,12 @@ impl Peer {
     }
 
     fn server_timers(&mut self, now: Instant) {
-        let (retry, tries_max) = (self.config.server_retry, self.config.server_tries);
-        let keepalive = self.keepalive_period();
-        match &mut self.server {
-            ServerState::Registering {
-                retry: r,
-                want,
-                again,
-            } => match r.poll(now, tries_max, now + retry) {
-                None => {}
-                Some(Step::Resend) => {
-                    let want = *want;
-                    self.send_to_server(Message::Register { want_id: want });
-                }
-                Some(Step::GiveUp) if *again => {
-                    // Keep trying, at the retry interval, and say so once per round.
-                    *r = Retry::round(now + self.config.retry_interval);
-                    let message = format!(
-                        "the rendezvous server at {} does not answer; still trying",
-                        self.config.server
-                    );
-                    self.out.event(Event::Notice { message });
-                }
-                Some(Step::GiveUp) => {
-                    let message = match self.refusal.take() {
-                        Some(detail) => format!(
-                            "the rendezvous server at {} refused to register us: {detail}",
-                            self.config.server
-                        ),
-                        None => format!("no rendezvous server at {}", self.config.server),
-                    };
-                    self.fatal(message);
-                }
-            },
-            ServerState::Registered { keepalive_at } if *keepalive_at <= now => {
-                *keepalive_at = now + keepalive;
-                let (id, token) = (self.id.unwrap_or_default(), self.token);
-                self.send_to_server(Message::Keepalive { id, token });
-            }
-            ServerState::Leaving { retry: Some(r), .. } => {
-                match r.poll(now, tries_max, now + retry) {
-                    None => {}
-                    Some(Step::Resend) => {
-                        let (id, token) = (self.id.unwrap_or_default(), self.token);
-                        self.send_to_server(Message::Leave { id, token });
-                    }
-                    Some(Step::GiveUp) => {
-                        self.out.event(Event::Notice {
-                            message: format!(
-                                "the rendezvous server at {} did not answer; leaving anyway",
-                                self.config.server
-                            ),
-                        });
-                        self.server_left(false);
-                    }
-                }
-            }
-            _ => {}
-        }
+        let settled = self.closing.is_empty();
+        self.server.handle_timeout(now, settled, &mut self.out);
     }
 
     fn session_timers(&mut self, now: Instant, peer: ClientId) {
-        let Some(me) = self.id else { return };
+        let Some(me) = self.server.id() else { return };
         let cfg = &self.config;
         let lifetime = self.request_lifetime();
         let s = self.sessions.get_mut(&peer).expect("listed by the caller");
@@ -2196,7 +2026,7 @@ impl Peer {
 
     /// Queues every chat message the send windows want to send now.
     fn flush(&mut self, now: Instant) {
-        let Some(me) = self.id else { return };
+        let Some(me) = self.server.id() else { return };
         for s in self.sessions.values_mut() {
             let State::Connected { tx, .. } = &mut s.state else {
                 continue;
@@ -2260,45 +2090,6 @@ impl Peer {
 
     fn transmit(&mut self, to: SocketAddr, message: Message) {
         self.out.transmit(to, message);
-    }
-
-    fn send_to_server(&mut self, message: Message) {
-        self.out.transmit(self.config.server, message);
-    }
-
-    fn keepalive_period(&self) -> Duration {
-        (self.ttl / 3).max(Duration::from_millis(100))
-    }
-
-    fn fatal(&mut self, message: String) {
-        self.server = ServerState::Done;
-        self.out.event(Event::Fatal { message });
-    }
-
-    fn server_left(&mut self, acked: bool) {
-        if let ServerState::Leaving {
-            retry, acked: a, ..
-        } = &mut self.server
-        {
-            *retry = None;
-            *a = acked;
-        }
-        self.server_left_if_done();
-    }
-
-    /// Finishes leaving once the server part is over and every Terminate is settled.
-    fn server_left_if_done(&mut self) {
-        if let ServerState::Leaving {
-            retry: None, acked, ..
-        } = self.server
-        {
-            if self.closing.is_empty() {
-                self.server = ServerState::Done;
-                self.out.event(Event::Left {
-                    server_acked: acked,
-                });
-            }
-        }
     }
 }
 
