@@ -25,19 +25,19 @@ use rand::{Rng, SeedableRng};
 
 mod event;
 mod files;
+mod names;
 mod outputs;
 mod retry;
 mod server;
 
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
-use crate::wire::{
-    self, ClientId, DecodeError, ErrorCode, Listed, Message, SessionId, Token, Transmit,
-};
+use crate::wire::{self, ClientId, DecodeError, Message, SessionId, Token, Transmit};
 pub use event::{CommandError, EndReason, Event, PeerStats, Sending, SessionInfo, Target};
 pub use files::{
     chunk_count, hex, FileConfig, FileError, FileSink, FileSource, TransferFailure, TransferInfo,
 };
 use files::{Files, Link};
+use names::{Heard, Lapsed, Names};
 use outputs::Outputs;
 use retry::{Retry, Step};
 use server::{Answer, Server};
@@ -164,20 +164,6 @@ struct Pursuit {
     next_try: Option<Instant>,
 }
 
-/// A `Resolve` of a name we wait for.
-struct Resolving {
-    name: String,
-    retry: Retry,
-    auto: bool,
-}
-
-/// A `list` in progress: the pages received so far.
-struct Listing {
-    after: Option<ClientId>,
-    retry: Retry,
-    clients: Vec<Listed>,
-}
-
 /// A `Terminate` we keep resending until it is acknowledged.
 struct Closing {
     peer: ClientId,
@@ -204,25 +190,11 @@ pub struct Peer {
     finishing: bool,
     out: Outputs,
     stats: PeerStats,
-    /// Names (and display names) of peers, as the server or their requests gave them.
-    names: HashMap<ClientId, (String, Option<String>)>,
-    /// Our name, once the server has granted it.
-    name: Option<String>,
-    /// Our `Claim` of our name, resent until answered.
-    claiming: Option<Retry>,
-    resolving: BTreeMap<String, Resolving>,
+    names: Names,
     outbox: BTreeMap<String, Pursuit>,
-    listing: Option<Listing>,
     /// File transfers (src/transfer.rs).
     files: Files,
 }
-
-/// The most clients one `list` collects (a bound on what a misbehaving server can make us
-/// hold).
-const MAX_LISTED: usize = 1_000_000;
-
-/// The most peer names remembered; past it, the names of peers without a session go.
-const MAX_NAMES: usize = 4096;
 
 impl Peer {
     /// A peer that starts registering at `now`; session ids come from the OS's randomness.
@@ -240,6 +212,7 @@ impl Peer {
         let mut out = Outputs::default();
         Peer {
             server: Server::new(&config, now, &mut out),
+            names: Names::new(&config),
             config,
             rng,
             sessions: BTreeMap::new(),
@@ -250,12 +223,7 @@ impl Peer {
             finishing: false,
             out,
             stats: PeerStats::default(),
-            names: HashMap::new(),
-            name: None,
-            claiming: None,
-            resolving: BTreeMap::new(),
             outbox: BTreeMap::new(),
-            listing: None,
             files,
         }
     }
@@ -291,17 +259,17 @@ impl Peer {
 
     /// Our name, once the server has granted it.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.names.name()
     }
 
     /// The name of peer `id`, if we know it.
     pub fn name_of(&self, id: ClientId) -> Option<&str> {
-        self.names.get(&id).map(|(n, _)| n.as_str())
+        self.names.name_of(id)
     }
 
     /// The display name of peer `id`, if it has one.
     pub fn display_name_of(&self, id: ClientId) -> Option<&str> {
-        self.names.get(&id).and_then(|(_, d)| d.as_deref())
+        self.names.display_name_of(id)
     }
 
     /// The peer with a session (in any state) that `target` names.
@@ -415,14 +383,8 @@ impl Peer {
         for c in self.closing.values() {
             consider(c.retry.next());
         }
-        if let Some(c) = &self.claiming {
-            consider(c.next());
-        }
-        if let Some(l) = &self.listing {
-            consider(l.retry.next());
-        }
-        for r in self.resolving.values() {
-            consider(r.retry.next());
+        if let Some(t) = self.names.poll_timeout() {
+            consider(t);
         }
         if !self.finishing && self.server.is_registered() {
             for p in self.outbox.values() {
@@ -495,17 +457,16 @@ impl Peer {
             Target::Name(name) => name,
         };
         self.usable_id()?;
-        if self.is_own_name(name) {
+        if self.names.is_own_name(name) {
             return Err(CommandError::OwnId);
         }
         if let Some(p) = self.find(target) {
             return self.connect(now, p);
         }
-        if let Some(r) = self.resolving.get_mut(&target.key()) {
-            r.auto = false;
+        if self.names.show_resolve(&target.key()) {
             return Ok(());
         }
-        self.start_resolve(now, name, false);
+        self.names.resolve(now, name, false, &mut self.out);
         Ok(())
     }
 
@@ -564,7 +525,7 @@ impl Peer {
         }
         let own = match target {
             Target::Id(id) => *id == me,
-            Target::Name(name) => self.is_own_name(name),
+            Target::Name(name) => self.names.is_own_name(name),
         };
         if own {
             return Err(CommandError::OwnId);
@@ -608,7 +569,7 @@ impl Peer {
             return 0;
         };
         let count = p.texts.len();
-        self.resolving.remove(&target.key());
+        self.names.forget_resolve(&target.key());
         self.out.event(Event::QueueDropped {
             to: p.target,
             count,
@@ -621,25 +582,8 @@ impl Peer {
     /// `ListFailed`), after as many pages as the server needs.
     pub fn list(&mut self, now: Instant) -> Result<(), CommandError> {
         let me = self.usable_id()?;
-        self.listing = Some(Listing {
-            after: None,
-            retry: Retry::first(now + self.config.server_retry),
-            clients: Vec::new(),
-        });
-        self.server.send(
-            &mut self.out,
-            Message::List {
-                id: me,
-                token: self.server.token(),
-                after: None,
-            },
-        );
+        self.names.list(now, me, self.server.token(), &mut self.out);
         Ok(())
-    }
-
-    fn is_own_name(&self, name: &str) -> bool {
-        let mine = self.name.as_deref().or(self.config.name.as_deref());
-        mine.is_some_and(|m| m.eq_ignore_ascii_case(name))
     }
 
     fn queue(&mut self, now: Instant, target: Target, text: String, announce: bool) {
@@ -652,23 +596,6 @@ impl Peer {
         if announce {
             self.out.event(Event::Queued { to: target, text });
         }
-    }
-
-    fn start_resolve(&mut self, now: Instant, name: &str, auto: bool) {
-        self.resolving.insert(
-            name.to_ascii_lowercase(),
-            Resolving {
-                name: name.to_string(),
-                retry: Retry::first(now + self.config.server_retry),
-                auto,
-            },
-        );
-        self.server.send(
-            &mut self.out,
-            Message::Resolve {
-                name: name.to_string(),
-            },
-        );
     }
 
     /// Starts an attempt to reach every queued-for target whose time has come.
@@ -707,9 +634,8 @@ impl Peer {
                     }
                 }
                 Target::Name(name) => {
-                    if !self.resolving.contains_key(&key) {
-                        let name = name.clone();
-                        self.start_resolve(now, &name, true);
+                    if !self.names.is_resolving(&key) {
+                        self.names.resolve(now, name, true, &mut self.out);
                     }
                 }
             }
@@ -721,7 +647,7 @@ impl Peer {
             .iter()
             .filter(|(k, p)| {
                 p.next_try.is_none()
-                    && !self.resolving.contains_key(*k)
+                    && !self.names.is_resolving(k)
                     && self.find(&p.target).is_none()
             })
             .map(|(k, _)| k.clone())
@@ -744,7 +670,7 @@ impl Peer {
             .collect();
         for key in keys {
             let pursuit = self.outbox.remove(&key).expect("listed above");
-            self.resolving.remove(&key);
+            self.names.forget_resolve(&key);
             let Some(Session {
                 state: State::Connected { tx, .. },
                 ..
@@ -770,15 +696,9 @@ impl Peer {
 
     /// Remembers the name a server or a request gave for `peer`.
     fn learn_name(&mut self, peer: ClientId, name: Option<String>, display: Option<String>) {
-        let Some(name) = name.filter(|n| wire::check_name(n).is_ok()) else {
-            return;
-        };
-        let display = display.filter(|d| wire::check_display_name(d).is_ok());
-        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&peer) {
-            let sessions = &self.sessions;
-            self.names.retain(|p, _| sessions.contains_key(p));
-        }
-        self.names.insert(peer, (name, display));
+        let sessions = &self.sessions;
+        self.names
+            .learn(peer, name, display, |p| sessions.contains_key(p));
     }
 
     /// Accepts the request of `peer`, or the oldest request. Returns whom we accepted.
@@ -958,9 +878,7 @@ impl Peer {
             State::Connected { tx, .. } => tx.is_idle(),
             State::Incoming { .. } => true,
             State::LookingUp { .. } | State::Requesting { .. } => s.auto,
-        }) && self.resolving.values().all(|r| r.auto)
-            && self.listing.is_none()
-            && self.claiming.is_none()
+        }) && self.names.is_settled()
             && self.files.is_idle();
         if settled {
             self.leave(now);
@@ -1183,121 +1101,29 @@ impl Peer {
     }
 
     fn handle_server_message(&mut self, now: Instant, msg: Message) {
-        match (self.server.is_registered(), msg) {
-            (true, Message::Claimed { id, name })
-                if self.claiming.is_some() && Some(id) == self.server.id() =>
-            {
-                self.claiming = None;
-                if self.name.as_deref() != Some(name.as_str()) {
-                    self.name = Some(name.clone());
-                    self.out.event(Event::Claimed { name });
-                }
+        let (registered, id, token) = (
+            self.server.is_registered(),
+            self.server.id(),
+            self.server.token(),
+        );
+        match self
+            .names
+            .handle_message(registered, id, token, msg, now, &mut self.out)
+        {
+            Heard::Handled => {}
+            Heard::Refused(message) => self.server.give_up(message, &mut self.out),
+            Heard::Unknown { key } => self.pursuit_retry(now, &key),
+            Heard::Found {
+                peer,
+                addr,
+                name,
+                display_name,
+                auto,
+            } => {
+                self.learn_name(peer, Some(name), display_name);
+                self.resolved(now, peer, addr, auto);
             }
-            (
-                true,
-                Message::Error {
-                    code: code @ (ErrorCode::NameTaken | ErrorCode::BadName),
-                    detail,
-                },
-            ) if self.claiming.is_some() => {
-                let _ = code;
-                self.claiming = None;
-                self.give_up_registration(format!("the server refused the name: {detail}"));
-            }
-            (
-                true,
-                Message::Error {
-                    code: ErrorCode::ListDisabled,
-                    detail,
-                },
-            ) if self.listing.is_some() => {
-                self.listing = None;
-                self.out.event(Event::ListFailed { reason: detail });
-            }
-            (
-                _,
-                Message::Listing {
-                    clients,
-                    next,
-                    total,
-                },
-            ) if self.listing.is_some() => {
-                let me = self.server.id().unwrap_or_default();
-                let token = self.server.token();
-                let retry = now + self.config.server_retry;
-                let l = self.listing.as_mut().expect("checked");
-                // The answer to an earlier page, resent or late: its clients are at or below
-                // where we are now.
-                let stale = next.is_some_and(|n| Some(n) <= l.after)
-                    || clients.first().is_some_and(|c| Some(c.id) <= l.after);
-                if stale {
-                    let msg = Message::Listing {
-                        clients,
-                        next,
-                        total,
-                    };
-                    self.out.ignore(self.config.server, &msg);
-                    return;
-                }
-                let last = l.clients.last().map(|c| c.id);
-                l.clients.extend(
-                    clients
-                        .into_iter()
-                        .filter(|c| last.is_none_or(|id| c.id > id)),
-                );
-                match next {
-                    Some(n) if Some(n) > l.after && l.clients.len() < MAX_LISTED => {
-                        l.after = Some(n);
-                        l.retry = Retry::first(retry);
-                        self.server.send(
-                            &mut self.out,
-                            Message::List {
-                                id: me,
-                                token,
-                                after: Some(n),
-                            },
-                        );
-                    }
-                    _ => {
-                        let l = self.listing.take().expect("checked");
-                        self.out.event(Event::Online {
-                            clients: l.clients,
-                            total,
-                        });
-                    }
-                }
-            }
-            (_, Message::Unknown { name }) => {
-                let key = name.to_ascii_lowercase();
-                match self.resolving.remove(&key) {
-                    Some(r) => {
-                        if !r.auto {
-                            self.out.event(Event::UnknownName { name: r.name });
-                        }
-                        self.pursuit_retry(now, &key);
-                    }
-                    None => self
-                        .out
-                        .ignore(self.config.server, &Message::Unknown { name }),
-                }
-            }
-            (
-                _,
-                Message::Found {
-                    id,
-                    addr,
-                    name: Some(name),
-                    display_name,
-                },
-            ) if self.resolving.contains_key(&name.to_ascii_lowercase()) => {
-                let r = self
-                    .resolving
-                    .remove(&name.to_ascii_lowercase())
-                    .expect("checked");
-                self.learn_name(id, Some(name), display_name);
-                self.resolved(now, id, addr, r.auto);
-            }
-            (_, msg) => self.handle_registration(now, msg),
+            Heard::NotMine(msg) => self.handle_registration(now, msg),
         }
     }
 
@@ -1305,10 +1131,8 @@ impl Peer {
         let settled = self.closing.is_empty();
         let msg = match self.server.handle_message(now, msg, settled, &mut self.out) {
             Answer::Registered => {
-                if self.config.name.is_some() {
-                    self.claiming = Some(Retry::first(now + self.config.server_retry));
-                    self.send_claim();
-                }
+                let (id, token) = (self.server.id(), self.server.token());
+                self.names.claim(now, id, token, &mut self.out);
                 return;
             }
             Answer::Handled => return,
@@ -1360,28 +1184,6 @@ impl Peer {
             },
             other => self.out.ignore(self.config.server, &other),
         }
-    }
-
-    fn send_claim(&mut self) {
-        let (Some(id), Some(name)) = (self.server.id(), self.config.name.clone()) else {
-            return;
-        };
-        self.server.send(
-            &mut self.out,
-            Message::Claim {
-                id,
-                token: self.server.token(),
-                name,
-                display_name: self.config.display_name.clone(),
-                previous: self.config.previous_token,
-            },
-        );
-    }
-
-    /// The server registered us but will not have us as configured: leave (best effort,
-    /// so that the entry does not wait for its expiry) and stop.
-    fn give_up_registration(&mut self, message: String) {
-        self.server.give_up(message, &mut self.out);
     }
 
     /// A name we looked up is client `peer` at `addr`: ask it to connect (or, if it has
@@ -1881,59 +1683,13 @@ impl Peer {
 
     /// Resends of `Claim`, `Resolve` and `List`, and giving up on them.
     fn name_timers(&mut self, now: Instant) {
-        let (retry, max) = (self.config.server_retry, self.config.server_tries);
-        let claim = self
-            .claiming
-            .as_mut()
-            .and_then(|c| c.poll(now, max, now + retry));
-        match claim {
-            Some(Step::GiveUp) => {
-                self.claiming = None;
-                let name = self.config.name.clone().unwrap_or_default();
-                self.give_up_registration(format!(
-                    "the server at {} did not answer the claim of the name {name} (does it support names?)",
-                    self.config.server
-                ));
-                return;
-            }
-            Some(Step::Resend) => self.send_claim(),
-            None => {}
-        }
-        if let Some(l) = self.listing.as_mut() {
-            match l.retry.poll(now, max, now + retry) {
-                Some(Step::GiveUp) => {
-                    self.listing = None;
-                    self.out.event(Event::ListFailed {
-                        reason: "the server did not answer".into(),
-                    });
-                }
-                Some(Step::Resend) => {
-                    let after = l.after;
-                    let (id, token) = (self.server.id().unwrap_or_default(), self.server.token());
-                    self.server
-                        .send(&mut self.out, Message::List { id, token, after });
-                }
-                None => {}
-            }
-        }
-        let keys: Vec<String> = self.resolving.keys().cloned().collect();
-        for key in keys {
-            let r = self.resolving.get_mut(&key).expect("listed above");
-            match r.retry.poll(now, max, now + retry) {
-                Some(Step::GiveUp) => {
-                    let r = self.resolving.remove(&key).expect("listed above");
-                    if !r.auto {
-                        self.out.event(Event::Notice {
-                            message: format!("the server did not answer the lookup of {}", r.name),
-                        });
-                    }
+        let (id, token) = (self.server.id(), self.server.token());
+        match self.names.handle_timeout(now, id, token, &mut self.out) {
+            Lapsed::Claim(message) => self.server.give_up(message, &mut self.out),
+            Lapsed::Resolves(keys) => {
+                for key in keys {
                     self.pursuit_retry(now, &key);
                 }
-                Some(Step::Resend) => {
-                    let name = r.name.clone();
-                    self.server.send(&mut self.out, Message::Resolve { name });
-                }
-                None => {}
             }
         }
     }
