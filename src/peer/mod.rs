@@ -16,7 +16,7 @@
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 mod event;
 mod files;
 mod names;
+mod outbox;
 mod outputs;
 mod retry;
 mod server;
@@ -38,6 +39,7 @@ pub use files::{
 };
 use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
+use outbox::Outbox;
 use outputs::Outputs;
 use retry::{Retry, Step};
 use server::{Answer, Server};
@@ -156,14 +158,6 @@ struct Session {
     auto: bool,
 }
 
-/// Messages queued for a peer that is not connected, and the next attempt to reach it.
-struct Pursuit {
-    target: Target,
-    texts: VecDeque<String>,
-    /// When to try to connect again; `None` while an attempt is under way.
-    next_try: Option<Instant>,
-}
-
 /// A `Terminate` we keep resending until it is acknowledged.
 struct Closing {
     peer: ClientId,
@@ -191,7 +185,7 @@ pub struct Peer {
     out: Outputs,
     stats: PeerStats,
     names: Names,
-    outbox: BTreeMap<String, Pursuit>,
+    outbox: Outbox,
     /// File transfers (src/transfer.rs).
     files: Files,
 }
@@ -213,6 +207,7 @@ impl Peer {
         Peer {
             server: Server::new(&config, now, &mut out),
             names: Names::new(&config),
+            outbox: Outbox::new(config.queue_retry),
             config,
             rng,
             sessions: BTreeMap::new(),
@@ -223,7 +218,6 @@ impl Peer {
             finishing: false,
             out,
             stats: PeerStats::default(),
-            outbox: BTreeMap::new(),
             files,
         }
     }
@@ -274,14 +268,7 @@ impl Peer {
 
     /// The peer with a session (in any state) that `target` names.
     pub fn find(&self, target: &Target) -> Option<ClientId> {
-        match target {
-            Target::Id(id) => self.sessions.contains_key(id).then_some(*id),
-            Target::Name(_) => self
-                .sessions
-                .keys()
-                .copied()
-                .find(|&p| target.is(p, self.name_of(p))),
-        }
+        find(&self.sessions, &self.names, target)
     }
 
     /// Every session and request, by peer id.
@@ -307,10 +294,7 @@ impl Peer {
 
     /// The messages waiting for peers that are not connected, per target, oldest first.
     pub fn outbox(&self) -> Vec<(Target, Vec<String>)> {
-        self.outbox
-            .values()
-            .map(|p| (p.target.clone(), p.texts.iter().cloned().collect()))
-            .collect()
+        self.outbox.list()
     }
 
     /// Peers whose connection requests wait for our answer, oldest first.
@@ -387,10 +371,8 @@ impl Peer {
             consider(t);
         }
         if !self.finishing && self.server.is_registered() {
-            for p in self.outbox.values() {
-                if let Some(t) = p.next_try {
-                    consider(t);
-                }
+            if let Some(t) = self.outbox.poll_timeout() {
+                consider(t);
             }
         }
         if let Some(t) = self.files.poll_timeout() {
@@ -508,10 +490,7 @@ impl Peer {
         };
         if let Some(p) = self.find(target) {
             if matches!(self.sessions[&p].state, State::Connected { .. })
-                && !self
-                    .outbox
-                    .values()
-                    .any(|q| q.target.is(p, self.name_of(p)))
+                && !self.outbox.has_queue_for(p, self.name_of(p))
             {
                 return self.send(now, Some(p), text).map(Sending::Sent);
             }
@@ -531,7 +510,8 @@ impl Peer {
             return Err(CommandError::OwnId);
         }
         for piece in split_text(text, wire::MAX_TEXT) {
-            self.queue(now, target.clone(), piece.to_string(), true);
+            self.outbox
+                .push(now, target.clone(), piece.to_string(), true, &mut self.out);
         }
         self.pursue(now);
         self.flush(now);
@@ -560,21 +540,15 @@ impl Peer {
     /// Puts back a message queued by an earlier run (from the state directory). No `Queued`
     /// event: the user was told when it was queued.
     pub fn restore_queued(&mut self, now: Instant, target: Target, text: String) {
-        self.queue(now, target, text, false);
+        self.outbox.push(now, target, text, false, &mut self.out);
     }
 
     /// Drops the messages queued for `target`; returns how many there were.
     pub fn drop_queue(&mut self, target: &Target, reason: &str) -> usize {
-        let Some(p) = self.outbox.remove(&target.key()) else {
+        let Some(count) = self.outbox.drop(target, reason, &mut self.out) else {
             return 0;
         };
-        let count = p.texts.len();
         self.names.forget_resolve(&target.key());
-        self.out.event(Event::QueueDropped {
-            to: p.target,
-            count,
-            reason: reason.to_string(),
-        });
         count
     }
 
@@ -586,45 +560,23 @@ impl Peer {
         Ok(())
     }
 
-    fn queue(&mut self, now: Instant, target: Target, text: String, announce: bool) {
-        let pursuit = self.outbox.entry(target.key()).or_insert_with(|| Pursuit {
-            target: target.clone(),
-            texts: VecDeque::new(),
-            next_try: Some(now),
-        });
-        pursuit.texts.push_back(text.clone());
-        if announce {
-            self.out.event(Event::Queued { to: target, text });
-        }
-    }
-
     /// Starts an attempt to reach every queued-for target whose time has come.
     fn pursue(&mut self, now: Instant) {
         if self.finishing || !self.server.is_registered() {
             return;
         }
-        let due: Vec<String> = self
-            .outbox
-            .iter()
-            .filter(|(_, p)| p.next_try.is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let target = self.outbox[&key].target.clone();
+        for key in self.outbox.due(now) {
+            let target = self.outbox.target(&key);
             if let Some(peer) = self.find(&target) {
                 if matches!(self.sessions[&peer].state, State::Connected { .. }) {
                     self.deliver_queued(now, peer);
                     continue;
                 }
                 // A session is on its way (or the peer asked us): wait for it.
-                if let Some(p) = self.outbox.get_mut(&key) {
-                    p.next_try = None;
-                }
+                self.outbox.attempting(&key);
                 continue;
             }
-            if let Some(p) = self.outbox.get_mut(&key) {
-                p.next_try = None;
-            }
+            self.outbox.attempting(&key);
             match &target {
                 Target::Id(id) => {
                     if self.connect(now, *id).is_ok() {
@@ -641,35 +593,17 @@ impl Peer {
             }
         }
         // Attempts that ended without a session: try again later.
-        let retry = now + self.config.queue_retry;
-        let idle: Vec<String> = self
-            .outbox
-            .iter()
-            .filter(|(k, p)| {
-                p.next_try.is_none()
-                    && !self.names.is_resolving(k)
-                    && self.find(&p.target).is_none()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in idle {
-            if let Some(p) = self.outbox.get_mut(&key) {
-                p.next_try = Some(retry);
-            }
-        }
+        let (sessions, names) = (&self.sessions, &self.names);
+        self.outbox.retry_idle(now, |key, target| {
+            names.is_resolving(key) || find(sessions, names, target).is_some()
+        });
     }
 
     /// Sends whatever is queued for `peer`, now connected, in the order it was queued.
     fn deliver_queued(&mut self, now: Instant, peer: ClientId) {
-        let name = self.name_of(peer).map(str::to_string);
-        let keys: Vec<String> = self
-            .outbox
-            .iter()
-            .filter(|(_, p)| p.target.is(peer, name.as_deref()))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.outbox.keys_for(peer, self.name_of(peer));
         for key in keys {
-            let pursuit = self.outbox.remove(&key).expect("listed above");
+            let (target, texts) = self.outbox.take(&key);
             self.names.forget_resolve(&key);
             let Some(Session {
                 state: State::Connected { tx, .. },
@@ -678,12 +612,12 @@ impl Peer {
             else {
                 return;
             };
-            let mut sent = Vec::with_capacity(pursuit.texts.len());
-            for text in &pursuit.texts {
+            let mut sent = Vec::with_capacity(texts.len());
+            for text in &texts {
                 sent.push((tx.push(text.clone()), text.clone()));
             }
             self.out.event(Event::Dequeued {
-                to: pursuit.target,
+                to: target,
                 peer,
                 seqs: sent.iter().map(|(seq, _)| *seq).collect(),
             });
@@ -1112,7 +1046,7 @@ impl Peer {
         {
             Heard::Handled => {}
             Heard::Refused(message) => self.server.give_up(message, &mut self.out),
-            Heard::Unknown { key } => self.pursuit_retry(now, &key),
+            Heard::Unknown { key } => self.outbox.retry_later(now, &key),
             Heard::Found {
                 peer,
                 addr,
@@ -1176,7 +1110,7 @@ impl Peer {
                     if !s.auto {
                         self.out.event(Event::Inactive { peer: id });
                     }
-                    self.pursuit_retry(now, &id.to_string());
+                    self.outbox.retry_later(now, &id.to_string());
                 }
                 _ => self
                     .out
@@ -1228,14 +1162,6 @@ impl Peer {
         self.transmit(addr, request);
     }
 
-    /// An attempt to reach the target of queue `key` failed: try again later.
-    fn pursuit_retry(&mut self, now: Instant, key: &str) {
-        let retry = now + self.config.queue_retry;
-        if let Some(p) = self.outbox.get_mut(key) {
-            p.next_try = Some(retry);
-        }
-    }
-
     fn handle_peer_message(&mut self, now: Instant, src: SocketAddr, msg: Message) {
         let Some(me) = self.server.id() else {
             self.out.ignore(src, &msg);
@@ -1275,13 +1201,7 @@ impl Peer {
                 }) {
                     self.sessions.remove(&from);
                     self.out.event(Event::Rejected { peer: from });
-                    let name = self.name_of(from).map(str::to_string);
-                    let queued: Vec<Target> = self
-                        .outbox
-                        .values()
-                        .filter(|p| p.target.is(from, name.as_deref()))
-                        .map(|p| p.target.clone())
-                        .collect();
+                    let queued = self.outbox.targets_for(from, self.name_of(from));
                     for target in queued {
                         self.drop_queue(&target, "the peer rejected the connection");
                     }
@@ -1688,7 +1608,7 @@ impl Peer {
             Lapsed::Claim(message) => self.server.give_up(message, &mut self.out),
             Lapsed::Resolves(keys) => {
                 for key in keys {
-                    self.pursuit_retry(now, &key);
+                    self.outbox.retry_later(now, &key);
                 }
             }
         }
@@ -1846,6 +1766,21 @@ impl Peer {
 
     fn transmit(&mut self, to: SocketAddr, message: Message) {
         self.out.transmit(to, message);
+    }
+}
+
+/// The peer with a session (in any state) that `target` names.
+fn find(
+    sessions: &BTreeMap<ClientId, Session>,
+    names: &Names,
+    target: &Target,
+) -> Option<ClientId> {
+    match target {
+        Target::Id(id) => sessions.contains_key(id).then_some(*id),
+        Target::Name(_) => sessions
+            .keys()
+            .copied()
+            .find(|&p| target.is(p, names.name_of(p))),
     }
 }
 
