@@ -15,13 +15,35 @@
 //! session id chosen by the requester; a peer message is acted on only when its `from`, its
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
+//!
+//! # Layout
+//!
+//! `Peer` is a composition of parts, each a struct that owns its state, the logic over it
+//! and its own timers (`poll_timeout`, `handle_timeout`); `Peer` dispatches the inputs to
+//! them, takes the soonest of their deadlines, and does what involves two parts at once.
+//!
+//! - `mod.rs`: [`Peer`] and [`PeerConfig`]: the public API, the dispatch of inputs, and the
+//!   steps that cross parts (opening a session sends what the outbox holds for the peer; a
+//!   session that ends ends its file transfers).
+//! - `event.rs`: what the peer tells its user: [`Event`], [`EndReason`], [`CommandError`],
+//!   [`Target`], [`Sending`], [`SessionInfo`], [`PeerStats`].
+//! - `server.rs`: the link to the rendezvous server: register (again after a restart),
+//!   keepalives, leave.
+//! - `names.rs`: the claim of our name, `Resolve`s, the `list` of who is online, and the
+//!   names of peers.
+//! - `sessions.rs`: sessions with peers: lookups, requests, accept/reject, chat and its
+//!   acknowledgements, pings, terminate.
+//! - `outbox.rs`: messages queued for peers that are not connected, and when to try again.
+//! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`.
+//! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
+//! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
+//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value).
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::debug;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 mod event;
 mod files;
@@ -30,9 +52,10 @@ mod outbox;
 mod outputs;
 mod retry;
 mod server;
+mod sessions;
 
-use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
-use crate::wire::{self, ClientId, DecodeError, Message, SessionId, Token, Transmit};
+use crate::reliable::SendConfig;
+use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
 pub use event::{CommandError, EndReason, Event, PeerStats, Sending, SessionInfo, Target};
 pub use files::{
     chunk_count, hex, FileConfig, FileError, FileSink, FileSource, TransferFailure, TransferInfo,
@@ -41,8 +64,8 @@ use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
 use outputs::Outputs;
-use retry::{Retry, Step};
 use server::{Answer, Server};
+use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
 /// interval; every field may be changed after.
@@ -124,70 +147,20 @@ impl PeerConfig {
     }
 }
 
-enum State {
-    /// Waiting for the server to say where the peer is.
-    LookingUp {
-        retry: Retry,
-    },
-    /// `ConnectRequest` sent; waiting for `Accept` or `Reject`.
-    Requesting {
-        retry: Retry,
-    },
-    /// The peer asked; waiting for our user to answer. `order` ranks requests by arrival.
-    Incoming {
-        order: u64,
-    },
-    Connected {
-        tx: Box<SendWindow>,
-        rx: RecvWindow,
-    },
-}
-
-struct Session {
-    peer: ClientId,
-    id: SessionId,
-    addr: Option<SocketAddr>,
-    state: State,
-    last_heard: Instant,
-    last_sent: Instant,
-    /// Where our latest `Ack` for this session waits in the queue of transmits (its
-    /// position counted from the first transmit ever queued), so that the acknowledgement of
-    /// the next `Chat` can be merged into it while it has not been sent yet.
-    queued_ack: Option<u64>,
-    /// Started by the queue (not by the user): its failures are not shown.
-    auto: bool,
-}
-
-/// A `Terminate` we keep resending until it is acknowledged.
-struct Closing {
-    peer: ClientId,
-    addr: SocketAddr,
-    retry: Retry,
-    period: Duration,
-    /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
-    /// shown already).
-    announce: bool,
-}
-
 /// A client of the chat: see the module documentation.
 pub struct Peer {
     config: PeerConfig,
-    rng: rand::rngs::StdRng,
     server: Server,
-    sessions: BTreeMap<ClientId, Session>,
-    closing: BTreeMap<SessionId, Closing>,
-    /// Requests we rejected, so that a resent request gets the same answer; with expiry.
-    rejected: HashMap<(ClientId, SessionId), Instant>,
-    current: Option<ClientId>,
-    next_order: u64,
+    names: Names,
+    sessions: Sessions,
+    outbox: Outbox,
+    /// File transfers (files.rs).
+    files: Files,
     /// `finish` was called: leave once every message is delivered.
     finishing: bool,
     out: Outputs,
-    stats: PeerStats,
-    names: Names,
-    outbox: Outbox,
-    /// File transfers (src/transfer.rs).
-    files: Files,
+    /// Datagrams that could not be decoded.
+    undecodable: u64,
 }
 
 impl Peer {
@@ -202,23 +175,17 @@ impl Peer {
     }
 
     fn with_rng(config: PeerConfig, now: Instant, rng: rand::rngs::StdRng) -> Self {
-        let files = Files::new(config.files.clone(), config.retry_interval);
         let mut out = Outputs::default();
         Peer {
             server: Server::new(&config, now, &mut out),
             names: Names::new(&config),
+            sessions: Sessions::new(&config, rng),
             outbox: Outbox::new(config.queue_retry),
+            files: Files::new(config.files.clone(), config.retry_interval),
             config,
-            rng,
-            sessions: BTreeMap::new(),
-            closing: BTreeMap::new(),
-            rejected: HashMap::new(),
-            current: None,
-            next_order: 0,
             finishing: false,
             out,
-            stats: PeerStats::default(),
-            files,
+            undecodable: 0,
         }
     }
 
@@ -233,16 +200,12 @@ impl Peer {
 
     /// The peer that `send` without a target goes to: the last one connected.
     pub fn current_peer(&self) -> Option<ClientId> {
-        self.current
+        self.sessions.current()
     }
 
     /// Peers with an open session.
     pub fn connected_peers(&self) -> Vec<ClientId> {
-        self.sessions
-            .values()
-            .filter(|s| matches!(s.state, State::Connected { .. }))
-            .map(|s| s.peer)
-            .collect()
+        self.sessions.connected_peers()
     }
 
     /// The token of our registration (kept by the client so that its next run can claim its
@@ -273,23 +236,7 @@ impl Peer {
 
     /// Every session and request, by peer id.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.sessions
-            .values()
-            .map(|s| SessionInfo {
-                peer: s.peer,
-                state: match s.state {
-                    State::LookingUp { .. } => "looking_up",
-                    State::Requesting { .. } => "requesting",
-                    State::Incoming { .. } => "incoming",
-                    State::Connected { .. } => "connected",
-                },
-                current: self.current == Some(s.peer),
-                in_flight: match &s.state {
-                    State::Connected { tx, .. } => tx.outstanding(),
-                    _ => 0,
-                },
-            })
-            .collect()
+        self.sessions.info()
     }
 
     /// The messages waiting for peers that are not connected, per target, oldest first.
@@ -299,28 +246,13 @@ impl Peer {
 
     /// Peers whose connection requests wait for our answer, oldest first.
     pub fn pending_requests(&self) -> Vec<ClientId> {
-        let mut v: Vec<(u64, ClientId)> = self
-            .sessions
-            .values()
-            .filter_map(|s| match s.state {
-                State::Incoming { order } => Some((order, s.peer)),
-                _ => None,
-            })
-            .collect();
-        v.sort_unstable();
-        v.into_iter().map(|(_, p)| p).collect()
+        self.sessions.pending_requests()
     }
 
     pub fn stats(&self) -> PeerStats {
-        let mut stats = self.stats.clone();
+        let mut stats = self.sessions.stats();
+        stats.undecodable = self.undecodable;
         stats.ignored = self.out.ignored();
-        for s in self.sessions.values() {
-            if let State::Connected { tx, rx } = &s.state {
-                stats.duplicates += rx.duplicates();
-                stats.retransmissions += tx.retransmissions();
-                stats.early_retransmissions += tx.early_retransmissions();
-            }
-        }
         stats
     }
 
@@ -344,46 +276,20 @@ impl Peer {
         self.out.poll_event().or_else(|| self.files.poll_event())
     }
 
-    /// The next time [`Peer::handle_timeout`] has work to do.
+    /// The next time [`Peer::handle_timeout`] has work to do: the soonest of the parts'.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        if let Some(t) = self.server.poll_timeout() {
-            consider(t);
-        }
-        for s in self.sessions.values() {
-            match &s.state {
-                State::LookingUp { retry } | State::Requesting { retry } => consider(retry.next()),
-                State::Incoming { .. } => consider(s.last_heard + self.request_lifetime()),
-                State::Connected { tx, .. } => {
-                    if let Some(t) = tx.poll_timeout() {
-                        consider(t);
-                    }
-                    consider(s.last_sent + self.config.session_idle);
-                    consider(s.last_heard + self.config.session_timeout);
-                }
-            }
-        }
-        for c in self.closing.values() {
-            consider(c.retry.next());
-        }
-        if let Some(t) = self.names.poll_timeout() {
-            consider(t);
-        }
-        if !self.finishing && self.server.is_registered() {
-            if let Some(t) = self.outbox.poll_timeout() {
-                consider(t);
-            }
-        }
-        if let Some(t) = self.files.poll_timeout() {
-            consider(t);
-        }
-        next
-    }
-
-    /// A request not heard again for this long is taken as withdrawn.
-    fn request_lifetime(&self) -> Duration {
-        self.config.retry_interval * 3
+        // The queue waits while we are not registered, and for good once we finish.
+        let pursuing = !self.finishing && self.server.is_registered();
+        [
+            self.server.poll_timeout(),
+            self.sessions.poll_timeout(),
+            self.names.poll_timeout(),
+            self.outbox.poll_timeout().filter(|_| pursuing),
+            self.files.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ------------------------------------------------------------------ user commands
@@ -394,42 +300,10 @@ impl Peer {
         if peer == me {
             return Err(CommandError::OwnId);
         }
-        match self
-            .sessions
-            .get_mut(&peer)
-            .map(|s| (&s.state, &mut s.auto))
-        {
-            Some((State::Connected { .. }, _)) => return Err(CommandError::AlreadyConnected(peer)),
-            Some((State::LookingUp { .. } | State::Requesting { .. }, auto)) if *auto => {
-                // The queue was already trying: from now on the user sees how it goes.
-                *auto = false;
-                return Ok(());
-            }
-            Some((State::LookingUp { .. } | State::Requesting { .. }, _)) => {
-                return Err(CommandError::AlreadyConnecting(peer))
-            }
-            Some((State::Incoming { .. }, _)) => return self.accept(now, Some(peer)).map(|_| ()),
-            None => {}
+        match self.sessions.connect(now, peer, &mut self.out)? {
+            Connecting::Started => Ok(()),
+            Connecting::Incoming => self.accept(now, Some(peer)).map(|_| ()),
         }
-        let id = self.rng.random::<SessionId>();
-        self.sessions.insert(
-            peer,
-            Session {
-                peer,
-                id,
-                addr: None,
-                state: State::LookingUp {
-                    retry: Retry::first(now + self.config.server_retry),
-                },
-                last_heard: now,
-                last_sent: now,
-                queued_ack: None,
-                auto: false,
-            },
-        );
-        self.server
-            .send(&mut self.out, Message::Lookup { id: peer });
-        Ok(())
     }
 
     /// Connects to `target`, an id or a name (looked up with `Resolve`).
@@ -466,13 +340,7 @@ impl Peer {
     /// Makes `target`, which must be connected, the peer that `send` without a target goes to.
     pub fn switch(&mut self, target: &Target) -> Result<ClientId, CommandError> {
         let peer = self.session_peer(target)?;
-        match self.sessions.get(&peer).map(|s| &s.state) {
-            Some(State::Connected { .. }) => {
-                self.current = Some(peer);
-                Ok(peer)
-            }
-            _ => Err(CommandError::NotConnectedTo(peer)),
-        }
+        self.sessions.switch(peer)
     }
 
     /// Sends `text` to `target`, or to the current peer. A target that is not connected
@@ -489,9 +357,7 @@ impl Peer {
             return self.send(now, None, text).map(Sending::Sent);
         };
         if let Some(p) = self.find(target) {
-            if matches!(self.sessions[&p].state, State::Connected { .. })
-                && !self.outbox.has_queue_for(p, self.name_of(p))
-            {
+            if self.sessions.is_connected(p) && !self.outbox.has_queue_for(p, self.name_of(p)) {
                 return self.send(now, Some(p), text).map(Sending::Sent);
             }
         }
@@ -510,8 +376,9 @@ impl Peer {
             return Err(CommandError::OwnId);
         }
         for piece in split_text(text, wire::MAX_TEXT) {
+            let piece = piece.to_string();
             self.outbox
-                .push(now, target.clone(), piece.to_string(), true, &mut self.out);
+                .push(now, target.clone(), piece, true, &mut self.out);
         }
         self.pursue(now);
         self.flush(now);
@@ -560,81 +427,6 @@ impl Peer {
         Ok(())
     }
 
-    /// Starts an attempt to reach every queued-for target whose time has come.
-    fn pursue(&mut self, now: Instant) {
-        if self.finishing || !self.server.is_registered() {
-            return;
-        }
-        for key in self.outbox.due(now) {
-            let target = self.outbox.target(&key);
-            if let Some(peer) = self.find(&target) {
-                if matches!(self.sessions[&peer].state, State::Connected { .. }) {
-                    self.deliver_queued(now, peer);
-                    continue;
-                }
-                // A session is on its way (or the peer asked us): wait for it.
-                self.outbox.attempting(&key);
-                continue;
-            }
-            self.outbox.attempting(&key);
-            match &target {
-                Target::Id(id) => {
-                    if self.connect(now, *id).is_ok() {
-                        if let Some(s) = self.sessions.get_mut(id) {
-                            s.auto = true;
-                        }
-                    }
-                }
-                Target::Name(name) => {
-                    if !self.names.is_resolving(&key) {
-                        self.names.resolve(now, name, true, &mut self.out);
-                    }
-                }
-            }
-        }
-        // Attempts that ended without a session: try again later.
-        let (sessions, names) = (&self.sessions, &self.names);
-        self.outbox.retry_idle(now, |key, target| {
-            names.is_resolving(key) || find(sessions, names, target).is_some()
-        });
-    }
-
-    /// Sends whatever is queued for `peer`, now connected, in the order it was queued.
-    fn deliver_queued(&mut self, now: Instant, peer: ClientId) {
-        let keys = self.outbox.keys_for(peer, self.name_of(peer));
-        for key in keys {
-            let (target, texts) = self.outbox.take(&key);
-            self.names.forget_resolve(&key);
-            let Some(Session {
-                state: State::Connected { tx, .. },
-                ..
-            }) = self.sessions.get_mut(&peer)
-            else {
-                return;
-            };
-            let mut sent = Vec::with_capacity(texts.len());
-            for text in &texts {
-                sent.push((tx.push(text.clone()), text.clone()));
-            }
-            self.out.event(Event::Dequeued {
-                to: target,
-                peer,
-                seqs: sent.iter().map(|(seq, _)| *seq).collect(),
-            });
-            for (seq, text) in sent {
-                self.out.event(Event::Sent { peer, seq, text });
-            }
-        }
-        self.flush(now);
-    }
-
-    /// Remembers the name a server or a request gave for `peer`.
-    fn learn_name(&mut self, peer: ClientId, name: Option<String>, display: Option<String>) {
-        let sessions = &self.sessions;
-        self.names
-            .learn(peer, name, display, |p| sessions.contains_key(p));
-    }
-
     /// Accepts the request of `peer`, or the oldest request. Returns whom we accepted.
     pub fn accept(
         &mut self,
@@ -642,11 +434,9 @@ impl Peer {
         peer: Option<ClientId>,
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
-        let peer = self.pick_request(peer)?;
-        let s = &self.sessions[&peer];
-        let (to, session) = (s.addr.expect("requests have an address"), s.id);
+        let peer = self.sessions.pick_request(peer)?;
         // The Accept first: opening sends what is queued for the peer, which should follow.
-        self.transmit(to, Message::Accept { from: me, session });
+        self.sessions.send_accept(me, peer, &mut self.out);
         self.open(now, peer);
         Ok(peer)
     }
@@ -658,38 +448,9 @@ impl Peer {
         peer: Option<ClientId>,
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
-        let peer = self.pick_request(peer)?;
-        let s = self.sessions.remove(&peer).expect("picked from sessions");
-        self.reject_session(now, me, &s);
+        let peer = self.sessions.pick_request(peer)?;
+        self.sessions.reject(now, me, peer, &mut self.out);
         Ok(peer)
-    }
-
-    fn reject_session(&mut self, now: Instant, me: ClientId, s: &Session) {
-        if let Some(to) = s.addr {
-            self.transmit(
-                to,
-                Message::Reject {
-                    from: me,
-                    session: s.id,
-                },
-            );
-        }
-        let until = now + self.config.retry_interval * (self.config.connect_tries + 1);
-        self.rejected.insert((s.peer, s.id), until);
-    }
-
-    fn pick_request(&self, peer: Option<ClientId>) -> Result<ClientId, CommandError> {
-        match peer {
-            Some(p) => match self.sessions.get(&p).map(|s| &s.state) {
-                Some(State::Incoming { .. }) => Ok(p),
-                _ => Err(CommandError::NoRequestFrom(p)),
-            },
-            None => self
-                .pending_requests()
-                .first()
-                .copied()
-                .ok_or(CommandError::NoRequest),
-        }
     }
 
     /// Sends `text` to `peer` (default: the current peer). Text longer than
@@ -708,27 +469,7 @@ impl Peer {
         if text.is_empty() {
             return Err(CommandError::EmptyMessage);
         }
-        let peer = match peer.or(self.current) {
-            Some(p) => p,
-            None => return Err(CommandError::NotConnected),
-        };
-        let Some(Session {
-            state: State::Connected { tx, .. },
-            ..
-        }) = self.sessions.get_mut(&peer)
-        else {
-            return Err(CommandError::NotConnectedTo(peer));
-        };
-        let mut seqs = Vec::new();
-        for piece in split_text(text, wire::MAX_TEXT) {
-            let seq = tx.push(piece.to_string());
-            seqs.push(seq);
-            self.out.event(Event::Sent {
-                peer,
-                seq,
-                text: piece.to_string(),
-            });
-        }
+        let seqs = self.sessions.send(peer, text, &mut self.out)?;
         self.flush(now);
         Ok(seqs)
     }
@@ -741,22 +482,8 @@ impl Peer {
         peer: Option<ClientId>,
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
-        let peer = match peer.or(self.current) {
-            Some(p) => p,
-            None => {
-                // Nothing current: the only thing pending, if there is exactly one.
-                let mut all = self.sessions.keys();
-                match (all.next(), all.next()) {
-                    (Some(&p), None) => p,
-                    _ => return Err(CommandError::NotConnected),
-                }
-            }
-        };
-        let Some(s) = self.sessions.remove(&peer) else {
-            return Err(CommandError::NoSessionWith(peer));
-        };
-        self.end_locally(now, me, s);
-        self.refresh_current();
+        let (peer, ended) = self.sessions.terminate(now, me, peer, &mut self.out)?;
+        self.session_ended(ended);
         Ok(peer)
     }
 
@@ -767,16 +494,12 @@ impl Peer {
             return;
         }
         self.finishing = true;
-        let Some(me) = self.server.id() else {
-            self.server.leave(now, &mut self.out);
-            return;
-        };
-        let peers: Vec<ClientId> = self.sessions.keys().copied().collect();
-        for p in peers {
-            let s = self.sessions.remove(&p).expect("listed above");
-            self.end_locally(now, me, s);
+        if let Some(me) = self.server.id() {
+            for ended in self.sessions.end_all(now, me, &mut self.out) {
+                self.session_ended(ended);
+            }
         }
-        self.current = None;
+        // Never registered: nothing to tell anyone, and we are done at once.
         self.server.leave(now, &mut self.out);
     }
 
@@ -789,15 +512,8 @@ impl Peer {
         }
         self.finishing = true;
         if let Some(me) = self.server.id() {
-            let incoming: Vec<ClientId> = self
-                .sessions
-                .values()
-                .filter(|s| matches!(s.state, State::Incoming { .. }))
-                .map(|s| s.peer)
-                .collect();
-            for p in incoming {
-                let s = self.sessions.remove(&p).expect("listed above");
-                self.end_locally(now, me, s);
+            for ended in self.sessions.decline_requests(now, me, &mut self.out) {
+                self.session_ended(ended);
             }
             self.files.refuse_all(now, me);
         }
@@ -808,119 +524,13 @@ impl Peer {
         if !self.finishing || !self.server.is_active() {
             return;
         }
-        let settled = self.sessions.values().all(|s| match &s.state {
-            State::Connected { tx, .. } => tx.is_idle(),
-            State::Incoming { .. } => true,
-            State::LookingUp { .. } | State::Requesting { .. } => s.auto,
-        }) && self.names.is_settled()
-            && self.files.is_idle();
-        if settled {
+        if self.sessions.is_settled() && self.names.is_settled() && self.files.is_idle() {
             self.leave(now);
         }
     }
 
-    /// Ends a session on our side: tells the peer, reports what was not delivered. With
-    /// `reason`, the end is shown now; without, once the peer acknowledges the Terminate.
-    fn end_locally(&mut self, now: Instant, me: ClientId, mut s: Session) {
-        self.end_locally_because(now, me, &mut s, None);
-    }
-
-    fn end_locally_because(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        s: &mut Session,
-        reason: Option<EndReason>,
-    ) {
-        self.absorb_stats(s);
-        self.files
-            .session_ended(s.peer, s.id, reason.unwrap_or(EndReason::ByUs));
-        match &mut s.state {
-            State::Connected { tx, .. } => {
-                let period = tx.rtt().rto().min(self.config.retry_interval);
-                for seq in tx.abandon() {
-                    self.out.event(Event::Undelivered { peer: s.peer, seq });
-                }
-                if let Some(reason) = reason {
-                    self.out.event(Event::Terminated {
-                        peer: s.peer,
-                        reason,
-                    });
-                }
-                let addr = s.addr.expect("connected sessions have an address");
-                self.start_closing(now, me, s, addr, period, reason.is_none());
-            }
-            State::Requesting { .. } => {
-                // The queue's own attempts end quietly: the user never started them.
-                if !s.auto {
-                    self.out.event(Event::Terminated {
-                        peer: s.peer,
-                        reason: EndReason::Cancelled,
-                    });
-                }
-                let addr = s.addr.expect("requests go to an address");
-                let period = self.config.server_retry;
-                self.start_closing(now, me, s, addr, period, false);
-            }
-            State::LookingUp { .. } if s.auto => {}
-            State::LookingUp { .. } => self.out.event(Event::Terminated {
-                peer: s.peer,
-                reason: EndReason::Cancelled,
-            }),
-            State::Incoming { .. } => self.reject_session(now, me, s),
-        }
-    }
-
-    /// Keeps the counters of a session that is going away.
-    fn absorb_stats(&mut self, s: &Session) {
-        if let State::Connected { tx, rx } = &s.state {
-            self.stats.duplicates += rx.duplicates();
-            self.stats.retransmissions += tx.retransmissions();
-            self.stats.early_retransmissions += tx.early_retransmissions();
-        }
-    }
-
-    fn start_closing(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        s: &Session,
-        addr: SocketAddr,
-        period: Duration,
-        announce: bool,
-    ) {
-        self.transmit(
-            addr,
-            Message::Terminate {
-                from: me,
-                session: s.id,
-            },
-        );
-        self.closing.insert(
-            s.id,
-            Closing {
-                peer: s.peer,
-                addr,
-                retry: Retry::first(now + period),
-                period,
-                announce,
-            },
-        );
-    }
-
     fn usable_id(&self) -> Result<ClientId, CommandError> {
         self.server.usable_id()
-    }
-
-    fn refresh_current(&mut self) {
-        let still = self.current.is_some_and(|p| {
-            self.sessions
-                .get(&p)
-                .is_some_and(|s| matches!(s.state, State::Connected { .. }))
-        });
-        if !still {
-            self.current = self.connected_peers().last().copied();
-        }
     }
 
     // ------------------------------------------------------------------ file commands
@@ -1013,7 +623,7 @@ impl Peer {
                 self.server.fatal(message, &mut self.out);
             }
             Err(e) => {
-                self.stats.undecodable += 1;
+                self.undecodable += 1;
                 debug!("{from}: dropped: {e}");
             }
         }
@@ -1034,19 +644,21 @@ impl Peer {
         }
     }
 
+    /// A message from the server: names first, then our registration, then the answers to
+    /// the lookups of sessions.
     fn handle_server_message(&mut self, now: Instant, msg: Message) {
         let (registered, id, token) = (
             self.server.is_registered(),
             self.server.id(),
             self.server.token(),
         );
-        match self
+        let msg = match self
             .names
             .handle_message(registered, id, token, msg, now, &mut self.out)
         {
-            Heard::Handled => {}
-            Heard::Refused(message) => self.server.give_up(message, &mut self.out),
-            Heard::Unknown { key } => self.outbox.retry_later(now, &key),
+            Heard::Handled => return,
+            Heard::Refused(message) => return self.server.give_up(message, &mut self.out),
+            Heard::Unknown { key } => return self.outbox.retry_later(now, &key),
             Heard::Found {
                 peer,
                 addr,
@@ -1055,23 +667,20 @@ impl Peer {
                 auto,
             } => {
                 self.learn_name(peer, Some(name), display_name);
-                self.resolved(now, peer, addr, auto);
+                return self.resolved(now, peer, addr, auto);
             }
-            Heard::NotMine(msg) => self.handle_registration(now, msg),
-        }
-    }
-
-    fn handle_registration(&mut self, now: Instant, msg: Message) {
-        let settled = self.closing.is_empty();
+            Heard::NotMine(msg) => msg,
+        };
+        let settled = self.sessions.all_closed();
         let msg = match self.server.handle_message(now, msg, settled, &mut self.out) {
             Answer::Registered => {
                 let (id, token) = (self.server.id(), self.server.token());
-                self.names.claim(now, id, token, &mut self.out);
-                return;
+                return self.names.claim(now, id, token, &mut self.out);
             }
             Answer::Handled => return,
             Answer::NotMine(msg) => msg,
         };
+        let server = self.config.server;
         match msg {
             Message::Found {
                 id,
@@ -1080,43 +689,28 @@ impl Peer {
                 display_name,
             } => {
                 let Some(me) = self.server.id() else { return };
-                let retry = self.config.retry_interval;
-                match self.sessions.get_mut(&id) {
-                    Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                        self.learn_name(id, name, display_name);
-                        let s = self.sessions.get_mut(&id).expect("just seen");
-                        s.addr = Some(addr);
-                        s.state = State::Requesting {
-                            retry: Retry::first(now + retry),
-                        };
-                        let session = s.id;
-                        let request = Self::request_message(&self.config, me, session);
-                        self.transmit(addr, request);
-                    }
-                    _ => self.out.ignore(
-                        self.config.server,
-                        &Message::Found {
-                            id,
-                            addr,
-                            name: None,
-                            display_name: None,
-                        },
-                    ),
+                if self.sessions.found(now, me, id, addr, &mut self.out) {
+                    self.learn_name(id, name, display_name);
+                } else {
+                    let name = None;
+                    let display_name = None;
+                    let msg = Message::Found {
+                        id,
+                        addr,
+                        name,
+                        display_name,
+                    };
+                    self.out.ignore(server, &msg);
                 }
             }
-            Message::Inactive { id } => match self.sessions.get(&id) {
-                Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                    let s = self.sessions.remove(&id).expect("just seen");
-                    if !s.auto {
-                        self.out.event(Event::Inactive { peer: id });
-                    }
+            Message::Inactive { id } => {
+                if self.sessions.inactive(id, &mut self.out) {
                     self.outbox.retry_later(now, &id.to_string());
+                } else {
+                    self.out.ignore(server, &Message::Inactive { id });
                 }
-                _ => self
-                    .out
-                    .ignore(self.config.server, &Message::Inactive { id }),
-            },
-            other => self.out.ignore(self.config.server, &other),
+            }
+            other => self.out.ignore(server, &other),
         }
     }
 
@@ -1132,7 +726,7 @@ impl Peer {
             }
             return;
         }
-        if self.sessions.contains_key(&peer) {
+        if self.sessions.contains(&peer) {
             if !auto {
                 if let Err(e) = self.connect(now, peer) {
                     self.out.event(Event::Notice {
@@ -1142,24 +736,8 @@ impl Peer {
             }
             return;
         }
-        let session = self.rng.random::<SessionId>();
-        self.sessions.insert(
-            peer,
-            Session {
-                peer,
-                id: session,
-                addr: Some(addr),
-                state: State::Requesting {
-                    retry: Retry::first(now + self.config.retry_interval),
-                },
-                last_heard: now,
-                last_sent: now,
-                queued_ack: None,
-                auto,
-            },
-        );
-        let request = Self::request_message(&self.config, me, session);
-        self.transmit(addr, request);
+        self.sessions
+            .request(now, me, peer, addr, auto, &mut self.out);
     }
 
     fn handle_peer_message(&mut self, now: Instant, src: SocketAddr, msg: Message) {
@@ -1167,6 +745,7 @@ impl Peer {
             self.out.ignore(src, &msg);
             return;
         };
+        let out = &mut self.out;
         match msg {
             Message::ConnectRequest {
                 from,
@@ -1174,425 +753,93 @@ impl Peer {
                 name,
                 display_name,
             } => {
-                self.on_request(now, me, src, from, session);
+                let finishing = self.finishing;
+                match (self.sessions).handle_request(now, me, src, from, session, finishing, out) {
+                    Requested::Nothing => {}
+                    Requested::Open => self.open(now, from),
+                    Requested::Replaced(ended) => self.session_ended(ended),
+                }
                 // The name is the requester's claim: kept for a request we now hold from
                 // that address, never for someone else's session.
-                let holds = self.sessions.get(&from).is_some_and(|s| {
-                    s.id == session
-                        && s.addr == Some(src)
-                        && !matches!(s.state, State::Connected { .. })
-                });
-                if holds && name.is_some() {
+                if self.sessions.holds_request(from, src, session) && name.is_some() {
                     self.learn_name(from, name, display_name);
                 }
             }
             Message::Accept { from, session } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
+                if self.sessions.is_requesting(from, src, session) {
                     self.open(now, from);
                 } else {
-                    self.out.ignore(src, &msg);
+                    out.ignore(src, &msg);
                 }
             }
             Message::Reject { from, session } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
-                    self.sessions.remove(&from);
-                    self.out.event(Event::Rejected { peer: from });
-                    let queued = self.outbox.targets_for(from, self.name_of(from));
+                if self.sessions.handle_reject(from, src, session, out) {
+                    let queued = self.outbox.targets_for(from, self.names.name_of(from));
                     for target in queued {
                         self.drop_queue(&target, "the peer rejected the connection");
                     }
                 } else {
-                    self.out.ignore(src, &msg);
-                }
-            }
-            Message::Chat {
-                from,
-                session,
-                seq,
-                text,
-            } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
-                    // Its Accept was lost, but a message on the session means it accepted.
-                    self.open(now, from);
-                }
-                let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
-                    self.unknown_session(
-                        me,
-                        src,
-                        session,
-                        &Message::Chat {
-                            from,
-                            session,
-                            seq,
-                            text,
-                        },
-                    );
-                    return;
-                };
-                s.last_heard = now;
-                s.last_sent = now;
-                let State::Connected { rx, .. } = &mut s.state else {
-                    unreachable!("connected_mut returns connected sessions")
-                };
-                let received = rx.receive(seq, text);
-                let cumulative = rx.cumulative();
-                let queued = s.queued_ack;
-                match received {
-                    Received::Deliver(ready) => {
-                        for (seq, text) in ready {
-                            self.out.event(Event::Message { from, seq, text });
-                        }
-                    }
-                    Received::Held | Received::Duplicate => {}
-                    Received::TooFarAhead => return,
-                }
-                if seq <= cumulative && self.merge_ack(queued, src, session, seq, cumulative) {
-                    return;
-                }
-                let position = self.out.next_position();
-                self.transmit(
-                    src,
-                    Message::Ack {
-                        from: me,
-                        session,
-                        seq,
-                        cumulative,
-                    },
-                );
-                if let Some(s) = self.sessions.get_mut(&from) {
-                    s.queued_ack = Some(position);
-                }
-            }
-            Message::Ack {
-                from,
-                session,
-                seq,
-                cumulative,
-            } => {
-                let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
-                    self.unknown_session(me, src, session, &msg);
-                    return;
-                };
-                s.last_heard = now;
-                let State::Connected { tx, .. } = &mut s.state else {
-                    unreachable!("connected_mut returns connected sessions")
-                };
-                tx.on_ack(now, seq, cumulative);
-                while let Some(seq) = tx.poll_delivered() {
-                    self.out.event(Event::Delivered { peer: from, seq });
-                }
-            }
-            Message::Ping { from, session } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
-                    // As with a Chat: its Accept was lost, and an idle accepter pings
-                    // (after `session_idle`) before our next request goes out. Answering
-                    // with a reset would end the session it accepted.
-                    self.open(now, from);
-                }
-                let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
-                    self.unknown_session(me, src, session, &msg);
-                    return;
-                };
-                s.last_heard = now;
-                s.last_sent = now;
-                self.transmit(src, Message::Pong { from: me, session });
-            }
-            Message::Pong { from, session } => {
-                match Self::connected_mut(&mut self.sessions, from, src, session) {
-                    Some(s) => s.last_heard = now,
-                    None => self.out.ignore(src, &msg),
+                    out.ignore(src, &msg);
                 }
             }
             Message::Terminate { from, session } => {
-                // Always acknowledged: our earlier TerminateAck may have been lost.
-                self.transmit(src, Message::TerminateAck { from: me, session });
-                if self.matches(from, src, session, |_| true) {
-                    let s = self.sessions.remove(&from).expect("matched");
-                    self.end_by_peer(s);
-                } else if self.closing_matches(from, src, session) {
-                    // Both ended it at once.
-                    self.closed(session, EndReason::ByUs);
-                } else {
-                    self.out.ignore(src, &msg);
+                match self.sessions.handle_terminate(me, src, from, session, out) {
+                    Terminated::Nothing => {}
+                    Terminated::Session(ended) => self.session_ended(ended),
+                    Terminated::Closing => self.left_if_closed(),
                 }
             }
             Message::TerminateAck { from, session } => {
-                if self.closing_matches(from, src, session) {
-                    self.closed(session, EndReason::ByUs);
-                } else {
-                    self.out.ignore(src, &msg);
+                if self.sessions.handle_terminate_ack(src, from, session, out) {
+                    self.left_if_closed();
                 }
             }
-            // ---- file transfer (src/transfer.rs) ----
-            other => match files::route(&other) {
-                Some((from, session)) => {
-                    match Self::connected_mut(&mut self.sessions, from, src, session) {
-                        Some(s) => {
-                            s.last_heard = now;
-                            let link = Self::link_of(s);
-                            self.files.handle_message(now, me, link, other);
-                        }
-                        None => self.unknown_session(me, src, session, &other),
+            traffic => {
+                if let Message::Chat { from, session, .. } | Message::Ping { from, session } =
+                    traffic
+                {
+                    // Its Accept was lost, but a message on the session means it accepted
+                    // (an idle accepter pings, after `session_idle`, before our next request
+                    // goes out; answering with a reset would end the session it accepted).
+                    if self.sessions.is_requesting(from, src, session) {
+                        self.open(now, from);
                     }
                 }
-                None => self.out.ignore(src, &other),
-            },
+                let out = &mut self.out;
+                if let Some((link, msg)) = self.sessions.handle_traffic(now, me, src, traffic, out)
+                {
+                    self.files.handle_message(now, me, link, msg);
+                }
+            }
         }
     }
 
     /// The session a file command goes on: with `peer`, or the current peer.
     pub(crate) fn file_link(&self, peer: Option<ClientId>) -> Result<Link, CommandError> {
-        let peer = peer.or(self.current).ok_or(CommandError::NotConnected)?;
-        match self.sessions.get(&peer) {
-            Some(s) if matches!(s.state, State::Connected { .. }) => Ok(Self::link_of(s)),
-            _ => Err(CommandError::NotConnectedTo(peer)),
-        }
-    }
-
-    fn link_of(s: &Session) -> Link {
-        let rto = match &s.state {
-            State::Connected { tx, .. } => tx.rtt().rto(),
-            _ => Duration::from_secs(1),
-        };
-        Link {
-            peer: s.peer,
-            session: s.id,
-            addr: s.addr.expect("connected sessions have an address"),
-            rto,
-        }
-    }
-
-    fn on_request(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        src: SocketAddr,
-        from: ClientId,
-        session: SessionId,
-    ) {
-        let msg = Message::ConnectRequest {
-            from,
-            session,
-            name: None,
-            display_name: None,
-        };
-        if from == me {
-            self.out.ignore(src, &msg);
-            return;
-        }
-        if self.rejected.contains_key(&(from, session)) {
-            // Our Reject was lost: the same answer again.
-            self.transmit(src, Message::Reject { from: me, session });
-            return;
-        }
-        if self.finishing {
-            self.transmit(src, Message::Reject { from: me, session });
-            return;
-        }
-        let Some(s) = self.sessions.get_mut(&from) else {
-            self.incoming(now, src, from, session);
-            return;
-        };
-        let same_addr = s.addr == Some(src);
-        match &s.state {
-            State::Incoming { .. } if same_addr => {
-                // A resend: not shown again. The newest request of the peer is the one we
-                // will answer.
-                s.last_heard = now;
-                s.id = session;
-            }
-            State::Connected { .. } if s.id == session && same_addr => {
-                // Our Accept was lost.
-                s.last_heard = now;
-                self.transmit(src, Message::Accept { from: me, session });
-            }
-            State::Connected { .. } if same_addr && session < s.id => {
-                // The peer forgot the old session (restarted, or ended it without our
-                // hearing) and asks anew. A larger id from the same peer is a leftover
-                // request that lost a simultaneous open, and is ignored.
-                let old = self.sessions.remove(&from).expect("present");
-                self.end_with(old, EndReason::Replaced);
-                self.incoming(now, src, from, session);
-            }
-            State::Requesting { .. } if same_addr && session < s.id => {
-                // Both asked at once: the smaller session id wins, and we wanted this.
-                s.id = session;
-                self.transmit(src, Message::Accept { from: me, session });
-                self.open(now, from);
-            }
-            State::LookingUp { .. } => {
-                // We were about to ask it ourselves.
-                s.id = session;
-                s.addr = Some(src);
-                self.transmit(src, Message::Accept { from: me, session });
-                self.open(now, from);
-            }
-            _ => self.out.ignore(src, &msg),
-        }
-    }
-
-    fn incoming(&mut self, now: Instant, src: SocketAddr, from: ClientId, session: SessionId) {
-        self.next_order += 1;
-        self.sessions.insert(
-            from,
-            Session {
-                peer: from,
-                id: session,
-                addr: Some(src),
-                state: State::Incoming {
-                    order: self.next_order,
-                },
-                last_heard: now,
-                last_sent: now,
-                queued_ack: None,
-                auto: false,
-            },
-        );
-        self.out.event(Event::Request { from });
-    }
-
-    /// Opens the session with `peer` (which has an address).
-    fn open(&mut self, now: Instant, peer: ClientId) {
-        let chat = self.config.chat.clone();
-        let s = self
-            .sessions
-            .get_mut(&peer)
-            .expect("opening a present session");
-        s.state = State::Connected {
-            tx: Box::new(SendWindow::new(chat.clone())),
-            rx: RecvWindow::new(chat.window),
-        };
-        s.last_heard = now;
-        s.last_sent = now;
-        self.current = Some(peer);
-        self.out.event(Event::Connected { peer });
-        self.deliver_queued(now, peer);
-    }
-
-    /// Whether a message from `from` at `src` for `session` matches our session with it, in
-    /// a state accepted by `state_ok`.
-    fn matches(
-        &self,
-        from: ClientId,
-        src: SocketAddr,
-        session: SessionId,
-        state_ok: impl Fn(&State) -> bool,
-    ) -> bool {
-        self.sessions
-            .get(&from)
-            .is_some_and(|s| s.id == session && s.addr == Some(src) && state_ok(&s.state))
-    }
-
-    /// Whether `session` is one we are closing with `from` at `src`.
-    fn closing_matches(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
-        self.closing
-            .get(&session)
-            .is_some_and(|c| c.peer == from && c.addr == src)
-    }
-
-    fn connected_mut(
-        sessions: &mut BTreeMap<ClientId, Session>,
-        from: ClientId,
-        src: SocketAddr,
-        session: SessionId,
-    ) -> Option<&mut Session> {
-        sessions.get_mut(&from).filter(|s| {
-            s.id == session && s.addr == Some(src) && matches!(s.state, State::Connected { .. })
-        })
-    }
-
-    /// A session message for a session we do not have: answer with a Terminate so that the
-    /// sender ends its stale session. For a session we are closing, this is a resend of our
-    /// Terminate, sooner than its timer: the peer evidently has not heard it.
-    fn unknown_session(
-        &mut self,
-        me: ClientId,
-        src: SocketAddr,
-        session: SessionId,
-        msg: &Message,
-    ) {
-        self.out.ignore(src, msg);
-        if !self.closing.contains_key(&session) {
-            self.stats.resets += 1;
-        }
-        self.transmit(src, Message::Terminate { from: me, session });
-    }
-
-    fn end_by_peer(&mut self, s: Session) {
-        let reason = match s.state {
-            State::Incoming { .. } | State::LookingUp { .. } => EndReason::Cancelled,
-            _ => EndReason::ByPeer,
-        };
-        self.end_with(s, reason);
-    }
-
-    /// Drops a session the peer ended or that died: reports what was not delivered.
-    fn end_with(&mut self, mut s: Session, reason: EndReason) {
-        self.absorb_stats(&s);
-        self.files.session_ended(s.peer, s.id, reason);
-        if let State::Connected { tx, .. } = &mut s.state {
-            for seq in tx.abandon() {
-                self.out.event(Event::Undelivered { peer: s.peer, seq });
-            }
-        }
-        self.out.event(Event::Terminated {
-            peer: s.peer,
-            reason,
-        });
-        self.refresh_current();
-    }
-
-    fn closed(&mut self, session: SessionId, reason: EndReason) {
-        if let Some(c) = self.closing.remove(&session) {
-            if c.announce {
-                self.out.event(Event::Terminated {
-                    peer: c.peer,
-                    reason,
-                });
-            }
-        }
-        let settled = self.closing.is_empty();
-        self.server.left_if_done(settled, &mut self.out);
+        self.sessions.file_link(peer)
     }
 
     // ------------------------------------------------------------------ timers
 
     /// Does whatever is due at `now`: resends, keepalives, giving up.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.server_timers(now);
-        let peers: Vec<ClientId> = self.sessions.keys().copied().collect();
-        for p in peers {
-            self.session_timers(now, p);
+        let settled = self.sessions.all_closed();
+        self.server.handle_timeout(now, settled, &mut self.out);
+        let me = self.server.id();
+        for ended in self.sessions.handle_timeout(now, me, &mut self.out) {
+            self.session_ended(ended);
         }
-        let due: Vec<SessionId> = self
-            .closing
-            .iter()
-            .filter(|(_, c)| c.retry.next() <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for session in due {
-            let max = self.config.terminate_tries;
-            let cap = self.config.retry_interval;
-            let c = self.closing.get_mut(&session).expect("listed above");
-            match c.retry.poll_doubling(now, max, &mut c.period, cap) {
-                Some(Step::GiveUp) => self.closed(session, EndReason::Unanswered),
-                Some(Step::Resend) => {
-                    let (to, me) = (c.addr, self.server.id().unwrap_or_default());
-                    self.transmit(to, Message::Terminate { from: me, session });
+        // A Terminate given up may have been the last one the leaving waited for.
+        self.left_if_closed();
+        let token = self.server.token();
+        match self.names.handle_timeout(now, me, token, &mut self.out) {
+            Lapsed::Claim(message) => self.server.give_up(message, &mut self.out),
+            Lapsed::Resolves(keys) => {
+                for key in keys {
+                    self.outbox.retry_later(now, &key);
                 }
-                None => {}
             }
         }
-        self.rejected.retain(|_, until| *until > now);
-        self.name_timers(now);
         self.pursue(now);
         if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
@@ -1601,186 +848,104 @@ impl Peer {
         self.leave_if_drained(now);
     }
 
-    /// Resends of `Claim`, `Resolve` and `List`, and giving up on them.
-    fn name_timers(&mut self, now: Instant) {
-        let (id, token) = (self.server.id(), self.server.token());
-        match self.names.handle_timeout(now, id, token, &mut self.out) {
-            Lapsed::Claim(message) => self.server.give_up(message, &mut self.out),
-            Lapsed::Resolves(keys) => {
-                for key in keys {
-                    self.outbox.retry_later(now, &key);
-                }
-            }
+    // ------------------------------------------------------------------ across parts
+
+    /// Opens the session with `peer` and sends what is queued for it.
+    fn open(&mut self, now: Instant, peer: ClientId) {
+        self.sessions.open(now, peer, &mut self.out);
+        self.deliver_queued(now, peer);
+    }
+
+    /// A session ended: so do the file transfers on it.
+    fn session_ended(&mut self, ended: Ended) {
+        self.files
+            .session_ended(ended.peer, ended.session, ended.reason);
+    }
+
+    /// Finishes leaving if the server part is over and no Terminate of ours is pending.
+    fn left_if_closed(&mut self) {
+        let settled = self.sessions.all_closed();
+        self.server.left_if_done(settled, &mut self.out);
+    }
+
+    /// Remembers the name a server or a request gave for `peer`.
+    fn learn_name(&mut self, peer: ClientId, name: Option<String>, display: Option<String>) {
+        let sessions = &self.sessions;
+        self.names
+            .learn(peer, name, display, |p| sessions.contains(p));
+    }
+
+    /// Starts an attempt to reach every queued-for target whose time has come.
+    fn pursue(&mut self, now: Instant) {
+        if self.finishing || !self.server.is_registered() {
+            return;
         }
-    }
-
-    fn server_timers(&mut self, now: Instant) {
-        let settled = self.closing.is_empty();
-        self.server.handle_timeout(now, settled, &mut self.out);
-    }
-
-    fn session_timers(&mut self, now: Instant, peer: ClientId) {
-        let Some(me) = self.server.id() else { return };
-        let cfg = &self.config;
-        let lifetime = self.request_lifetime();
-        let s = self.sessions.get_mut(&peer).expect("listed by the caller");
-        let mut out: Option<(SocketAddr, Message)> = None;
-        let mut end: Option<Event> = None;
-        match &mut s.state {
-            State::LookingUp { retry } => {
-                match retry.poll(now, cfg.server_tries, now + cfg.server_retry) {
-                    Some(Step::GiveUp) => end = Some(Event::LookupFailed { peer }),
-                    Some(Step::Resend) => out = Some((cfg.server, Message::Lookup { id: peer })),
-                    None => {}
+        for key in self.outbox.due(now) {
+            let target = self.outbox.target(&key);
+            if let Some(peer) = self.find(&target) {
+                if self.sessions.is_connected(peer) {
+                    self.deliver_queued(now, peer);
+                    continue;
                 }
+                // A session is on its way (or the peer asked us): wait for it.
+                self.outbox.attempting(&key);
+                continue;
             }
-            State::Requesting { retry } => {
-                let to = s.addr.expect("requests go to an address");
-                // Keep to the exact period even if this call came late.
-                let then = (retry.next() + cfg.retry_interval).max(now);
-                match retry.poll(now, cfg.connect_tries, then) {
-                    Some(Step::GiveUp) => {
-                        // Tell the peer, once, that we stopped asking.
-                        out = Some((
-                            to,
-                            Message::Terminate {
-                                from: me,
-                                session: s.id,
-                            },
-                        ));
-                        end = Some(Event::NoAnswer { peer });
+            self.outbox.attempting(&key);
+            match &target {
+                Target::Id(id) => {
+                    if self.connect(now, *id).is_ok() {
+                        self.sessions.set_auto(*id);
                     }
-                    Some(Step::Resend) => out = Some((to, Self::request_message(cfg, me, s.id))),
-                    None => {}
                 }
-            }
-            State::Incoming { .. } if s.last_heard + lifetime <= now => {
-                end = Some(Event::Terminated {
-                    peer,
-                    reason: EndReason::Cancelled,
-                });
-            }
-            State::Connected { tx, .. } => {
-                if s.last_heard + cfg.session_timeout <= now {
-                    let s = self.sessions.remove(&peer).expect("present");
-                    self.end_with(s, EndReason::PeerSilent);
-                    return;
+                Target::Name(name) => {
+                    if !self.names.is_resolving(&key) {
+                        self.names.resolve(now, name, true, &mut self.out);
+                    }
                 }
-                tx.handle_timeout(now);
-                if tx.is_broken() {
-                    let mut s = self.sessions.remove(&peer).expect("present");
-                    self.end_locally_because(now, me, &mut s, Some(EndReason::Undeliverable));
-                    self.refresh_current();
-                    return;
-                }
-                if s.last_sent + cfg.session_idle <= now && !tx.wants_to_send() {
-                    out = Some((
-                        s.addr.expect("connected sessions have an address"),
-                        Message::Ping {
-                            from: me,
-                            session: s.id,
-                        },
-                    ));
-                    s.last_sent = now;
-                }
-            }
-            _ => {}
-        }
-        if let Some((to, msg)) = out {
-            self.transmit(to, msg);
-        }
-        if let Some(ev) = end {
-            // An attempt the queue started fails quietly: the queue tries again later.
-            let auto = self.sessions.remove(&peer).is_some_and(|s| s.auto);
-            if !auto {
-                self.out.event(ev);
             }
         }
+        // Attempts that ended without a session: try again later.
+        let (sessions, names) = (&self.sessions, &self.names);
+        self.outbox.retry_idle(now, |key, target| {
+            names.is_resolving(key) || find(sessions, names, target).is_some()
+        });
     }
 
-    // ------------------------------------------------------------------ output helpers
+    /// Sends whatever is queued for `peer`, now connected, in the order it was queued.
+    fn deliver_queued(&mut self, now: Instant, peer: ClientId) {
+        let keys = self.outbox.keys_for(peer, self.names.name_of(peer));
+        for key in keys {
+            let (target, texts) = self.outbox.take(&key);
+            self.names.forget_resolve(&key);
+            let Some(seqs) = self.sessions.push_all(peer, &texts) else {
+                return;
+            };
+            self.out.event(Event::Dequeued {
+                to: target,
+                peer,
+                seqs: seqs.clone(),
+            });
+            for (seq, text) in seqs.into_iter().zip(texts) {
+                self.out.event(Event::Sent { peer, seq, text });
+            }
+        }
+        self.flush(now);
+    }
 
-    /// Queues every chat message the send windows want to send now.
+    /// Queues every chat message and file chunk the send windows want to send now.
     fn flush(&mut self, now: Instant) {
         let Some(me) = self.server.id() else { return };
-        for s in self.sessions.values_mut() {
-            let State::Connected { tx, .. } = &mut s.state else {
-                continue;
-            };
-            let to = s.addr.expect("connected sessions have an address");
-            while let Some(out) = tx.poll_transmit(now) {
-                s.last_sent = now;
-                self.out.transmit(
-                    to,
-                    Message::Chat {
-                        from: me,
-                        session: s.id,
-                        seq: out.seq,
-                        text: out.text.to_string(),
-                    },
-                );
-            }
-        }
+        self.sessions.flush(now, me, &mut self.out);
         self.files.flush(now, me);
-    }
-
-    /// Folds the acknowledgement of `Chat` `seq`, which `cumulative` covers, into our `Ack`
-    /// for the same session at `position` if it is still queued and says nothing that the
-    /// new one does not: `cumulative` covers its `seq` too. True if merged.
-    fn merge_ack(
-        &mut self,
-        position: Option<u64>,
-        to: SocketAddr,
-        session: SessionId,
-        seq: u64,
-        cumulative: u64,
-    ) -> bool {
-        let Some(t) = self.out.queued_mut(position) else {
-            return false;
-        };
-        match &mut t.message {
-            Message::Ack {
-                session: queued_session,
-                seq: queued_seq,
-                cumulative: queued_cumulative,
-                ..
-            } if t.to == to && *queued_session == session && *queued_seq <= cumulative => {
-                // The newest message's number: a fresh round-trip sample for the sender.
-                *queued_seq = seq;
-                *queued_cumulative = cumulative;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Our `ConnectRequest` for `session`, with the name we claim.
-    fn request_message(cfg: &PeerConfig, me: ClientId, session: SessionId) -> Message {
-        Message::ConnectRequest {
-            from: me,
-            session,
-            name: cfg.name.clone(),
-            display_name: cfg.display_name.clone(),
-        }
-    }
-
-    fn transmit(&mut self, to: SocketAddr, message: Message) {
-        self.out.transmit(to, message);
     }
 }
 
 /// The peer with a session (in any state) that `target` names.
-fn find(
-    sessions: &BTreeMap<ClientId, Session>,
-    names: &Names,
-    target: &Target,
-) -> Option<ClientId> {
+fn find(sessions: &Sessions, names: &Names, target: &Target) -> Option<ClientId> {
     match target {
-        Target::Id(id) => sessions.contains_key(id).then_some(*id),
-        Target::Name(_) => sessions
-            .keys()
-            .copied()
-            .find(|&p| target.is(p, names.name_of(p))),
+        Target::Id(id) => sessions.contains(id).then_some(*id),
+        Target::Name(_) => sessions.peers().find(|&p| target.is(p, names.name_of(p))),
     }
 }
 
