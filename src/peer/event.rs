@@ -1,9 +1,8 @@
-//! What a [`Peer`](super::Peer) tells its user: events, why sessions end, why commands are
-//! refused, and the small types its commands take and return.
+//! What a [`Peer`](super::Peer) tells its user: events, why sessions and file transfers end,
+//! why commands are refused, and the small types its commands take and return.
 
 use std::fmt;
 
-use super::files::TransferFailure;
 use crate::wire::{self, ClientId, Listed};
 
 /// Whom a command is for: a numeric id or a name, as the user typed it.
@@ -190,7 +189,7 @@ pub enum Event {
     Online { clients: Vec<Listed>, total: u32 },
     /// The server did not list who is online.
     ListFailed { reason: String },
-    // ---- file transfer (src/transfer.rs); `n` is the transfer's local number ----
+    // ---- file transfer (files.rs); `n` is the transfer's local number ----
     /// Our offer `n` of a file went to `peer`.
     FileOffered {
         peer: ClientId,
@@ -309,4 +308,131 @@ pub struct PeerStats {
     /// Of those, resent before their timeout because a message sent after them had
     /// arrived (early retransmission).
     pub early_retransmissions: u64,
+}
+
+/// Why a transfer failed (the `reason` of `file_failed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferFailure {
+    /// The receiver refused the offer.
+    Refused,
+    /// Cancelled by us (`by_peer` false) or by the peer.
+    Cancelled { by_peer: bool },
+    /// The file arrived whole but its SHA-256 differs from the offer's.
+    ChecksumMismatch,
+    /// Reading or writing the file failed (here, or at the peer when `detail` is empty).
+    DiskError(String),
+    /// Nobody answered the offer in time.
+    Expired,
+    /// A chunk got no acknowledgement after every try.
+    Undeliverable,
+    /// The session ended.
+    SessionEnded(EndReason),
+    /// The peer does not know the transfer (any more).
+    Unknown,
+    /// The offered file name could not be made safe (a path, `..`): refused at once.
+    BadName(String),
+    /// We accepted, but no chunk came after every `FileGet`.
+    NotStarted,
+    /// No chunk came for the stall timeout, though the session lives.
+    Stalled,
+}
+
+impl TransferFailure {
+    /// A short stable name, used in JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransferFailure::Refused => "refused",
+            TransferFailure::Cancelled { by_peer: false } => "cancelled",
+            TransferFailure::Cancelled { by_peer: true } => "cancelled_by_peer",
+            TransferFailure::ChecksumMismatch => "checksum_mismatch",
+            TransferFailure::DiskError(_) => "disk_error",
+            TransferFailure::Expired => "expired",
+            TransferFailure::Undeliverable => "undeliverable",
+            TransferFailure::SessionEnded(_) => "session_ended",
+            TransferFailure::Unknown => "unknown_transfer",
+            TransferFailure::BadName(_) => "bad_name",
+            TransferFailure::NotStarted => "not_started",
+            TransferFailure::Stalled => "stalled",
+        }
+    }
+}
+
+impl fmt::Display for TransferFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferFailure::Refused => write!(f, "the peer refused it"),
+            TransferFailure::Cancelled { by_peer: false } => write!(f, "you cancelled it"),
+            TransferFailure::Cancelled { by_peer: true } => write!(f, "the peer cancelled it"),
+            TransferFailure::ChecksumMismatch => {
+                write!(f, "the SHA-256 of what arrived does not match the offer")
+            }
+            TransferFailure::DiskError(d) if d.is_empty() => {
+                write!(f, "the peer could not read or write the file")
+            }
+            TransferFailure::DiskError(d) => write!(f, "disk error: {d}"),
+            TransferFailure::Expired => write!(f, "the offer was not answered in time"),
+            TransferFailure::Undeliverable => write!(f, "the peer stopped acknowledging chunks"),
+            TransferFailure::SessionEnded(r) => write!(f, "the session ended ({r})"),
+            TransferFailure::Unknown => write!(f, "the peer does not know this transfer"),
+            TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
+            TransferFailure::NotStarted => write!(f, "the peer never started sending"),
+            TransferFailure::Stalled => write!(f, "the peer stopped sending"),
+        }
+    }
+}
+
+/// Why a file command was refused. The `Display` text says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileError {
+    /// The session part of the command failed (not registered, not connected...).
+    Session(CommandError),
+    /// No transfer has that number.
+    NoTransfer(u64),
+    /// No number given, and not exactly one transfer fits.
+    Ambiguous { what: &'static str, count: usize },
+    /// Transfer `n` is not an offer waiting for our answer.
+    NotAnOffer(u64),
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileError::Session(e) => e.fmt(f),
+            FileError::NoTransfer(n) => {
+                write!(f, "no transfer {n}; type transfers for the list")
+            }
+            FileError::Ambiguous { what, count: 0 } => write!(f, "no {what}"),
+            FileError::Ambiguous { what, count } => write!(
+                f,
+                "{count} {what}s: give the number (type transfers for the list)"
+            ),
+            FileError::NotAnOffer(n) => {
+                write!(f, "transfer {n} is not an offer waiting for your answer")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+impl From<CommandError> for FileError {
+    fn from(e: CommandError) -> Self {
+        FileError::Session(e)
+    }
+}
+
+/// What `transfers` shows of one transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferInfo {
+    /// The local number (what `getfile`, `refuse` and `cancel` take).
+    pub n: u64,
+    pub peer: ClientId,
+    /// True for a file we send.
+    pub outgoing: bool,
+    pub name: String,
+    pub size: u64,
+    /// Bytes acknowledged (outgoing) or written (incoming).
+    pub done: u64,
+    /// `"offered"` (waiting for the receiver), `"sending"`, `"receiving"`.
+    pub state: &'static str,
 }

@@ -19,7 +19,6 @@
 //! The wire protocol is described in [`crate::wire`], section "File transfer".
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::event::{CommandError, EndReason, Event};
+use super::event::{EndReason, Event, FileError, TransferFailure, TransferInfo};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
@@ -112,52 +111,8 @@ pub struct Link {
     pub rto: Duration,
 }
 
-/// Why a transfer failed (the `reason` of `file_failed`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferFailure {
-    /// The receiver refused the offer.
-    Refused,
-    /// Cancelled by us (`by_peer` false) or by the peer.
-    Cancelled { by_peer: bool },
-    /// The file arrived whole but its SHA-256 differs from the offer's.
-    ChecksumMismatch,
-    /// Reading or writing the file failed (here, or at the peer when `detail` is empty).
-    DiskError(String),
-    /// Nobody answered the offer in time.
-    Expired,
-    /// A chunk got no acknowledgement after every try.
-    Undeliverable,
-    /// The session ended.
-    SessionEnded(EndReason),
-    /// The peer does not know the transfer (any more).
-    Unknown,
-    /// The offered file name could not be made safe (a path, `..`): refused at once.
-    BadName(String),
-    /// We accepted, but no chunk came after every `FileGet`.
-    NotStarted,
-    /// No chunk came for the stall timeout, though the session lives.
-    Stalled,
-}
-
+/// How a failure travels on the wire, both ways.
 impl TransferFailure {
-    /// A short stable name, used in JSON output.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TransferFailure::Refused => "refused",
-            TransferFailure::Cancelled { by_peer: false } => "cancelled",
-            TransferFailure::Cancelled { by_peer: true } => "cancelled_by_peer",
-            TransferFailure::ChecksumMismatch => "checksum_mismatch",
-            TransferFailure::DiskError(_) => "disk_error",
-            TransferFailure::Expired => "expired",
-            TransferFailure::Undeliverable => "undeliverable",
-            TransferFailure::SessionEnded(_) => "session_ended",
-            TransferFailure::Unknown => "unknown_transfer",
-            TransferFailure::BadName(_) => "bad_name",
-            TransferFailure::NotStarted => "not_started",
-            TransferFailure::Stalled => "stalled",
-        }
-    }
-
     fn from_wire(reason: FileEnd) -> Self {
         match reason {
             FileEnd::Refused => TransferFailure::Refused,
@@ -184,86 +139,6 @@ impl TransferFailure {
             TransferFailure::NotStarted | TransferFailure::Stalled => FileEnd::Cancelled,
         }
     }
-}
-
-impl fmt::Display for TransferFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransferFailure::Refused => write!(f, "the peer refused it"),
-            TransferFailure::Cancelled { by_peer: false } => write!(f, "you cancelled it"),
-            TransferFailure::Cancelled { by_peer: true } => write!(f, "the peer cancelled it"),
-            TransferFailure::ChecksumMismatch => {
-                write!(f, "the SHA-256 of what arrived does not match the offer")
-            }
-            TransferFailure::DiskError(d) if d.is_empty() => {
-                write!(f, "the peer could not read or write the file")
-            }
-            TransferFailure::DiskError(d) => write!(f, "disk error: {d}"),
-            TransferFailure::Expired => write!(f, "the offer was not answered in time"),
-            TransferFailure::Undeliverable => write!(f, "the peer stopped acknowledging chunks"),
-            TransferFailure::SessionEnded(r) => write!(f, "the session ended ({r})"),
-            TransferFailure::Unknown => write!(f, "the peer does not know this transfer"),
-            TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
-            TransferFailure::NotStarted => write!(f, "the peer never started sending"),
-            TransferFailure::Stalled => write!(f, "the peer stopped sending"),
-        }
-    }
-}
-
-/// Why a file command was refused. The `Display` text says what to do instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileError {
-    /// The session part of the command failed (not registered, not connected...).
-    Session(CommandError),
-    /// No transfer has that number.
-    NoTransfer(u64),
-    /// No number given, and not exactly one transfer fits.
-    Ambiguous { what: &'static str, count: usize },
-    /// Transfer `n` is not an offer waiting for our answer.
-    NotAnOffer(u64),
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FileError::Session(e) => e.fmt(f),
-            FileError::NoTransfer(n) => {
-                write!(f, "no transfer {n}; type transfers for the list")
-            }
-            FileError::Ambiguous { what, count: 0 } => write!(f, "no {what}"),
-            FileError::Ambiguous { what, count } => write!(
-                f,
-                "{count} {what}s: give the number (type transfers for the list)"
-            ),
-            FileError::NotAnOffer(n) => {
-                write!(f, "transfer {n} is not an offer waiting for your answer")
-            }
-        }
-    }
-}
-
-impl std::error::Error for FileError {}
-
-impl From<CommandError> for FileError {
-    fn from(e: CommandError) -> Self {
-        FileError::Session(e)
-    }
-}
-
-/// What `transfers` shows of one transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransferInfo {
-    /// The local number (what `getfile`, `refuse` and `cancel` take).
-    pub n: u64,
-    pub peer: ClientId,
-    /// True for a file we send.
-    pub outgoing: bool,
-    pub name: String,
-    pub size: u64,
-    /// Bytes acknowledged (outgoing) or written (incoming).
-    pub done: u64,
-    /// `"offered"` (waiting for the receiver), `"sending"`, `"receiving"`.
-    pub state: &'static str,
 }
 
 /// The SHA-256 of `data` in lowercase hex, as shown to users.
@@ -328,6 +203,33 @@ struct Transfer {
 }
 
 impl Transfer {
+    /// A transfer starting `now` on `link`: file `n` of `offerer`, as its offer describes it.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        now: Instant,
+        link: Link,
+        offerer: ClientId,
+        n: u64,
+        name: String,
+        size: u64,
+        sha256: [u8; 32],
+        kind: Kind,
+    ) -> Self {
+        Transfer {
+            link,
+            offerer,
+            wire_n: n,
+            name,
+            size,
+            sha256,
+            chunks: chunk_count(size),
+            started: now,
+            last_progress: now,
+            progress_bytes: 0,
+            kind,
+        }
+    }
+
     fn outgoing(&self) -> bool {
         matches!(self.kind, Kind::Offering { .. } | Kind::Sending { .. })
     }
@@ -471,12 +373,7 @@ impl Files {
                 None => return Err(FileError::NoTransfer(n)),
             },
             None => {
-                let offers: Vec<u64> = self
-                    .transfers
-                    .iter()
-                    .filter(|(_, t)| matches!(t.kind, Kind::Offered))
-                    .map(|(&n, _)| n)
-                    .collect();
+                let offers = self.offers();
                 match offers[..] {
                     [n] => n,
                     _ => {
@@ -490,6 +387,15 @@ impl Files {
         };
         let t = &self.transfers[&n];
         Ok((n, t.link.peer, t.name.clone()))
+    }
+
+    /// The offers of peers waiting for our answer, by local number.
+    fn offers(&self) -> Vec<u64> {
+        self.transfers
+            .iter()
+            .filter(|(_, t)| matches!(t.kind, Kind::Offered))
+            .map(|(&n, _)| n)
+            .collect()
     }
 
     fn pick_any(&self, n: Option<u64>) -> Result<u64, FileError> {
@@ -527,25 +433,14 @@ impl Files {
         let n = self.next_local;
         self.next_local += 1;
         let period = link.rto.min(self.max_rto);
-        let t = Transfer {
-            link,
-            offerer: me,
-            // The local number is unique in the client, hence in the session.
-            wire_n: n,
-            name,
-            size,
-            sha256,
-            chunks: chunk_count(size),
-            started: now,
-            last_progress: now,
-            progress_bytes: 0,
-            kind: Kind::Offering {
-                source,
-                retry: Retry::first(now + period),
-                period,
-                expires: now + self.config.offer_lifetime,
-            },
+        let kind = Kind::Offering {
+            source,
+            retry: Retry::first(now + period),
+            period,
+            expires: now + self.config.offer_lifetime,
         };
+        // The local number is unique in the client, hence in the session.
+        let t = Transfer::new(now, link, me, n, name, size, sha256, kind);
         self.send_offer(me, &t);
         self.index.insert(t.key(), n);
         self.out.event(Event::FileOffered {
@@ -640,12 +535,7 @@ impl Files {
 
     /// At the end of a script's input: refuses every offer still waiting for an answer.
     pub fn refuse_all(&mut self, now: Instant, me: ClientId) {
-        let offers: Vec<u64> = self
-            .transfers
-            .iter()
-            .filter(|(_, t)| matches!(t.kind, Kind::Offered))
-            .map(|(&n, _)| n)
-            .collect();
+        let offers = self.offers();
         for n in offers {
             self.end(now, me, n, TransferFailure::Refused, true);
         }
@@ -800,22 +690,8 @@ impl Files {
                     size,
                     sha256: hex(&sha256),
                 });
-                self.transfers.insert(
-                    local,
-                    Transfer {
-                        link,
-                        offerer: peer,
-                        wire_n: n,
-                        name,
-                        size,
-                        sha256,
-                        chunks: chunk_count(size),
-                        started: now,
-                        last_progress: now,
-                        progress_bytes: 0,
-                        kind: Kind::Offered,
-                    },
-                );
+                let t = Transfer::new(now, link, peer, n, name, size, sha256, Kind::Offered);
+                self.transfers.insert(local, t);
             }
             Message::FileGet { n, .. } => {
                 let key = (peer, link.session, me, n);
@@ -851,16 +727,9 @@ impl Files {
                 let key = (peer, link.session, peer, n);
                 let Some(&local) = self.index.get(&key) else {
                     match self.closed.get(&key).copied() {
-                        Some(Closed::Received { chunks }) => self.reply(
-                            link,
-                            Message::ChunkAck {
-                                from: me,
-                                session: link.session,
-                                n,
-                                seq,
-                                cumulative: chunks,
-                            },
-                        ),
+                        Some(Closed::Received { chunks }) => {
+                            self.reply(link, chunk_ack(me, link, n, seq, chunks))
+                        }
                         Some(Closed::Failed(reason)) => {
                             self.send_cancel(me, key, link.addr, reason)
                         }
@@ -1018,16 +887,7 @@ impl Files {
                     return;
                 }
             }
-            self.reply(
-                link,
-                Message::ChunkAck {
-                    from: me,
-                    session: link.session,
-                    n: wire_n,
-                    seq,
-                    cumulative,
-                },
-            );
+            self.reply(link, chunk_ack(me, link, wire_n, seq, cumulative));
             return;
         }
         // Merge into our queued acknowledgement when it says nothing the new one does not.
@@ -1050,16 +910,7 @@ impl Files {
             }
         }
         *queued_ack = Some(self.out.next_position());
-        self.out.transmit(
-            link.addr,
-            Message::ChunkAck {
-                from: me,
-                session: link.session,
-                n: wire_n,
-                seq,
-                cumulative,
-            },
-        );
+        self.reply(link, chunk_ack(me, link, wire_n, seq, cumulative));
     }
 
     // ------------------------------------------------------------------ output
@@ -1245,6 +1096,18 @@ impl Files {
             consider(c.retry.next());
         }
         next
+    }
+}
+
+/// Our acknowledgement of chunk `seq` of transfer `n` on `link`, and of every chunk up to
+/// `cumulative`.
+fn chunk_ack(me: ClientId, link: Link, n: u64, seq: u64, cumulative: u64) -> Message {
+    Message::ChunkAck {
+        from: me,
+        session: link.session,
+        n,
+        seq,
+        cumulative,
     }
 }
 

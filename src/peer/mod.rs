@@ -56,10 +56,11 @@ mod sessions;
 
 use crate::reliable::SendConfig;
 use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
-pub use event::{CommandError, EndReason, Event, PeerStats, Sending, SessionInfo, Target};
-pub use files::{
-    chunk_count, hex, FileConfig, FileError, FileSink, FileSource, TransferFailure, TransferInfo,
+pub use event::{
+    CommandError, EndReason, Event, FileError, PeerStats, Sending, SessionInfo, Target,
+    TransferFailure, TransferInfo,
 };
+pub use files::{chunk_count, hex, FileConfig, FileSink, FileSource};
 use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
