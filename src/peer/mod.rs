@@ -31,8 +31,10 @@
 //!   keepalives, leave.
 //! - `names.rs`: the claim of our name, `Resolve`s, the `list` of who is online, and the
 //!   names of peers.
-//! - `sessions.rs`: sessions with peers: lookups, requests, accept/reject, chat and its
-//!   acknowledgements, pings, terminate.
+//! - `sessions.rs`: the sessions with peers, by peer id: lookups, requests, accept/reject,
+//!   terminate (resent until acknowledged), the current peer.
+//! - `session.rs`: one session: its state, its windows and timers, chat and its
+//!   acknowledgements, pings.
 //! - `outbox.rs`: messages queued for peers that are not connected, and when to try again.
 //! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
@@ -52,6 +54,7 @@ mod outbox;
 mod outputs;
 mod retry;
 mod server;
+mod session;
 mod sessions;
 
 use crate::reliable::SendConfig;

@@ -17,68 +17,9 @@ use super::event::{CommandError, EndReason, Event, PeerStats, SessionInfo};
 use super::files::Link;
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
+use super::session::{Due, Session, Settings, State};
 use super::{split_text, PeerConfig};
-use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{self, ClientId, Message, SessionId};
-
-enum State {
-    /// Waiting for the server to say where the peer is.
-    LookingUp {
-        retry: Retry,
-    },
-    /// `ConnectRequest` sent; waiting for `Accept` or `Reject`.
-    Requesting {
-        retry: Retry,
-    },
-    /// The peer asked; waiting for our user to answer. `order` ranks requests by arrival.
-    Incoming {
-        order: u64,
-    },
-    Connected {
-        tx: Box<SendWindow>,
-        rx: RecvWindow,
-    },
-}
-
-struct Session {
-    peer: ClientId,
-    id: SessionId,
-    addr: Option<SocketAddr>,
-    state: State,
-    last_heard: Instant,
-    last_sent: Instant,
-    /// Where our latest `Ack` for this session waits in the queue of transmits (its
-    /// position counted from the first transmit ever queued), so that the acknowledgement of
-    /// the next `Chat` can be merged into it while it has not been sent yet.
-    queued_ack: Option<u64>,
-    /// Started by the queue (not by the user): its failures are not shown.
-    auto: bool,
-}
-
-impl Session {
-    fn new(
-        peer: ClientId,
-        id: SessionId,
-        addr: Option<SocketAddr>,
-        state: State,
-        now: Instant,
-    ) -> Self {
-        Session {
-            peer,
-            id,
-            addr,
-            state,
-            last_heard: now,
-            last_sent: now,
-            queued_ack: None,
-            auto: false,
-        }
-    }
-
-    fn is_connected(&self) -> bool {
-        matches!(self.state, State::Connected { .. })
-    }
-}
 
 /// A `Terminate` we keep resending until it is acknowledged.
 struct Closing {
@@ -89,39 +30,6 @@ struct Closing {
     /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
     /// shown already).
     announce: bool,
-}
-
-/// The settings of [`PeerConfig`] that sessions use.
-struct Settings {
-    server: SocketAddr,
-    server_retry: Duration,
-    server_tries: u32,
-    retry_interval: Duration,
-    connect_tries: u32,
-    terminate_tries: u32,
-    chat: SendConfig,
-    session_idle: Duration,
-    session_timeout: Duration,
-    /// What our `ConnectRequest`s say of us.
-    name: Option<String>,
-    display_name: Option<String>,
-}
-
-impl Settings {
-    /// Our `ConnectRequest` for `session`, with the name we claim.
-    fn request(&self, me: ClientId, session: SessionId) -> Message {
-        Message::ConnectRequest {
-            from: me,
-            session,
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
-        }
-    }
-
-    /// A request not heard again for this long is taken as withdrawn.
-    fn request_lifetime(&self) -> Duration {
-        self.retry_interval * 3
-    }
 }
 
 /// A session that has ended, so that what travelled on it (file transfers) ends too.
@@ -176,19 +84,7 @@ pub(super) struct Sessions {
 impl Sessions {
     pub fn new(config: &PeerConfig, rng: StdRng) -> Self {
         Sessions {
-            cfg: Settings {
-                server: config.server,
-                server_retry: config.server_retry,
-                server_tries: config.server_tries,
-                retry_interval: config.retry_interval,
-                connect_tries: config.connect_tries,
-                terminate_tries: config.terminate_tries,
-                chat: config.chat.clone(),
-                session_idle: config.session_idle,
-                session_timeout: config.session_timeout,
-                name: config.name.clone(),
-                display_name: config.display_name.clone(),
-            },
+            cfg: Settings::new(config),
             rng,
             by_peer: BTreeMap::new(),
             closing: BTreeMap::new(),
@@ -233,20 +129,7 @@ impl Sessions {
     pub fn info(&self) -> Vec<SessionInfo> {
         self.by_peer
             .values()
-            .map(|s| SessionInfo {
-                peer: s.peer,
-                state: match s.state {
-                    State::LookingUp { .. } => "looking_up",
-                    State::Requesting { .. } => "requesting",
-                    State::Incoming { .. } => "incoming",
-                    State::Connected { .. } => "connected",
-                },
-                current: self.current == Some(s.peer),
-                in_flight: match &s.state {
-                    State::Connected { tx, .. } => tx.outstanding(),
-                    _ => 0,
-                },
-            })
+            .map(|s| s.info(self.current == Some(s.peer)))
             .collect()
     }
 
@@ -269,11 +152,7 @@ impl Sessions {
     pub fn stats(&self) -> PeerStats {
         let mut stats = self.stats.clone();
         for s in self.by_peer.values() {
-            if let State::Connected { tx, rx } = &s.state {
-                stats.duplicates += rx.duplicates();
-                stats.retransmissions += tx.retransmissions();
-                stats.early_retransmissions += tx.early_retransmissions();
-            }
+            s.count_into(&mut stats);
         }
         stats
     }
@@ -297,21 +176,8 @@ impl Sessions {
     pub fn file_link(&self, peer: Option<ClientId>) -> Result<Link, CommandError> {
         let peer = peer.or(self.current).ok_or(CommandError::NotConnected)?;
         match self.by_peer.get(&peer) {
-            Some(s) if s.is_connected() => Ok(Self::link_of(s)),
+            Some(s) if s.is_connected() => Ok(s.link()),
             _ => Err(CommandError::NotConnectedTo(peer)),
-        }
-    }
-
-    fn link_of(s: &Session) -> Link {
-        let rto = match &s.state {
-            State::Connected { tx, .. } => tx.rtt().rto(),
-            _ => Duration::from_secs(1),
-        };
-        Link {
-            peer: s.peer,
-            session: s.id,
-            addr: s.addr.expect("connected sessions have an address"),
-            rto,
         }
     }
 
@@ -414,17 +280,11 @@ impl Sessions {
 
     /// Opens the session with `peer` (which has an address).
     pub fn open(&mut self, now: Instant, peer: ClientId, out: &mut Outputs) {
-        let chat = self.cfg.chat.clone();
         let s = self
             .by_peer
             .get_mut(&peer)
             .expect("opening a present session");
-        s.state = State::Connected {
-            tx: Box::new(SendWindow::new(chat.clone())),
-            rx: RecvWindow::new(chat.window),
-        };
-        s.last_heard = now;
-        s.last_sent = now;
+        s.open(now, &self.cfg.chat);
         self.current = Some(peer);
         out.event(Event::Connected { peer });
     }
@@ -615,11 +475,7 @@ impl Sessions {
 
     /// Keeps the counters of a session that is going away.
     fn absorb_stats(&mut self, s: &Session) {
-        if let State::Connected { tx, rx } = &s.state {
-            self.stats.duplicates += rx.duplicates();
-            self.stats.retransmissions += tx.retransmissions();
-            self.stats.early_retransmissions += tx.early_retransmissions();
-        }
+        s.count_into(&mut self.stats);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -894,36 +750,7 @@ impl Sessions {
                     self.unknown_session(me, src, session, &msg, out);
                     return None;
                 };
-                s.last_heard = now;
-                s.last_sent = now;
-                let State::Connected { rx, .. } = &mut s.state else {
-                    unreachable!("connected_mut returns connected sessions")
-                };
-                let received = rx.receive(seq, text);
-                let cumulative = rx.cumulative();
-                match received {
-                    Received::Deliver(ready) => {
-                        for (seq, text) in ready {
-                            out.event(Event::Message { from, seq, text });
-                        }
-                    }
-                    Received::Held | Received::Duplicate => {}
-                    Received::TooFarAhead => return None,
-                }
-                if seq <= cumulative && merge_ack(out, s.queued_ack, src, session, seq, cumulative)
-                {
-                    return None;
-                }
-                s.queued_ack = Some(out.next_position());
-                out.transmit(
-                    src,
-                    Message::Ack {
-                        from: me,
-                        session,
-                        seq,
-                        cumulative,
-                    },
-                );
+                s.receive_chat(now, me, src, seq, text, out);
             }
             Message::Ack {
                 from,
@@ -935,14 +762,7 @@ impl Sessions {
                     self.unknown_session(me, src, session, &msg, out);
                     return None;
                 };
-                s.last_heard = now;
-                let State::Connected { tx, .. } = &mut s.state else {
-                    unreachable!("connected_mut returns connected sessions")
-                };
-                tx.on_ack(now, seq, cumulative);
-                while let Some(seq) = tx.poll_delivered() {
-                    out.event(Event::Delivered { peer: from, seq });
-                }
+                s.receive_ack(now, seq, cumulative, out);
             }
             Message::Ping { from, session } => {
                 let Some(s) = Self::connected_mut(&mut self.by_peer, from, src, session) else {
@@ -965,7 +785,7 @@ impl Sessions {
                     match Self::connected_mut(&mut self.by_peer, from, src, session) {
                         Some(s) => {
                             s.last_heard = now;
-                            return Some((Self::link_of(s), other));
+                            return Some((s.link(), other));
                         }
                         None => self.unknown_session(me, src, session, &other, out),
                     }
@@ -1060,21 +880,10 @@ impl Sessions {
     // ------------------------------------------------------------------ timers and output
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let cfg = &self.cfg;
-        let sessions = self.by_peer.values().flat_map(|s| {
-            let times: [Option<Instant>; 3] = match &s.state {
-                State::LookingUp { retry } | State::Requesting { retry } => {
-                    [Some(retry.next()), None, None]
-                }
-                State::Incoming { .. } => [Some(s.last_heard + cfg.request_lifetime()), None, None],
-                State::Connected { tx, .. } => [
-                    tx.poll_timeout(),
-                    Some(s.last_sent + cfg.session_idle),
-                    Some(s.last_heard + cfg.session_timeout),
-                ],
-            };
-            times.into_iter().flatten()
-        });
+        let sessions = self
+            .by_peer
+            .values()
+            .filter_map(|s| s.poll_timeout(&self.cfg));
         let closing = self.closing.values().map(|c| c.retry.next());
         sessions.chain(closing).min()
     }
@@ -1125,124 +934,35 @@ impl Sessions {
         peer: ClientId,
         out: &mut Outputs,
     ) -> Option<Ended> {
-        let cfg = &self.cfg;
-        let lifetime = cfg.request_lifetime();
         let s = self.by_peer.get_mut(&peer).expect("listed by the caller");
-        let mut send: Option<(SocketAddr, Message)> = None;
-        let mut end: Option<Event> = None;
-        match &mut s.state {
-            State::LookingUp { retry } => {
-                match retry.poll(now, cfg.server_tries, now + cfg.server_retry) {
-                    Some(Step::GiveUp) => end = Some(Event::LookupFailed { peer }),
-                    Some(Step::Resend) => send = Some((cfg.server, Message::Lookup { id: peer })),
-                    None => {}
+        match s.handle_timeout(now, me, &self.cfg, out) {
+            Due::Nothing => None,
+            Due::GaveUp(event) => {
+                // An attempt the queue started fails quietly: the queue tries again later.
+                let auto = self.by_peer.remove(&peer).is_some_and(|s| s.auto);
+                if !auto {
+                    out.event(event);
                 }
+                None
             }
-            State::Requesting { retry } => {
-                let to = s.addr.expect("requests go to an address");
-                // Keep to the exact period even if this call came late.
-                let then = (retry.next() + cfg.retry_interval).max(now);
-                match retry.poll(now, cfg.connect_tries, then) {
-                    Some(Step::GiveUp) => {
-                        // Tell the peer, once, that we stopped asking.
-                        let session = s.id;
-                        send = Some((to, Message::Terminate { from: me, session }));
-                        end = Some(Event::NoAnswer { peer });
-                    }
-                    Some(Step::Resend) => send = Some((to, cfg.request(me, s.id))),
-                    None => {}
-                }
+            Due::Silent => {
+                let s = self.by_peer.remove(&peer).expect("present");
+                Some(self.end_with(s, EndReason::PeerSilent, out))
             }
-            State::Incoming { .. } if s.last_heard + lifetime <= now => {
-                end = Some(Event::Terminated {
-                    peer,
-                    reason: EndReason::Cancelled,
-                });
-            }
-            State::Connected { tx, .. } => {
-                if s.last_heard + cfg.session_timeout <= now {
-                    let s = self.by_peer.remove(&peer).expect("present");
-                    return Some(self.end_with(s, EndReason::PeerSilent, out));
-                }
-                tx.handle_timeout(now);
-                if tx.is_broken() {
-                    let mut s = self.by_peer.remove(&peer).expect("present");
-                    let why = Some(EndReason::Undeliverable);
-                    let ended = self.end_locally(now, me, &mut s, why, out);
-                    self.refresh_current();
-                    return Some(ended);
-                }
-                if s.last_sent + cfg.session_idle <= now && !tx.wants_to_send() {
-                    let to = s.addr.expect("connected sessions have an address");
-                    let session = s.id;
-                    send = Some((to, Message::Ping { from: me, session }));
-                    s.last_sent = now;
-                }
-            }
-            _ => {}
-        }
-        if let Some((to, msg)) = send {
-            out.transmit(to, msg);
-        }
-        if let Some(ev) = end {
-            // An attempt the queue started fails quietly: the queue tries again later.
-            let auto = self.by_peer.remove(&peer).is_some_and(|s| s.auto);
-            if !auto {
-                out.event(ev);
+            Due::Broken => {
+                let mut s = self.by_peer.remove(&peer).expect("present");
+                let why = Some(EndReason::Undeliverable);
+                let ended = self.end_locally(now, me, &mut s, why, out);
+                self.refresh_current();
+                Some(ended)
             }
         }
-        None
     }
 
     /// Queues every chat message the send windows want to send now.
     pub fn flush(&mut self, now: Instant, me: ClientId, out: &mut Outputs) {
         for s in self.by_peer.values_mut() {
-            let State::Connected { tx, .. } = &mut s.state else {
-                continue;
-            };
-            let to = s.addr.expect("connected sessions have an address");
-            while let Some(chat) = tx.poll_transmit(now) {
-                s.last_sent = now;
-                out.transmit(
-                    to,
-                    Message::Chat {
-                        from: me,
-                        session: s.id,
-                        seq: chat.seq,
-                        text: chat.text.to_string(),
-                    },
-                );
-            }
+            s.flush(now, me, out);
         }
-    }
-}
-
-/// Folds the acknowledgement of `Chat` `seq`, which `cumulative` covers, into our `Ack`
-/// for the same session at `position` if it is still queued and says nothing that the
-/// new one does not: `cumulative` covers its `seq` too. True if merged.
-fn merge_ack(
-    out: &mut Outputs,
-    position: Option<u64>,
-    to: SocketAddr,
-    session: SessionId,
-    seq: u64,
-    cumulative: u64,
-) -> bool {
-    let Some(t) = out.queued_mut(position) else {
-        return false;
-    };
-    match &mut t.message {
-        Message::Ack {
-            session: queued_session,
-            seq: queued_seq,
-            cumulative: queued_cumulative,
-            ..
-        } if t.to == to && *queued_session == session && *queued_seq <= cumulative => {
-            // The newest message's number: a fresh round-trip sample for the sender.
-            *queued_seq = seq;
-            *queued_cumulative = cumulative;
-            true
-        }
-        _ => false,
     }
 }
