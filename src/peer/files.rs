@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::event::{EndReason, Event, FileError, TransferFailure, TransferInfo};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
+use super::transfer::{Due, Key, Kind, Transfer};
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
 
@@ -151,105 +152,6 @@ pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(CHUNK_SIZE as u64).max(1)
 }
 
-enum Kind {
-    /// Our offer, waiting for the answer.
-    Offering {
-        source: Box<dyn FileSource>,
-        /// Resends of the offer, bounded by `expires` rather than by a number of tries.
-        retry: Retry,
-        period: Duration,
-        expires: Instant,
-    },
-    /// Our file, on its way.
-    Sending {
-        source: Box<dyn FileSource>,
-        tx: Box<SendWindow<Vec<u8>>>,
-        /// The next chunk to read from the source.
-        next_chunk: u64,
-        /// Chunks acknowledged cumulatively.
-        acked: u64,
-    },
-    /// The peer's offer, waiting for our user.
-    Offered,
-    /// The peer's file, arriving.
-    Receiving {
-        sink: Option<Box<dyn FileSink>>,
-        rx: RecvWindow<Vec<u8>>,
-        hasher: Sha256,
-        written: u64,
-        /// Resend of `FileGet` until the first chunk arrives.
-        get: Option<Retry>,
-        get_period: Duration,
-        /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
-        queued_ack: Option<u64>,
-        /// When the latest chunk arrived (once one has).
-        last_chunk: Option<Instant>,
-    },
-}
-
-struct Transfer {
-    link: Link,
-    /// Who offered it, and its number there: the transfer's name on the wire.
-    offerer: ClientId,
-    wire_n: u64,
-    name: String,
-    size: u64,
-    sha256: [u8; 32],
-    chunks: u64,
-    started: Instant,
-    last_progress: Instant,
-    progress_bytes: u64,
-    kind: Kind,
-}
-
-impl Transfer {
-    /// A transfer starting `now` on `link`: file `n` of `offerer`, as its offer describes it.
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        now: Instant,
-        link: Link,
-        offerer: ClientId,
-        n: u64,
-        name: String,
-        size: u64,
-        sha256: [u8; 32],
-        kind: Kind,
-    ) -> Self {
-        Transfer {
-            link,
-            offerer,
-            wire_n: n,
-            name,
-            size,
-            sha256,
-            chunks: chunk_count(size),
-            started: now,
-            last_progress: now,
-            progress_bytes: 0,
-            kind,
-        }
-    }
-
-    fn outgoing(&self) -> bool {
-        matches!(self.kind, Kind::Offering { .. } | Kind::Sending { .. })
-    }
-
-    fn done_bytes(&self) -> u64 {
-        match &self.kind {
-            Kind::Sending { acked, .. } => (acked * CHUNK_SIZE as u64).min(self.size),
-            Kind::Receiving { written, .. } => *written,
-            _ => 0,
-        }
-    }
-
-    fn key(&self) -> Key {
-        (self.link.peer, self.link.session, self.offerer, self.wire_n)
-    }
-}
-
-/// A transfer's name on the wire: (peer, session, offerer, n).
-type Key = (ClientId, SessionId, ClientId, u64);
-
 /// How a finished transfer answers a repeat of its messages.
 #[derive(Debug, Clone, Copy)]
 enum Closed {
@@ -311,19 +213,14 @@ impl Files {
             + self
                 .transfers
                 .values()
-                .map(|t| match &t.kind {
-                    Kind::Sending { tx, .. } => tx.retransmissions(),
-                    _ => 0,
-                })
+                .map(Transfer::retransmissions)
                 .sum::<u64>()
     }
 
     /// Takes transfer `n` out, keeping its counters.
     fn take(&mut self, n: u64) -> Option<Transfer> {
         let t = self.transfers.remove(&n)?;
-        if let Kind::Sending { tx, .. } = &t.kind {
-            self.retransmissions += tx.retransmissions();
-        }
+        self.retransmissions += t.retransmissions();
         Some(t)
     }
 
@@ -345,23 +242,7 @@ impl Files {
 
     /// Every transfer going on or waiting, by local number.
     pub fn list(&self) -> Vec<TransferInfo> {
-        self.transfers
-            .iter()
-            .map(|(&n, t)| TransferInfo {
-                n,
-                peer: t.link.peer,
-                outgoing: t.outgoing(),
-                name: t.name.clone(),
-                size: t.size,
-                done: t.done_bytes(),
-                state: match t.kind {
-                    Kind::Offering { .. } => "offered",
-                    Kind::Offered => "waiting for you",
-                    Kind::Sending { .. } => "sending",
-                    Kind::Receiving { .. } => "receiving",
-                },
-            })
-            .collect()
+        self.transfers.iter().map(|(&n, t)| t.info(n)).collect()
     }
 
     /// The offer `n` (or the only one waiting) for our answer: its number, peer and name.
@@ -454,17 +335,7 @@ impl Files {
     }
 
     fn send_offer(&mut self, me: ClientId, t: &Transfer) {
-        self.out.transmit(
-            t.link.addr,
-            Message::FileOffer {
-                from: me,
-                session: t.link.session,
-                n: t.wire_n,
-                name: t.name.clone(),
-                size: t.size,
-                sha256: t.sha256,
-            },
-        );
+        self.out.transmit(t.link.addr, t.offer(me));
     }
 
     /// Accepts offer `n`: the file will be written to `sink`.
@@ -489,18 +360,19 @@ impl Files {
             }
         };
         let period = t.link.rto.min(max_rto);
-        t.started = now;
-        t.last_progress = now;
-        t.kind = Kind::Receiving {
-            sink: Some(sink),
-            rx: RecvWindow::for_payload(window),
-            hasher: Sha256::new(),
-            written: 0,
-            get: Some(Retry::first(now + period)),
-            get_period: period,
-            queued_ack: None,
-            last_chunk: None,
-        };
+        t.start(
+            now,
+            Kind::Receiving {
+                sink: Some(sink),
+                rx: RecvWindow::for_payload(window),
+                hasher: Sha256::new(),
+                written: 0,
+                get: Some(Retry::first(now + period)),
+                get_period: period,
+                queued_ack: None,
+                last_chunk: None,
+            },
+        );
         let (to, session, wire_n) = (t.link.addr, t.link.session, t.wire_n);
         self.out.transmit(
             to,
@@ -713,14 +585,15 @@ impl Files {
                     else {
                         unreachable!("checked above")
                     };
-                    t.started = now;
-                    t.last_progress = now;
-                    t.kind = Kind::Sending {
-                        source,
-                        tx: Box::new(SendWindow::for_payload(chunks)),
-                        next_chunk: 1,
-                        acked: 0,
-                    };
+                    t.start(
+                        now,
+                        Kind::Sending {
+                            source,
+                            tx: Box::new(SendWindow::for_payload(chunks)),
+                            next_chunk: 1,
+                            acked: 0,
+                        },
+                    );
                 }
             }
             Message::Chunk { n, seq, data, .. } => {
@@ -922,58 +795,8 @@ impl Files {
         let window = self.config.chunks.window;
         let interval = self.config.progress_interval;
         for (&local, t) in self.transfers.iter_mut() {
-            if let Kind::Sending {
-                source,
-                tx,
-                next_chunk,
-                ..
-            } = &mut t.kind
-            {
-                while tx.outstanding() < window && *next_chunk <= t.chunks {
-                    let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
-                    let len = (t.size - offset).min(CHUNK_SIZE as u64) as usize;
-                    let mut data = vec![0u8; len];
-                    if let Err(e) = read_full(source.as_mut(), offset, &mut data) {
-                        failed.push((local, TransferFailure::DiskError(e.to_string())));
-                        break;
-                    }
-                    tx.push(data);
-                    *next_chunk += 1;
-                }
-                while let Some(out) = tx.poll_transmit(now) {
-                    self.out.transmit(
-                        t.link.addr,
-                        Message::Chunk {
-                            from: me,
-                            session: t.link.session,
-                            n: t.wire_n,
-                            seq: out.seq,
-                            data: out.text.to_vec(),
-                        },
-                    );
-                }
-            }
-            let done = t.done_bytes();
-            let moving = matches!(t.kind, Kind::Sending { .. } | Kind::Receiving { .. });
-            if moving && done != t.progress_bytes && now >= t.last_progress + interval {
-                let elapsed = now.saturating_duration_since(t.started).as_secs_f64();
-                let rate = if elapsed > 0.0 {
-                    (done as f64 / elapsed) as u64
-                } else {
-                    0
-                };
-                let eta = (rate > 0).then(|| (t.size - done).div_ceil(rate));
-                t.last_progress = now;
-                t.progress_bytes = done;
-                self.out.event(Event::FileProgress {
-                    peer: t.link.peer,
-                    n: local,
-                    outgoing: t.outgoing(),
-                    bytes: done,
-                    size: t.size,
-                    rate,
-                    eta_secs: eta,
-                });
+            if let Some(why) = t.flush(now, me, local, window, interval, &mut self.out) {
+                failed.push((local, why));
             }
         }
         for (n, why) in failed {
@@ -988,52 +811,18 @@ impl Files {
         let mut resend_offer = Vec::new();
         let mut resend_get = Vec::new();
         let mut failed = Vec::new();
+        let (tries, stall) = (self.config.cancel_tries, self.config.stall_timeout);
         for (&n, t) in self.transfers.iter_mut() {
-            match &mut t.kind {
-                Kind::Offering {
-                    retry,
-                    period,
-                    expires,
-                    ..
-                } => {
-                    if *expires <= now {
-                        failed.push((n, TransferFailure::Expired));
-                    } else if let Some(Step::Resend) =
-                        retry.poll_doubling(now, u32::MAX, period, max_rto)
-                    {
-                        resend_offer.push(n);
-                    }
-                }
-                Kind::Receiving {
-                    get: Some(get),
-                    get_period,
-                    ..
-                } if get.next() <= now => {
-                    match get.poll_doubling(now, self.config.cancel_tries, get_period, max_rto) {
-                        Some(Step::GiveUp) => failed.push((n, TransferFailure::NotStarted)),
-                        Some(Step::Resend) => resend_get.push((t.link, t.wire_n)),
-                        None => {}
-                    }
-                }
-                Kind::Receiving {
-                    last_chunk: Some(last),
-                    ..
-                } if *last + self.config.stall_timeout <= now => {
-                    failed.push((n, TransferFailure::Stalled));
-                }
-                Kind::Sending { tx, .. } => {
-                    tx.handle_timeout(now);
-                    if tx.is_broken() {
-                        failed.push((n, TransferFailure::Undeliverable));
-                    }
-                }
-                _ => {}
+            match t.handle_timeout(now, max_rto, tries, stall) {
+                Due::Nothing => {}
+                Due::ResendOffer => resend_offer.push(n),
+                Due::ResendGet => resend_get.push((t.link, t.wire_n)),
+                Due::Fail(why) => failed.push((n, why)),
             }
         }
         for n in resend_offer {
-            let t = self.transfers.remove(&n).expect("listed above");
-            self.send_offer(me, &t);
-            self.transfers.insert(n, t);
+            let t = &self.transfers[&n];
+            self.out.transmit(t.link.addr, t.offer(me));
         }
         for (link, n) in resend_get {
             self.reply(
@@ -1066,36 +855,13 @@ impl Files {
 
     /// When [`Files::handle_timeout`] has work to do next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for t in self.transfers.values() {
-            match &t.kind {
-                Kind::Offering { retry, expires, .. } => {
-                    consider(retry.next());
-                    consider(*expires);
-                }
-                Kind::Sending { tx, .. } => {
-                    if let Some(d) = tx.poll_timeout() {
-                        consider(d);
-                    }
-                }
-                Kind::Receiving {
-                    get, last_chunk, ..
-                } => {
-                    if let Some(g) = get {
-                        consider(g.next());
-                    }
-                    if let Some(last) = last_chunk {
-                        consider(*last + self.config.stall_timeout);
-                    }
-                }
-                _ => {}
-            }
-        }
-        for c in &self.cancelling {
-            consider(c.retry.next());
-        }
-        next
+        let stall = self.config.stall_timeout;
+        let transfers = self
+            .transfers
+            .values()
+            .filter_map(|t| t.poll_timeout(stall));
+        let cancels = self.cancelling.iter().map(|c| c.retry.next());
+        transfers.chain(cancels).min()
     }
 }
 
@@ -1109,25 +875,6 @@ fn chunk_ack(me: ClientId, link: Link, n: u64, seq: u64, cumulative: u64) -> Mes
         seq,
         cumulative,
     }
-}
-
-/// Fills `buf` from `offset`, or fails if the file is shorter than it was when offered.
-fn read_full(source: &mut dyn FileSource, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read_at(offset + filled as u64, &mut buf[filled..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than when it was offered",
-                ))
-            }
-            Ok(k) => filled += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The first message field of a file-transfer message: who sent it on which session.

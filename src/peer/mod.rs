@@ -36,7 +36,9 @@
 //! - `session.rs`: one session: its state, its windows and timers, chat and its
 //!   acknowledgements, pings.
 //! - `outbox.rs`: messages queued for peers that are not connected, and when to try again.
-//! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`.
+//! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`: the
+//!   table of transfers, the answers to the peer's messages, the endings.
+//! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
 //! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
 //!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value).
@@ -56,6 +58,7 @@ mod retry;
 mod server;
 mod session;
 mod sessions;
+mod transfer;
 
 use crate::reliable::SendConfig;
 use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
