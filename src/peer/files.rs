@@ -1,9 +1,10 @@
 //! File transfers between peers: the state machines of both sides, sans IO.
 //!
-//! [`Files`] holds every transfer of a client. Like [`crate::peer::Peer`], which owns it, it
+//! [`Files`] holds every transfer of a client (one transfer, its chunks, progress and timers,
+//! is in transfer.rs). Like [`crate::peer::Peer`], which owns it, it
 //! never touches a socket, a file or the clock: the file is reached through a
 //! [`FileSource`] (offerer) or a [`FileSink`] (receiver) that the driver implements with
-//! real files (see [`crate::downloads`]) and the tests in memory, and `now` is passed in.
+//! real files (the client's `downloads` module) and the tests in memory, and `now` is passed in.
 //!
 //! Memory stays bounded whatever the size of the file: the offerer reads a chunk only when
 //! its send window has room, so at most `window` chunks are held (and as many queued to
