@@ -699,13 +699,12 @@ impl Peer {
                 if self.sessions.found(now, me, id, addr, &mut self.out) {
                     self.learn_name(id, name, display_name);
                 } else {
-                    let name = None;
-                    let display_name = None;
+                    // Logged without the names, which were not kept.
                     let msg = Message::Found {
                         id,
                         addr,
-                        name,
-                        display_name,
+                        name: None,
+                        display_name: None,
                     };
                     self.out.ignore(server, &msg);
                 }
@@ -752,7 +751,6 @@ impl Peer {
             self.out.ignore(src, &msg);
             return;
         };
-        let out = &mut self.out;
         match msg {
             Message::ConnectRequest {
                 from,
@@ -760,8 +758,11 @@ impl Peer {
                 name,
                 display_name,
             } => {
-                let finishing = self.finishing;
-                match (self.sessions).handle_request(now, me, src, from, session, finishing, out) {
+                let (finishing, out) = (self.finishing, &mut self.out);
+                let requested = self
+                    .sessions
+                    .handle_request(now, me, src, from, session, finishing, out);
+                match requested {
                     Requested::Nothing => {}
                     Requested::Open => self.open(now, from),
                     Requested::Replaced(ended) => self.session_ended(ended),
@@ -776,20 +777,22 @@ impl Peer {
                 if self.sessions.is_requesting(from, src, session) {
                     self.open(now, from);
                 } else {
-                    out.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::Reject { from, session } => {
+                let out = &mut self.out;
                 if self.sessions.handle_reject(from, src, session, out) {
                     let queued = self.outbox.targets_for(from, self.names.name_of(from));
                     for target in queued {
                         self.drop_queue(&target, "the peer rejected the connection");
                     }
                 } else {
-                    out.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::Terminate { from, session } => {
+                let out = &mut self.out;
                 match self.sessions.handle_terminate(me, src, from, session, out) {
                     Terminated::Nothing => {}
                     Terminated::Session(ended) => self.session_ended(ended),
@@ -797,6 +800,7 @@ impl Peer {
                 }
             }
             Message::TerminateAck { from, session } => {
+                let out = &mut self.out;
                 if self.sessions.handle_terminate_ack(src, from, session, out) {
                     self.left_if_closed();
                 }
