@@ -1,9 +1,10 @@
 //! File transfers between peers: the state machines of both sides, sans IO.
 //!
-//! [`Files`] holds every transfer of a client. Like [`crate::peer::Peer`], which owns it, it
+//! [`Files`] holds every transfer of a client (one transfer, its chunks, progress and timers,
+//! is in transfer.rs). Like [`crate::peer::Peer`], which owns it, it
 //! never touches a socket, a file or the clock: the file is reached through a
 //! [`FileSource`] (offerer) or a [`FileSink`] (receiver) that the driver implements with
-//! real files (see [`crate::downloads`]) and the tests in memory, and `now` is passed in.
+//! real files (the client's `downloads` module) and the tests in memory, and `now` is passed in.
 //!
 //! Memory stays bounded whatever the size of the file: the offerer reads a chunk only when
 //! its send window has room, so at most `window` chunks are held (and as many queued to
@@ -19,7 +20,6 @@
 //! The wire protocol is described in [`crate::wire`], section "File transfer".
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{CommandError, EndReason, Event, Peer};
+use super::event::{EndReason, Event, FileError, TransferFailure, TransferInfo};
+use super::outputs::Outputs;
+use super::retry::{Retry, Step};
+use super::transfer::{Due, Key, Kind, Transfer};
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
 
@@ -110,52 +113,8 @@ pub struct Link {
     pub rto: Duration,
 }
 
-/// Why a transfer failed (the `reason` of `file_failed`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferFailure {
-    /// The receiver refused the offer.
-    Refused,
-    /// Cancelled by us (`by_peer` false) or by the peer.
-    Cancelled { by_peer: bool },
-    /// The file arrived whole but its SHA-256 differs from the offer's.
-    ChecksumMismatch,
-    /// Reading or writing the file failed (here, or at the peer when `detail` is empty).
-    DiskError(String),
-    /// Nobody answered the offer in time.
-    Expired,
-    /// A chunk got no acknowledgement after every try.
-    Undeliverable,
-    /// The session ended.
-    SessionEnded(EndReason),
-    /// The peer does not know the transfer (any more).
-    Unknown,
-    /// The offered file name could not be made safe (a path, `..`): refused at once.
-    BadName(String),
-    /// We accepted, but no chunk came after every `FileGet`.
-    NotStarted,
-    /// No chunk came for the stall timeout, though the session lives.
-    Stalled,
-}
-
+/// How a failure travels on the wire, both ways.
 impl TransferFailure {
-    /// A short stable name, used in JSON output.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TransferFailure::Refused => "refused",
-            TransferFailure::Cancelled { by_peer: false } => "cancelled",
-            TransferFailure::Cancelled { by_peer: true } => "cancelled_by_peer",
-            TransferFailure::ChecksumMismatch => "checksum_mismatch",
-            TransferFailure::DiskError(_) => "disk_error",
-            TransferFailure::Expired => "expired",
-            TransferFailure::Undeliverable => "undeliverable",
-            TransferFailure::SessionEnded(_) => "session_ended",
-            TransferFailure::Unknown => "unknown_transfer",
-            TransferFailure::BadName(_) => "bad_name",
-            TransferFailure::NotStarted => "not_started",
-            TransferFailure::Stalled => "stalled",
-        }
-    }
-
     fn from_wire(reason: FileEnd) -> Self {
         match reason {
             FileEnd::Refused => TransferFailure::Refused,
@@ -184,86 +143,6 @@ impl TransferFailure {
     }
 }
 
-impl fmt::Display for TransferFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransferFailure::Refused => write!(f, "the peer refused it"),
-            TransferFailure::Cancelled { by_peer: false } => write!(f, "you cancelled it"),
-            TransferFailure::Cancelled { by_peer: true } => write!(f, "the peer cancelled it"),
-            TransferFailure::ChecksumMismatch => {
-                write!(f, "the SHA-256 of what arrived does not match the offer")
-            }
-            TransferFailure::DiskError(d) if d.is_empty() => {
-                write!(f, "the peer could not read or write the file")
-            }
-            TransferFailure::DiskError(d) => write!(f, "disk error: {d}"),
-            TransferFailure::Expired => write!(f, "the offer was not answered in time"),
-            TransferFailure::Undeliverable => write!(f, "the peer stopped acknowledging chunks"),
-            TransferFailure::SessionEnded(r) => write!(f, "the session ended ({r})"),
-            TransferFailure::Unknown => write!(f, "the peer does not know this transfer"),
-            TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
-            TransferFailure::NotStarted => write!(f, "the peer never started sending"),
-            TransferFailure::Stalled => write!(f, "the peer stopped sending"),
-        }
-    }
-}
-
-/// Why a file command was refused. The `Display` text says what to do instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileError {
-    /// The session part of the command failed (not registered, not connected...).
-    Session(CommandError),
-    /// No transfer has that number.
-    NoTransfer(u64),
-    /// No number given, and not exactly one transfer fits.
-    Ambiguous { what: &'static str, count: usize },
-    /// Transfer `n` is not an offer waiting for our answer.
-    NotAnOffer(u64),
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FileError::Session(e) => e.fmt(f),
-            FileError::NoTransfer(n) => {
-                write!(f, "no transfer {n}; type transfers for the list")
-            }
-            FileError::Ambiguous { what, count: 0 } => write!(f, "no {what}"),
-            FileError::Ambiguous { what, count } => write!(
-                f,
-                "{count} {what}s: give the number (type transfers for the list)"
-            ),
-            FileError::NotAnOffer(n) => {
-                write!(f, "transfer {n} is not an offer waiting for your answer")
-            }
-        }
-    }
-}
-
-impl std::error::Error for FileError {}
-
-impl From<CommandError> for FileError {
-    fn from(e: CommandError) -> Self {
-        FileError::Session(e)
-    }
-}
-
-/// What `transfers` shows of one transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransferInfo {
-    /// The local number (what `getfile`, `refuse` and `cancel` take).
-    pub n: u64,
-    pub peer: ClientId,
-    /// True for a file we send.
-    pub outgoing: bool,
-    pub name: String,
-    pub size: u64,
-    /// Bytes acknowledged (outgoing) or written (incoming).
-    pub done: u64,
-    /// `"offered"` (waiting for the receiver), `"sending"`, `"receiving"`.
-    pub state: &'static str,
-}
-
 /// The SHA-256 of `data` in lowercase hex, as shown to users.
 pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -273,78 +152,6 @@ pub fn hex(digest: &[u8]) -> String {
 pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(CHUNK_SIZE as u64).max(1)
 }
-
-enum Kind {
-    /// Our offer, waiting for the answer.
-    Offering {
-        source: Box<dyn FileSource>,
-        next: Instant,
-        period: Duration,
-        expires: Instant,
-    },
-    /// Our file, on its way.
-    Sending {
-        source: Box<dyn FileSource>,
-        tx: Box<SendWindow<Vec<u8>>>,
-        /// The next chunk to read from the source.
-        next_chunk: u64,
-        /// Chunks acknowledged cumulatively.
-        acked: u64,
-    },
-    /// The peer's offer, waiting for our user.
-    Offered,
-    /// The peer's file, arriving.
-    Receiving {
-        sink: Option<Box<dyn FileSink>>,
-        rx: RecvWindow<Vec<u8>>,
-        hasher: Sha256,
-        written: u64,
-        /// Resend of `FileGet` until the first chunk arrives.
-        get_next: Option<Instant>,
-        get_period: Duration,
-        get_tries: u32,
-        /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
-        queued_ack: Option<u64>,
-        /// When the latest chunk arrived (once one has).
-        last_chunk: Option<Instant>,
-    },
-}
-
-struct Transfer {
-    link: Link,
-    /// Who offered it, and its number there: the transfer's name on the wire.
-    offerer: ClientId,
-    wire_n: u64,
-    name: String,
-    size: u64,
-    sha256: [u8; 32],
-    chunks: u64,
-    started: Instant,
-    last_progress: Instant,
-    progress_bytes: u64,
-    kind: Kind,
-}
-
-impl Transfer {
-    fn outgoing(&self) -> bool {
-        matches!(self.kind, Kind::Offering { .. } | Kind::Sending { .. })
-    }
-
-    fn done_bytes(&self) -> u64 {
-        match &self.kind {
-            Kind::Sending { acked, .. } => (acked * CHUNK_SIZE as u64).min(self.size),
-            Kind::Receiving { written, .. } => *written,
-            _ => 0,
-        }
-    }
-
-    fn key(&self) -> Key {
-        (self.link.peer, self.link.session, self.offerer, self.wire_n)
-    }
-}
-
-/// A transfer's name on the wire: (peer, session, offerer, n).
-type Key = (ClientId, SessionId, ClientId, u64);
 
 /// How a finished transfer answers a repeat of its messages.
 #[derive(Debug, Clone, Copy)]
@@ -362,8 +169,7 @@ struct Cancelling {
     key: Key,
     addr: SocketAddr,
     reason: FileEnd,
-    tries: u32,
-    next: Instant,
+    retry: Retry,
     period: Duration,
 }
 
@@ -380,9 +186,7 @@ pub struct Files {
     closed: HashMap<Key, Closed>,
     closed_order: VecDeque<Key>,
     cancelling: Vec<Cancelling>,
-    transmits: VecDeque<Transmit>,
-    polled: u64,
-    events: VecDeque<Event>,
+    out: Outputs,
     /// Chunks resent by transfers that have ended.
     retransmissions: u64,
 }
@@ -399,9 +203,7 @@ impl Files {
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
             cancelling: Vec::new(),
-            transmits: VecDeque::new(),
-            polled: 0,
-            events: VecDeque::new(),
+            out: Outputs::default(),
             retransmissions: 0,
         }
     }
@@ -412,31 +214,24 @@ impl Files {
             + self
                 .transfers
                 .values()
-                .map(|t| match &t.kind {
-                    Kind::Sending { tx, .. } => tx.retransmissions(),
-                    _ => 0,
-                })
+                .map(Transfer::retransmissions)
                 .sum::<u64>()
     }
 
     /// Takes transfer `n` out, keeping its counters.
     fn take(&mut self, n: u64) -> Option<Transfer> {
         let t = self.transfers.remove(&n)?;
-        if let Kind::Sending { tx, .. } = &t.kind {
-            self.retransmissions += tx.retransmissions();
-        }
+        self.retransmissions += t.retransmissions();
         Some(t)
     }
 
     /// The next datagram to send (after the owning peer's own).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front()?;
-        self.polled += 1;
-        Some(t)
+        self.out.poll_transmit()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.out.poll_event()
     }
 
     /// True when no transfer is going on or waiting (to leave at the end of a script).
@@ -448,23 +243,7 @@ impl Files {
 
     /// Every transfer going on or waiting, by local number.
     pub fn list(&self) -> Vec<TransferInfo> {
-        self.transfers
-            .iter()
-            .map(|(&n, t)| TransferInfo {
-                n,
-                peer: t.link.peer,
-                outgoing: t.outgoing(),
-                name: t.name.clone(),
-                size: t.size,
-                done: t.done_bytes(),
-                state: match t.kind {
-                    Kind::Offering { .. } => "offered",
-                    Kind::Offered => "waiting for you",
-                    Kind::Sending { .. } => "sending",
-                    Kind::Receiving { .. } => "receiving",
-                },
-            })
-            .collect()
+        self.transfers.iter().map(|(&n, t)| t.info(n)).collect()
     }
 
     /// The offer `n` (or the only one waiting) for our answer: its number, peer and name.
@@ -476,12 +255,7 @@ impl Files {
                 None => return Err(FileError::NoTransfer(n)),
             },
             None => {
-                let offers: Vec<u64> = self
-                    .transfers
-                    .iter()
-                    .filter(|(_, t)| matches!(t.kind, Kind::Offered))
-                    .map(|(&n, _)| n)
-                    .collect();
+                let offers = self.offers();
                 match offers[..] {
                     [n] => n,
                     _ => {
@@ -495,6 +269,15 @@ impl Files {
         };
         let t = &self.transfers[&n];
         Ok((n, t.link.peer, t.name.clone()))
+    }
+
+    /// The offers of peers waiting for our answer, by local number.
+    fn offers(&self) -> Vec<u64> {
+        self.transfers
+            .iter()
+            .filter(|(_, t)| matches!(t.kind, Kind::Offered))
+            .map(|(&n, _)| n)
+            .collect()
     }
 
     fn pick_any(&self, n: Option<u64>) -> Result<u64, FileError> {
@@ -532,28 +315,17 @@ impl Files {
         let n = self.next_local;
         self.next_local += 1;
         let period = link.rto.min(self.max_rto);
-        let t = Transfer {
-            link,
-            offerer: me,
-            // The local number is unique in the client, hence in the session.
-            wire_n: n,
-            name,
-            size,
-            sha256,
-            chunks: chunk_count(size),
-            started: now,
-            last_progress: now,
-            progress_bytes: 0,
-            kind: Kind::Offering {
-                source,
-                next: now + period,
-                period,
-                expires: now + self.config.offer_lifetime,
-            },
+        let kind = Kind::Offering {
+            source,
+            retry: Retry::first(now + period),
+            period,
+            expires: now + self.config.offer_lifetime,
         };
+        // The local number is unique in the client, hence in the session.
+        let t = Transfer::new(now, link, me, n, name, size, sha256, kind);
         self.send_offer(me, &t);
         self.index.insert(t.key(), n);
-        self.events.push_back(Event::FileOffered {
+        self.out.event(Event::FileOffered {
             peer: link.peer,
             n,
             name: t.name.clone(),
@@ -564,17 +336,7 @@ impl Files {
     }
 
     fn send_offer(&mut self, me: ClientId, t: &Transfer) {
-        self.transmits.push_back(Transmit {
-            to: t.link.addr,
-            message: Message::FileOffer {
-                from: me,
-                session: t.link.session,
-                n: t.wire_n,
-                name: t.name.clone(),
-                size: t.size,
-                sha256: t.sha256,
-            },
-        });
+        self.out.transmit(t.link.addr, t.offer(me));
     }
 
     /// Accepts offer `n`: the file will be written to `sink`.
@@ -599,28 +361,28 @@ impl Files {
             }
         };
         let period = t.link.rto.min(max_rto);
-        t.started = now;
-        t.last_progress = now;
-        t.kind = Kind::Receiving {
-            sink: Some(sink),
-            rx: RecvWindow::for_payload(window),
-            hasher: Sha256::new(),
-            written: 0,
-            get_next: Some(now + period),
-            get_period: period,
-            get_tries: 1,
-            queued_ack: None,
-            last_chunk: None,
-        };
+        t.start(
+            now,
+            Kind::Receiving {
+                sink: Some(sink),
+                rx: RecvWindow::for_payload(window),
+                hasher: Sha256::new(),
+                written: 0,
+                get: Some(Retry::first(now + period)),
+                get_period: period,
+                queued_ack: None,
+                last_chunk: None,
+            },
+        );
         let (to, session, wire_n) = (t.link.addr, t.link.session, t.wire_n);
-        self.transmits.push_back(Transmit {
+        self.out.transmit(
             to,
-            message: Message::FileGet {
+            Message::FileGet {
                 from: me,
                 session,
                 n: wire_n,
             },
-        });
+        );
         Ok(())
     }
 
@@ -646,12 +408,7 @@ impl Files {
 
     /// At the end of a script's input: refuses every offer still waiting for an answer.
     pub fn refuse_all(&mut self, now: Instant, me: ClientId) {
-        let offers: Vec<u64> = self
-            .transfers
-            .iter()
-            .filter(|(_, t)| matches!(t.kind, Kind::Offered))
-            .map(|(&n, _)| n)
-            .collect();
+        let offers = self.offers();
         for n in offers {
             self.end(now, me, n, TransferFailure::Refused, true);
         }
@@ -679,12 +436,11 @@ impl Files {
                 key,
                 addr: t.link.addr,
                 reason,
-                tries: 1,
-                next: now + period,
+                retry: Retry::first(now + period),
                 period,
             });
         }
-        self.events.push_back(Event::FileFailed {
+        self.out.event(Event::FileFailed {
             peer: t.link.peer,
             n,
             reason: why,
@@ -693,16 +449,16 @@ impl Files {
 
     fn send_cancel(&mut self, me: ClientId, key: Key, to: SocketAddr, reason: FileEnd) {
         let (_, session, offerer, n) = key;
-        self.transmits.push_back(Transmit {
+        self.out.transmit(
             to,
-            message: Message::FileCancel {
+            Message::FileCancel {
                 from: me,
                 session,
                 offerer,
                 n,
                 reason,
             },
-        });
+        );
     }
 
     fn remember(&mut self, key: Key, how: Closed) {
@@ -730,7 +486,7 @@ impl Files {
             if let Kind::Receiving { sink: Some(s), .. } = t.kind {
                 s.abort();
             }
-            self.events.push_back(Event::FileFailed {
+            self.out.event(Event::FileFailed {
                 peer,
                 n,
                 reason: TransferFailure::SessionEnded(reason),
@@ -792,7 +548,7 @@ impl Files {
                 if let Err(why) = crate::text::safe_file_name(&name) {
                     self.remember(key, Closed::Failed(FileEnd::Refused));
                     self.send_cancel(me, key, link.addr, FileEnd::Refused);
-                    self.events.push_back(Event::FileFailed {
+                    self.out.event(Event::FileFailed {
                         peer,
                         n: local,
                         reason: TransferFailure::BadName(why),
@@ -800,29 +556,15 @@ impl Files {
                     return;
                 }
                 self.index.insert(key, local);
-                self.events.push_back(Event::FileOffer {
+                self.out.event(Event::FileOffer {
                     from: peer,
                     n: local,
                     name: name.clone(),
                     size,
                     sha256: hex(&sha256),
                 });
-                self.transfers.insert(
-                    local,
-                    Transfer {
-                        link,
-                        offerer: peer,
-                        wire_n: n,
-                        name,
-                        size,
-                        sha256,
-                        chunks: chunk_count(size),
-                        started: now,
-                        last_progress: now,
-                        progress_bytes: 0,
-                        kind: Kind::Offered,
-                    },
-                );
+                let t = Transfer::new(now, link, peer, n, name, size, sha256, Kind::Offered);
+                self.transfers.insert(local, t);
             }
             Message::FileGet { n, .. } => {
                 let key = (peer, link.session, me, n);
@@ -844,30 +586,24 @@ impl Files {
                     else {
                         unreachable!("checked above")
                     };
-                    t.started = now;
-                    t.last_progress = now;
-                    t.kind = Kind::Sending {
-                        source,
-                        tx: Box::new(SendWindow::for_payload(chunks)),
-                        next_chunk: 1,
-                        acked: 0,
-                    };
+                    t.start(
+                        now,
+                        Kind::Sending {
+                            source,
+                            tx: Box::new(SendWindow::for_payload(chunks)),
+                            next_chunk: 1,
+                            acked: 0,
+                        },
+                    );
                 }
             }
             Message::Chunk { n, seq, data, .. } => {
                 let key = (peer, link.session, peer, n);
                 let Some(&local) = self.index.get(&key) else {
                     match self.closed.get(&key).copied() {
-                        Some(Closed::Received { chunks }) => self.reply(
-                            link,
-                            Message::ChunkAck {
-                                from: me,
-                                session: link.session,
-                                n,
-                                seq,
-                                cumulative: chunks,
-                            },
-                        ),
+                        Some(Closed::Received { chunks }) => {
+                            self.reply(link, chunk_ack(me, link, n, seq, chunks))
+                        }
                         Some(Closed::Failed(reason)) => {
                             self.send_cancel(me, key, link.addr, reason)
                         }
@@ -900,7 +636,7 @@ impl Files {
                     let t = self.take(local).expect("present");
                     self.index.remove(&key);
                     self.remember(key, Closed::Sent);
-                    self.events.push_back(Event::FileSent {
+                    self.out.event(Event::FileSent {
                         peer,
                         n: local,
                         size: t.size,
@@ -933,10 +669,7 @@ impl Files {
     }
 
     fn reply(&mut self, link: Link, message: Message) {
-        self.transmits.push_back(Transmit {
-            to: link.addr,
-            message,
-        });
+        self.out.transmit(link.addr, message);
     }
 
     fn on_chunk(&mut self, now: Instant, me: ClientId, local: u64, seq: u64, data: Vec<u8>) {
@@ -949,7 +682,7 @@ impl Files {
             rx,
             hasher,
             written,
-            get_next,
+            get,
             queued_ack,
             last_chunk,
             ..
@@ -957,7 +690,7 @@ impl Files {
         else {
             return;
         };
-        *get_next = None;
+        *get = None;
         *last_chunk = Some(now);
         // A chunk must be where the offer says: full, except the last.
         let expected = if seq == chunks {
@@ -1009,7 +742,7 @@ impl Files {
                     let key = t.key();
                     self.index.remove(&key);
                     self.remember(key, Closed::Received { chunks });
-                    self.events.push_back(Event::FileReceived {
+                    self.out.event(Event::FileReceived {
                         from: link.peer,
                         n: local,
                         path,
@@ -1028,50 +761,30 @@ impl Files {
                     return;
                 }
             }
-            self.reply(
-                link,
-                Message::ChunkAck {
-                    from: me,
-                    session: link.session,
-                    n: wire_n,
-                    seq,
-                    cumulative,
-                },
-            );
+            self.reply(link, chunk_ack(me, link, wire_n, seq, cumulative));
             return;
         }
         // Merge into our queued acknowledgement when it says nothing the new one does not.
         if seq <= cumulative {
-            if let Some(index) = queued_ack.and_then(|p| p.checked_sub(self.polled)) {
-                if let Some(Transmit {
-                    message:
-                        Message::ChunkAck {
-                            seq: qs,
-                            cumulative: qc,
-                            ..
-                        },
-                    ..
-                }) = self.transmits.get_mut(index as usize)
-                {
-                    if *qs <= cumulative {
-                        *qs = seq;
-                        *qc = cumulative;
-                        return;
-                    }
+            if let Some(Transmit {
+                message:
+                    Message::ChunkAck {
+                        seq: qs,
+                        cumulative: qc,
+                        ..
+                    },
+                ..
+            }) = self.out.queued_mut(*queued_ack)
+            {
+                if *qs <= cumulative {
+                    *qs = seq;
+                    *qc = cumulative;
+                    return;
                 }
             }
         }
-        *queued_ack = Some(self.polled + self.transmits.len() as u64);
-        self.transmits.push_back(Transmit {
-            to: link.addr,
-            message: Message::ChunkAck {
-                from: me,
-                session: link.session,
-                n: wire_n,
-                seq,
-                cumulative,
-            },
-        });
+        *queued_ack = Some(self.out.next_position());
+        self.reply(link, chunk_ack(me, link, wire_n, seq, cumulative));
     }
 
     // ------------------------------------------------------------------ output
@@ -1083,58 +796,8 @@ impl Files {
         let window = self.config.chunks.window;
         let interval = self.config.progress_interval;
         for (&local, t) in self.transfers.iter_mut() {
-            if let Kind::Sending {
-                source,
-                tx,
-                next_chunk,
-                ..
-            } = &mut t.kind
-            {
-                while tx.outstanding() < window && *next_chunk <= t.chunks {
-                    let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
-                    let len = (t.size - offset).min(CHUNK_SIZE as u64) as usize;
-                    let mut data = vec![0u8; len];
-                    if let Err(e) = read_full(source.as_mut(), offset, &mut data) {
-                        failed.push((local, TransferFailure::DiskError(e.to_string())));
-                        break;
-                    }
-                    tx.push(data);
-                    *next_chunk += 1;
-                }
-                while let Some(out) = tx.poll_transmit(now) {
-                    self.transmits.push_back(Transmit {
-                        to: t.link.addr,
-                        message: Message::Chunk {
-                            from: me,
-                            session: t.link.session,
-                            n: t.wire_n,
-                            seq: out.seq,
-                            data: out.text.to_vec(),
-                        },
-                    });
-                }
-            }
-            let done = t.done_bytes();
-            let moving = matches!(t.kind, Kind::Sending { .. } | Kind::Receiving { .. });
-            if moving && done != t.progress_bytes && now >= t.last_progress + interval {
-                let elapsed = now.saturating_duration_since(t.started).as_secs_f64();
-                let rate = if elapsed > 0.0 {
-                    (done as f64 / elapsed) as u64
-                } else {
-                    0
-                };
-                let eta = (rate > 0).then(|| (t.size - done).div_ceil(rate));
-                t.last_progress = now;
-                t.progress_bytes = done;
-                self.events.push_back(Event::FileProgress {
-                    peer: t.link.peer,
-                    n: local,
-                    outgoing: t.outgoing(),
-                    bytes: done,
-                    size: t.size,
-                    rate,
-                    eta_secs: eta,
-                });
+            if let Some(why) = t.flush(now, me, local, window, interval, &mut self.out) {
+                failed.push((local, why));
             }
         }
         for (n, why) in failed {
@@ -1149,56 +812,18 @@ impl Files {
         let mut resend_offer = Vec::new();
         let mut resend_get = Vec::new();
         let mut failed = Vec::new();
+        let (tries, stall) = (self.config.cancel_tries, self.config.stall_timeout);
         for (&n, t) in self.transfers.iter_mut() {
-            match &mut t.kind {
-                Kind::Offering {
-                    next,
-                    period,
-                    expires,
-                    ..
-                } => {
-                    if *expires <= now {
-                        failed.push((n, TransferFailure::Expired));
-                    } else if *next <= now {
-                        *period = (*period * 2).min(max_rto);
-                        *next = now + *period;
-                        resend_offer.push(n);
-                    }
-                }
-                Kind::Receiving {
-                    get_next: Some(next),
-                    get_period,
-                    get_tries,
-                    ..
-                } if *next <= now => {
-                    if *get_tries >= self.config.cancel_tries {
-                        failed.push((n, TransferFailure::NotStarted));
-                    } else {
-                        *get_tries += 1;
-                        *get_period = (*get_period * 2).min(max_rto);
-                        *next = now + *get_period;
-                        resend_get.push((t.link, t.wire_n));
-                    }
-                }
-                Kind::Receiving {
-                    last_chunk: Some(last),
-                    ..
-                } if *last + self.config.stall_timeout <= now => {
-                    failed.push((n, TransferFailure::Stalled));
-                }
-                Kind::Sending { tx, .. } => {
-                    tx.handle_timeout(now);
-                    if tx.is_broken() {
-                        failed.push((n, TransferFailure::Undeliverable));
-                    }
-                }
-                _ => {}
+            match t.handle_timeout(now, max_rto, tries, stall) {
+                Due::Nothing => {}
+                Due::ResendOffer => resend_offer.push(n),
+                Due::ResendGet => resend_get.push((t.link, t.wire_n)),
+                Due::Fail(why) => failed.push((n, why)),
             }
         }
         for n in resend_offer {
-            let t = self.transfers.remove(&n).expect("listed above");
-            self.send_offer(me, &t);
-            self.transfers.insert(n, t);
+            let t = &self.transfers[&n];
+            self.out.transmit(t.link.addr, t.offer(me));
         }
         for (link, n) in resend_get {
             self.reply(
@@ -1216,16 +841,11 @@ impl Files {
         let tries = self.config.cancel_tries;
         let mut resend = Vec::new();
         self.cancelling.retain_mut(|c| {
-            if c.next > now {
-                return true;
+            match c.retry.poll_doubling(now, tries, &mut c.period, max_rto) {
+                Some(Step::GiveUp) => return false,
+                Some(Step::Resend) => resend.push((c.key, c.addr, c.reason)),
+                None => {}
             }
-            if c.tries >= tries {
-                return false;
-            }
-            c.tries += 1;
-            c.period = (c.period * 2).min(max_rto);
-            c.next = now + c.period;
-            resend.push((c.key, c.addr, c.reason));
             true
         });
         for (key, addr, reason) in resend {
@@ -1236,58 +856,26 @@ impl Files {
 
     /// When [`Files::handle_timeout`] has work to do next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for t in self.transfers.values() {
-            match &t.kind {
-                Kind::Offering { next, expires, .. } => {
-                    consider(*next);
-                    consider(*expires);
-                }
-                Kind::Sending { tx, .. } => {
-                    if let Some(d) = tx.poll_timeout() {
-                        consider(d);
-                    }
-                }
-                Kind::Receiving {
-                    get_next,
-                    last_chunk,
-                    ..
-                } => {
-                    if let Some(d) = get_next {
-                        consider(*d);
-                    }
-                    if let Some(last) = last_chunk {
-                        consider(*last + self.config.stall_timeout);
-                    }
-                }
-                _ => {}
-            }
-        }
-        for c in &self.cancelling {
-            consider(c.next);
-        }
-        next
+        let stall = self.config.stall_timeout;
+        let transfers = self
+            .transfers
+            .values()
+            .filter_map(|t| t.poll_timeout(stall));
+        let cancels = self.cancelling.iter().map(|c| c.retry.next());
+        transfers.chain(cancels).min()
     }
 }
 
-/// Fills `buf` from `offset`, or fails if the file is shorter than it was when offered.
-fn read_full(source: &mut dyn FileSource, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read_at(offset + filled as u64, &mut buf[filled..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than when it was offered",
-                ))
-            }
-            Ok(k) => filled += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Our acknowledgement of chunk `seq` of transfer `n` on `link`, and of every chunk up to
+/// `cumulative`.
+fn chunk_ack(me: ClientId, link: Link, n: u64, seq: u64, cumulative: u64) -> Message {
+    Message::ChunkAck {
+        from: me,
+        session: link.session,
+        n,
+        seq,
+        cumulative,
     }
-    Ok(())
 }
 
 /// The first message field of a file-transfer message: who sent it on which session.
@@ -1300,77 +888,5 @@ pub(crate) fn route(msg: &Message) -> Option<(ClientId, SessionId)> {
         | Message::FileCancel { from, session, .. }
         | Message::FileCancelAck { from, session, .. } => Some((from, session)),
         _ => None,
-    }
-}
-
-// ---------------------------------------------------------------------- Peer commands
-
-impl Peer {
-    /// Offers a file to `peer` (default: the current peer). `sha256` is its digest; the
-    /// bytes are read from `source` only once the peer accepts. Returns the local number.
-    pub fn send_file(
-        &mut self,
-        now: Instant,
-        peer: Option<ClientId>,
-        name: &str,
-        size: u64,
-        sha256: [u8; 32],
-        source: Box<dyn FileSource>,
-    ) -> Result<u64, FileError> {
-        let me = self.file_command_id()?;
-        let link = self.file_link(peer)?;
-        let n = self
-            .files
-            .offer(now, me, link, name.to_string(), size, sha256, source);
-        Ok(n)
-    }
-
-    /// Accepts offer `n`, writing the file to `sink`.
-    pub fn get_file(
-        &mut self,
-        now: Instant,
-        n: u64,
-        sink: Box<dyn FileSink>,
-    ) -> Result<(), FileError> {
-        let me = match self.file_command_id() {
-            Ok(me) => me,
-            Err(e) => {
-                sink.abort();
-                return Err(e);
-            }
-        };
-        self.files.get(now, me, n, sink)
-    }
-
-    /// Refuses offer `n` (or the only one waiting).
-    pub fn refuse_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
-        let me = self.file_command_id()?;
-        self.files.refuse(now, me, n)
-    }
-
-    /// Cancels transfer `n` (or the only one).
-    pub fn cancel_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
-        let me = self.file_command_id()?;
-        self.files.cancel(now, me, n)
-    }
-
-    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name).
-    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
-        self.files.pick_offer(n)
-    }
-
-    /// Every transfer going on or waiting.
-    pub fn transfers(&self) -> Vec<TransferInfo> {
-        self.files.list()
-    }
-
-    /// File chunks resent so far.
-    pub fn chunk_retransmissions(&self) -> u64 {
-        self.files.retransmissions()
-    }
-
-    fn file_command_id(&self) -> Result<ClientId, FileError> {
-        self.id()
-            .ok_or(FileError::Session(CommandError::NotRegistered))
     }
 }

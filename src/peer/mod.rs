@@ -15,25 +15,64 @@
 //! session id chosen by the requester; a peer message is acted on only when its `from`, its
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
+//!
+//! # Layout
+//!
+//! `Peer` is a composition of parts, each a struct that owns its state, the logic over it
+//! and its own timers (`poll_timeout`, `handle_timeout`); `Peer` dispatches the inputs to
+//! them, takes the soonest of their deadlines, and does what involves two parts at once.
+//!
+//! - `mod.rs`: [`Peer`] and [`PeerConfig`]: the public API, the dispatch of inputs, and the
+//!   steps that cross parts (opening a session sends what the outbox holds for the peer; a
+//!   session that ends ends its file transfers).
+//! - `event.rs`: what the peer tells its user: [`Event`], [`EndReason`], [`CommandError`],
+//!   [`Target`], [`Sending`], [`SessionInfo`], [`PeerStats`].
+//! - `server.rs`: the link to the rendezvous server: register (again after a restart),
+//!   keepalives, leave.
+//! - `names.rs`: the claim of our name, `Resolve`s, the `list` of who is online, and the
+//!   names of peers.
+//! - `sessions.rs`: the sessions with peers, by peer id: lookups, requests, accept/reject,
+//!   terminate (resent until acknowledged), the current peer.
+//! - `session.rs`: one session: its state, its windows and timers, chat and its
+//!   acknowledgements, pings.
+//! - `outbox.rs`: messages queued for peers that are not connected, and when to try again.
+//! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`: the
+//!   table of transfers, the answers to the peer's messages, the endings.
+//! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
+//! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
+//! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
+//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::debug;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
-use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
+mod event;
 mod files;
+mod names;
+mod outbox;
+mod outputs;
+mod retry;
+mod server;
+mod session;
+mod sessions;
+mod transfer;
 
-use crate::wire::{
-    self, ClientId, DecodeError, ErrorCode, Listed, Message, SessionId, Token, Transmit,
+use crate::reliable::SendConfig;
+use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
+pub use event::{
+    CommandError, EndReason, Event, FileError, PeerStats, Sending, SessionInfo, Target,
+    TransferFailure, TransferInfo,
 };
-pub use files::{
-    chunk_count, hex, FileConfig, FileError, FileSink, FileSource, TransferFailure, TransferInfo,
-};
+pub use files::{chunk_count, hex, FileConfig, FileSink, FileSource};
 use files::{Files, Link};
+use names::{Heard, Lapsed, Names};
+use outbox::Outbox;
+use outputs::Outputs;
+use server::{Answer, Server};
+use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
 
 /// Settings of a [`Peer`]. [`PeerConfig::new`] derives sensible values from the retry
 /// interval; every field may be changed after.
@@ -115,449 +154,21 @@ impl PeerConfig {
     }
 }
 
-/// Whom a command is for: a numeric id or a name, as the user typed it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    Id(ClientId),
-    Name(String),
-}
-
-impl Target {
-    /// A number is an id, anything else must be a valid name (see [`wire::check_name`]).
-    pub fn parse(text: &str) -> Result<Target, String> {
-        let text = text.strip_prefix('@').unwrap_or(text);
-        if text.starts_with(|c: char| c.is_ascii_digit()) {
-            return match text.parse::<ClientId>() {
-                Ok(0) => Err("client ids start at 1".into()),
-                Ok(id) => Ok(Target::Id(id)),
-                Err(_) => Err(format!("{text:?} is neither a client id nor a name")),
-            };
-        }
-        wire::check_name(text).map_err(|e| e.to_string())?;
-        Ok(Target::Name(text.to_string()))
-    }
-
-    /// The same key for every spelling of the same peer (names ignore ASCII case).
-    pub fn key(&self) -> String {
-        match self {
-            Target::Id(id) => id.to_string(),
-            Target::Name(name) => name.to_ascii_lowercase(),
-        }
-    }
-
-    /// Whether this target is peer `id`, whose name (if any) is `name`.
-    pub fn is(&self, id: ClientId, name: Option<&str>) -> bool {
-        match self {
-            Target::Id(i) => *i == id,
-            Target::Name(n) => name.is_some_and(|m| m.eq_ignore_ascii_case(n)),
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Id(id) => write!(f, "{id}"),
-            Target::Name(name) => f.write_str(name),
-        }
-    }
-}
-
-/// What [`Peer::send_to`] did with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sending {
-    /// Sent (to be acknowledged) as these numbers.
-    Sent(Vec<u64>),
-    /// Queued until a session with the target is open.
-    Queued,
-}
-
-/// A session as listed by [`Peer::sessions`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub peer: ClientId,
-    /// `"looking_up"`, `"requesting"`, `"incoming"` or `"connected"`.
-    pub state: &'static str,
-    /// Whether `send` without a target goes here.
-    pub current: bool,
-    /// Messages sent and not yet acknowledged.
-    pub in_flight: usize,
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndReason {
-    /// We terminated it and the peer acknowledged.
-    ByUs,
-    /// The peer terminated it (or told us it no longer knows it).
-    ByPeer,
-    /// A request was withdrawn before it was answered (by either side, or by `leave`).
-    Cancelled,
-    /// We terminated it and the peer never acknowledged.
-    Unanswered,
-    /// Nothing was heard from the peer for the session timeout.
-    PeerSilent,
-    /// The peer started a new session, so the old one is over.
-    Replaced,
-    /// A message of ours got no acknowledgement after every try: the peer is unreachable,
-    /// and the messages after it could never be shown in order, so the session was ended.
-    Undeliverable,
-}
-
-impl EndReason {
-    /// A short stable name, used in JSON output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::ByUs => "by_us",
-            EndReason::ByPeer => "by_peer",
-            EndReason::Cancelled => "cancelled",
-            EndReason::Unanswered => "unanswered",
-            EndReason::PeerSilent => "peer_silent",
-            EndReason::Replaced => "replaced",
-            EndReason::Undeliverable => "undeliverable",
-        }
-    }
-}
-
-impl fmt::Display for EndReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EndReason::ByUs => "you ended it",
-            EndReason::ByPeer => "the peer ended it",
-            EndReason::Cancelled => "the request was withdrawn",
-            EndReason::Unanswered => "you ended it; the peer did not confirm",
-            EndReason::PeerSilent => "the peer stopped answering",
-            EndReason::Replaced => "the peer started a new session",
-            EndReason::Undeliverable => "a message could not be delivered, so it was ended",
-        })
-    }
-}
-
-/// Something to show the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// Registered with the server (again, after a server restart, with `again`).
-    Registered { id: ClientId, again: bool },
-    /// Peer `from` asks to connect; answer with `accept` or `reject`.
-    Request { from: ClientId },
-    /// A session with `peer` is open.
-    Connected { peer: ClientId },
-    /// `peer` rejected our request.
-    Rejected { peer: ClientId },
-    /// The server has no client `peer` ("Client 3 Inactive").
-    Inactive { peer: ClientId },
-    /// `peer` never answered our request.
-    NoAnswer { peer: ClientId },
-    /// The server never answered the lookup of `peer`.
-    LookupFailed { peer: ClientId },
-    /// Our message `seq` to `peer` was queued for sending.
-    Sent {
-        peer: ClientId,
-        seq: u64,
-        text: String,
-    },
-    /// Message `seq` from `from`, shown once, in order.
-    Message {
-        from: ClientId,
-        seq: u64,
-        text: String,
-    },
-    /// `peer` has shown our message `seq` (and every one before it).
-    Delivered { peer: ClientId, seq: u64 },
-    /// Our message `seq` to `peer` was never confirmed shown there (its retries ran out, or
-    /// the session ended first). It may or may not have been shown.
-    Undelivered { peer: ClientId, seq: u64 },
-    /// The session with `peer` is over.
-    Terminated { peer: ClientId, reason: EndReason },
-    /// We left the server (`server_acked` false: it never answered, we left anyway).
-    Left { server_acked: bool },
-    /// Something the user should know that needs no answer.
-    Notice { message: String },
-    /// The client cannot go on (no server, id taken, server full, other protocol version).
-    Fatal { message: String },
-    /// The server gave us our name.
-    Claimed { name: String },
-    /// The server knows no client named `name` (the answer to `connect name`).
-    UnknownName { name: String },
-    /// `text` waits for `to`, which is not connected; it goes once a session with `to` is
-    /// open (the client keeps asking while `to` is offline or silent).
-    Queued { to: Target, text: String },
-    /// The messages queued for `to` went to `peer` as numbers `seqs` (a `Sent` event
-    /// follows for each).
-    Dequeued {
-        to: Target,
-        peer: ClientId,
-        seqs: Vec<u64>,
-    },
-    /// The `count` messages queued for `to` were dropped: `reason`.
-    QueueDropped {
-        to: Target,
-        count: usize,
-        reason: String,
-    },
-    /// Who is online, from the server: `clients` in id order, `total` counted by the server.
-    Online { clients: Vec<Listed>, total: u32 },
-    /// The server did not list who is online.
-    ListFailed { reason: String },
-    // ---- file transfer (src/transfer.rs); `n` is the transfer's local number ----
-    /// Our offer `n` of a file went to `peer`.
-    FileOffered {
-        peer: ClientId,
-        n: u64,
-        name: String,
-        size: u64,
-    },
-    /// `from` offers a file; answer with `getfile n` or `refuse n`. `name` is as offered
-    /// (it is cleaned before anything is written).
-    FileOffer {
-        from: ClientId,
-        n: u64,
-        name: String,
-        size: u64,
-        sha256: String,
-    },
-    /// Transfer `n` has moved `bytes` of `size` (at most a few times a second).
-    FileProgress {
-        peer: ClientId,
-        n: u64,
-        outgoing: bool,
-        bytes: u64,
-        size: u64,
-        /// Bytes per second since the transfer started.
-        rate: u64,
-        eta_secs: Option<u64>,
-    },
-    /// File `n` from `from` arrived whole, its SHA-256 matched, and it is at `path`.
-    FileReceived {
-        from: ClientId,
-        n: u64,
-        path: std::path::PathBuf,
-        size: u64,
-        sha256: String,
-    },
-    /// `peer` has received our file `n` and confirmed its SHA-256.
-    FileSent { peer: ClientId, n: u64, size: u64 },
-    /// Transfer `n` ended without the file: why. Any partial file was removed.
-    FileFailed {
-        peer: ClientId,
-        n: u64,
-        reason: TransferFailure,
-    },
-}
-
-/// Why a command was refused. The `Display` text says what to do instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandError {
-    NotRegistered,
-    Leaving,
-    OwnId,
-    AlreadyConnected(ClientId),
-    AlreadyConnecting(ClientId),
-    NotConnected,
-    NotConnectedTo(ClientId),
-    NoRequest,
-    NoRequestFrom(ClientId),
-    NoSessionWith(ClientId),
-    EmptyMessage,
-    /// No session with a peer of that name.
-    NoSessionNamed(String),
-    /// `broadcast` with nobody connected.
-    NobodyConnected,
-}
-
-impl fmt::Display for CommandError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CommandError::NotRegistered => {
-                write!(f, "not registered with the server yet; wait for your id")
-            }
-            CommandError::Leaving => write!(f, "leaving; no new commands are taken"),
-            CommandError::OwnId => write!(f, "that is your own id; connect to another client"),
-            CommandError::AlreadyConnected(p) => write!(f, "already connected to {p}"),
-            CommandError::AlreadyConnecting(p) => write!(
-                f,
-                "already waiting for {p} to answer; type terminate {p} to give up"
-            ),
-            CommandError::NotConnected => {
-                write!(f, "not connected to anyone; type connect <id> first")
-            }
-            CommandError::NotConnectedTo(p) => {
-                write!(f, "not connected to {p}; type connect {p} first")
-            }
-            CommandError::NoRequest => write!(f, "no connection request is waiting"),
-            CommandError::NoRequestFrom(p) => write!(f, "no connection request from {p}"),
-            CommandError::NoSessionWith(p) => {
-                write!(f, "no session or request with {p} to terminate")
-            }
-            CommandError::EmptyMessage => write!(f, "nothing to send; type send <message>"),
-            CommandError::NoSessionNamed(n) => {
-                write!(f, "no session or request with {n}; type connect {n} first")
-            }
-            CommandError::NobodyConnected => {
-                write!(f, "not connected to anyone; nothing was sent")
-            }
-        }
-    }
-}
-
-impl std::error::Error for CommandError {}
-
-/// Counters of what the peer dropped or repaired.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerStats {
-    /// Datagrams that could not be decoded.
-    pub undecodable: u64,
-    /// Decodable datagrams that matched nothing (strangers, stale sessions, unasked answers).
-    pub ignored: u64,
-    /// `Terminate`s sent for a session we do not know (resets).
-    pub resets: u64,
-    /// Chat messages received twice and not shown again.
-    pub duplicates: u64,
-    /// Chat messages resent.
-    pub retransmissions: u64,
-    /// Of those, resent before their timeout because a message sent after them had
-    /// arrived (early retransmission).
-    pub early_retransmissions: u64,
-}
-
-enum ServerState {
-    Registering {
-        tries: u32,
-        next: Instant,
-        want: Option<ClientId>,
-        again: bool,
-    },
-    Registered {
-        keepalive_at: Instant,
-    },
-    Leaving {
-        tries: u32,
-        /// `None` once the server has answered or the tries ran out.
-        next: Option<Instant>,
-        acked: bool,
-    },
-    Done,
-}
-
-enum State {
-    /// Waiting for the server to say where the peer is.
-    LookingUp {
-        tries: u32,
-        next: Instant,
-    },
-    /// `ConnectRequest` sent; waiting for `Accept` or `Reject`.
-    Requesting {
-        tries: u32,
-        next: Instant,
-    },
-    /// The peer asked; waiting for our user to answer. `order` ranks requests by arrival.
-    Incoming {
-        order: u64,
-    },
-    Connected {
-        tx: Box<SendWindow>,
-        rx: RecvWindow,
-    },
-}
-
-struct Session {
-    peer: ClientId,
-    id: SessionId,
-    addr: Option<SocketAddr>,
-    state: State,
-    last_heard: Instant,
-    last_sent: Instant,
-    /// Where our latest `Ack` for this session waits in the queue of transmits (its
-    /// position counted from the first transmit ever queued), so that the acknowledgement of
-    /// the next `Chat` can be merged into it while it has not been sent yet.
-    queued_ack: Option<u64>,
-    /// Started by the queue (not by the user): its failures are not shown.
-    auto: bool,
-}
-
-/// Messages queued for a peer that is not connected, and the next attempt to reach it.
-struct Pursuit {
-    target: Target,
-    texts: VecDeque<String>,
-    /// When to try to connect again; `None` while an attempt is under way.
-    next_try: Option<Instant>,
-}
-
-/// A `Resolve` of a name we wait for.
-struct Resolving {
-    name: String,
-    tries: u32,
-    next: Instant,
-    auto: bool,
-}
-
-/// Our `Claim` of our name, resent until answered.
-struct Claiming {
-    tries: u32,
-    next: Instant,
-}
-
-/// A `list` in progress: the pages received so far.
-struct Listing {
-    after: Option<ClientId>,
-    tries: u32,
-    next: Instant,
-    clients: Vec<Listed>,
-}
-
-/// A `Terminate` we keep resending until it is acknowledged.
-struct Closing {
-    peer: ClientId,
-    addr: SocketAddr,
-    tries: u32,
-    next: Instant,
-    period: Duration,
-    /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
-    /// shown already).
-    announce: bool,
-}
-
 /// A client of the chat: see the module documentation.
 pub struct Peer {
     config: PeerConfig,
-    rng: rand::rngs::StdRng,
-    id: Option<ClientId>,
-    token: Token,
-    ttl: Duration,
-    server: ServerState,
-    sessions: BTreeMap<ClientId, Session>,
-    closing: BTreeMap<SessionId, Closing>,
-    /// Requests we rejected, so that a resent request gets the same answer; with expiry.
-    rejected: HashMap<(ClientId, SessionId), Instant>,
-    current: Option<ClientId>,
-    next_order: u64,
+    server: Server,
+    names: Names,
+    sessions: Sessions,
+    outbox: Outbox,
+    /// File transfers (files.rs).
+    files: Files,
     /// `finish` was called: leave once every message is delivered.
     finishing: bool,
-    /// Why the server last refused a registration that we keep retrying.
-    refusal: Option<String>,
-    transmits: VecDeque<Transmit>,
-    /// Transmits taken by `poll_transmit` so far: the position of `transmits[0]`.
-    polled: u64,
-    events: VecDeque<Event>,
-    stats: PeerStats,
-    /// Names (and display names) of peers, as the server or their requests gave them.
-    names: HashMap<ClientId, (String, Option<String>)>,
-    /// Our name, once the server has granted it.
-    name: Option<String>,
-    claiming: Option<Claiming>,
-    resolving: BTreeMap<String, Resolving>,
-    outbox: BTreeMap<String, Pursuit>,
-    listing: Option<Listing>,
-    /// File transfers (src/transfer.rs).
-    pub(crate) files: Files,
+    out: Outputs,
+    /// Datagrams that could not be decoded.
+    undecodable: u64,
 }
-
-/// The most clients one `list` collects (a bound on what a misbehaving server can make us
-/// hold).
-const MAX_LISTED: usize = 1_000_000;
-
-/// The most peer names remembered; past it, the names of peers without a session go.
-const MAX_NAMES: usize = 4096;
 
 impl Peer {
     /// A peer that starts registering at `now`; session ids come from the OS's randomness.
@@ -571,41 +182,18 @@ impl Peer {
     }
 
     fn with_rng(config: PeerConfig, now: Instant, rng: rand::rngs::StdRng) -> Self {
-        let want = config.want_id;
-        let files = Files::new(config.files.clone(), config.retry_interval);
-        let mut peer = Peer {
-            server: ServerState::Registering {
-                tries: 1,
-                next: now + config.server_retry,
-                want,
-                again: false,
-            },
+        let mut out = Outputs::default();
+        Peer {
+            server: Server::new(&config, now, &mut out),
+            names: Names::new(&config),
+            sessions: Sessions::new(&config, rng),
+            outbox: Outbox::new(config.queue_retry),
+            files: Files::new(config.files.clone(), config.retry_interval),
             config,
-            rng,
-            id: None,
-            token: 0,
-            ttl: Duration::from_secs(30),
-            sessions: BTreeMap::new(),
-            closing: BTreeMap::new(),
-            rejected: HashMap::new(),
-            current: None,
-            next_order: 0,
             finishing: false,
-            refusal: None,
-            transmits: VecDeque::new(),
-            polled: 0,
-            events: VecDeque::new(),
-            stats: PeerStats::default(),
-            names: HashMap::new(),
-            name: None,
-            claiming: None,
-            resolving: BTreeMap::new(),
-            outbox: BTreeMap::new(),
-            listing: None,
-            files,
-        };
-        peer.send_to_server(Message::Register { want_id: want });
-        peer
+            out,
+            undecodable: 0,
+        }
     }
 
     pub fn config(&self) -> &PeerConfig {
@@ -614,114 +202,70 @@ impl Peer {
 
     /// Our id, once registered.
     pub fn id(&self) -> Option<ClientId> {
-        self.id
+        self.server.id()
     }
 
     /// The peer that `send` without a target goes to: the last one connected.
     pub fn current_peer(&self) -> Option<ClientId> {
-        self.current
+        self.sessions.current()
     }
 
     /// Peers with an open session.
     pub fn connected_peers(&self) -> Vec<ClientId> {
-        self.sessions
-            .values()
-            .filter(|s| matches!(s.state, State::Connected { .. }))
-            .map(|s| s.peer)
-            .collect()
+        self.sessions.connected_peers()
     }
 
     /// The token of our registration (kept by the client so that its next run can claim its
     /// name back: see [`PeerConfig::previous_token`]).
     pub fn token(&self) -> Option<Token> {
-        self.id.map(|_| self.token)
+        self.server.id().map(|_| self.server.token())
     }
 
     /// Our name, once the server has granted it.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.names.name()
     }
 
     /// The name of peer `id`, if we know it.
     pub fn name_of(&self, id: ClientId) -> Option<&str> {
-        self.names.get(&id).map(|(n, _)| n.as_str())
+        self.names.name_of(id)
     }
 
     /// The display name of peer `id`, if it has one.
     pub fn display_name_of(&self, id: ClientId) -> Option<&str> {
-        self.names.get(&id).and_then(|(_, d)| d.as_deref())
+        self.names.display_name_of(id)
     }
 
     /// The peer with a session (in any state) that `target` names.
     pub fn find(&self, target: &Target) -> Option<ClientId> {
-        match target {
-            Target::Id(id) => self.sessions.contains_key(id).then_some(*id),
-            Target::Name(_) => self
-                .sessions
-                .keys()
-                .copied()
-                .find(|&p| target.is(p, self.name_of(p))),
-        }
+        find(&self.sessions, &self.names, target)
     }
 
     /// Every session and request, by peer id.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.sessions
-            .values()
-            .map(|s| SessionInfo {
-                peer: s.peer,
-                state: match s.state {
-                    State::LookingUp { .. } => "looking_up",
-                    State::Requesting { .. } => "requesting",
-                    State::Incoming { .. } => "incoming",
-                    State::Connected { .. } => "connected",
-                },
-                current: self.current == Some(s.peer),
-                in_flight: match &s.state {
-                    State::Connected { tx, .. } => tx.outstanding(),
-                    _ => 0,
-                },
-            })
-            .collect()
+        self.sessions.info()
     }
 
     /// The messages waiting for peers that are not connected, per target, oldest first.
     pub fn outbox(&self) -> Vec<(Target, Vec<String>)> {
-        self.outbox
-            .values()
-            .map(|p| (p.target.clone(), p.texts.iter().cloned().collect()))
-            .collect()
+        self.outbox.list()
     }
 
     /// Peers whose connection requests wait for our answer, oldest first.
     pub fn pending_requests(&self) -> Vec<ClientId> {
-        let mut v: Vec<(u64, ClientId)> = self
-            .sessions
-            .values()
-            .filter_map(|s| match s.state {
-                State::Incoming { order } => Some((order, s.peer)),
-                _ => None,
-            })
-            .collect();
-        v.sort_unstable();
-        v.into_iter().map(|(_, p)| p).collect()
+        self.sessions.pending_requests()
     }
 
     pub fn stats(&self) -> PeerStats {
-        let mut stats = self.stats.clone();
-        for s in self.sessions.values() {
-            if let State::Connected { tx, rx } = &s.state {
-                stats.duplicates += rx.duplicates();
-                stats.retransmissions += tx.retransmissions();
-                stats.early_retransmissions += tx.early_retransmissions();
-            }
-        }
+        let mut stats = self.sessions.stats();
+        stats.undecodable = self.undecodable;
+        stats.ignored = self.out.ignored();
         stats
     }
 
     /// True once the peer has left (or failed fatally): the driver may close the socket.
     pub fn is_finished(&self) -> bool {
-        matches!(self.server, ServerState::Done)
+        self.server.is_done()
     }
 
     /// The next datagram to send. Acknowledgements of chat messages wait here until
@@ -729,69 +273,30 @@ impl Peer {
     /// yet taken when it says everything the earlier one said, so a driver that receives a
     /// burst of datagrams before it sends sends one acknowledgement for the burst.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let Some(t) = self.transmits.pop_front() else {
-            // Chat first: file chunks only once the peer's own datagrams are out.
-            return self.files.poll_transmit();
-        };
-        self.polled += 1;
-        Some(t)
+        // Chat first: file chunks only once the peer's own datagrams are out.
+        self.out
+            .poll_transmit()
+            .or_else(|| self.files.poll_transmit())
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front().or_else(|| self.files.poll_event())
+        self.out.poll_event().or_else(|| self.files.poll_event())
     }
 
-    /// The next time [`Peer::handle_timeout`] has work to do.
+    /// The next time [`Peer::handle_timeout`] has work to do: the soonest of the parts'.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        match &self.server {
-            ServerState::Registering { next, .. } => consider(*next),
-            ServerState::Registered { keepalive_at } => consider(*keepalive_at),
-            ServerState::Leaving { next: Some(n), .. } => consider(*n),
-            ServerState::Leaving { next: None, .. } | ServerState::Done => {}
-        }
-        for s in self.sessions.values() {
-            match &s.state {
-                State::LookingUp { next, .. } | State::Requesting { next, .. } => consider(*next),
-                State::Incoming { .. } => consider(s.last_heard + self.request_lifetime()),
-                State::Connected { tx, .. } => {
-                    if let Some(t) = tx.poll_timeout() {
-                        consider(t);
-                    }
-                    consider(s.last_sent + self.config.session_idle);
-                    consider(s.last_heard + self.config.session_timeout);
-                }
-            }
-        }
-        for c in self.closing.values() {
-            consider(c.next);
-        }
-        if let Some(c) = &self.claiming {
-            consider(c.next);
-        }
-        if let Some(l) = &self.listing {
-            consider(l.next);
-        }
-        for r in self.resolving.values() {
-            consider(r.next);
-        }
-        if !self.finishing && matches!(self.server, ServerState::Registered { .. }) {
-            for p in self.outbox.values() {
-                if let Some(t) = p.next_try {
-                    consider(t);
-                }
-            }
-        }
-        if let Some(t) = self.files.poll_timeout() {
-            consider(t);
-        }
-        next
-    }
-
-    /// A request not heard again for this long is taken as withdrawn.
-    fn request_lifetime(&self) -> Duration {
-        self.config.retry_interval * 3
+        // The queue waits while we are not registered, and for good once we finish.
+        let pursuing = !self.finishing && self.server.is_registered();
+        [
+            self.server.poll_timeout(),
+            self.sessions.poll_timeout(),
+            self.names.poll_timeout(),
+            self.outbox.poll_timeout().filter(|_| pursuing),
+            self.files.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ------------------------------------------------------------------ user commands
@@ -802,42 +307,10 @@ impl Peer {
         if peer == me {
             return Err(CommandError::OwnId);
         }
-        match self
-            .sessions
-            .get_mut(&peer)
-            .map(|s| (&s.state, &mut s.auto))
-        {
-            Some((State::Connected { .. }, _)) => return Err(CommandError::AlreadyConnected(peer)),
-            Some((State::LookingUp { .. } | State::Requesting { .. }, auto)) if *auto => {
-                // The queue was already trying: from now on the user sees how it goes.
-                *auto = false;
-                return Ok(());
-            }
-            Some((State::LookingUp { .. } | State::Requesting { .. }, _)) => {
-                return Err(CommandError::AlreadyConnecting(peer))
-            }
-            Some((State::Incoming { .. }, _)) => return self.accept(now, Some(peer)).map(|_| ()),
-            None => {}
+        match self.sessions.connect(now, peer, &mut self.out)? {
+            Connecting::Started => Ok(()),
+            Connecting::Incoming => self.accept(now, Some(peer)).map(|_| ()),
         }
-        let id = self.rng.random::<SessionId>();
-        self.sessions.insert(
-            peer,
-            Session {
-                peer,
-                id,
-                addr: None,
-                state: State::LookingUp {
-                    tries: 1,
-                    next: now + self.config.server_retry,
-                },
-                last_heard: now,
-                last_sent: now,
-                queued_ack: None,
-                auto: false,
-            },
-        );
-        self.send_to_server(Message::Lookup { id: peer });
-        Ok(())
     }
 
     /// Connects to `target`, an id or a name (looked up with `Resolve`).
@@ -847,17 +320,16 @@ impl Peer {
             Target::Name(name) => name,
         };
         self.usable_id()?;
-        if self.is_own_name(name) {
+        if self.names.is_own_name(name) {
             return Err(CommandError::OwnId);
         }
         if let Some(p) = self.find(target) {
             return self.connect(now, p);
         }
-        if let Some(r) = self.resolving.get_mut(&target.key()) {
-            r.auto = false;
+        if self.names.show_resolve(&target.key()) {
             return Ok(());
         }
-        self.start_resolve(now, name, false);
+        self.names.resolve(now, name, false, &mut self.out);
         Ok(())
     }
 
@@ -875,13 +347,7 @@ impl Peer {
     /// Makes `target`, which must be connected, the peer that `send` without a target goes to.
     pub fn switch(&mut self, target: &Target) -> Result<ClientId, CommandError> {
         let peer = self.session_peer(target)?;
-        match self.sessions.get(&peer).map(|s| &s.state) {
-            Some(State::Connected { .. }) => {
-                self.current = Some(peer);
-                Ok(peer)
-            }
-            _ => Err(CommandError::NotConnectedTo(peer)),
-        }
+        self.sessions.switch(peer)
     }
 
     /// Sends `text` to `target`, or to the current peer. A target that is not connected
@@ -898,12 +364,7 @@ impl Peer {
             return self.send(now, None, text).map(Sending::Sent);
         };
         if let Some(p) = self.find(target) {
-            if matches!(self.sessions[&p].state, State::Connected { .. })
-                && !self
-                    .outbox
-                    .values()
-                    .any(|q| q.target.is(p, self.name_of(p)))
-            {
+            if self.sessions.is_connected(p) && !self.outbox.has_queue_for(p, self.name_of(p)) {
                 return self.send(now, Some(p), text).map(Sending::Sent);
             }
         }
@@ -916,13 +377,15 @@ impl Peer {
         }
         let own = match target {
             Target::Id(id) => *id == me,
-            Target::Name(name) => self.is_own_name(name),
+            Target::Name(name) => self.names.is_own_name(name),
         };
         if own {
             return Err(CommandError::OwnId);
         }
         for piece in split_text(text, wire::MAX_TEXT) {
-            self.queue(now, target.clone(), piece.to_string(), true);
+            let piece = piece.to_string();
+            self.outbox
+                .push(now, target.clone(), piece, true, &mut self.out);
         }
         self.pursue(now);
         self.flush(now);
@@ -951,21 +414,15 @@ impl Peer {
     /// Puts back a message queued by an earlier run (from the state directory). No `Queued`
     /// event: the user was told when it was queued.
     pub fn restore_queued(&mut self, now: Instant, target: Target, text: String) {
-        self.queue(now, target, text, false);
+        self.outbox.push(now, target, text, false, &mut self.out);
     }
 
     /// Drops the messages queued for `target`; returns how many there were.
     pub fn drop_queue(&mut self, target: &Target, reason: &str) -> usize {
-        let Some(p) = self.outbox.remove(&target.key()) else {
+        let Some(count) = self.outbox.drop(target, reason, &mut self.out) else {
             return 0;
         };
-        let count = p.texts.len();
-        self.resolving.remove(&target.key());
-        self.events.push_back(Event::QueueDropped {
-            to: p.target,
-            count,
-            reason: reason.to_string(),
-        });
+        self.names.forget_resolve(&target.key());
         count
     }
 
@@ -973,160 +430,8 @@ impl Peer {
     /// `ListFailed`), after as many pages as the server needs.
     pub fn list(&mut self, now: Instant) -> Result<(), CommandError> {
         let me = self.usable_id()?;
-        self.listing = Some(Listing {
-            after: None,
-            tries: 1,
-            next: now + self.config.server_retry,
-            clients: Vec::new(),
-        });
-        self.send_to_server(Message::List {
-            id: me,
-            token: self.token,
-            after: None,
-        });
+        self.names.list(now, me, self.server.token(), &mut self.out);
         Ok(())
-    }
-
-    fn is_own_name(&self, name: &str) -> bool {
-        let mine = self.name.as_deref().or(self.config.name.as_deref());
-        mine.is_some_and(|m| m.eq_ignore_ascii_case(name))
-    }
-
-    fn queue(&mut self, now: Instant, target: Target, text: String, announce: bool) {
-        let pursuit = self.outbox.entry(target.key()).or_insert_with(|| Pursuit {
-            target: target.clone(),
-            texts: VecDeque::new(),
-            next_try: Some(now),
-        });
-        pursuit.texts.push_back(text.clone());
-        if announce {
-            self.events.push_back(Event::Queued { to: target, text });
-        }
-    }
-
-    fn start_resolve(&mut self, now: Instant, name: &str, auto: bool) {
-        self.resolving.insert(
-            name.to_ascii_lowercase(),
-            Resolving {
-                name: name.to_string(),
-                tries: 1,
-                next: now + self.config.server_retry,
-                auto,
-            },
-        );
-        self.send_to_server(Message::Resolve {
-            name: name.to_string(),
-        });
-    }
-
-    /// Starts an attempt to reach every queued-for target whose time has come.
-    fn pursue(&mut self, now: Instant) {
-        if self.finishing || !matches!(self.server, ServerState::Registered { .. }) {
-            return;
-        }
-        let due: Vec<String> = self
-            .outbox
-            .iter()
-            .filter(|(_, p)| p.next_try.is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let target = self.outbox[&key].target.clone();
-            if let Some(peer) = self.find(&target) {
-                if matches!(self.sessions[&peer].state, State::Connected { .. }) {
-                    self.deliver_queued(now, peer);
-                    continue;
-                }
-                // A session is on its way (or the peer asked us): wait for it.
-                if let Some(p) = self.outbox.get_mut(&key) {
-                    p.next_try = None;
-                }
-                continue;
-            }
-            if let Some(p) = self.outbox.get_mut(&key) {
-                p.next_try = None;
-            }
-            match &target {
-                Target::Id(id) => {
-                    if self.connect(now, *id).is_ok() {
-                        if let Some(s) = self.sessions.get_mut(id) {
-                            s.auto = true;
-                        }
-                    }
-                }
-                Target::Name(name) => {
-                    if !self.resolving.contains_key(&key) {
-                        let name = name.clone();
-                        self.start_resolve(now, &name, true);
-                    }
-                }
-            }
-        }
-        // Attempts that ended without a session: try again later.
-        let retry = now + self.config.queue_retry;
-        let idle: Vec<String> = self
-            .outbox
-            .iter()
-            .filter(|(k, p)| {
-                p.next_try.is_none()
-                    && !self.resolving.contains_key(*k)
-                    && self.find(&p.target).is_none()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in idle {
-            if let Some(p) = self.outbox.get_mut(&key) {
-                p.next_try = Some(retry);
-            }
-        }
-    }
-
-    /// Sends whatever is queued for `peer`, now connected, in the order it was queued.
-    fn deliver_queued(&mut self, now: Instant, peer: ClientId) {
-        let name = self.name_of(peer).map(str::to_string);
-        let keys: Vec<String> = self
-            .outbox
-            .iter()
-            .filter(|(_, p)| p.target.is(peer, name.as_deref()))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            let pursuit = self.outbox.remove(&key).expect("listed above");
-            self.resolving.remove(&key);
-            let Some(Session {
-                state: State::Connected { tx, .. },
-                ..
-            }) = self.sessions.get_mut(&peer)
-            else {
-                return;
-            };
-            let mut sent = Vec::with_capacity(pursuit.texts.len());
-            for text in &pursuit.texts {
-                sent.push((tx.push(text.clone()), text.clone()));
-            }
-            self.events.push_back(Event::Dequeued {
-                to: pursuit.target,
-                peer,
-                seqs: sent.iter().map(|(seq, _)| *seq).collect(),
-            });
-            for (seq, text) in sent {
-                self.events.push_back(Event::Sent { peer, seq, text });
-            }
-        }
-        self.flush(now);
-    }
-
-    /// Remembers the name a server or a request gave for `peer`.
-    fn learn_name(&mut self, peer: ClientId, name: Option<String>, display: Option<String>) {
-        let Some(name) = name.filter(|n| wire::check_name(n).is_ok()) else {
-            return;
-        };
-        let display = display.filter(|d| wire::check_display_name(d).is_ok());
-        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&peer) {
-            let sessions = &self.sessions;
-            self.names.retain(|p, _| sessions.contains_key(p));
-        }
-        self.names.insert(peer, (name, display));
     }
 
     /// Accepts the request of `peer`, or the oldest request. Returns whom we accepted.
@@ -1136,11 +441,9 @@ impl Peer {
         peer: Option<ClientId>,
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
-        let peer = self.pick_request(peer)?;
-        let s = &self.sessions[&peer];
-        let (to, session) = (s.addr.expect("requests have an address"), s.id);
+        let peer = self.sessions.pick_request(peer)?;
         // The Accept first: opening sends what is queued for the peer, which should follow.
-        self.transmit(to, Message::Accept { from: me, session });
+        self.sessions.send_accept(me, peer, &mut self.out);
         self.open(now, peer);
         Ok(peer)
     }
@@ -1152,38 +455,9 @@ impl Peer {
         peer: Option<ClientId>,
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
-        let peer = self.pick_request(peer)?;
-        let s = self.sessions.remove(&peer).expect("picked from sessions");
-        self.reject_session(now, me, &s);
+        let peer = self.sessions.pick_request(peer)?;
+        self.sessions.reject(now, me, peer, &mut self.out);
         Ok(peer)
-    }
-
-    fn reject_session(&mut self, now: Instant, me: ClientId, s: &Session) {
-        if let Some(to) = s.addr {
-            self.transmit(
-                to,
-                Message::Reject {
-                    from: me,
-                    session: s.id,
-                },
-            );
-        }
-        let until = now + self.config.retry_interval * (self.config.connect_tries + 1);
-        self.rejected.insert((s.peer, s.id), until);
-    }
-
-    fn pick_request(&self, peer: Option<ClientId>) -> Result<ClientId, CommandError> {
-        match peer {
-            Some(p) => match self.sessions.get(&p).map(|s| &s.state) {
-                Some(State::Incoming { .. }) => Ok(p),
-                _ => Err(CommandError::NoRequestFrom(p)),
-            },
-            None => self
-                .pending_requests()
-                .first()
-                .copied()
-                .ok_or(CommandError::NoRequest),
-        }
     }
 
     /// Sends `text` to `peer` (default: the current peer). Text longer than
@@ -1202,27 +476,7 @@ impl Peer {
         if text.is_empty() {
             return Err(CommandError::EmptyMessage);
         }
-        let peer = match peer.or(self.current) {
-            Some(p) => p,
-            None => return Err(CommandError::NotConnected),
-        };
-        let Some(Session {
-            state: State::Connected { tx, .. },
-            ..
-        }) = self.sessions.get_mut(&peer)
-        else {
-            return Err(CommandError::NotConnectedTo(peer));
-        };
-        let mut seqs = Vec::new();
-        for piece in split_text(text, wire::MAX_TEXT) {
-            let seq = tx.push(piece.to_string());
-            seqs.push(seq);
-            self.events.push_back(Event::Sent {
-                peer,
-                seq,
-                text: piece.to_string(),
-            });
-        }
+        let seqs = self.sessions.send(peer, text, &mut self.out)?;
         self.flush(now);
         Ok(seqs)
     }
@@ -1235,55 +489,25 @@ impl Peer {
         peer: Option<ClientId>,
     ) -> Result<ClientId, CommandError> {
         let me = self.usable_id()?;
-        let peer = match peer.or(self.current) {
-            Some(p) => p,
-            None => {
-                // Nothing current: the only thing pending, if there is exactly one.
-                let mut all = self.sessions.keys();
-                match (all.next(), all.next()) {
-                    (Some(&p), None) => p,
-                    _ => return Err(CommandError::NotConnected),
-                }
-            }
-        };
-        let Some(s) = self.sessions.remove(&peer) else {
-            return Err(CommandError::NoSessionWith(peer));
-        };
-        self.end_locally(now, me, s);
-        self.refresh_current();
+        let (peer, ended) = self.sessions.terminate(now, me, peer, &mut self.out)?;
+        self.session_ended(ended);
         Ok(peer)
     }
 
     /// Leaves now: ends every session, tells the server, and finishes once it answers (or
     /// the tries run out). Messages not yet acknowledged are reported undelivered.
     pub fn leave(&mut self, now: Instant) {
-        if matches!(self.server, ServerState::Leaving { .. } | ServerState::Done) {
+        if !self.server.is_active() {
             return;
         }
         self.finishing = true;
-        let Some(me) = self.id else {
-            // Never registered: nothing to tell anyone.
-            self.server = ServerState::Done;
-            self.events.push_back(Event::Left {
-                server_acked: false,
-            });
-            return;
-        };
-        let peers: Vec<ClientId> = self.sessions.keys().copied().collect();
-        for p in peers {
-            let s = self.sessions.remove(&p).expect("listed above");
-            self.end_locally(now, me, s);
+        if let Some(me) = self.server.id() {
+            for ended in self.sessions.end_all(now, me, &mut self.out) {
+                self.session_ended(ended);
+            }
         }
-        self.current = None;
-        self.server = ServerState::Leaving {
-            tries: 1,
-            next: Some(now + self.config.server_retry),
-            acked: false,
-        };
-        self.send_to_server(Message::Leave {
-            id: me,
-            token: self.token,
-        });
+        // Never registered: nothing to tell anyone, and we are done at once.
+        self.server.leave(now, &mut self.out);
     }
 
     /// Leaves once everything the user started has settled (for the end of a script's
@@ -1294,16 +518,9 @@ impl Peer {
             return;
         }
         self.finishing = true;
-        if let Some(me) = self.id {
-            let incoming: Vec<ClientId> = self
-                .sessions
-                .values()
-                .filter(|s| matches!(s.state, State::Incoming { .. }))
-                .map(|s| s.peer)
-                .collect();
-            for p in incoming {
-                let s = self.sessions.remove(&p).expect("listed above");
-                self.end_locally(now, me, s);
+        if let Some(me) = self.server.id() {
+            for ended in self.sessions.decline_requests(now, me, &mut self.out) {
+                self.session_ended(ended);
             }
             self.files.refuse_all(now, me);
         }
@@ -1311,134 +528,86 @@ impl Peer {
     }
 
     fn leave_if_drained(&mut self, now: Instant) {
-        if !self.finishing
-            || !matches!(
-                self.server,
-                ServerState::Registered { .. } | ServerState::Registering { .. }
-            )
-        {
+        if !self.finishing || !self.server.is_active() {
             return;
         }
-        let settled = self.sessions.values().all(|s| match &s.state {
-            State::Connected { tx, .. } => tx.is_idle(),
-            State::Incoming { .. } => true,
-            State::LookingUp { .. } | State::Requesting { .. } => s.auto,
-        }) && self.resolving.values().all(|r| r.auto)
-            && self.listing.is_none()
-            && self.claiming.is_none()
-            && self.files.is_idle();
-        if settled {
+        if self.sessions.is_settled() && self.names.is_settled() && self.files.is_idle() {
             self.leave(now);
         }
     }
 
-    /// Ends a session on our side: tells the peer, reports what was not delivered. With
-    /// `reason`, the end is shown now; without, once the peer acknowledges the Terminate.
-    fn end_locally(&mut self, now: Instant, me: ClientId, mut s: Session) {
-        self.end_locally_because(now, me, &mut s, None);
-    }
-
-    fn end_locally_because(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        s: &mut Session,
-        reason: Option<EndReason>,
-    ) {
-        self.absorb_stats(s);
-        self.files
-            .session_ended(s.peer, s.id, reason.unwrap_or(EndReason::ByUs));
-        match &mut s.state {
-            State::Connected { tx, .. } => {
-                let period = tx.rtt().rto().min(self.config.retry_interval);
-                for seq in tx.abandon() {
-                    self.events
-                        .push_back(Event::Undelivered { peer: s.peer, seq });
-                }
-                if let Some(reason) = reason {
-                    self.events.push_back(Event::Terminated {
-                        peer: s.peer,
-                        reason,
-                    });
-                }
-                let addr = s.addr.expect("connected sessions have an address");
-                self.start_closing(now, me, s, addr, period, reason.is_none());
-            }
-            State::Requesting { .. } => {
-                // The queue's own attempts end quietly: the user never started them.
-                if !s.auto {
-                    self.events.push_back(Event::Terminated {
-                        peer: s.peer,
-                        reason: EndReason::Cancelled,
-                    });
-                }
-                let addr = s.addr.expect("requests go to an address");
-                let period = self.config.server_retry;
-                self.start_closing(now, me, s, addr, period, false);
-            }
-            State::LookingUp { .. } if s.auto => {}
-            State::LookingUp { .. } => self.events.push_back(Event::Terminated {
-                peer: s.peer,
-                reason: EndReason::Cancelled,
-            }),
-            State::Incoming { .. } => self.reject_session(now, me, s),
-        }
-    }
-
-    /// Keeps the counters of a session that is going away.
-    fn absorb_stats(&mut self, s: &Session) {
-        if let State::Connected { tx, rx } = &s.state {
-            self.stats.duplicates += rx.duplicates();
-            self.stats.retransmissions += tx.retransmissions();
-            self.stats.early_retransmissions += tx.early_retransmissions();
-        }
-    }
-
-    fn start_closing(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        s: &Session,
-        addr: SocketAddr,
-        period: Duration,
-        announce: bool,
-    ) {
-        self.transmit(
-            addr,
-            Message::Terminate {
-                from: me,
-                session: s.id,
-            },
-        );
-        self.closing.insert(
-            s.id,
-            Closing {
-                peer: s.peer,
-                addr,
-                tries: 1,
-                next: now + period,
-                period,
-                announce,
-            },
-        );
-    }
-
     fn usable_id(&self) -> Result<ClientId, CommandError> {
-        match self.server {
-            ServerState::Leaving { .. } | ServerState::Done => Err(CommandError::Leaving),
-            _ => self.id.ok_or(CommandError::NotRegistered),
-        }
+        self.server.usable_id()
     }
 
-    fn refresh_current(&mut self) {
-        let still = self.current.is_some_and(|p| {
-            self.sessions
-                .get(&p)
-                .is_some_and(|s| matches!(s.state, State::Connected { .. }))
-        });
-        if !still {
-            self.current = self.connected_peers().last().copied();
-        }
+    // ------------------------------------------------------------------ file commands
+
+    /// Offers a file to `peer` (default: the current peer). `sha256` is its digest; the
+    /// bytes are read from `source` only once the peer accepts. Returns the local number.
+    pub fn send_file(
+        &mut self,
+        now: Instant,
+        peer: Option<ClientId>,
+        name: &str,
+        size: u64,
+        sha256: [u8; 32],
+        source: Box<dyn FileSource>,
+    ) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        let link = self.file_link(peer)?;
+        let n = self
+            .files
+            .offer(now, me, link, name.to_string(), size, sha256, source);
+        Ok(n)
+    }
+
+    /// Accepts offer `n`, writing the file to `sink`.
+    pub fn get_file(
+        &mut self,
+        now: Instant,
+        n: u64,
+        sink: Box<dyn FileSink>,
+    ) -> Result<(), FileError> {
+        let me = match self.file_command_id() {
+            Ok(me) => me,
+            Err(e) => {
+                sink.abort();
+                return Err(e);
+            }
+        };
+        self.files.get(now, me, n, sink)
+    }
+
+    /// Refuses offer `n` (or the only one waiting).
+    pub fn refuse_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        self.files.refuse(now, me, n)
+    }
+
+    /// Cancels transfer `n` (or the only one).
+    pub fn cancel_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        self.files.cancel(now, me, n)
+    }
+
+    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name).
+    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+        self.files.pick_offer(n)
+    }
+
+    /// Every transfer going on or waiting.
+    pub fn transfers(&self) -> Vec<TransferInfo> {
+        self.files.list()
+    }
+
+    /// File chunks resent so far.
+    pub fn chunk_retransmissions(&self) -> u64 {
+        self.files.retransmissions()
+    }
+
+    fn file_command_id(&self) -> Result<ClientId, FileError> {
+        self.id()
+            .ok_or(FileError::Session(CommandError::NotRegistered))
     }
 
     // ------------------------------------------------------------------ network input
@@ -1454,13 +623,14 @@ impl Peer {
                 self.leave_if_drained(now);
             }
             Err(DecodeError::BadVersion { found }) if from == self.config.server => {
-                self.fatal(format!(
+                let message = format!(
                     "the server at {from} speaks protocol version {found}; this client speaks version {}",
                     wire::VERSION
-                ));
+                );
+                self.server.fatal(message, &mut self.out);
             }
             Err(e) => {
-                self.stats.undecodable += 1;
+                self.undecodable += 1;
                 debug!("{from}: dropped: {e}");
             }
         }
@@ -1481,342 +651,104 @@ impl Peer {
         }
     }
 
-    fn ignore(&mut self, from: SocketAddr, msg: &Message) {
-        self.stats.ignored += 1;
-        debug!("{from}: ignored {msg:?}");
-    }
-
+    /// A message from the server: names first, then our registration, then the answers to
+    /// the lookups of sessions.
     fn handle_server_message(&mut self, now: Instant, msg: Message) {
-        match (&self.server, msg) {
-            (
-                ServerState::Registering { again, .. },
-                Message::Registered {
-                    id,
-                    token,
-                    ttl_secs,
-                    ..
-                },
-            ) => {
-                let again = *again;
-                self.id = Some(id);
-                self.refusal = None;
-                self.token = token;
-                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1)));
-                self.server = ServerState::Registered {
-                    keepalive_at: now + self.keepalive_period(),
-                };
-                self.events.push_back(Event::Registered { id, again });
-                if self.config.name.is_some() {
-                    self.claiming = Some(Claiming {
-                        tries: 1,
-                        next: now + self.config.server_retry,
-                    });
-                    self.send_claim();
-                }
+        let (registered, id, token) = (
+            self.server.is_registered(),
+            self.server.id(),
+            self.server.token(),
+        );
+        let msg = match self
+            .names
+            .handle_message(registered, id, token, msg, now, &mut self.out)
+        {
+            Heard::Handled => return,
+            Heard::Refused(message) => return self.server.give_up(message, &mut self.out),
+            Heard::Unknown { key } => return self.outbox.retry_later(now, &key),
+            Heard::Found {
+                peer,
+                addr,
+                name,
+                display_name,
+                auto,
+            } => {
+                self.learn_name(peer, Some(name), display_name);
+                return self.resolved(now, peer, addr, auto);
             }
-            (ServerState::Registered { .. }, Message::Claimed { id, name })
-                if self.claiming.is_some() && Some(id) == self.id =>
-            {
-                self.claiming = None;
-                if self.name.as_deref() != Some(name.as_str()) {
-                    self.name = Some(name.clone());
-                    self.events.push_back(Event::Claimed { name });
-                }
-            }
-            (
-                ServerState::Registered { .. },
-                Message::Error {
-                    code: code @ (ErrorCode::NameTaken | ErrorCode::BadName),
-                    detail,
-                },
-            ) if self.claiming.is_some() => {
-                let _ = code;
-                self.claiming = None;
-                self.give_up_registration(format!("the server refused the name: {detail}"));
-            }
-            (
-                ServerState::Registered { .. },
-                Message::Error {
-                    code: ErrorCode::ListDisabled,
-                    detail,
-                },
-            ) if self.listing.is_some() => {
-                self.listing = None;
-                self.events.push_back(Event::ListFailed { reason: detail });
-            }
-            (
-                _,
-                Message::Listing {
-                    clients,
-                    next,
-                    total,
-                },
-            ) if self.listing.is_some() => {
-                let me = self.id.unwrap_or_default();
-                let token = self.token;
-                let retry = now + self.config.server_retry;
-                let l = self.listing.as_mut().expect("checked");
-                // The answer to an earlier page, resent or late: its clients are at or below
-                // where we are now.
-                let stale = next.is_some_and(|n| Some(n) <= l.after)
-                    || clients.first().is_some_and(|c| Some(c.id) <= l.after);
-                if stale {
-                    let msg = Message::Listing {
-                        clients,
-                        next,
-                        total,
-                    };
-                    self.ignore(self.config.server, &msg);
-                    return;
-                }
-                let last = l.clients.last().map(|c| c.id);
-                l.clients.extend(
-                    clients
-                        .into_iter()
-                        .filter(|c| last.is_none_or(|id| c.id > id)),
-                );
-                match next {
-                    Some(n) if Some(n) > l.after && l.clients.len() < MAX_LISTED => {
-                        l.after = Some(n);
-                        l.tries = 1;
-                        l.next = retry;
-                        self.send_to_server(Message::List {
-                            id: me,
-                            token,
-                            after: Some(n),
-                        });
-                    }
-                    _ => {
-                        let l = self.listing.take().expect("checked");
-                        self.events.push_back(Event::Online {
-                            clients: l.clients,
-                            total,
-                        });
-                    }
-                }
-            }
-            (_, Message::Unknown { name }) => {
-                let key = name.to_ascii_lowercase();
-                match self.resolving.remove(&key) {
-                    Some(r) => {
-                        if !r.auto {
-                            self.events.push_back(Event::UnknownName { name: r.name });
-                        }
-                        self.pursuit_retry(now, &key);
-                    }
-                    None => self.ignore(self.config.server, &Message::Unknown { name }),
-                }
-            }
-            (
-                _,
-                Message::Found {
-                    id,
-                    addr,
-                    name: Some(name),
-                    display_name,
-                },
-            ) if self.resolving.contains_key(&name.to_ascii_lowercase()) => {
-                let r = self
-                    .resolving
-                    .remove(&name.to_ascii_lowercase())
-                    .expect("checked");
-                self.learn_name(id, Some(name), display_name);
-                self.resolved(now, id, addr, r.auto);
-            }
-            (ServerState::Registering { again, want, .. }, Message::Error { code, detail }) => {
-                match (code, *again) {
-                    (ErrorCode::IdTaken, true) if want.is_some() => {
-                        // Someone took our old id while the server was away: take any.
-                        self.events.push_back(Event::Notice {
-                            message: format!("{detail}; registering with a new id"),
-                        });
-                        self.server = ServerState::Registering {
-                            tries: 1,
-                            next: now + self.config.server_retry,
-                            want: None,
-                            again: true,
-                        };
-                        self.send_to_server(Message::Register { want_id: None });
-                    }
-                    (ErrorCode::RateLimited, _) => {
-                        // Temporary: the retries go on at their pace, and the user knows why.
-                        if self.refusal.is_none() {
-                            self.events.push_back(Event::Notice {
-                                message: format!("the server says: {detail}; retrying"),
-                            });
-                        }
-                        self.refusal = Some(detail);
-                    }
-                    (ErrorCode::NotRegistered, _) => {
-                        // Never an answer to `Register`: a late or duplicated answer to a
-                        // `Keepalive` sent before, which is why we are registering again.
-                        let message = Message::Error { code, detail };
-                        self.ignore(self.config.server, &message);
-                    }
-                    _ => self.fatal(format!("the server refused to register us: {detail}")),
-                }
-            }
-            (ServerState::Registered { .. }, Message::Error { code, detail }) => {
-                if code == ErrorCode::NotRegistered {
-                    self.events.push_back(Event::Notice {
-                        message: "the server no longer knows us (restarted?); registering again"
-                            .into(),
-                    });
-                    let want = self.id;
-                    self.server = ServerState::Registering {
-                        tries: 1,
-                        next: now + self.config.server_retry,
-                        want,
-                        again: true,
-                    };
-                    self.send_to_server(Message::Register { want_id: want });
-                } else {
-                    self.events.push_back(Event::Notice {
-                        message: format!("the server says: {detail}"),
-                    });
-                }
-            }
-            (ServerState::Leaving { next: Some(_), .. }, Message::LeaveAck { .. }) => {
-                self.server_left(true);
-            }
-            (
-                ServerState::Leaving { next: Some(_), .. },
-                Message::Error {
-                    code: ErrorCode::NotRegistered,
-                    ..
-                },
-            ) => {
-                // It does not know us: as good as left.
-                self.server_left(true);
-            }
-            (
-                _,
-                Message::Found {
-                    id,
-                    addr,
-                    name,
-                    display_name,
-                },
-            ) => {
-                let Some(me) = self.id else { return };
-                let retry = self.config.retry_interval;
-                match self.sessions.get_mut(&id) {
-                    Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                        self.learn_name(id, name, display_name);
-                        let s = self.sessions.get_mut(&id).expect("just seen");
-                        s.addr = Some(addr);
-                        s.state = State::Requesting {
-                            tries: 1,
-                            next: now + retry,
-                        };
-                        let session = s.id;
-                        let request = Self::request_message(&self.config, me, session);
-                        self.transmit(addr, request);
-                    }
-                    _ => self.ignore(
-                        self.config.server,
-                        &Message::Found {
-                            id,
-                            addr,
-                            name: None,
-                            display_name: None,
-                        },
-                    ),
-                }
-            }
-            (_, Message::Inactive { id }) => match self.sessions.get(&id) {
-                Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                    let s = self.sessions.remove(&id).expect("just seen");
-                    if !s.auto {
-                        self.events.push_back(Event::Inactive { peer: id });
-                    }
-                    self.pursuit_retry(now, &id.to_string());
-                }
-                _ => self.ignore(self.config.server, &Message::Inactive { id }),
-            },
-            (_, other) => self.ignore(self.config.server, &other),
-        }
-    }
-
-    fn send_claim(&mut self) {
-        let (Some(id), Some(name)) = (self.id, self.config.name.clone()) else {
-            return;
+            Heard::NotMine(msg) => msg,
         };
-        self.send_to_server(Message::Claim {
-            id,
-            token: self.token,
-            name,
-            display_name: self.config.display_name.clone(),
-            previous: self.config.previous_token,
-        });
-    }
-
-    /// The server registered us but will not have us as configured: leave (best effort,
-    /// so that the entry does not wait for its expiry) and stop.
-    fn give_up_registration(&mut self, message: String) {
-        if let Some(id) = self.id {
-            self.send_to_server(Message::Leave {
+        let settled = self.sessions.all_closed();
+        let msg = match self.server.handle_message(now, msg, settled, &mut self.out) {
+            Answer::Registered => {
+                let (id, token) = (self.server.id(), self.server.token());
+                return self.names.claim(now, id, token, &mut self.out);
+            }
+            Answer::Handled => return,
+            Answer::NotMine(msg) => msg,
+        };
+        let server = self.config.server;
+        match msg {
+            Message::Found {
                 id,
-                token: self.token,
-            });
+                addr,
+                name,
+                display_name,
+            } => {
+                let Some(me) = self.server.id() else { return };
+                if self.sessions.found(now, me, id, addr, &mut self.out) {
+                    self.learn_name(id, name, display_name);
+                } else {
+                    // Logged without the names, which were not kept.
+                    let msg = Message::Found {
+                        id,
+                        addr,
+                        name: None,
+                        display_name: None,
+                    };
+                    self.out.ignore(server, &msg);
+                }
+            }
+            Message::Inactive { id } => {
+                if self.sessions.inactive(id, &mut self.out) {
+                    self.outbox.retry_later(now, &id.to_string());
+                } else {
+                    self.out.ignore(server, &Message::Inactive { id });
+                }
+            }
+            other => self.out.ignore(server, &other),
         }
-        self.fatal(message);
     }
 
     /// A name we looked up is client `peer` at `addr`: ask it to connect (or, if it has
     /// asked us and the user asked for it, accept).
     fn resolved(&mut self, now: Instant, peer: ClientId, addr: SocketAddr, auto: bool) {
-        let Some(me) = self.id else { return };
+        let Some(me) = self.server.id() else { return };
         if peer == me {
             if !auto {
-                self.events.push_back(Event::Notice {
+                self.out.event(Event::Notice {
                     message: "that name is yours; connect to another client".into(),
                 });
             }
             return;
         }
-        if self.sessions.contains_key(&peer) {
+        if self.sessions.contains(&peer) {
             if !auto {
                 if let Err(e) = self.connect(now, peer) {
-                    self.events.push_back(Event::Notice {
+                    self.out.event(Event::Notice {
                         message: e.to_string(),
                     });
                 }
             }
             return;
         }
-        let session = self.rng.random::<SessionId>();
-        self.sessions.insert(
-            peer,
-            Session {
-                peer,
-                id: session,
-                addr: Some(addr),
-                state: State::Requesting {
-                    tries: 1,
-                    next: now + self.config.retry_interval,
-                },
-                last_heard: now,
-                last_sent: now,
-                queued_ack: None,
-                auto,
-            },
-        );
-        let request = Self::request_message(&self.config, me, session);
-        self.transmit(addr, request);
-    }
-
-    /// An attempt to reach the target of queue `key` failed: try again later.
-    fn pursuit_retry(&mut self, now: Instant, key: &str) {
-        let retry = now + self.config.queue_retry;
-        if let Some(p) = self.outbox.get_mut(key) {
-            p.next_try = Some(retry);
-        }
+        self.sessions
+            .request(now, me, peer, addr, auto, &mut self.out);
     }
 
     fn handle_peer_message(&mut self, now: Instant, src: SocketAddr, msg: Message) {
-        let Some(me) = self.id else {
-            self.ignore(src, &msg);
+        let Some(me) = self.server.id() else {
+            self.out.ignore(src, &msg);
             return;
         };
         match msg {
@@ -1826,750 +758,205 @@ impl Peer {
                 name,
                 display_name,
             } => {
-                self.on_request(now, me, src, from, session);
+                let (finishing, out) = (self.finishing, &mut self.out);
+                let requested = self
+                    .sessions
+                    .handle_request(now, me, src, from, session, finishing, out);
+                match requested {
+                    Requested::Nothing => {}
+                    Requested::Open => self.open(now, from),
+                    Requested::Replaced(ended) => self.session_ended(ended),
+                }
                 // The name is the requester's claim: kept for a request we now hold from
                 // that address, never for someone else's session.
-                let holds = self.sessions.get(&from).is_some_and(|s| {
-                    s.id == session
-                        && s.addr == Some(src)
-                        && !matches!(s.state, State::Connected { .. })
-                });
-                if holds && name.is_some() {
+                if self.sessions.holds_request(from, src, session) && name.is_some() {
                     self.learn_name(from, name, display_name);
                 }
             }
             Message::Accept { from, session } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
+                if self.sessions.is_requesting(from, src, session) {
                     self.open(now, from);
                 } else {
-                    self.ignore(src, &msg);
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::Reject { from, session } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
-                    self.sessions.remove(&from);
-                    self.events.push_back(Event::Rejected { peer: from });
-                    let name = self.name_of(from).map(str::to_string);
-                    let queued: Vec<Target> = self
-                        .outbox
-                        .values()
-                        .filter(|p| p.target.is(from, name.as_deref()))
-                        .map(|p| p.target.clone())
-                        .collect();
+                let out = &mut self.out;
+                if self.sessions.handle_reject(from, src, session, out) {
+                    let queued = self.outbox.targets_for(from, self.names.name_of(from));
                     for target in queued {
                         self.drop_queue(&target, "the peer rejected the connection");
                     }
                 } else {
-                    self.ignore(src, &msg);
-                }
-            }
-            Message::Chat {
-                from,
-                session,
-                seq,
-                text,
-            } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
-                    // Its Accept was lost, but a message on the session means it accepted.
-                    self.open(now, from);
-                }
-                let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
-                    self.unknown_session(
-                        me,
-                        src,
-                        session,
-                        &Message::Chat {
-                            from,
-                            session,
-                            seq,
-                            text,
-                        },
-                    );
-                    return;
-                };
-                s.last_heard = now;
-                s.last_sent = now;
-                let State::Connected { rx, .. } = &mut s.state else {
-                    unreachable!("connected_mut returns connected sessions")
-                };
-                let received = rx.receive(seq, text);
-                let cumulative = rx.cumulative();
-                let queued = s.queued_ack;
-                match received {
-                    Received::Deliver(ready) => {
-                        for (seq, text) in ready {
-                            self.events.push_back(Event::Message { from, seq, text });
-                        }
-                    }
-                    Received::Held | Received::Duplicate => {}
-                    Received::TooFarAhead => return,
-                }
-                if seq <= cumulative && self.merge_ack(queued, src, session, seq, cumulative) {
-                    return;
-                }
-                let position = self.polled + self.transmits.len() as u64;
-                self.transmit(
-                    src,
-                    Message::Ack {
-                        from: me,
-                        session,
-                        seq,
-                        cumulative,
-                    },
-                );
-                if let Some(s) = self.sessions.get_mut(&from) {
-                    s.queued_ack = Some(position);
-                }
-            }
-            Message::Ack {
-                from,
-                session,
-                seq,
-                cumulative,
-            } => {
-                let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
-                    self.unknown_session(me, src, session, &msg);
-                    return;
-                };
-                s.last_heard = now;
-                let State::Connected { tx, .. } = &mut s.state else {
-                    unreachable!("connected_mut returns connected sessions")
-                };
-                tx.on_ack(now, seq, cumulative);
-                while let Some(seq) = tx.poll_delivered() {
-                    self.events.push_back(Event::Delivered { peer: from, seq });
-                }
-            }
-            Message::Ping { from, session } => {
-                if self.matches(from, src, session, |st| {
-                    matches!(st, State::Requesting { .. })
-                }) {
-                    // As with a Chat: its Accept was lost, and an idle accepter pings
-                    // (after `session_idle`) before our next request goes out. Answering
-                    // with a reset would end the session it accepted.
-                    self.open(now, from);
-                }
-                let Some(s) = Self::connected_mut(&mut self.sessions, from, src, session) else {
-                    self.unknown_session(me, src, session, &msg);
-                    return;
-                };
-                s.last_heard = now;
-                s.last_sent = now;
-                self.transmit(src, Message::Pong { from: me, session });
-            }
-            Message::Pong { from, session } => {
-                match Self::connected_mut(&mut self.sessions, from, src, session) {
-                    Some(s) => s.last_heard = now,
-                    None => self.ignore(src, &msg),
+                    self.out.ignore(src, &msg);
                 }
             }
             Message::Terminate { from, session } => {
-                // Always acknowledged: our earlier TerminateAck may have been lost.
-                self.transmit(src, Message::TerminateAck { from: me, session });
-                if self.matches(from, src, session, |_| true) {
-                    let s = self.sessions.remove(&from).expect("matched");
-                    self.end_by_peer(s);
-                } else if self.closing_matches(from, src, session) {
-                    // Both ended it at once.
-                    self.closed(session, EndReason::ByUs);
-                } else {
-                    self.ignore(src, &msg);
+                let out = &mut self.out;
+                match self.sessions.handle_terminate(me, src, from, session, out) {
+                    Terminated::Nothing => {}
+                    Terminated::Session(ended) => self.session_ended(ended),
+                    Terminated::Closing => self.left_if_closed(),
                 }
             }
             Message::TerminateAck { from, session } => {
-                if self.closing_matches(from, src, session) {
-                    self.closed(session, EndReason::ByUs);
-                } else {
-                    self.ignore(src, &msg);
+                let out = &mut self.out;
+                if self.sessions.handle_terminate_ack(src, from, session, out) {
+                    self.left_if_closed();
                 }
             }
-            // ---- file transfer (src/transfer.rs) ----
-            other => match files::route(&other) {
-                Some((from, session)) => {
-                    match Self::connected_mut(&mut self.sessions, from, src, session) {
-                        Some(s) => {
-                            s.last_heard = now;
-                            let link = Self::link_of(s);
-                            self.files.handle_message(now, me, link, other);
-                        }
-                        None => self.unknown_session(me, src, session, &other),
+            traffic => {
+                if let Message::Chat { from, session, .. } | Message::Ping { from, session } =
+                    traffic
+                {
+                    // Its Accept was lost, but a message on the session means it accepted
+                    // (an idle accepter pings, after `session_idle`, before our next request
+                    // goes out; answering with a reset would end the session it accepted).
+                    if self.sessions.is_requesting(from, src, session) {
+                        self.open(now, from);
                     }
                 }
-                None => self.ignore(src, &other),
-            },
+                let out = &mut self.out;
+                if let Some((link, msg)) = self.sessions.handle_traffic(now, me, src, traffic, out)
+                {
+                    self.files.handle_message(now, me, link, msg);
+                }
+            }
         }
     }
 
     /// The session a file command goes on: with `peer`, or the current peer.
     pub(crate) fn file_link(&self, peer: Option<ClientId>) -> Result<Link, CommandError> {
-        let peer = peer.or(self.current).ok_or(CommandError::NotConnected)?;
-        match self.sessions.get(&peer) {
-            Some(s) if matches!(s.state, State::Connected { .. }) => Ok(Self::link_of(s)),
-            _ => Err(CommandError::NotConnectedTo(peer)),
-        }
-    }
-
-    fn link_of(s: &Session) -> Link {
-        let rto = match &s.state {
-            State::Connected { tx, .. } => tx.rtt().rto(),
-            _ => Duration::from_secs(1),
-        };
-        Link {
-            peer: s.peer,
-            session: s.id,
-            addr: s.addr.expect("connected sessions have an address"),
-            rto,
-        }
-    }
-
-    fn on_request(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        src: SocketAddr,
-        from: ClientId,
-        session: SessionId,
-    ) {
-        let msg = Message::ConnectRequest {
-            from,
-            session,
-            name: None,
-            display_name: None,
-        };
-        if from == me {
-            self.ignore(src, &msg);
-            return;
-        }
-        if self.rejected.contains_key(&(from, session)) {
-            // Our Reject was lost: the same answer again.
-            self.transmit(src, Message::Reject { from: me, session });
-            return;
-        }
-        if self.finishing {
-            self.transmit(src, Message::Reject { from: me, session });
-            return;
-        }
-        let Some(s) = self.sessions.get_mut(&from) else {
-            self.incoming(now, src, from, session);
-            return;
-        };
-        let same_addr = s.addr == Some(src);
-        match &s.state {
-            State::Incoming { .. } if same_addr => {
-                // A resend: not shown again. The newest request of the peer is the one we
-                // will answer.
-                s.last_heard = now;
-                s.id = session;
-            }
-            State::Connected { .. } if s.id == session && same_addr => {
-                // Our Accept was lost.
-                s.last_heard = now;
-                self.transmit(src, Message::Accept { from: me, session });
-            }
-            State::Connected { .. } if same_addr && session < s.id => {
-                // The peer forgot the old session (restarted, or ended it without our
-                // hearing) and asks anew. A larger id from the same peer is a leftover
-                // request that lost a simultaneous open, and is ignored.
-                let old = self.sessions.remove(&from).expect("present");
-                self.end_with(old, EndReason::Replaced);
-                self.incoming(now, src, from, session);
-            }
-            State::Requesting { .. } if same_addr && session < s.id => {
-                // Both asked at once: the smaller session id wins, and we wanted this.
-                s.id = session;
-                self.transmit(src, Message::Accept { from: me, session });
-                self.open(now, from);
-            }
-            State::LookingUp { .. } => {
-                // We were about to ask it ourselves.
-                s.id = session;
-                s.addr = Some(src);
-                self.transmit(src, Message::Accept { from: me, session });
-                self.open(now, from);
-            }
-            _ => self.ignore(src, &msg),
-        }
-    }
-
-    fn incoming(&mut self, now: Instant, src: SocketAddr, from: ClientId, session: SessionId) {
-        self.next_order += 1;
-        self.sessions.insert(
-            from,
-            Session {
-                peer: from,
-                id: session,
-                addr: Some(src),
-                state: State::Incoming {
-                    order: self.next_order,
-                },
-                last_heard: now,
-                last_sent: now,
-                queued_ack: None,
-                auto: false,
-            },
-        );
-        self.events.push_back(Event::Request { from });
-    }
-
-    /// Opens the session with `peer` (which has an address).
-    fn open(&mut self, now: Instant, peer: ClientId) {
-        let chat = self.config.chat.clone();
-        let s = self
-            .sessions
-            .get_mut(&peer)
-            .expect("opening a present session");
-        s.state = State::Connected {
-            tx: Box::new(SendWindow::new(chat.clone())),
-            rx: RecvWindow::new(chat.window),
-        };
-        s.last_heard = now;
-        s.last_sent = now;
-        self.current = Some(peer);
-        self.events.push_back(Event::Connected { peer });
-        self.deliver_queued(now, peer);
-    }
-
-    /// Whether a message from `from` at `src` for `session` matches our session with it, in
-    /// a state accepted by `state_ok`.
-    fn matches(
-        &self,
-        from: ClientId,
-        src: SocketAddr,
-        session: SessionId,
-        state_ok: impl Fn(&State) -> bool,
-    ) -> bool {
-        self.sessions
-            .get(&from)
-            .is_some_and(|s| s.id == session && s.addr == Some(src) && state_ok(&s.state))
-    }
-
-    /// Whether `session` is one we are closing with `from` at `src`.
-    fn closing_matches(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
-        self.closing
-            .get(&session)
-            .is_some_and(|c| c.peer == from && c.addr == src)
-    }
-
-    fn connected_mut(
-        sessions: &mut BTreeMap<ClientId, Session>,
-        from: ClientId,
-        src: SocketAddr,
-        session: SessionId,
-    ) -> Option<&mut Session> {
-        sessions.get_mut(&from).filter(|s| {
-            s.id == session && s.addr == Some(src) && matches!(s.state, State::Connected { .. })
-        })
-    }
-
-    /// A session message for a session we do not have: answer with a Terminate so that the
-    /// sender ends its stale session. For a session we are closing, this is a resend of our
-    /// Terminate, sooner than its timer: the peer evidently has not heard it.
-    fn unknown_session(
-        &mut self,
-        me: ClientId,
-        src: SocketAddr,
-        session: SessionId,
-        msg: &Message,
-    ) {
-        self.ignore(src, msg);
-        if !self.closing.contains_key(&session) {
-            self.stats.resets += 1;
-        }
-        self.transmit(src, Message::Terminate { from: me, session });
-    }
-
-    fn end_by_peer(&mut self, s: Session) {
-        let reason = match s.state {
-            State::Incoming { .. } | State::LookingUp { .. } => EndReason::Cancelled,
-            _ => EndReason::ByPeer,
-        };
-        self.end_with(s, reason);
-    }
-
-    /// Drops a session the peer ended or that died: reports what was not delivered.
-    fn end_with(&mut self, mut s: Session, reason: EndReason) {
-        self.absorb_stats(&s);
-        self.files.session_ended(s.peer, s.id, reason);
-        if let State::Connected { tx, .. } = &mut s.state {
-            for seq in tx.abandon() {
-                self.events
-                    .push_back(Event::Undelivered { peer: s.peer, seq });
-            }
-        }
-        self.events.push_back(Event::Terminated {
-            peer: s.peer,
-            reason,
-        });
-        self.refresh_current();
-    }
-
-    fn closed(&mut self, session: SessionId, reason: EndReason) {
-        if let Some(c) = self.closing.remove(&session) {
-            if c.announce {
-                self.events.push_back(Event::Terminated {
-                    peer: c.peer,
-                    reason,
-                });
-            }
-        }
-        self.server_left_if_done();
+        self.sessions.file_link(peer)
     }
 
     // ------------------------------------------------------------------ timers
 
     /// Does whatever is due at `now`: resends, keepalives, giving up.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.server_timers(now);
-        let peers: Vec<ClientId> = self.sessions.keys().copied().collect();
-        for p in peers {
-            self.session_timers(now, p);
+        let settled = self.sessions.all_closed();
+        self.server.handle_timeout(now, settled, &mut self.out);
+        let me = self.server.id();
+        for ended in self.sessions.handle_timeout(now, me, &mut self.out) {
+            self.session_ended(ended);
         }
-        let due: Vec<SessionId> = self
-            .closing
-            .iter()
-            .filter(|(_, c)| c.next <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for session in due {
-            let max = self.config.terminate_tries;
-            let cap = self.config.retry_interval;
-            let c = self.closing.get_mut(&session).expect("listed above");
-            if c.tries >= max {
-                self.closed(session, EndReason::Unanswered);
-                continue;
+        // A Terminate given up may have been the last one the leaving waited for.
+        self.left_if_closed();
+        let token = self.server.token();
+        match self.names.handle_timeout(now, me, token, &mut self.out) {
+            Lapsed::Claim(message) => self.server.give_up(message, &mut self.out),
+            Lapsed::Resolves(keys) => {
+                for key in keys {
+                    self.outbox.retry_later(now, &key);
+                }
             }
-            c.tries += 1;
-            c.period = (c.period * 2).min(cap);
-            c.next = now + c.period;
-            let (to, me) = (c.addr, self.id.unwrap_or_default());
-            self.transmit(to, Message::Terminate { from: me, session });
         }
-        self.rejected.retain(|_, until| *until > now);
-        self.name_timers(now);
         self.pursue(now);
-        if let Some(me) = self.id {
+        if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
         }
         self.flush(now);
         self.leave_if_drained(now);
     }
 
-    /// Resends of `Claim`, `Resolve` and `List`, and giving up on them.
-    fn name_timers(&mut self, now: Instant) {
-        let (retry, max) = (self.config.server_retry, self.config.server_tries);
-        if let Some(c) = self.claiming.as_mut().filter(|c| c.next <= now) {
-            if c.tries >= max {
-                self.claiming = None;
-                let name = self.config.name.clone().unwrap_or_default();
-                self.give_up_registration(format!(
-                    "the server at {} did not answer the claim of the name {name} (does it support names?)",
-                    self.config.server
-                ));
-                return;
-            }
-            c.tries += 1;
-            c.next = now + retry;
-            self.send_claim();
-        }
-        if let Some(l) = self.listing.as_mut().filter(|l| l.next <= now) {
-            if l.tries >= max {
-                self.listing = None;
-                self.events.push_back(Event::ListFailed {
-                    reason: "the server did not answer".into(),
-                });
-            } else {
-                l.tries += 1;
-                l.next = now + retry;
-                let after = l.after;
-                let (id, token) = (self.id.unwrap_or_default(), self.token);
-                self.send_to_server(Message::List { id, token, after });
-            }
-        }
-        let due: Vec<String> = self
-            .resolving
-            .iter()
-            .filter(|(_, r)| r.next <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let r = self.resolving.get_mut(&key).expect("listed above");
-            if r.tries >= max {
-                let r = self.resolving.remove(&key).expect("listed above");
-                if !r.auto {
-                    self.events.push_back(Event::Notice {
-                        message: format!("the server did not answer the lookup of {}", r.name),
-                    });
-                }
-                self.pursuit_retry(now, &key);
-            } else {
-                r.tries += 1;
-                r.next = now + retry;
-                let name = r.name.clone();
-                self.send_to_server(Message::Resolve { name });
-            }
-        }
+    // ------------------------------------------------------------------ across parts
+
+    /// Opens the session with `peer` and sends what is queued for it.
+    fn open(&mut self, now: Instant, peer: ClientId) {
+        self.sessions.open(now, peer, &mut self.out);
+        self.deliver_queued(now, peer);
     }
 
-    fn server_timers(&mut self, now: Instant) {
-        let (retry, tries_max) = (self.config.server_retry, self.config.server_tries);
-        let keepalive = self.keepalive_period();
-        match &mut self.server {
-            ServerState::Registering {
-                tries,
-                next,
-                want,
-                again,
-            } if *next <= now => {
-                if *tries < tries_max {
-                    *tries += 1;
-                    *next = now + retry;
-                    let want = *want;
-                    self.send_to_server(Message::Register { want_id: want });
-                } else if *again {
-                    // Keep trying, at the retry interval, and say so once per round.
-                    *tries = 0;
-                    *next = now + self.config.retry_interval;
-                    let message = format!(
-                        "the rendezvous server at {} does not answer; still trying",
-                        self.config.server
-                    );
-                    self.events.push_back(Event::Notice { message });
-                } else {
-                    let message = match self.refusal.take() {
-                        Some(detail) => format!(
-                            "the rendezvous server at {} refused to register us: {detail}",
-                            self.config.server
-                        ),
-                        None => format!("no rendezvous server at {}", self.config.server),
-                    };
-                    self.fatal(message);
-                }
-            }
-            ServerState::Registered { keepalive_at } if *keepalive_at <= now => {
-                *keepalive_at = now + keepalive;
-                let (id, token) = (self.id.unwrap_or_default(), self.token);
-                self.send_to_server(Message::Keepalive { id, token });
-            }
-            ServerState::Leaving {
-                tries,
-                next: Some(next),
-                ..
-            } if *next <= now => {
-                if *tries < tries_max {
-                    *tries += 1;
-                    *next = now + retry;
-                    let (id, token) = (self.id.unwrap_or_default(), self.token);
-                    self.send_to_server(Message::Leave { id, token });
-                } else {
-                    self.events.push_back(Event::Notice {
-                        message: format!(
-                            "the rendezvous server at {} did not answer; leaving anyway",
-                            self.config.server
-                        ),
-                    });
-                    self.server_left(false);
-                }
-            }
-            _ => {}
-        }
+    /// A session ended: so do the file transfers on it.
+    fn session_ended(&mut self, ended: Ended) {
+        self.files
+            .session_ended(ended.peer, ended.session, ended.reason);
     }
 
-    fn session_timers(&mut self, now: Instant, peer: ClientId) {
-        let Some(me) = self.id else { return };
-        let cfg = &self.config;
-        let lifetime = self.request_lifetime();
-        let s = self.sessions.get_mut(&peer).expect("listed by the caller");
-        let mut out: Option<(SocketAddr, Message)> = None;
-        let mut end: Option<Event> = None;
-        match &mut s.state {
-            State::LookingUp { tries, next } if *next <= now => {
-                if *tries >= cfg.server_tries {
-                    end = Some(Event::LookupFailed { peer });
-                } else {
-                    *tries += 1;
-                    *next = now + cfg.server_retry;
-                    out = Some((cfg.server, Message::Lookup { id: peer }));
-                }
-            }
-            State::Requesting { tries, next } if *next <= now => {
-                let to = s.addr.expect("requests go to an address");
-                if *tries >= cfg.connect_tries {
-                    // Tell the peer, once, that we stopped asking.
-                    out = Some((
-                        to,
-                        Message::Terminate {
-                            from: me,
-                            session: s.id,
-                        },
-                    ));
-                    end = Some(Event::NoAnswer { peer });
-                } else {
-                    *tries += 1;
-                    // Keep to the exact period even if this call came late.
-                    *next = (*next + cfg.retry_interval).max(now);
-                    out = Some((to, Self::request_message(cfg, me, s.id)));
-                }
-            }
-            State::Incoming { .. } if s.last_heard + lifetime <= now => {
-                end = Some(Event::Terminated {
-                    peer,
-                    reason: EndReason::Cancelled,
-                });
-            }
-            State::Connected { tx, .. } => {
-                if s.last_heard + cfg.session_timeout <= now {
-                    let s = self.sessions.remove(&peer).expect("present");
-                    self.end_with(s, EndReason::PeerSilent);
-                    return;
-                }
-                tx.handle_timeout(now);
-                if tx.is_broken() {
-                    let mut s = self.sessions.remove(&peer).expect("present");
-                    self.end_locally_because(now, me, &mut s, Some(EndReason::Undeliverable));
-                    self.refresh_current();
-                    return;
-                }
-                if s.last_sent + cfg.session_idle <= now && !tx.wants_to_send() {
-                    out = Some((
-                        s.addr.expect("connected sessions have an address"),
-                        Message::Ping {
-                            from: me,
-                            session: s.id,
-                        },
-                    ));
-                    s.last_sent = now;
-                }
-            }
-            _ => {}
-        }
-        if let Some((to, msg)) = out {
-            self.transmit(to, msg);
-        }
-        if let Some(ev) = end {
-            // An attempt the queue started fails quietly: the queue tries again later.
-            let auto = self.sessions.remove(&peer).is_some_and(|s| s.auto);
-            if !auto {
-                self.events.push_back(ev);
-            }
-        }
+    /// Finishes leaving if the server part is over and no Terminate of ours is pending.
+    fn left_if_closed(&mut self) {
+        let settled = self.sessions.all_closed();
+        self.server.left_if_done(settled, &mut self.out);
     }
 
-    // ------------------------------------------------------------------ output helpers
+    /// Remembers the name a server or a request gave for `peer`.
+    fn learn_name(&mut self, peer: ClientId, name: Option<String>, display: Option<String>) {
+        let sessions = &self.sessions;
+        self.names
+            .learn(peer, name, display, |p| sessions.contains(p));
+    }
 
-    /// Queues every chat message the send windows want to send now.
-    fn flush(&mut self, now: Instant) {
-        let Some(me) = self.id else { return };
-        for s in self.sessions.values_mut() {
-            let State::Connected { tx, .. } = &mut s.state else {
+    /// Starts an attempt to reach every queued-for target whose time has come.
+    fn pursue(&mut self, now: Instant) {
+        if self.finishing || !self.server.is_registered() {
+            return;
+        }
+        for key in self.outbox.due(now) {
+            let target = self.outbox.target(&key);
+            if let Some(peer) = self.find(&target) {
+                if self.sessions.is_connected(peer) {
+                    self.deliver_queued(now, peer);
+                    continue;
+                }
+                // A session is on its way (or the peer asked us): wait for it.
+                self.outbox.attempting(&key);
                 continue;
-            };
-            let to = s.addr.expect("connected sessions have an address");
-            while let Some(out) = tx.poll_transmit(now) {
-                s.last_sent = now;
-                self.transmits.push_back(Transmit {
-                    to,
-                    message: Message::Chat {
-                        from: me,
-                        session: s.id,
-                        seq: out.seq,
-                        text: out.text.to_string(),
-                    },
-                });
+            }
+            self.outbox.attempting(&key);
+            match &target {
+                Target::Id(id) => {
+                    if self.connect(now, *id).is_ok() {
+                        self.sessions.set_auto(*id);
+                    }
+                }
+                Target::Name(name) => {
+                    if !self.names.is_resolving(&key) {
+                        self.names.resolve(now, name, true, &mut self.out);
+                    }
+                }
             }
         }
-        self.files.flush(now, me);
-    }
-
-    /// Folds the acknowledgement of `Chat` `seq`, which `cumulative` covers, into our `Ack`
-    /// for the same session at `position` if it is still queued and says nothing that the
-    /// new one does not: `cumulative` covers its `seq` too. True if merged.
-    fn merge_ack(
-        &mut self,
-        position: Option<u64>,
-        to: SocketAddr,
-        session: SessionId,
-        seq: u64,
-        cumulative: u64,
-    ) -> bool {
-        let Some(index) = position.and_then(|p| p.checked_sub(self.polled)) else {
-            return false;
-        };
-        let Some(t) = self.transmits.get_mut(index as usize) else {
-            return false;
-        };
-        match &mut t.message {
-            Message::Ack {
-                session: queued_session,
-                seq: queued_seq,
-                cumulative: queued_cumulative,
-                ..
-            } if t.to == to && *queued_session == session && *queued_seq <= cumulative => {
-                // The newest message's number: a fresh round-trip sample for the sender.
-                *queued_seq = seq;
-                *queued_cumulative = cumulative;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Our `ConnectRequest` for `session`, with the name we claim.
-    fn request_message(cfg: &PeerConfig, me: ClientId, session: SessionId) -> Message {
-        Message::ConnectRequest {
-            from: me,
-            session,
-            name: cfg.name.clone(),
-            display_name: cfg.display_name.clone(),
-        }
-    }
-
-    fn transmit(&mut self, to: SocketAddr, message: Message) {
-        self.transmits.push_back(Transmit { to, message });
-    }
-
-    fn send_to_server(&mut self, message: Message) {
-        self.transmits.push_back(Transmit {
-            to: self.config.server,
-            message,
+        // Attempts that ended without a session: try again later.
+        let (sessions, names) = (&self.sessions, &self.names);
+        self.outbox.retry_idle(now, |key, target| {
+            names.is_resolving(key) || find(sessions, names, target).is_some()
         });
     }
 
-    fn keepalive_period(&self) -> Duration {
-        (self.ttl / 3).max(Duration::from_millis(100))
-    }
-
-    fn fatal(&mut self, message: String) {
-        self.server = ServerState::Done;
-        self.events.push_back(Event::Fatal { message });
-    }
-
-    fn server_left(&mut self, acked: bool) {
-        if let ServerState::Leaving { next, acked: a, .. } = &mut self.server {
-            *next = None;
-            *a = acked;
-        }
-        self.server_left_if_done();
-    }
-
-    /// Finishes leaving once the server part is over and every Terminate is settled.
-    fn server_left_if_done(&mut self) {
-        if let ServerState::Leaving {
-            next: None, acked, ..
-        } = self.server
-        {
-            if self.closing.is_empty() {
-                self.server = ServerState::Done;
-                self.events.push_back(Event::Left {
-                    server_acked: acked,
-                });
+    /// Sends whatever is queued for `peer`, now connected, in the order it was queued.
+    fn deliver_queued(&mut self, now: Instant, peer: ClientId) {
+        let keys = self.outbox.keys_for(peer, self.names.name_of(peer));
+        for key in keys {
+            let (target, texts) = self.outbox.take(&key);
+            self.names.forget_resolve(&key);
+            let Some(seqs) = self.sessions.push_all(peer, &texts) else {
+                return;
+            };
+            self.out.event(Event::Dequeued {
+                to: target,
+                peer,
+                seqs: seqs.clone(),
+            });
+            for (seq, text) in seqs.into_iter().zip(texts) {
+                self.out.event(Event::Sent { peer, seq, text });
             }
         }
+        self.flush(now);
+    }
+
+    /// Queues every chat message and file chunk the send windows want to send now.
+    fn flush(&mut self, now: Instant) {
+        let Some(me) = self.server.id() else { return };
+        self.sessions.flush(now, me, &mut self.out);
+        self.files.flush(now, me);
+    }
+}
+
+/// The peer with a session (in any state) that `target` names.
+fn find(sessions: &Sessions, names: &Names, target: &Target) -> Option<ClientId> {
+    match target {
+        Target::Id(id) => sessions.contains(id).then_some(*id),
+        Target::Name(_) => sessions.peers().find(|&p| target.is(p, names.name_of(p))),
     }
 }
 

@@ -1,0 +1,349 @@
+//! The link to the rendezvous server: register (again after a server restart), keepalives,
+//! leave. The names we claim and look up there are in names.rs.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::event::{CommandError, Event};
+use super::outputs::Outputs;
+use super::retry::{Retry, Step};
+use super::PeerConfig;
+use crate::wire::{ClientId, ErrorCode, Message, Token};
+
+enum State {
+    Registering {
+        retry: Retry,
+        want: Option<ClientId>,
+        again: bool,
+    },
+    Registered {
+        keepalive_at: Instant,
+    },
+    Leaving {
+        /// `None` once the server has answered or the tries ran out.
+        retry: Option<Retry>,
+        acked: bool,
+    },
+    Done,
+}
+
+/// Our registration with the server. See the module documentation.
+pub(super) struct Server {
+    addr: SocketAddr,
+    /// Period of `Register` and `Leave` resends, and how many are sent.
+    retry: Duration,
+    tries: u32,
+    /// The pause between rounds of `Register`s when registering again after a restart.
+    round: Duration,
+    state: State,
+    id: Option<ClientId>,
+    token: Token,
+    ttl: Duration,
+    /// Why the server last refused a registration that we keep retrying.
+    refusal: Option<String>,
+}
+
+/// What [`Server::handle_message`] did with a message from the server.
+pub(super) enum Answer {
+    /// We are registered (again): the name can be claimed.
+    Registered,
+    Handled,
+    /// Not about the registration.
+    NotMine(Message),
+}
+
+impl Server {
+    /// Starts registering: the first `Register` goes out at once.
+    pub fn new(config: &PeerConfig, now: Instant, out: &mut Outputs) -> Self {
+        let want = config.want_id;
+        let server = Server {
+            addr: config.server,
+            retry: config.server_retry,
+            tries: config.server_tries,
+            round: config.retry_interval,
+            state: State::Registering {
+                retry: Retry::first(now + config.server_retry),
+                want,
+                again: false,
+            },
+            id: None,
+            token: 0,
+            ttl: Duration::from_secs(30),
+            refusal: None,
+        };
+        server.send(out, Message::Register { want_id: want });
+        server
+    }
+
+    /// Our id, once registered (kept while registering again).
+    pub fn id(&self) -> Option<ClientId> {
+        self.id
+    }
+
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    pub fn is_registered(&self) -> bool {
+        matches!(self.state, State::Registered { .. })
+    }
+
+    /// Neither leaving nor done.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            State::Registered { .. } | State::Registering { .. }
+        )
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Our id, for a command that needs one.
+    pub fn usable_id(&self) -> Result<ClientId, CommandError> {
+        match self.state {
+            State::Leaving { .. } | State::Done => Err(CommandError::Leaving),
+            _ => self.id.ok_or(CommandError::NotRegistered),
+        }
+    }
+
+    pub fn send(&self, out: &mut Outputs, message: Message) {
+        out.transmit(self.addr, message);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Registering { retry, .. } => Some(retry.next()),
+            State::Registered { keepalive_at } => Some(*keepalive_at),
+            State::Leaving { retry: Some(r), .. } => Some(r.next()),
+            State::Leaving { retry: None, .. } | State::Done => None,
+        }
+    }
+
+    /// Resends `Register` and `Leave`, sends keepalives, gives up. `settled`: no
+    /// `Terminate` of ours waits for its acknowledgement (see [`Server::left_if_done`]).
+    pub fn handle_timeout(&mut self, now: Instant, settled: bool, out: &mut Outputs) {
+        let (retry, tries) = (self.retry, self.tries);
+        let keepalive = self.keepalive_period();
+        let (id, token) = (self.id.unwrap_or_default(), self.token);
+        match &mut self.state {
+            State::Registering {
+                retry: r,
+                want,
+                again,
+            } => match r.poll(now, tries, now + retry) {
+                None => {}
+                Some(Step::Resend) => {
+                    let want = *want;
+                    self.send(out, Message::Register { want_id: want });
+                }
+                Some(Step::GiveUp) if *again => {
+                    // Keep trying, at the retry interval, and say so once per round.
+                    *r = Retry::round(now + self.round);
+                    let message = format!(
+                        "the rendezvous server at {} does not answer; still trying",
+                        self.addr
+                    );
+                    out.event(Event::Notice { message });
+                }
+                Some(Step::GiveUp) => {
+                    let message = match self.refusal.take() {
+                        Some(detail) => format!(
+                            "the rendezvous server at {} refused to register us: {detail}",
+                            self.addr
+                        ),
+                        None => format!("no rendezvous server at {}", self.addr),
+                    };
+                    self.fatal(message, out);
+                }
+            },
+            State::Registered { keepalive_at } if *keepalive_at <= now => {
+                *keepalive_at = now + keepalive;
+                self.send(out, Message::Keepalive { id, token });
+            }
+            State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
+                None => {}
+                Some(Step::Resend) => self.send(out, Message::Leave { id, token }),
+                Some(Step::GiveUp) => {
+                    out.event(Event::Notice {
+                        message: format!(
+                            "the rendezvous server at {} did not answer; leaving anyway",
+                            self.addr
+                        ),
+                    });
+                    self.left(false, settled, out);
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// A message from the server about our registration: `Registered`, the errors that
+    /// answer `Register` or `Keepalive`, and the answers to `Leave`. Anything else comes
+    /// back as [`Answer::NotMine`].
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        settled: bool,
+        out: &mut Outputs,
+    ) -> Answer {
+        match (&self.state, msg) {
+            (
+                State::Registering { again, .. },
+                Message::Registered {
+                    id,
+                    token,
+                    ttl_secs,
+                    ..
+                },
+            ) => {
+                let again = *again;
+                self.id = Some(id);
+                self.refusal = None;
+                self.token = token;
+                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1)));
+                self.state = State::Registered {
+                    keepalive_at: now + self.keepalive_period(),
+                };
+                out.event(Event::Registered { id, again });
+                return Answer::Registered;
+            }
+            (State::Registering { again, want, .. }, Message::Error { code, detail }) => {
+                match (code, *again) {
+                    (ErrorCode::IdTaken, true) if want.is_some() => {
+                        // Someone took our old id while the server was away: take any.
+                        out.event(Event::Notice {
+                            message: format!("{detail}; registering with a new id"),
+                        });
+                        self.register_again(now, None, out);
+                    }
+                    (ErrorCode::RateLimited, _) => {
+                        // Temporary: the retries go on at their pace, and the user knows why.
+                        if self.refusal.is_none() {
+                            out.event(Event::Notice {
+                                message: format!("the server says: {detail}; retrying"),
+                            });
+                        }
+                        self.refusal = Some(detail);
+                    }
+                    (ErrorCode::NotRegistered, _) => {
+                        // Never an answer to `Register`: a late or duplicated answer to a
+                        // `Keepalive` sent before, which is why we are registering again.
+                        let message = Message::Error { code, detail };
+                        out.ignore(self.addr, &message);
+                    }
+                    _ => self.fatal(format!("the server refused to register us: {detail}"), out),
+                }
+            }
+            (State::Registered { .. }, Message::Error { code, detail }) => {
+                if code == ErrorCode::NotRegistered {
+                    out.event(Event::Notice {
+                        message: "the server no longer knows us (restarted?); registering again"
+                            .into(),
+                    });
+                    self.register_again(now, self.id, out);
+                } else {
+                    out.event(Event::Notice {
+                        message: format!("the server says: {detail}"),
+                    });
+                }
+            }
+            (State::Leaving { retry: Some(_), .. }, Message::LeaveAck { .. }) => {
+                self.left(true, settled, out);
+            }
+            (
+                State::Leaving { retry: Some(_), .. },
+                Message::Error {
+                    code: ErrorCode::NotRegistered,
+                    ..
+                },
+            ) => {
+                // It does not know us: as good as left.
+                self.left(true, settled, out);
+            }
+            (_, other) => return Answer::NotMine(other),
+        }
+        Answer::Handled
+    }
+
+    fn register_again(&mut self, now: Instant, want: Option<ClientId>, out: &mut Outputs) {
+        self.state = State::Registering {
+            retry: Retry::first(now + self.retry),
+            want,
+            again: true,
+        };
+        self.send(out, Message::Register { want_id: want });
+    }
+
+    /// Leaves now, if registered; returns false if never registered (then we are done).
+    pub fn leave(&mut self, now: Instant, out: &mut Outputs) -> bool {
+        let Some(id) = self.id else {
+            // Never registered: nothing to tell anyone.
+            self.state = State::Done;
+            out.event(Event::Left {
+                server_acked: false,
+            });
+            return false;
+        };
+        self.state = State::Leaving {
+            retry: Some(Retry::first(now + self.retry)),
+            acked: false,
+        };
+        self.send(
+            out,
+            Message::Leave {
+                id,
+                token: self.token,
+            },
+        );
+        true
+    }
+
+    /// The server registered us but will not have us as configured: leave (best effort,
+    /// so that the entry does not wait for its expiry) and stop.
+    pub fn give_up(&mut self, message: String, out: &mut Outputs) {
+        if let Some(id) = self.id {
+            let token = self.token;
+            self.send(out, Message::Leave { id, token });
+        }
+        self.fatal(message, out);
+    }
+
+    /// The client cannot go on.
+    pub fn fatal(&mut self, message: String, out: &mut Outputs) {
+        self.state = State::Done;
+        out.event(Event::Fatal { message });
+    }
+
+    fn left(&mut self, acked: bool, settled: bool, out: &mut Outputs) {
+        if let State::Leaving {
+            retry, acked: a, ..
+        } = &mut self.state
+        {
+            *retry = None;
+            *a = acked;
+        }
+        self.left_if_done(settled, out);
+    }
+
+    /// Finishes leaving once the server part is over and every Terminate is `settled`.
+    pub fn left_if_done(&mut self, settled: bool, out: &mut Outputs) {
+        if let State::Leaving {
+            retry: None, acked, ..
+        } = self.state
+        {
+            if settled {
+                self.state = State::Done;
+                out.event(Event::Left {
+                    server_acked: acked,
+                });
+            }
+        }
+    }
+
+    fn keepalive_period(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+}

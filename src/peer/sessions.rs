@@ -1,0 +1,968 @@
+//! Sessions with peers, keyed by the peer's id: looking a peer up, our requests and theirs,
+//! accept and reject, chat with its acknowledgements, keepalive pings, and the end of a
+//! session (a `Terminate` resent until acknowledged).
+//!
+//! A peer message is acted on only when its `from`, its source address and its session id
+//! all match a session, so datagrams from strangers or from an earlier session change
+//! nothing; a session message for a session we do not have is answered with a `Terminate`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::event::{CommandError, EndReason, Event, PeerStats, SessionInfo};
+use super::files::Link;
+use super::outputs::Outputs;
+use super::retry::{Retry, Step};
+use super::session::{Due, Session, Settings, State};
+use super::{split_text, PeerConfig};
+use crate::wire::{self, ClientId, Message, SessionId};
+
+/// A `Terminate` we keep resending until it is acknowledged.
+struct Closing {
+    peer: ClientId,
+    addr: SocketAddr,
+    retry: Retry,
+    period: Duration,
+    /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
+    /// shown already).
+    announce: bool,
+}
+
+/// A session that has ended, so that what travelled on it (file transfers) ends too.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ended {
+    pub peer: ClientId,
+    pub session: SessionId,
+    pub reason: EndReason,
+}
+
+/// What [`Sessions::connect`] started.
+pub(super) enum Connecting {
+    /// A lookup (or nothing new: an attempt of the queue, now shown to the user).
+    Started,
+    /// The peer has asked us: accept its request.
+    Incoming,
+}
+
+/// What [`Sessions::handle_request`] wants done next.
+pub(super) enum Requested {
+    Nothing,
+    /// Open the session with the requester (we had asked it too, or were about to).
+    Open,
+    /// The peer's old session ended (a new request replaces it).
+    Replaced(Ended),
+}
+
+/// What a `Terminate` from a peer ended.
+pub(super) enum Terminated {
+    Nothing,
+    /// The peer ended its session.
+    Session(Ended),
+    /// Our own `Terminate` of it is settled (both ended it at once).
+    Closing,
+}
+
+/// Every session and request of a client. See the module documentation.
+pub(super) struct Sessions {
+    cfg: Settings,
+    /// Session ids.
+    rng: StdRng,
+    by_peer: BTreeMap<ClientId, Session>,
+    closing: BTreeMap<SessionId, Closing>,
+    /// Requests we rejected, so that a resent request gets the same answer; with expiry.
+    rejected: HashMap<(ClientId, SessionId), Instant>,
+    current: Option<ClientId>,
+    next_order: u64,
+    /// Resets sent, and the counters of sessions that have ended.
+    stats: PeerStats,
+}
+
+impl Sessions {
+    pub fn new(config: &PeerConfig, rng: StdRng) -> Self {
+        Sessions {
+            cfg: Settings::new(config),
+            rng,
+            by_peer: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            rejected: HashMap::new(),
+            current: None,
+            next_order: 0,
+            stats: PeerStats::default(),
+        }
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// The peer that `send` without a target goes to: the last one connected.
+    pub fn current(&self) -> Option<ClientId> {
+        self.current
+    }
+
+    /// Whether there is a session (in any state) with `peer`.
+    pub fn contains(&self, peer: &ClientId) -> bool {
+        self.by_peer.contains_key(peer)
+    }
+
+    /// The peers with a session (in any state), in id order.
+    pub fn peers(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.by_peer.keys().copied()
+    }
+
+    pub fn is_connected(&self, peer: ClientId) -> bool {
+        self.by_peer.get(&peer).is_some_and(Session::is_connected)
+    }
+
+    /// Peers with an open session.
+    pub fn connected_peers(&self) -> Vec<ClientId> {
+        self.by_peer
+            .values()
+            .filter(|s| s.is_connected())
+            .map(|s| s.peer)
+            .collect()
+    }
+
+    /// Every session and request, by peer id.
+    pub fn info(&self) -> Vec<SessionInfo> {
+        self.by_peer
+            .values()
+            .map(|s| s.info(self.current == Some(s.peer)))
+            .collect()
+    }
+
+    /// Peers whose connection requests wait for our answer, oldest first.
+    pub fn pending_requests(&self) -> Vec<ClientId> {
+        let mut v: Vec<(u64, ClientId)> = self
+            .by_peer
+            .values()
+            .filter_map(|s| match s.state {
+                State::Incoming { order } => Some((order, s.peer)),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Resets sent, and what the send and receive windows dropped or repaired, of the
+    /// sessions open now and of those that have ended.
+    pub fn stats(&self) -> PeerStats {
+        let mut stats = self.stats.clone();
+        for s in self.by_peer.values() {
+            s.count_into(&mut stats);
+        }
+        stats
+    }
+
+    /// Every message sent is acknowledged or given up, every request of ours answered (the
+    /// queue's own attempts aside).
+    pub fn is_settled(&self) -> bool {
+        self.by_peer.values().all(|s| match &s.state {
+            State::Connected { tx, .. } => tx.is_idle(),
+            State::Incoming { .. } => true,
+            State::LookingUp { .. } | State::Requesting { .. } => s.auto,
+        })
+    }
+
+    /// No `Terminate` of ours waits for its acknowledgement.
+    pub fn all_closed(&self) -> bool {
+        self.closing.is_empty()
+    }
+
+    /// The session a file command goes on: with `peer`, or the current peer.
+    pub fn file_link(&self, peer: Option<ClientId>) -> Result<Link, CommandError> {
+        let peer = peer.or(self.current).ok_or(CommandError::NotConnected)?;
+        match self.by_peer.get(&peer) {
+            Some(s) if s.is_connected() => Ok(s.link()),
+            _ => Err(CommandError::NotConnectedTo(peer)),
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Looks `peer` up, unless there is a session with it already.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer: ClientId,
+        out: &mut Outputs,
+    ) -> Result<Connecting, CommandError> {
+        match self.by_peer.get_mut(&peer).map(|s| (&s.state, &mut s.auto)) {
+            Some((State::Connected { .. }, _)) => return Err(CommandError::AlreadyConnected(peer)),
+            Some((State::LookingUp { .. } | State::Requesting { .. }, auto)) if *auto => {
+                // The queue was already trying: from now on the user sees how it goes.
+                *auto = false;
+                return Ok(Connecting::Started);
+            }
+            Some((State::LookingUp { .. } | State::Requesting { .. }, _)) => {
+                return Err(CommandError::AlreadyConnecting(peer))
+            }
+            Some((State::Incoming { .. }, _)) => return Ok(Connecting::Incoming),
+            None => {}
+        }
+        let id = self.rng.random::<SessionId>();
+        let retry = Retry::first(now + self.cfg.server_retry);
+        let s = Session::new(peer, id, None, State::LookingUp { retry }, now);
+        self.by_peer.insert(peer, s);
+        out.transmit(self.cfg.server, Message::Lookup { id: peer });
+        Ok(Connecting::Started)
+    }
+
+    /// The attempt to reach `peer` was started by the queue: its failures are not shown.
+    pub fn set_auto(&mut self, peer: ClientId) {
+        if let Some(s) = self.by_peer.get_mut(&peer) {
+            s.auto = true;
+        }
+    }
+
+    /// Asks `peer`, whose address we know, to connect (there is no session with it).
+    pub fn request(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        peer: ClientId,
+        addr: SocketAddr,
+        auto: bool,
+        out: &mut Outputs,
+    ) {
+        let session = self.rng.random::<SessionId>();
+        let retry = Retry::first(now + self.cfg.retry_interval);
+        let mut s = Session::new(peer, session, Some(addr), State::Requesting { retry }, now);
+        s.auto = auto;
+        self.by_peer.insert(peer, s);
+        out.transmit(addr, self.cfg.request(me, session));
+    }
+
+    /// The request of `peer`, or the oldest request, for `accept` and `reject`.
+    pub fn pick_request(&self, peer: Option<ClientId>) -> Result<ClientId, CommandError> {
+        match peer {
+            Some(p) => match self.by_peer.get(&p).map(|s| &s.state) {
+                Some(State::Incoming { .. }) => Ok(p),
+                _ => Err(CommandError::NoRequestFrom(p)),
+            },
+            None => self
+                .pending_requests()
+                .first()
+                .copied()
+                .ok_or(CommandError::NoRequest),
+        }
+    }
+
+    /// Sends our `Accept` of the request of `peer` (then [`Sessions::open`] it).
+    pub fn send_accept(&self, me: ClientId, peer: ClientId, out: &mut Outputs) {
+        let s = &self.by_peer[&peer];
+        let (to, session) = (s.addr.expect("requests have an address"), s.id);
+        out.transmit(to, Message::Accept { from: me, session });
+    }
+
+    /// Rejects the request of `peer` (picked with [`Sessions::pick_request`]).
+    pub fn reject(&mut self, now: Instant, me: ClientId, peer: ClientId, out: &mut Outputs) {
+        let s = self.by_peer.remove(&peer).expect("picked from sessions");
+        self.reject_session(now, me, &s, out);
+    }
+
+    fn reject_session(&mut self, now: Instant, me: ClientId, s: &Session, out: &mut Outputs) {
+        if let Some(to) = s.addr {
+            out.transmit(
+                to,
+                Message::Reject {
+                    from: me,
+                    session: s.id,
+                },
+            );
+        }
+        let until = now + self.cfg.retry_interval * (self.cfg.connect_tries + 1);
+        self.rejected.insert((s.peer, s.id), until);
+    }
+
+    /// Opens the session with `peer` (which has an address).
+    pub fn open(&mut self, now: Instant, peer: ClientId, out: &mut Outputs) {
+        let s = self
+            .by_peer
+            .get_mut(&peer)
+            .expect("opening a present session");
+        s.open(now, &self.cfg.chat);
+        self.current = Some(peer);
+        out.event(Event::Connected { peer });
+    }
+
+    /// Makes `peer`, which must be connected, the current peer.
+    pub fn switch(&mut self, peer: ClientId) -> Result<ClientId, CommandError> {
+        if self.is_connected(peer) {
+            self.current = Some(peer);
+            Ok(peer)
+        } else {
+            Err(CommandError::NotConnectedTo(peer))
+        }
+    }
+
+    /// Queues `text` for `peer` (default: the current peer), in pieces of at most
+    /// [`wire::MAX_TEXT`] bytes, with a `Sent` event for each. Returns their numbers.
+    pub fn send(
+        &mut self,
+        peer: Option<ClientId>,
+        text: &str,
+        out: &mut Outputs,
+    ) -> Result<Vec<u64>, CommandError> {
+        let peer = match peer.or(self.current) {
+            Some(p) => p,
+            None => return Err(CommandError::NotConnected),
+        };
+        let Some(Session {
+            state: State::Connected { tx, .. },
+            ..
+        }) = self.by_peer.get_mut(&peer)
+        else {
+            return Err(CommandError::NotConnectedTo(peer));
+        };
+        let mut seqs = Vec::new();
+        for piece in split_text(text, wire::MAX_TEXT) {
+            let seq = tx.push(piece.to_string());
+            seqs.push(seq);
+            out.event(Event::Sent {
+                peer,
+                seq,
+                text: piece.to_string(),
+            });
+        }
+        Ok(seqs)
+    }
+
+    /// Queues `texts` for `peer` as they are, no event; their numbers, or `None` if
+    /// `peer` is not connected.
+    pub fn push_all<'a>(
+        &mut self,
+        peer: ClientId,
+        texts: impl IntoIterator<Item = &'a String>,
+    ) -> Option<Vec<u64>> {
+        let Some(Session {
+            state: State::Connected { tx, .. },
+            ..
+        }) = self.by_peer.get_mut(&peer)
+        else {
+            return None;
+        };
+        Some(
+            texts
+                .into_iter()
+                .map(|text| tx.push(text.clone()))
+                .collect(),
+        )
+    }
+
+    /// Ends the session with `peer` (default: the current peer, or the only session), or
+    /// withdraws our request, or declines its request.
+    pub fn terminate(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        peer: Option<ClientId>,
+        out: &mut Outputs,
+    ) -> Result<(ClientId, Ended), CommandError> {
+        let peer = match peer.or(self.current) {
+            Some(p) => p,
+            None => {
+                // Nothing current: the only thing pending, if there is exactly one.
+                let mut all = self.by_peer.keys();
+                match (all.next(), all.next()) {
+                    (Some(&p), None) => p,
+                    _ => return Err(CommandError::NotConnected),
+                }
+            }
+        };
+        let Some(mut s) = self.by_peer.remove(&peer) else {
+            return Err(CommandError::NoSessionWith(peer));
+        };
+        let ended = self.end_locally(now, me, &mut s, None, out);
+        self.refresh_current();
+        Ok((peer, ended))
+    }
+
+    /// Ends every session (to leave); nothing is current after.
+    pub fn end_all(&mut self, now: Instant, me: ClientId, out: &mut Outputs) -> Vec<Ended> {
+        let peers: Vec<ClientId> = self.by_peer.keys().copied().collect();
+        let ended = self.end_each(now, me, peers, out);
+        self.current = None;
+        ended
+    }
+
+    /// Declines every request waiting for our answer.
+    pub fn decline_requests(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        out: &mut Outputs,
+    ) -> Vec<Ended> {
+        let incoming: Vec<ClientId> = self
+            .by_peer
+            .values()
+            .filter(|s| matches!(s.state, State::Incoming { .. }))
+            .map(|s| s.peer)
+            .collect();
+        self.end_each(now, me, incoming, out)
+    }
+
+    fn end_each(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        peers: Vec<ClientId>,
+        out: &mut Outputs,
+    ) -> Vec<Ended> {
+        let mut ended = Vec::with_capacity(peers.len());
+        for p in peers {
+            let mut s = self.by_peer.remove(&p).expect("listed above");
+            ended.push(self.end_locally(now, me, &mut s, None, out));
+        }
+        ended
+    }
+
+    /// Ends a session on our side: tells the peer, reports what was not delivered. With
+    /// `reason`, the end is shown now; without, once the peer acknowledges the Terminate.
+    fn end_locally(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        s: &mut Session,
+        reason: Option<EndReason>,
+        out: &mut Outputs,
+    ) -> Ended {
+        self.absorb_stats(s);
+        let ended = Ended {
+            peer: s.peer,
+            session: s.id,
+            reason: reason.unwrap_or(EndReason::ByUs),
+        };
+        match &mut s.state {
+            State::Connected { tx, .. } => {
+                let period = tx.rtt().rto().min(self.cfg.retry_interval);
+                for seq in tx.abandon() {
+                    out.event(Event::Undelivered { peer: s.peer, seq });
+                }
+                if let Some(reason) = reason {
+                    out.event(Event::Terminated {
+                        peer: s.peer,
+                        reason,
+                    });
+                }
+                let addr = s.addr.expect("connected sessions have an address");
+                self.start_closing(now, me, s, addr, period, reason.is_none(), out);
+            }
+            State::Requesting { .. } => {
+                // The queue's own attempts end quietly: the user never started them.
+                if !s.auto {
+                    out.event(Event::Terminated {
+                        peer: s.peer,
+                        reason: EndReason::Cancelled,
+                    });
+                }
+                let addr = s.addr.expect("requests go to an address");
+                let period = self.cfg.server_retry;
+                self.start_closing(now, me, s, addr, period, false, out);
+            }
+            State::LookingUp { .. } if s.auto => {}
+            State::LookingUp { .. } => out.event(Event::Terminated {
+                peer: s.peer,
+                reason: EndReason::Cancelled,
+            }),
+            State::Incoming { .. } => self.reject_session(now, me, s, out),
+        }
+        ended
+    }
+
+    /// Keeps the counters of a session that is going away.
+    fn absorb_stats(&mut self, s: &Session) {
+        s.count_into(&mut self.stats);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_closing(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        s: &Session,
+        addr: SocketAddr,
+        period: Duration,
+        announce: bool,
+        out: &mut Outputs,
+    ) {
+        out.transmit(
+            addr,
+            Message::Terminate {
+                from: me,
+                session: s.id,
+            },
+        );
+        self.closing.insert(
+            s.id,
+            Closing {
+                peer: s.peer,
+                addr,
+                retry: Retry::first(now + period),
+                period,
+                announce,
+            },
+        );
+    }
+
+    fn refresh_current(&mut self) {
+        let still = self.current.is_some_and(|p| self.is_connected(p));
+        if !still {
+            self.current = self.connected_peers().last().copied();
+        }
+    }
+
+    // ------------------------------------------------------------------ from the server
+
+    /// The server says where `peer`, which we look up, is: ask it. False if we were not
+    /// looking it up.
+    pub fn found(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        peer: ClientId,
+        addr: SocketAddr,
+        out: &mut Outputs,
+    ) -> bool {
+        let retry = Retry::first(now + self.cfg.retry_interval);
+        match self.by_peer.get_mut(&peer) {
+            Some(s) if matches!(s.state, State::LookingUp { .. }) => {
+                s.addr = Some(addr);
+                s.state = State::Requesting { retry };
+                out.transmit(addr, self.cfg.request(me, s.id));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The server has no client `peer`, which we look up: the attempt ends (shown unless
+    /// the queue started it). False if we were not looking it up.
+    pub fn inactive(&mut self, peer: ClientId, out: &mut Outputs) -> bool {
+        match self.by_peer.get(&peer) {
+            Some(s) if matches!(s.state, State::LookingUp { .. }) => {
+                let s = self.by_peer.remove(&peer).expect("just seen");
+                if !s.auto {
+                    out.event(Event::Inactive { peer });
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    // ------------------------------------------------------------------ from peers
+
+    /// Whether a message from `from` at `src` for `session` matches our request to it.
+    pub fn is_requesting(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
+        self.matches(from, src, session, |st| {
+            matches!(st, State::Requesting { .. })
+        })
+    }
+
+    /// Whether we hold a request of `from` for `session` from `src` that is not yet open
+    /// (so that the name in it may be kept).
+    pub fn holds_request(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
+        self.by_peer
+            .get(&from)
+            .is_some_and(|s| s.id == session && s.addr == Some(src) && !s.is_connected())
+    }
+
+    /// A `ConnectRequest`. `finishing`: we decline every request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        finishing: bool,
+        out: &mut Outputs,
+    ) -> Requested {
+        let msg = Message::ConnectRequest {
+            from,
+            session,
+            name: None,
+            display_name: None,
+        };
+        if from == me {
+            out.ignore(src, &msg);
+            return Requested::Nothing;
+        }
+        if self.rejected.contains_key(&(from, session)) {
+            // Our Reject was lost: the same answer again.
+            out.transmit(src, Message::Reject { from: me, session });
+            return Requested::Nothing;
+        }
+        if finishing {
+            out.transmit(src, Message::Reject { from: me, session });
+            return Requested::Nothing;
+        }
+        let Some(s) = self.by_peer.get_mut(&from) else {
+            self.incoming(now, src, from, session, out);
+            return Requested::Nothing;
+        };
+        let same_addr = s.addr == Some(src);
+        match &s.state {
+            State::Incoming { .. } if same_addr => {
+                // A resend: not shown again. The newest request of the peer is the one we
+                // will answer.
+                s.last_heard = now;
+                s.id = session;
+            }
+            State::Connected { .. } if s.id == session && same_addr => {
+                // Our Accept was lost.
+                s.last_heard = now;
+                out.transmit(src, Message::Accept { from: me, session });
+            }
+            State::Connected { .. } if same_addr && session < s.id => {
+                // The peer forgot the old session (restarted, or ended it without our
+                // hearing) and asks anew. A larger id from the same peer is a leftover
+                // request that lost a simultaneous open, and is ignored.
+                let old = self.by_peer.remove(&from).expect("present");
+                let ended = self.end_with(old, EndReason::Replaced, out);
+                self.incoming(now, src, from, session, out);
+                return Requested::Replaced(ended);
+            }
+            State::Requesting { .. } if same_addr && session < s.id => {
+                // Both asked at once: the smaller session id wins, and we wanted this.
+                s.id = session;
+                out.transmit(src, Message::Accept { from: me, session });
+                return Requested::Open;
+            }
+            State::LookingUp { .. } => {
+                // We were about to ask it ourselves.
+                s.id = session;
+                s.addr = Some(src);
+                out.transmit(src, Message::Accept { from: me, session });
+                return Requested::Open;
+            }
+            _ => out.ignore(src, &msg),
+        }
+        Requested::Nothing
+    }
+
+    fn incoming(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        out: &mut Outputs,
+    ) {
+        self.next_order += 1;
+        let state = State::Incoming {
+            order: self.next_order,
+        };
+        let s = Session::new(from, session, Some(src), state, now);
+        self.by_peer.insert(from, s);
+        out.event(Event::Request { from });
+    }
+
+    /// A `Reject` of our request: true if it matched (the request is over).
+    pub fn handle_reject(
+        &mut self,
+        from: ClientId,
+        src: SocketAddr,
+        session: SessionId,
+        out: &mut Outputs,
+    ) -> bool {
+        if !self.is_requesting(from, src, session) {
+            return false;
+        }
+        self.by_peer.remove(&from);
+        out.event(Event::Rejected { peer: from });
+        true
+    }
+
+    /// A `Terminate` (always acknowledged: our earlier `TerminateAck` may have been lost).
+    pub fn handle_terminate(
+        &mut self,
+        me: ClientId,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        out: &mut Outputs,
+    ) -> Terminated {
+        out.transmit(src, Message::TerminateAck { from: me, session });
+        if self.matches(from, src, session, |_| true) {
+            let s = self.by_peer.remove(&from).expect("matched");
+            let reason = match s.state {
+                State::Incoming { .. } | State::LookingUp { .. } => EndReason::Cancelled,
+                _ => EndReason::ByPeer,
+            };
+            Terminated::Session(self.end_with(s, reason, out))
+        } else if self.closing_matches(from, src, session) {
+            // Both ended it at once.
+            self.closed(session, EndReason::ByUs, out);
+            Terminated::Closing
+        } else {
+            out.ignore(src, &Message::Terminate { from, session });
+            Terminated::Nothing
+        }
+    }
+
+    /// A `TerminateAck`: true if it settled a `Terminate` of ours.
+    pub fn handle_terminate_ack(
+        &mut self,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        out: &mut Outputs,
+    ) -> bool {
+        if self.closing_matches(from, src, session) {
+            self.closed(session, EndReason::ByUs, out);
+            true
+        } else {
+            out.ignore(src, &Message::TerminateAck { from, session });
+            false
+        }
+    }
+
+    /// A message on an open session: `Chat`, `Ack`, `Ping`, `Pong`, or one of a file
+    /// transfer, which comes back with the session's [`Link`] for the transfers.
+    pub fn handle_traffic(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        msg: Message,
+        out: &mut Outputs,
+    ) -> Option<(Link, Message)> {
+        match msg {
+            Message::Chat {
+                from,
+                session,
+                seq,
+                text,
+            } => {
+                let Some(s) = Self::connected_mut(&mut self.by_peer, from, src, session) else {
+                    let msg = Message::Chat {
+                        from,
+                        session,
+                        seq,
+                        text,
+                    };
+                    self.unknown_session(me, src, session, &msg, out);
+                    return None;
+                };
+                s.receive_chat(now, me, src, seq, text, out);
+            }
+            Message::Ack {
+                from,
+                session,
+                seq,
+                cumulative,
+            } => {
+                let Some(s) = Self::connected_mut(&mut self.by_peer, from, src, session) else {
+                    self.unknown_session(me, src, session, &msg, out);
+                    return None;
+                };
+                s.receive_ack(now, seq, cumulative, out);
+            }
+            Message::Ping { from, session } => {
+                let Some(s) = Self::connected_mut(&mut self.by_peer, from, src, session) else {
+                    self.unknown_session(me, src, session, &msg, out);
+                    return None;
+                };
+                s.last_heard = now;
+                s.last_sent = now;
+                out.transmit(src, Message::Pong { from: me, session });
+            }
+            Message::Pong { from, session } => {
+                match Self::connected_mut(&mut self.by_peer, from, src, session) {
+                    Some(s) => s.last_heard = now,
+                    None => out.ignore(src, &msg),
+                }
+            }
+            // ---- file transfer (files.rs) ----
+            other => match super::files::route(&other) {
+                Some((from, session)) => {
+                    match Self::connected_mut(&mut self.by_peer, from, src, session) {
+                        Some(s) => {
+                            s.last_heard = now;
+                            return Some((s.link(), other));
+                        }
+                        None => self.unknown_session(me, src, session, &other, out),
+                    }
+                }
+                None => out.ignore(src, &other),
+            },
+        }
+        None
+    }
+
+    /// Whether a message from `from` at `src` for `session` matches our session with it, in
+    /// a state accepted by `state_ok`.
+    fn matches(
+        &self,
+        from: ClientId,
+        src: SocketAddr,
+        session: SessionId,
+        state_ok: impl Fn(&State) -> bool,
+    ) -> bool {
+        self.by_peer
+            .get(&from)
+            .is_some_and(|s| s.id == session && s.addr == Some(src) && state_ok(&s.state))
+    }
+
+    /// Whether `session` is one we are closing with `from` at `src`.
+    fn closing_matches(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
+        self.closing
+            .get(&session)
+            .is_some_and(|c| c.peer == from && c.addr == src)
+    }
+
+    fn connected_mut(
+        sessions: &mut BTreeMap<ClientId, Session>,
+        from: ClientId,
+        src: SocketAddr,
+        session: SessionId,
+    ) -> Option<&mut Session> {
+        sessions
+            .get_mut(&from)
+            .filter(|s| s.id == session && s.addr == Some(src) && s.is_connected())
+    }
+
+    /// A session message for a session we do not have: answer with a Terminate so that the
+    /// sender ends its stale session. For a session we are closing, this is a resend of our
+    /// Terminate, sooner than its timer: the peer evidently has not heard it.
+    fn unknown_session(
+        &mut self,
+        me: ClientId,
+        src: SocketAddr,
+        session: SessionId,
+        msg: &Message,
+        out: &mut Outputs,
+    ) {
+        out.ignore(src, msg);
+        if !self.closing.contains_key(&session) {
+            self.stats.resets += 1;
+        }
+        out.transmit(src, Message::Terminate { from: me, session });
+    }
+
+    /// Drops a session the peer ended or that died: reports what was not delivered.
+    fn end_with(&mut self, mut s: Session, reason: EndReason, out: &mut Outputs) -> Ended {
+        self.absorb_stats(&s);
+        if let State::Connected { tx, .. } = &mut s.state {
+            for seq in tx.abandon() {
+                out.event(Event::Undelivered { peer: s.peer, seq });
+            }
+        }
+        out.event(Event::Terminated {
+            peer: s.peer,
+            reason,
+        });
+        self.refresh_current();
+        Ended {
+            peer: s.peer,
+            session: s.id,
+            reason,
+        }
+    }
+
+    fn closed(&mut self, session: SessionId, reason: EndReason, out: &mut Outputs) {
+        if let Some(c) = self.closing.remove(&session) {
+            if c.announce {
+                out.event(Event::Terminated {
+                    peer: c.peer,
+                    reason,
+                });
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ timers and output
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self
+            .by_peer
+            .values()
+            .filter_map(|s| s.poll_timeout(&self.cfg));
+        let closing = self.closing.values().map(|c| c.retry.next());
+        sessions.chain(closing).min()
+    }
+
+    /// Resends, pings, timeouts of sessions and of our `Terminate`s, and the expiry of the
+    /// requests we rejected. Returns the sessions that ended. `me` is `None` only before we
+    /// ever registered, when there are no sessions.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        me: Option<ClientId>,
+        out: &mut Outputs,
+    ) -> Vec<Ended> {
+        let mut ended = Vec::new();
+        let peers: Vec<ClientId> = self.by_peer.keys().copied().collect();
+        for p in peers {
+            if let Some(me) = me {
+                ended.extend(self.session_timers(now, me, p, out));
+            }
+        }
+        let due: Vec<SessionId> = self
+            .closing
+            .iter()
+            .filter(|(_, c)| c.retry.next() <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for session in due {
+            let max = self.cfg.terminate_tries;
+            let cap = self.cfg.retry_interval;
+            let c = self.closing.get_mut(&session).expect("listed above");
+            match c.retry.poll_doubling(now, max, &mut c.period, cap) {
+                Some(Step::GiveUp) => self.closed(session, EndReason::Unanswered, out),
+                Some(Step::Resend) => {
+                    let from = me.unwrap_or_default();
+                    out.transmit(c.addr, Message::Terminate { from, session });
+                }
+                None => {}
+            }
+        }
+        self.rejected.retain(|_, until| *until > now);
+        ended
+    }
+
+    fn session_timers(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        peer: ClientId,
+        out: &mut Outputs,
+    ) -> Option<Ended> {
+        let s = self.by_peer.get_mut(&peer).expect("listed by the caller");
+        match s.handle_timeout(now, me, &self.cfg, out) {
+            Due::Nothing => None,
+            Due::GaveUp(event) => {
+                // An attempt the queue started fails quietly: the queue tries again later.
+                let auto = self.by_peer.remove(&peer).is_some_and(|s| s.auto);
+                if !auto {
+                    out.event(event);
+                }
+                None
+            }
+            Due::Silent => {
+                let s = self.by_peer.remove(&peer).expect("present");
+                Some(self.end_with(s, EndReason::PeerSilent, out))
+            }
+            Due::Broken => {
+                let mut s = self.by_peer.remove(&peer).expect("present");
+                let why = Some(EndReason::Undeliverable);
+                let ended = self.end_locally(now, me, &mut s, why, out);
+                self.refresh_current();
+                Some(ended)
+            }
+        }
+    }
+
+    /// Queues every chat message the send windows want to send now.
+    pub fn flush(&mut self, now: Instant, me: ClientId, out: &mut Outputs) {
+        for s in self.by_peer.values_mut() {
+            s.flush(now, me, out);
+        }
+    }
+}

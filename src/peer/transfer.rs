@@ -1,0 +1,322 @@
+//! One file transfer, on either side: the file as its offer describes it, where the
+//! transfer stands ([`Kind`]), and the work that is its own: reading and sending chunks,
+//! progress, its timers. The table of transfers, the answers to the peer's messages and
+//! the endings are in files.rs.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use sha2::Sha256;
+
+use super::event::{Event, TransferFailure, TransferInfo};
+use super::files::{chunk_count, FileSink, FileSource, Link};
+use super::outputs::Outputs;
+use super::retry::{Retry, Step};
+use crate::reliable::{RecvWindow, SendWindow};
+use crate::wire::{ClientId, Message, SessionId, CHUNK_SIZE};
+
+pub(super) enum Kind {
+    /// Our offer, waiting for the answer.
+    Offering {
+        source: Box<dyn FileSource>,
+        /// Resends of the offer, bounded by `expires` rather than by a number of tries.
+        retry: Retry,
+        period: Duration,
+        expires: Instant,
+    },
+    /// Our file, on its way.
+    Sending {
+        source: Box<dyn FileSource>,
+        tx: Box<SendWindow<Vec<u8>>>,
+        /// The next chunk to read from the source.
+        next_chunk: u64,
+        /// Chunks acknowledged cumulatively.
+        acked: u64,
+    },
+    /// The peer's offer, waiting for our user.
+    Offered,
+    /// The peer's file, arriving.
+    Receiving {
+        sink: Option<Box<dyn FileSink>>,
+        rx: RecvWindow<Vec<u8>>,
+        hasher: Sha256,
+        written: u64,
+        /// Resend of `FileGet` until the first chunk arrives.
+        get: Option<Retry>,
+        get_period: Duration,
+        /// Where our latest `ChunkAck` waits in the queue (see `Peer`'s `queued_ack`).
+        queued_ack: Option<u64>,
+        /// When the latest chunk arrived (once one has).
+        last_chunk: Option<Instant>,
+    },
+}
+
+pub(super) struct Transfer {
+    pub link: Link,
+    /// Who offered it, and its number there: the transfer's name on the wire.
+    pub offerer: ClientId,
+    pub wire_n: u64,
+    pub name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub chunks: u64,
+    started: Instant,
+    last_progress: Instant,
+    progress_bytes: u64,
+    pub kind: Kind,
+}
+
+/// A transfer's name on the wire: (peer, session, offerer, n).
+pub(super) type Key = (ClientId, SessionId, ClientId, u64);
+
+/// What [`Transfer::handle_timeout`] found due.
+pub(super) enum Due {
+    Nothing,
+    ResendOffer,
+    ResendGet,
+    Fail(TransferFailure),
+}
+
+impl Transfer {
+    /// A transfer starting `now` on `link`: file `n` of `offerer`, as its offer describes it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        now: Instant,
+        link: Link,
+        offerer: ClientId,
+        n: u64,
+        name: String,
+        size: u64,
+        sha256: [u8; 32],
+        kind: Kind,
+    ) -> Self {
+        Transfer {
+            link,
+            offerer,
+            wire_n: n,
+            name,
+            size,
+            sha256,
+            chunks: chunk_count(size),
+            started: now,
+            last_progress: now,
+            progress_bytes: 0,
+            kind,
+        }
+    }
+
+    /// The transfer starts moving `now`, as `kind`: progress and rate count from here.
+    pub fn start(&mut self, now: Instant, kind: Kind) {
+        self.started = now;
+        self.last_progress = now;
+        self.kind = kind;
+    }
+
+    pub fn outgoing(&self) -> bool {
+        matches!(self.kind, Kind::Offering { .. } | Kind::Sending { .. })
+    }
+
+    fn done_bytes(&self) -> u64 {
+        match &self.kind {
+            Kind::Sending { acked, .. } => (acked * CHUNK_SIZE as u64).min(self.size),
+            Kind::Receiving { written, .. } => *written,
+            _ => 0,
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        (self.link.peer, self.link.session, self.offerer, self.wire_n)
+    }
+
+    /// The row of `transfers` for this transfer, local number `n`.
+    pub fn info(&self, n: u64) -> TransferInfo {
+        TransferInfo {
+            n,
+            peer: self.link.peer,
+            outgoing: self.outgoing(),
+            name: self.name.clone(),
+            size: self.size,
+            done: self.done_bytes(),
+            state: match self.kind {
+                Kind::Offering { .. } => "offered",
+                Kind::Offered => "waiting for you",
+                Kind::Sending { .. } => "sending",
+                Kind::Receiving { .. } => "receiving",
+            },
+        }
+    }
+
+    /// Chunks resent so far.
+    pub fn retransmissions(&self) -> u64 {
+        match &self.kind {
+            Kind::Sending { tx, .. } => tx.retransmissions(),
+            _ => 0,
+        }
+    }
+
+    /// Our `FileOffer` of it.
+    pub fn offer(&self, me: ClientId) -> Message {
+        Message::FileOffer {
+            from: me,
+            session: self.link.session,
+            n: self.wire_n,
+            name: self.name.clone(),
+            size: self.size,
+            sha256: self.sha256,
+        }
+    }
+
+    /// Reads and queues the chunks the window has room for (`window` chunks in flight at
+    /// most), and reports progress at most every `interval`. A file that cannot be read
+    /// fails the transfer: the reason is returned (what was read is still sent).
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        local: u64,
+        window: usize,
+        interval: Duration,
+        out: &mut Outputs,
+    ) -> Option<TransferFailure> {
+        let mut failed = None;
+        if let Kind::Sending {
+            source,
+            tx,
+            next_chunk,
+            ..
+        } = &mut self.kind
+        {
+            while tx.outstanding() < window && *next_chunk <= self.chunks {
+                let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
+                let len = (self.size - offset).min(CHUNK_SIZE as u64) as usize;
+                let mut data = vec![0u8; len];
+                if let Err(e) = read_full(source.as_mut(), offset, &mut data) {
+                    failed = Some(TransferFailure::DiskError(e.to_string()));
+                    break;
+                }
+                tx.push(data);
+                *next_chunk += 1;
+            }
+            while let Some(chunk) = tx.poll_transmit(now) {
+                out.transmit(
+                    self.link.addr,
+                    Message::Chunk {
+                        from: me,
+                        session: self.link.session,
+                        n: self.wire_n,
+                        seq: chunk.seq,
+                        data: chunk.text.to_vec(),
+                    },
+                );
+            }
+        }
+        let done = self.done_bytes();
+        let moving = matches!(self.kind, Kind::Sending { .. } | Kind::Receiving { .. });
+        if moving && done != self.progress_bytes && now >= self.last_progress + interval {
+            let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
+            let rate = if elapsed > 0.0 {
+                (done as f64 / elapsed) as u64
+            } else {
+                0
+            };
+            let eta = (rate > 0).then(|| (self.size - done).div_ceil(rate));
+            self.last_progress = now;
+            self.progress_bytes = done;
+            out.event(Event::FileProgress {
+                peer: self.link.peer,
+                n: local,
+                outgoing: self.outgoing(),
+                bytes: done,
+                size: self.size,
+                rate,
+                eta_secs: eta,
+            });
+        }
+        failed
+    }
+
+    /// What is due at `now`: a resend of the offer or of the `FileGet` (their periods
+    /// doubling up to `max_rto`; `get_tries` of these at most), or the end of the transfer
+    /// (offer expired, no chunk after every `FileGet` or for `stall`, chunks unacknowledged).
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        max_rto: Duration,
+        get_tries: u32,
+        stall: Duration,
+    ) -> Due {
+        match &mut self.kind {
+            Kind::Offering {
+                retry,
+                period,
+                expires,
+                ..
+            } => {
+                if *expires <= now {
+                    return Due::Fail(TransferFailure::Expired);
+                }
+                if let Some(Step::Resend) = retry.poll_doubling(now, u32::MAX, period, max_rto) {
+                    return Due::ResendOffer;
+                }
+            }
+            Kind::Receiving {
+                get: Some(get),
+                get_period,
+                ..
+            } if get.next() <= now => {
+                match get.poll_doubling(now, get_tries, get_period, max_rto) {
+                    Some(Step::GiveUp) => return Due::Fail(TransferFailure::NotStarted),
+                    Some(Step::Resend) => return Due::ResendGet,
+                    None => {}
+                }
+            }
+            Kind::Receiving {
+                last_chunk: Some(last),
+                ..
+            } if *last + stall <= now => return Due::Fail(TransferFailure::Stalled),
+            Kind::Sending { tx, .. } => {
+                tx.handle_timeout(now);
+                if tx.is_broken() {
+                    return Due::Fail(TransferFailure::Undeliverable);
+                }
+            }
+            _ => {}
+        }
+        Due::Nothing
+    }
+
+    /// When [`Transfer::handle_timeout`] has something to do; `stall` as there.
+    pub fn poll_timeout(&self, stall: Duration) -> Option<Instant> {
+        let times: [Option<Instant>; 2] = match &self.kind {
+            Kind::Offering { retry, expires, .. } => [Some(retry.next()), Some(*expires)],
+            Kind::Sending { tx, .. } => [tx.poll_timeout(), None],
+            Kind::Receiving {
+                get, last_chunk, ..
+            } => [
+                get.as_ref().map(Retry::next),
+                last_chunk.map(|last| last + stall),
+            ],
+            Kind::Offered => [None, None],
+        };
+        times.into_iter().flatten().min()
+    }
+}
+
+/// Fills `buf` from `offset`, or fails if the file is shorter than it was when offered.
+fn read_full(source: &mut dyn FileSource, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read_at(offset + filled as u64, &mut buf[filled..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than when it was offered",
+                ))
+            }
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
