@@ -20,7 +20,6 @@
 //! The wire protocol is described in [`crate::wire`], section "File transfer".
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,38 +29,10 @@ use sha2::{Digest, Sha256};
 use super::event::{EndReason, Event, FileError, TransferFailure, TransferInfo};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
+pub use super::transfer::{chunk_count, FileSink, FileSource, Link};
 use super::transfer::{Due, Key, Kind, Transfer};
 use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
-
-/// Where the offerer's bytes come from.
-pub trait FileSource: Send {
-    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 only at the end).
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
-}
-
-/// Where the receiver's bytes go: a temporary file until the digest matches.
-pub trait FileSink: Send {
-    /// Appends the next bytes of the file.
-    fn write_chunk(&mut self, data: &[u8]) -> io::Result<()>;
-    /// The whole file arrived and its SHA-256 matched: make it visible under its final name,
-    /// which is returned.
-    fn finish(self: Box<Self>) -> io::Result<PathBuf>;
-    /// The transfer failed or was cancelled: remove what was written.
-    fn abort(self: Box<Self>);
-}
-
-/// An in-memory file, for tests and examples.
-impl FileSource for Vec<u8> {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-}
 
 /// Settings of file transfers.
 #[derive(Debug, Clone)]
@@ -102,17 +73,6 @@ impl FileConfig {
     }
 }
 
-/// The session a transfer travels on, as the owning `Peer` sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Link {
-    pub peer: ClientId,
-    pub session: SessionId,
-    pub addr: SocketAddr,
-    /// The session's current retransmission timeout: the first resend period of control
-    /// messages.
-    pub rto: Duration,
-}
-
 /// How a failure travels on the wire, both ways.
 impl TransferFailure {
     fn from_wire(reason: FileEnd) -> Self {
@@ -146,11 +106,6 @@ impl TransferFailure {
 /// The SHA-256 of `data` in lowercase hex, as shown to users.
 pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// How many chunks a file of `size` bytes travels in (an empty file is one empty chunk).
-pub fn chunk_count(size: u64) -> u64 {
-    size.div_ceil(CHUNK_SIZE as u64).max(1)
 }
 
 /// How a finished transfer answers a repeat of its messages.

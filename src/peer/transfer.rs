@@ -1,19 +1,66 @@
 //! One file transfer, on either side: the file as its offer describes it, where the
 //! transfer stands ([`Kind`]), and the work that is its own: reading and sending chunks,
-//! progress, its timers. The table of transfers, the answers to the peer's messages and
-//! the endings are in files.rs.
+//! progress, its timers; and what a transfer is reached through (the [`FileSource`] and
+//! [`FileSink`] of its bytes, the [`Link`] of its session). The table of transfers, the
+//! answers to the peer's messages and the endings are in files.rs.
 
 use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha2::Sha256;
 
 use super::event::{Event, TransferFailure, TransferInfo};
-use super::files::{chunk_count, FileSink, FileSource, Link};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use crate::reliable::{RecvWindow, SendWindow};
 use crate::wire::{ClientId, Message, SessionId, CHUNK_SIZE};
+
+/// Where the offerer's bytes come from.
+pub trait FileSource: Send {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 only at the end).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// Where the receiver's bytes go: a temporary file until the digest matches.
+pub trait FileSink: Send {
+    /// Appends the next bytes of the file.
+    fn write_chunk(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The whole file arrived and its SHA-256 matched: make it visible under its final name,
+    /// which is returned.
+    fn finish(self: Box<Self>) -> io::Result<PathBuf>;
+    /// The transfer failed or was cancelled: remove what was written.
+    fn abort(self: Box<Self>);
+}
+
+/// An in-memory file, for tests and examples.
+impl FileSource for Vec<u8> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// The session a transfer travels on, as the owning `Peer` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub peer: ClientId,
+    pub session: SessionId,
+    pub addr: SocketAddr,
+    /// The session's current retransmission timeout: the first resend period of control
+    /// messages.
+    pub rto: Duration,
+}
+
+/// How many chunks a file of `size` bytes travels in (an empty file is one empty chunk).
+pub fn chunk_count(size: u64) -> u64 {
+    size.div_ceil(CHUNK_SIZE as u64).max(1)
+}
 
 pub(super) enum Kind {
     /// Our offer, waiting for the answer.
