@@ -102,7 +102,14 @@ fn register(socket: &UdpSocket, server: SocketAddr) -> Option<u32> {
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         socket
-            .send_to(&wire::encode(&Message::Register { want_id: None }), server)
+            .send_to(
+                &wire::encode(&Message::Register {
+                    want_id: None,
+                    nonce: 0,
+                    pad: Default::default(),
+                }),
+                server,
+            )
             .ok()?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, .. }) = wire::decode(&buf[..n]) {
@@ -131,7 +138,11 @@ fn measure(
     if flooder.is_some() {
         thread::sleep(Duration::from_millis(200));
     }
-    let lookup = wire::encode(&Message::Lookup { id });
+    let lookup = wire::encode(&Message::Lookup {
+        id,
+        nonce: 0,
+        pad: Default::default(),
+    });
     let mut buf = [0u8; 2048];
     let mut latencies = Vec::new();
     let mut lost = 0;
@@ -193,7 +204,11 @@ fn run_flood(kind: Flood, server: SocketAddr, stop: &AtomicBool, sent: &AtomicU6
             let sockets: Vec<UdpSocket> = (0..512)
                 .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
                 .collect();
-            let register = wire::encode(&Message::Register { want_id: None });
+            let register = wire::encode(&Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            });
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 if sockets[i % sockets.len()]

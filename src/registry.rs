@@ -500,8 +500,8 @@ impl Registry {
             r.last_seen = t;
         }
         match msg {
-            Message::Register { want_id } => self.register(now, from, want_id),
-            Message::Lookup { id } => {
+            Message::Register { want_id, .. } => self.register(now, from, want_id),
+            Message::Lookup { id, .. } => {
                 let answer = match self.clients.get(id) {
                     // Without names (the common case) the answer is built right here.
                     Some(r) if self.names.is_empty() => Message::Found {
@@ -509,23 +509,27 @@ impl Registry {
                         addr: r.addr,
                         name: None,
                         display_name: None,
+                        nonce: 0,
                     },
                     Some(r) => self.found(r.id, r.addr),
-                    None => Message::Inactive { id },
+                    None => Message::Inactive { id, nonce: 0 },
                 };
                 self.send(from, answer);
             }
-            Message::Resolve { name } => self.resolve(from, name),
+            Message::Resolve { name, .. } => self.resolve(from, name),
             Message::Claim {
                 id,
                 token,
                 name,
                 display_name,
                 previous,
+                ..
             } => self.claim(from, id, token, name, display_name, previous),
-            Message::List { id, token, after } => self.list(now, from, id, token, after),
-            Message::Leave { id, token } => self.leave(now, from, id, token),
-            Message::Keepalive { id, token } => {
+            Message::List {
+                id, token, after, ..
+            } => self.list(now, from, id, token, after),
+            Message::Leave { id, token, .. } => self.leave(now, from, id, token),
+            Message::Keepalive { id, token, .. } => {
                 if !self.owns(from, id, token) {
                     self.not_registered(from, id, "keepalive");
                 }
@@ -596,7 +600,14 @@ impl Registry {
     /// Answers `to` with an [`Message::Error`].
     fn send_error(&mut self, to: SocketAddr, code: ErrorCode, detail: impl Into<String>) {
         let detail = detail.into();
-        self.send(to, Message::Error { code, detail });
+        self.send(
+            to,
+            Message::Error {
+                code,
+                detail,
+                nonce: 0,
+            },
+        );
     }
 
     fn send(&mut self, to: SocketAddr, message: Message) {
@@ -722,7 +733,7 @@ impl Registry {
         };
         let answer = match holder.and_then(|id| self.clients.get(id)) {
             Some(r) => self.found(r.id, r.addr),
-            None => Message::Unknown { name },
+            None => Message::Unknown { name, nonce: 0 },
         };
         self.send(from, answer);
     }
@@ -735,6 +746,7 @@ impl Registry {
             addr,
             name: name.map(|n| n.name.to_string()),
             display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
+            nonce: 0,
         }
     }
 
@@ -786,7 +798,7 @@ impl Registry {
                 let n = self.names.get_mut(&id).expect("a holder has a name");
                 let same = *n.name == *name && n.display_name.as_deref() == display_name.as_deref();
                 if same {
-                    self.send(from, Message::Claimed { id, name });
+                    self.send(from, Message::Claimed { id, name, nonce: 0 });
                     return;
                 }
             }
@@ -825,7 +837,7 @@ impl Registry {
             name: name.clone(),
             display_name,
         });
-        self.send(from, Message::Claimed { id, name });
+        self.send(from, Message::Claimed { id, name, nonce: 0 });
     }
 
     /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
@@ -869,6 +881,7 @@ impl Registry {
                 clients: Vec::new(),
                 next,
                 total,
+                nonce: 0,
             })
             .len()
         };
@@ -924,6 +937,7 @@ impl Registry {
             clients,
             next,
             total,
+            nonce: 0,
         };
         // Checked with the encoder itself (never expected to trim anything).
         debug_assert_eq!(wire::encode(&page).len(), expected, "page size");
@@ -943,6 +957,7 @@ impl Registry {
             id,
             token,
             ttl_secs: u32::try_from(self.config.ttl.as_secs().max(1)).unwrap_or(u32::MAX),
+            nonce: 0,
         }
     }
 
@@ -961,7 +976,7 @@ impl Registry {
                 addr: from,
                 name: name.map(String::from),
             });
-            self.send(from, Message::LeaveAck { id });
+            self.send(from, Message::LeaveAck { id, nonce: 0 });
             return;
         }
         if self
@@ -970,7 +985,7 @@ impl Registry {
             .is_some_and(|d| d.id == id && d.token == token)
         {
             // Our LeaveAck was lost and the client asks again.
-            self.send(from, Message::LeaveAck { id });
+            self.send(from, Message::LeaveAck { id, nonce: 0 });
             return;
         }
         self.stats.refused += 1;
@@ -1105,15 +1120,41 @@ mod tests {
         for step in 0..20_000 {
             let from = SocketAddr::from(([127, 0, 0, 1], rng.random_range(1..100u16)));
             match rng.random_range(0..4) {
-                0 => r.handle_message(now, from, Message::Register { want_id: None }),
+                0 => r.handle_message(
+                    now,
+                    from,
+                    Message::Register {
+                        want_id: None,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                ),
                 1 => {
                     let mine = model.iter().find(|(_, (a, _))| *a == from);
                     if let Some((&id, &(_, token))) = mine {
-                        r.handle_message(now, from, Message::Leave { id, token });
+                        r.handle_message(
+                            now,
+                            from,
+                            Message::Leave {
+                                id,
+                                token,
+                                nonce: 0,
+                                pad: Default::default(),
+                            },
+                        );
                     }
                 }
                 2 => now += Duration::from_millis(rng.random_range(0..700)),
-                _ => r.handle_message(now, from, Message::Keepalive { id: 0, token: 0 }),
+                _ => r.handle_message(
+                    now,
+                    from,
+                    Message::Keepalive {
+                        id: 0,
+                        token: 0,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                ),
             }
             r.handle_timeout(now);
             while let Some(ev) = r.poll_event() {

@@ -71,6 +71,7 @@ fn text_the_server_sends_reaches_the_terminal_made_harmless() {
         wire::encode(&Message::Error {
             code,
             detail: detail.into(),
+            nonce: 0,
         })
     };
     server

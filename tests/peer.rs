@@ -116,6 +116,7 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
         id: 1,
         token: 7,
         ttl_secs: 30,
+        nonce: 0,
     };
     p.handle_datagram(t0, SERVER, &encode(&registered));
     p.connect(t0, 2).unwrap();
@@ -124,6 +125,7 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
         addr: asked,
         name: None,
         display_name: None,
+        nonce: 0,
     };
     p.handle_datagram(t0, SERVER, &encode(&found));
     let (sent, _) = drain(&mut p);
@@ -952,9 +954,10 @@ fn an_unasked_lookup_answer_changes_nothing() {
             addr: stranger(),
             name: None,
             display_name: None,
+            nonce: 0,
         },
     );
-    s.deliver_now(SERVER, s.addr(a), &Message::Inactive { id: idb });
+    s.deliver_now(SERVER, s.addr(a), &Message::Inactive { id: idb, nonce: 0 });
     // From a stranger pretending to be the server: the connected peer is "elsewhere".
     s.deliver_now(
         stranger(),
@@ -964,6 +967,7 @@ fn an_unasked_lookup_answer_changes_nothing() {
             addr: stranger(),
             name: None,
             display_name: None,
+            nonce: 0,
         },
     );
     assert_eq!(s.events(a).len(), before, "no event: {:?}", s.events(a));
@@ -1012,11 +1016,13 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
         id: 66,
         token: 1,
         ttl_secs: 30,
+        nonce: 0,
     };
     p.handle_datagram(t0, stranger(), &encode(&forged));
     let refusal = Message::Error {
         code: ErrorCode::IdTaken,
         detail: "forged".into(),
+        nonce: 0,
     };
     p.handle_datagram(t0, stranger(), &encode(&refusal));
     let (sent, events) = drain(&mut p);
@@ -1028,6 +1034,7 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
         id: 3,
         token: 2,
         ttl_secs: 30,
+        nonce: 0,
     };
     p.handle_datagram(t0, SERVER, &encode(&real));
     assert_eq!(p.id(), Some(3));
@@ -1068,6 +1075,7 @@ fn late_not_registered_while_registering_again_is_not_fatal() {
         id: 4,
         token: 7,
         ttl_secs: 30,
+        nonce: 0,
     };
     p.handle_datagram(t0, SERVER, &encode(&registered));
     drain(&mut p);
@@ -1076,11 +1084,19 @@ fn late_not_registered_while_registering_again_is_not_fatal() {
     let forgotten = Message::Error {
         code: p2pchat::wire::ErrorCode::NotRegistered,
         detail: "client 4 is not registered".into(),
+        nonce: 0,
     };
     let t1 = t0 + secs(10);
     p.handle_datagram(t1, SERVER, &encode(&forgotten));
     let (sent, events) = drain(&mut p);
-    assert_eq!(sent, vec![Message::Register { want_id: Some(4) }]);
+    assert_eq!(
+        sent,
+        vec![Message::Register {
+            want_id: Some(4),
+            nonce: 0,
+            pad: Default::default()
+        }]
+    );
     assert!(
         matches!(events.as_slice(), [Event::Notice { .. }]),
         "{events:?}"
@@ -1103,6 +1119,7 @@ fn rate_limited() -> Message {
     Message::Error {
         code: ErrorCode::RateLimited,
         detail: "too many registrations from 10.0.1.1; wait".into(),
+        nonce: 0,
     }
 }
 
@@ -1129,6 +1146,7 @@ fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
         id: 4,
         token: 9,
         ttl_secs: 30,
+        nonce: 0,
     };
     p.handle_datagram(t0 + cfg.server_retry, SERVER, &encode(&registered));
     let (_, events) = drain(&mut p);

@@ -71,11 +71,21 @@ fn register(
     from: SocketAddr,
     want_id: Option<ClientId>,
 ) -> (ClientId, Token) {
-    let answers = send(r, now, from, &Message::Register { want_id });
+    let answers = send(
+        r,
+        now,
+        from,
+        &Message::Register {
+            want_id,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     let [Message::Registered {
         id,
         token,
         ttl_secs,
+        ..
     }] = answers[..]
     else {
         panic!("Register from {from} was answered {answers:?}");
@@ -135,8 +145,18 @@ fn freed_ids_are_reused_lowest_first() {
     }
     // Free 3, then 1 (the order of freeing must not matter).
     for (id, port, token) in [(3, 1003, tokens[2]), (1, 1001, tokens[0])] {
-        let answers = send(&mut r, t0, addr(port), &Message::Leave { id, token });
-        assert_eq!(answers, [Message::LeaveAck { id }]);
+        let answers = send(
+            &mut r,
+            t0,
+            addr(port),
+            &Message::Leave {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+        assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     }
     assert_eq!(ids(&r), [2, 4]);
     events(&mut r);
@@ -189,7 +209,17 @@ fn a_requested_id_that_was_freed_is_granted() {
     let mut r = registry(10);
     let (_, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id: 1, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id: 1,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     assert_eq!(register(&mut r, t0, addr(1003), Some(1)).0, 1);
     // 1 is no longer free: the next automatic id is 3.
@@ -206,7 +236,11 @@ fn a_requested_taken_id_gets_id_taken_and_changes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1002),
-        &Message::Register { want_id: Some(1) },
+        &Message::Register {
+            want_id: Some(1),
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(error_code(&answers), ErrorCode::IdTaken);
     assert_eq!(table(&r), before);
@@ -225,14 +259,19 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
             &mut r,
             t0 + secs(2),
             addr(1001),
-            &Message::Register { want_id },
+            &Message::Register {
+                want_id,
+                nonce: 0,
+                pad: Default::default(),
+            },
         );
         assert_eq!(
             answers,
             [Message::Registered {
                 id,
                 token,
-                ttl_secs: 30
+                ttl_secs: 30,
+                nonce: 0
             }]
         );
     }
@@ -247,13 +286,23 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
     let t0 = Instant::now();
     let mut r = registry(1);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    let answers = send(&mut r, t0, addr(1001), &Message::Register { want_id: None });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(
         answers,
         [Message::Registered {
             id,
             token,
-            ttl_secs: 30
+            ttl_secs: 30,
+            nonce: 0
         }]
     );
 }
@@ -266,7 +315,16 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
     let (_, token2) = register(&mut r, t0, addr(1002), None);
     let before = table(&r);
     for want_id in [None, Some(9)] {
-        let answers = send(&mut r, t0, addr(1003), &Message::Register { want_id });
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1003),
+            &Message::Register {
+                want_id,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         assert_eq!(error_code(&answers), ErrorCode::ServerFull);
     }
     assert_eq!(table(&r), before);
@@ -279,6 +337,8 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
         &Message::Leave {
             id: 2,
             token: token2,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     events(&mut r);
@@ -295,14 +355,24 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
     register(&mut r, t0, addr(1002), None);
     // Anyone may ask, registered or not.
     for asker in [addr(1001), addr(9999)] {
-        let answers = send(&mut r, t0, asker, &Message::Lookup { id: 2 });
+        let answers = send(
+            &mut r,
+            t0,
+            asker,
+            &Message::Lookup {
+                id: 2,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         assert_eq!(
             answers,
             [Message::Found {
                 id: 2,
                 addr: addr(1002),
                 name: None,
-                display_name: None
+                display_name: None,
+                nonce: 0
             }]
         );
     }
@@ -315,8 +385,17 @@ fn lookup_of_an_unknown_id_is_inactive() {
     register(&mut r, t0, addr(1001), None);
     let before = table(&r);
     for id in [0, 2, 3, u32::MAX] {
-        let answers = send(&mut r, t0, addr(9999), &Message::Lookup { id });
-        assert_eq!(answers, [Message::Inactive { id }]);
+        let answers = send(
+            &mut r,
+            t0,
+            addr(9999),
+            &Message::Lookup {
+                id,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+        assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
     }
     assert_eq!(table(&r), before);
 }
@@ -326,9 +405,28 @@ fn lookup_of_a_client_that_left_is_inactive() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
-    let answers = send(&mut r, t0, addr(9999), &Message::Lookup { id });
-    assert_eq!(answers, [Message::Inactive { id }]);
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
+    let answers = send(
+        &mut r,
+        t0,
+        addr(9999),
+        &Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
+    assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
 }
 
 // ---------------------------------------------------------------- leave
@@ -343,9 +441,14 @@ fn leave_with_the_right_token_from_the_registered_address_removes_acks_and_emits
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave { id, token },
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
-    assert_eq!(answers, [Message::LeaveAck { id }]);
+    assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     assert_eq!(ids(&r), [2]);
     assert!(r.get(id).is_none());
     assert_eq!(
@@ -365,7 +468,17 @@ fn a_repeated_leave_gets_leave_ack_again_without_a_second_event() {
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(events(&mut r).len(), 1);
     let before = table(&r);
     for n in 1..=3 {
@@ -373,9 +486,14 @@ fn a_repeated_leave_gets_leave_ack_again_without_a_second_event() {
             &mut r,
             t0 + secs(n),
             addr(1001),
-            &Message::Leave { id, token },
+            &Message::Leave {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
         );
-        assert_eq!(answers, [Message::LeaveAck { id }], "repeat {n}");
+        assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }], "repeat {n}");
     }
     assert_eq!(events(&mut r), []);
     assert_eq!(table(&r), before);
@@ -387,13 +505,28 @@ fn a_repeated_leave_with_a_wrong_token_is_not_acknowledged() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     let answers = send(
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave { id, token: !token },
+        &Message::Leave {
+            id,
+            token: !token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(r.stats().refused, 1);
@@ -404,7 +537,17 @@ fn a_repeated_leave_after_the_id_was_reused_deletes_nothing() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     // Another client now holds id 1.
     assert_eq!(register(&mut r, t0, addr(1002), None).0, id);
@@ -413,9 +556,14 @@ fn a_repeated_leave_after_the_id_was_reused_deletes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave { id, token },
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
-    assert_eq!(answers, [Message::LeaveAck { id }]);
+    assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
 }
@@ -433,6 +581,8 @@ fn leave_with_a_wrong_token_deletes_nothing() {
         &Message::Leave {
             id,
             token: token.wrapping_add(1),
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -448,7 +598,17 @@ fn leave_from_another_address_deletes_nothing() {
     let (id, token) = register(&mut r, t0, addr(1001), None);
     let before = table(&r);
     // Even with the right id and token: the address is part of the proof.
-    let answers = send(&mut r, t0, addr(6666), &Message::Leave { id, token });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(6666),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
@@ -470,6 +630,8 @@ fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
         &Message::Leave {
             id: 2,
             token: token1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -481,7 +643,17 @@ fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
 fn leave_for_an_unknown_id_is_not_registered() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let answers = send(&mut r, t0, addr(1001), &Message::Leave { id: 4, token: 1 });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id: 4,
+            token: 1,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert!(r.is_empty());
     assert_eq!(events(&mut r), []);
@@ -511,9 +683,13 @@ fn an_entry_not_heard_from_expires_after_ttl() {
         &mut r,
         t0 + TTL + secs(1),
         addr(9999),
-        &Message::Lookup { id },
+        &Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
-    assert_eq!(answers, [Message::Inactive { id }]);
+    assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
 }
 
 #[test]
@@ -545,7 +721,12 @@ fn a_keepalive_refreshes_the_entry() {
         &mut r,
         t0 + secs(20),
         addr(1001),
-        &Message::Keepalive { id, token },
+        &Message::Keepalive {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(answers, [], "a matching Keepalive is not answered");
     assert_eq!(r.get(id).unwrap().last_seen, t0 + secs(20));
@@ -566,7 +747,11 @@ fn a_lookup_from_the_client_refreshes_the_entry() {
         &mut r,
         t0 + secs(25),
         addr(1001),
-        &Message::Lookup { id: 42 },
+        &Message::Lookup {
+            id: 42,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id], "expired although it sent a Lookup at t0+25s");
@@ -583,7 +768,11 @@ fn a_retransmitted_register_refreshes_the_entry() {
         &mut r,
         t0 + secs(25),
         addr(1001),
-        &Message::Register { want_id: None },
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id]);
@@ -594,7 +783,16 @@ fn a_lookup_from_a_stranger_does_not_refresh_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0 + secs(25), addr(9999), &Message::Lookup { id });
+    send(
+        &mut r,
+        t0 + secs(25),
+        addr(9999),
+        &Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(r.get(id).unwrap().last_seen, t0);
     r.handle_timeout(t0 + secs(31));
     assert!(r.is_empty());
@@ -614,7 +812,12 @@ fn poll_timeout_reports_a_deadline_no_later_than_the_expiry() {
         &mut r,
         t0 + secs(10),
         addr(1001),
-        &Message::Keepalive { id, token },
+        &Message::Keepalive {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     // A driver that sleeps until each deadline it is given, and only then calls
     // handle_timeout, must see the client expire at t0+40s: not before, not after.
@@ -654,7 +857,17 @@ fn a_remembered_departure_is_forgotten_after_ttl() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     let deadline = r.poll_timeout().expect("the departure needs forgetting");
     assert!(deadline <= t0 + TTL);
     r.handle_timeout(t0 + TTL + secs(1));
@@ -663,7 +876,12 @@ fn a_remembered_departure_is_forgotten_after_ttl() {
         &mut r,
         t0 + TTL + secs(1),
         addr(1001),
-        &Message::Leave { id, token },
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
 }
@@ -682,7 +900,12 @@ fn a_keepalive_from_an_unknown_address_gets_not_registered() {
             &mut r,
             t0 + secs(5),
             addr(2002),
-            &Message::Keepalive { id, token },
+            &Message::Keepalive {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
         );
         assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     }
@@ -702,6 +925,8 @@ fn a_keepalive_with_a_wrong_token_gets_not_registered() {
         &Message::Keepalive {
             id,
             token: token ^ 1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -763,9 +988,18 @@ fn malformed_bodies_are_counted_and_change_nothing() {
     let mut r = two_clients(t0);
     let before = table(&r);
     let base = r.stats().clone();
-    let mut trailing = encode(&Message::Register { want_id: None });
+    let mut trailing = encode(&Message::Register {
+        want_id: None,
+        nonce: 0,
+        pad: Default::default(),
+    });
     trailing.push(0);
-    let mut truncated = encode(&Message::Leave { id: 1, token: 5 });
+    let mut truncated = encode(&Message::Leave {
+        id: 1,
+        token: 5,
+        nonce: 0,
+        pad: Default::default(),
+    });
     truncated.pop();
     let datagrams: Vec<Vec<u8>> = vec![
         header_then(&[]),
@@ -799,7 +1033,11 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
     let base = r.stats().clone();
     for version in [0, 2, 0xff] {
         // Even a well-formed Register: the body of another version is never guessed at.
-        let mut d = encode(&Message::Register { want_id: None });
+        let mut d = encode(&Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        });
         d[1] = version;
         let answers = send_raw(&mut r, t0, addr(9999), &d);
         assert_eq!(error_code(&answers), ErrorCode::BadVersion);
@@ -826,18 +1064,21 @@ fn unexpected_messages() -> Vec<Message> {
             id: 1,
             token: 1,
             ttl_secs: 1,
+            nonce: 0,
         },
         Message::Found {
             id: 1,
             addr: addr(1),
             name: None,
             display_name: None,
+            nonce: 0,
         },
-        Message::Inactive { id: 1 },
-        Message::LeaveAck { id: 1 },
+        Message::Inactive { id: 1, nonce: 0 },
+        Message::LeaveAck { id: 1, nonce: 0 },
         Message::Error {
             code: ErrorCode::IdTaken,
             detail: "x".into(),
+            nonce: 0,
         },
         Message::ConnectRequest {
             from: 1,
@@ -923,16 +1164,32 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
     let mut templates: Vec<Vec<u8>> = unexpected_messages().iter().map(encode).collect();
     templates.extend(
         [
-            Message::Register { want_id: None },
-            Message::Register { want_id: Some(2) },
-            Message::Lookup { id: 1 },
+            Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+            Message::Register {
+                want_id: Some(2),
+                nonce: 0,
+                pad: Default::default(),
+            },
+            Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default(),
+            },
             Message::Leave {
                 id: 3,
                 token: token3,
+                nonce: 0,
+                pad: Default::default(),
             },
             Message::Keepalive {
                 id: 3,
                 token: token3,
+                nonce: 0,
+                pad: Default::default(),
             },
         ]
         .iter()
@@ -1017,10 +1274,28 @@ fn registrations_beyond_the_burst_from_one_ip_are_rate_limited() {
     for port in 1..=3 {
         register(&mut r, t0, addr(port), None);
     }
-    let answers = send(&mut r, t0, addr(4), &Message::Register { want_id: None });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(4),
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(error_code(&answers), ErrorCode::RateLimited);
     // Told once; further refusals within the second go unanswered (no reflected flood).
-    let answers = send(&mut r, t0, addr(5), &Message::Register { want_id: None });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(5),
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert!(answers.is_empty(), "{answers:?}");
     assert_eq!(ids(&r), vec![1, 2, 3]);
     assert!(events(&mut r).is_empty());
@@ -1030,7 +1305,16 @@ fn registrations_beyond_the_burst_from_one_ip_are_rate_limited() {
     // A second later the source has earned one more registration, and only one.
     let later = t0 + secs(1);
     register(&mut r, later, addr(6), None);
-    let answers = send(&mut r, later, addr(7), &Message::Register { want_id: None });
+    let answers = send(
+        &mut r,
+        later,
+        addr(7),
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(error_code(&answers), ErrorCode::RateLimited);
     assert_eq!(ids(&r), vec![1, 2, 3, 4, 5]);
 }
@@ -1041,7 +1325,16 @@ fn a_retransmitted_register_spends_no_registration_token() {
     let mut r = rate_limited_registry(1.0, 1);
     let (id, token) = register(&mut r, t0, addr(1), None);
     for _ in 0..10 {
-        let answers = send(&mut r, t0, addr(1), &Message::Register { want_id: None });
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1),
+            &Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         assert!(
             matches!(answers[..], [Message::Registered { id: i, token: t, .. }] if i == id && t == token),
             "{answers:?}"
@@ -1080,10 +1373,18 @@ fn a_datagram_packed_with_lookups_gets_at_most_eight_answers() {
     let mut datagram = Vec::new();
     // 80 lookups of 13 bytes each fit in one datagram under wire::PACK_LIMIT.
     for _ in 0..80 {
-        packer.push(addr(9), &Message::Lookup { id: 1 }, |_, d| {
-            assert!(datagram.is_empty(), "one datagram");
-            datagram = d.to_vec();
-        });
+        packer.push(
+            addr(9),
+            &Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default(),
+            },
+            |_, d| {
+                assert!(datagram.is_empty(), "one datagram");
+                datagram = d.to_vec();
+            },
+        );
     }
     packer.flush(|_, d| datagram = d.to_vec());
     assert_eq!(wire::decode_all(&datagram).unwrap().len(), 80);
@@ -1113,6 +1414,8 @@ fn claim_msg(
         name: name.into(),
         display_name: display_name.map(String::from),
         previous,
+        nonce: 0,
+        pad: Default::default(),
     }
 }
 
@@ -1136,7 +1439,8 @@ fn claim(
         answers,
         [Message::Claimed {
             id,
-            name: name.into()
+            name: name.into(),
+            nonce: 0
         }]
     );
     assert_eq!(
@@ -1151,7 +1455,16 @@ fn claim(
 }
 
 fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
-    let answers = send(r, now, addr(9999), &Message::Resolve { name: name.into() });
+    let answers = send(
+        r,
+        now,
+        addr(9999),
+        &Message::Resolve {
+            name: name.into(),
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(answers.len(), 1, "{answers:?}");
     answers.into_iter().next().unwrap()
 }
@@ -1162,6 +1475,7 @@ fn found(id: ClientId, at: SocketAddr, name: &str, display_name: Option<&str>) -
         addr: at,
         name: Some(name.into()),
         display_name: display_name.map(String::from),
+        nonce: 0,
     }
 }
 
@@ -1174,7 +1488,16 @@ fn a_claimed_name_is_granted_and_lookup_and_resolve_carry_it() {
     let e = r.get(alice.0).unwrap();
     assert_eq!(e.name.as_deref(), Some("Alice"));
     assert_eq!(e.display_name.as_deref(), Some("Alice L."));
-    let by_id = send(&mut r, t0, addr(9999), &Message::Lookup { id: alice.0 });
+    let by_id = send(
+        &mut r,
+        t0,
+        addr(9999),
+        &Message::Lookup {
+            id: alice.0,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(by_id, [found(1, addr(1001), "Alice", Some("Alice L."))]);
     assert_eq!(
         resolve(&mut r, t0, "Alice"),
@@ -1190,7 +1513,10 @@ fn resolve_ignores_ascii_case_and_an_unclaimed_name_is_unknown() {
     let bob = register(&mut r, t0, addr(1002), None);
     assert_eq!(
         resolve(&mut r, t0, "bob"),
-        Message::Unknown { name: "bob".into() }
+        Message::Unknown {
+            name: "bob".into(),
+            nonce: 0
+        }
     );
     claim(&mut r, t0, addr(1002), bob, "bob", None);
     for asked in ["bob", "BOB", "bOb"] {
@@ -1202,7 +1528,10 @@ fn resolve_ignores_ascii_case_and_an_unclaimed_name_is_unknown() {
     for other in ["bobby", "2bob", "", "b\u{f6}b"] {
         assert_eq!(
             resolve(&mut r, t0, other),
-            Message::Unknown { name: other.into() }
+            Message::Unknown {
+                name: other.into(),
+                nonce: 0
+            }
         );
     }
 }
@@ -1221,7 +1550,7 @@ fn a_name_held_by_another_client_is_name_taken_without_regard_to_case() {
             addr(1002),
             &claim_msg(bob.0, bob.1, taken, None, None),
         );
-        let [Message::Error { code, detail }] = &answers[..] else {
+        let [Message::Error { code, detail, .. }] = &answers[..] else {
             panic!("{answers:?}")
         };
         assert_eq!(*code, ErrorCode::NameTaken);
@@ -1261,7 +1590,7 @@ fn bad_names_and_display_names_are_refused_and_change_nothing() {
             addr(1001),
             &claim_msg(alice.0, alice.1, name, display, None),
         );
-        let [Message::Error { code, detail }] = &answers[..] else {
+        let [Message::Error { code, detail, .. }] = &answers[..] else {
             panic!("{answers:?}")
         };
         assert_eq!(*code, ErrorCode::BadName, "{name:?} {display:?}");
@@ -1302,7 +1631,8 @@ fn a_claim_from_another_address_or_with_a_wrong_token_is_not_registered() {
     assert_eq!(
         resolve(&mut r, t0, "mallory"),
         Message::Unknown {
-            name: "mallory".into()
+            name: "mallory".into(),
+            nonce: 0
         }
     );
     assert_eq!(r.get(alice.0).unwrap().name, None);
@@ -1329,7 +1659,8 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
         answers,
         [Message::Claimed {
             id: 2,
-            name: "Alice".into()
+            name: "Alice".into(),
+            nonce: 0
         }]
     );
     assert_eq!(
@@ -1362,6 +1693,8 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
         &Message::Keepalive {
             id: old.0,
             token: old.1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -1405,7 +1738,8 @@ fn a_retransmitted_claim_gets_claimed_again_and_no_second_event() {
             answers,
             [Message::Claimed {
                 id: 1,
-                name: "alice".into()
+                name: "alice".into(),
+                nonce: 0
             }]
         );
     }
@@ -1433,7 +1767,8 @@ fn a_new_claim_releases_the_old_name() {
     assert_eq!(
         resolve(&mut r, t0, "alice"),
         Message::Unknown {
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     assert_eq!(
@@ -1467,9 +1802,11 @@ fn a_name_is_released_when_its_client_leaves() {
         &Message::Leave {
             id: alice.0,
             token: alice.1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
-    assert_eq!(answers, [Message::LeaveAck { id: 1 }]);
+    assert_eq!(answers, [Message::LeaveAck { id: 1, nonce: 0 }]);
     assert_eq!(
         events(&mut r),
         [TableEvent::Left {
@@ -1482,7 +1819,8 @@ fn a_name_is_released_when_its_client_leaves() {
     assert_eq!(
         resolve(&mut r, t0, "alice"),
         Message::Unknown {
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     let bob = register(&mut r, t0, addr(1002), None);
@@ -1508,7 +1846,8 @@ fn a_name_is_released_when_its_client_expires() {
     assert_eq!(
         resolve(&mut r, t0 + TTL, "alice"),
         Message::Unknown {
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     claim(&mut r, t0 + TTL, addr(1002), bob, "alice", None);
@@ -1517,7 +1856,13 @@ fn a_name_is_released_when_its_client_expires() {
 // ---------------------------------------------------------------------- listing
 
 fn list_msg((id, token): (ClientId, Token), after: Option<ClientId>) -> Message {
-    Message::List { id, token, after }
+    Message::List {
+        id,
+        token,
+        after,
+        nonce: 0,
+        pad: Default::default(),
+    }
 }
 
 /// Asks for one page; returns it and its encoded size.
@@ -1537,6 +1882,7 @@ fn list_page(
         clients,
         next,
         total,
+        ..
     } = msg.clone()
     else {
         unreachable!()
@@ -1584,7 +1930,7 @@ fn list_is_list_disabled_when_the_server_does_not_list() {
     );
     let alice = register(&mut r, t0, addr(1001), None);
     let answers = send(&mut r, t0, addr(1001), &list_msg(alice, None));
-    let [Message::Error { code, detail }] = &answers[..] else {
+    let [Message::Error { code, detail, .. }] = &answers[..] else {
         panic!("{answers:?}")
     };
     assert_eq!(*code, ErrorCode::ListDisabled);
@@ -1694,6 +2040,7 @@ fn paging_through_5000_named_clients_lists_each_once_in_order_within_the_limit()
                     clients: more,
                     next: (next + 1 < n).then_some(next + 1),
                     total,
+                    nonce: 0,
                 };
                 assert!(encode(&bigger).len() > wire::PACK_LIMIT, "page not full");
                 after = Some(next);
@@ -1749,8 +2096,18 @@ fn paging_is_correct_when_clients_join_and_leave_between_pages() {
         for _ in 0..rng.random_range(0..6) {
             let id = rng.random_range(2..=online.keys().last().copied().unwrap());
             if let Some((from, token)) = online.remove(&id) {
-                let answers = send(&mut r, t0, from, &Message::Leave { id, token });
-                assert_eq!(answers, [Message::LeaveAck { id }], "seed {seed}");
+                let answers = send(
+                    &mut r,
+                    t0,
+                    from,
+                    &Message::Leave {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                );
+                assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }], "seed {seed}");
                 events(&mut r);
                 stayed.remove(&id);
             }
@@ -1780,7 +2137,17 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     // All but the first and last 10 leave: a long run of free ids in the middle.
     for &(id, token) in &clients[10..clients.len() - 10] {
         let from = many_addr(id - 1);
-        send(&mut r, t0, from, &Message::Leave { id, token });
+        send(
+            &mut r,
+            t0,
+            from,
+            &Message::Leave {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
     }
     events(&mut r);
     let far = [4_000_000_000, 70_000, 3_000_000_000];

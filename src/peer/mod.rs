@@ -694,6 +694,7 @@ impl Peer {
                 addr,
                 name,
                 display_name,
+                ..
             } => {
                 let Some(me) = self.server.id() else { return };
                 if self.sessions.found(now, me, id, addr, &mut self.out) {
@@ -705,15 +706,16 @@ impl Peer {
                         addr,
                         name: None,
                         display_name: None,
+                        nonce: 0,
                     };
                     self.out.ignore(server, &msg);
                 }
             }
-            Message::Inactive { id } => {
+            Message::Inactive { id, .. } => {
                 if self.sessions.inactive(id, &mut self.out) {
                     self.outbox.retry_later(now, &id.to_string());
                 } else {
-                    self.out.ignore(server, &Message::Inactive { id });
+                    self.out.ignore(server, &Message::Inactive { id, nonce: 0 });
                 }
             }
             other => self.out.ignore(server, &other),

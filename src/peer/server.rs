@@ -71,7 +71,14 @@ impl Server {
             ttl: Duration::from_secs(30),
             refusal: None,
         };
-        server.send(out, Message::Register { want_id: want });
+        server.send(
+            out,
+            Message::Register {
+                want_id: want,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         server
     }
 
@@ -136,7 +143,14 @@ impl Server {
                 None => {}
                 Some(Step::Resend) => {
                     let want = *want;
-                    self.send(out, Message::Register { want_id: want });
+                    self.send(
+                        out,
+                        Message::Register {
+                            want_id: want,
+                            nonce: 0,
+                            pad: Default::default(),
+                        },
+                    );
                 }
                 Some(Step::GiveUp) if *again => {
                     // Keep trying, at the retry interval, and say so once per round.
@@ -160,11 +174,27 @@ impl Server {
             },
             State::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
-                self.send(out, Message::Keepalive { id, token });
+                self.send(
+                    out,
+                    Message::Keepalive {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                );
             }
             State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
                 None => {}
-                Some(Step::Resend) => self.send(out, Message::Leave { id, token }),
+                Some(Step::Resend) => self.send(
+                    out,
+                    Message::Leave {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                ),
                 Some(Step::GiveUp) => {
                     out.event(Event::Notice {
                         message: format!(
@@ -210,7 +240,7 @@ impl Server {
                 out.event(Event::Registered { id, again });
                 return Answer::Registered;
             }
-            (State::Registering { again, want, .. }, Message::Error { code, detail }) => {
+            (State::Registering { again, want, .. }, Message::Error { code, detail, .. }) => {
                 match (code, *again) {
                     (ErrorCode::IdTaken, true) if want.is_some() => {
                         // Someone took our old id while the server was away: take any.
@@ -231,13 +261,17 @@ impl Server {
                     (ErrorCode::NotRegistered, _) => {
                         // Never an answer to `Register`: a late or duplicated answer to a
                         // `Keepalive` sent before, which is why we are registering again.
-                        let message = Message::Error { code, detail };
+                        let message = Message::Error {
+                            code,
+                            detail,
+                            nonce: 0,
+                        };
                         out.ignore(self.addr, &message);
                     }
                     _ => self.fatal(format!("the server refused to register us: {detail}"), out),
                 }
             }
-            (State::Registered { .. }, Message::Error { code, detail }) => {
+            (State::Registered { .. }, Message::Error { code, detail, .. }) => {
                 if code == ErrorCode::NotRegistered {
                     out.event(Event::Notice {
                         message: "the server no longer knows us (restarted?); registering again"
@@ -274,7 +308,14 @@ impl Server {
             want,
             again: true,
         };
-        self.send(out, Message::Register { want_id: want });
+        self.send(
+            out,
+            Message::Register {
+                want_id: want,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
     }
 
     /// Leaves now, if registered; returns false if never registered (then we are done).
@@ -296,6 +337,8 @@ impl Server {
             Message::Leave {
                 id,
                 token: self.token,
+                nonce: 0,
+                pad: Default::default(),
             },
         );
         true
@@ -306,7 +349,15 @@ impl Server {
     pub fn give_up(&mut self, message: String, out: &mut Outputs) {
         if let Some(id) = self.id {
             let token = self.token;
-            self.send(out, Message::Leave { id, token });
+            self.send(
+                out,
+                Message::Leave {
+                    id,
+                    token,
+                    nonce: 0,
+                    pad: Default::default(),
+                },
+            );
         }
         self.fatal(message, out);
     }
