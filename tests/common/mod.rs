@@ -9,6 +9,8 @@
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod emulator;
+pub mod lab;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
