@@ -374,7 +374,7 @@ fn a_udp_blast_through_the_emulator_is_capped_at_the_rate_each_way() {
         4_000,
         4.0 * RATE as f64,
     );
-    let s = lab.stop_emulator().up;
+    let s = lab.stop_emulator().expect("the emulator").up;
     let fraction = s.link.dropped_loss as f64 / s.link.sent as f64;
     println!(
         "loss 0.1: {} of {} lost at random ({fraction:.4}), {} received",

@@ -150,6 +150,11 @@ impl Lab {
         Ok(())
     }
 
+    /// The running emulator, if any.
+    pub fn emulator(&self) -> Option<&Emulator> {
+        self.emulator.as_ref()
+    }
+
     /// The running emulator's counters; panics if none runs, or if it stopped on an error.
     pub fn stats(&self) -> EmulatorStats {
         let emulator = self.emulator.as_ref().expect("no emulator is running");
@@ -157,12 +162,12 @@ impl Lab {
         emulator.stats()
     }
 
-    /// Stops the emulator and returns its last counters (panics if none runs or it failed).
-    pub fn stop_emulator(&mut self) -> EmulatorStats {
-        let emulator = self.emulator.take().expect("no emulator is running");
+    /// Stops the emulator and returns its last counters, or why it failed.
+    pub fn stop_emulator(&mut self) -> Result<EmulatorStats, String> {
+        let emulator = self.emulator.take().ok_or("no emulator is running")?;
         emulator
             .stop()
-            .unwrap_or_else(|e| panic!("the emulator failed: {e}"))
+            .map_err(|e| format!("the emulator failed: {e}"))
     }
 }
 
