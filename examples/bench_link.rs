@@ -15,15 +15,7 @@
 //! ```
 
 mod bench_common;
-#[allow(dead_code)]
-#[path = "../tests/common/emulator.rs"]
-mod emulator;
-#[allow(dead_code)]
-#[path = "../tests/common/lab.rs"]
-mod lab;
-#[allow(dead_code)]
-#[path = "../tests/common/netns.rs"]
-mod netns;
+mod link_common;
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench_common::{arg_or, target, thread_cpu};
-use emulator::LinkConfig;
-use lab::Lab;
-use netns::Netns;
+use link_common::emulator::{self, LinkConfig};
+use link_common::lab::{self, Lab};
+use link_common::netns::{self, Netns};
 
 /// UDP payload bytes of each datagram.
 const PAYLOAD: usize = 1_200;

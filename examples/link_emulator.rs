@@ -24,15 +24,16 @@
 //! take precedence. It prints its counters at the end (and every `--report` seconds), and
 //! stops on Ctrl-C, SIGTERM, or after `--seconds`.
 
-#[allow(dead_code)]
-#[path = "../tests/common/emulator.rs"]
-mod emulator;
-#[allow(dead_code)]
-#[path = "../tests/common/lab.rs"]
-mod lab;
-#[allow(dead_code)]
-#[path = "../tests/common/netns.rs"]
-mod netns;
+mod link_common;
+
+/// `println!` that ignores a closed stdout (`| head`), instead of panicking: the program
+/// goes on to stop the emulator and remove its lab.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use emulator::{Emulator, EmulatorStats, LinkConfig, Tun, WayStats};
+use link_common::emulator::{Emulator, EmulatorStats, LinkConfig, Tun, WayStats};
+use link_common::lab;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -267,7 +269,7 @@ fn describe(config: &LinkConfig) -> String {
 }
 
 fn report(way: &str, s: &WayStats) {
-    println!(
+    say!(
         "{way}: {} packets read ({} bytes), {} passed, {} dropped by the queue, {} lost at random, \
          peak queue {} bytes; {} written (late by {:.1?} on average, {:.1?} at most), \
          {} refused by the device, {} over the emulator's buffer",
@@ -304,7 +306,7 @@ fn wait(cli: &Cli, emulator: &Emulator, stop: &AtomicBool) {
         }
         if let (Some(at), Some(every)) = (next_report, cli.report) {
             if now >= at {
-                println!("after {:.1?}:", now - started);
+                say!("after {:.1?}:", now - started);
                 report_both(&emulator.stats());
                 next_report = Some(at + every.max(Duration::from_millis(100)));
             }
@@ -329,9 +331,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    println!("up:   {}", describe(&up));
-    println!("down: {}", describe(&down));
-    println!("seed {}", cli.seed);
+    say!("up:   {}", describe(&up));
+    say!("down: {}", describe(&down));
+    say!("seed {}", cli.seed);
     let result = if cli.lab {
         run_lab(&cli, up, down, &stop)
     } else {
@@ -339,7 +341,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(stats) => {
-            println!("stopped; counters:");
+            say!("stopped; counters:");
             report_both(&stats);
             ExitCode::SUCCESS
         }
@@ -362,9 +364,12 @@ fn run_between(
     let open = |side: &Side| Tun::open_in(&side.netns, &side.dev).map_err(|e| e.to_string());
     let emulator = Emulator::start(open(a)?, open(b)?, up, down, cli.seed)
         .map_err(|e| format!("cannot start: {e}"))?;
-    println!(
+    say!(
         "forwarding between {}:{} (a) and {}:{} (b); Ctrl-C stops",
-        a.netns, a.dev, b.netns, b.dev
+        a.netns,
+        a.dev,
+        b.netns,
+        b.dev
     );
     wait(cli, &emulator, stop);
     emulator
@@ -384,7 +389,7 @@ fn run_lab(
         .and_then(|p| Some(p.parent()?.parent()?.join("p2pchat")))
         .filter(|p| p.is_file())
         .map_or("p2pchat".into(), |p| p.display().to_string());
-    println!(
+    say!(
         "lab ready: home {} ({}), router {} ({} toward the world, masquerading), world {} ({})",
         lab.home.name,
         lab::HOME,
@@ -393,25 +398,25 @@ fn run_lab(
         lab.world.name,
         lab::WORLD
     );
-    println!("for example, in three terminals:");
-    println!(
+    say!("for example, in three terminals:");
+    say!(
         "  ip netns exec {} {p2pchat} server --bind {}:7070",
         lab.world.name,
         lab::WORLD
     );
-    println!(
+    say!(
         "  ip netns exec {} {p2pchat} client --server {}:7070 --bind {}:0 --name bob",
         lab.world.name,
         lab::WORLD,
         lab::WORLD
     );
-    println!(
+    say!(
         "  ip netns exec {} {p2pchat} client --server {}:7070 --bind {}:0 --name alice   (then: connect bob; behind the NAT, alice asks)",
         lab.home.name,
         lab::WORLD,
         lab::HOME
     );
-    println!("Ctrl-C stops the emulator and removes the lab");
+    say!("Ctrl-C stops the emulator and removes the lab");
     let Some(emulator) = lab.emulator() else {
         return Err("the emulator did not start".into());
     };

@@ -36,6 +36,8 @@ fn ms(n: u64) -> Duration {
 const RATE: u64 = 2_500_000;
 /// IPv4 and UDP headers: the blast's datagrams are this much bigger on the link.
 const HEADERS: usize = 28;
+/// The blast's datagrams' payload.
+const PAYLOAD: usize = 1_200;
 
 /// The lab, or `None` when `P2PCHAT_SKIP_NETNS=1` says to skip; prints the emulator's seed.
 fn lab(tag: &str, up: LinkConfig, down: LinkConfig) -> Option<Lab> {
@@ -262,6 +264,14 @@ fn slope(arrivals: &[Instant]) -> f64 {
     }
 }
 
+/// A [`blast`] of 0.6 s at twice `link`'s rate.
+fn overload(tx: &UdpSocket, to: SocketAddr, rx: &UdpSocket, link: &LinkConfig) -> Blast {
+    let offered = 2.0 * link.rate.expect("a rate") as f64;
+    let count = (offered * 0.6 / (PAYLOAD + HEADERS) as f64) as u64;
+    let rx = rx.try_clone().expect("clone the receiving socket");
+    blast(tx, to, rx, PAYLOAD, count, offered)
+}
+
 fn bind_in(ns: &Netns, addr: SocketAddrV4) -> UdpSocket {
     ns.enter(|| UdpSocket::bind(addr))
         .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name))
@@ -317,21 +327,12 @@ fn a_udp_blast_through_the_emulator_is_capped_at_the_rate_each_way() {
     let Some(mut lab) = lab("blast", up, down) else {
         return;
     };
-    let payload = 1_200;
     let home = bind_in(&lab.home, SocketAddrV4::new(lab::HOME, 9001));
     let world = bind_in(&lab.world, SocketAddrV4::new(lab::WORLD, 9002));
     let world_addr = SocketAddr::from((lab::WORLD, 9002));
 
-    // Home to world: 0.6 s at twice the up rate.
-    let count = (2.0 * up.rate.unwrap() as f64 * 0.6 / (payload + HEADERS) as f64) as u64;
-    let b = blast(
-        &home,
-        world_addr,
-        world.try_clone().unwrap(),
-        payload,
-        count,
-        2.0 * up.rate.unwrap() as f64,
-    );
+    // Home to world.
+    let b = overload(&home, world_addr, &world, &up);
     check_capped("up", &b, &lab.stats().up, &up);
 
     // World to home, with fresh counters: the home speaks first (a NAT lets in only
@@ -345,15 +346,7 @@ fn a_udp_blast_through_the_emulator_is_capped_at_the_rate_each_way() {
         .unwrap();
     let (_, home_seen) = world.recv_from(&mut buf).expect("the home's hello");
     assert_eq!(home_seen, SocketAddr::from((lab::ROUTER_WAN, 9001)));
-    let count = (2.0 * down.rate.unwrap() as f64 * 0.6 / (payload + HEADERS) as f64) as u64;
-    let b = blast(
-        &world,
-        home_seen,
-        home.try_clone().unwrap(),
-        payload,
-        count,
-        2.0 * down.rate.unwrap() as f64,
-    );
+    let b = overload(&world, home_seen, &home, &down);
     let stats = lab.stats();
     check_capped("down", &b, &stats.down, &down);
     assert_eq!(stats.up.link.sent, 1, "up: only the hello");
@@ -370,7 +363,7 @@ fn a_udp_blast_through_the_emulator_is_capped_at_the_rate_each_way() {
         &home,
         world_addr,
         world.try_clone().unwrap(),
-        payload,
+        PAYLOAD,
         4_000,
         4.0 * RATE as f64,
     );
