@@ -52,33 +52,8 @@ fn thread_named(name: &str) -> Option<u32> {
     })
 }
 
-/// A bigger receive buffer than the default 208 KiB (root may exceed rmem_max), so that
-/// the receiving thread's scheduling hiccups lose nothing: the receiver is not what is
-/// measured.
-fn big_receive_buffer(socket: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt reads an int that lives for the call.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        eprintln!(
-            "bench_link: cannot enlarge the receive buffer: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn bind_in(ns: &Netns, addr: SocketAddrV4) -> UdpSocket {
-    ns.enter(|| UdpSocket::bind(addr))
-        .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name))
+    ns.bind_udp(addr).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Sends at `pace` datagrams a second for `length` from `tx` to `to`, counting what `rx`
@@ -197,7 +172,6 @@ fn main() {
         "bench_link: {PAYLOAD}-byte UDP datagrams ({PACKET}-byte IP packets), {length:?} per pace"
     );
     let world = bind_in(&lab.world, SocketAddrV4::new(lab::WORLD, 9200));
-    big_receive_buffer(&world);
     let to = SocketAddr::from((lab::WORLD, 9200));
 
     let router = bind_in(&lab.router, SocketAddrV4::new(lab::ROUTER_WAN, 9201));

@@ -281,7 +281,7 @@ const WAKER: Token = Token(3);
 
 /// A running emulator (a thread of its own). Stopped, and its thread joined, on drop.
 pub struct Emulator {
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<io::Result<[Tun; 2]>>>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     stats: Arc<Mutex<EmulatorStats>>,
@@ -336,13 +336,21 @@ impl Emulator {
     }
 
     /// Stops forwarding (packets still held are dropped) and returns the last counters, or
-    /// the error that ended the thread.
-    pub fn stop(mut self) -> io::Result<EmulatorStats> {
-        self.halt()?;
-        Ok(self.stats())
+    /// the error that ended the thread. The devices are closed.
+    pub fn stop(self) -> io::Result<EmulatorStats> {
+        self.into_parts().map(|(stats, _)| stats)
     }
 
-    fn halt(&mut self) -> io::Result<()> {
+    /// Stops forwarding, like [`Emulator::stop`], and gives the devices back still open, so
+    /// that another emulator can take over without the devices losing their carrier (which
+    /// makes the kernel drop what is sent through them until it notices they are back).
+    pub fn into_parts(mut self) -> io::Result<(EmulatorStats, [Tun; 2])> {
+        let tuns = self.halt()?;
+        let tuns = tuns.ok_or_else(|| io::Error::other("the emulator was stopped already"))?;
+        Ok((self.stats(), tuns))
+    }
+
+    fn halt(&mut self) -> io::Result<Option<[Tun; 2]>> {
         self.stop.store(true, Ordering::Release);
         let woken = self.waker.wake();
         match self.thread.take() {
@@ -350,8 +358,9 @@ impl Emulator {
                 woken?;
                 t.join()
                     .unwrap_or_else(|_| Err(io::Error::other("the emulator thread panicked")))
+                    .map(Some)
             }
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 }
@@ -365,6 +374,7 @@ impl Drop for Emulator {
 }
 
 /// The emulator's loop: write what is due, read what is there, sleep until the next thing.
+/// Returns the devices when told to stop.
 fn forward(
     mut poll: Poll,
     tuns: [Tun; 2],
@@ -372,7 +382,7 @@ fn forward(
     seed: u64,
     stop: &AtomicBool,
     shared: &Mutex<EmulatorStats>,
-) -> io::Result<()> {
+) -> io::Result<[Tun; 2]> {
     let timer = Timer::new()?;
     let registry = poll.registry();
     for (tun, token) in tuns.iter().zip([TUN_A, TUN_B]) {
@@ -445,5 +455,5 @@ fn forward(
             }
         }
     }
-    Ok(())
+    Ok(tuns)
 }

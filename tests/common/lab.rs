@@ -17,13 +17,14 @@
 //! only packets through the emulator are the ones the test sends.
 //!
 //! The TUN devices are persistent (`ip tuntap add`): the emulator attaches to them and can
-//! be stopped and started again with other settings ([`Lab::start_emulator`]) without
-//! touching the addresses or routes. Everything is removed on drop: the emulator first,
+//! be stopped and started again with other settings ([`Lab::start_emulator`], which hands
+//! the open devices over) without touching the addresses or routes. Everything is removed on drop: the emulator first,
 //! then the three namespaces (and with them every device, address, route and rule).
 //!
 //! Shared by file, with `netns.rs` and `emulator.rs` as siblings (see `emulator.rs`).
 
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use super::emulator::{Emulator, EmulatorStats, LinkConfig, Tun};
 use super::netns::Netns;
@@ -63,11 +64,38 @@ pub struct Lab {
 
 impl Lab {
     /// Builds the lab, named after `tag` and the process id (so that tests running at once
-    /// do not collide), and starts the emulator with `up`, `down` and `seed`.
+    /// do not collide), and starts the emulator with `up`, `down` and `seed`. Returns once a
+    /// datagram has gone both ways through it, with the emulator's counters at zero.
     pub fn start(tag: &str, up: LinkConfig, down: LinkConfig, seed: u64) -> Result<Lab, String> {
         let mut lab = Lab::build(tag)?;
+        lab.start_emulator(LinkConfig::default(), LinkConfig::default(), seed)?;
+        lab.probe()?;
         lab.start_emulator(up, down, seed)?;
         Ok(lab)
+    }
+
+    /// Waits until the path through the emulator works both ways: a datagram from the home
+    /// to a port of the router where nobody listens, and the router's answer (ICMP port
+    /// unreachable), each seen by the emulator. A TUN device that has just got its carrier
+    /// drops what is sent through it until the kernel has noticed (asynchronously), so the
+    /// first packets of a test could otherwise be lost before the link.
+    fn probe(&self) -> Result<(), String> {
+        let socket = self.home.bind_udp(std::net::SocketAddrV4::new(HOME, 0))?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            socket
+                .send_to(b"probe", (ROUTER_LAN, 9))
+                .map_err(|e| format!("cannot send the probe: {e}"))?;
+            std::thread::sleep(Duration::from_millis(20));
+            let s = self.stats();
+            if s.up.forwarded > 0 && s.down.forwarded > 0 {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "nothing went both ways through the emulator within 3 s: {:?}",
+            self.stats()
+        ))
     }
 
     /// Builds the lab with no emulator running yet (the home is cut off until
@@ -137,19 +165,26 @@ impl Lab {
     }
 
     /// Starts the emulator between the home's and the router's `tun0` (`up`: home to router),
-    /// stopping the one running, if any (what it held is dropped).
+    /// with fresh counters. A running one is stopped first (what it held is dropped) and its
+    /// devices are handed over open, so that they never lose their carrier.
     pub fn start_emulator(
         &mut self,
         up: LinkConfig,
         down: LinkConfig,
         seed: u64,
     ) -> Result<(), String> {
-        if let Some(old) = self.emulator.take() {
-            old.stop()
-                .map_err(|e| format!("the emulator failed: {e}"))?;
-        }
-        let open = |ns: &Netns| Tun::open_in(&ns.name, TUN).map_err(|e| e.to_string());
-        let emulator = Emulator::start(open(&self.home)?, open(&self.router)?, up, down, seed)
+        let [home, router] = match self.emulator.take() {
+            Some(old) => {
+                old.into_parts()
+                    .map_err(|e| format!("the emulator failed: {e}"))?
+                    .1
+            }
+            None => {
+                let open = |ns: &Netns| Tun::open_in(&ns.name, TUN).map_err(|e| e.to_string());
+                [open(&self.home)?, open(&self.router)?]
+            }
+        };
+        let emulator = Emulator::start(home, router, up, down, seed)
             .map_err(|e| format!("cannot start the emulator: {e}"))?;
         self.emulator = Some(emulator);
         Ok(())

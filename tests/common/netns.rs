@@ -160,6 +160,32 @@ impl Netns {
             .map_err(|e| format!("cannot set {} in {}: {e}", path.display(), self.name))
     }
 
+    /// A UDP socket bound to `addr` in this namespace, with an 8 MiB receive buffer (root
+    /// may exceed `net.core.rmem_max`), so that a receiving thread that is not scheduled for
+    /// a while (a shared machine) loses nothing: what a test counts is what arrived.
+    pub fn bind_udp(&self, addr: std::net::SocketAddrV4) -> Result<std::net::UdpSocket, String> {
+        use std::os::fd::AsRawFd;
+        let socket = self
+            .enter(|| std::net::UdpSocket::bind(addr))
+            .map_err(|e| format!("cannot bind {addr} in {}: {e}", self.name))?;
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads an int that lives for the call, on an open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(format!("cannot enlarge the receive buffer of {addr}: {e}"));
+        }
+        Ok(socket)
+    }
+
     /// Runs `f` on a thread that has entered this namespace (see [`in_netns`]).
     pub fn enter<T: Send>(
         &self,
