@@ -17,9 +17,10 @@
 //! direction (a link without a rate cap and with a long delay holds `rate × delay`);
 //! beyond that packets are dropped and counted (`overflow`).
 //!
-//! Shared by file: the tests reach it as `common::emulator` (with `common::netns` beside it),
-//! the examples include `tests/common/netns.rs` and this file as sibling modules `netns` and
-//! `emulator`. It uses std, libc, mio and rand.
+//! Shared by file, not as a crate: the tests reach it as `common::emulator` (with
+//! `common::netns` beside it), the examples through `examples/link_common/mod.rs`, which
+//! includes this file, `lab.rs` and `netns.rs` by path as sibling modules. It uses std,
+//! libc, mio and rand.
 
 // A test crate with both `mod sim;` and `mod common;` (tests/file_e2e.rs) loads the model
 // twice: two copies of pure code with no state of its own, harmless.

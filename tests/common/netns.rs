@@ -7,8 +7,8 @@
 //! deleted when dropped, whether the test passed or failed; traffic never leaves the
 //! namespaces a test created.
 //!
-//! Shared by file: the tests reach it as `common::netns`, the examples include it with
-//! `#[path = "../tests/common/netns.rs"] mod netns;`. It uses nothing but std and libc.
+//! Shared by file: the tests reach it as `common::netns`, the examples through
+//! `examples/link_common/mod.rs`. It uses nothing but std and libc.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
