@@ -85,12 +85,6 @@ struct Name {
     display_name: Option<Box<str>>,
 }
 
-/// The most id slots one `List` page looks at. The dense id index may have long runs of
-/// free ids (after many clients left); the page then ends early, with `next` naming the
-/// last id looked at, so that one request costs a bounded amount of work whatever the
-/// table looks like.
-pub const MAX_LIST_SCAN: usize = 16_384;
-
 /// How a client is stored: 64 bytes, times in nanoseconds since the table's epoch.
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -104,13 +98,16 @@ struct Record {
 }
 
 /// The active clients: records in a dense vector, found by id or by address in O(1) (the
-/// cost of a lookup does not grow with the table), at about 165 bytes per client.
+/// cost of a lookup does not grow with the table), and their ids in order, so that a `List`
+/// page costs the clients it lists whatever gaps the ids have.
 #[derive(Debug, Default)]
 struct Table {
     epoch: Option<Instant>,
     records: Vec<Record>,
     by_id: IdIndex,
     by_addr: HashMap<SocketAddr, u32>,
+    /// The ids of the records, in order.
+    ids: BTreeSet<ClientId>,
 }
 
 /// Where each id's record is. Ids are handed out lowest first, so they stay dense: those
@@ -162,30 +159,6 @@ impl IdIndex {
         }
     }
 
-    /// Every id slot above `after` (from the first with `None`) in increasing id order: the
-    /// dense part's slots, free ones included (as `None`, so that a caller can bound how
-    /// many it looks at), then the sparse ids.
-    fn slots_after(
-        &self,
-        after: Option<ClientId>,
-    ) -> impl Iterator<Item = (ClientId, Option<u32>)> + Clone + '_ {
-        use std::ops::Bound;
-        let start = after.map_or(0, |a| a as usize + 1);
-        let dense = self
-            .dense
-            .get(start..)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-            .map(move |(k, &i)| ((start + k) as ClientId, (i != ABSENT).then_some(i)));
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let sparse = self
-            .sparse
-            .range((from, Bound::Unbounded))
-            .map(|(&id, &i)| (id, Some(i)));
-        dense.chain(sparse)
-    }
-
     fn remove(&mut self, id: ClientId) -> Option<u32> {
         match self.dense.get_mut(id as usize) {
             Some(slot) => {
@@ -195,19 +168,6 @@ impl IdIndex {
             None => self.sparse.remove(&id),
         }
     }
-}
-
-/// Whether the slots hold no client, looking at no more than `budget` of them (if it runs
-/// out, there may be one).
-fn no_client_in(mut slots: impl Iterator<Item = (ClientId, Option<u32>)>, budget: usize) -> bool {
-    for _ in 0..budget {
-        match slots.next() {
-            None => return true,
-            Some((_, Some(_))) => return false,
-            Some((_, None)) => {}
-        }
-    }
-    false
 }
 
 impl Table {
@@ -248,6 +208,7 @@ impl Table {
         let i = u32::try_from(self.records.len()).expect("fewer than 2^32 clients");
         self.by_id.set(r.id, i, self.records.len() + 1);
         self.by_addr.insert(r.addr, i);
+        self.ids.insert(r.id);
         self.records.push(r);
     }
 
@@ -255,6 +216,7 @@ impl Table {
         let i = self.by_id.remove(id)?;
         let r = self.records.swap_remove(i as usize);
         self.by_addr.remove(&r.addr);
+        self.ids.remove(&id);
         // The last record moved into the hole.
         if let Some(moved) = self.records.get(i as usize) {
             self.by_id.set(moved.id, i, self.records.len());
@@ -332,6 +294,9 @@ pub struct Stats {
     pub claims_refused: u64,
     /// `List` pages sent.
     pub list_pages: u64,
+    /// Clients looked at to build the `List` pages: at most one more than each page lists,
+    /// whatever gaps the ids have.
+    pub list_examined: u64,
     /// New registrations refused because their source went over its rate.
     pub rate_limited: u64,
     /// Messages dropped because their datagram packed more than
@@ -829,8 +794,7 @@ impl Registry {
     }
 
     /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
-    /// in a datagram of `PACK_LIMIT` bytes (looking at no more than `MAX_LIST_SCAN` id
-    /// slots).
+    /// in a datagram of `PACK_LIMIT` bytes.
     #[inline(never)] // rare: kept out of handle_message, which lookups go through
     fn list(
         &mut self,
@@ -860,8 +824,10 @@ impl Registry {
     /// One `Listing` page. Its size is measured with the encoder: MessagePack values
     /// concatenate, so the page is the empty `Listing` (with its `next` and `total`), plus
     /// the array header's growth, plus each client's own encoding; the result is checked
-    /// with `wire::encode` before it goes.
+    /// with `wire::encode` before it goes. It walks the ordered ids from `after`, so it
+    /// looks at the clients it lists and at most one more (`Stats::list_examined`).
     fn page(&mut self, now: Instant, after: Option<ClientId>) -> Message {
+        use std::ops::Bound;
         let now_ns = self.clients.nanos(now);
         let total = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
         let empty = |next: Option<ClientId>| {
@@ -882,42 +848,35 @@ impl Registry {
         let mut bytes = 0;
         let mut scratch = Vec::with_capacity(256);
         let mut next = None;
-        let mut scanned = 0;
-        let mut slots = self.clients.by_id.slots_after(after).peekable();
-        while let Some((slot_id, position)) = slots.next() {
-            scanned += 1;
-            if let Some(i) = position {
-                let r = &self.clients.records[i as usize];
-                let name = self.name_of(slot_id);
-                let listed = Listed {
-                    id: slot_id,
-                    name: name.map(|n| n.name.to_string()),
-                    display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
-                    online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
-                        .unwrap_or(u32::MAX),
-                };
-                scratch.clear();
-                rmp_serde::encode::write_named(&mut scratch, &listed)
-                    .expect("encoding into a Vec cannot fail");
-                let with = bytes + scratch.len();
-                let n = clients.len() + 1;
-                // Exact when more clients follow (`next` is this id); the last client of
-                // the table may also fit with `next` nil, which is shorter.
-                let fits = size_with(Some(slot_id), n, with) <= wire::PACK_LIMIT
-                    || (size_with(None, n, with) <= wire::PACK_LIMIT
-                        && no_client_in(slots.clone(), MAX_LIST_SCAN - scanned));
-                if !fits {
-                    debug_assert!(!clients.is_empty(), "one client always fits in a page");
-                    next = clients.last().map(|c| c.id).or(after);
-                    break;
-                }
-                clients.push(listed);
-                bytes = with;
-            }
-            if scanned >= MAX_LIST_SCAN && slots.peek().is_some() {
-                next = Some(slot_id);
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut ids = self.clients.ids.range((from, Bound::Unbounded)).peekable();
+        while let Some(&id) = ids.next() {
+            self.stats.list_examined += 1;
+            let r = self.clients.get(id).expect("a listed id has a record");
+            let name = self.name_of(id);
+            let listed = Listed {
+                id,
+                name: name.map(|n| n.name.to_string()),
+                display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
+                online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
+                    .unwrap_or(u32::MAX),
+            };
+            scratch.clear();
+            rmp_serde::encode::write_named(&mut scratch, &listed)
+                .expect("encoding into a Vec cannot fail");
+            let with = bytes + scratch.len();
+            let n = clients.len() + 1;
+            // Exact when more clients follow (`next` is this id); the last client of the
+            // table may also fit with `next` nil, which is shorter.
+            let fits = size_with(Some(id), n, with) <= wire::PACK_LIMIT
+                || (size_with(None, n, with) <= wire::PACK_LIMIT && ids.peek().is_none());
+            if !fits {
+                debug_assert!(!clients.is_empty(), "one client always fits in a page");
+                next = clients.last().map(|c| c.id).or(after);
                 break;
             }
+            clients.push(listed);
+            bytes = with;
         }
         let expected = size_with(next, clients.len(), bytes);
         let mut page = Message::Listing {

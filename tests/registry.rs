@@ -1767,8 +1767,8 @@ fn paging_is_correct_when_clients_join_and_leave_between_pages() {
     }
 }
 
-/// Ids a client asked for, far above the others, are listed too, in order; and a table
-/// with a long run of free ids is paged through in bounded steps.
+/// Ids a client asked for, far above the others, are listed too, in order; and a long run
+/// of free ids costs nothing: the 23 clients come in one page that looked at 23 clients.
 #[test]
 fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     let t0 = Instant::now();
@@ -1807,8 +1807,75 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     let mut expected: Vec<ClientId> = (1..=10).chain(59_991..=60_000).collect();
     expected.extend([70_000, 3_000_000_000, 4_000_000_000]);
     assert_eq!(seen, expected);
-    assert!(
-        pages >= 60_000 / p2pchat::registry::MAX_LIST_SCAN,
-        "{pages} pages"
-    );
+    assert_eq!(pages, 1);
+    assert_eq!(r.stats().list_examined, 23);
+}
+
+/// A table that once held 60,000 clients and now holds a few, spread out with gaps of
+/// thousands of free ids (and ids a client asked for, far above): each page looks at the
+/// clients it lists and at most one more, never at the free ids between them.
+#[test]
+fn a_list_page_looks_only_at_the_clients_it_lists_whatever_the_gaps() {
+    let t0 = Instant::now();
+    let mut r = unlimited_registry(100_000);
+    let mut clients = Vec::new();
+    for i in 0..60_000 {
+        clients.push(register(&mut r, t0, many_addr(i), None));
+    }
+    // Every 3,000th client stays, and names itself at length (8 to a page).
+    let mut stay = Vec::new();
+    for (i, &(id, token)) in clients.iter().enumerate() {
+        if i % 3000 != 0 {
+            send(
+                &mut r,
+                t0,
+                many_addr(i as u32),
+                &Message::Leave { id, token },
+            );
+        }
+    }
+    events(&mut r);
+    for (i, &(id, token)) in clients.iter().enumerate().step_by(3000) {
+        let from = many_addr(i as u32);
+        claim(
+            &mut r,
+            t0,
+            from,
+            (id, token),
+            &long_name(id),
+            Some(&long_display(id)),
+        );
+        stay.push(id);
+    }
+    for (k, id) in [4_000_000_000, 70_000, 3_000_000_000]
+        .into_iter()
+        .enumerate()
+    {
+        register(&mut r, t0, many_addr(70_000 + k as u32), Some(id));
+        stay.push(id);
+    }
+    stay.sort_unstable();
+    events(&mut r);
+    let me = clients[0];
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let examined = r.stats().list_examined;
+        let (page, next, _, _) = list_page(&mut r, t0, many_addr(0), me, after);
+        pages += 1;
+        let looked = r.stats().list_examined - examined;
+        assert!(
+            looked <= page.len() as u64 + 1,
+            "a page of {} clients looked at {looked}",
+            page.len()
+        );
+        seen.extend(page.iter().map(|c| c.id));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, stay);
+    assert!(pages >= 3, "{pages} pages");
 }
