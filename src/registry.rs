@@ -8,13 +8,18 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::debug;
 use rand::{Rng, SeedableRng};
 
 use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token, Transmit};
+
+pub mod limits;
+
+use limits::{Limiter, Verdict};
+pub use limits::{Limits, Prefix};
 
 /// Settings of a [`Registry`].
 #[derive(Debug, Clone)]
@@ -23,11 +28,13 @@ pub struct RegistryConfig {
     pub ttl: Duration,
     /// Registrations beyond this many active clients are refused with `ServerFull`.
     pub max_clients: usize,
-    /// New registrations allowed per second from one source IP address, on average
-    /// (a token bucket); 0 means no limit. Retransmitted registrations do not count.
+    /// New registrations allowed per second from one network prefix (IPv4 /24, IPv6 /56),
+    /// on average (a token bucket, fair to addresses that retry: see [`Limits`]); 0 means no
+    /// limit per source (nor [`Limits::max_per_prefix`]). Retransmitted registrations do
+    /// not count.
     pub register_rate: f64,
-    /// How many new registrations one source IP address may make at once before the rate
-    /// applies (the bucket's size).
+    /// How many new registrations one prefix may make at once before the rate applies (the
+    /// bucket's size).
     pub register_burst: u32,
     /// Whether registered clients may ask who is online (`List`); `false` answers every
     /// `List` with `ListDisabled` (`p2pchat server --no-list`).
@@ -49,20 +56,6 @@ impl Default for RegistryConfig {
 /// The server handles at most this many messages of one datagram and drops the rest, so
 /// that its answers to one datagram stay within a small multiple of the datagram's size.
 pub const MAX_MESSAGES_PER_DATAGRAM: usize = 8;
-
-/// Most source addresses whose registration buckets are remembered; past it, full buckets
-/// (sources quiet long enough to have refilled) are forgotten.
-const MAX_BUCKETS: usize = 65_536;
-
-/// A token bucket limiting new registrations from one source IP address.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    /// When this source was last told it is rate-limited (told at most once a second, so
-    /// that refusals do not become a flood of their own).
-    warned: Option<Instant>,
-}
 
 /// One active client, as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,8 +290,12 @@ pub struct Stats {
     /// Clients looked at to build the `List` pages: at most one more than each page lists,
     /// whatever gaps the ids have.
     pub list_examined: u64,
+    /// `List` requests left unanswered because their client went over its `List` rate.
+    pub list_limited: u64,
     /// New registrations refused because their source went over its rate.
     pub rate_limited: u64,
+    /// New registrations refused because their prefix held `max_per_prefix` clients.
+    pub prefix_full: u64,
     /// Messages dropped because their datagram packed more than
     /// [`MAX_MESSAGES_PER_DATAGRAM`].
     pub excess: u64,
@@ -331,7 +328,8 @@ pub struct Registry {
     expiry: BinaryHeap<Reverse<(u64, ClientId, u32)>>,
     serial: u32,
     departed: HashMap<SocketAddr, Departure>,
-    buckets: HashMap<IpAddr, Bucket>,
+    limits: Limits,
+    limiter: Limiter,
     departed_order: VecDeque<SocketAddr>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TableEvent>,
@@ -350,7 +348,8 @@ impl Registry {
         Self::with_rng(config, rand::rngs::StdRng::seed_from_u64(seed))
     }
 
-    fn with_rng(config: RegistryConfig, rng: rand::rngs::StdRng) -> Self {
+    fn with_rng(config: RegistryConfig, mut rng: rand::rngs::StdRng) -> Self {
+        let key = rng.random();
         Registry {
             config,
             clients: Table::default(),
@@ -361,7 +360,8 @@ impl Registry {
             expiry: BinaryHeap::new(),
             serial: 0,
             departed: HashMap::new(),
-            buckets: HashMap::new(),
+            limits: Limits::default(),
+            limiter: Limiter::new(key),
             departed_order: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -370,8 +370,18 @@ impl Registry {
         }
     }
 
+    /// The same registry with other [`Limits`] (give them before the first datagram).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     pub fn config(&self) -> &RegistryConfig {
         &self.config
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The active clients, in id order (this sorts: it is for printing and tests, not for
@@ -585,7 +595,7 @@ impl Registry {
             self.send(from, answer);
             return;
         }
-        if !self.take_registration_token(now, from) {
+        if !self.within_source_limits(now, from) {
             return;
         }
         if self.clients.len() >= self.config.max_clients {
@@ -622,6 +632,7 @@ impl Registry {
             id,
             serial: self.serial,
         });
+        self.limiter.joined(from);
         let deadline = t.saturating_add(self.ttl_nanos());
         self.expiry.push(Reverse((deadline, id, self.serial)));
         if self.departed.remove(&from).is_some() {
@@ -633,47 +644,42 @@ impl Registry {
         self.send(from, answer);
     }
 
-    /// Spends one of the source's registration tokens; false (and perhaps a `RateLimited`
-    /// answer) when it has none left.
-    fn take_registration_token(&mut self, now: Instant, from: SocketAddr) -> bool {
-        let (rate, burst) = (
-            self.config.register_rate,
-            f64::from(self.config.register_burst),
-        );
+    /// Whether a new registration from `from` is within the limits per source: its prefix's
+    /// rate (spending a token; see [`Limits`] for how that is fair to clients that retry)
+    /// and its cap on clients. If not, `from` is answered (`RateLimited` at most once a
+    /// second, `ServerFull` for a prefix at its cap) or, past those bounds, not answered.
+    fn within_source_limits(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let rate = self.config.register_rate;
         if rate <= 0.0 {
             return true;
         }
-        if self.buckets.len() >= MAX_BUCKETS {
-            self.buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
-            });
+        let t = self.clients.nanos(now);
+        let burst = f64::from(self.config.register_burst);
+        let prefix = Prefix::of(from.ip());
+        if let Verdict::Refuse { tell } = self.limiter.admit(t, from, rate, burst) {
+            self.stats.rate_limited += 1;
+            debug!("{from}: too many registrations from {prefix}");
+            if tell {
+                self.send_error(
+                    from,
+                    ErrorCode::RateLimited,
+                    format!("too many registrations from {prefix}; keep retrying: addresses that retry are served first"),
+                );
+            }
+            return false;
         }
-        let b = self.buckets.entry(from.ip()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-            warned: None,
-        });
-        let refill = now.saturating_duration_since(b.last).as_secs_f64() * rate;
-        b.tokens = (b.tokens + refill).min(burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return true;
-        }
-        self.stats.rate_limited += 1;
-        let warn = b
-            .warned
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
-        if warn {
-            b.warned = Some(now);
-            debug!("{from}: too many registrations from {}", from.ip());
+        let cap = self.limits.per_prefix(self.config.max_clients);
+        if self.limiter.live(from) >= cap {
+            self.stats.prefix_full += 1;
+            debug!("{from}: {prefix} has {cap} clients already");
             self.send_error(
                 from,
-                ErrorCode::RateLimited,
-                format!("too many registrations from {}; wait", from.ip()),
+                ErrorCode::ServerFull,
+                format!("too many clients from {prefix} (at most {cap}); try again later"),
             );
+            return false;
         }
-        false
+        true
     }
 
     #[inline(never)] // kept out of handle_message, which lookups go through
@@ -794,7 +800,7 @@ impl Registry {
     }
 
     /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
-    /// in a datagram of `PACK_LIMIT` bytes.
+    /// in a datagram of `PACK_LIMIT` bytes; within the client's `List` rate.
     #[inline(never)] // rare: kept out of handle_message, which lookups go through
     fn list(
         &mut self,
@@ -814,6 +820,14 @@ impl Registry {
                 ErrorCode::ListDisabled,
                 "this server does not list its clients",
             );
+            return;
+        }
+        let t = self.clients.nanos(now);
+        let (rate, burst) = (self.limits.list_rate, f64::from(self.limits.list_burst));
+        if !self.limiter.allow_list(id, t, rate, burst) {
+            // No answer: the client asks again a second later, as for a lost datagram.
+            self.stats.list_limited += 1;
+            debug!("{from}: client {id} asks for List pages faster than {rate} a second");
             return;
         }
         let page = self.page(now, after);
@@ -945,6 +959,7 @@ impl Registry {
     /// name it had.
     fn remove(&mut self, id: ClientId) -> (Record, Option<Box<str>>) {
         let r = self.clients.remove(id).expect("removing a present id");
+        self.limiter.left(id, r.addr);
         if id < self.next_id {
             self.free_ids.insert(id);
         }

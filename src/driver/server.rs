@@ -18,7 +18,7 @@ use super::{
     RECV_BUFFER, SERVER_RECEIVE_BUFFER, SIGNALS, SOCKET, WAKER,
 };
 use crate::app::table::TablePrinter;
-use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats};
+use crate::registry::{Limits, Registry, RegistryConfig, Stats as RegistryStats};
 use crate::wire::Packer;
 
 /// Settings of `p2pchat server`.
@@ -30,10 +30,14 @@ pub struct ServerOptions {
     pub table_rows: usize,
 }
 
-/// Runs the rendezvous server until SIGINT or SIGTERM. Prints the listening address and the
-/// table (on every change) to `out`.
-pub fn run_server(opts: &ServerOptions, out: &mut dyn Write) -> Result<(), FatalError> {
-    let mut server = Server::bind(opts)?;
+/// Runs the rendezvous server, with `limits`, until SIGINT or SIGTERM. Prints the listening
+/// address and the table (on every change) to `out`.
+pub fn run_server(
+    opts: &ServerOptions,
+    limits: Limits,
+    out: &mut dyn Write,
+) -> Result<(), FatalError> {
+    let mut server = Server::bind(opts)?.with_limits(limits);
     server.stop_on_signals()?;
     server.run(out).map(|_| ())
 }
@@ -85,6 +89,12 @@ impl Server {
             },
             signals: None,
         })
+    }
+
+    /// The same server with other [`Limits`] than the default ones.
+    pub fn with_limits(mut self, limits: Limits) -> Server {
+        self.registry = self.registry.with_limits(limits);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
