@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                 list_rate: list_rate.max(0.0),
                 list_burst: list_burst.max(1),
             };
-            driver::run_server(&opts, limits, &mut std::io::stdout())
+            driver::run_server(&opts, limits, std::io::stdout())
         }
         Command::Client {
             server,

@@ -1,6 +1,7 @@
 //! Attacks on `p2pchat server` over the wire, through the real binary on loopback: a `List`
 //! flood from a registered client, a registration flood from the legitimate client's own IP
-//! address, a few addresses of one network trying to fill the table.
+//! address, a few addresses of one network trying to fill the table; and a server whose
+//! stdout nobody reads.
 //!
 //! Every flood is bounded in count and time (a few seconds at most) and goes to 127.0.0.1.
 //! The state machine's rules behind them are tested with a simulated clock in
@@ -8,13 +9,15 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{parse_listening_line, Server};
 use p2pchat::wire::{self, decode_all, encode, ClientId, ErrorCode, Message, Token};
 
 fn socket_on(ip: &str) -> UdpSocket {
@@ -280,4 +283,149 @@ fn eleven_addresses_of_one_network_cannot_fill_max_clients() {
     }
     assert_eq!((registered, full), (25, 30));
     register(&socket_on("127.0.1.1"), addr);
+}
+
+// ---------------------------------------------------------------- stdout nobody reads
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The server's stdout is a pipe that the test stops reading after the first line. Clients
+/// register and leave for 3 s, so the server prints far more than the pipe holds (its
+/// table of a few hundred rows, ten times a second). Lookups are answered throughout, each
+/// within 500 ms; once the pipe is read again, a line says how many lines were dropped.
+#[test]
+fn a_server_whose_stdout_is_not_read_keeps_answering() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pchat"))
+        .args([
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+            "--register-rate",
+            "0",
+            "--table-rows",
+            "1000",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start the p2pchat binary");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let child = Killed(child);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr = parse_listening_line(first.trim_end()).expect("the listening line");
+    // From here on, nobody reads stdout until the churn is over.
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let churn = {
+        let (stop, changes) = (Arc::clone(&stop), Arc::clone(&changes));
+        thread::spawn(move || {
+            let sockets: Vec<UdpSocket> = (0..300).map(|_| socket_on("127.0.0.1")).collect();
+            for s in &sockets {
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+            }
+            let mut held: Vec<Option<(ClientId, Token)>> = vec![None; sockets.len()];
+            let started = Instant::now();
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(3) {
+                // Keep most registered (a long table), and churn one in three.
+                let i = k % sockets.len();
+                k += 1;
+                let msg = match held[i] {
+                    Some((id, token)) if k % 3 == 0 => Message::Leave { id, token },
+                    Some(_) => continue,
+                    None => Message::Register { want_id: None },
+                };
+                sockets[i].send_to(&encode(&msg), addr).unwrap();
+                match recv_all(&sockets[i], addr).as_deref() {
+                    Some([Message::Registered { id, token, .. }]) => held[i] = Some((*id, *token)),
+                    Some([Message::LeaveAck { .. }]) => held[i] = None,
+                    _ => continue,
+                }
+                changes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let prober = socket_on("127.0.0.1");
+    let lookup = encode(&Message::Lookup { id: 1 });
+    let (mut lookups, mut slowest) = (0, Duration::ZERO);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        prober.send_to(&lookup, addr).unwrap();
+        let answer = recv_all(&prober, addr).unwrap_or_else(|| {
+            panic!(
+                "a lookup went unanswered after {:?} of churn ({} changes)",
+                started.elapsed(),
+                changes.load(Ordering::Relaxed)
+            )
+        });
+        assert!(
+            matches!(
+                answer[..],
+                [Message::Found { .. } | Message::Inactive { .. }]
+            ),
+            "{answer:?}"
+        );
+        slowest = slowest.max(t.elapsed());
+        lookups += 1;
+        thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    let changes = changes.load(Ordering::Relaxed);
+    println!("{changes} registrations and leaves, {lookups} lookups, slowest {slowest:?}");
+    assert!(changes > 1000, "only {changes} changes: too little output");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest lookup {slowest:?}"
+    );
+
+    // Read again: the server says how many lines it dropped, at its next change.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let late = socket_on("127.0.0.1");
+    let mut registered = false;
+    let notice = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no line about dropped output");
+        if !registered && rx.recv_timeout(Duration::from_millis(200)).is_err() {
+            // The backlog is read: one more change makes the server print.
+            register(&late, addr);
+            registered = true;
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) if line.contains("lines of output dropped") => break line,
+            _ => {}
+        }
+    };
+    println!("{notice}");
+    let n: u64 = notice
+        .trim_start_matches('(')
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{notice:?}"));
+    assert!(n > 0, "{notice}");
+    drop(child);
 }
