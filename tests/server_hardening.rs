@@ -429,3 +429,45 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
     assert!(n > 0, "{notice}");
     drop(child);
 }
+
+// ---------------------------------------------------------------- names in the table
+
+/// A display name with a right-to-left override (which the server accepts: it is not a
+/// control character) is printed as `p2pchat::text::sanitize` makes it, in the change line
+/// and in the table. (An escape sequence never gets this far: the server refuses a display
+/// name with control characters; the table's unit tests cover it.)
+#[test]
+fn the_printed_table_shows_a_display_name_as_sanitize_makes_it() {
+    use p2pchat::text::sanitize;
+    let server = Server::start(&[]);
+    let sock = socket_on("127.0.0.1");
+    let (id, token) = register(&sock, server.addr);
+    let me = sock.local_addr().unwrap();
+    server.expect_next_line(&format!("client {id} joined from {me}"));
+    let display = "Mallory \u{202e}fdp.exe";
+    sock.send_to(
+        &encode(&Message::Claim {
+            id,
+            token,
+            name: "mallory".into(),
+            display_name: Some(display.into()),
+            previous: None,
+        }),
+        server.addr,
+    )
+    .unwrap();
+    let answers = recv_all(&sock, server.addr).expect("an answer to Claim");
+    assert!(
+        matches!(answers[..], [Message::Claimed { .. }]),
+        "{answers:?}"
+    );
+    let safe = sanitize(display);
+    let line = server
+        .proc
+        .wait_for_line("the change line", |l| l.contains("is now"));
+    assert_eq!(line, format!("client {id} at {me} is now mallory ({safe})"));
+    let row = server
+        .proc
+        .wait_for_line("the table row", |l| l.contains("mallory"));
+    assert!(row.ends_with(&format!("  {safe}")), "{row:?}");
+}
