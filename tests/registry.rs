@@ -996,8 +996,13 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
 // ---------------------------------------------------------------------- registration rate
 
 fn rate_limited_registry(rate: f64, burst: u32) -> Registry {
+    limited_registry(RegistryConfig::default().max_clients, rate, burst)
+}
+
+fn limited_registry(max_clients: usize, rate: f64, burst: u32) -> Registry {
     Registry::with_seed(
         RegistryConfig {
+            max_clients,
             register_rate: rate,
             register_burst: burst,
             ..RegistryConfig::default()
@@ -1115,15 +1120,7 @@ fn a_client_retrying_from_an_ip_that_floods_is_registered_within_seconds() {
 #[test]
 fn eleven_addresses_of_one_slash_24_cannot_fill_max_clients() {
     let t0 = Instant::now();
-    let mut r = Registry::with_seed(
-        RegistryConfig {
-            max_clients: 2000,
-            register_rate: 1000.0,
-            register_burst: 1000,
-            ..RegistryConfig::default()
-        },
-        SEED,
-    );
+    let mut r = limited_registry(2000, 1000.0, 1000);
     let cap = r.limits().per_prefix(2000);
     assert_eq!(cap, 250);
     let mut now = t0;
@@ -1223,14 +1220,7 @@ fn a_retransmitted_register_spends_no_registration_token() {
 #[test]
 fn a_zero_rate_means_no_limit() {
     let t0 = Instant::now();
-    let mut r = Registry::with_seed(
-        RegistryConfig {
-            max_clients: 500,
-            register_rate: 0.0,
-            ..RegistryConfig::default()
-        },
-        SEED,
-    );
+    let mut r = limited_registry(500, 0.0, 1);
     assert!(r.limits().per_prefix(500) < 500);
     for port in 1..=500 {
         register(&mut r, t0, addr(port), None);
@@ -1993,16 +1983,22 @@ fn paging_is_correct_when_clients_join_and_leave_between_pages() {
     }
 }
 
+/// A registry without limits, and 60,000 clients registered in it (ids 1 to 60,000, from
+/// `many_addr(0..60_000)`).
+fn sixty_thousand_clients(t0: Instant) -> (Registry, Vec<(ClientId, Token)>) {
+    let mut r = unlimited_registry(100_000);
+    let clients = (0..60_000)
+        .map(|i| register(&mut r, t0, many_addr(i), None))
+        .collect();
+    (r, clients)
+}
+
 /// Ids a client asked for, far above the others, are listed too, in order; and a long run
 /// of free ids costs nothing: the 23 clients come in one page that looked at 23 clients.
 #[test]
 fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     let t0 = Instant::now();
-    let mut r = unlimited_registry(100_000);
-    let mut clients = Vec::new();
-    for i in 0..60_000 {
-        clients.push(register(&mut r, t0, many_addr(i), None));
-    }
+    let (mut r, clients) = sixty_thousand_clients(t0);
     // All but the first and last 10 leave: a long run of free ids in the middle.
     for &(id, token) in &clients[10..clients.len() - 10] {
         let from = many_addr(id - 1);
@@ -2043,11 +2039,7 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
 #[test]
 fn a_list_page_looks_only_at_the_clients_it_lists_whatever_the_gaps() {
     let t0 = Instant::now();
-    let mut r = unlimited_registry(100_000);
-    let mut clients = Vec::new();
-    for i in 0..60_000 {
-        clients.push(register(&mut r, t0, many_addr(i), None));
-    }
+    let (mut r, clients) = sixty_thousand_clients(t0);
     // Every 3,000th client stays, and names itself at length (8 to a page).
     let mut stay = Vec::new();
     for (i, &(id, token)) in clients.iter().enumerate() {
