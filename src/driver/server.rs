@@ -60,8 +60,8 @@ const MAX_CHUNK: usize = 1 << 20;
 /// to a thread of its own through a bounded queue, and that thread writes it to the real
 /// output. When the queue is full (the reader is slow, or gone), the text is dropped and
 /// its lines counted, and the next text that gets through starts with a line saying how
-/// many were dropped. Memory: at most [`OUTPUT_CHUNKS`] chunks of at most [`MAX_CHUNK`]
-/// bytes.
+/// many were dropped. Memory: at most 64 chunks (`OUTPUT_CHUNKS`) of at most 1 MiB
+/// (`MAX_CHUNK`).
 pub struct OutputQueue {
     pending: Vec<u8>,
     queue: Option<SyncSender<Vec<u8>>>,

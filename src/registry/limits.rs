@@ -16,7 +16,7 @@
 //! *retries from the same address* and the flooder never does (were it to, each of its
 //! addresses would be one client, registered once). So:
 //!
-//! 1. A refused address is remembered in a [`Sightings`] table (a fixed array indexed by a
+//! 1. A refused address is remembered in a table of sightings (a fixed array indexed by a
 //!    keyed hash of the address, newest wins). A `Register` from an address seen refused
 //!    in the last [`STALE`] is a retry: the address joins its prefix's waiting list, a FIFO
 //!    of at most [`MAX_WAITING`] addresses (and [`MAX_WAITING_TOTAL`] over all prefixes).
