@@ -1,23 +1,28 @@
 //! Does a flood stop the rendezvous server from serving a well-behaved client?
 //!
-//! Runs the real server loop (`p2pchat::driver::Server`) on a thread, registers one
-//! well-behaved client, and measures the round trip of its lookups (one at a time) in three
-//! phases of the same run:
+//! Runs the real server loop (`p2pchat::driver::Server`) on a thread with the default
+//! settings, gives it a table that once held 60,000 clients (registered from 300 networks,
+//! then all but one in a thousand left: long runs of free ids), registers one well-behaved
+//! client, and measures the round trip of its lookups (one at a time) in four phases of the
+//! same run:
 //!
 //! 1. no flood;
 //! 2. one source sending garbage as fast as it can;
-//! 3. one source registering as fast as it can (from many ports of one IP address).
+//! 3. one source registering as fast as it can (from many ports of one IP address);
+//! 4. one registered client asking for `List` pages as fast as it can, eight to a datagram.
 //!
 //! It prints p50/p99/max latency and lookups per second for each phase, the flood's rate,
-//! how many lookups got no answer within a second, and what the registration rate limit let
-//! through.
+//! how many lookups got no answer within a second, what the registration rate limit let
+//! through and how many `List` pages the flooder got, and ends with the target line of the
+//! `List` flood: the well-behaved client's p99 within 5x of the no-flood p99, no lookup
+//! lost.
 //!
 //! ```sh
 //! cargo run --release --example flood_latency            # 3 s per phase
 //! cargo run --release --example flood_latency -- 10      # 10 s per phase
 //! ```
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use p2pchat::driver::{Server, ServerOptions};
 use p2pchat::registry::RegistryConfig;
-use p2pchat::wire::{self, Message};
+use p2pchat::wire::{self, ClientId, Message, Token};
 
 struct Phase {
     name: &'static str,
@@ -33,6 +38,8 @@ struct Phase {
     lost: u64,
     elapsed: Duration,
     flood_sent: u64,
+    /// Answers the flooder received (`List` pages in the `List` flood).
+    flood_answers: u64,
 }
 
 fn main() {
@@ -52,6 +59,12 @@ fn main() {
     let stopper = server.stopper();
     let server_thread = thread::spawn(move || server.run(&mut std::io::sink()));
 
+    let started = Instant::now();
+    let kept = leave_gaps(server_addr, 300, 1000);
+    println!(
+        "a table that held 60000 clients, {kept} of them left, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     // The well-behaved client: registered, then looking itself up, one lookup at a time.
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
@@ -77,28 +90,54 @@ fn main() {
         "registration flood",
         Some(Flood::Register),
     );
+    // The client that asks for List pages, on another network, registered just before.
+    let lister = UdpSocket::bind("127.0.1.1:0").unwrap();
+    lister
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let lister_id = register_with_token(&lister, server_addr).expect("the lister registers");
+    let lists = measure(
+        &client,
+        server_addr,
+        id,
+        phase_len,
+        "List flood",
+        Some(Flood::List(lister, lister_id)),
+    );
 
     stopper.stop();
     let stats = server_thread
         .join()
         .expect("server thread")
         .expect("server ran");
-    for p in [&quiet, &garbage, &registrations] {
+    for p in [&quiet, &garbage, &registrations, &lists] {
         report(p, &quiet);
     }
     println!(
-        "server counters: {} datagrams, {} garbage, {} malformed, {} registrations rate-limited",
-        stats.datagrams, stats.garbage, stats.malformed, stats.rate_limited
+        "server counters: {} datagrams, {} garbage, {} malformed, {} registrations rate-limited, {} List pages sent",
+        stats.datagrams, stats.garbage, stats.malformed, stats.rate_limited, stats.list_pages
+    );
+    let ratio = p99(&lists).as_secs_f64() / p99(&quiet).as_secs_f64().max(1e-9);
+    let ok = ratio <= 5.0 && lists.lost == 0;
+    println!(
+        "flood_latency List flood: p99 {ratio:.1}x the no-flood p99 (target <= 5), {} lookups lost (target 0) {}",
+        lists.lost,
+        if ok { "ok" } else { "MISSED" }
     );
 }
 
-#[derive(Clone, Copy)]
 enum Flood {
     Garbage,
     Register,
+    /// From this registered client (its socket, id and token).
+    List(UdpSocket, (ClientId, Token)),
 }
 
 fn register(socket: &UdpSocket, server: SocketAddr) -> Option<u32> {
+    register_with_token(socket, server).map(|(id, _)| id)
+}
+
+fn register_with_token(socket: &UdpSocket, server: SocketAddr) -> Option<(ClientId, Token)> {
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         socket
@@ -112,12 +151,86 @@ fn register(socket: &UdpSocket, server: SocketAddr) -> Option<u32> {
             )
             .ok()?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
-            if let Ok(Message::Registered { id, .. }) = wire::decode(&buf[..n]) {
-                return Some(id);
+            if let Ok(Message::Registered { id, token, .. }) = wire::decode(&buf[..n]) {
+                return Some((id, token));
             }
         }
     }
     None
+}
+
+/// Registers `blocks` x 200 clients, 200 from each of `blocks` networks (127.3.0.0/24,
+/// 127.3.1.0/24, ...: within every source's registration burst), then makes all but one in
+/// `keep_every` leave: the ids they had are free, in long runs. Returns how many left.
+fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
+    const PER_BLOCK: usize = 200;
+    let mut buf = [0u8; 2048];
+    let mut left = 0;
+    let mut n = 0u32;
+    for block in 0..blocks {
+        let ip = Ipv4Addr::new(127, 3 + (block / 256) as u8, (block % 256) as u8, 1);
+        let sockets: Vec<UdpSocket> = (0..PER_BLOCK)
+            .map(|_| {
+                let s = UdpSocket::bind((ip, 0)).expect("bind a loopback address");
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                s
+            })
+            .collect();
+        let mut registered: Vec<Option<(ClientId, Token)>> = vec![None; PER_BLOCK];
+        for _attempt in 0..5 {
+            for (s, r) in sockets.iter().zip(&registered) {
+                if r.is_none() {
+                    let _ = s.send_to(
+                        &wire::encode(&Message::Register {
+                            want_id: None,
+                            nonce: 0,
+                            pad: Default::default(),
+                        }),
+                        server,
+                    );
+                }
+            }
+            for (s, r) in sockets.iter().zip(registered.iter_mut()) {
+                if r.is_none() {
+                    if let Ok((len, _)) = s.recv_from(&mut buf) {
+                        if let Ok(Message::Registered { id, token, .. }) = wire::decode(&buf[..len])
+                        {
+                            *r = Some((id, token));
+                        }
+                    }
+                }
+            }
+            if registered.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        let mut leaving = Vec::new();
+        for (s, r) in sockets.iter().zip(&registered) {
+            n += 1;
+            if let Some((id, token)) = *r {
+                if n % keep_every != 0 {
+                    let _ = s.send_to(
+                        &wire::encode(&Message::Leave {
+                            id,
+                            token,
+                            nonce: 0,
+                            pad: Default::default(),
+                        }),
+                        server,
+                    );
+                    leaving.push(s);
+                }
+            }
+        }
+        // The acknowledgements (so that the leaves are done before the next block).
+        for s in leaving {
+            if s.recv_from(&mut buf).is_ok() {
+                left += 1;
+            }
+        }
+    }
+    left
 }
 
 fn measure(
@@ -130,9 +243,10 @@ fn measure(
 ) -> Phase {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let answers = Arc::new(AtomicU64::new(0));
     let flooder = flood.map(|kind| {
-        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-        thread::spawn(move || run_flood(kind, server, &stop, &sent))
+        let (stop, sent, answers) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&answers));
+        thread::spawn(move || run_flood(kind, server, &stop, &sent, &answers))
     });
     // Let the flood reach full speed first.
     if flooder.is_some() {
@@ -177,10 +291,17 @@ fn measure(
         lost,
         elapsed,
         flood_sent: sent.load(Ordering::SeqCst),
+        flood_answers: answers.load(Ordering::SeqCst),
     }
 }
 
-fn run_flood(kind: Flood, server: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
+fn run_flood(
+    kind: Flood,
+    server: SocketAddr,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+    answers: &AtomicU64,
+) {
     match kind {
         Flood::Garbage => {
             // Another source address than the client's: 127.0.0.2.
@@ -220,7 +341,44 @@ fn run_flood(kind: Flood, server: SocketAddr, stop: &AtomicBool, sent: &AtomicU6
                 i += 1;
             }
         }
+        Flood::List(socket, (id, token)) => {
+            // Eight Lists in a datagram (as many as the server handles of one), sent as fast
+            // as the socket takes them; the pages that come back are counted.
+            let list = wire::encode(&Message::List {
+                id,
+                token,
+                after: None,
+                nonce: 0,
+                pad: Default::default(),
+            });
+            let mut datagram = list.clone();
+            for _ in 1..8 {
+                datagram.extend_from_slice(&list[2..]);
+            }
+            socket.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if socket.send_to(&datagram, server).is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                while let Ok((n, _)) = socket.recv_from(&mut buf) {
+                    if let Ok(messages) = wire::decode_all(&buf[..n]) {
+                        let pages = messages
+                            .iter()
+                            .filter(|m| matches!(m, Message::Listing { .. }))
+                            .count();
+                        answers.fetch_add(pages as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
     }
+}
+
+fn p99(p: &Phase) -> Duration {
+    let mut l = p.latencies.clone();
+    l.sort_unstable();
+    percentile(&l, 0.99)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -237,8 +395,13 @@ fn report(p: &Phase, baseline: &Phase) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let rate = l.len() as f64 / p.elapsed.as_secs_f64();
     let flood = if p.flood_sent > 0 {
+        let answered = if p.flood_answers > 0 {
+            format!(" ({} List pages answered)", p.flood_answers)
+        } else {
+            String::new()
+        };
         format!(
-            ", flood {:.0} datagrams/s",
+            ", flood {:.0} datagrams/s{answered}",
             p.flood_sent as f64 / p.elapsed.as_secs_f64()
         )
     } else {

@@ -11,7 +11,7 @@ use p2pchat::app::profile::StateChoice;
 use p2pchat::app::render::Style;
 use p2pchat::driver::{self, ClientOptions, ServerOptions, UiMode};
 use p2pchat::peer::PeerConfig;
-use p2pchat::registry::RegistryConfig;
+use p2pchat::registry::{Limits, RegistryConfig};
 use p2pchat::wire;
 
 #[derive(Parser, Debug)]
@@ -38,12 +38,25 @@ enum Command {
         /// Most clients registered at once; past it, registrations are refused ("server full").
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         max_clients: u64,
-        /// New registrations allowed per second from one IP address, on average (0: no limit).
+        /// New registrations allowed per second from one network (IPv4 /24, IPv6 /56), on
+        /// average; addresses that retry are served first (0: no limit per network, nor
+        /// --max-per-prefix).
         #[arg(long, default_value_t = 20.0)]
         register_rate: f64,
-        /// New registrations one IP address may make at once before --register-rate applies.
+        /// New registrations one network may make at once before --register-rate applies.
         #[arg(long, default_value_t = 200)]
         register_burst: u32,
+        /// Most clients registered at once from one network (IPv4 /24, IPv6 /56) [default:
+        /// the larger of 16 and --max-clients / 8].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_per_prefix: Option<u64>,
+        /// List pages one client may ask for per second, on average; a page beyond it gets
+        /// no answer, and the client asks again (0: no limit).
+        #[arg(long, default_value_t = 16.0)]
+        list_rate: f64,
+        /// List pages one client may ask for at once before --list-rate applies.
+        #[arg(long, default_value_t = 64)]
+        list_burst: u32,
         /// Above this many clients, the printed table shows the count instead of every row.
         #[arg(long, default_value_t = 100)]
         table_rows: usize,
@@ -141,6 +154,9 @@ fn main() -> ExitCode {
             max_clients,
             register_rate,
             register_burst,
+            max_per_prefix,
+            list_rate,
+            list_burst,
             table_rows,
             no_list,
         } => {
@@ -155,7 +171,12 @@ fn main() -> ExitCode {
                 },
                 table_rows,
             };
-            driver::run_server(&opts, &mut std::io::stdout())
+            let limits = Limits {
+                max_per_prefix: max_per_prefix.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                list_rate: list_rate.max(0.0),
+                list_burst: list_burst.max(1),
+            };
+            driver::run_server(&opts, limits, std::io::stdout())
         }
         Command::Client {
             server,

@@ -8,13 +8,18 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::debug;
 use rand::{Rng, SeedableRng};
 
 use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token, Transmit};
+
+pub mod limits;
+
+use limits::{Limiter, Verdict};
+pub use limits::{Limits, Prefix};
 
 /// Settings of a [`Registry`].
 #[derive(Debug, Clone)]
@@ -23,11 +28,13 @@ pub struct RegistryConfig {
     pub ttl: Duration,
     /// Registrations beyond this many active clients are refused with `ServerFull`.
     pub max_clients: usize,
-    /// New registrations allowed per second from one source IP address, on average
-    /// (a token bucket); 0 means no limit. Retransmitted registrations do not count.
+    /// New registrations allowed per second from one network prefix (IPv4 /24, IPv6 /56),
+    /// on average (a token bucket, fair to addresses that retry: see [`Limits`]); 0 means no
+    /// limit per source (nor [`Limits::max_per_prefix`]). Retransmitted registrations do
+    /// not count.
     pub register_rate: f64,
-    /// How many new registrations one source IP address may make at once before the rate
-    /// applies (the bucket's size).
+    /// How many new registrations one prefix may make at once before the rate applies (the
+    /// bucket's size).
     pub register_burst: u32,
     /// Whether registered clients may ask who is online (`List`); `false` answers every
     /// `List` with `ListDisabled` (`p2pchat server --no-list`).
@@ -50,20 +57,6 @@ impl Default for RegistryConfig {
 /// that its answers to one datagram stay within a small multiple of the datagram's size.
 pub const MAX_MESSAGES_PER_DATAGRAM: usize = 8;
 
-/// Most source addresses whose registration buckets are remembered; past it, full buckets
-/// (sources quiet long enough to have refilled) are forgotten.
-const MAX_BUCKETS: usize = 65_536;
-
-/// A token bucket limiting new registrations from one source IP address.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    /// When this source was last told it is rate-limited (told at most once a second, so
-    /// that refusals do not become a flood of their own).
-    warned: Option<Instant>,
-}
-
 /// One active client, as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -85,12 +78,6 @@ struct Name {
     display_name: Option<Box<str>>,
 }
 
-/// The most id slots one `List` page looks at. The dense id index may have long runs of
-/// free ids (after many clients left); the page then ends early, with `next` naming the
-/// last id looked at, so that one request costs a bounded amount of work whatever the
-/// table looks like.
-pub const MAX_LIST_SCAN: usize = 16_384;
-
 /// How a client is stored: 64 bytes, times in nanoseconds since the table's epoch.
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -104,13 +91,16 @@ struct Record {
 }
 
 /// The active clients: records in a dense vector, found by id or by address in O(1) (the
-/// cost of a lookup does not grow with the table), at about 165 bytes per client.
+/// cost of a lookup does not grow with the table), and their ids in order, so that a `List`
+/// page costs the clients it lists whatever gaps the ids have.
 #[derive(Debug, Default)]
 struct Table {
     epoch: Option<Instant>,
     records: Vec<Record>,
     by_id: IdIndex,
     by_addr: HashMap<SocketAddr, u32>,
+    /// The ids of the records, in order.
+    ids: BTreeSet<ClientId>,
 }
 
 /// Where each id's record is. Ids are handed out lowest first, so they stay dense: those
@@ -162,30 +152,6 @@ impl IdIndex {
         }
     }
 
-    /// Every id slot above `after` (from the first with `None`) in increasing id order: the
-    /// dense part's slots, free ones included (as `None`, so that a caller can bound how
-    /// many it looks at), then the sparse ids.
-    fn slots_after(
-        &self,
-        after: Option<ClientId>,
-    ) -> impl Iterator<Item = (ClientId, Option<u32>)> + Clone + '_ {
-        use std::ops::Bound;
-        let start = after.map_or(0, |a| a as usize + 1);
-        let dense = self
-            .dense
-            .get(start..)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-            .map(move |(k, &i)| ((start + k) as ClientId, (i != ABSENT).then_some(i)));
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let sparse = self
-            .sparse
-            .range((from, Bound::Unbounded))
-            .map(|(&id, &i)| (id, Some(i)));
-        dense.chain(sparse)
-    }
-
     fn remove(&mut self, id: ClientId) -> Option<u32> {
         match self.dense.get_mut(id as usize) {
             Some(slot) => {
@@ -195,19 +161,6 @@ impl IdIndex {
             None => self.sparse.remove(&id),
         }
     }
-}
-
-/// Whether the slots hold no client, looking at no more than `budget` of them (if it runs
-/// out, there may be one).
-fn no_client_in(mut slots: impl Iterator<Item = (ClientId, Option<u32>)>, budget: usize) -> bool {
-    for _ in 0..budget {
-        match slots.next() {
-            None => return true,
-            Some((_, Some(_))) => return false,
-            Some((_, None)) => {}
-        }
-    }
-    false
 }
 
 impl Table {
@@ -248,6 +201,7 @@ impl Table {
         let i = u32::try_from(self.records.len()).expect("fewer than 2^32 clients");
         self.by_id.set(r.id, i, self.records.len() + 1);
         self.by_addr.insert(r.addr, i);
+        self.ids.insert(r.id);
         self.records.push(r);
     }
 
@@ -255,6 +209,7 @@ impl Table {
         let i = self.by_id.remove(id)?;
         let r = self.records.swap_remove(i as usize);
         self.by_addr.remove(&r.addr);
+        self.ids.remove(&id);
         // The last record moved into the hole.
         if let Some(moved) = self.records.get(i as usize) {
             self.by_id.set(moved.id, i, self.records.len());
@@ -332,8 +287,15 @@ pub struct Stats {
     pub claims_refused: u64,
     /// `List` pages sent.
     pub list_pages: u64,
+    /// Clients looked at to build the `List` pages: at most one more than each page lists,
+    /// whatever gaps the ids have.
+    pub list_examined: u64,
+    /// `List` requests left unanswered because their client went over its `List` rate.
+    pub list_limited: u64,
     /// New registrations refused because their source went over its rate.
     pub rate_limited: u64,
+    /// New registrations refused because their prefix held `max_per_prefix` clients.
+    pub prefix_full: u64,
     /// Messages dropped because their datagram packed more than
     /// [`MAX_MESSAGES_PER_DATAGRAM`].
     pub excess: u64,
@@ -366,7 +328,8 @@ pub struct Registry {
     expiry: BinaryHeap<Reverse<(u64, ClientId, u32)>>,
     serial: u32,
     departed: HashMap<SocketAddr, Departure>,
-    buckets: HashMap<IpAddr, Bucket>,
+    limits: Limits,
+    limiter: Limiter,
     departed_order: VecDeque<SocketAddr>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TableEvent>,
@@ -385,7 +348,8 @@ impl Registry {
         Self::with_rng(config, rand::rngs::StdRng::seed_from_u64(seed))
     }
 
-    fn with_rng(config: RegistryConfig, rng: rand::rngs::StdRng) -> Self {
+    fn with_rng(config: RegistryConfig, mut rng: rand::rngs::StdRng) -> Self {
+        let key = rng.random();
         Registry {
             config,
             clients: Table::default(),
@@ -396,7 +360,8 @@ impl Registry {
             expiry: BinaryHeap::new(),
             serial: 0,
             departed: HashMap::new(),
-            buckets: HashMap::new(),
+            limits: Limits::default(),
+            limiter: Limiter::new(key),
             departed_order: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -405,8 +370,18 @@ impl Registry {
         }
     }
 
+    /// The same registry with other [`Limits`] (give them before the first datagram).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     pub fn config(&self) -> &RegistryConfig {
         &self.config
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The active clients, in id order (this sorts: it is for printing and tests, not for
@@ -631,7 +606,7 @@ impl Registry {
             self.send(from, answer);
             return;
         }
-        if !self.take_registration_token(now, from) {
+        if !self.within_source_limits(now, from) {
             return;
         }
         if self.clients.len() >= self.config.max_clients {
@@ -668,6 +643,7 @@ impl Registry {
             id,
             serial: self.serial,
         });
+        self.limiter.joined(from);
         let deadline = t.saturating_add(self.ttl_nanos());
         self.expiry.push(Reverse((deadline, id, self.serial)));
         if self.departed.remove(&from).is_some() {
@@ -679,47 +655,42 @@ impl Registry {
         self.send(from, answer);
     }
 
-    /// Spends one of the source's registration tokens; false (and perhaps a `RateLimited`
-    /// answer) when it has none left.
-    fn take_registration_token(&mut self, now: Instant, from: SocketAddr) -> bool {
-        let (rate, burst) = (
-            self.config.register_rate,
-            f64::from(self.config.register_burst),
-        );
+    /// Whether a new registration from `from` is within the limits per source: its prefix's
+    /// rate (spending a token; see [`Limits`] for how that is fair to clients that retry)
+    /// and its cap on clients. If not, `from` is answered (`RateLimited` at most once a
+    /// second, `ServerFull` for a prefix at its cap) or, past those bounds, not answered.
+    fn within_source_limits(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let rate = self.config.register_rate;
         if rate <= 0.0 {
             return true;
         }
-        if self.buckets.len() >= MAX_BUCKETS {
-            self.buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
-            });
+        let t = self.clients.nanos(now);
+        let burst = f64::from(self.config.register_burst);
+        let prefix = Prefix::of(from.ip());
+        if let Verdict::Refuse { tell } = self.limiter.admit(t, from, rate, burst) {
+            self.stats.rate_limited += 1;
+            debug!("{from}: too many registrations from {prefix}");
+            if tell {
+                self.send_error(
+                    from,
+                    ErrorCode::RateLimited,
+                    format!("too many registrations from {prefix}; keep retrying: addresses that retry are served first"),
+                );
+            }
+            return false;
         }
-        let b = self.buckets.entry(from.ip()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-            warned: None,
-        });
-        let refill = now.saturating_duration_since(b.last).as_secs_f64() * rate;
-        b.tokens = (b.tokens + refill).min(burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return true;
-        }
-        self.stats.rate_limited += 1;
-        let warn = b
-            .warned
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
-        if warn {
-            b.warned = Some(now);
-            debug!("{from}: too many registrations from {}", from.ip());
+        let cap = self.limits.per_prefix(self.config.max_clients);
+        if self.limiter.live(from) >= cap {
+            self.stats.prefix_full += 1;
+            debug!("{from}: {prefix} has {cap} clients already");
             self.send_error(
                 from,
-                ErrorCode::RateLimited,
-                format!("too many registrations from {}; wait", from.ip()),
+                ErrorCode::ServerFull,
+                format!("too many clients from {prefix} (at most {cap}); try again later"),
             );
+            return false;
         }
-        false
+        true
     }
 
     #[inline(never)] // kept out of handle_message, which lookups go through
@@ -841,8 +812,7 @@ impl Registry {
     }
 
     /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
-    /// in a datagram of `PACK_LIMIT` bytes (looking at no more than `MAX_LIST_SCAN` id
-    /// slots).
+    /// in a datagram of `PACK_LIMIT` bytes; within the client's `List` rate.
     #[inline(never)] // rare: kept out of handle_message, which lookups go through
     fn list(
         &mut self,
@@ -864,6 +834,14 @@ impl Registry {
             );
             return;
         }
+        let t = self.clients.nanos(now);
+        let (rate, burst) = (self.limits.list_rate, f64::from(self.limits.list_burst));
+        if !self.limiter.allow_list(id, t, rate, burst) {
+            // No answer: the client asks again a second later, as for a lost datagram.
+            self.stats.list_limited += 1;
+            debug!("{from}: client {id} asks for List pages faster than {rate} a second");
+            return;
+        }
         let page = self.page(now, after);
         self.stats.list_pages += 1;
         self.send(from, page);
@@ -872,8 +850,10 @@ impl Registry {
     /// One `Listing` page. Its size is measured with the encoder: MessagePack values
     /// concatenate, so the page is the empty `Listing` (with its `next` and `total`), plus
     /// the array header's growth, plus each client's own encoding; the result is checked
-    /// with `wire::encode` before it goes.
+    /// with `wire::encode` before it goes. It walks the ordered ids from `after`, so it
+    /// looks at the clients it lists and at most one more (`Stats::list_examined`).
     fn page(&mut self, now: Instant, after: Option<ClientId>) -> Message {
+        use std::ops::Bound;
         let now_ns = self.clients.nanos(now);
         let total = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
         let empty = |next: Option<ClientId>| {
@@ -895,42 +875,35 @@ impl Registry {
         let mut bytes = 0;
         let mut scratch = Vec::with_capacity(256);
         let mut next = None;
-        let mut scanned = 0;
-        let mut slots = self.clients.by_id.slots_after(after).peekable();
-        while let Some((slot_id, position)) = slots.next() {
-            scanned += 1;
-            if let Some(i) = position {
-                let r = &self.clients.records[i as usize];
-                let name = self.name_of(slot_id);
-                let listed = Listed {
-                    id: slot_id,
-                    name: name.map(|n| n.name.to_string()),
-                    display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
-                    online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
-                        .unwrap_or(u32::MAX),
-                };
-                scratch.clear();
-                rmp_serde::encode::write_named(&mut scratch, &listed)
-                    .expect("encoding into a Vec cannot fail");
-                let with = bytes + scratch.len();
-                let n = clients.len() + 1;
-                // Exact when more clients follow (`next` is this id); the last client of
-                // the table may also fit with `next` nil, which is shorter.
-                let fits = size_with(Some(slot_id), n, with) <= wire::PACK_LIMIT
-                    || (size_with(None, n, with) <= wire::PACK_LIMIT
-                        && no_client_in(slots.clone(), MAX_LIST_SCAN - scanned));
-                if !fits {
-                    debug_assert!(!clients.is_empty(), "one client always fits in a page");
-                    next = clients.last().map(|c| c.id).or(after);
-                    break;
-                }
-                clients.push(listed);
-                bytes = with;
-            }
-            if scanned >= MAX_LIST_SCAN && slots.peek().is_some() {
-                next = Some(slot_id);
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut ids = self.clients.ids.range((from, Bound::Unbounded)).peekable();
+        while let Some(&id) = ids.next() {
+            self.stats.list_examined += 1;
+            let r = self.clients.get(id).expect("a listed id has a record");
+            let name = self.name_of(id);
+            let listed = Listed {
+                id,
+                name: name.map(|n| n.name.to_string()),
+                display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
+                online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
+                    .unwrap_or(u32::MAX),
+            };
+            scratch.clear();
+            rmp_serde::encode::write_named(&mut scratch, &listed)
+                .expect("encoding into a Vec cannot fail");
+            let with = bytes + scratch.len();
+            let n = clients.len() + 1;
+            // Exact when more clients follow (`next` is this id); the last client of the
+            // table may also fit with `next` nil, which is shorter.
+            let fits = size_with(Some(id), n, with) <= wire::PACK_LIMIT
+                || (size_with(None, n, with) <= wire::PACK_LIMIT && ids.peek().is_none());
+            if !fits {
+                debug_assert!(!clients.is_empty(), "one client always fits in a page");
+                next = clients.last().map(|c| c.id).or(after);
                 break;
             }
+            clients.push(listed);
+            bytes = with;
         }
         let expected = size_with(next, clients.len(), bytes);
         let mut page = Message::Listing {
@@ -1001,6 +974,7 @@ impl Registry {
     /// name it had.
     fn remove(&mut self, id: ClientId) -> (Record, Option<Box<str>>) {
         let r = self.clients.remove(id).expect("removing a present id");
+        self.limiter.left(id, r.addr);
         if id < self.next_id {
             self.free_ids.insert(id);
         }

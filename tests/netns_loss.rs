@@ -16,13 +16,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::netns::{self, Netns};
 use common::{events_named, JsonClient, Server};
 use p2pchat::wire::ClientId;
 
@@ -49,123 +47,29 @@ const RULESET: &str = "table inet p2ploss {
 
 // ---------------------------------------------------------------- the namespace
 
-/// Finds a command on PATH, or in the sbin directories that a non-login PATH may lack.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2)) // the effective uid
-            .is_some_and(|uid| uid == "0")
-    })
-}
-
-/// Runs `program args` (with `input` on stdin), returning its stdout, or its stderr as the
-/// error.
-fn run(program: &Path, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let what = format!("{} {}", program.display(), args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write to {what}: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{what}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// A network namespace with its loopback up and the loss rules loaded; deleted on drop.
-struct LossyNetns {
-    name: String,
-    ip: PathBuf,
-    nft: PathBuf,
+/// `tag` tells apart the namespaces of tests that run at once.
+fn create_lossy(tag: &str) -> Result<Netns, String> {
+    let ns = Netns::create(&format!("p2ploss-{tag}-{}", std::process::id()))?;
+    ns.nft(&["-f", "-"], Some(RULESET))?;
+    Ok(ns)
 }
 
-impl LossyNetns {
-    /// `tag` tells apart the namespaces of tests that run at once.
-    fn create(tag: &str) -> Result<LossyNetns, String> {
-        if !is_root() {
-            return Err("not root (network namespaces and nftables need root)".into());
-        }
-        let ip = find_tool("ip").ok_or("the `ip` command (iproute2) is missing")?;
-        let nft = find_tool("nft").ok_or("the `nft` command (nftables) is missing")?;
-        let name = format!("p2ploss-{tag}-{}", std::process::id());
-        run(&ip, &["netns", "add", &name], None)?;
-        // From here on, the drop deletes it, whatever fails next.
-        let ns = LossyNetns { name, ip, nft };
-        run(&ns.ip, &["-n", &ns.name, "link", "set", "lo", "up"], None)?;
-        let nft = ns.nft.to_str().expect("a UTF-8 path").to_string();
-        run(
-            &ns.ip,
-            &["netns", "exec", &ns.name, &nft, "-f", "-"],
-            Some(RULESET),
-        )?;
-        Ok(ns)
-    }
-
-    /// The prefix that runs a command inside the namespace (`ip` execs it, so the child's
-    /// pid is the command's own).
-    fn prefix(&self) -> [&str; 4] {
-        let ip = self.ip.to_str().expect("a UTF-8 path");
-        [ip, "netns", "exec", &self.name]
-    }
-
-    /// The packet counts of the two counters: (UDP datagrams seen, dropped).
-    fn counters(&self) -> (u64, u64) {
-        let nft = self.nft.to_str().expect("a UTF-8 path");
-        let ruleset = run(
-            &self.ip,
-            &["netns", "exec", &self.name, nft, "list", "ruleset"],
-            None,
-        )
+/// The packet counts of the two counters: (UDP datagrams seen, dropped).
+fn counters(ns: &Netns) -> (u64, u64) {
+    let ruleset = ns
+        .nft(&["list", "ruleset"], None)
         .unwrap_or_else(|e| panic!("{e}"));
-        let counts: Vec<u64> = ruleset
-            .lines()
-            .filter_map(|l| {
-                let rest = &l[l.find("counter packets ")? + "counter packets ".len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            })
-            .collect();
-        match counts[..] {
-            [seen, dropped] => (seen, dropped),
-            _ => panic!("cannot read the two counters from {ruleset:?}"),
-        }
-    }
-}
-
-impl Drop for LossyNetns {
-    fn drop(&mut self) {
-        if let Err(e) = run(&self.ip, &["netns", "delete", &self.name], None) {
-            eprintln!("could not delete the network namespace: {e}");
-        }
+    let counts: Vec<u64> = ruleset
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("counter packets ")? + "counter packets ".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    match counts[..] {
+        [seen, dropped] => (seen, dropped),
+        _ => panic!("cannot read the two counters from {ruleset:?}"),
     }
 }
 
@@ -173,13 +77,7 @@ impl Drop for LossyNetns {
 
 /// A `--json` client in the namespace: short resend periods, and tries enough that 20% loss
 /// never runs them out.
-fn spawn_client(
-    ns: &LossyNetns,
-    name: &str,
-    bind: &str,
-    id: ClientId,
-    extra: &[&str],
-) -> JsonClient {
+fn spawn_client(ns: &Netns, name: &str, bind: &str, id: ClientId, extra: &[&str]) -> JsonClient {
     let want = id.to_string();
     let mut args = vec![
         "--server",
@@ -204,7 +102,7 @@ fn spawn_client(
 /// a client is started again, on the same address, which the server knows if it heard one
 /// of the Registers, so that the id is the same.
 fn registered_client(
-    ns: &LossyNetns,
+    ns: &Netns,
     name: &str,
     bind: &str,
     id: ClientId,
@@ -281,18 +179,11 @@ fn check_log(c: &JsonClient, me: &str, peer: ClientId, other: &str) {
 // ---------------------------------------------------------------- the test
 
 /// The lossy namespace, or `None` when `P2PCHAT_SKIP_NETNS=1` says to skip.
-fn lossy_netns(tag: &str) -> Option<LossyNetns> {
-    if std::env::var("P2PCHAT_SKIP_NETNS").is_ok_and(|v| v == "1") {
-        // Straight to stderr, past the test harness's capture, so that it shows.
-        let _ = writeln!(
-            std::io::stderr(),
-            "netns_loss: skipped (P2PCHAT_SKIP_NETNS=1)"
-        );
+fn lossy_netns(tag: &str) -> Option<Netns> {
+    if netns::skipped("netns_loss") {
         return None;
     }
-    Some(LossyNetns::create(tag).unwrap_or_else(|e| {
-        panic!("netns_loss cannot run: {e}; run it as root with iproute2 and nftables installed, or set P2PCHAT_SKIP_NETNS=1 to skip it")
-    }))
+    Some(netns::require("netns_loss", create_lossy(tag)))
 }
 
 /// A (id 1) asks B (id 2), B accepts. A lookup that loses all 5 of its tries is asked again.
@@ -368,7 +259,7 @@ fn a_hundred_messages_each_way_survive_twenty_percent_loss() {
     assert_eq!(b.events("request").len(), 1, "B: {:#?}", b.log);
     drop(server);
 
-    let (seen, dropped) = ns.counters();
+    let (seen, dropped) = counters(&ns);
     println!(
         "nft: {dropped} of {seen} UDP datagrams dropped ({:.1}%); connected after {connected:?}, \
          200 messages exchanged after {exchanged:?}, both left after {:?}; \
@@ -420,7 +311,7 @@ fn a_file_arrives_identical_through_twenty_percent_loss() {
     assert!(received == data, "the bytes differ");
     assert_eq!(got["sha256"], offer["sha256"]);
     drop(server);
-    let (seen, dropped) = ns.counters();
+    let (seen, dropped) = counters(&ns);
     println!(
         "nft: {dropped} of {seen} UDP datagrams dropped ({:.1}%) during a 1 MiB transfer",
         100.0 * dropped as f64 / seen.max(1) as f64

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use p2pchat::registry::{Entry, Registry, RegistryConfig, Stats, TableEvent};
+use p2pchat::registry::{Entry, Limits, Registry, RegistryConfig, Stats, TableEvent};
 use p2pchat::wire::{self, encode, ClientId, ErrorCode, Message, Token};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -1253,8 +1253,13 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
 // ---------------------------------------------------------------------- registration rate
 
 fn rate_limited_registry(rate: f64, burst: u32) -> Registry {
+    limited_registry(RegistryConfig::default().max_clients, rate, burst)
+}
+
+fn limited_registry(max_clients: usize, rate: f64, burst: u32) -> Registry {
     Registry::with_seed(
         RegistryConfig {
+            max_clients,
             register_rate: rate,
             register_burst: burst,
             ..RegistryConfig::default()
@@ -1267,56 +1272,214 @@ fn addr_on(ip: [u8; 4], port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
+fn register_msg() -> Message {
+    Message::Register {
+        want_id: None,
+        nonce: 0,
+        pad: Default::default(),
+    }
+}
+
 #[test]
-fn registrations_beyond_the_burst_from_one_ip_are_rate_limited() {
+fn registrations_beyond_the_burst_from_one_prefix_are_rate_limited() {
     let t0 = Instant::now();
     let mut r = rate_limited_registry(1.0, 3);
     for port in 1..=3 {
         register(&mut r, t0, addr(port), None);
     }
-    let answers = send(
-        &mut r,
-        t0,
-        addr(4),
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
-    assert_eq!(error_code(&answers), ErrorCode::RateLimited);
-    // Told once; further refusals within the second go unanswered (no reflected flood).
-    let answers = send(
-        &mut r,
-        t0,
-        addr(5),
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
-    assert!(answers.is_empty(), "{answers:?}");
+    // The rest of the second: refused, whatever the address of 127.0.0.0/24.
+    let mut told = 0;
+    for port in 4..=40 {
+        let from = if port % 2 == 0 {
+            addr(port)
+        } else {
+            addr_on([127, 0, 0, 2], port)
+        };
+        let answers = send(&mut r, t0, from, &register_msg());
+        if !answers.is_empty() {
+            let [Message::Error { code, detail, .. }] = &answers[..] else {
+                panic!("{answers:?}")
+            };
+            assert_eq!(*code, ErrorCode::RateLimited);
+            assert!(detail.contains("127.0.0.0/24"), "{detail}");
+            told += 1;
+        }
+    }
+    // Told a few times a second, not once per datagram (no reflected flood).
+    assert_eq!(told, p2pchat::registry::limits::NOTICE_RATE as usize);
     assert_eq!(ids(&r), vec![1, 2, 3]);
     assert!(events(&mut r).is_empty());
-    assert_eq!(r.stats().rate_limited, 2);
-    // Another source is not affected.
-    register(&mut r, t0, addr_on([127, 0, 0, 2], 1), None);
-    // A second later the source has earned one more registration, and only one.
+    assert_eq!(r.stats().rate_limited, 37);
+    // Another prefix is not affected.
+    register(&mut r, t0, addr_on([127, 0, 1, 2], 1), None);
+    // A second later the prefix has earned one more registration, and only one.
     let later = t0 + secs(1);
-    register(&mut r, later, addr(6), None);
-    let answers = send(
+    register(&mut r, later, addr(100), None);
+    let answers = send(&mut r, later, addr(101), &register_msg());
+    assert_eq!(error_code(&answers), ErrorCode::RateLimited);
+    assert_eq!(ids(&r), vec![1, 2, 3, 4, 5]);
+}
+
+/// One source floods registrations from fresh ports, 100 a second, and keeps the bucket of
+/// its prefix empty; a client on the same IP retries once a second, as a client does. The
+/// client is told `RateLimited` and registered at its third try, while the flood goes on;
+/// the flood's fresh addresses get a few answers a second between them.
+#[test]
+fn a_client_retrying_from_an_ip_that_floods_is_registered_within_seconds() {
+    let t0 = Instant::now();
+    let mut r = rate_limited_registry(20.0, 200);
+    let ms = |n: u64| Duration::from_millis(n);
+    let flood_ip = [10, 9, 9, 9];
+    let client = addr_on(flood_ip, 40_000);
+    let mut flood_answers: std::collections::BTreeMap<u64, usize> = Default::default();
+    let mut tries = Vec::new();
+    let mut registered_at = None;
+    // 10 s of flood, the client starting after 5 s, each try just after a flood datagram
+    // (which took any token there was).
+    for (tick, port) in (0..1000u64).zip(1024u16..) {
+        let now = t0 + ms(10 * tick);
+        let answers = send(&mut r, now, addr_on(flood_ip, port), &register_msg());
+        let refused = answers
+            .iter()
+            .filter(|m| matches!(m, Message::Error { .. }))
+            .count();
+        *flood_answers.entry(tick / 100).or_default() += refused;
+        if tick >= 500 && tick % 100 == 0 && registered_at.is_none() {
+            let answers = send(&mut r, now, client, &register_msg());
+            match &answers[..] {
+                [Message::Registered { .. }] => registered_at = Some(tick / 100 - 5),
+                [Message::Error { code, .. }] => tries.push(Some(*code)),
+                [] => tries.push(None),
+                other => panic!("{other:?}"),
+            }
+        }
+        events(&mut r);
+    }
+    let waited = registered_at.expect("the retrying client was never registered");
+    println!("the client's answers: {tries:?}; registered {waited} s after its first try");
+    assert!(waited <= 3, "registered after {waited} s");
+    assert!(
+        tries.contains(&Some(ErrorCode::RateLimited)),
+        "never told why: {tries:?}"
+    );
+    // The flood still gets the rate after its burst (200 + 20 a second, less the client's
+    // one), and its refusals are answered a few times a second.
+    let flood_registered = r.len() - 1;
+    assert!(
+        (200 + 20 * 9..=200 + 20 * 10).contains(&flood_registered),
+        "{flood_registered} flood registrations"
+    );
+    // A bucket of 4 a second: at most 4 + 4 t in t seconds.
+    let total: usize = flood_answers.values().sum();
+    assert!(total <= 4 + 4 * 8, "{flood_answers:?}");
+    assert!(flood_answers.values().all(|&n| n <= 8), "{flood_answers:?}");
+}
+
+/// Eleven addresses of one /24, each registering from hundreds of ports (fast enough that
+/// the rate is not what stops them), fill their prefix's share of the table and no more:
+/// the rest of `--max-clients` stays for everyone else.
+#[test]
+fn eleven_addresses_of_one_slash_24_cannot_fill_max_clients() {
+    let t0 = Instant::now();
+    let mut r = limited_registry(2000, 1000.0, 1000);
+    let cap = r.limits().per_prefix(2000);
+    assert_eq!(cap, 250);
+    let mut now = t0;
+    let mut full = 0;
+    let mut mine = Vec::new();
+    for port in 1..=200u16 {
+        now += Duration::from_millis(10);
+        for host in 1..=11u8 {
+            let from = addr_on([10, 1, 2, host], port);
+            match &send(&mut r, now, from, &register_msg())[..] {
+                [Message::Registered { id, token, .. }] => mine.push((from, *id, *token)),
+                [Message::Error { code, detail, .. }] => {
+                    assert_eq!(*code, ErrorCode::ServerFull);
+                    assert!(detail.contains("10.1.2.0/24"), "{detail}");
+                    full += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        events(&mut r);
+    }
+    assert_eq!(r.len(), cap);
+    assert_eq!(full, 11 * 200 - cap);
+    assert_eq!(r.stats().prefix_full, full as u64);
+    // Keepalives keep them, but another network still registers.
+    for &(from, id, token) in &mine {
+        send(
+            &mut r,
+            now,
+            from,
+            &Message::Keepalive {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+    }
+    register(&mut r, now, addr_on([10, 1, 3, 1], 1), None);
+    // One of them leaves: its prefix may have one more.
+    let (from, id, token) = mine[0];
+    send(
         &mut r,
-        later,
-        addr(7),
-        &Message::Register {
-            want_id: None,
+        now,
+        from,
+        &Message::Leave {
+            id,
+            token,
             nonce: 0,
             pad: Default::default(),
         },
     );
-    assert_eq!(error_code(&answers), ErrorCode::RateLimited);
-    assert_eq!(ids(&r), vec![1, 2, 3, 4, 5]);
+    events(&mut r);
+    register(&mut r, now, addr_on([10, 1, 2, 99], 1), None);
+    let answers = send(&mut r, now, addr_on([10, 1, 2, 99], 2), &register_msg());
+    assert_eq!(error_code(&answers), ErrorCode::ServerFull);
+}
+
+/// The cap per prefix counts an IPv4-mapped IPv6 address as the IPv4 address it maps, and
+/// IPv6 addresses by their /56.
+#[test]
+fn the_cap_per_prefix_counts_mapped_addresses_as_ipv4_and_ipv6_by_slash_56() {
+    let t0 = Instant::now();
+    let mut r = rate_limited_registry(100.0, 100).with_limits(Limits {
+        max_per_prefix: Some(2),
+        ..Limits::default()
+    });
+    let v6 = |s: &str| s.parse::<SocketAddr>().unwrap();
+    register(&mut r, t0, addr_on([10, 1, 2, 3], 1), None);
+    register(&mut r, t0, v6("[::ffff:10.1.2.4]:1"), None);
+    let answers = send(&mut r, t0, addr_on([10, 1, 2, 5], 1), &register_msg());
+    assert_eq!(error_code(&answers), ErrorCode::ServerFull);
+    let answers = send(&mut r, t0, v6("[::ffff:10.1.2.6]:1"), &register_msg());
+    assert_eq!(error_code(&answers), ErrorCode::ServerFull);
+    register(&mut r, t0, v6("[2001:db8:0:1ff::1]:1"), None);
+    register(&mut r, t0, v6("[2001:db8:0:100::2]:1"), None);
+    let answers = send(&mut r, t0, v6("[2001:db8:0:1ab::3]:1"), &register_msg());
+    assert_eq!(error_code(&answers), ErrorCode::ServerFull);
+    register(&mut r, t0, v6("[2001:db8:0:200::1]:1"), None);
+    assert_eq!(r.stats().prefix_full, 3);
+}
+
+/// A client that retries far faster than a client should is still told `RateLimited` at
+/// most once a second.
+#[test]
+fn a_refused_address_is_told_at_most_once_a_second() {
+    let t0 = Instant::now();
+    let mut r = rate_limited_registry(0.1, 1);
+    register(&mut r, t0, addr(1), None);
+    let mut told = Vec::new();
+    for tick in 0..50u64 {
+        let now = t0 + Duration::from_millis(100 * tick);
+        if !send(&mut r, now, addr(2), &register_msg()).is_empty() {
+            told.push(tick);
+        }
+    }
+    assert!(told.len() >= 4, "{told:?}");
+    assert!(told.windows(2).all(|w| w[1] - w[0] >= 10), "{told:?}");
 }
 
 #[test]
@@ -1343,15 +1506,18 @@ fn a_retransmitted_register_spends_no_registration_token() {
     assert_eq!(r.stats().rate_limited, 0);
 }
 
+/// A zero rate means no limit per source: neither a rate nor a cap per prefix.
 #[test]
 fn a_zero_rate_means_no_limit() {
     let t0 = Instant::now();
-    let mut r = rate_limited_registry(0.0, 1);
+    let mut r = limited_registry(500, 0.0, 1);
+    assert!(r.limits().per_prefix(500) < 500);
     for port in 1..=500 {
         register(&mut r, t0, addr(port), None);
     }
     assert_eq!(r.len(), 500);
     assert_eq!(r.stats().rate_limited, 0);
+    assert_eq!(r.stats().prefix_full, 0);
 }
 
 #[test]
@@ -1890,6 +2056,7 @@ fn list_page(
     (clients, next, total, size)
 }
 
+/// A registry without limits per source, nor on `List` pages.
 fn unlimited_registry(max_clients: usize) -> Registry {
     Registry::with_seed(
         RegistryConfig {
@@ -1900,6 +2067,7 @@ fn unlimited_registry(max_clients: usize) -> Registry {
         },
         SEED,
     )
+    .with_limits(Limits::unlimited_list())
 }
 
 /// Client number `i`'s address: a different one for every `i` below 6 million.
@@ -1937,6 +2105,53 @@ fn list_is_list_disabled_when_the_server_does_not_list() {
     assert_eq!(detail, "this server does not list its clients");
     // Names still work.
     claim(&mut r, t0, addr(1001), alice, "alice", None);
+}
+
+/// A client may ask for `list_burst` pages at once, then `list_rate` a second; a page
+/// beyond that gets no answer (the client asks again, as for a lost datagram), and other
+/// clients are not affected.
+#[test]
+fn list_pages_beyond_the_clients_list_rate_go_unanswered() {
+    let t0 = Instant::now();
+    let mut r = registry(10).with_limits(Limits {
+        list_rate: 2.0,
+        list_burst: 4,
+        ..Limits::default()
+    });
+    let alice = register(&mut r, t0, addr(1001), None);
+    let bob = register(&mut r, t0, addr(1002), None);
+    for _ in 0..4 {
+        list_page(&mut r, t0, addr(1001), alice, None);
+    }
+    for _ in 0..20 {
+        let answers = send(&mut r, t0, addr(1001), &list_msg(alice, None));
+        assert_eq!(answers, []);
+    }
+    assert_eq!(r.stats().list_limited, 20);
+    list_page(&mut r, t0, addr(1002), bob, None);
+    // Half a second later, one more page.
+    let later = t0 + Duration::from_millis(500);
+    list_page(&mut r, later, addr(1001), alice, Some(1));
+    assert_eq!(send(&mut r, later, addr(1001), &list_msg(alice, None)), []);
+    assert_eq!(r.stats().list_pages, 6);
+    // A client that leaves and comes back under the same id starts with a full bucket.
+    send(
+        &mut r,
+        later,
+        addr(1001),
+        &Message::Leave {
+            id: alice.0,
+            token: alice.1,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
+    events(&mut r);
+    let again = register(&mut r, later, addr(1003), None);
+    assert_eq!(again.0, alice.0);
+    for _ in 0..4 {
+        list_page(&mut r, later, addr(1003), again, None);
+    }
 }
 
 #[test]
@@ -2124,16 +2339,22 @@ fn paging_is_correct_when_clients_join_and_leave_between_pages() {
     }
 }
 
-/// Ids a client asked for, far above the others, are listed too, in order; and a table
-/// with a long run of free ids is paged through in bounded steps.
+/// A registry without limits, and 60,000 clients registered in it (ids 1 to 60,000, from
+/// `many_addr(0..60_000)`).
+fn sixty_thousand_clients(t0: Instant) -> (Registry, Vec<(ClientId, Token)>) {
+    let mut r = unlimited_registry(100_000);
+    let clients = (0..60_000)
+        .map(|i| register(&mut r, t0, many_addr(i), None))
+        .collect();
+    (r, clients)
+}
+
+/// Ids a client asked for, far above the others, are listed too, in order; and a long run
+/// of free ids costs nothing: the 23 clients come in one page that looked at 23 clients.
 #[test]
 fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     let t0 = Instant::now();
-    let mut r = unlimited_registry(100_000);
-    let mut clients = Vec::new();
-    for i in 0..60_000 {
-        clients.push(register(&mut r, t0, many_addr(i), None));
-    }
+    let (mut r, clients) = sixty_thousand_clients(t0);
     // All but the first and last 10 leave: a long run of free ids in the middle.
     for &(id, token) in &clients[10..clients.len() - 10] {
         let from = many_addr(id - 1);
@@ -2174,8 +2395,76 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     let mut expected: Vec<ClientId> = (1..=10).chain(59_991..=60_000).collect();
     expected.extend([70_000, 3_000_000_000, 4_000_000_000]);
     assert_eq!(seen, expected);
-    assert!(
-        pages >= 60_000 / p2pchat::registry::MAX_LIST_SCAN,
-        "{pages} pages"
-    );
+    assert_eq!(pages, 1);
+    assert_eq!(r.stats().list_examined, 23);
+}
+
+/// A table that once held 60,000 clients and now holds a few, spread out with gaps of
+/// thousands of free ids (and ids a client asked for, far above): each page looks at the
+/// clients it lists and at most one more, never at the free ids between them.
+#[test]
+fn a_list_page_looks_only_at_the_clients_it_lists_whatever_the_gaps() {
+    let t0 = Instant::now();
+    let (mut r, clients) = sixty_thousand_clients(t0);
+    // Every 3,000th client stays, and names itself at length (8 to a page).
+    let mut stay = Vec::new();
+    for (i, &(id, token)) in clients.iter().enumerate() {
+        if i % 3000 != 0 {
+            send(
+                &mut r,
+                t0,
+                many_addr(i as u32),
+                &Message::Leave {
+                    id,
+                    token,
+                    nonce: 0,
+                    pad: Default::default(),
+                },
+            );
+        }
+    }
+    events(&mut r);
+    for (i, &(id, token)) in clients.iter().enumerate().step_by(3000) {
+        let from = many_addr(i as u32);
+        claim(
+            &mut r,
+            t0,
+            from,
+            (id, token),
+            &long_name(id),
+            Some(&long_display(id)),
+        );
+        stay.push(id);
+    }
+    for (k, id) in [4_000_000_000, 70_000, 3_000_000_000]
+        .into_iter()
+        .enumerate()
+    {
+        register(&mut r, t0, many_addr(70_000 + k as u32), Some(id));
+        stay.push(id);
+    }
+    stay.sort_unstable();
+    events(&mut r);
+    let me = clients[0];
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let examined = r.stats().list_examined;
+        let (page, next, _, _) = list_page(&mut r, t0, many_addr(0), me, after);
+        pages += 1;
+        let looked = r.stats().list_examined - examined;
+        assert!(
+            looked <= page.len() as u64 + 1,
+            "a page of {} clients looked at {looked}",
+            page.len()
+        );
+        seen.extend(page.iter().map(|c| c.id));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, stay);
+    assert!(pages >= 3, "{pages} pages");
 }

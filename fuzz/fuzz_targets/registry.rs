@@ -2,14 +2,19 @@
 //! datagram, or a `Leave`/`Keepalive` carrying the token of an entry that exists) from a
 //! handful of addresses, and timer expiries, fed to a `Registry`.
 //!
-//! Two registries with the same seed run side by side: `reg` gets every datagram whole
-//! (`handle_datagram`), `model` gets the messages of a decodable datagram one by one
-//! (`handle_message`), so that each message's effect can be checked on its own. After every
+//! Two registries with the same seed and limits run side by side: `reg` gets every datagram
+//! whole (`handle_datagram`), `model` gets the messages of a decodable datagram one by one
+//! (`handle_message`), so that each message's effect can be checked on its own. The server
+//! handles at most `MAX_MESSAGES_PER_DATAGRAM` (8) messages of a datagram and drops the
+//! rest, so the model takes only the first 8 (the fuzzer packs up to 16). After every
 //! message or timer expiry the outputs are drained and checked:
 //!
 //! - nothing panics;
 //! - answers to a datagram go only to its sender; a timer expiry sends nothing;
-//! - the table never holds more than `max_clients` entries, nor two entries at one address;
+//! - the table never holds more than `max_clients` entries, nor two entries at one address,
+//!   nor (when registrations are rate-limited) more than `max_per_prefix` entries of one
+//!   network (the addresses include an IPv4-mapped IPv6 one of the same /24 as three
+//!   others);
 //! - an entry is added only by a `Register` from its address, and removed by a message only
 //!   when that message is a `Leave` from the entry's address with its id and token (and such
 //!   a `Leave` always removes it); otherwise entries keep their address, token and join time;
@@ -26,18 +31,20 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use p2pchat::registry::{Registry, RegistryConfig, TableEvent};
+use p2pchat::registry::MAX_MESSAGES_PER_DATAGRAM;
+use p2pchat::registry::{Limits, Prefix, Registry, RegistryConfig, TableEvent};
 use p2pchat::wire::Transmit;
 use p2pchat::wire::{self, ClientId, Message, Token};
 use p2pchat_fuzz::{Advance, FuzzMessage, Id, Num};
 
-const ADDRS: [&str; 6] = [
+const ADDRS: [&str; 7] = [
     "10.0.0.2:4000",
     "10.0.0.3:4000",
     "10.0.0.2:4001",
     "[2001:db8::1]:4000",
     "10.0.0.4:65535",
     "0.0.0.0:0",
+    "[::ffff:10.0.0.3]:4000",
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -47,6 +54,10 @@ struct Input {
     /// Registrations a second per source IP (0: no limit) and burst, both small.
     register_rate: u8,
     register_burst: u8,
+    /// Clients per network (small), and `List` pages a second and at once.
+    max_per_prefix: u8,
+    list_rate: u8,
+    list_burst: u8,
     seed: u64,
     steps: Vec<Step>,
 }
@@ -112,12 +123,23 @@ fn drain(r: &mut Registry) -> (Vec<Transmit>, Vec<TableEvent>) {
     )
 }
 
-/// Checks what hold after any input.
-fn check_table(after: &BTreeMap<ClientId, Row>, max: usize) {
+/// Checks what hold after any input: at most `max` entries, at most `per_prefix` of one
+/// network (if given), never two at one address.
+fn check_table(after: &BTreeMap<ClientId, Row>, max: usize, per_prefix: Option<usize>) {
     assert!(after.len() <= max, "{} entries, max {max}", after.len());
     let mut seen = HashSet::new();
+    let mut networks: BTreeMap<String, usize> = BTreeMap::new();
     for row in after.values() {
         assert!(seen.insert(row.addr), "two entries at {}", row.addr);
+        *networks
+            .entry(Prefix::of(row.addr.ip()).to_string())
+            .or_default() += 1;
+    }
+    if let Some(cap) = per_prefix {
+        assert!(
+            networks.values().all(|&n| n <= cap),
+            "{networks:?}, at most {cap} each"
+        );
     }
 }
 
@@ -228,10 +250,16 @@ fuzz_target!(|input: Input| {
         register_burst: u32::from(input.register_burst % 4),
         list: true,
     };
+    let limits = Limits {
+        max_per_prefix: Some(usize::from(input.max_per_prefix % 4) + 1),
+        list_rate: f64::from(input.list_rate % 4),
+        list_burst: u32::from(input.list_burst % 3) + 1,
+    };
     let ttl = config.ttl;
     let max = config.max_clients;
-    let mut reg = Registry::with_seed(config.clone(), input.seed);
-    let mut model = Registry::with_seed(config, input.seed);
+    let per_prefix = (config.register_rate > 0.0).then(|| limits.per_prefix(max));
+    let mut reg = Registry::with_seed(config.clone(), input.seed).with_limits(limits.clone());
+    let mut model = Registry::with_seed(config, input.seed).with_limits(limits);
     let mut now = Instant::now();
 
     for step in input.steps.iter().take(256) {
@@ -285,12 +313,13 @@ fuzz_target!(|input: Input| {
                 let (mut all_t, mut all_e) = (Vec::new(), Vec::new());
                 match wire::decode_all(bytes) {
                     Ok(messages) => {
-                        // The model takes the messages one at a time; each is checked.
-                        for msg in messages {
+                        // The model takes the messages one at a time, as many as the server
+                        // handles of one datagram; each is checked.
+                        for msg in messages.into_iter().take(MAX_MESSAGES_PER_DATAGRAM) {
                             let before = table(&model);
                             model.handle_message(now, from, msg.clone());
                             let after = table(&model);
-                            check_table(&after, max);
+                            check_table(&after, max, per_prefix);
                             let (t, e) = drain(&mut model);
                             check_message(now, from, &msg, &before, &after, &t, &e);
                             all_t.extend(t);
@@ -343,7 +372,7 @@ fuzz_target!(|input: Input| {
             }
         };
         let after = table(&reg);
-        check_table(&after, max);
+        check_table(&after, max, per_prefix);
         assert_eq!(reg.len(), after.len());
         // The whole datagram did what its messages did one by one.
         assert_eq!(

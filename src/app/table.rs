@@ -1,9 +1,11 @@
 //! The rendezvous server's table as it prints it: the active clients, and one line per
-//! change (or a summary when many change at once).
+//! change (or a summary when many change at once). Every name and display name in it
+//! comes from a client, so each goes through [`sanitize`] before it is printed.
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::registry::{Registry, TableEvent};
+use crate::registry::{Entry, Registry, TableEvent};
+use crate::text::sanitize;
 use crate::wire::ClientId;
 
 /// The table is printed at most this often; changes in between are shown together.
@@ -65,7 +67,7 @@ impl TablePrinter {
 /// "client 3" or "client 3 (alice)".
 fn client_label(id: ClientId, name: Option<&str>) -> String {
     match name {
-        Some(name) => format!("client {id} ({name})"),
+        Some(name) => format!("client {id} ({})", sanitize(name)),
         None => format!("client {id}"),
     }
 }
@@ -83,10 +85,15 @@ pub fn render_changes(changes: &[TableEvent]) -> String {
                     addr,
                     name,
                     display_name,
-                } => match display_name {
-                    Some(d) => writeln!(s, "client {id} at {addr} is now {name} ({d})"),
-                    None => writeln!(s, "client {id} at {addr} is now {name}"),
-                },
+                } => {
+                    let name = sanitize(name);
+                    match display_name {
+                        Some(d) => {
+                            writeln!(s, "client {id} at {addr} is now {name} ({})", sanitize(d))
+                        }
+                        None => writeln!(s, "client {id} at {addr} is now {name}"),
+                    }
+                }
                 TableEvent::Left { id, addr, name } => {
                     writeln!(s, "{} at {addr} left", client_label(*id, name.as_deref()))
                 }
@@ -147,23 +154,34 @@ pub fn render_table(
             writeln!(s)
         };
         for e in registry.entries() {
-            let _ = write!(
-                s,
-                "  {:>6}  {:<24}  {}",
-                e.id,
-                e.addr.to_string(),
-                utc_time_of_day(wall_clock(e.joined))
-            );
-            if names {
-                let _ = write!(s, "      {:<16}", e.name.as_deref().unwrap_or("-"));
-                if let Some(d) = &e.display_name {
-                    let _ = write!(s, "  {d}");
-                }
-                s.truncate(s.trim_end().len());
-            }
-            s.push('\n');
+            s.push_str(&table_row(&e, names, &wall_clock));
         }
     }
+    s
+}
+
+/// One row of the table, with its name columns if `names`.
+fn table_row(
+    e: &Entry,
+    names: bool,
+    wall_clock: impl Fn(Instant) -> std::time::SystemTime,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "  {:>6}  {:<24}  {}",
+        e.id,
+        e.addr.to_string(),
+        utc_time_of_day(wall_clock(e.joined))
+    );
+    if names {
+        let name = e.name.as_deref().map_or_else(|| "-".into(), sanitize);
+        let _ = write!(s, "      {name:<16}");
+        if let Some(d) = &e.display_name {
+            let _ = write!(s, "  {}", sanitize(d));
+        }
+        s.truncate(s.trim_end().len());
+    }
+    s.push('\n');
     s
 }
 
@@ -334,6 +352,80 @@ mod tests {
         assert_eq!(
             render_changes(&many),
             "0 clients joined, 2 left, 1 expired, 26 named\n"
+        );
+    }
+
+    /// A display name (or a name) with a terminal escape sequence or a right-to-left
+    /// override is printed as `sanitize` makes it, in the table and in the change lines.
+    #[test]
+    fn names_from_clients_are_printed_sanitized() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let hostile = "Eve\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}gnp.exe";
+        let safe = sanitize(hostile);
+        assert!(!safe.contains('\u{1b}'), "{safe:?}");
+        let now = Instant::now();
+        let entry = Entry {
+            id: 7,
+            addr,
+            token: 1,
+            joined: now,
+            last_seen: now,
+            name: Some("eve\u{1b}[31m".into()),
+            display_name: Some(hostile.into()),
+        };
+        let row = table_row(&entry, true, |_| std::time::UNIX_EPOCH);
+        assert!(!row.contains('\u{1b}') && !row.contains('\u{7}'), "{row:?}");
+        assert!(row.ends_with(&format!("  {safe}\n")), "{row:?}");
+        assert!(row.contains(&sanitize("eve\u{1b}[31m")), "{row:?}");
+        let changes = [
+            TableEvent::Named {
+                id: 7,
+                addr,
+                name: "eve\u{1b}[31m".into(),
+                display_name: Some(hostile.into()),
+            },
+            TableEvent::Left {
+                id: 7,
+                addr,
+                name: Some(hostile.into()),
+            },
+            TableEvent::Replaced {
+                id: 7,
+                addr,
+                name: hostile.into(),
+                by: 8,
+            },
+        ];
+        let text = render_changes(&changes);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 3, "{text:?}");
+        assert!(text.contains(&format!("({safe})")), "{text:?}");
+        // A display name the registry accepts (no control character) with U+202E: the
+        // table prints it as sanitize does.
+        let mut r = registry_with(1);
+        let token = r.get(1).unwrap().token;
+        let display = "Mallory \u{202e}cod.exe";
+        r.handle_message(
+            now,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            Message::Claim {
+                id: 1,
+                token,
+                name: "mallory".into(),
+                display_name: Some(display.into()),
+                previous: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+        let table = render_table(&r, 3, |_| std::time::UNIX_EPOCH);
+        let row = table.lines().nth(2).unwrap();
+        assert!(
+            row.ends_with(&format!("  {}", sanitize(display))),
+            "{table}"
         );
     }
 

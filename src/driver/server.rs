@@ -1,11 +1,14 @@
 //! The rendezvous server's loop: one socket, a [`Registry`], signals, and the table
-//! printed as it changes.
+//! printed as it changes, through an [`OutputQueue`] so that a stdout nobody reads never
+//! stops the loop.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::net::UdpSocket;
@@ -18,7 +21,7 @@ use super::{
     RECV_BUFFER, SERVER_RECEIVE_BUFFER, SIGNALS, SOCKET, WAKER,
 };
 use crate::app::table::TablePrinter;
-use crate::registry::{Registry, RegistryConfig, Stats as RegistryStats};
+use crate::registry::{Limits, Registry, RegistryConfig, Stats as RegistryStats};
 use crate::wire::Packer;
 
 /// Settings of `p2pchat server`.
@@ -30,12 +33,137 @@ pub struct ServerOptions {
     pub table_rows: usize,
 }
 
-/// Runs the rendezvous server until SIGINT or SIGTERM. Prints the listening address and the
-/// table (on every change) to `out`.
-pub fn run_server(opts: &ServerOptions, out: &mut dyn Write) -> Result<(), FatalError> {
-    let mut server = Server::bind(opts)?;
+/// Runs the rendezvous server, with `limits`, until SIGINT or SIGTERM. Prints the listening
+/// address and the table (on every change) to `out` through an [`OutputQueue`]: if `out`
+/// blocks (stdout on a pipe nobody reads), lines are dropped and counted, and the server
+/// goes on answering.
+pub fn run_server(
+    opts: &ServerOptions,
+    limits: Limits,
+    out: impl Write + Send + 'static,
+) -> Result<(), FatalError> {
+    let mut server = Server::bind(opts)?.with_limits(limits);
     server.stop_on_signals()?;
-    server.run(out).map(|_| ())
+    let mut queue = OutputQueue::spawn(out);
+    let result = server.run(&mut queue);
+    // The last lines, if the reader takes them soon; never a wait on a reader that is gone.
+    queue.finish(Duration::from_secs(1));
+    result.map(|_| ())
+}
+
+/// Chunks of output (what one turn of the loop prints) waiting for the writer thread.
+const OUTPUT_CHUNKS: usize = 64;
+/// Most bytes one chunk may gather before its flush; past it, the rest is dropped.
+const MAX_CHUNK: usize = 1 << 20;
+
+/// Output that never blocks its writer: text written is gathered until `flush`, then handed
+/// to a thread of its own through a bounded queue, and that thread writes it to the real
+/// output. When the queue is full (the reader is slow, or gone), the text is dropped and
+/// its lines counted, and the next text that gets through starts with a line saying how
+/// many were dropped. Memory: at most 64 chunks (`OUTPUT_CHUNKS`) of at most 1 MiB
+/// (`MAX_CHUNK`).
+pub struct OutputQueue {
+    pending: Vec<u8>,
+    queue: Option<SyncSender<Vec<u8>>>,
+    /// Lines dropped and not yet reported.
+    dropped: u64,
+    /// Lines dropped in all.
+    dropped_total: u64,
+    /// Closed by the writer thread when it ends.
+    done: Receiver<()>,
+}
+
+impl OutputQueue {
+    /// Starts the writer thread, which owns `out`.
+    pub fn spawn(mut out: impl Write + Send + 'static) -> OutputQueue {
+        let (queue, chunks) = mpsc::sync_channel::<Vec<u8>>(OUTPUT_CHUNKS);
+        let (done_tx, done) = mpsc::channel::<()>();
+        let spawned = thread::Builder::new().name("output".into()).spawn(move || {
+            let _done = done_tx; // dropped when the thread ends
+            for chunk in chunks {
+                if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                    break; // the reader is gone: what follows is counted as dropped
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("cannot start the output thread ({e}): the table will not be printed");
+        }
+        OutputQueue {
+            pending: Vec::new(),
+            queue: Some(queue),
+            dropped: 0,
+            dropped_total: 0,
+            done,
+        }
+    }
+
+    /// Lines dropped so far because the output was not being read.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// Hands what is pending to the writer, closes the queue and waits at most `wait` for
+    /// the writer to finish.
+    pub fn finish(mut self, wait: Duration) {
+        let _ = self.flush();
+        self.queue = None;
+        let _ = self.done.recv_timeout(wait);
+        if self.dropped_total > 0 {
+            info!(
+                "{} lines of output dropped in all (the output was not being read)",
+                self.dropped_total
+            );
+        }
+    }
+
+    fn drop_lines(&mut self, text: &[u8]) {
+        let lines = text.iter().filter(|&&b| b == b'\n').count()
+            + usize::from(text.last().is_some_and(|&b| b != b'\n'));
+        self.dropped += lines as u64;
+        self.dropped_total += lines as u64;
+    }
+}
+
+impl Write for OutputQueue {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pending.len() + buf.len() > MAX_CHUNK {
+            self.drop_lines(buf);
+        } else {
+            self.pending.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    /// Never blocks: hands the text written since the last flush to the writer thread if
+    /// its queue has room, else drops it (counting its lines).
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut chunk = Vec::new();
+        if self.dropped > 0 {
+            chunk = format!(
+                "({} lines of output dropped: the output was not being read)\n",
+                self.dropped
+            )
+            .into_bytes();
+        }
+        let notice_len = chunk.len();
+        chunk.append(&mut self.pending);
+        let refused = match &self.queue {
+            Some(queue) => match queue.try_send(chunk) {
+                Ok(()) => None,
+                Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => Some(c),
+            },
+            None => Some(chunk),
+        };
+        match refused {
+            None => self.dropped = 0,
+            Some(c) => self.drop_lines(&c[notice_len..]),
+        }
+        Ok(())
+    }
 }
 
 /// Stops a running [`Server`] from another thread.
@@ -87,6 +215,12 @@ impl Server {
         })
     }
 
+    /// The same server with other [`Limits`] than the default ones.
+    pub fn with_limits(mut self, limits: Limits) -> Server {
+        self.registry = self.registry.with_limits(limits);
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
@@ -107,7 +241,9 @@ impl Server {
         Ok(())
     }
 
-    /// Serves until stopped; returns the registry's counters.
+    /// Serves until stopped; returns the registry's counters. Prints to `out` from the loop
+    /// itself (flushing after each turn), so `out` must not block: [`run_server`] gives an
+    /// [`OutputQueue`].
     pub fn run(mut self, out: &mut dyn Write) -> Result<RegistryStats, FatalError> {
         let local = self.local;
         let config = self.registry.config().clone();
@@ -174,14 +310,16 @@ impl Server {
             if stop {
                 let stats = registry.stats().clone();
                 info!(
-                    "stopping; served {} datagrams; dropped {} garbage, {} malformed, {} other versions, {} unexpected; refused {}, rate-limited {}",
+                    "stopping; served {} datagrams; dropped {} garbage, {} malformed, {} other versions, {} unexpected; refused {}, rate-limited {} registrations and {} List requests, {} registrations from full networks",
                     stats.datagrams,
                     stats.garbage,
                     stats.malformed,
                     stats.bad_version,
                     stats.unexpected,
                     stats.refused,
-                    stats.rate_limited
+                    stats.rate_limited,
+                    stats.list_limited,
+                    stats.prefix_full
                 );
                 let _ = writeln!(out, "p2pchat server on {local} stopped");
                 let _ = out.flush();
@@ -196,5 +334,76 @@ impl Server {
             }
             let _ = out.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A writer that waits for `gate` before each write, as stdout does on a pipe that is
+    /// full, and keeps what it wrote.
+    struct Gated {
+        gate: Arc<Mutex<()>>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _open = self.gate.lock().unwrap();
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_to_a_blocked_reader_is_dropped_counted_and_reported_once_it_flows() {
+        let gate = Arc::new(Mutex::new(()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let closed = gate.lock().unwrap();
+        let mut out = OutputQueue::spawn(Gated {
+            gate: Arc::clone(&gate),
+            written: Arc::clone(&written),
+        });
+        let started = Instant::now();
+        for k in 0..1000 {
+            write!(out, "line {k}\ntwo\n").unwrap();
+            out.flush().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the writer waited on the reader"
+        );
+        // The writer thread holds one chunk, the queue OUTPUT_CHUNKS; the rest is dropped.
+        let kept = OUTPUT_CHUNKS as u64 + 1;
+        let dropped = out.dropped_lines();
+        assert!(
+            (2 * (1000 - kept - 1)..=2 * (1000 - kept + 1)).contains(&dropped),
+            "{dropped} lines dropped"
+        );
+        drop(closed);
+        // Once the reader reads again (and has read what was kept), the next text says how
+        // many were dropped.
+        let waiting = Instant::now();
+        while !String::from_utf8_lossy(&written.lock().unwrap()).contains("line 63\ntwo\n") {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(5),
+                "the writer is stuck"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        thread::sleep(Duration::from_millis(50));
+        writeln!(out, "after").unwrap();
+        out.flush().unwrap();
+        out.finish(Duration::from_secs(5));
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let expected =
+            format!("({dropped} lines of output dropped: the output was not being read)\nafter\n");
+        assert!(text.ends_with(&expected), "{text}");
+        assert!(text.starts_with("line 0\ntwo\nline 1\n"), "{text}");
     }
 }

@@ -41,7 +41,19 @@ pub(super) struct Server {
     ttl: Duration,
     /// Why the server last refused a registration that we keep retrying.
     refusal: Option<String>,
+    /// The server said it is rate-limiting us: we keep trying, in rounds, until it lets
+    /// us in (told once).
+    rate_limited: bool,
+    /// When we last started registering again because the server had forgotten us: it
+    /// is not done again before a retry interval has passed.
+    registered_again_at: Option<Instant>,
+    /// The protocol version the server's address answered in, if not ours.
+    other_version: Option<u8>,
 }
+
+/// The longest time to live of our entry that we believe: a `Registered` saying more is
+/// taken to say this, so that keepalives never stop (at most a third of it apart).
+pub(super) const MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// What [`Server::handle_message`] did with a message from the server.
 pub(super) enum Answer {
@@ -70,6 +82,9 @@ impl Server {
             token: 0,
             ttl: Duration::from_secs(30),
             refusal: None,
+            rate_limited: false,
+            registered_again_at: None,
+            other_version: None,
         };
         server.send(
             out,
@@ -152,6 +167,10 @@ impl Server {
                         },
                     );
                 }
+                Some(Step::GiveUp) if self.rate_limited => {
+                    // Rate-limited is not refused: another round, at the retry interval.
+                    *r = Retry::round(now + self.round);
+                }
                 Some(Step::GiveUp) if *again => {
                     // Keep trying, at the retry interval, and say so once per round.
                     *r = Retry::round(now + self.round);
@@ -162,12 +181,17 @@ impl Server {
                     out.event(Event::Notice { message });
                 }
                 Some(Step::GiveUp) => {
-                    let message = match self.refusal.take() {
-                        Some(detail) => format!(
+                    let message = match (self.refusal.take(), self.other_version) {
+                        (Some(detail), _) => format!(
                             "the rendezvous server at {} refused to register us: {detail}",
                             self.addr
                         ),
-                        None => format!("no rendezvous server at {}", self.addr),
+                        (None, Some(v)) => format!(
+                            "the server at {} speaks protocol version {v}; this client speaks version {}",
+                            self.addr,
+                            crate::wire::VERSION
+                        ),
+                        (None, None) => format!("no rendezvous server at {}", self.addr),
                     };
                     self.fatal(message, out);
                 }
@@ -232,8 +256,9 @@ impl Server {
                 let again = *again;
                 self.id = Some(id);
                 self.refusal = None;
+                self.rate_limited = false;
                 self.token = token;
-                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1)));
+                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1))).min(MAX_TTL);
                 self.state = State::Registered {
                     keepalive_at: now + self.keepalive_period(),
                 };
@@ -250,13 +275,14 @@ impl Server {
                         self.register_again(now, None, out);
                     }
                     (ErrorCode::RateLimited, _) => {
-                        // Temporary: the retries go on at their pace, and the user knows why.
-                        if self.refusal.is_none() {
+                        // Temporary: the retries go on at their pace, in rounds if need be,
+                        // until the server lets us in; the user is told once why.
+                        if !self.rate_limited {
                             out.event(Event::Notice {
                                 message: format!("the server says: {detail}; retrying"),
                             });
                         }
-                        self.refusal = Some(detail);
+                        self.rate_limited = true;
                     }
                     (ErrorCode::NotRegistered, _) => {
                         // Never an answer to `Register`: a late or duplicated answer to a
@@ -273,6 +299,21 @@ impl Server {
             }
             (State::Registered { .. }, Message::Error { code, detail, .. }) => {
                 if code == ErrorCode::NotRegistered {
+                    let recently = self
+                        .registered_again_at
+                        .is_some_and(|t| now.saturating_duration_since(t) < self.round);
+                    if recently {
+                        // Registered again a moment ago and forgotten at once: not again
+                        // before the retry interval is over (the next keepalive tells).
+                        let message = Message::Error {
+                            code,
+                            detail,
+                            nonce: 0,
+                        };
+                        out.ignore(self.addr, &message);
+                        return Answer::Handled;
+                    }
+                    self.registered_again_at = Some(now);
                     out.event(Event::Notice {
                         message: "the server no longer knows us (restarted?); registering again"
                             .into(),
@@ -391,6 +432,20 @@ impl Server {
                     server_acked: acked,
                 });
             }
+        }
+    }
+
+    /// A datagram from the server's address in another protocol version. Not fatal by
+    /// itself (anyone can forge one): said once, and named if we give up registering.
+    pub fn other_version(&mut self, found: u8, out: &mut Outputs) {
+        if self.other_version.replace(found).is_none() {
+            out.event(Event::Notice {
+                message: format!(
+                    "the server at {} answered in protocol version {found}; this client speaks version {}",
+                    self.addr,
+                    crate::wire::VERSION
+                ),
+            });
         }
     }
 

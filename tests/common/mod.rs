@@ -9,6 +9,10 @@
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod emulator;
+pub mod lab;
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

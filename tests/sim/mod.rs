@@ -13,11 +13,19 @@
 //! ([`Sim::drop_first`]), take an address off the network ([`Sim::set_down`]), or hand a
 //! datagram straight to a node ([`Sim::deliver_now`]).
 //!
+//! Any address may also have a link of its own, each way ([`Sim::set_link`], the model in
+//! [`link`]): a one-way delay, a rate cap, a drop-tail queue limited in bytes and random
+//! loss, as on the access link of a home. A datagram from `a` to `b` goes through `a`'s up
+//! link, then the network above, then `b`'s down link. An address may be a [`Sim::add_sink`]:
+//! it only records what arrives, for tests that send raw datagrams with [`Sim::inject`].
+//!
 //! Driving is bounded: [`Sim::run_until`] stops at a virtual-time limit, and any run that
 //! takes more than [`MAX_STEPS`] steps panics (a livelock, e.g. a timer that never moves).
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+pub mod link;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -27,6 +35,8 @@ use p2pchat::wire::Transmit;
 use p2pchat::wire::{self, ClientId, Message};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+pub use link::{Link, LinkConfig, LinkStats, Verdict, OVERHEAD};
 
 /// Where the rendezvous server lives. Addresses are labels: nothing binds them.
 pub const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7070));
@@ -126,6 +136,15 @@ impl NetConfig {
         }
     }
 
+    /// Nothing at all: no loss, no delay. For tests where the links of [`Sim::set_link`]
+    /// alone shape the path.
+    pub fn instant() -> Self {
+        NetConfig {
+            latency: Duration::ZERO,
+            ..Self::perfect()
+        }
+    }
+
     /// Lossy and disorderly: `loss` and `duplicate` as given, 10 ms + up to 30 ms of jitter,
     /// and one datagram in ten held back by up to 300 ms.
     pub fn lossy(loss: f64, duplicate: f64) -> Self {
@@ -149,6 +168,10 @@ pub enum Fate {
     Lost,
     /// Dropped by a test's filter.
     Filtered,
+    /// Dropped by the sender's up link: its queue was full.
+    LinkQueue,
+    /// Lost at random on the sender's up link.
+    LinkLost,
 }
 
 /// One datagram handed to the network, for tests that check what was sent when.
@@ -159,7 +182,9 @@ pub struct Record {
     pub to: SocketAddr,
     pub message: Message,
     pub fate: Fate,
-    /// When each copy is due to arrive (empty when it was lost or filtered).
+    /// When each copy is due to arrive (empty when it was lost or filtered). When the
+    /// destination has a down link ([`Sim::set_link`]), when each copy reaches that link: what
+    /// becomes of it there is decided then, and counted in the link's [`LinkStats`].
     pub arrivals: Vec<Instant>,
 }
 
@@ -196,6 +221,25 @@ struct Datagram {
     from: SocketAddr,
     to: SocketAddr,
     bytes: Vec<u8>,
+    /// Still to go through the destination's down link.
+    enters_down_link: bool,
+}
+
+/// Which way along an address's link: `Up` carries what the address sends, `Down` what it
+/// receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// A datagram that reached a sink ([`Sim::add_sink`]).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at: Instant,
+    pub from: SocketAddr,
+    /// The encoded datagram.
+    pub bytes: Vec<u8>,
 }
 
 /// One simulated client.
@@ -221,6 +265,8 @@ pub struct Sim {
     order: u64,
     filters: Vec<Filter>,
     down: HashSet<SocketAddr>,
+    links: HashMap<(SocketAddr, Direction), Link>,
+    sinks: HashMap<SocketAddr, Vec<Arrival>>,
     /// Every datagram handed to the network, in order.
     pub log: Vec<Record>,
     pub stats: NetStats,
@@ -249,6 +295,8 @@ impl Sim {
             order: 0,
             filters: Vec::new(),
             down: HashSet::new(),
+            links: HashMap::new(),
+            sinks: HashMap::new(),
             log: Vec::new(),
             stats: NetStats::default(),
             steps: 0,
@@ -322,14 +370,64 @@ impl Sim {
         }
     }
 
-    /// Hands a datagram straight to the node at `to` now, bypassing the network (no loss, no
-    /// delay, not logged). For strangers and forged messages.
+    /// Hands a datagram straight to the node at `to` now, bypassing the network and the
+    /// links (no loss, no delay, not logged). For strangers and forged messages.
     pub fn deliver_now(&mut self, from: SocketAddr, to: SocketAddr, message: &Message) {
         self.deliver(Datagram {
             from,
             to,
             bytes: wire::encode(message),
+            enters_down_link: false,
         });
+    }
+
+    /// Gives `addr` a link in direction `dir` (`Up`: what `addr` sends goes through it;
+    /// `Down`: what it receives), replacing any it had, with a fresh queue and counters. See
+    /// [`link`] for the model; sizes are the encoded datagram plus [`OVERHEAD`], and random
+    /// loss is drawn from the simulation's seeded generator. Panics if `config` fails
+    /// [`LinkConfig::check`].
+    pub fn set_link(&mut self, addr: SocketAddr, dir: Direction, config: LinkConfig) {
+        if let Err(e) = config.check() {
+            panic!("link of {addr} ({dir:?}): {e}");
+        }
+        self.links.insert((addr, dir), Link::new(config));
+    }
+
+    /// The same link configuration both ways (two independent links with equal settings).
+    pub fn set_links(&mut self, addr: SocketAddr, up: LinkConfig, down: LinkConfig) {
+        self.set_link(addr, Direction::Up, up);
+        self.set_link(addr, Direction::Down, down);
+    }
+
+    /// The counters of `addr`'s link in direction `dir`; panics if it has none.
+    pub fn link_stats(&self, addr: SocketAddr, dir: Direction) -> &LinkStats {
+        self.links
+            .get(&(addr, dir))
+            .unwrap_or_else(|| panic!("{addr} has no {dir:?} link"))
+            .stats()
+    }
+
+    /// Bytes waiting in the queue of `addr`'s link in direction `dir` now; panics if it has
+    /// none.
+    pub fn link_queue(&mut self, addr: SocketAddr, dir: Direction) -> usize {
+        let now = self.now;
+        self.links
+            .get_mut(&(addr, dir))
+            .unwrap_or_else(|| panic!("{addr} has no {dir:?} link"))
+            .queued_bytes(now)
+    }
+
+    /// Makes `addr` a sink: an address with no node that records every datagram arriving
+    /// there (see [`Sim::arrivals`]).
+    pub fn add_sink(&mut self, addr: SocketAddr) {
+        self.sinks.entry(addr).or_default();
+    }
+
+    /// What arrived at sink `addr`, in order; panics if it is not a sink.
+    pub fn arrivals(&self, addr: SocketAddr) -> &[Arrival] {
+        self.sinks
+            .get(&addr)
+            .unwrap_or_else(|| panic!("{addr} is not a sink"))
     }
 
     /// Puts a datagram on the network as if `from` had sent it now (loss, delay and filters
@@ -354,25 +452,45 @@ impl Sim {
                 break;
             }
         }
-        let fate = if filtered {
-            self.stats.filtered += 1;
-            Fate::Filtered
-        } else if self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) {
-            self.stats.dropped += 1;
-            Fate::Lost
-        } else {
-            let bytes = wire::encode(&t.message);
-            let copies = if self.net.duplicate > 0.0 && self.rng.random_bool(self.net.duplicate) {
-                self.stats.duplicated += 1;
-                2
-            } else {
-                1
-            };
-            for _ in 1..copies {
-                arrivals.push(self.schedule(from, t.to, bytes.clone()));
+        // Through the sender's up link first, if it has one: when it comes out of it.
+        let mut departs = Ok(self.now);
+        let mut bytes = None;
+        if !filtered {
+            if let Some(link) = self.links.get_mut(&(from, Direction::Up)) {
+                let encoded = wire::encode(&t.message);
+                departs = match link.offer(self.now, encoded.len() + OVERHEAD, &mut self.rng) {
+                    Verdict::Arrives(at) => Ok(at),
+                    Verdict::DroppedQueue => Err(Fate::LinkQueue),
+                    Verdict::Lost => Err(Fate::LinkLost),
+                };
+                bytes = Some(encoded);
             }
-            arrivals.push(self.schedule(from, t.to, bytes));
-            Fate::Sent { copies }
+        }
+        let fate = match departs {
+            _ if filtered => {
+                self.stats.filtered += 1;
+                Fate::Filtered
+            }
+            Err(fate) => fate,
+            Ok(_) if self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) => {
+                self.stats.dropped += 1;
+                Fate::Lost
+            }
+            Ok(departs) => {
+                let bytes = bytes.unwrap_or_else(|| wire::encode(&t.message));
+                let copies = if self.net.duplicate > 0.0 && self.rng.random_bool(self.net.duplicate)
+                {
+                    self.stats.duplicated += 1;
+                    2
+                } else {
+                    1
+                };
+                for _ in 1..copies {
+                    arrivals.push(self.schedule(from, t.to, bytes.clone(), departs));
+                }
+                arrivals.push(self.schedule(from, t.to, bytes, departs));
+                Fate::Sent { copies }
+            }
         };
         self.log.push(Record {
             at: self.now,
@@ -384,7 +502,15 @@ impl Sim {
         });
     }
 
-    fn schedule(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) -> Instant {
+    /// Puts a datagram that left its sender (or its sender's up link) at `departs` on the
+    /// network: it reaches `to` (or `to`'s down link) after the network's delay.
+    fn schedule(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+        departs: Instant,
+    ) -> Instant {
         let mut delay = self.net.latency;
         if !self.net.jitter.is_zero() {
             delay += self.net.jitter.mul_f64(self.rng.random::<f64>());
@@ -393,10 +519,32 @@ impl Sim {
             delay += self.net.reorder_delay.mul_f64(self.rng.random::<f64>());
         }
         self.order += 1;
-        let at = self.now + delay;
-        self.in_flight
-            .insert((at, self.order), Datagram { from, to, bytes });
+        let at = departs + delay;
+        let enters_down_link = self.links.contains_key(&(to, Direction::Down));
+        self.in_flight.insert(
+            (at, self.order),
+            Datagram {
+                from,
+                to,
+                bytes,
+                enters_down_link,
+            },
+        );
         at
+    }
+
+    /// A datagram reaches the down link of its destination now: it goes on to arrive when
+    /// the link lets it out, or is dropped there.
+    fn enter_down_link(&mut self, mut d: Datagram) {
+        let Some(link) = self.links.get_mut(&(d.to, Direction::Down)) else {
+            return self.deliver(d);
+        };
+        if let Verdict::Arrives(at) = link.offer(self.now, d.bytes.len() + OVERHEAD, &mut self.rng)
+        {
+            d.enters_down_link = false;
+            self.order += 1;
+            self.in_flight.insert((at, self.order), d);
+        }
     }
 
     fn deliver(&mut self, d: Datagram) {
@@ -405,6 +553,15 @@ impl Sim {
             return;
         }
         let now = self.now;
+        if let Some(arrivals) = self.sinks.get_mut(&d.to) {
+            self.stats.delivered += 1;
+            arrivals.push(Arrival {
+                at: now,
+                from: d.from,
+                bytes: d.bytes,
+            });
+            return;
+        }
         if d.to == SERVER {
             self.stats.delivered += 1;
             self.registry.handle_datagram(now, d.from, &d.bytes);
@@ -527,7 +684,11 @@ impl Sim {
         if let Some(entry) = self.in_flight.first_entry() {
             if entry.key().0 <= now {
                 let d = entry.remove();
-                self.deliver(d);
+                if d.enters_down_link {
+                    self.enter_down_link(d);
+                } else {
+                    self.deliver(d);
+                }
                 return true;
             }
         }
