@@ -142,7 +142,7 @@ fn register_with_token(socket: &UdpSocket, server: SocketAddr) -> Option<(Client
     for _ in 0..5 {
         socket
             .send_to(
-                &wire::encode(&Message::Register {
+                &wire::encode_request(&Message::Register {
                     want_id: None,
                     nonce: 0,
                     pad: Default::default(),
@@ -182,7 +182,7 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
             for (s, r) in sockets.iter().zip(&registered) {
                 if r.is_none() {
                     let _ = s.send_to(
-                        &wire::encode(&Message::Register {
+                        &wire::encode_request(&Message::Register {
                             want_id: None,
                             nonce: 0,
                             pad: Default::default(),
@@ -211,7 +211,7 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
             if let Some((id, token)) = *r {
                 if n % keep_every != 0 {
                     let _ = s.send_to(
-                        &wire::encode(&Message::Leave {
+                        &wire::encode_request(&Message::Leave {
                             id,
                             token,
                             nonce: 0,
@@ -252,7 +252,7 @@ fn measure(
     if flooder.is_some() {
         thread::sleep(Duration::from_millis(200));
     }
-    let lookup = wire::encode(&Message::Lookup {
+    let lookup = wire::encode_request(&Message::Lookup {
         id,
         nonce: 0,
         pad: Default::default(),
@@ -325,7 +325,7 @@ fn run_flood(
             let sockets: Vec<UdpSocket> = (0..512)
                 .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
                 .collect();
-            let register = wire::encode(&Message::Register {
+            let register = wire::encode_request(&Message::Register {
                 want_id: None,
                 nonce: 0,
                 pad: Default::default(),
@@ -344,7 +344,7 @@ fn run_flood(
         Flood::List(socket, (id, token)) => {
             // Eight Lists in a datagram (as many as the server handles of one), sent as fast
             // as the socket takes them; the pages that come back are counted.
-            let list = wire::encode(&Message::List {
+            let list = wire::encode_request(&Message::List {
                 id,
                 token,
                 after: None,

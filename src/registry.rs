@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rand::{Rng, SeedableRng};
 
-use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token, Transmit};
+use crate::wire::{
+    self, ClientId, DecodeError, ErrorCode, Listed, Message, Nonce, Token, Transmit,
+};
 
 pub mod limits;
 
@@ -299,6 +301,20 @@ pub struct Stats {
     /// Messages dropped because their datagram packed more than
     /// [`MAX_MESSAGES_PER_DATAGRAM`].
     pub excess: u64,
+    /// Answers not sent because they would have made the answers to a datagram from an
+    /// address that has not proved it receives larger than that datagram.
+    pub unsent_larger: u64,
+}
+
+/// What the answers to the message being handled are bound by: they go to `to`, echo
+/// `nonce`, and, unless the message proved its sender receives (its token matches the
+/// registration at its address), spend `budget`, the bytes left of the datagram it came in.
+#[derive(Debug, Clone, Copy)]
+struct Answering {
+    to: SocketAddr,
+    nonce: Nonce,
+    /// `None`: no bound (a proven sender, or a message handed over without its datagram).
+    budget: Option<usize>,
 }
 
 /// A departure remembered for a while, so that a repeated `Leave` gets its `LeaveAck` again.
@@ -335,6 +351,8 @@ pub struct Registry {
     events: VecDeque<TableEvent>,
     stats: Stats,
     rng: rand::rngs::StdRng,
+    /// The message being handled, while it is (see [`Answering`]).
+    answering: Option<Answering>,
 }
 
 impl Registry {
@@ -367,6 +385,7 @@ impl Registry {
             events: VecDeque::new(),
             stats: Stats::default(),
             rng,
+            answering: None,
         }
     }
 
@@ -440,13 +459,21 @@ impl Registry {
                     self.stats.excess += excess as u64;
                     debug!("{from}: {excess} messages past the first {MAX_MESSAGES_PER_DATAGRAM} of a datagram dropped");
                 }
+                // All the answers to one datagram, together, are no larger than it (unless
+                // a message proves its sender receives: see `handle_message`).
+                let mut budget = datagram.len();
                 for msg in messages.into_iter().take(MAX_MESSAGES_PER_DATAGRAM) {
-                    self.handle_message(now, from, msg);
+                    budget = self.handle_bounded(now, from, msg, budget);
                 }
             }
             Err(DecodeError::BadVersion { found }) => {
                 self.stats.bad_version += 1;
-                debug!("{from}: protocol version {found}, answering BadVersion");
+                debug!("{from}: protocol version {found}, answering BadVersion if it fits");
+                self.answering = Some(Answering {
+                    to: from,
+                    nonce: 0,
+                    budget: Some(datagram.len()),
+                });
                 self.send_error(
                     from,
                     ErrorCode::BadVersion,
@@ -455,6 +482,7 @@ impl Registry {
                         wire::VERSION
                     ),
                 );
+                self.answering = None;
             }
             Err(e @ DecodeError::Malformed { .. }) => {
                 self.stats.malformed += 1;
@@ -467,8 +495,46 @@ impl Registry {
         }
     }
 
-    /// Feeds one decoded message.
+    /// Feeds one decoded message. Its answers echo its nonce; handed over without its
+    /// datagram, their size is not bounded (see [`Registry::handle_datagram`]).
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.answering = Some(Answering {
+            to: from,
+            nonce: msg.nonce().unwrap_or(0),
+            budget: None,
+        });
+        self.dispatch(now, from, msg);
+        self.answering = None;
+    }
+
+    /// One message of a datagram, whose answers may spend `budget` bytes unless the message
+    /// proves its sender receives: a token that matches the registration at `from` was
+    /// learnt from our `Registered`, sent to that address. Returns the budget left.
+    fn handle_bounded(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message,
+        budget: usize,
+    ) -> usize {
+        let proven = match msg {
+            Message::Keepalive { id, token, .. }
+            | Message::Leave { id, token, .. }
+            | Message::Claim { id, token, .. }
+            | Message::List { id, token, .. } => self.owns(from, id, token),
+            _ => false,
+        };
+        self.answering = Some(Answering {
+            to: from,
+            nonce: msg.nonce().unwrap_or(0),
+            budget: (!proven).then_some(budget),
+        });
+        self.dispatch(now, from, msg);
+        let left = self.answering.take().and_then(|a| a.budget);
+        left.unwrap_or(budget)
+    }
+
+    fn dispatch(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         // Any message from a registered address shows the client is alive.
         let t = self.clients.nanos(now);
         if let Some(r) = self.clients.at_addr_mut(&from) {
@@ -585,7 +651,21 @@ impl Registry {
         );
     }
 
-    fn send(&mut self, to: SocketAddr, message: Message) {
+    /// Queues an answer: to the sender of the message being handled it echoes that
+    /// message's nonce, and it is dropped if it does not fit the datagram's budget.
+    fn send(&mut self, to: SocketAddr, mut message: Message) {
+        if let Some(a) = self.answering.as_mut().filter(|a| a.to == to) {
+            message.set_nonce(a.nonce);
+            if let Some(budget) = a.budget.as_mut() {
+                let size = wire::encoded_len(&message);
+                if size > *budget {
+                    self.stats.unsent_larger += 1;
+                    debug!("{to}: answer of {size} bytes not sent: {budget} bytes left of what it sent");
+                    return;
+                }
+                *budget -= size;
+            }
+        }
         self.transmits.push_back(Transmit { to, message });
     }
 

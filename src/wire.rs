@@ -417,6 +417,14 @@ pub fn pad_request(msg: &mut Message) {
     }
 }
 
+/// Encodes `msg` alone as a client sends it: a request to the server padded with
+/// [`pad_request`], anything else as [`encode`] does.
+pub fn encode_request(msg: &Message) -> Vec<u8> {
+    let mut msg = msg.clone();
+    pad_request(&mut msg);
+    encode(&msg)
+}
+
 /// The size of `msg` alone in a datagram, header included.
 pub fn encoded_len(msg: &Message) -> usize {
     struct Count(usize);

@@ -170,8 +170,11 @@ struct RawPeer {
 }
 
 impl RawPeer {
+    /// Sends `m`, padded as a client pads its requests to the server.
     fn send(&self, to: SocketAddr, m: &Message) {
-        self.sock.send_to(&wire::encode(m), to).unwrap();
+        let mut m = m.clone();
+        wire::pad_request(&mut m);
+        self.sock.send_to(&wire::encode(&m), to).unwrap();
     }
 
     /// The next message satisfying `pred` (others are dropped), within [`WAIT`].

@@ -66,23 +66,24 @@ fn text_the_server_sends_reaches_the_terminal_made_harmless() {
     ]);
     let hostile = "\u{1b}[2J\u{1b}]0;owned\u{7}\u{1b}[31mred\u{202E}txt.exe\u{200B}";
     // A refusal to wait ("the server says: ...; retrying"), then one that ends the client.
-    let (from, _) = next_register(&server, Duration::from_secs(5));
-    let refuse = |code, detail: &str| {
+    let (from, register) = next_register(&server, Duration::from_secs(5));
+    // Each answer echoes the nonce of the Register it answers, as the server does.
+    let refuse = |register: &Message, code, detail: &str| {
         wire::encode(&Message::Error {
             code,
             detail: detail.into(),
-            nonce: 0,
+            nonce: register.nonce().unwrap(),
         })
     };
     server
-        .send_to(&refuse(ErrorCode::RateLimited, hostile), from)
+        .send_to(&refuse(&register, ErrorCode::RateLimited, hostile), from)
         .unwrap();
     let notice = client.wait_for_line("the rate-limit notice", |l| l.contains("the server says"));
     assert_no_raw_controls("the notice", &notice);
     assert!(notice.contains("<U+202E>"), "{notice:?}");
-    let (from, _) = next_register(&server, Duration::from_secs(5));
+    let (from, register) = next_register(&server, Duration::from_secs(5));
     server
-        .send_to(&refuse(ErrorCode::BadName, hostile), from)
+        .send_to(&refuse(&register, ErrorCode::BadName, hostile), from)
         .unwrap();
     let status = client.wait_exit();
     assert!(!status.success());

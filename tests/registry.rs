@@ -36,8 +36,12 @@ fn registry(max_clients: usize) -> Registry {
 
 /// Feeds one encoded message from `from` and returns the answers, checking that every answer
 /// goes back to the sender (the server never writes to anyone else).
+/// Sends `msg` as a client does: a request padded to `wire::REQUEST_SIZE`, so that every
+/// answer fits what the server may send an address that has not proved it receives.
 fn send(r: &mut Registry, now: Instant, from: SocketAddr, msg: &Message) -> Vec<Message> {
-    send_raw(r, now, from, &encode(msg))
+    let mut msg = msg.clone();
+    p2pchat::wire::pad_request(&mut msg);
+    send_raw(r, now, from, &encode(&msg))
 }
 
 fn send_raw(r: &mut Registry, now: Instant, from: SocketAddr, datagram: &[u8]) -> Vec<Message> {
@@ -1032,12 +1036,15 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
     let before = table(&r);
     let base = r.stats().clone();
     for version in [0, 2, 0xff] {
-        // Even a well-formed Register: the body of another version is never guessed at.
-        let mut d = encode(&Message::Register {
+        // Even a well-formed Register: the body of another version is never guessed at. A
+        // client pads its requests, so the error fits.
+        let mut register = Message::Register {
             want_id: None,
             nonce: 0,
             pad: Default::default(),
-        });
+        };
+        p2pchat::wire::pad_request(&mut register);
+        let mut d = encode(&register);
         d[1] = version;
         let answers = send_raw(&mut r, t0, addr(9999), &d);
         assert_eq!(error_code(&answers), ErrorCode::BadVersion);
@@ -1046,11 +1053,14 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
         };
         assert!(detail.contains(&version.to_string()), "{detail:?}");
     }
+    // A probe smaller than the error gets nothing: no answer is larger than its question.
+    assert_eq!(send_raw(&mut r, t0, addr(9999), b"P\x02"), []);
     assert_eq!(
         *r.stats(),
         Stats {
-            datagrams: base.datagrams + 3,
-            bad_version: base.bad_version + 3,
+            datagrams: base.datagrams + 4,
+            bad_version: base.bad_version + 4,
+            unsent_larger: base.unsent_larger + 1,
             ..base
         }
     );

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Proc, Server};
-use p2pchat::wire::{decode, encode, ClientId, ErrorCode, Message, Token, MAGIC, VERSION};
+use p2pchat::wire::{decode, encode_request, ClientId, ErrorCode, Message, Token, MAGIC, VERSION};
 
 // ---------------------------------------------------------------- clients
 
@@ -41,7 +41,7 @@ fn recv(sock: &UdpSocket, server: SocketAddr) -> Option<Message> {
 /// idempotent, as the protocol requires).
 fn request(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> Message {
     for _ in 0..3 {
-        sock.send_to(&encode(msg), server).unwrap();
+        sock.send_to(&encode_request(msg), server).unwrap();
         if let Some(answer) = recv(sock, server) {
             return answer;
         }
@@ -231,7 +231,7 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         .set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
 
-    let mut other_version = encode(&Message::Leave {
+    let mut other_version = encode_request(&Message::Leave {
         id: 1,
         token,
         nonce: 0,
@@ -393,7 +393,7 @@ fn keepalives_keep_a_client_past_the_ttl() {
     while Instant::now() < until {
         alice
             .send_to(
-                &encode(&Message::Keepalive {
+                &encode_request(&Message::Keepalive {
                     id: 1,
                     token,
                     nonce: 0,
@@ -463,7 +463,7 @@ fn binding_a_port_already_in_use_fails_with_one_cannot_bind_line() {
 fn request_sized(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> (Message, usize) {
     let mut buf = [0u8; 65_536];
     for _ in 0..3 {
-        sock.send_to(&encode(msg), server).unwrap();
+        sock.send_to(&encode_request(msg), server).unwrap();
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             if from == server {
                 let answer = decode(&buf[..n]).expect("the server sent an undecodable datagram");

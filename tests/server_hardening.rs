@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{parse_listening_line, Server};
-use p2pchat::wire::{self, decode_all, encode, ClientId, ErrorCode, Message, Token};
+use p2pchat::wire::{self, decode_all, encode_request, ClientId, ErrorCode, Message, Token};
 
 fn socket_on(ip: &str) -> UdpSocket {
     let s = UdpSocket::bind((ip, 0)).unwrap();
@@ -47,7 +47,7 @@ fn recv_all(sock: &UdpSocket, server: SocketAddr) -> Option<Vec<Message>> {
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token) {
     for _ in 0..5 {
         sock.send_to(
-            &encode(&Message::Register {
+            &encode_request(&Message::Register {
                 want_id: None,
                 nonce: 0,
                 pad: Default::default(),
@@ -135,7 +135,7 @@ fn a_list_flood_gets_the_list_rate_and_other_clients_lookups_are_answered() {
         })
     };
     thread::sleep(Duration::from_millis(100));
-    let lookup = encode(&Message::Lookup {
+    let lookup = encode_request(&Message::Lookup {
         id: victim_id,
         nonce: 0,
         pad: Default::default(),
@@ -184,7 +184,7 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
     let flood = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
-            let register = encode(&Message::Register {
+            let register = encode_request(&Message::Register {
                 want_id: None,
                 nonce: 0,
                 pad: Default::default(),
@@ -223,7 +223,7 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
             let t = Instant::now();
             client
                 .send_to(
-                    &encode(&Message::Register {
+                    &encode_request(&Message::Register {
                         want_id: None,
                         nonce: 0,
                         pad: Default::default(),
@@ -285,7 +285,7 @@ fn eleven_addresses_of_one_network_cannot_fill_max_clients() {
         for _ in 0..5 {
             let s = socket_on(&format!("127.0.0.{host}"));
             s.send_to(
-                &encode(&Message::Register {
+                &encode_request(&Message::Register {
                     want_id: None,
                     nonce: 0,
                     pad: Default::default(),
@@ -386,7 +386,7 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
                         pad: Default::default(),
                     },
                 };
-                sockets[i].send_to(&encode(&msg), addr).unwrap();
+                sockets[i].send_to(&encode_request(&msg), addr).unwrap();
                 match recv_all(&sockets[i], addr).as_deref() {
                     Some([Message::Registered { id, token, .. }]) => held[i] = Some((*id, *token)),
                     Some([Message::LeaveAck { .. }]) => held[i] = None,
@@ -397,7 +397,7 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
         })
     };
     let prober = socket_on("127.0.0.1");
-    let lookup = encode(&Message::Lookup {
+    let lookup = encode_request(&Message::Lookup {
         id: 1,
         nonce: 0,
         pad: Default::default(),
@@ -488,7 +488,7 @@ fn the_printed_table_shows_a_display_name_as_sanitize_makes_it() {
     server.expect_next_line(&format!("client {id} joined from {me}"));
     let display = "Mallory \u{202e}fdp.exe";
     sock.send_to(
-        &encode(&Message::Claim {
+        &encode_request(&Message::Claim {
             id,
             token,
             name: "mallory".into(),
