@@ -1058,6 +1058,53 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
 // ---------------------------------------------------------------------- the server
 
 #[test]
+fn forged_server_answers_from_the_servers_address_change_nothing() {
+    // Off the path, an attacker can send from the server's address but cannot see our
+    // nonces: its NotRegistered and Registered{4242, ttl 2^32-1} (which once made a client
+    // take id 4242 and stop its keepalives) are not answers to anything we asked.
+    let (mut s, a, _b) = pair();
+    let id = s.id(a);
+    let before = s.events(a).len();
+    let addr = s.addr(a);
+    for nonce in [0, 1, 0xdead_beef] {
+        s.inject(
+            SERVER,
+            addr,
+            Message::Error {
+                code: ErrorCode::NotRegistered,
+                detail: "forged".into(),
+                nonce,
+            },
+        );
+        s.inject(
+            SERVER,
+            addr,
+            Message::Registered {
+                id: 4242,
+                token: 1,
+                ttl_secs: u32::MAX,
+                nonce,
+            },
+        );
+    }
+    let t = s.now;
+    s.run_for(secs(60));
+    assert_eq!(s.id(a), id);
+    assert_eq!(s.events(a).len(), before, "{:?}", &s.events(a)[before..]);
+    assert!(!s
+        .sent_by(addr, |m| matches!(m, Message::Register { .. }))
+        .iter()
+        .any(|r| r.at > t));
+    // Its keepalives went on, every third of the real time to live (30 s).
+    let keepalives = s
+        .sent_by(addr, |m| matches!(m, Message::Keepalive { .. }))
+        .iter()
+        .filter(|r| r.at > t)
+        .count();
+    assert!(keepalives >= 5, "{keepalives} keepalives in 60 s");
+}
+
+#[test]
 fn no_registration_answer_is_fatal_no_rendezvous_server() {
     println!("seed {SEED}");
     let mut s = Sim::new(SEED, NetConfig::perfect());
