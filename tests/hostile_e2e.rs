@@ -122,7 +122,7 @@ fn the_server_never_answers_an_unproven_address_with_more_than_it_sent() {
     let name = "n".repeat(wire::MAX_NAME);
     let display = "d".repeat(wire::MAX_DISPLAY_NAME);
     let addr = server.addr.to_string();
-    let mut client = Proc::spawn_with_stdin(&[
+    let client = Proc::spawn_with_stdin(&[
         "client",
         "--server",
         &addr,
