@@ -20,9 +20,21 @@
 //! what it has ready for one destination, up to [`PACK_LIMIT`] bytes, so that a burst of
 //! chat messages or acknowledgements costs a few datagrams, not one each). A receiver handles
 //! them as if they had come one by one, in order. A message bigger than the limit goes alone.
-//! The rendezvous server handles at most 8 messages of one datagram and drops the rest: its
-//! answers go to a source address that may be forged, and must not be many times the size
-//! of what it received.
+//! The rendezvous server handles at most 8 messages of one datagram and drops the rest.
+//!
+//! # No amplification
+//!
+//! A source address can be forged, so an answer can land on someone who asked nothing.
+//! Neither the server nor a client ever sends an address that has not proved it receives
+//! more bytes, in answer to one datagram from it, than that datagram had (1x, counted in
+//! bytes with the header; QUIC allows 3x, RFC 9000 §8). An answer that would not fit is not
+//! sent. Proof, for the server: the message carries the `token` of the registration at its
+//! source address (`Keepalive`, `Leave`, `Claim`, `List`), which only the receiver of our
+//! `Registered` knows; for a client: the server's address, and the address of a peer with
+//! an open session. So a client pads every request to the server to at least
+//! [`REQUEST_SIZE`] (256) bytes with the `pad` field: every answer to an unproven request
+//! (`Registered`, the largest `Found`, `Inactive`, `Unknown`, `LeaveAck`, `Error`) fits in
+//! that. A request sent unpadded may get no answer.
 //!
 //! # The message value
 //!
@@ -49,24 +61,35 @@
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `Register` | `want_id`: id or nil | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
-//! | `Registered` | `id`, `token`, `ttl_secs` | server | - |
-//! | `Lookup` | `id` | anyone | `Found` or `Inactive` |
-//! | `Found` | `id`, `addr` | server | - |
-//! | `Inactive` | `id` | server | - (shown as "Client 3 Inactive") |
-//! | `Leave` | `id`, `token` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
-//! | `LeaveAck` | `id` | server | - |
-//! | `Keepalive` | `id`, `token` | client | nothing; `Error` (`NotRegistered`) if unknown |
-//! | `Error` | `code`, `detail` | server | - |
-//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
-//! | `Claimed` | `id`, `name` | server | - |
-//! | `Resolve` | `name` | anyone | `Found` or `Unknown` |
-//! | `Unknown` | `name` | server | - |
-//! | `List` | `id`, `token`, `after`: id or nil | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
-//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total` | server | - |
+//! | `Register` | `want_id`: id or nil, `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
+//! | `Registered` | `id`, `token`, `ttl_secs`, `nonce` | server | - |
+//! | `Lookup` | `id`, `nonce`, `pad` | anyone | `Found` or `Inactive` |
+//! | `Found` | `id`, `addr`, `nonce` | server | - |
+//! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
+//! | `Leave` | `id`, `token`, `nonce`, `pad` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
+//! | `LeaveAck` | `id`, `nonce` | server | - |
+//! | `Keepalive` | `id`, `token`, `nonce`, `pad` | client | nothing; `Error` (`NotRegistered`) if unknown |
+//! | `Error` | `code`, `detail`, `nonce` | server | - |
+//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
+//! | `Claimed` | `id`, `name`, `nonce` | server | - |
+//! | `Resolve` | `name`, `nonce`, `pad` | anyone | `Found` or `Unknown` |
+//! | `Unknown` | `name`, `nonce` | server | - |
+//! | `List` | `id`, `token`, `after`: id or nil, `nonce`, `pad` | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
+//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
 //! fields are left out otherwise).
+//!
+//! `nonce` (unsigned, 64 bits; see [`Nonce`]) binds an answer to its request: a client puts
+//! a fresh random one in every request it sends the server (every resend too), the server
+//! copies it into every answer to that message, and a client takes a message from the
+//! server's address only if it carries the nonce of one of its recent requests (p2pchat
+//! remembers its last 256), once. Someone who can forge the server's address but cannot
+//! read the client's requests cannot guess one, so a forged `Registered`, `Found` or
+//! `Error` is not an answer. `pad` is a `bin` of any bytes (p2pchat sends zeros) that only
+//! makes the request bigger (see "No amplification"). Both are left out when 0 or empty,
+//! and a decoder treats them as 0 and empty when absent, so a message without them encodes
+//! and decodes as in earlier builds.
 //!
 //! # Names and listing
 //!
@@ -108,13 +131,21 @@
 //! is answered with `Error` `NotRegistered`, which tells a client that the server has
 //! forgotten it (for example after a restart) and should register again.
 //!
-//! `code` in `Error` is one of the strings `"ServerFull"`, `"IdTaken"`, `"BadVersion"`,
-//! `"NotRegistered"`, `"RateLimited"`, `"NameTaken"`, `"BadName"`, `"ListDisabled"`; `detail` is a human-readable sentence. New
-//! registrations from one source IP address are rate-limited (a token bucket, by default
-//! 200 at once and 20 a second after that); a source over its rate is told `RateLimited` at
-//! most once a second, and its other registrations are dropped unanswered. A datagram with the right magic
-//! byte but another version is answered with `Error` `BadVersion` in this version's framing;
-//! a client of another version can tell from byte 1 alone that it cannot talk to this server.
+//! `ttl_secs` tells how often to send a `Keepalive`; p2pchat believes at most an hour of it,
+//! so that its keepalives never stop. `code` in `Error` is one of the strings `"ServerFull"`,
+//! `"IdTaken"`, `"BadVersion"`, `"NotRegistered"`, `"RateLimited"`, `"NameTaken"`,
+//! `"BadName"`, `"ListDisabled"`; `detail` is a human-readable sentence. A client told
+//! `RateLimited` keeps trying at its own pace.
+//!
+//! New registrations from one network (an IPv4 /24, an IPv6 /56) are rate-limited: a token
+//! bucket, by default 200 at once and 20 a second after that, whose tokens go first to the
+//! addresses that were refused and ask again (so a flood from fresh ports cannot starve a
+//! client that retries), and at most `max(16, max_clients / 8)` clients of one network are
+//! registered at once. A refused address is told `RateLimited` at most once a second; its
+//! other registrations are dropped unanswered. A datagram with the right magic byte but
+//! another version is answered with `Error` `BadVersion` in this version's framing, when
+//! that fits (a client's padded `Register` does); a client of another version can tell
+//! from byte 1 alone that it cannot talk to this server.
 //!
 //! # Peer to peer
 //!
@@ -1122,6 +1153,122 @@ mod addr_as_string {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
+        let far: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+            .parse()
+            .unwrap();
+        let nonce = Nonce::MAX;
+        let answers = [
+            Message::Registered {
+                id: ClientId::MAX,
+                token: Token::MAX,
+                ttl_secs: u32::MAX,
+                nonce,
+            },
+            Message::Found {
+                id: ClientId::MAX,
+                addr: far,
+                name: Some("n".repeat(MAX_NAME)),
+                // The longest display name in bytes: 4-byte characters.
+                display_name: Some("\u{1F600}".repeat(MAX_DISPLAY_NAME / 4)),
+                nonce,
+            },
+            Message::Inactive {
+                id: ClientId::MAX,
+                nonce,
+            },
+            Message::Unknown {
+                name: "n".repeat(MAX_NAME),
+                nonce,
+            },
+            Message::LeaveAck {
+                id: ClientId::MAX,
+                nonce,
+            },
+            // The longest detail the server writes to an unproven address.
+            Message::Error {
+                code: ErrorCode::NotRegistered,
+                detail: format!(
+                    "client {} is not registered from {far} with that token",
+                    ClientId::MAX
+                ),
+                nonce,
+            },
+        ];
+        for answer in answers {
+            assert!(
+                encode(&answer).len() <= REQUEST_SIZE,
+                "{} bytes: {answer:?}",
+                encode(&answer).len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_padded_request_is_at_least_request_size_and_decodes_as_it_was() {
+        let requests = [
+            Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Padding(0),
+            },
+            Message::Lookup {
+                id: 1,
+                nonce: 3,
+                pad: Padding(0),
+            },
+            Message::Resolve {
+                name: "n".repeat(MAX_NAME),
+                nonce: Nonce::MAX,
+                pad: Padding(0),
+            },
+            Message::Claim {
+                id: 1,
+                token: 2,
+                name: "n".repeat(MAX_NAME),
+                display_name: Some("d".repeat(MAX_DISPLAY_NAME)),
+                previous: Some(3),
+                nonce: 4,
+                pad: Padding(0),
+            },
+        ];
+        for request in requests {
+            // Every size on the way: a request just under, at and over the target.
+            for extra in 0..300usize {
+                let mut r = request.clone();
+                if let Message::Resolve { name, .. } = &mut r {
+                    name.truncate(extra % (MAX_NAME + 1));
+                }
+                pad_request(&mut r);
+                let bytes = encode(&r);
+                assert!(
+                    bytes.len() >= REQUEST_SIZE,
+                    "{} < {REQUEST_SIZE}",
+                    bytes.len()
+                );
+                assert!(bytes.len() <= REQUEST_SIZE + 8, "{} bytes", bytes.len());
+                assert_eq!(encoded_len(&r), bytes.len());
+                let mut back = decode(&bytes).unwrap();
+                back.set_nonce(r.nonce().unwrap());
+                assert_eq!(back, r);
+            }
+        }
+        // Messages that are not requests are left alone.
+        let mut chat = Message::Ping {
+            from: 1,
+            session: 2,
+        };
+        pad_request(&mut chat);
+        assert_eq!(
+            chat,
+            Message::Ping {
+                from: 1,
+                session: 2
+            }
+        );
+    }
 
     #[test]
     fn names_follow_the_rules() {
