@@ -124,7 +124,11 @@ fn main() {
 /// ids are 1..=that, the lowest free ones).
 fn register_many(server: SocketAddr, n: u32) -> u32 {
     const BATCH: usize = 128;
-    let register = wire::encode(&Message::Register { want_id: None });
+    let register = wire::encode_request(&Message::Register {
+        want_id: None,
+        nonce: 0,
+        pad: Default::default(),
+    });
     let mut candidate = 0u32;
     let mut done = 0u32;
     let mut buf = [0u8; 2048];
@@ -243,7 +247,15 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
     let mut sent_at = vec![Instant::now(); slots as usize];
     let mut expect = vec![0 as ClientId; slots as usize];
     let mut send = |socket: &UdpSocket, slot: u32, id: ClientId, sent_at: &mut [Instant]| {
-        wire::encode_into(&Message::Lookup { id }, &mut datagram);
+        // Padded, as a client pads its requests (the server's answer to an address that
+        // has not proved it receives is never larger than the request).
+        let mut lookup = Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        };
+        wire::pad_request(&mut lookup);
+        wire::encode_into(&lookup, &mut datagram);
         sent_at[slot as usize] = Instant::now();
         let _ = socket.send_to(&datagram, to);
     };
@@ -280,7 +292,7 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
                         };
                         answers.extend(messages.into_iter().filter_map(|m| match m {
                             Message::Found { id, .. } if lookups => Some(id),
-                            Message::Lookup { id } if !lookups => Some(id),
+                            Message::Lookup { id, .. } if !lookups => Some(id),
                             _ => None,
                         }));
                         while let Some(id) = answers.pop_front() {

@@ -141,7 +141,14 @@ fn register_with_token(socket: &UdpSocket, server: SocketAddr) -> Option<(Client
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         socket
-            .send_to(&wire::encode(&Message::Register { want_id: None }), server)
+            .send_to(
+                &wire::encode_request(&Message::Register {
+                    want_id: None,
+                    nonce: 0,
+                    pad: Default::default(),
+                }),
+                server,
+            )
             .ok()?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, token, .. }) = wire::decode(&buf[..n]) {
@@ -174,7 +181,14 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
         for _attempt in 0..5 {
             for (s, r) in sockets.iter().zip(&registered) {
                 if r.is_none() {
-                    let _ = s.send_to(&wire::encode(&Message::Register { want_id: None }), server);
+                    let _ = s.send_to(
+                        &wire::encode_request(&Message::Register {
+                            want_id: None,
+                            nonce: 0,
+                            pad: Default::default(),
+                        }),
+                        server,
+                    );
                 }
             }
             for (s, r) in sockets.iter().zip(registered.iter_mut()) {
@@ -196,7 +210,15 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
             n += 1;
             if let Some((id, token)) = *r {
                 if n % keep_every != 0 {
-                    let _ = s.send_to(&wire::encode(&Message::Leave { id, token }), server);
+                    let _ = s.send_to(
+                        &wire::encode_request(&Message::Leave {
+                            id,
+                            token,
+                            nonce: 0,
+                            pad: Default::default(),
+                        }),
+                        server,
+                    );
                     leaving.push(s);
                 }
             }
@@ -230,7 +252,11 @@ fn measure(
     if flooder.is_some() {
         thread::sleep(Duration::from_millis(200));
     }
-    let lookup = wire::encode(&Message::Lookup { id });
+    let lookup = wire::encode_request(&Message::Lookup {
+        id,
+        nonce: 0,
+        pad: Default::default(),
+    });
     let mut buf = [0u8; 2048];
     let mut latencies = Vec::new();
     let mut lost = 0;
@@ -299,7 +325,11 @@ fn run_flood(
             let sockets: Vec<UdpSocket> = (0..512)
                 .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
                 .collect();
-            let register = wire::encode(&Message::Register { want_id: None });
+            let register = wire::encode_request(&Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            });
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 if sockets[i % sockets.len()]
@@ -314,10 +344,12 @@ fn run_flood(
         Flood::List(socket, (id, token)) => {
             // Eight Lists in a datagram (as many as the server handles of one), sent as fast
             // as the socket takes them; the pages that come back are counted.
-            let list = wire::encode(&Message::List {
+            let list = wire::encode_request(&Message::List {
                 id,
                 token,
                 after: None,
+                nonce: 0,
+                pad: Default::default(),
             });
             let mut datagram = list.clone();
             for _ in 1..8 {

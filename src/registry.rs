@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rand::{Rng, SeedableRng};
 
-use crate::wire::{self, ClientId, DecodeError, ErrorCode, Listed, Message, Token, Transmit};
+use crate::wire::{
+    self, ClientId, DecodeError, ErrorCode, Listed, Message, Nonce, Token, Transmit,
+};
 
 pub mod limits;
 
@@ -299,6 +301,20 @@ pub struct Stats {
     /// Messages dropped because their datagram packed more than
     /// [`MAX_MESSAGES_PER_DATAGRAM`].
     pub excess: u64,
+    /// Answers not sent because they would have made the answers to a datagram from an
+    /// address that has not proved it receives larger than that datagram.
+    pub unsent_larger: u64,
+}
+
+/// What the answers to the message being handled are bound by: they go to `to`, echo
+/// `nonce`, and, unless the message proved its sender receives (its token matches the
+/// registration at its address), spend `budget`, the bytes left of the datagram it came in.
+#[derive(Debug, Clone, Copy)]
+struct Answering {
+    to: SocketAddr,
+    nonce: Nonce,
+    /// `None`: no bound (a proven sender, or a message handed over without its datagram).
+    budget: Option<usize>,
 }
 
 /// A departure remembered for a while, so that a repeated `Leave` gets its `LeaveAck` again.
@@ -335,6 +351,8 @@ pub struct Registry {
     events: VecDeque<TableEvent>,
     stats: Stats,
     rng: rand::rngs::StdRng,
+    /// The message being handled, while it is (see [`Answering`]).
+    answering: Option<Answering>,
 }
 
 impl Registry {
@@ -367,6 +385,7 @@ impl Registry {
             events: VecDeque::new(),
             stats: Stats::default(),
             rng,
+            answering: None,
         }
     }
 
@@ -440,13 +459,21 @@ impl Registry {
                     self.stats.excess += excess as u64;
                     debug!("{from}: {excess} messages past the first {MAX_MESSAGES_PER_DATAGRAM} of a datagram dropped");
                 }
+                // All the answers to one datagram, together, are no larger than it (unless
+                // a message proves its sender receives: see `handle_message`).
+                let mut budget = datagram.len();
                 for msg in messages.into_iter().take(MAX_MESSAGES_PER_DATAGRAM) {
-                    self.handle_message(now, from, msg);
+                    budget = self.handle_bounded(now, from, msg, budget);
                 }
             }
             Err(DecodeError::BadVersion { found }) => {
                 self.stats.bad_version += 1;
-                debug!("{from}: protocol version {found}, answering BadVersion");
+                debug!("{from}: protocol version {found}, answering BadVersion if it fits");
+                self.answering = Some(Answering {
+                    to: from,
+                    nonce: 0,
+                    budget: Some(datagram.len()),
+                });
                 self.send_error(
                     from,
                     ErrorCode::BadVersion,
@@ -455,6 +482,7 @@ impl Registry {
                         wire::VERSION
                     ),
                 );
+                self.answering = None;
             }
             Err(e @ DecodeError::Malformed { .. }) => {
                 self.stats.malformed += 1;
@@ -467,16 +495,54 @@ impl Registry {
         }
     }
 
-    /// Feeds one decoded message.
+    /// Feeds one decoded message. Its answers echo its nonce; handed over without its
+    /// datagram, their size is not bounded (see [`Registry::handle_datagram`]).
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.answering = Some(Answering {
+            to: from,
+            nonce: msg.nonce().unwrap_or(0),
+            budget: None,
+        });
+        self.dispatch(now, from, msg);
+        self.answering = None;
+    }
+
+    /// One message of a datagram, whose answers may spend `budget` bytes unless the message
+    /// proves its sender receives: a token that matches the registration at `from` was
+    /// learnt from our `Registered`, sent to that address. Returns the budget left.
+    fn handle_bounded(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message,
+        budget: usize,
+    ) -> usize {
+        let proven = match msg {
+            Message::Keepalive { id, token, .. }
+            | Message::Leave { id, token, .. }
+            | Message::Claim { id, token, .. }
+            | Message::List { id, token, .. } => self.owns(from, id, token),
+            _ => false,
+        };
+        self.answering = Some(Answering {
+            to: from,
+            nonce: msg.nonce().unwrap_or(0),
+            budget: (!proven).then_some(budget),
+        });
+        self.dispatch(now, from, msg);
+        let left = self.answering.take().and_then(|a| a.budget);
+        left.unwrap_or(budget)
+    }
+
+    fn dispatch(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         // Any message from a registered address shows the client is alive.
         let t = self.clients.nanos(now);
         if let Some(r) = self.clients.at_addr_mut(&from) {
             r.last_seen = t;
         }
         match msg {
-            Message::Register { want_id } => self.register(now, from, want_id),
-            Message::Lookup { id } => {
+            Message::Register { want_id, .. } => self.register(now, from, want_id),
+            Message::Lookup { id, .. } => {
                 let answer = match self.clients.get(id) {
                     // Without names (the common case) the answer is built right here.
                     Some(r) if self.names.is_empty() => Message::Found {
@@ -484,23 +550,27 @@ impl Registry {
                         addr: r.addr,
                         name: None,
                         display_name: None,
+                        nonce: 0,
                     },
                     Some(r) => self.found(r.id, r.addr),
-                    None => Message::Inactive { id },
+                    None => Message::Inactive { id, nonce: 0 },
                 };
                 self.send(from, answer);
             }
-            Message::Resolve { name } => self.resolve(from, name),
+            Message::Resolve { name, .. } => self.resolve(from, name),
             Message::Claim {
                 id,
                 token,
                 name,
                 display_name,
                 previous,
+                ..
             } => self.claim(from, id, token, name, display_name, previous),
-            Message::List { id, token, after } => self.list(now, from, id, token, after),
-            Message::Leave { id, token } => self.leave(now, from, id, token),
-            Message::Keepalive { id, token } => {
+            Message::List {
+                id, token, after, ..
+            } => self.list(now, from, id, token, after),
+            Message::Leave { id, token, .. } => self.leave(now, from, id, token),
+            Message::Keepalive { id, token, .. } => {
                 if !self.owns(from, id, token) {
                     self.not_registered(from, id, "keepalive");
                 }
@@ -571,10 +641,31 @@ impl Registry {
     /// Answers `to` with an [`Message::Error`].
     fn send_error(&mut self, to: SocketAddr, code: ErrorCode, detail: impl Into<String>) {
         let detail = detail.into();
-        self.send(to, Message::Error { code, detail });
+        self.send(
+            to,
+            Message::Error {
+                code,
+                detail,
+                nonce: 0,
+            },
+        );
     }
 
-    fn send(&mut self, to: SocketAddr, message: Message) {
+    /// Queues an answer: to the sender of the message being handled it echoes that
+    /// message's nonce, and it is dropped if it does not fit the datagram's budget.
+    fn send(&mut self, to: SocketAddr, mut message: Message) {
+        if let Some(a) = self.answering.as_mut().filter(|a| a.to == to) {
+            message.set_nonce(a.nonce);
+            if let Some(budget) = a.budget.as_mut() {
+                let size = wire::encoded_len(&message);
+                if size > *budget {
+                    self.stats.unsent_larger += 1;
+                    debug!("{to}: answer of {size} bytes not sent: {budget} bytes left of what it sent");
+                    return;
+                }
+                *budget -= size;
+            }
+        }
         self.transmits.push_back(Transmit { to, message });
     }
 
@@ -693,7 +784,7 @@ impl Registry {
         };
         let answer = match holder.and_then(|id| self.clients.get(id)) {
             Some(r) => self.found(r.id, r.addr),
-            None => Message::Unknown { name },
+            None => Message::Unknown { name, nonce: 0 },
         };
         self.send(from, answer);
     }
@@ -706,6 +797,7 @@ impl Registry {
             addr,
             name: name.map(|n| n.name.to_string()),
             display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
+            nonce: 0,
         }
     }
 
@@ -757,7 +849,7 @@ impl Registry {
                 let n = self.names.get_mut(&id).expect("a holder has a name");
                 let same = *n.name == *name && n.display_name.as_deref() == display_name.as_deref();
                 if same {
-                    self.send(from, Message::Claimed { id, name });
+                    self.send(from, Message::Claimed { id, name, nonce: 0 });
                     return;
                 }
             }
@@ -796,7 +888,7 @@ impl Registry {
             name: name.clone(),
             display_name,
         });
-        self.send(from, Message::Claimed { id, name });
+        self.send(from, Message::Claimed { id, name, nonce: 0 });
     }
 
     /// Answers `List` with one page: the clients above `after`, in id order, as many as fit
@@ -849,6 +941,7 @@ impl Registry {
                 clients: Vec::new(),
                 next,
                 total,
+                nonce: 0,
             })
             .len()
         };
@@ -897,6 +990,7 @@ impl Registry {
             clients,
             next,
             total,
+            nonce: 0,
         };
         // Checked with the encoder itself (never expected to trim anything).
         debug_assert_eq!(wire::encode(&page).len(), expected, "page size");
@@ -916,6 +1010,7 @@ impl Registry {
             id,
             token,
             ttl_secs: u32::try_from(self.config.ttl.as_secs().max(1)).unwrap_or(u32::MAX),
+            nonce: 0,
         }
     }
 
@@ -934,7 +1029,7 @@ impl Registry {
                 addr: from,
                 name: name.map(String::from),
             });
-            self.send(from, Message::LeaveAck { id });
+            self.send(from, Message::LeaveAck { id, nonce: 0 });
             return;
         }
         if self
@@ -943,7 +1038,7 @@ impl Registry {
             .is_some_and(|d| d.id == id && d.token == token)
         {
             // Our LeaveAck was lost and the client asks again.
-            self.send(from, Message::LeaveAck { id });
+            self.send(from, Message::LeaveAck { id, nonce: 0 });
             return;
         }
         self.stats.refused += 1;
@@ -1079,15 +1174,41 @@ mod tests {
         for step in 0..20_000 {
             let from = SocketAddr::from(([127, 0, 0, 1], rng.random_range(1..100u16)));
             match rng.random_range(0..4) {
-                0 => r.handle_message(now, from, Message::Register { want_id: None }),
+                0 => r.handle_message(
+                    now,
+                    from,
+                    Message::Register {
+                        want_id: None,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                ),
                 1 => {
                     let mine = model.iter().find(|(_, (a, _))| *a == from);
                     if let Some((&id, &(_, token))) = mine {
-                        r.handle_message(now, from, Message::Leave { id, token });
+                        r.handle_message(
+                            now,
+                            from,
+                            Message::Leave {
+                                id,
+                                token,
+                                nonce: 0,
+                                pad: Default::default(),
+                            },
+                        );
                     }
                 }
                 2 => now += Duration::from_millis(rng.random_range(0..700)),
-                _ => r.handle_message(now, from, Message::Keepalive { id: 0, token: 0 }),
+                _ => r.handle_message(
+                    now,
+                    from,
+                    Message::Keepalive {
+                        id: 0,
+                        token: 0,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                ),
             }
             r.handle_timeout(now);
             while let Some(ev) = r.poll_event() {

@@ -20,9 +20,21 @@
 //! what it has ready for one destination, up to [`PACK_LIMIT`] bytes, so that a burst of
 //! chat messages or acknowledgements costs a few datagrams, not one each). A receiver handles
 //! them as if they had come one by one, in order. A message bigger than the limit goes alone.
-//! The rendezvous server handles at most 8 messages of one datagram and drops the rest: its
-//! answers go to a source address that may be forged, and must not be many times the size
-//! of what it received.
+//! The rendezvous server handles at most 8 messages of one datagram and drops the rest.
+//!
+//! # No amplification
+//!
+//! A source address can be forged, so an answer can land on someone who asked nothing.
+//! Neither the server nor a client ever sends an address that has not proved it receives
+//! more bytes, in answer to one datagram from it, than that datagram had (1x, counted in
+//! bytes with the header; QUIC allows 3x, RFC 9000 §8). An answer that would not fit is not
+//! sent. Proof, for the server: the message carries the `token` of the registration at its
+//! source address (`Keepalive`, `Leave`, `Claim`, `List`), which only the receiver of our
+//! `Registered` knows; for a client: the server's address, and the address of a peer with
+//! an open session. So a client pads every request to the server to at least
+//! [`REQUEST_SIZE`] (256) bytes with the `pad` field: every answer to an unproven request
+//! (`Registered`, the largest `Found`, `Inactive`, `Unknown`, `LeaveAck`, `Error`) fits in
+//! that. A request sent unpadded may get no answer.
 //!
 //! # The message value
 //!
@@ -49,24 +61,35 @@
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `Register` | `want_id`: id or nil | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
-//! | `Registered` | `id`, `token`, `ttl_secs` | server | - |
-//! | `Lookup` | `id` | anyone | `Found` or `Inactive` |
-//! | `Found` | `id`, `addr` | server | - |
-//! | `Inactive` | `id` | server | - (shown as "Client 3 Inactive") |
-//! | `Leave` | `id`, `token` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
-//! | `LeaveAck` | `id` | server | - |
-//! | `Keepalive` | `id`, `token` | client | nothing; `Error` (`NotRegistered`) if unknown |
-//! | `Error` | `code`, `detail` | server | - |
-//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
-//! | `Claimed` | `id`, `name` | server | - |
-//! | `Resolve` | `name` | anyone | `Found` or `Unknown` |
-//! | `Unknown` | `name` | server | - |
-//! | `List` | `id`, `token`, `after`: id or nil | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
-//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total` | server | - |
+//! | `Register` | `want_id`: id or nil, `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
+//! | `Registered` | `id`, `token`, `ttl_secs`, `nonce` | server | - |
+//! | `Lookup` | `id`, `nonce`, `pad` | anyone | `Found` or `Inactive` |
+//! | `Found` | `id`, `addr`, `nonce` | server | - |
+//! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
+//! | `Leave` | `id`, `token`, `nonce`, `pad` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
+//! | `LeaveAck` | `id`, `nonce` | server | - |
+//! | `Keepalive` | `id`, `token`, `nonce`, `pad` | client | nothing; `Error` (`NotRegistered`) if unknown |
+//! | `Error` | `code`, `detail`, `nonce` | server | - |
+//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
+//! | `Claimed` | `id`, `name`, `nonce` | server | - |
+//! | `Resolve` | `name`, `nonce`, `pad` | anyone | `Found` or `Unknown` |
+//! | `Unknown` | `name`, `nonce` | server | - |
+//! | `List` | `id`, `token`, `after`: id or nil, `nonce`, `pad` | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
+//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
 //! fields are left out otherwise).
+//!
+//! `nonce` (unsigned, 64 bits; see [`Nonce`]) binds an answer to its request: a client puts
+//! a fresh random one in every request it sends the server (every resend too), the server
+//! copies it into every answer to that message, and a client takes a message from the
+//! server's address only if it carries the nonce of one of its recent requests (p2pchat
+//! remembers its last 256), once. Someone who can forge the server's address but cannot
+//! read the client's requests cannot guess one, so a forged `Registered`, `Found` or
+//! `Error` is not an answer. `pad` is a `bin` of any bytes (p2pchat sends zeros) that only
+//! makes the request bigger (see "No amplification"). Both are left out when 0 or empty,
+//! and a decoder treats them as 0 and empty when absent, so a message without them encodes
+//! and decodes as in earlier builds.
 //!
 //! # Names and listing
 //!
@@ -108,13 +131,21 @@
 //! is answered with `Error` `NotRegistered`, which tells a client that the server has
 //! forgotten it (for example after a restart) and should register again.
 //!
-//! `code` in `Error` is one of the strings `"ServerFull"`, `"IdTaken"`, `"BadVersion"`,
-//! `"NotRegistered"`, `"RateLimited"`, `"NameTaken"`, `"BadName"`, `"ListDisabled"`; `detail` is a human-readable sentence. New
-//! registrations from one source IP address are rate-limited (a token bucket, by default
-//! 200 at once and 20 a second after that); a source over its rate is told `RateLimited` at
-//! most once a second, and its other registrations are dropped unanswered. A datagram with the right magic
-//! byte but another version is answered with `Error` `BadVersion` in this version's framing;
-//! a client of another version can tell from byte 1 alone that it cannot talk to this server.
+//! `ttl_secs` tells how often to send a `Keepalive`; p2pchat believes at most an hour of it,
+//! so that its keepalives never stop. `code` in `Error` is one of the strings `"ServerFull"`,
+//! `"IdTaken"`, `"BadVersion"`, `"NotRegistered"`, `"RateLimited"`, `"NameTaken"`,
+//! `"BadName"`, `"ListDisabled"`; `detail` is a human-readable sentence. A client told
+//! `RateLimited` keeps trying at its own pace.
+//!
+//! New registrations from one network (an IPv4 /24, an IPv6 /56) are rate-limited: a token
+//! bucket, by default 200 at once and 20 a second after that, whose tokens go first to the
+//! addresses that were refused and ask again (so a flood from fresh ports cannot starve a
+//! client that retries), and at most `max(16, max_clients / 8)` clients of one network are
+//! registered at once. A refused address is told `RateLimited` at most once a second; its
+//! other registrations are dropped unanswered. A datagram with the right magic byte but
+//! another version is answered with `Error` `BadVersion` in this version's framing, when
+//! that fits (a client's padded `Register` does); a client of another version can tell
+//! from byte 1 alone that it cannot talk to this server.
 //!
 //! # Peer to peer
 //!
@@ -229,6 +260,57 @@ pub type ClientId = u32;
 pub type Token = u64;
 /// A random id chosen by the requester of a peer-to-peer session.
 pub type SessionId = u64;
+/// A random number a client puts in a request to the server, and the server copies into
+/// every answer to it: an answer whose nonce the client did not send is not an answer
+/// (someone off the path cannot guess it). 0 means none.
+pub type Nonce = u64;
+
+/// Every request a client sends the server is padded to at least this many bytes (the
+/// whole datagram, header included): the server's answer to an address that has not
+/// proved it receives is never larger than what it received from it, and every such
+/// answer (`Registered`, `Found` with the longest names and an IPv6 address, `Inactive`,
+/// `Unknown`, `LeaveAck`, an `Error`) fits in this many.
+pub const REQUEST_SIZE: usize = 256;
+
+/// `pad`: bytes that only make a request bigger (see [`REQUEST_SIZE`]). Encoded as a
+/// MessagePack `bin` of zeros and decoded without keeping the bytes; an empty one is left
+/// out of the encoding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Padding(pub u16);
+
+impl Padding {
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl Serialize for Padding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const ZEROS: [u8; MAX_DATAGRAM] = [0; MAX_DATAGRAM];
+        let len = usize::from(self.0).min(MAX_DATAGRAM);
+        s.serialize_bytes(&ZEROS[..len])
+    }
+}
+
+impl<'de> Deserialize<'de> for Padding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Len;
+        impl serde::de::Visitor<'_> for Len {
+            type Value = Padding;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes of padding")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Padding, E> {
+                Ok(Padding(u16::try_from(v.len()).unwrap_or(u16::MAX)))
+            }
+        }
+        d.deserialize_bytes(Len)
+    }
+}
+
+fn is_zero(n: &Nonce) -> bool {
+    *n == 0
+}
 
 /// Why the server refused a request.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -267,18 +349,168 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The `nonce` field of the messages between a client and the server, and the `pad` field
+/// of the requests.
+impl Message {
+    /// The nonce of a request to the server or of an answer from it; `None` for the
+    /// messages that have none (peer-to-peer messages).
+    pub fn nonce(&self) -> Option<Nonce> {
+        match *self {
+            Message::Register { nonce, .. }
+            | Message::Lookup { nonce, .. }
+            | Message::Leave { nonce, .. }
+            | Message::Keepalive { nonce, .. }
+            | Message::Claim { nonce, .. }
+            | Message::Resolve { nonce, .. }
+            | Message::List { nonce, .. }
+            | Message::Registered { nonce, .. }
+            | Message::Found { nonce, .. }
+            | Message::Claimed { nonce, .. }
+            | Message::Unknown { nonce, .. }
+            | Message::Listing { nonce, .. }
+            | Message::Inactive { nonce, .. }
+            | Message::LeaveAck { nonce, .. }
+            | Message::Error { nonce, .. } => Some(nonce),
+            _ => None,
+        }
+    }
+
+    /// Sets the nonce of a request or an answer (no effect on other messages).
+    pub fn set_nonce(&mut self, value: Nonce) {
+        match self {
+            Message::Register { nonce, .. }
+            | Message::Lookup { nonce, .. }
+            | Message::Leave { nonce, .. }
+            | Message::Keepalive { nonce, .. }
+            | Message::Claim { nonce, .. }
+            | Message::Resolve { nonce, .. }
+            | Message::List { nonce, .. }
+            | Message::Registered { nonce, .. }
+            | Message::Found { nonce, .. }
+            | Message::Claimed { nonce, .. }
+            | Message::Unknown { nonce, .. }
+            | Message::Listing { nonce, .. }
+            | Message::Inactive { nonce, .. }
+            | Message::LeaveAck { nonce, .. }
+            | Message::Error { nonce, .. } => *nonce = value,
+            _ => {}
+        }
+    }
+
+    /// The padding of a request to the server; `None` for other messages.
+    fn pad_mut(&mut self) -> Option<&mut Padding> {
+        match self {
+            Message::Register { pad, .. }
+            | Message::Lookup { pad, .. }
+            | Message::Leave { pad, .. }
+            | Message::Keepalive { pad, .. }
+            | Message::Claim { pad, .. }
+            | Message::Resolve { pad, .. }
+            | Message::List { pad, .. } => Some(pad),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a request a client sends the server.
+    pub fn is_server_request(&self) -> bool {
+        matches!(
+            self,
+            Message::Register { .. }
+                | Message::Lookup { .. }
+                | Message::Leave { .. }
+                | Message::Keepalive { .. }
+                | Message::Claim { .. }
+                | Message::Resolve { .. }
+                | Message::List { .. }
+        )
+    }
+}
+
+/// Pads a request to the server so that its datagram, alone, is at least [`REQUEST_SIZE`]
+/// bytes (no effect on other messages, or on a request already that big).
+pub fn pad_request(msg: &mut Message) {
+    let Some(pad) = msg.pad_mut() else { return };
+    *pad = Padding(0);
+    let mut size = encoded_len(msg);
+    // The field costs its name (4 bytes) and a bin header (2, or 3 past 255 bytes) besides
+    // the padding itself; one more pass settles a header that grew.
+    for _ in 0..3 {
+        if size >= REQUEST_SIZE {
+            return;
+        }
+        let pad = msg.pad_mut().expect("a request");
+        let missing = REQUEST_SIZE - size;
+        let current = usize::from(pad.0);
+        let overhead = if current == 0 { 6 } else { 0 };
+        let grow = missing.saturating_sub(overhead).max(1);
+        *pad = Padding(u16::try_from(current + grow).unwrap_or(u16::MAX));
+        size = encoded_len(msg);
+    }
+}
+
+/// Encodes `msg` alone as a client sends it: a request to the server padded with
+/// [`pad_request`], anything else as [`encode`] does.
+pub fn encode_request(msg: &Message) -> Vec<u8> {
+    let mut msg = msg.clone();
+    pad_request(&mut msg);
+    encode(&msg)
+}
+
+/// The size of `msg` alone in a datagram, header included.
+pub fn encoded_len(msg: &Message) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(2);
+    let _ = write_body(msg, &mut count);
+    count.0
+}
+
 /// Every datagram of the protocol: see the module documentation for who sends what.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     // ---- client -> server ----
     /// Ask for an id; `want_id` asks for a particular one.
-    Register { want_id: Option<ClientId> },
+    Register {
+        want_id: Option<ClientId>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
+    },
     /// Ask where client `id` is.
-    Lookup { id: ClientId },
+    Lookup {
+        id: ClientId,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
+    },
     /// Leave the table. Only honoured from the registered address with the right token.
-    Leave { id: ClientId, token: Token },
+    Leave {
+        id: ClientId,
+        token: Token,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
+    },
     /// "Still here": refreshes the entry so that it does not expire.
-    Keepalive { id: ClientId, token: Token },
+    Keepalive {
+        id: ClientId,
+        token: Token,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
+    },
     /// Registered client `id` (proved by `token`) takes the unique `name`, with an optional
     /// free-form `display_name`. `previous` is the token of an earlier registration of the
     /// same client (kept in its state directory): if the entry holding `name` has that
@@ -292,11 +524,19 @@ pub enum Message {
         display_name: Option<String>,
         #[serde(default)]
         previous: Option<Token>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
     },
     /// Ask where the client named `name` is (names match without regard to ASCII case).
     Resolve {
         #[serde(deserialize_with = "bounded_text")]
         name: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
     },
     /// Registered client `id` (proved by `token`) asks who is online: the clients with ids
     /// above `after` (from the first with `nil`), in id order, one datagram's worth.
@@ -305,6 +545,10 @@ pub enum Message {
         token: Token,
         #[serde(default)]
         after: Option<ClientId>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
     },
 
     // ---- server -> client ----
@@ -313,6 +557,8 @@ pub enum Message {
         id: ClientId,
         token: Token,
         ttl_secs: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
     },
     /// Client `id` is registered at `addr`, with its name if it has claimed one.
     Found {
@@ -331,17 +577,23 @@ pub enum Message {
             deserialize_with = "bounded_opt_text"
         )]
         display_name: Option<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
     },
     /// The `Claim` of `name` by client `id` was done.
     Claimed {
         id: ClientId,
         #[serde(deserialize_with = "bounded_text")]
         name: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
     },
     /// No client is named `name`.
     Unknown {
         #[serde(deserialize_with = "bounded_text")]
         name: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
     },
     /// One page of the answer to `List`: `clients` in id order; `next` is the `after` to ask
     /// for the next page (`nil` on the last page); `total` counts every client online.
@@ -350,16 +602,28 @@ pub enum Message {
         #[serde(default)]
         next: Option<ClientId>,
         total: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
     },
     /// No client `id` is registered ("Client 3 Inactive").
-    Inactive { id: ClientId },
+    Inactive {
+        id: ClientId,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+    },
     /// The `Leave` of client `id` was done.
-    LeaveAck { id: ClientId },
+    LeaveAck {
+        id: ClientId,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
+    },
     /// The request was refused.
     Error {
         code: ErrorCode,
         #[serde(deserialize_with = "bounded_text")]
         detail: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nonce: Nonce,
     },
 
     // ---- peer <-> peer ----
@@ -699,13 +963,16 @@ pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
     append_body(msg, out);
 }
 
-/// Appends one message's MessagePack value (fields by name) to `out`: the one place the
-/// body encoding is decided, for single and packed datagrams alike.
+/// Appends one message's MessagePack value (fields by name) to `out`.
 fn append_body(msg: &Message, out: &mut Vec<u8>) {
-    let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
     // Writing into a Vec cannot fail, and every field type of `Message` is serializable.
-    msg.serialize(&mut ser)
-        .expect("serializing a Message into a Vec cannot fail");
+    write_body(msg, out).expect("serializing a Message into a Vec cannot fail");
+}
+
+/// Writes one message's MessagePack value (fields by name): the one place the body
+/// encoding is decided, for single and packed datagrams and for measuring them.
+fn write_body(msg: &Message, w: impl std::io::Write) -> Result<(), rmp_serde::encode::Error> {
+    msg.serialize(&mut rmp_serde::Serializer::new(w).with_struct_map())
 }
 
 /// Decodes a datagram that must hold exactly one message. Never panics, whatever the bytes.
@@ -773,7 +1040,8 @@ fn check_header(datagram: &[u8]) -> Result<&[u8], DecodeError> {
 /// let mut sent = Vec::new();
 /// let mut packer = Packer::new();
 /// for id in 1..=3 {
-///     packer.push(to, &Message::Lookup { id }, |_, d| sent.push(d.to_vec()));
+///     let ack = Message::Ack { from: 1, session: 7, seq: id, cumulative: id };
+///     packer.push(to, &ack, |_, d| sent.push(d.to_vec()));
 /// }
 /// packer.flush(|_, d| sent.push(d.to_vec()));
 /// assert_eq!(sent.len(), 1);
@@ -887,6 +1155,122 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
+        let far: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+            .parse()
+            .unwrap();
+        let nonce = Nonce::MAX;
+        let answers = [
+            Message::Registered {
+                id: ClientId::MAX,
+                token: Token::MAX,
+                ttl_secs: u32::MAX,
+                nonce,
+            },
+            Message::Found {
+                id: ClientId::MAX,
+                addr: far,
+                name: Some("n".repeat(MAX_NAME)),
+                // The longest display name in bytes: 4-byte characters.
+                display_name: Some("\u{1F600}".repeat(MAX_DISPLAY_NAME / 4)),
+                nonce,
+            },
+            Message::Inactive {
+                id: ClientId::MAX,
+                nonce,
+            },
+            Message::Unknown {
+                name: "n".repeat(MAX_NAME),
+                nonce,
+            },
+            Message::LeaveAck {
+                id: ClientId::MAX,
+                nonce,
+            },
+            // The longest detail the server writes to an unproven address.
+            Message::Error {
+                code: ErrorCode::NotRegistered,
+                detail: format!(
+                    "client {} is not registered from {far} with that token",
+                    ClientId::MAX
+                ),
+                nonce,
+            },
+        ];
+        for answer in answers {
+            assert!(
+                encode(&answer).len() <= REQUEST_SIZE,
+                "{} bytes: {answer:?}",
+                encode(&answer).len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_padded_request_is_at_least_request_size_and_decodes_as_it_was() {
+        let requests = [
+            Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Padding(0),
+            },
+            Message::Lookup {
+                id: 1,
+                nonce: 3,
+                pad: Padding(0),
+            },
+            Message::Resolve {
+                name: "n".repeat(MAX_NAME),
+                nonce: Nonce::MAX,
+                pad: Padding(0),
+            },
+            Message::Claim {
+                id: 1,
+                token: 2,
+                name: "n".repeat(MAX_NAME),
+                display_name: Some("d".repeat(MAX_DISPLAY_NAME)),
+                previous: Some(3),
+                nonce: 4,
+                pad: Padding(0),
+            },
+        ];
+        for request in requests {
+            // Every size on the way: a request just under, at and over the target.
+            for extra in 0..300usize {
+                let mut r = request.clone();
+                if let Message::Resolve { name, .. } = &mut r {
+                    name.truncate(extra % (MAX_NAME + 1));
+                }
+                pad_request(&mut r);
+                let bytes = encode(&r);
+                assert!(
+                    bytes.len() >= REQUEST_SIZE,
+                    "{} < {REQUEST_SIZE}",
+                    bytes.len()
+                );
+                assert!(bytes.len() <= REQUEST_SIZE + 8, "{} bytes", bytes.len());
+                assert_eq!(encoded_len(&r), bytes.len());
+                let mut back = decode(&bytes).unwrap();
+                back.set_nonce(r.nonce().unwrap());
+                assert_eq!(back, r);
+            }
+        }
+        // Messages that are not requests are left alone.
+        let mut chat = Message::Ping {
+            from: 1,
+            session: 2,
+        };
+        pad_request(&mut chat);
+        assert_eq!(
+            chat,
+            Message::Ping {
+                from: 1,
+                session: 2
+            }
+        );
+    }
+
+    #[test]
     fn names_follow_the_rules() {
         for good in ["alice", "Bob_2", "c.d-e", "x"] {
             assert_eq!(check_name(good), Ok(()), "{good}");
@@ -910,27 +1294,45 @@ mod tests {
 
     fn all_messages() -> Vec<Message> {
         vec![
-            Message::Register { want_id: None },
-            Message::Register { want_id: Some(7) },
+            Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+            Message::Register {
+                want_id: Some(7),
+                nonce: 0,
+                pad: Default::default(),
+            },
             Message::Claim {
                 id: 1,
                 token: 2,
                 name: "alice".into(),
                 display_name: Some("Alice L.".into()),
                 previous: Some(3),
+                nonce: 0,
+                pad: Default::default(),
             },
-            Message::Resolve { name: "bob".into() },
+            Message::Resolve {
+                name: "bob".into(),
+                nonce: 0,
+                pad: Default::default(),
+            },
             Message::List {
                 id: 1,
                 token: 2,
                 after: Some(40),
+                nonce: 0,
+                pad: Default::default(),
             },
             Message::Claimed {
                 id: 1,
                 name: "alice".into(),
+                nonce: 0,
             },
             Message::Unknown {
                 name: "carol".into(),
+                nonce: 0,
             },
             Message::Listing {
                 clients: vec![Listed {
@@ -941,12 +1343,14 @@ mod tests {
                 }],
                 next: None,
                 total: 1,
+                nonce: 0,
             },
             Message::Found {
                 id: 2,
                 addr: "127.0.0.1:1".parse().unwrap(),
                 name: Some("bob".into()),
                 display_name: Some("Bob".into()),
+                nonce: 0,
             },
             Message::ConnectRequest {
                 from: 1,
@@ -954,34 +1358,49 @@ mod tests {
                 name: Some("alice".into()),
                 display_name: None,
             },
-            Message::Lookup { id: 3 },
+            Message::Lookup {
+                id: 3,
+                nonce: 0,
+                pad: Default::default(),
+            },
             Message::Leave {
                 id: 1,
                 token: u64::MAX,
+                nonce: 0,
+                pad: Default::default(),
             },
-            Message::Keepalive { id: 1, token: 42 },
+            Message::Keepalive {
+                id: 1,
+                token: 42,
+                nonce: 0,
+                pad: Default::default(),
+            },
             Message::Registered {
                 id: 1,
                 token: 9,
                 ttl_secs: 30,
+                nonce: 0,
             },
             Message::Found {
                 id: 2,
                 addr: "127.0.0.1:40000".parse().unwrap(),
                 name: None,
                 display_name: None,
+                nonce: 0,
             },
             Message::Found {
                 id: 2,
                 addr: "[::1]:5".parse().unwrap(),
                 name: None,
                 display_name: None,
+                nonce: 0,
             },
-            Message::Inactive { id: 3 },
-            Message::LeaveAck { id: 1 },
+            Message::Inactive { id: 3, nonce: 0 },
+            Message::LeaveAck { id: 1, nonce: 0 },
             Message::Error {
                 code: ErrorCode::IdTaken,
                 detail: "id 3 is taken".into(),
+                nonce: 0,
             },
             Message::ConnectRequest {
                 from: 1,
@@ -1080,7 +1499,11 @@ mod tests {
 
     #[test]
     fn lookup_bytes_match_the_documented_example() {
-        let bytes = encode(&Message::Lookup { id: 3 });
+        let bytes = encode(&Message::Lookup {
+            id: 3,
+            nonce: 0,
+            pad: Default::default(),
+        });
         let expected = [
             0x50, 0x01, 0x81, 0xa6, b'L', b'o', b'o', b'k', b'u', b'p', 0x81, 0xa2, b'i', b'd',
             0x03,
@@ -1117,7 +1540,11 @@ mod tests {
             decode(b"GET / HTTP/1.1"),
             Err(DecodeError::BadMagic { found: b'G' })
         );
-        let mut bytes = encode(&Message::Lookup { id: 3 });
+        let mut bytes = encode(&Message::Lookup {
+            id: 3,
+            nonce: 0,
+            pad: Default::default(),
+        });
         bytes[1] = 2;
         assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { found: 2 }));
         assert!(DecodeError::BadVersion { found: 2 }
@@ -1145,7 +1572,11 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_malformed() {
-        let mut bytes = encode(&Message::Lookup { id: 3 });
+        let mut bytes = encode(&Message::Lookup {
+            id: 3,
+            nonce: 0,
+            pad: Default::default(),
+        });
         bytes.push(0);
         assert!(matches!(decode(&bytes), Err(DecodeError::Malformed { .. })));
     }
@@ -1233,8 +1664,18 @@ mod tests {
 
     #[test]
     fn one_bad_message_refuses_the_whole_datagram() {
-        let mut d = encode(&Message::Lookup { id: 1 });
-        d.extend_from_slice(&encode(&Message::Lookup { id: 2 })[2..]);
+        let mut d = encode(&Message::Lookup {
+            id: 1,
+            nonce: 0,
+            pad: Default::default(),
+        });
+        d.extend_from_slice(
+            &encode(&Message::Lookup {
+                id: 2,
+                nonce: 0,
+                pad: Default::default(),
+            })[2..],
+        );
         assert_eq!(decode_all(&d).unwrap().len(), 2);
         assert!(matches!(decode(&d), Err(DecodeError::Malformed { .. })));
         d.push(0xc1); // never used in MessagePack
@@ -1274,6 +1715,7 @@ mod tests {
         let error = Message::Error {
             code: ErrorCode::IdTaken,
             detail: "d".repeat(MAX_TEXT + 1),
+            nonce: 0,
         };
         assert!(matches!(
             decode(&encode(&error)),
@@ -1293,6 +1735,7 @@ mod tests {
             Message::Error {
                 code: ErrorCode::NotRegistered,
                 detail: "x".repeat(MAX_TEXT),
+                nonce: 0,
             },
             Message::Chunk {
                 from: u32::MAX,
@@ -1391,7 +1834,14 @@ mod tests {
         assert!(matches!(result.0, Err(DecodeError::Malformed { .. })));
         assert!(matches!(result.1, Err(DecodeError::Malformed { .. })));
         // A shallow field the decoder does not know is still skipped.
-        assert_eq!(result.2, Ok(Message::Lookup { id: 3 }));
+        assert_eq!(
+            result.2,
+            Ok(Message::Lookup {
+                id: 3,
+                nonce: 0,
+                pad: Default::default()
+            })
+        );
     }
 
     #[test]

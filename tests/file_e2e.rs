@@ -170,8 +170,11 @@ struct RawPeer {
 }
 
 impl RawPeer {
+    /// Sends `m`, padded as a client pads its requests to the server.
     fn send(&self, to: SocketAddr, m: &Message) {
-        self.sock.send_to(&wire::encode(m), to).unwrap();
+        let mut m = m.clone();
+        wire::pad_request(&mut m);
+        self.sock.send_to(&wire::encode(&m), to).unwrap();
     }
 
     /// The next message satisfying `pred` (others are dropped), within [`WAIT`].
@@ -202,14 +205,28 @@ impl RawPeer {
             session: 0x7e57,
             to: server,
         };
-        raw.send(server, &Message::Register { want_id: None });
+        raw.send(
+            server,
+            &Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         let Message::Registered { id, .. } =
             raw.recv_until("Registered", |m| matches!(m, Message::Registered { .. }))
         else {
             unreachable!()
         };
         raw.id = id;
-        raw.send(server, &Message::Lookup { id: peer });
+        raw.send(
+            server,
+            &Message::Lookup {
+                id: peer,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         let Message::Found { addr, .. } =
             raw.recv_until("Found", |m| matches!(m, Message::Found { .. }))
         else {

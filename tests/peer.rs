@@ -94,6 +94,19 @@ fn first_session(s: &Sim, a: usize) -> SessionId {
 }
 
 /// Drains one hand-driven peer: its datagrams and its events.
+/// `reply` as the server sends it: with the nonce of the last request to the server in
+/// `sent` (a client takes only answers to its requests).
+fn echo(sent: &[Message], mut reply: Message) -> Message {
+    let nonce = sent
+        .iter()
+        .rev()
+        .find(|m| m.is_server_request())
+        .and_then(Message::nonce)
+        .expect("a request to the server was sent");
+    reply.set_nonce(nonce);
+    reply
+}
+
 fn drain(p: &mut Peer) -> (Vec<Message>, Vec<Event>) {
     let sent = std::iter::from_fn(|| p.poll_transmit())
         .map(|t| t.message)
@@ -116,16 +129,20 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
         id: 1,
         token: 7,
         ttl_secs: 30,
+        nonce: 0,
     };
-    p.handle_datagram(t0, SERVER, &encode(&registered));
+    let (sent, _) = drain(&mut p);
+    p.handle_datagram(t0, SERVER, &encode(&echo(&sent, registered)));
     p.connect(t0, 2).unwrap();
     let found = Message::Found {
         id: 2,
         addr: asked,
         name: None,
         display_name: None,
+        nonce: 0,
     };
-    p.handle_datagram(t0, SERVER, &encode(&found));
+    let (sent, _) = drain(&mut p);
+    p.handle_datagram(t0, SERVER, &encode(&echo(&sent, found)));
     let (sent, _) = drain(&mut p);
     let requests = sent.iter().filter(|m| is_connect_request(m)).count();
     assert_eq!(
@@ -952,9 +969,10 @@ fn an_unasked_lookup_answer_changes_nothing() {
             addr: stranger(),
             name: None,
             display_name: None,
+            nonce: 0,
         },
     );
-    s.deliver_now(SERVER, s.addr(a), &Message::Inactive { id: idb });
+    s.deliver_now(SERVER, s.addr(a), &Message::Inactive { id: idb, nonce: 0 });
     // From a stranger pretending to be the server: the connected peer is "elsewhere".
     s.deliver_now(
         stranger(),
@@ -964,6 +982,7 @@ fn an_unasked_lookup_answer_changes_nothing() {
             addr: stranger(),
             name: None,
             display_name: None,
+            nonce: 0,
         },
     );
     assert_eq!(s.events(a).len(), before, "no event: {:?}", s.events(a));
@@ -1007,16 +1026,18 @@ fn a_request_claiming_a_connected_peers_id_from_another_address_changes_nothing(
 fn server_answers_from_a_third_address_are_ignored_while_registering() {
     let t0 = Instant::now();
     let mut p = Peer::with_seed(default_config(), t0, SEED);
-    drain(&mut p);
+    let (register, _) = drain(&mut p);
     let forged = Message::Registered {
         id: 66,
         token: 1,
         ttl_secs: 30,
+        nonce: 0,
     };
     p.handle_datagram(t0, stranger(), &encode(&forged));
     let refusal = Message::Error {
         code: ErrorCode::IdTaken,
         detail: "forged".into(),
+        nonce: 0,
     };
     p.handle_datagram(t0, stranger(), &encode(&refusal));
     let (sent, events) = drain(&mut p);
@@ -1028,12 +1049,60 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
         id: 3,
         token: 2,
         ttl_secs: 30,
+        nonce: 0,
     };
-    p.handle_datagram(t0, SERVER, &encode(&real));
+    p.handle_datagram(t0, SERVER, &encode(&echo(&register, real)));
     assert_eq!(p.id(), Some(3));
 }
 
 // ---------------------------------------------------------------------- the server
+
+#[test]
+fn forged_server_answers_from_the_servers_address_change_nothing() {
+    // Off the path, an attacker can send from the server's address but cannot see our
+    // nonces: its NotRegistered and Registered{4242, ttl 2^32-1} (which once made a client
+    // take id 4242 and stop its keepalives) are not answers to anything we asked.
+    let (mut s, a, _b) = pair();
+    let id = s.id(a);
+    let before = s.events(a).len();
+    let addr = s.addr(a);
+    for nonce in [0, 1, 0xdead_beef] {
+        s.inject(
+            SERVER,
+            addr,
+            Message::Error {
+                code: ErrorCode::NotRegistered,
+                detail: "forged".into(),
+                nonce,
+            },
+        );
+        s.inject(
+            SERVER,
+            addr,
+            Message::Registered {
+                id: 4242,
+                token: 1,
+                ttl_secs: u32::MAX,
+                nonce,
+            },
+        );
+    }
+    let t = s.now;
+    s.run_for(secs(60));
+    assert_eq!(s.id(a), id);
+    assert_eq!(s.events(a).len(), before, "{:?}", &s.events(a)[before..]);
+    assert!(!s
+        .sent_by(addr, |m| matches!(m, Message::Register { .. }))
+        .iter()
+        .any(|r| r.at > t));
+    // Its keepalives went on, every third of the real time to live (30 s).
+    let keepalives = s
+        .sent_by(addr, |m| matches!(m, Message::Keepalive { .. }))
+        .iter()
+        .filter(|r| r.at > t)
+        .count();
+    assert!(keepalives >= 5, "{keepalives} keepalives in 60 s");
+}
 
 #[test]
 fn no_registration_answer_is_fatal_no_rendezvous_server() {
@@ -1068,19 +1137,36 @@ fn late_not_registered_while_registering_again_is_not_fatal() {
         id: 4,
         token: 7,
         ttl_secs: 30,
+        nonce: 0,
     };
-    p.handle_datagram(t0, SERVER, &encode(&registered));
+    let (register, _) = drain(&mut p);
+    p.handle_datagram(t0, SERVER, &encode(&echo(&register, registered.clone())));
     drain(&mut p);
     // The server forgot us; its answer to our Keepalive arrives twice (duplicated, or the
     // answers to two Keepalives).
-    let forgotten = Message::Error {
-        code: p2pchat::wire::ErrorCode::NotRegistered,
-        detail: "client 4 is not registered".into(),
-    };
     let t1 = t0 + secs(10);
+    p.handle_timeout(t1);
+    let (keepalive, _) = drain(&mut p);
+    let forgotten = echo(
+        &keepalive,
+        Message::Error {
+            code: p2pchat::wire::ErrorCode::NotRegistered,
+            detail: "client 4 is not registered".into(),
+            nonce: 0,
+        },
+    );
     p.handle_datagram(t1, SERVER, &encode(&forgotten));
     let (sent, events) = drain(&mut p);
-    assert_eq!(sent, vec![Message::Register { want_id: Some(4) }]);
+    assert!(
+        matches!(
+            sent.as_slice(),
+            [Message::Register {
+                want_id: Some(4),
+                ..
+            }]
+        ),
+        "{sent:?}"
+    );
     assert!(
         matches!(events.as_slice(), [Event::Notice { .. }]),
         "{events:?}"
@@ -1092,7 +1178,7 @@ fn late_not_registered_while_registering_again_is_not_fatal() {
         "a stale NotRegistered is no refusal of the new Register: {events:?}"
     );
     assert!(!p.is_finished());
-    p.handle_datagram(t1 + ms(10), SERVER, &encode(&registered));
+    p.handle_datagram(t1 + ms(10), SERVER, &encode(&echo(&sent, registered)));
     let (_, events) = drain(&mut p);
     assert_eq!(events, vec![Event::Registered { id: 4, again: true }]);
 }
@@ -1103,6 +1189,7 @@ fn rate_limited() -> Message {
     Message::Error {
         code: ErrorCode::RateLimited,
         detail: "too many registrations from 10.0.1.1; wait".into(),
+        nonce: 0,
     }
 }
 
@@ -1111,8 +1198,8 @@ fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
     let t0 = Instant::now();
     let cfg = default_config();
     let mut p = Peer::with_seed(cfg.clone(), t0, SEED);
-    drain(&mut p);
-    p.handle_datagram(t0, SERVER, &encode(&rate_limited()));
+    let (register, _) = drain(&mut p);
+    p.handle_datagram(t0, SERVER, &encode(&echo(&register, rate_limited())));
     let (_, events) = drain(&mut p);
     assert!(
         matches!(events.as_slice(), [Event::Notice { message }] if message.contains("too many registrations")),
@@ -1129,8 +1216,13 @@ fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
         id: 4,
         token: 9,
         ttl_secs: 30,
+        nonce: 0,
     };
-    p.handle_datagram(t0 + cfg.server_retry, SERVER, &encode(&registered));
+    p.handle_datagram(
+        t0 + cfg.server_retry,
+        SERVER,
+        &encode(&echo(&sent, registered)),
+    );
     let (_, events) = drain(&mut p);
     assert_eq!(
         events,
@@ -1142,29 +1234,70 @@ fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
 }
 
 #[test]
-fn a_registration_refused_every_time_ends_with_the_servers_reason() {
+fn a_rate_limited_client_keeps_trying_says_so_once_and_gets_in() {
     let t0 = Instant::now();
     let cfg = default_config();
     let mut p = Peer::with_seed(cfg.clone(), t0, SEED);
     let mut now = t0;
-    for _ in 0..cfg.server_tries {
-        drain(&mut p);
-        p.handle_datagram(now, SERVER, &encode(&rate_limited()));
-        now += cfg.server_retry;
+    let (mut sent, _) = drain(&mut p);
+    let mut notices = 0;
+    let mut registers = 1;
+    // Refused every time for far longer than the tries of one round.
+    while now < t0 + cfg.retry_interval * 5 {
+        if let Some(register) = sent.iter().rev().find(|m| m.is_server_request()) {
+            p.handle_datagram(
+                now,
+                SERVER,
+                &encode(&echo(std::slice::from_ref(register), rate_limited())),
+            );
+        }
+        now = p.poll_timeout().expect("still trying");
         p.handle_timeout(now);
+        let (s, events) = drain(&mut p);
+        registers += s
+            .iter()
+            .filter(|m| matches!(m, Message::Register { .. }))
+            .count();
+        notices += events
+            .iter()
+            .filter(|e| matches!(e, Event::Notice { .. }))
+            .count();
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Fatal { .. })),
+            "rate-limited is not refused: {events:?}"
+        );
+        if !s.is_empty() {
+            sent = s;
+        }
     }
-    let (_, events) = drain(&mut p);
-    let fatal: Vec<&String> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fatal { message } => Some(message),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(fatal.len(), 1, "{events:?}");
+    assert!(!p.is_finished());
+    assert_eq!(notices, 1, "told once why");
     assert!(
-        fatal[0].contains("refused to register us") && fatal[0].contains("too many registrations"),
-        "{fatal:?}"
+        registers > cfg.server_tries as usize * 2,
+        "{registers} Registers"
     );
-    assert!(p.is_finished());
+    // The server lets it in at last: it answers the next Register.
+    let sent = loop {
+        now = p.poll_timeout().expect("still trying");
+        p.handle_timeout(now);
+        let (s, _) = drain(&mut p);
+        if s.iter().any(|m| matches!(m, Message::Register { .. })) {
+            break s;
+        }
+    };
+    let registered = Message::Registered {
+        id: 9,
+        token: 1,
+        ttl_secs: 30,
+        nonce: 0,
+    };
+    p.handle_datagram(now, SERVER, &encode(&echo(&sent, registered)));
+    let (_, events) = drain(&mut p);
+    assert_eq!(
+        events,
+        vec![Event::Registered {
+            id: 9,
+            again: false
+        }]
+    );
 }

@@ -67,10 +67,28 @@ fn arb_code() -> impl Strategy<Value = ErrorCode> {
 
 fn client_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        proptest::option::of(small_id()).prop_map(|want_id| Message::Register { want_id }),
-        small_id().prop_map(|id| Message::Lookup { id }),
-        (small_id(), small_u64()).prop_map(|(id, token)| Message::Leave { id, token }),
-        (small_id(), small_u64()).prop_map(|(id, token)| Message::Keepalive { id, token }),
+        proptest::option::of(small_id()).prop_map(|want_id| Message::Register {
+            want_id,
+            nonce: 0,
+            pad: Default::default()
+        }),
+        small_id().prop_map(|id| Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default()
+        }),
+        (small_id(), small_u64()).prop_map(|(id, token)| Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default()
+        }),
+        (small_id(), small_u64()).prop_map(|(id, token)| Message::Keepalive {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default()
+        }),
     ]
 }
 
@@ -81,17 +99,23 @@ fn server_message() -> impl Strategy<Value = Message> {
                 id,
                 token,
                 ttl_secs,
+                nonce: 0,
             }
         }),
         (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found {
             id,
             addr,
             name: None,
-            display_name: None
+            display_name: None,
+            nonce: 0
         }),
-        small_id().prop_map(|id| Message::Inactive { id }),
-        small_id().prop_map(|id| Message::LeaveAck { id }),
-        (arb_code(), arb_text()).prop_map(|(code, detail)| Message::Error { code, detail }),
+        small_id().prop_map(|id| Message::Inactive { id, nonce: 0 }),
+        small_id().prop_map(|id| Message::LeaveAck { id, nonce: 0 }),
+        (arb_code(), arb_text()).prop_map(|(code, detail)| Message::Error {
+            code,
+            detail,
+            nonce: 0
+        }),
     ]
 }
 
@@ -344,9 +368,9 @@ proptest! {
                         None => (id_delta, token_xor),
                     };
                     Some(encode(&if leave {
-                        Message::Leave { id, token }
+                        Message::Leave { id, token, nonce: 0, pad: Default::default() }
                     } else {
-                        Message::Keepalive { id, token }
+                        Message::Keepalive { id, token, nonce: 0, pad: Default::default() }
                     }))
                 }
                 RegInput::Timeout => None,
@@ -400,7 +424,7 @@ proptest! {
             let honoured: Vec<ClientId> = messages
                 .iter()
                 .filter_map(|m| match m {
-                    Message::Leave { id, token } => before
+                    Message::Leave { id, token, .. } => before
                         .get(id)
                         .is_some_and(|r| r.0 == from && r.1 == *token)
                         .then_some(*id),

@@ -34,12 +34,16 @@ fn registry(max_clients: usize) -> Registry {
     )
 }
 
-/// Feeds one encoded message from `from` and returns the answers, checking that every answer
-/// goes back to the sender (the server never writes to anyone else).
+/// Sends `msg` as a client does: a request padded to `wire::REQUEST_SIZE`, so that every
+/// answer fits what the server may send an address that has not proved it receives.
 fn send(r: &mut Registry, now: Instant, from: SocketAddr, msg: &Message) -> Vec<Message> {
-    send_raw(r, now, from, &encode(msg))
+    let mut msg = msg.clone();
+    p2pchat::wire::pad_request(&mut msg);
+    send_raw(r, now, from, &encode(&msg))
 }
 
+/// Feeds one datagram from `from` and returns the answers, checking that every answer goes
+/// back to the sender (the server never writes to anyone else).
 fn send_raw(r: &mut Registry, now: Instant, from: SocketAddr, datagram: &[u8]) -> Vec<Message> {
     r.handle_datagram(now, from, datagram);
     let mut answers = Vec::new();
@@ -71,11 +75,21 @@ fn register(
     from: SocketAddr,
     want_id: Option<ClientId>,
 ) -> (ClientId, Token) {
-    let answers = send(r, now, from, &Message::Register { want_id });
+    let answers = send(
+        r,
+        now,
+        from,
+        &Message::Register {
+            want_id,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     let [Message::Registered {
         id,
         token,
         ttl_secs,
+        ..
     }] = answers[..]
     else {
         panic!("Register from {from} was answered {answers:?}");
@@ -135,8 +149,18 @@ fn freed_ids_are_reused_lowest_first() {
     }
     // Free 3, then 1 (the order of freeing must not matter).
     for (id, port, token) in [(3, 1003, tokens[2]), (1, 1001, tokens[0])] {
-        let answers = send(&mut r, t0, addr(port), &Message::Leave { id, token });
-        assert_eq!(answers, [Message::LeaveAck { id }]);
+        let answers = send(
+            &mut r,
+            t0,
+            addr(port),
+            &Message::Leave {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+        assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     }
     assert_eq!(ids(&r), [2, 4]);
     events(&mut r);
@@ -189,7 +213,17 @@ fn a_requested_id_that_was_freed_is_granted() {
     let mut r = registry(10);
     let (_, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id: 1, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id: 1,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     assert_eq!(register(&mut r, t0, addr(1003), Some(1)).0, 1);
     // 1 is no longer free: the next automatic id is 3.
@@ -206,7 +240,11 @@ fn a_requested_taken_id_gets_id_taken_and_changes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1002),
-        &Message::Register { want_id: Some(1) },
+        &Message::Register {
+            want_id: Some(1),
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(error_code(&answers), ErrorCode::IdTaken);
     assert_eq!(table(&r), before);
@@ -225,14 +263,19 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
             &mut r,
             t0 + secs(2),
             addr(1001),
-            &Message::Register { want_id },
+            &Message::Register {
+                want_id,
+                nonce: 0,
+                pad: Default::default(),
+            },
         );
         assert_eq!(
             answers,
             [Message::Registered {
                 id,
                 token,
-                ttl_secs: 30
+                ttl_secs: 30,
+                nonce: 0
             }]
         );
     }
@@ -247,13 +290,23 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
     let t0 = Instant::now();
     let mut r = registry(1);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    let answers = send(&mut r, t0, addr(1001), &Message::Register { want_id: None });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(
         answers,
         [Message::Registered {
             id,
             token,
-            ttl_secs: 30
+            ttl_secs: 30,
+            nonce: 0
         }]
     );
 }
@@ -266,7 +319,16 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
     let (_, token2) = register(&mut r, t0, addr(1002), None);
     let before = table(&r);
     for want_id in [None, Some(9)] {
-        let answers = send(&mut r, t0, addr(1003), &Message::Register { want_id });
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1003),
+            &Message::Register {
+                want_id,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         assert_eq!(error_code(&answers), ErrorCode::ServerFull);
     }
     assert_eq!(table(&r), before);
@@ -279,6 +341,8 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
         &Message::Leave {
             id: 2,
             token: token2,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     events(&mut r);
@@ -295,14 +359,24 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
     register(&mut r, t0, addr(1002), None);
     // Anyone may ask, registered or not.
     for asker in [addr(1001), addr(9999)] {
-        let answers = send(&mut r, t0, asker, &Message::Lookup { id: 2 });
+        let answers = send(
+            &mut r,
+            t0,
+            asker,
+            &Message::Lookup {
+                id: 2,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         assert_eq!(
             answers,
             [Message::Found {
                 id: 2,
                 addr: addr(1002),
                 name: None,
-                display_name: None
+                display_name: None,
+                nonce: 0
             }]
         );
     }
@@ -315,8 +389,17 @@ fn lookup_of_an_unknown_id_is_inactive() {
     register(&mut r, t0, addr(1001), None);
     let before = table(&r);
     for id in [0, 2, 3, u32::MAX] {
-        let answers = send(&mut r, t0, addr(9999), &Message::Lookup { id });
-        assert_eq!(answers, [Message::Inactive { id }]);
+        let answers = send(
+            &mut r,
+            t0,
+            addr(9999),
+            &Message::Lookup {
+                id,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+        assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
     }
     assert_eq!(table(&r), before);
 }
@@ -326,9 +409,28 @@ fn lookup_of_a_client_that_left_is_inactive() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
-    let answers = send(&mut r, t0, addr(9999), &Message::Lookup { id });
-    assert_eq!(answers, [Message::Inactive { id }]);
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
+    let answers = send(
+        &mut r,
+        t0,
+        addr(9999),
+        &Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
+    assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
 }
 
 // ---------------------------------------------------------------- leave
@@ -343,9 +445,14 @@ fn leave_with_the_right_token_from_the_registered_address_removes_acks_and_emits
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave { id, token },
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
-    assert_eq!(answers, [Message::LeaveAck { id }]);
+    assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     assert_eq!(ids(&r), [2]);
     assert!(r.get(id).is_none());
     assert_eq!(
@@ -365,7 +472,17 @@ fn a_repeated_leave_gets_leave_ack_again_without_a_second_event() {
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(events(&mut r).len(), 1);
     let before = table(&r);
     for n in 1..=3 {
@@ -373,9 +490,14 @@ fn a_repeated_leave_gets_leave_ack_again_without_a_second_event() {
             &mut r,
             t0 + secs(n),
             addr(1001),
-            &Message::Leave { id, token },
+            &Message::Leave {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
         );
-        assert_eq!(answers, [Message::LeaveAck { id }], "repeat {n}");
+        assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }], "repeat {n}");
     }
     assert_eq!(events(&mut r), []);
     assert_eq!(table(&r), before);
@@ -387,13 +509,28 @@ fn a_repeated_leave_with_a_wrong_token_is_not_acknowledged() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     let answers = send(
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave { id, token: !token },
+        &Message::Leave {
+            id,
+            token: !token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(r.stats().refused, 1);
@@ -404,7 +541,17 @@ fn a_repeated_leave_after_the_id_was_reused_deletes_nothing() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     // Another client now holds id 1.
     assert_eq!(register(&mut r, t0, addr(1002), None).0, id);
@@ -413,9 +560,14 @@ fn a_repeated_leave_after_the_id_was_reused_deletes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave { id, token },
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
-    assert_eq!(answers, [Message::LeaveAck { id }]);
+    assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
 }
@@ -433,6 +585,8 @@ fn leave_with_a_wrong_token_deletes_nothing() {
         &Message::Leave {
             id,
             token: token.wrapping_add(1),
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -448,7 +602,17 @@ fn leave_from_another_address_deletes_nothing() {
     let (id, token) = register(&mut r, t0, addr(1001), None);
     let before = table(&r);
     // Even with the right id and token: the address is part of the proof.
-    let answers = send(&mut r, t0, addr(6666), &Message::Leave { id, token });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(6666),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
@@ -470,6 +634,8 @@ fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
         &Message::Leave {
             id: 2,
             token: token1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -481,7 +647,17 @@ fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
 fn leave_for_an_unknown_id_is_not_registered() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let answers = send(&mut r, t0, addr(1001), &Message::Leave { id: 4, token: 1 });
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id: 4,
+            token: 1,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert!(r.is_empty());
     assert_eq!(events(&mut r), []);
@@ -511,9 +687,13 @@ fn an_entry_not_heard_from_expires_after_ttl() {
         &mut r,
         t0 + TTL + secs(1),
         addr(9999),
-        &Message::Lookup { id },
+        &Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
-    assert_eq!(answers, [Message::Inactive { id }]);
+    assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
 }
 
 #[test]
@@ -545,7 +725,12 @@ fn a_keepalive_refreshes_the_entry() {
         &mut r,
         t0 + secs(20),
         addr(1001),
-        &Message::Keepalive { id, token },
+        &Message::Keepalive {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(answers, [], "a matching Keepalive is not answered");
     assert_eq!(r.get(id).unwrap().last_seen, t0 + secs(20));
@@ -566,7 +751,11 @@ fn a_lookup_from_the_client_refreshes_the_entry() {
         &mut r,
         t0 + secs(25),
         addr(1001),
-        &Message::Lookup { id: 42 },
+        &Message::Lookup {
+            id: 42,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id], "expired although it sent a Lookup at t0+25s");
@@ -583,7 +772,11 @@ fn a_retransmitted_register_refreshes_the_entry() {
         &mut r,
         t0 + secs(25),
         addr(1001),
-        &Message::Register { want_id: None },
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id]);
@@ -594,7 +787,16 @@ fn a_lookup_from_a_stranger_does_not_refresh_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0 + secs(25), addr(9999), &Message::Lookup { id });
+    send(
+        &mut r,
+        t0 + secs(25),
+        addr(9999),
+        &Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(r.get(id).unwrap().last_seen, t0);
     r.handle_timeout(t0 + secs(31));
     assert!(r.is_empty());
@@ -614,7 +816,12 @@ fn poll_timeout_reports_a_deadline_no_later_than_the_expiry() {
         &mut r,
         t0 + secs(10),
         addr(1001),
-        &Message::Keepalive { id, token },
+        &Message::Keepalive {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     // A driver that sleeps until each deadline it is given, and only then calls
     // handle_timeout, must see the client expire at t0+40s: not before, not after.
@@ -654,7 +861,17 @@ fn a_remembered_departure_is_forgotten_after_ttl() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0, addr(1001), &Message::Leave { id, token });
+    send(
+        &mut r,
+        t0,
+        addr(1001),
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     let deadline = r.poll_timeout().expect("the departure needs forgetting");
     assert!(deadline <= t0 + TTL);
     r.handle_timeout(t0 + TTL + secs(1));
@@ -663,7 +880,12 @@ fn a_remembered_departure_is_forgotten_after_ttl() {
         &mut r,
         t0 + TTL + secs(1),
         addr(1001),
-        &Message::Leave { id, token },
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
 }
@@ -682,7 +904,12 @@ fn a_keepalive_from_an_unknown_address_gets_not_registered() {
             &mut r,
             t0 + secs(5),
             addr(2002),
-            &Message::Keepalive { id, token },
+            &Message::Keepalive {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
         );
         assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     }
@@ -702,6 +929,8 @@ fn a_keepalive_with_a_wrong_token_gets_not_registered() {
         &Message::Keepalive {
             id,
             token: token ^ 1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -763,9 +992,18 @@ fn malformed_bodies_are_counted_and_change_nothing() {
     let mut r = two_clients(t0);
     let before = table(&r);
     let base = r.stats().clone();
-    let mut trailing = encode(&Message::Register { want_id: None });
+    let mut trailing = encode(&Message::Register {
+        want_id: None,
+        nonce: 0,
+        pad: Default::default(),
+    });
     trailing.push(0);
-    let mut truncated = encode(&Message::Leave { id: 1, token: 5 });
+    let mut truncated = encode(&Message::Leave {
+        id: 1,
+        token: 5,
+        nonce: 0,
+        pad: Default::default(),
+    });
     truncated.pop();
     let datagrams: Vec<Vec<u8>> = vec![
         header_then(&[]),
@@ -798,8 +1036,15 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
     let before = table(&r);
     let base = r.stats().clone();
     for version in [0, 2, 0xff] {
-        // Even a well-formed Register: the body of another version is never guessed at.
-        let mut d = encode(&Message::Register { want_id: None });
+        // Even a well-formed Register: the body of another version is never guessed at. A
+        // client pads its requests, so the error fits.
+        let mut register = Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        };
+        p2pchat::wire::pad_request(&mut register);
+        let mut d = encode(&register);
         d[1] = version;
         let answers = send_raw(&mut r, t0, addr(9999), &d);
         assert_eq!(error_code(&answers), ErrorCode::BadVersion);
@@ -808,11 +1053,14 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
         };
         assert!(detail.contains(&version.to_string()), "{detail:?}");
     }
+    // A probe smaller than the error gets nothing: no answer is larger than its question.
+    assert_eq!(send_raw(&mut r, t0, addr(9999), b"P\x02"), []);
     assert_eq!(
         *r.stats(),
         Stats {
-            datagrams: base.datagrams + 3,
-            bad_version: base.bad_version + 3,
+            datagrams: base.datagrams + 4,
+            bad_version: base.bad_version + 4,
+            unsent_larger: base.unsent_larger + 1,
             ..base
         }
     );
@@ -826,18 +1074,21 @@ fn unexpected_messages() -> Vec<Message> {
             id: 1,
             token: 1,
             ttl_secs: 1,
+            nonce: 0,
         },
         Message::Found {
             id: 1,
             addr: addr(1),
             name: None,
             display_name: None,
+            nonce: 0,
         },
-        Message::Inactive { id: 1 },
-        Message::LeaveAck { id: 1 },
+        Message::Inactive { id: 1, nonce: 0 },
+        Message::LeaveAck { id: 1, nonce: 0 },
         Message::Error {
             code: ErrorCode::IdTaken,
             detail: "x".into(),
+            nonce: 0,
         },
         Message::ConnectRequest {
             from: 1,
@@ -923,16 +1174,32 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
     let mut templates: Vec<Vec<u8>> = unexpected_messages().iter().map(encode).collect();
     templates.extend(
         [
-            Message::Register { want_id: None },
-            Message::Register { want_id: Some(2) },
-            Message::Lookup { id: 1 },
+            Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+            Message::Register {
+                want_id: Some(2),
+                nonce: 0,
+                pad: Default::default(),
+            },
+            Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default(),
+            },
             Message::Leave {
                 id: 3,
                 token: token3,
+                nonce: 0,
+                pad: Default::default(),
             },
             Message::Keepalive {
                 id: 3,
                 token: token3,
+                nonce: 0,
+                pad: Default::default(),
             },
         ]
         .iter()
@@ -1016,7 +1283,11 @@ fn addr_on(ip: [u8; 4], port: u16) -> SocketAddr {
 }
 
 fn register_msg() -> Message {
-    Message::Register { want_id: None }
+    Message::Register {
+        want_id: None,
+        nonce: 0,
+        pad: Default::default(),
+    }
 }
 
 #[test]
@@ -1036,7 +1307,7 @@ fn registrations_beyond_the_burst_from_one_prefix_are_rate_limited() {
         };
         let answers = send(&mut r, t0, from, &register_msg());
         if !answers.is_empty() {
-            let [Message::Error { code, detail }] = &answers[..] else {
+            let [Message::Error { code, detail, .. }] = &answers[..] else {
                 panic!("{answers:?}")
             };
             assert_eq!(*code, ErrorCode::RateLimited);
@@ -1132,7 +1403,7 @@ fn eleven_addresses_of_one_slash_24_cannot_fill_max_clients() {
             let from = addr_on([10, 1, 2, host], port);
             match &send(&mut r, now, from, &register_msg())[..] {
                 [Message::Registered { id, token, .. }] => mine.push((from, *id, *token)),
-                [Message::Error { code, detail }] => {
+                [Message::Error { code, detail, .. }] => {
                     assert_eq!(*code, ErrorCode::ServerFull);
                     assert!(detail.contains("10.1.2.0/24"), "{detail}");
                     full += 1;
@@ -1147,12 +1418,32 @@ fn eleven_addresses_of_one_slash_24_cannot_fill_max_clients() {
     assert_eq!(r.stats().prefix_full, full as u64);
     // Keepalives keep them, but another network still registers.
     for &(from, id, token) in &mine {
-        send(&mut r, now, from, &Message::Keepalive { id, token });
+        send(
+            &mut r,
+            now,
+            from,
+            &Message::Keepalive {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
     }
     register(&mut r, now, addr_on([10, 1, 3, 1], 1), None);
     // One of them leaves: its prefix may have one more.
     let (from, id, token) = mine[0];
-    send(&mut r, now, from, &Message::Leave { id, token });
+    send(
+        &mut r,
+        now,
+        from,
+        &Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     events(&mut r);
     register(&mut r, now, addr_on([10, 1, 2, 99], 1), None);
     let answers = send(&mut r, now, addr_on([10, 1, 2, 99], 2), &register_msg());
@@ -1207,7 +1498,16 @@ fn a_retransmitted_register_spends_no_registration_token() {
     let mut r = rate_limited_registry(1.0, 1);
     let (id, token) = register(&mut r, t0, addr(1), None);
     for _ in 0..10 {
-        let answers = send(&mut r, t0, addr(1), &Message::Register { want_id: None });
+        let answers = send(
+            &mut r,
+            t0,
+            addr(1),
+            &Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         assert!(
             matches!(answers[..], [Message::Registered { id: i, token: t, .. }] if i == id && t == token),
             "{answers:?}"
@@ -1249,10 +1549,18 @@ fn a_datagram_packed_with_lookups_gets_at_most_eight_answers() {
     let mut datagram = Vec::new();
     // 80 lookups of 13 bytes each fit in one datagram under wire::PACK_LIMIT.
     for _ in 0..80 {
-        packer.push(addr(9), &Message::Lookup { id: 1 }, |_, d| {
-            assert!(datagram.is_empty(), "one datagram");
-            datagram = d.to_vec();
-        });
+        packer.push(
+            addr(9),
+            &Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default(),
+            },
+            |_, d| {
+                assert!(datagram.is_empty(), "one datagram");
+                datagram = d.to_vec();
+            },
+        );
     }
     packer.flush(|_, d| datagram = d.to_vec());
     assert_eq!(wire::decode_all(&datagram).unwrap().len(), 80);
@@ -1260,11 +1568,228 @@ fn a_datagram_packed_with_lookups_gets_at_most_eight_answers() {
     assert_eq!(answers.len(), 8);
     let answer_bytes: usize = answers.iter().map(|m| wire::encode(m).len()).sum();
     assert!(
-        answer_bytes <= 3 * datagram.len(),
+        answer_bytes <= datagram.len(),
         "{answer_bytes} bytes of answers to a {}-byte datagram",
         datagram.len()
     );
     assert_eq!(r.stats().excess, 72);
+}
+
+/// A named client with the longest name and display name, at `addr(1)`: the largest
+/// `Found` there is.
+fn long_named_client(t0: Instant) -> Registry {
+    let mut r = registry(10);
+    let (id, token) = register(&mut r, t0, addr(1), None);
+    let answers = send(
+        &mut r,
+        t0,
+        addr(1),
+        &claim_msg(
+            id,
+            token,
+            &"n".repeat(wire::MAX_NAME),
+            Some(&"d".repeat(wire::MAX_DISPLAY_NAME)),
+            None,
+        ),
+    );
+    assert!(
+        matches!(answers[..], [Message::Claimed { .. }]),
+        "{answers:?}"
+    );
+    r
+}
+
+fn total_bytes(answers: &[Message]) -> usize {
+    answers.iter().map(|m| wire::encode(m).len()).sum()
+}
+
+#[test]
+fn lookups_written_small_get_nothing_larger_than_themselves() {
+    // As measured against the old server: eight Lookups of a client with long names,
+    // each written with MessagePack's numeric variant index ({1: [id]}, 4 bytes): 34
+    // bytes in, 1,210 out.
+    let t0 = Instant::now();
+    let mut r = long_named_client(t0);
+    let mut datagram = vec![wire::MAGIC, wire::VERSION];
+    for _ in 0..8 {
+        datagram.extend_from_slice(&[0x81, 0x01, 0x91, 0x01]);
+    }
+    assert_eq!(datagram.len(), 34);
+    assert!(wire::decode_all(&datagram)
+        .unwrap()
+        .iter()
+        .all(|m| matches!(m, Message::Lookup { id: 1, .. })));
+    let answers = send_raw(&mut r, t0, addr(9), &datagram);
+    assert!(total_bytes(&answers) <= 34, "{answers:?}");
+    assert_eq!(r.stats().unsent_larger, 8);
+    // The same lookup padded as a client pads it gets the whole answer, names and all.
+    let answers = send(
+        &mut r,
+        t0,
+        addr(9),
+        &Message::Lookup {
+            id: 1,
+            nonce: 7,
+            pad: Default::default(),
+        },
+    );
+    let [Message::Found {
+        name: Some(name),
+        display_name: Some(_),
+        nonce: 7,
+        ..
+    }] = &answers[..]
+    else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(name.len(), wire::MAX_NAME);
+}
+
+#[test]
+fn keepalives_of_nobody_get_nothing_larger_than_themselves() {
+    // As measured: eight Keepalive{0, 0} ({3: [0, 0]}), no registration needed: 42 bytes
+    // in, 793 out.
+    let t0 = Instant::now();
+    let mut r = two_clients(t0);
+    let mut datagram = vec![wire::MAGIC, wire::VERSION];
+    for _ in 0..8 {
+        datagram.extend_from_slice(&[0x81, 0x03, 0x92, 0x00, 0x00]);
+    }
+    assert_eq!(datagram.len(), 42);
+    let answers = send_raw(&mut r, t0, addr(9), &datagram);
+    assert!(total_bytes(&answers) <= 42, "{answers:?}");
+    // Padded, the first refusals fit, and never more than the datagram's size.
+    let mut keepalive = Message::Keepalive {
+        id: 0,
+        token: 0,
+        nonce: 5,
+        pad: Default::default(),
+    };
+    wire::pad_request(&mut keepalive);
+    let mut packer = wire::Packer::new();
+    let mut datagram = Vec::new();
+    for _ in 0..4 {
+        packer.push(addr(9), &keepalive, |_, d| datagram = d.to_vec());
+    }
+    packer.flush(|_, d| datagram = d.to_vec());
+    let answers = send_raw(&mut r, t0, addr(9), &datagram);
+    assert!(!answers.is_empty());
+    assert!(total_bytes(&answers) <= datagram.len(), "{answers:?}");
+    assert!(answers.iter().all(|m| matches!(
+        m,
+        Message::Error {
+            code: ErrorCode::NotRegistered,
+            nonce: 5,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_client_that_proves_it_receives_gets_whole_answers_to_small_requests() {
+    // A List page is far larger than the List; the token, learnt from our Registered at
+    // that address, proves the address receives.
+    let t0 = Instant::now();
+    let mut r = registry(100);
+    let mut me = (0, 0);
+    for port in 1..=15 {
+        me = register(&mut r, t0, addr(port), None);
+    }
+    let list = wire::encode(&Message::List {
+        id: me.0,
+        token: me.1,
+        after: None,
+        nonce: 9,
+        pad: Default::default(),
+    });
+    let answers = send_raw(&mut r, t0, addr(15), &list);
+    let [Message::Listing {
+        clients, nonce: 9, ..
+    }] = &answers[..]
+    else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(clients.len(), 15);
+    assert!(total_bytes(&answers) > 3 * list.len());
+    // The same List with a wrong token, from the same address: a refusal that fits, or
+    // nothing.
+    let forged = wire::encode(&Message::List {
+        id: me.0,
+        token: me.1 ^ 1,
+        after: None,
+        nonce: 9,
+        pad: Default::default(),
+    });
+    let answers = send_raw(&mut r, t0, addr(15), &forged);
+    assert!(total_bytes(&answers) <= forged.len(), "{answers:?}");
+}
+
+#[test]
+fn every_answer_echoes_the_nonce_of_its_request() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let mut register_msg = Message::Register {
+        want_id: None,
+        nonce: 11,
+        pad: Default::default(),
+    };
+    let answers = send(&mut r, t0, addr(1), &register_msg);
+    let [Message::Registered {
+        id,
+        token,
+        nonce: 11,
+        ..
+    }] = answers[..]
+    else {
+        panic!("{answers:?}")
+    };
+    // A retransmission with another nonce gets the same registration with that nonce.
+    register_msg.set_nonce(12);
+    let answers = send(&mut r, t0, addr(1), &register_msg);
+    assert!(
+        matches!(answers[..], [Message::Registered { nonce: 12, id: i, .. }] if i == id),
+        "{answers:?}"
+    );
+    for (request, nonce) in [
+        (
+            Message::Lookup {
+                id: 5,
+                nonce: 13,
+                pad: Default::default(),
+            },
+            13,
+        ),
+        (
+            Message::Resolve {
+                name: "nobody".into(),
+                nonce: 14,
+                pad: Default::default(),
+            },
+            14,
+        ),
+        (
+            Message::Keepalive {
+                id,
+                token: token ^ 1,
+                nonce: 15,
+                pad: Default::default(),
+            },
+            15,
+        ),
+        (
+            Message::Leave {
+                id,
+                token,
+                nonce: 16,
+                pad: Default::default(),
+            },
+            16,
+        ),
+    ] {
+        let answers = send(&mut r, t0, addr(1), &request);
+        assert_eq!(answers.len(), 1, "{request:?}: {answers:?}");
+        assert_eq!(answers[0].nonce(), Some(nonce), "{answers:?}");
+    }
 }
 
 // ---------------------------------------------------------------------- names
@@ -1282,6 +1807,8 @@ fn claim_msg(
         name: name.into(),
         display_name: display_name.map(String::from),
         previous,
+        nonce: 0,
+        pad: Default::default(),
     }
 }
 
@@ -1305,7 +1832,8 @@ fn claim(
         answers,
         [Message::Claimed {
             id,
-            name: name.into()
+            name: name.into(),
+            nonce: 0
         }]
     );
     assert_eq!(
@@ -1320,7 +1848,16 @@ fn claim(
 }
 
 fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
-    let answers = send(r, now, addr(9999), &Message::Resolve { name: name.into() });
+    let answers = send(
+        r,
+        now,
+        addr(9999),
+        &Message::Resolve {
+            name: name.into(),
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(answers.len(), 1, "{answers:?}");
     answers.into_iter().next().unwrap()
 }
@@ -1331,6 +1868,7 @@ fn found(id: ClientId, at: SocketAddr, name: &str, display_name: Option<&str>) -
         addr: at,
         name: Some(name.into()),
         display_name: display_name.map(String::from),
+        nonce: 0,
     }
 }
 
@@ -1343,7 +1881,16 @@ fn a_claimed_name_is_granted_and_lookup_and_resolve_carry_it() {
     let e = r.get(alice.0).unwrap();
     assert_eq!(e.name.as_deref(), Some("Alice"));
     assert_eq!(e.display_name.as_deref(), Some("Alice L."));
-    let by_id = send(&mut r, t0, addr(9999), &Message::Lookup { id: alice.0 });
+    let by_id = send(
+        &mut r,
+        t0,
+        addr(9999),
+        &Message::Lookup {
+            id: alice.0,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(by_id, [found(1, addr(1001), "Alice", Some("Alice L."))]);
     assert_eq!(
         resolve(&mut r, t0, "Alice"),
@@ -1359,7 +1906,10 @@ fn resolve_ignores_ascii_case_and_an_unclaimed_name_is_unknown() {
     let bob = register(&mut r, t0, addr(1002), None);
     assert_eq!(
         resolve(&mut r, t0, "bob"),
-        Message::Unknown { name: "bob".into() }
+        Message::Unknown {
+            name: "bob".into(),
+            nonce: 0
+        }
     );
     claim(&mut r, t0, addr(1002), bob, "bob", None);
     for asked in ["bob", "BOB", "bOb"] {
@@ -1371,7 +1921,10 @@ fn resolve_ignores_ascii_case_and_an_unclaimed_name_is_unknown() {
     for other in ["bobby", "2bob", "", "b\u{f6}b"] {
         assert_eq!(
             resolve(&mut r, t0, other),
-            Message::Unknown { name: other.into() }
+            Message::Unknown {
+                name: other.into(),
+                nonce: 0
+            }
         );
     }
 }
@@ -1390,7 +1943,7 @@ fn a_name_held_by_another_client_is_name_taken_without_regard_to_case() {
             addr(1002),
             &claim_msg(bob.0, bob.1, taken, None, None),
         );
-        let [Message::Error { code, detail }] = &answers[..] else {
+        let [Message::Error { code, detail, .. }] = &answers[..] else {
             panic!("{answers:?}")
         };
         assert_eq!(*code, ErrorCode::NameTaken);
@@ -1430,7 +1983,7 @@ fn bad_names_and_display_names_are_refused_and_change_nothing() {
             addr(1001),
             &claim_msg(alice.0, alice.1, name, display, None),
         );
-        let [Message::Error { code, detail }] = &answers[..] else {
+        let [Message::Error { code, detail, .. }] = &answers[..] else {
             panic!("{answers:?}")
         };
         assert_eq!(*code, ErrorCode::BadName, "{name:?} {display:?}");
@@ -1471,7 +2024,8 @@ fn a_claim_from_another_address_or_with_a_wrong_token_is_not_registered() {
     assert_eq!(
         resolve(&mut r, t0, "mallory"),
         Message::Unknown {
-            name: "mallory".into()
+            name: "mallory".into(),
+            nonce: 0
         }
     );
     assert_eq!(r.get(alice.0).unwrap().name, None);
@@ -1498,7 +2052,8 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
         answers,
         [Message::Claimed {
             id: 2,
-            name: "Alice".into()
+            name: "Alice".into(),
+            nonce: 0
         }]
     );
     assert_eq!(
@@ -1531,6 +2086,8 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
         &Message::Keepalive {
             id: old.0,
             token: old.1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
@@ -1574,7 +2131,8 @@ fn a_retransmitted_claim_gets_claimed_again_and_no_second_event() {
             answers,
             [Message::Claimed {
                 id: 1,
-                name: "alice".into()
+                name: "alice".into(),
+                nonce: 0
             }]
         );
     }
@@ -1602,7 +2160,8 @@ fn a_new_claim_releases_the_old_name() {
     assert_eq!(
         resolve(&mut r, t0, "alice"),
         Message::Unknown {
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     assert_eq!(
@@ -1636,9 +2195,11 @@ fn a_name_is_released_when_its_client_leaves() {
         &Message::Leave {
             id: alice.0,
             token: alice.1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
-    assert_eq!(answers, [Message::LeaveAck { id: 1 }]);
+    assert_eq!(answers, [Message::LeaveAck { id: 1, nonce: 0 }]);
     assert_eq!(
         events(&mut r),
         [TableEvent::Left {
@@ -1651,7 +2212,8 @@ fn a_name_is_released_when_its_client_leaves() {
     assert_eq!(
         resolve(&mut r, t0, "alice"),
         Message::Unknown {
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     let bob = register(&mut r, t0, addr(1002), None);
@@ -1677,7 +2239,8 @@ fn a_name_is_released_when_its_client_expires() {
     assert_eq!(
         resolve(&mut r, t0 + TTL, "alice"),
         Message::Unknown {
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     claim(&mut r, t0 + TTL, addr(1002), bob, "alice", None);
@@ -1686,7 +2249,13 @@ fn a_name_is_released_when_its_client_expires() {
 // ---------------------------------------------------------------------- listing
 
 fn list_msg((id, token): (ClientId, Token), after: Option<ClientId>) -> Message {
-    Message::List { id, token, after }
+    Message::List {
+        id,
+        token,
+        after,
+        nonce: 0,
+        pad: Default::default(),
+    }
 }
 
 /// Asks for one page; returns it and its encoded size.
@@ -1706,6 +2275,7 @@ fn list_page(
         clients,
         next,
         total,
+        ..
     } = msg.clone()
     else {
         unreachable!()
@@ -1755,7 +2325,7 @@ fn list_is_list_disabled_when_the_server_does_not_list() {
     );
     let alice = register(&mut r, t0, addr(1001), None);
     let answers = send(&mut r, t0, addr(1001), &list_msg(alice, None));
-    let [Message::Error { code, detail }] = &answers[..] else {
+    let [Message::Error { code, detail, .. }] = &answers[..] else {
         panic!("{answers:?}")
     };
     assert_eq!(*code, ErrorCode::ListDisabled);
@@ -1799,6 +2369,8 @@ fn list_pages_beyond_the_clients_list_rate_go_unanswered() {
         &Message::Leave {
             id: alice.0,
             token: alice.1,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     events(&mut r);
@@ -1910,6 +2482,7 @@ fn paging_through_5000_named_clients_lists_each_once_in_order_within_the_limit()
                     clients: more,
                     next: (next + 1 < n).then_some(next + 1),
                     total,
+                    nonce: 0,
                 };
                 assert!(encode(&bigger).len() > wire::PACK_LIMIT, "page not full");
                 after = Some(next);
@@ -1965,8 +2538,18 @@ fn paging_is_correct_when_clients_join_and_leave_between_pages() {
         for _ in 0..rng.random_range(0..6) {
             let id = rng.random_range(2..=online.keys().last().copied().unwrap());
             if let Some((from, token)) = online.remove(&id) {
-                let answers = send(&mut r, t0, from, &Message::Leave { id, token });
-                assert_eq!(answers, [Message::LeaveAck { id }], "seed {seed}");
+                let answers = send(
+                    &mut r,
+                    t0,
+                    from,
+                    &Message::Leave {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                );
+                assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }], "seed {seed}");
                 events(&mut r);
                 stayed.remove(&id);
             }
@@ -2002,7 +2585,17 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     // All but the first and last 10 leave: a long run of free ids in the middle.
     for &(id, token) in &clients[10..clients.len() - 10] {
         let from = many_addr(id - 1);
-        send(&mut r, t0, from, &Message::Leave { id, token });
+        send(
+            &mut r,
+            t0,
+            from,
+            &Message::Leave {
+                id,
+                token,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
     }
     events(&mut r);
     let far = [4_000_000_000, 70_000, 3_000_000_000];
@@ -2048,7 +2641,12 @@ fn a_list_page_looks_only_at_the_clients_it_lists_whatever_the_gaps() {
                 &mut r,
                 t0,
                 many_addr(i as u32),
-                &Message::Leave { id, token },
+                &Message::Leave {
+                    id,
+                    token,
+                    nonce: 0,
+                    pad: Default::default(),
+                },
             );
         }
     }

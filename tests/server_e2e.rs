@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Proc, Server};
-use p2pchat::wire::{decode, encode, ClientId, ErrorCode, Message, Token, MAGIC, VERSION};
+use p2pchat::wire::{decode, encode_request, ClientId, ErrorCode, Message, Token, MAGIC, VERSION};
 
 // ---------------------------------------------------------------- clients
 
@@ -41,7 +41,7 @@ fn recv(sock: &UdpSocket, server: SocketAddr) -> Option<Message> {
 /// idempotent, as the protocol requires).
 fn request(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> Message {
     for _ in 0..3 {
-        sock.send_to(&encode(msg), server).unwrap();
+        sock.send_to(&encode_request(msg), server).unwrap();
         if let Some(answer) = recv(sock, server) {
             return answer;
         }
@@ -50,11 +50,20 @@ fn request(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> Message {
 }
 
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token, u32) {
-    match request(sock, server, &Message::Register { want_id: None }) {
+    match request(
+        sock,
+        server,
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    ) {
         Message::Registered {
             id,
             token,
             ttl_secs,
+            ..
         } => (id, token, ttl_secs),
         other => panic!("Register answered with {other:?}"),
     }
@@ -89,14 +98,23 @@ fn register_then_lookup_finds_the_clients_address_as_seen_by_the_server() {
     );
 
     let bob = socket();
-    let answer = request(&bob, server.addr, &Message::Lookup { id: 1 });
+    let answer = request(
+        &bob,
+        server.addr,
+        &Message::Lookup {
+            id: 1,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(
         answer,
         Message::Found {
             id: 1,
             addr: alice_addr,
             name: None,
-            display_name: None
+            display_name: None,
+            nonce: 0
         }
     );
 }
@@ -107,8 +125,16 @@ fn lookup_of_an_unknown_id_is_inactive() {
     let (_alice, _) = joined_client(&server, 1);
     let bob = socket();
     for id in [2, 77] {
-        let answer = request(&bob, server.addr, &Message::Lookup { id });
-        assert_eq!(answer, Message::Inactive { id });
+        let answer = request(
+            &bob,
+            server.addr,
+            &Message::Lookup {
+                id,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
+        assert_eq!(answer, Message::Inactive { id, nonce: 0 });
     }
 }
 
@@ -116,13 +142,22 @@ fn lookup_of_an_unknown_id_is_inactive() {
 fn a_second_register_from_the_same_socket_is_a_retransmission() {
     let server = Server::start(&[]);
     let (alice, token) = joined_client(&server, 1);
-    let again = request(&alice, server.addr, &Message::Register { want_id: None });
+    let again = request(
+        &alice,
+        server.addr,
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    );
     assert_eq!(
         again,
         Message::Registered {
             id: 1,
             token,
-            ttl_secs: 30
+            ttl_secs: 30,
+            nonce: 0
         }
     );
     // Nothing was printed for it: the next line is the next client's join.
@@ -134,7 +169,15 @@ fn max_clients_refuses_one_more_with_server_full() {
     let server = Server::start(&["--max-clients", "1"]);
     let (_alice, _) = joined_client(&server, 1);
     let bob = socket();
-    match request(&bob, server.addr, &Message::Register { want_id: None }) {
+    match request(
+        &bob,
+        server.addr,
+        &Message::Register {
+            want_id: None,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    ) {
         Message::Error {
             code: ErrorCode::ServerFull,
             ..
@@ -188,7 +231,12 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         .set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
 
-    let mut other_version = encode(&Message::Leave { id: 1, token });
+    let mut other_version = encode_request(&Message::Leave {
+        id: 1,
+        token,
+        nonce: 0,
+        pad: Default::default(),
+    });
     other_version[1] = VERSION + 1;
     mallory.send_to(&other_version, to).unwrap();
     match recv(&mallory, to) {
@@ -202,6 +250,8 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
     let forged = Message::Leave {
         id: 1,
         token: token ^ 0x5a5a,
+        nonce: 0,
+        pad: Default::default(),
     };
     match request(&mallory, to, &forged) {
         Message::Error {
@@ -211,7 +261,16 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         other => panic!("a forged Leave was answered {other:?}"),
     }
     // Even the right token from the wrong socket deletes nothing.
-    match request(&mallory, to, &Message::Leave { id: 1, token }) {
+    match request(
+        &mallory,
+        to,
+        &Message::Leave {
+            id: 1,
+            token,
+            nonce: 0,
+            pad: Default::default(),
+        },
+    ) {
         Message::Error {
             code: ErrorCode::NotRegistered,
             ..
@@ -222,12 +281,21 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
     // The server still answers, and still has alice where she was.
     for asker in [&mallory, &alice] {
         assert_eq!(
-            request(asker, to, &Message::Lookup { id: 1 }),
+            request(
+                asker,
+                to,
+                &Message::Lookup {
+                    id: 1,
+                    nonce: 0,
+                    pad: Default::default()
+                }
+            ),
             Message::Found {
                 id: 1,
                 addr: alice_addr,
                 name: None,
-                display_name: None
+                display_name: None,
+                nonce: 0
             }
         );
     }
@@ -250,21 +318,34 @@ fn leave_is_acknowledged_and_the_printed_table_shows_the_client_gone() {
     let server = Server::start(&[]);
     let (alice, token) = joined_client(&server, 1);
     let alice_addr = alice.local_addr().unwrap();
-    let leave = Message::Leave { id: 1, token };
+    let leave = Message::Leave {
+        id: 1,
+        token,
+        nonce: 0,
+        pad: Default::default(),
+    };
     assert_eq!(
         request(&alice, server.addr, &leave),
-        Message::LeaveAck { id: 1 }
+        Message::LeaveAck { id: 1, nonce: 0 }
     );
     server.expect_next_line(&format!("client 1 at {alice_addr} left"));
     server.expect_next_line("active clients: 0");
     // A repeated Leave (its LeaveAck lost) is acknowledged again.
     assert_eq!(
         request(&alice, server.addr, &leave),
-        Message::LeaveAck { id: 1 }
+        Message::LeaveAck { id: 1, nonce: 0 }
     );
     assert_eq!(
-        request(&socket(), server.addr, &Message::Lookup { id: 1 }),
-        Message::Inactive { id: 1 }
+        request(
+            &socket(),
+            server.addr,
+            &Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default()
+            }
+        ),
+        Message::Inactive { id: 1, nonce: 0 }
     );
     // And printed nothing: the next line is the next join (which reuses id 1).
     let (_bob, _) = joined_client(&server, 1);
@@ -291,8 +372,16 @@ fn a_silent_client_expires_after_the_ttl() {
     );
     server.expect_next_line("active clients: 0");
     assert_eq!(
-        request(&socket(), server.addr, &Message::Lookup { id: 1 }),
-        Message::Inactive { id: 1 }
+        request(
+            &socket(),
+            server.addr,
+            &Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default()
+            }
+        ),
+        Message::Inactive { id: 1, nonce: 0 }
     );
 }
 
@@ -303,7 +392,15 @@ fn keepalives_keep_a_client_past_the_ttl() {
     let until = Instant::now() + Duration::from_millis(1800);
     while Instant::now() < until {
         alice
-            .send_to(&encode(&Message::Keepalive { id: 1, token }), server.addr)
+            .send_to(
+                &encode_request(&Message::Keepalive {
+                    id: 1,
+                    token,
+                    nonce: 0,
+                    pad: Default::default(),
+                }),
+                server.addr,
+            )
             .unwrap();
         thread::sleep(Duration::from_millis(250));
     }
@@ -313,7 +410,15 @@ fn keepalives_keep_a_client_past_the_ttl() {
         "something was printed although alice kept sending"
     );
     assert!(matches!(
-        request(&socket(), server.addr, &Message::Lookup { id: 1 }),
+        request(
+            &socket(),
+            server.addr,
+            &Message::Lookup {
+                id: 1,
+                nonce: 0,
+                pad: Default::default()
+            }
+        ),
         Message::Found { id: 1, .. }
     ));
 }
@@ -358,7 +463,7 @@ fn binding_a_port_already_in_use_fails_with_one_cannot_bind_line() {
 fn request_sized(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> (Message, usize) {
     let mut buf = [0u8; 65_536];
     for _ in 0..3 {
-        sock.send_to(&encode(msg), server).unwrap();
+        sock.send_to(&encode_request(msg), server).unwrap();
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             if from == server {
                 let answer = decode(&buf[..n]).expect("the server sent an undecodable datagram");
@@ -379,6 +484,8 @@ fn claim(sock: &UdpSocket, server: SocketAddr, id: ClientId, token: Token, name:
             name: name.into(),
             display_name: Some(format!("{name:-<64}")),
             previous: None,
+            nonce: 0,
+            pad: Default::default(),
         },
     )
 }
@@ -397,13 +504,16 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
             name: "alice".into(),
             display_name: Some("Alice L.".into()),
             previous: None,
+            nonce: 0,
+            pad: Default::default(),
         },
     );
     assert_eq!(
         answer,
         Message::Claimed {
             id: 1,
-            name: "alice".into()
+            name: "alice".into(),
+            nonce: 0
         }
     );
     server.expect_next_line(&format!("client 1 at {alice_addr} is now alice (Alice L.)"));
@@ -414,6 +524,7 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
         Message::Error {
             code: ErrorCode::NameTaken,
             detail,
+            ..
         } => assert!(detail.contains("taken by client 1"), "{detail}"),
         other => panic!("a taken name was answered {other:?}"),
     }
@@ -423,23 +534,33 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
             &stranger,
             server.addr,
             &Message::Resolve {
-                name: "Alice".into()
+                name: "Alice".into(),
+                nonce: 0,
+                pad: Default::default()
             }
         ),
         Message::Found {
             id: 1,
             addr: alice_addr,
             name: Some("alice".into()),
-            display_name: Some("Alice L.".into())
+            display_name: Some("Alice L.".into()),
+            nonce: 0
         }
     );
     assert_eq!(
         request(
             &stranger,
             server.addr,
-            &Message::Resolve { name: "zed".into() }
+            &Message::Resolve {
+                name: "zed".into(),
+                nonce: 0,
+                pad: Default::default()
+            }
         ),
-        Message::Unknown { name: "zed".into() }
+        Message::Unknown {
+            name: "zed".into(),
+            nonce: 0
+        }
     );
     // A stranger may not list.
     assert!(matches!(
@@ -449,7 +570,9 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
             &Message::List {
                 id: 1,
                 token: alice_token,
-                after: None
+                after: None,
+                nonce: 0,
+                pad: Default::default()
             }
         ),
         Message::Error {
@@ -479,12 +602,15 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
             id: 1,
             token: alice_token,
             after,
+            nonce: 0,
+            pad: Default::default(),
         };
         let (answer, size) = request_sized(&alice, server.addr, &list);
         let Message::Listing {
             clients,
             next,
             total,
+            ..
         } = answer
         else {
             panic!("List answered {answer:?}")
@@ -516,11 +642,14 @@ fn a_server_started_with_no_list_answers_list_disabled() {
             id: 1,
             token,
             after: None,
+            nonce: 0,
+            pad: Default::default(),
         },
     ) {
         Message::Error {
             code: ErrorCode::ListDisabled,
             detail,
+            ..
         } => assert_eq!(detail, "this server does not list its clients"),
         other => panic!("List answered {other:?}"),
     }

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{parse_listening_line, Server};
-use p2pchat::wire::{self, decode_all, encode, ClientId, ErrorCode, Message, Token};
+use p2pchat::wire::{self, decode_all, encode_request, ClientId, ErrorCode, Message, Token};
 
 fn socket_on(ip: &str) -> UdpSocket {
     let s = UdpSocket::bind((ip, 0)).unwrap();
@@ -46,8 +46,15 @@ fn recv_all(sock: &UdpSocket, server: SocketAddr) -> Option<Vec<Message>> {
 /// Registers `sock` (a few tries); panics if the server refuses.
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token) {
     for _ in 0..5 {
-        sock.send_to(&encode(&Message::Register { want_id: None }), server)
-            .unwrap();
+        sock.send_to(
+            &encode_request(&Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            }),
+            server,
+        )
+        .unwrap();
         if let Some(answers) = recv_all(sock, server) {
             match &answers[..] {
                 [Message::Registered { id, token, .. }] => return (*id, *token),
@@ -93,6 +100,8 @@ fn a_list_flood_gets_the_list_rate_and_other_clients_lookups_are_answered() {
                         id: me.0,
                         token: me.1,
                         after: None,
+                        nonce: 0,
+                        pad: Default::default(),
                     },
                     |_, d| datagram = d.to_vec(),
                 );
@@ -126,7 +135,11 @@ fn a_list_flood_gets_the_list_rate_and_other_clients_lookups_are_answered() {
         })
     };
     thread::sleep(Duration::from_millis(100));
-    let lookup = encode(&Message::Lookup { id: victim_id });
+    let lookup = encode_request(&Message::Lookup {
+        id: victim_id,
+        nonce: 0,
+        pad: Default::default(),
+    });
     let mut slowest = Duration::ZERO;
     let mut lookups = 0;
     let started = Instant::now();
@@ -171,7 +184,11 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
     let flood = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
-            let register = encode(&Message::Register { want_id: None });
+            let register = encode_request(&Message::Register {
+                want_id: None,
+                nonce: 0,
+                pad: Default::default(),
+            });
             let started = Instant::now();
             let mut sent = 0;
             // Fresh ports, never the same twice (as the kernel's choice of a free port might).
@@ -205,7 +222,14 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
         for try_ in 1..=5 {
             let t = Instant::now();
             client
-                .send_to(&encode(&Message::Register { want_id: None }), addr)
+                .send_to(
+                    &encode_request(&Message::Register {
+                        want_id: None,
+                        nonce: 0,
+                        pad: Default::default(),
+                    }),
+                    addr,
+                )
                 .unwrap();
             match recv_all(&client, addr).as_deref() {
                 Some([Message::Registered { .. }]) => {
@@ -260,14 +284,22 @@ fn eleven_addresses_of_one_network_cannot_fill_max_clients() {
     for host in 1..=11 {
         for _ in 0..5 {
             let s = socket_on(&format!("127.0.0.{host}"));
-            s.send_to(&encode(&Message::Register { want_id: None }), addr)
-                .unwrap();
+            s.send_to(
+                &encode_request(&Message::Register {
+                    want_id: None,
+                    nonce: 0,
+                    pad: Default::default(),
+                }),
+                addr,
+            )
+            .unwrap();
             match recv_all(&s, addr).as_deref() {
                 Some([Message::Registered { .. }]) => registered += 1,
                 Some(
                     [Message::Error {
                         code: ErrorCode::ServerFull,
                         detail,
+                        ..
                     }],
                 ) => {
                     assert!(detail.contains("127.0.0.0/24"), "{detail}");
@@ -341,11 +373,20 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
                 let i = k % sockets.len();
                 k += 1;
                 let msg = match held[i] {
-                    Some((id, token)) if k % 3 == 0 => Message::Leave { id, token },
+                    Some((id, token)) if k % 3 == 0 => Message::Leave {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
                     Some(_) => continue,
-                    None => Message::Register { want_id: None },
+                    None => Message::Register {
+                        want_id: None,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
                 };
-                sockets[i].send_to(&encode(&msg), addr).unwrap();
+                sockets[i].send_to(&encode_request(&msg), addr).unwrap();
                 match recv_all(&sockets[i], addr).as_deref() {
                     Some([Message::Registered { id, token, .. }]) => held[i] = Some((*id, *token)),
                     Some([Message::LeaveAck { .. }]) => held[i] = None,
@@ -356,7 +397,11 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
         })
     };
     let prober = socket_on("127.0.0.1");
-    let lookup = encode(&Message::Lookup { id: 1 });
+    let lookup = encode_request(&Message::Lookup {
+        id: 1,
+        nonce: 0,
+        pad: Default::default(),
+    });
     let (mut lookups, mut slowest) = (0, Duration::ZERO);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
@@ -443,12 +488,14 @@ fn the_printed_table_shows_a_display_name_as_sanitize_makes_it() {
     server.expect_next_line(&format!("client {id} joined from {me}"));
     let display = "Mallory \u{202e}fdp.exe";
     sock.send_to(
-        &encode(&Message::Claim {
+        &encode_request(&Message::Claim {
             id,
             token,
             name: "mallory".into(),
             display_name: Some(display.into()),
             previous: None,
+            nonce: 0,
+            pad: Default::default(),
         }),
         server.addr,
     )

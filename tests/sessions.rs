@@ -380,8 +380,15 @@ fn list_pages_through_thousands_of_clients_under_loss() {
         let now = s.now;
         for k in 0..OTHERS {
             let addr = SocketAddr::from((Ipv4Addr::from(0x0a02_0000 + k), 5000));
-            s.registry
-                .handle_message(now, addr, Message::Register { want_id: None });
+            s.registry.handle_message(
+                now,
+                addr,
+                Message::Register {
+                    want_id: None,
+                    nonce: 0,
+                    pad: Default::default(),
+                },
+            );
             let mut token = None;
             while let Some(t) = s.registry.poll_transmit() {
                 if let Message::Registered { id, token: tk, .. } = t.message {
@@ -400,6 +407,8 @@ fn list_pages_through_thousands_of_clients_under_loss() {
                         name,
                         display_name: Some("x".repeat(64)),
                         previous: None,
+                        nonce: 0,
+                        pad: Default::default(),
                     },
                 );
                 while s.registry.poll_transmit().is_some() {}

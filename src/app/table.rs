@@ -213,7 +213,15 @@ mod tests {
         let now = Instant::now();
         for port in (1..=n).rev() {
             let from = SocketAddr::from(([127, 0, 0, 1], port));
-            r.handle_message(now, from, Message::Register { want_id: None });
+            r.handle_message(
+                now,
+                from,
+                Message::Register {
+                    want_id: None,
+                    nonce: 0,
+                    pad: Default::default(),
+                },
+            );
         }
         r
     }
@@ -278,6 +286,8 @@ mod tests {
                 name: "alice".into(),
                 display_name: Some("Alice L.".into()),
                 previous: None,
+                nonce: 0,
+                pad: Default::default(),
             },
         );
         let text = render_table(&r, 3, |_| std::time::UNIX_EPOCH);
@@ -407,6 +417,8 @@ mod tests {
                 name: "mallory".into(),
                 display_name: Some(display.into()),
                 previous: None,
+                nonce: 0,
+                pad: Default::default(),
             },
         );
         let table = render_table(&r, 3, |_| std::time::UNIX_EPOCH);

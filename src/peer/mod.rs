@@ -54,6 +54,7 @@ mod files;
 mod names;
 mod outbox;
 mod outputs;
+mod requests;
 mod retry;
 mod server;
 mod session;
@@ -71,6 +72,7 @@ use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
 use outputs::Outputs;
+use requests::Requests;
 use server::{Answer, Server};
 use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
 
@@ -166,6 +168,8 @@ pub struct Peer {
     /// `finish` was called: leave once every message is delivered.
     finishing: bool,
     out: Outputs,
+    /// The nonces of our requests to the server that wait for their answers.
+    requests: Requests,
     /// Datagrams that could not be decoded.
     undecodable: u64,
 }
@@ -181,9 +185,10 @@ impl Peer {
         Self::with_rng(config, now, rand::rngs::StdRng::seed_from_u64(seed))
     }
 
-    fn with_rng(config: PeerConfig, now: Instant, rng: rand::rngs::StdRng) -> Self {
+    fn with_rng(config: PeerConfig, now: Instant, mut rng: rand::rngs::StdRng) -> Self {
         let mut out = Outputs::default();
         Peer {
+            requests: Requests::new(rand::rngs::StdRng::from_rng(&mut rng)),
             server: Server::new(&config, now, &mut out),
             names: Names::new(&config),
             sessions: Sessions::new(&config, rng),
@@ -274,9 +279,14 @@ impl Peer {
     /// burst of datagrams before it sends sends one acknowledgement for the burst.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         // Chat first: file chunks only once the peer's own datagrams are out.
-        self.out
-            .poll_transmit()
-            .or_else(|| self.files.poll_transmit())
+        let Some(mut t) = self.out.poll_transmit() else {
+            return self.files.poll_transmit();
+        };
+        if t.to == self.config.server {
+            // A request leaves with its nonce and padding (requests.rs).
+            self.requests.stamp(&mut t.message);
+        }
+        Some(t)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -623,11 +633,7 @@ impl Peer {
                 self.leave_if_drained(now);
             }
             Err(DecodeError::BadVersion { found }) if from == self.config.server => {
-                let message = format!(
-                    "the server at {from} speaks protocol version {found}; this client speaks version {}",
-                    wire::VERSION
-                );
-                self.server.fatal(message, &mut self.out);
+                self.server.other_version(found, &mut self.out);
             }
             Err(e) => {
                 self.undecodable += 1;
@@ -654,6 +660,10 @@ impl Peer {
     /// A message from the server: names first, then our registration, then the answers to
     /// the lookups of sessions.
     fn handle_server_message(&mut self, now: Instant, msg: Message) {
+        if !self.requests.is_answer(&msg) {
+            // Not an answer to anything we asked: forged, or a late repeat.
+            return self.out.ignore(self.config.server, &msg);
+        }
         let (registered, id, token) = (
             self.server.is_registered(),
             self.server.id(),
@@ -694,6 +704,7 @@ impl Peer {
                 addr,
                 name,
                 display_name,
+                ..
             } => {
                 let Some(me) = self.server.id() else { return };
                 if self.sessions.found(now, me, id, addr, &mut self.out) {
@@ -705,15 +716,16 @@ impl Peer {
                         addr,
                         name: None,
                         display_name: None,
+                        nonce: 0,
                     };
                     self.out.ignore(server, &msg);
                 }
             }
-            Message::Inactive { id } => {
+            Message::Inactive { id, .. } => {
                 if self.sessions.inactive(id, &mut self.out) {
                     self.outbox.retry_later(now, &id.to_string());
                 } else {
-                    self.out.ignore(server, &Message::Inactive { id });
+                    self.out.ignore(server, &Message::Inactive { id, nonce: 0 });
                 }
             }
             other => self.out.ignore(server, &other),

@@ -161,6 +161,8 @@ impl Names {
                 name,
                 display_name: self.display_name.clone(),
                 previous: self.previous_token,
+                nonce: 0,
+                pad: Default::default(),
             },
         );
     }
@@ -179,6 +181,8 @@ impl Names {
             self.server,
             Message::Resolve {
                 name: name.to_string(),
+                nonce: 0,
+                pad: Default::default(),
             },
         );
     }
@@ -217,6 +221,8 @@ impl Names {
                 id: me,
                 token,
                 after: None,
+                nonce: 0,
+                pad: Default::default(),
             },
         );
     }
@@ -268,7 +274,16 @@ impl Names {
                 }
                 Some(Step::Resend) => {
                     let (id, after) = (id.unwrap_or_default(), l.after);
-                    out.transmit(self.server, Message::List { id, token, after });
+                    out.transmit(
+                        self.server,
+                        Message::List {
+                            id,
+                            token,
+                            after,
+                            nonce: 0,
+                            pad: Default::default(),
+                        },
+                    );
                 }
                 None => {}
             }
@@ -289,7 +304,14 @@ impl Names {
                 }
                 Some(Step::Resend) => {
                     let name = r.name.clone();
-                    out.transmit(self.server, Message::Resolve { name });
+                    out.transmit(
+                        self.server,
+                        Message::Resolve {
+                            name,
+                            nonce: 0,
+                            pad: Default::default(),
+                        },
+                    );
                 }
                 None => {}
             }
@@ -310,9 +332,12 @@ impl Names {
         out: &mut Outputs,
     ) -> Heard {
         match (registered, msg) {
-            (true, Message::Claimed { id: claimed, name })
-                if self.claiming.is_some() && Some(claimed) == id =>
-            {
+            (
+                true,
+                Message::Claimed {
+                    id: claimed, name, ..
+                },
+            ) if self.claiming.is_some() && Some(claimed) == id => {
                 self.claiming = None;
                 if self.name.as_deref() != Some(name.as_str()) {
                     self.name = Some(name.clone());
@@ -324,6 +349,7 @@ impl Names {
                 Message::Error {
                     code: ErrorCode::NameTaken | ErrorCode::BadName,
                     detail,
+                    ..
                 },
             ) if self.claiming.is_some() => {
                 self.claiming = None;
@@ -334,6 +360,7 @@ impl Names {
                 Message::Error {
                     code: ErrorCode::ListDisabled,
                     detail,
+                    ..
                 },
             ) if self.listing.is_some() => {
                 self.listing = None;
@@ -345,6 +372,7 @@ impl Names {
                     clients,
                     next,
                     total,
+                    ..
                 },
             ) if self.listing.is_some() => {
                 let me = id.unwrap_or_default();
@@ -359,6 +387,7 @@ impl Names {
                         clients,
                         next,
                         total,
+                        nonce: 0,
                     };
                     out.ignore(self.server, &msg);
                     return Heard::Handled;
@@ -379,6 +408,8 @@ impl Names {
                                 id: me,
                                 token,
                                 after: Some(n),
+                                nonce: 0,
+                                pad: Default::default(),
                             },
                         );
                     }
@@ -391,7 +422,7 @@ impl Names {
                     }
                 }
             }
-            (_, Message::Unknown { name }) => {
+            (_, Message::Unknown { name, .. }) => {
                 let key = name.to_ascii_lowercase();
                 match self.resolving.remove(&key) {
                     Some(r) => {
@@ -400,7 +431,7 @@ impl Names {
                         }
                         return Heard::Unknown { key };
                     }
-                    None => out.ignore(self.server, &Message::Unknown { name }),
+                    None => out.ignore(self.server, &Message::Unknown { name, nonce: 0 }),
                 }
             }
             (
@@ -410,6 +441,7 @@ impl Names {
                     addr,
                     name: Some(name),
                     display_name,
+                    ..
                 },
             ) if self.resolving.contains_key(&name.to_ascii_lowercase()) => {
                 let r = self

@@ -41,7 +41,19 @@ pub(super) struct Server {
     ttl: Duration,
     /// Why the server last refused a registration that we keep retrying.
     refusal: Option<String>,
+    /// The server said it is rate-limiting us: we keep trying, in rounds, until it lets
+    /// us in (told once).
+    rate_limited: bool,
+    /// When we last started registering again because the server had forgotten us: it
+    /// is not done again before a retry interval has passed.
+    registered_again_at: Option<Instant>,
+    /// The protocol version the server's address answered in, if not ours.
+    other_version: Option<u8>,
 }
+
+/// The longest time to live of our entry that we believe: a `Registered` saying more is
+/// taken to say this, so that keepalives never stop (at most a third of it apart).
+pub(super) const MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// What [`Server::handle_message`] did with a message from the server.
 pub(super) enum Answer {
@@ -70,8 +82,18 @@ impl Server {
             token: 0,
             ttl: Duration::from_secs(30),
             refusal: None,
+            rate_limited: false,
+            registered_again_at: None,
+            other_version: None,
         };
-        server.send(out, Message::Register { want_id: want });
+        server.send(
+            out,
+            Message::Register {
+                want_id: want,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         server
     }
 
@@ -136,7 +158,18 @@ impl Server {
                 None => {}
                 Some(Step::Resend) => {
                     let want = *want;
-                    self.send(out, Message::Register { want_id: want });
+                    self.send(
+                        out,
+                        Message::Register {
+                            want_id: want,
+                            nonce: 0,
+                            pad: Default::default(),
+                        },
+                    );
+                }
+                Some(Step::GiveUp) if self.rate_limited => {
+                    // Rate-limited is not refused: another round, at the retry interval.
+                    *r = Retry::round(now + self.round);
                 }
                 Some(Step::GiveUp) if *again => {
                     // Keep trying, at the retry interval, and say so once per round.
@@ -148,23 +181,44 @@ impl Server {
                     out.event(Event::Notice { message });
                 }
                 Some(Step::GiveUp) => {
-                    let message = match self.refusal.take() {
-                        Some(detail) => format!(
+                    let message = match (self.refusal.take(), self.other_version) {
+                        (Some(detail), _) => format!(
                             "the rendezvous server at {} refused to register us: {detail}",
                             self.addr
                         ),
-                        None => format!("no rendezvous server at {}", self.addr),
+                        (None, Some(v)) => format!(
+                            "the server at {} speaks protocol version {v}; this client speaks version {}",
+                            self.addr,
+                            crate::wire::VERSION
+                        ),
+                        (None, None) => format!("no rendezvous server at {}", self.addr),
                     };
                     self.fatal(message, out);
                 }
             },
             State::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
-                self.send(out, Message::Keepalive { id, token });
+                self.send(
+                    out,
+                    Message::Keepalive {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                );
             }
             State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
                 None => {}
-                Some(Step::Resend) => self.send(out, Message::Leave { id, token }),
+                Some(Step::Resend) => self.send(
+                    out,
+                    Message::Leave {
+                        id,
+                        token,
+                        nonce: 0,
+                        pad: Default::default(),
+                    },
+                ),
                 Some(Step::GiveUp) => {
                     out.event(Event::Notice {
                         message: format!(
@@ -202,15 +256,16 @@ impl Server {
                 let again = *again;
                 self.id = Some(id);
                 self.refusal = None;
+                self.rate_limited = false;
                 self.token = token;
-                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1)));
+                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1))).min(MAX_TTL);
                 self.state = State::Registered {
                     keepalive_at: now + self.keepalive_period(),
                 };
                 out.event(Event::Registered { id, again });
                 return Answer::Registered;
             }
-            (State::Registering { again, want, .. }, Message::Error { code, detail }) => {
+            (State::Registering { again, want, .. }, Message::Error { code, detail, .. }) => {
                 match (code, *again) {
                     (ErrorCode::IdTaken, true) if want.is_some() => {
                         // Someone took our old id while the server was away: take any.
@@ -220,25 +275,45 @@ impl Server {
                         self.register_again(now, None, out);
                     }
                     (ErrorCode::RateLimited, _) => {
-                        // Temporary: the retries go on at their pace, and the user knows why.
-                        if self.refusal.is_none() {
+                        // Temporary: the retries go on at their pace, in rounds if need be,
+                        // until the server lets us in; the user is told once why.
+                        if !self.rate_limited {
                             out.event(Event::Notice {
                                 message: format!("the server says: {detail}; retrying"),
                             });
                         }
-                        self.refusal = Some(detail);
+                        self.rate_limited = true;
                     }
                     (ErrorCode::NotRegistered, _) => {
                         // Never an answer to `Register`: a late or duplicated answer to a
                         // `Keepalive` sent before, which is why we are registering again.
-                        let message = Message::Error { code, detail };
+                        let message = Message::Error {
+                            code,
+                            detail,
+                            nonce: 0,
+                        };
                         out.ignore(self.addr, &message);
                     }
                     _ => self.fatal(format!("the server refused to register us: {detail}"), out),
                 }
             }
-            (State::Registered { .. }, Message::Error { code, detail }) => {
+            (State::Registered { .. }, Message::Error { code, detail, .. }) => {
                 if code == ErrorCode::NotRegistered {
+                    let recently = self
+                        .registered_again_at
+                        .is_some_and(|t| now.saturating_duration_since(t) < self.round);
+                    if recently {
+                        // Registered again a moment ago and forgotten at once: not again
+                        // before the retry interval is over (the next keepalive tells).
+                        let message = Message::Error {
+                            code,
+                            detail,
+                            nonce: 0,
+                        };
+                        out.ignore(self.addr, &message);
+                        return Answer::Handled;
+                    }
+                    self.registered_again_at = Some(now);
                     out.event(Event::Notice {
                         message: "the server no longer knows us (restarted?); registering again"
                             .into(),
@@ -274,7 +349,14 @@ impl Server {
             want,
             again: true,
         };
-        self.send(out, Message::Register { want_id: want });
+        self.send(
+            out,
+            Message::Register {
+                want_id: want,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
     }
 
     /// Leaves now, if registered; returns false if never registered (then we are done).
@@ -296,6 +378,8 @@ impl Server {
             Message::Leave {
                 id,
                 token: self.token,
+                nonce: 0,
+                pad: Default::default(),
             },
         );
         true
@@ -306,7 +390,15 @@ impl Server {
     pub fn give_up(&mut self, message: String, out: &mut Outputs) {
         if let Some(id) = self.id {
             let token = self.token;
-            self.send(out, Message::Leave { id, token });
+            self.send(
+                out,
+                Message::Leave {
+                    id,
+                    token,
+                    nonce: 0,
+                    pad: Default::default(),
+                },
+            );
         }
         self.fatal(message, out);
     }
@@ -340,6 +432,20 @@ impl Server {
                     server_acked: acked,
                 });
             }
+        }
+    }
+
+    /// A datagram from the server's address in another protocol version. Not fatal by
+    /// itself (anyone can forge one): said once, and named if we give up registering.
+    pub fn other_version(&mut self, found: u8, out: &mut Outputs) {
+        if self.other_version.replace(found).is_none() {
+            out.event(Event::Notice {
+                message: format!(
+                    "the server at {} answered in protocol version {found}; this client speaks version {}",
+                    self.addr,
+                    crate::wire::VERSION
+                ),
+            });
         }
     }
 

@@ -207,7 +207,14 @@ impl Sessions {
         let retry = Retry::first(now + self.cfg.server_retry);
         let s = Session::new(peer, id, None, State::LookingUp { retry }, now);
         self.by_peer.insert(peer, s);
-        out.transmit(self.cfg.server, Message::Lookup { id: peer });
+        out.transmit(
+            self.cfg.server,
+            Message::Lookup {
+                id: peer,
+                nonce: 0,
+                pad: Default::default(),
+            },
+        );
         Ok(Connecting::Started)
     }
 
