@@ -197,15 +197,25 @@ impl FuzzMessage {
         match self.clone() {
             F::Register { want_id } => Message::Register {
                 want_id: want_id.map(|i| i.0),
+                nonce: 0,
+                pad: Default::default(),
             },
-            F::Lookup { id } => Message::Lookup { id: id.0 },
+            F::Lookup { id } => Message::Lookup {
+                id: id.0,
+                nonce: 0,
+                pad: Default::default(),
+            },
             F::Leave { id, token } => Message::Leave {
                 id: id.0,
                 token: token.0,
+                nonce: 0,
+                pad: Default::default(),
             },
             F::Keepalive { id, token } => Message::Keepalive {
                 id: id.0,
                 token: token.0,
+                nonce: 0,
+                pad: Default::default(),
             },
             F::Registered {
                 id,
@@ -215,12 +225,14 @@ impl FuzzMessage {
                 id: id.0,
                 token: token.0,
                 ttl_secs,
+                nonce: 0,
             },
             F::Found { id, addr, name } => Message::Found {
                 id: id.0,
                 addr: addr.to_addr(),
                 name,
                 display_name: None,
+                nonce: 0,
             },
             F::Claim {
                 id,
@@ -233,15 +245,27 @@ impl FuzzMessage {
                 name,
                 display_name: None,
                 previous: previous.map(|p| p.0),
+                nonce: 0,
+                pad: Default::default(),
             },
-            F::Resolve { name } => Message::Resolve { name },
+            F::Resolve { name } => Message::Resolve {
+                name,
+                nonce: 0,
+                pad: Default::default(),
+            },
             F::List { id, token, after } => Message::List {
                 id: id.0,
                 token: token.0,
                 after: after.map(|a| a.0),
+                nonce: 0,
+                pad: Default::default(),
             },
-            F::Claimed { id, name } => Message::Claimed { id: id.0, name },
-            F::Unknown { name } => Message::Unknown { name },
+            F::Claimed { id, name } => Message::Claimed {
+                id: id.0,
+                name,
+                nonce: 0,
+            },
+            F::Unknown { name } => Message::Unknown { name, nonce: 0 },
             F::Listing {
                 clients,
                 next,
@@ -258,12 +282,14 @@ impl FuzzMessage {
                     .collect(),
                 next: next.map(|n| n.0),
                 total,
+                nonce: 0,
             },
-            F::Inactive { id } => Message::Inactive { id: id.0 },
-            F::LeaveAck { id } => Message::LeaveAck { id: id.0 },
+            F::Inactive { id } => Message::Inactive { id: id.0, nonce: 0 },
+            F::LeaveAck { id } => Message::LeaveAck { id: id.0, nonce: 0 },
             F::Error { code, detail } => Message::Error {
                 code: code.to_code(),
                 detail,
+                nonce: 0,
             },
             F::ConnectRequest {
                 from,
