@@ -11,9 +11,13 @@
 //! - [`reliable`]: the send and receive windows of one session: numbering, acknowledgements,
 //!   retransmission timeouts after RFC 6298, duplicate removal and reordering.
 //! - [`registry`]: the rendezvous server's state machine: the table of active clients,
-//!   register, lookup, names, listing, leave, expiry.
+//!   register, lookup, names, listing, leave, expiry, and the answers bound to their
+//!   requests; `registry/limits.rs` ([`registry::limits`]) holds its limits against abuse
+//!   (registrations per network, fair to clients that retry; clients per network; `List`
+//!   pages per client).
 //! - [`peer`]: a client's state machine, a folder split by concern (the link to the
-//!   server, names, sessions, the outbox of queued messages, file transfers).
+//!   server and the nonces of our requests to it, names, sessions, the outbox of queued
+//!   messages, file transfers); its `mod.rs` has a Layout of its own.
 //! - [`text`]: pure text helpers both sides use: [`text::sanitize`] for text from the
 //!   network, [`text::safe_file_name`] for names a peer sends.
 //!
