@@ -16,6 +16,9 @@
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
 //!
+//! The deadlines of sessions are kept in order, so that a turn costs the same with many
+//! requests waiting as with none.
+//!
 //! # Layout
 //!
 //! `Peer` is a composition of parts, each a struct that owns its state, the logic over it
@@ -40,6 +43,8 @@
 //!   table of transfers, the answers to the peer's messages, the endings.
 //! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
+//! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
+//!   walking every session.
 //! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
 //!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value).
 
@@ -58,6 +63,7 @@ mod retry;
 mod server;
 mod session;
 mod sessions;
+mod timers;
 mod transfer;
 
 use crate::reliable::SendConfig;

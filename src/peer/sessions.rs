@@ -5,8 +5,12 @@
 //! A peer message is acted on only when its `from`, its source address and its session id
 //! all match a session, so datagrams from strangers or from an earlier session change
 //! nothing; a session message for a session we do not have is answered with a `Terminate`.
+//!
+//! The work per turn does not grow with the number of requests waiting: the deadlines of
+//! sessions and of our `Terminate`s are kept in order ([`Timers`]), and an [`Index`]
+//! answers, without walking the table, which peers are connected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,7 @@ use super::files::Link;
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use super::session::{Due, Session, Settings, State};
+use super::timers::Timers;
 use super::{split_text, PeerConfig};
 use crate::wire::{self, ClientId, Message, SessionId};
 
@@ -30,6 +35,38 @@ struct Closing {
     /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
     /// shown already).
     announce: bool,
+}
+
+/// What has a deadline in [`Sessions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// A session or request, by peer.
+    Session(ClientId),
+    /// A `Terminate` of ours being resent, by session id.
+    Closing(SessionId),
+}
+
+/// The sessions by state: kept up to date as sessions come, change state and go (in
+/// [`Sessions::put`], [`Sessions::take`] and [`Sessions::open`]), so that the questions of
+/// every datagram cost no walk of the table.
+#[derive(Debug, Default)]
+struct Index {
+    /// Connected peers, in id order.
+    connected: BTreeSet<ClientId>,
+}
+
+impl Index {
+    fn add(&mut self, s: &Session) {
+        if s.is_connected() {
+            self.connected.insert(s.peer);
+        }
+    }
+
+    fn remove(&mut self, s: &Session) {
+        if s.is_connected() {
+            self.connected.remove(&s.peer);
+        }
+    }
 }
 
 /// A session that has ended, so that what travelled on it (file transfers) ends too.
@@ -73,8 +110,12 @@ pub(super) struct Sessions {
     rng: StdRng,
     by_peer: BTreeMap<ClientId, Session>,
     closing: BTreeMap<SessionId, Closing>,
-    /// Requests we rejected, so that a resent request gets the same answer; with expiry.
+    /// Requests we rejected, so that a resent request gets the same answer; with expiry,
+    /// and in the order they expire (they all live as long).
     rejected: HashMap<(ClientId, SessionId), Instant>,
+    rejected_order: VecDeque<((ClientId, SessionId), Instant)>,
+    timers: Timers<Timer>,
+    index: Index,
     current: Option<ClientId>,
     next_order: u64,
     /// Resets sent, and the counters of sessions that have ended.
@@ -89,6 +130,9 @@ impl Sessions {
             by_peer: BTreeMap::new(),
             closing: BTreeMap::new(),
             rejected: HashMap::new(),
+            rejected_order: VecDeque::new(),
+            timers: Timers::default(),
+            index: Index::default(),
             current: None,
             next_order: 0,
             stats: PeerStats::default(),
@@ -118,11 +162,7 @@ impl Sessions {
 
     /// Peers with an open session.
     pub fn connected_peers(&self) -> Vec<ClientId> {
-        self.by_peer
-            .values()
-            .filter(|s| s.is_connected())
-            .map(|s| s.peer)
-            .collect()
+        self.index.connected.iter().copied().collect()
     }
 
     /// Every session and request, by peer id.
@@ -205,8 +245,13 @@ impl Sessions {
         }
         let id = self.rng.random::<SessionId>();
         let retry = Retry::first(now + self.cfg.server_retry);
-        let s = Session::new(peer, id, None, State::LookingUp { retry }, now);
-        self.by_peer.insert(peer, s);
+        self.put(Session::new(
+            peer,
+            id,
+            None,
+            State::LookingUp { retry },
+            now,
+        ));
         out.transmit(self.cfg.server, Message::Lookup { id: peer });
         Ok(Connecting::Started)
     }
@@ -232,7 +277,7 @@ impl Sessions {
         let retry = Retry::first(now + self.cfg.retry_interval);
         let mut s = Session::new(peer, session, Some(addr), State::Requesting { retry }, now);
         s.auto = auto;
-        self.by_peer.insert(peer, s);
+        self.put(s);
         out.transmit(addr, self.cfg.request(me, session));
     }
 
@@ -260,7 +305,7 @@ impl Sessions {
 
     /// Rejects the request of `peer` (picked with [`Sessions::pick_request`]).
     pub fn reject(&mut self, now: Instant, me: ClientId, peer: ClientId, out: &mut Outputs) {
-        let s = self.by_peer.remove(&peer).expect("picked from sessions");
+        let s = self.take(peer).expect("picked from sessions");
         self.reject_session(now, me, &s, out);
     }
 
@@ -276,6 +321,7 @@ impl Sessions {
         }
         let until = now + self.cfg.retry_interval * (self.cfg.connect_tries + 1);
         self.rejected.insert((s.peer, s.id), until);
+        self.rejected_order.push_back(((s.peer, s.id), until));
     }
 
     /// Opens the session with `peer` (which has an address).
@@ -284,7 +330,10 @@ impl Sessions {
             .by_peer
             .get_mut(&peer)
             .expect("opening a present session");
+        self.index.remove(s);
         s.open(now, &self.cfg.chat);
+        self.index.add(s);
+        self.reschedule(peer);
         self.current = Some(peer);
         out.event(Event::Connected { peer });
     }
@@ -373,7 +422,7 @@ impl Sessions {
                 }
             }
         };
-        let Some(mut s) = self.by_peer.remove(&peer) else {
+        let Some(mut s) = self.take(peer) else {
             return Err(CommandError::NoSessionWith(peer));
         };
         let ended = self.end_locally(now, me, &mut s, None, out);
@@ -414,7 +463,7 @@ impl Sessions {
     ) -> Vec<Ended> {
         let mut ended = Vec::with_capacity(peers.len());
         for p in peers {
-            let mut s = self.by_peer.remove(&p).expect("listed above");
+            let mut s = self.take(p).expect("listed above");
             ended.push(self.end_locally(now, me, &mut s, None, out));
         }
         ended
@@ -496,16 +545,46 @@ impl Sessions {
                 session: s.id,
             },
         );
-        self.closing.insert(
-            s.id,
-            Closing {
-                peer: s.peer,
-                addr,
-                retry: Retry::first(now + period),
-                period,
-                announce,
-            },
-        );
+        let retry = Retry::first(now + period);
+        let closing = Closing {
+            peer: s.peer,
+            addr,
+            retry,
+            period,
+            announce,
+        };
+        self.closing.insert(s.id, closing);
+        self.timers.set(Timer::Closing(s.id), Some(retry.next()));
+    }
+
+    // ------------------------------------------------------------------ the table
+
+    /// Adds a session (there is none with its peer).
+    fn put(&mut self, s: Session) {
+        let peer = s.peer;
+        self.index.add(&s);
+        if let Some(old) = self.by_peer.insert(peer, s) {
+            self.index.remove(&old);
+        }
+        self.reschedule(peer);
+    }
+
+    /// Removes the session with `peer`.
+    fn take(&mut self, peer: ClientId) -> Option<Session> {
+        let s = self.by_peer.remove(&peer)?;
+        self.index.remove(&s);
+        self.timers.set(Timer::Session(peer), None);
+        Some(s)
+    }
+
+    /// Sets the deadline of the session with `peer` (none if it is gone) from its state:
+    /// called after whatever may change it.
+    fn reschedule(&mut self, peer: ClientId) {
+        let when = self
+            .by_peer
+            .get(&peer)
+            .and_then(|s| s.poll_timeout(&self.cfg));
+        self.timers.set(Timer::Session(peer), when);
     }
 
     fn refresh_current(&mut self) {
@@ -533,6 +612,7 @@ impl Sessions {
                 s.addr = Some(addr);
                 s.state = State::Requesting { retry };
                 out.transmit(addr, self.cfg.request(me, s.id));
+                self.reschedule(peer);
                 true
             }
             _ => false,
@@ -544,7 +624,7 @@ impl Sessions {
     pub fn inactive(&mut self, peer: ClientId, out: &mut Outputs) -> bool {
         match self.by_peer.get(&peer) {
             Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                let s = self.by_peer.remove(&peer).expect("just seen");
+                let s = self.take(peer).expect("just seen");
                 if !s.auto {
                     out.event(Event::Inactive { peer });
                 }
@@ -613,17 +693,19 @@ impl Sessions {
                 // will answer.
                 s.last_heard = now;
                 s.id = session;
+                self.reschedule(from);
             }
             State::Connected { .. } if s.id == session && same_addr => {
                 // Our Accept was lost.
                 s.last_heard = now;
                 out.transmit(src, Message::Accept { from: me, session });
+                self.reschedule(from);
             }
             State::Connected { .. } if same_addr && session < s.id => {
                 // The peer forgot the old session (restarted, or ended it without our
                 // hearing) and asks anew. A larger id from the same peer is a leftover
                 // request that lost a simultaneous open, and is ignored.
-                let old = self.by_peer.remove(&from).expect("present");
+                let old = self.take(from).expect("present");
                 let ended = self.end_with(old, EndReason::Replaced, out);
                 self.incoming(now, src, from, session, out);
                 return Requested::Replaced(ended);
@@ -658,8 +740,7 @@ impl Sessions {
         let state = State::Incoming {
             order: self.next_order,
         };
-        let s = Session::new(from, session, Some(src), state, now);
-        self.by_peer.insert(from, s);
+        self.put(Session::new(from, session, Some(src), state, now));
         out.event(Event::Request { from });
     }
 
@@ -674,7 +755,7 @@ impl Sessions {
         if !self.is_requesting(from, src, session) {
             return false;
         }
-        self.by_peer.remove(&from);
+        self.take(from);
         out.event(Event::Rejected { peer: from });
         true
     }
@@ -690,7 +771,7 @@ impl Sessions {
     ) -> Terminated {
         out.transmit(src, Message::TerminateAck { from: me, session });
         if self.matches(from, src, session, |_| true) {
-            let s = self.by_peer.remove(&from).expect("matched");
+            let s = self.take(from).expect("matched");
             let reason = match s.state {
                 State::Incoming { .. } | State::LookingUp { .. } => EndReason::Cancelled,
                 _ => EndReason::ByPeer,
@@ -751,6 +832,7 @@ impl Sessions {
                     return None;
                 };
                 s.receive_chat(now, me, src, seq, text, out);
+                self.reschedule(from);
             }
             Message::Ack {
                 from,
@@ -763,6 +845,7 @@ impl Sessions {
                     return None;
                 };
                 s.receive_ack(now, seq, cumulative, out);
+                self.reschedule(from);
             }
             Message::Ping { from, session } => {
                 let Some(s) = Self::connected_mut(&mut self.by_peer, from, src, session) else {
@@ -772,10 +855,14 @@ impl Sessions {
                 s.last_heard = now;
                 s.last_sent = now;
                 out.transmit(src, Message::Pong { from: me, session });
+                self.reschedule(from);
             }
             Message::Pong { from, session } => {
                 match Self::connected_mut(&mut self.by_peer, from, src, session) {
-                    Some(s) => s.last_heard = now,
+                    Some(s) => {
+                        s.last_heard = now;
+                        self.reschedule(from);
+                    }
                     None => out.ignore(src, &msg),
                 }
             }
@@ -785,7 +872,9 @@ impl Sessions {
                     match Self::connected_mut(&mut self.by_peer, from, src, session) {
                         Some(s) => {
                             s.last_heard = now;
-                            return Some((s.link(), other));
+                            let link = s.link();
+                            self.reschedule(from);
+                            return Some((link, other));
                         }
                         None => self.unknown_session(me, src, session, &other, out),
                     }
@@ -868,6 +957,7 @@ impl Sessions {
 
     fn closed(&mut self, session: SessionId, reason: EndReason, out: &mut Outputs) {
         if let Some(c) = self.closing.remove(&session) {
+            self.timers.set(Timer::Closing(session), None);
             if c.announce {
                 out.event(Event::Terminated {
                     peer: c.peer,
@@ -879,18 +969,14 @@ impl Sessions {
 
     // ------------------------------------------------------------------ timers and output
 
+    /// The soonest deadline of a session or a `Terminate`.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self
-            .by_peer
-            .values()
-            .filter_map(|s| s.poll_timeout(&self.cfg));
-        let closing = self.closing.values().map(|c| c.retry.next());
-        sessions.chain(closing).min()
+        self.timers.next()
     }
 
     /// Resends, pings, timeouts of sessions and of our `Terminate`s, and the expiry of the
-    /// requests we rejected. Returns the sessions that ended. `me` is `None` only before we
-    /// ever registered, when there are no sessions.
+    /// requests we rejected: only those that are due. Returns the sessions that ended. `me`
+    /// is `None` only before we ever registered, when there are no sessions.
     pub fn handle_timeout(
         &mut self,
         now: Instant,
@@ -898,33 +984,52 @@ impl Sessions {
         out: &mut Outputs,
     ) -> Vec<Ended> {
         let mut ended = Vec::new();
-        let peers: Vec<ClientId> = self.by_peer.keys().copied().collect();
-        for p in peers {
-            if let Some(me) = me {
-                ended.extend(self.session_timers(now, me, p, out));
-            }
-        }
-        let due: Vec<SessionId> = self
-            .closing
-            .iter()
-            .filter(|(_, c)| c.retry.next() <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for session in due {
-            let max = self.cfg.terminate_tries;
-            let cap = self.cfg.retry_interval;
-            let c = self.closing.get_mut(&session).expect("listed above");
-            match c.retry.poll_doubling(now, max, &mut c.period, cap) {
-                Some(Step::GiveUp) => self.closed(session, EndReason::Unanswered, out),
-                Some(Step::Resend) => {
-                    let from = me.unwrap_or_default();
-                    out.transmit(c.addr, Message::Terminate { from, session });
+        for timer in self.timers.take_due(now) {
+            match timer {
+                Timer::Session(p) => {
+                    if let Some(me) = me {
+                        ended.extend(self.session_timers(now, me, p, out));
+                    }
+                    self.reschedule(p);
                 }
-                None => {}
+                Timer::Closing(session) => self.closing_timer(now, me, session, out),
             }
         }
-        self.rejected.retain(|_, until| *until > now);
+        while let Some(&(key, until)) = self.rejected_order.front() {
+            if until > now {
+                break;
+            }
+            self.rejected_order.pop_front();
+            if self.rejected.get(&key) == Some(&until) {
+                self.rejected.remove(&key);
+            }
+        }
         ended
+    }
+
+    /// Our `Terminate` of `session` is due: resent, or given up.
+    fn closing_timer(
+        &mut self,
+        now: Instant,
+        me: Option<ClientId>,
+        session: SessionId,
+        out: &mut Outputs,
+    ) {
+        let max = self.cfg.terminate_tries;
+        let cap = self.cfg.retry_interval;
+        let Some(c) = self.closing.get_mut(&session) else {
+            return;
+        };
+        match c.retry.poll_doubling(now, max, &mut c.period, cap) {
+            Some(Step::GiveUp) => return self.closed(session, EndReason::Unanswered, out),
+            Some(Step::Resend) => {
+                let from = me.unwrap_or_default();
+                out.transmit(c.addr, Message::Terminate { from, session });
+            }
+            None => {}
+        }
+        let next = c.retry.next();
+        self.timers.set(Timer::Closing(session), Some(next));
     }
 
     fn session_timers(
@@ -934,23 +1039,23 @@ impl Sessions {
         peer: ClientId,
         out: &mut Outputs,
     ) -> Option<Ended> {
-        let s = self.by_peer.get_mut(&peer).expect("listed by the caller");
+        let s = self.by_peer.get_mut(&peer)?;
         match s.handle_timeout(now, me, &self.cfg, out) {
             Due::Nothing => None,
             Due::GaveUp(event) => {
                 // An attempt the queue started fails quietly: the queue tries again later.
-                let auto = self.by_peer.remove(&peer).is_some_and(|s| s.auto);
+                let auto = self.take(peer).is_some_and(|s| s.auto);
                 if !auto {
                     out.event(event);
                 }
                 None
             }
             Due::Silent => {
-                let s = self.by_peer.remove(&peer).expect("present");
+                let s = self.take(peer).expect("present");
                 Some(self.end_with(s, EndReason::PeerSilent, out))
             }
             Due::Broken => {
-                let mut s = self.by_peer.remove(&peer).expect("present");
+                let mut s = self.take(peer).expect("present");
                 let why = Some(EndReason::Undeliverable);
                 let ended = self.end_locally(now, me, &mut s, why, out);
                 self.refresh_current();
@@ -959,10 +1064,16 @@ impl Sessions {
         }
     }
 
-    /// Queues every chat message the send windows want to send now.
+    /// Queues every chat message the send windows want to send now (only connected
+    /// sessions have any), and sets their deadlines again.
     pub fn flush(&mut self, now: Instant, me: ClientId, out: &mut Outputs) {
-        for s in self.by_peer.values_mut() {
+        for peer in &self.index.connected {
+            let Some(s) = self.by_peer.get_mut(peer) else {
+                continue;
+            };
             s.flush(now, me, out);
+            let when = s.poll_timeout(&self.cfg);
+            self.timers.set(Timer::Session(*peer), when);
         }
     }
 }
