@@ -157,6 +157,11 @@
 //! so a peer that restarted makes the other side end the stale session at once. A
 //! `Terminate` for an unknown session is still answered with `TerminateAck`.
 //!
+//! **Bounds.** A client holds at most 64 connection requests waiting for its person's answer,
+//! and at most 8 from one source (an IPv4 address, or an IPv6 /64); it ignores others (no
+//! answer) until some are answered or expire. It holds at most 16 file offers waiting for
+//! an answer from one peer and 64 in all, and refuses others (`FileCancel` `Refused`).
+//!
 //! # File transfer
 //!
 //! Files go from peer to peer inside a session, as messages of the session (with its `from`

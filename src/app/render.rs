@@ -240,6 +240,22 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         } => "left (the server did not confirm). Bye.".into(),
         Event::Notice { message } => style.paint("33", &format!("note: {}", sanitize(message))),
         Event::Fatal { message } => style.paint("31", &format!("error: {}", sanitize(message))),
+        Event::RequestsIgnored { count } => style.paint(
+            "33",
+            &format!(
+                "{count} more connection request{} ignored (too many waiting for your answer; \
+                 type sessions to see them)",
+                plural(*count)
+            ),
+        ),
+        Event::OffersRefused { count } => style.paint(
+            "33",
+            &format!(
+                "{count} more file offer{} refused at once (too many waiting for your answer; \
+                 type transfers to see them)",
+                plural(*count)
+            ),
+        ),
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -303,6 +319,8 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::Left { server_acked } => json!({"event": "left", "server_acked": server_acked}),
         Event::Notice { message } => json!({"event": "notice", "message": message}),
         Event::Fatal { message } => json!({"event": "error", "message": message, "fatal": true}),
+        Event::RequestsIgnored { count } => json!({"event": "requests_ignored", "count": count}),
+        Event::OffersRefused { count } => json!({"event": "offers_refused", "count": count}),
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -331,6 +349,15 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         }
     }
     v.to_string()
+}
+
+/// `"s"` unless `count` is one.
+fn plural(count: u64) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// The JSON line for a refused command or bad input.
@@ -515,6 +542,29 @@ mod tests {
             "[##########----------]  50%  512.0 MiB of 1.0 GiB  4.0 MiB/s  2m08s left"
         );
         assert!(progress_bar(0, 0, 0, None).starts_with("[####################] 100%"));
+    }
+
+    #[test]
+    fn ignored_requests_and_refused_offers_are_one_counted_line() {
+        let ev = Event::RequestsIgnored { count: 312 };
+        assert_eq!(
+            human_line(&ev),
+            "312 more connection requests ignored (too many waiting for your answer; \
+             type sessions to see them)"
+        );
+        assert_eq!(
+            json_line(&ev),
+            r#"{"event":"requests_ignored","count":312}"#
+        );
+        let one = human_line(&Event::OffersRefused { count: 1 });
+        assert!(
+            one.starts_with("1 more file offer refused at once"),
+            "{one}"
+        );
+        assert_eq!(
+            json_line(&Event::OffersRefused { count: 1 }),
+            r#"{"event":"offers_refused","count":1}"#
+        );
     }
 
     #[test]

@@ -233,6 +233,14 @@ pub enum Event {
         n: u64,
         reason: TransferFailure,
     },
+    // ---- floods ----
+    /// `count` more connection requests were ignored (no answer, no line of their own):
+    /// too many were waiting for an answer, or too many from one source. Shown at most
+    /// once per summary interval.
+    RequestsIgnored { count: u64 },
+    /// `count` more file offers were refused at once: too many were waiting for an answer
+    /// from one peer, or in all. Shown at most once per summary interval.
+    OffersRefused { count: u64 },
 }
 
 /// Why a command was refused. The `Display` text says what to do instead.
@@ -308,6 +316,10 @@ pub struct PeerStats {
     /// Of those, resent before their timeout because a message sent after them had
     /// arrived (early retransmission).
     pub early_retransmissions: u64,
+    /// Connection requests ignored for being past the bounds.
+    pub requests_ignored: u64,
+    /// File offers refused for being past the bounds.
+    pub offers_refused: u64,
 }
 
 /// Why a transfer failed (the `reason` of `file_failed`).

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::event::{EndReason, Event, FileError, TransferFailure, TransferInfo};
-use super::outputs::Outputs;
+use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
 pub use super::transfer::{chunk_count, FileSink, FileSource, Link};
 use super::transfer::{Due, Key, Kind, Transfer};
@@ -47,6 +47,11 @@ pub struct FileConfig {
     pub cancel_tries: u32,
     /// Most offers from one peer waiting for our answer; more are refused.
     pub max_pending_offers: usize,
+    /// Most offers waiting for our answer, from all peers; more are refused.
+    pub max_offers: usize,
+    /// Offers refused for being past those bounds are shown as one count at most this
+    /// often.
+    pub summary_interval: Duration,
     /// A transfer being received that gets no chunk for this long (once started) fails:
     /// the session may live on (its keepalives answered) while the sender has stopped.
     pub stall_timeout: Duration,
@@ -66,7 +71,9 @@ impl FileConfig {
             progress_interval: Duration::from_millis(500),
             offer_lifetime: retry_interval * connect_tries.max(1),
             cancel_tries: 6,
-            max_pending_offers: 32,
+            max_pending_offers: 16,
+            max_offers: 64,
+            summary_interval: Duration::from_secs(5),
             stall_timeout: retry_interval.min(Duration::from_secs(5)) * 6,
             downloads: PathBuf::from("."),
         }
@@ -144,13 +151,14 @@ pub struct Files {
     out: Outputs,
     /// Chunks resent by transfers that have ended.
     retransmissions: u64,
+    /// Offers refused for being past the bounds, shown as a count now and then.
+    refused: Tally,
 }
 
 impl Files {
     /// `max_rto`: the longest any resend waits (the retry interval).
     pub fn new(config: FileConfig, max_rto: Duration) -> Self {
         Files {
-            config,
             max_rto,
             next_local: 1,
             transfers: BTreeMap::new(),
@@ -160,7 +168,14 @@ impl Files {
             cancelling: Vec::new(),
             out: Outputs::default(),
             retransmissions: 0,
+            refused: Tally::new(config.summary_interval),
+            config,
         }
+    }
+
+    /// Offers refused for being past the bounds.
+    pub fn offers_refused(&self) -> u64 {
+        self.refused.total()
     }
 
     /// Chunks resent so far, by every transfer.
@@ -488,12 +503,18 @@ impl Files {
                 if self.closed.contains_key(&key) {
                     return;
                 }
-                let waiting = self
-                    .transfers
-                    .values()
-                    .filter(|t| t.link.peer == peer && matches!(t.kind, Kind::Offered))
-                    .count();
-                if waiting >= self.config.max_pending_offers {
+                let (mut waiting, mut from_peer) = (0, 0);
+                for t in self.transfers.values() {
+                    if matches!(t.kind, Kind::Offered) {
+                        waiting += 1;
+                        from_peer += usize::from(t.link.peer == peer);
+                    }
+                }
+                if waiting >= self.config.max_offers || from_peer >= self.config.max_pending_offers
+                {
+                    // Refused at once, without a line each: counted, and shown as a count.
+                    log::debug!("{peer}: too many offers waiting for an answer; refused {n}");
+                    self.refused.add(now);
                     self.remember(key, Closed::Failed(FileEnd::Refused));
                     self.send_cancel(me, key, link.addr, FileEnd::Refused);
                     return;
@@ -806,6 +827,9 @@ impl Files {
         for (key, addr, reason) in resend {
             self.send_cancel(me, key, addr, reason);
         }
+        if let Some(count) = self.refused.take_due(now) {
+            self.out.event(Event::OffersRefused { count });
+        }
         self.flush(now, me);
     }
 
@@ -817,7 +841,10 @@ impl Files {
             .values()
             .filter_map(|t| t.poll_timeout(stall));
         let cancels = self.cancelling.iter().map(|c| c.retry.next());
-        transfers.chain(cancels).min()
+        transfers
+            .chain(cancels)
+            .chain(self.refused.poll_timeout())
+            .min()
     }
 }
 

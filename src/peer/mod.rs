@@ -16,8 +16,11 @@
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
 //!
-//! The deadlines of sessions are kept in order, so that a turn costs the same with many
-//! requests waiting as with none.
+//! Hostile input is bounded too (the protocol side is in [`crate::wire`], "Bounds"): the
+//! requests and file offers waiting for the person's answer are bounded, and those past
+//! the bounds are shown as a count ([`Event::RequestsIgnored`], [`Event::OffersRefused`])
+//! at most once per [`PeerConfig::summary_interval`]. The deadlines of sessions are kept in
+//! order, so that a turn costs the same with many requests waiting as with none.
 //!
 //! # Layout
 //!
@@ -46,7 +49,8 @@
 //! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
 //!   walking every session.
 //! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
-//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value).
+//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value);
+//!   `Tally`, which turns floods into a few events.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -116,6 +120,14 @@ pub struct PeerConfig {
     pub session_timeout: Duration,
     /// File transfers: chunk window, progress events, offer lifetime.
     pub files: FileConfig,
+    /// Connection requests waiting for our answer: at most this many; more are ignored
+    /// (no answer) and counted, until some are answered or expire.
+    pub max_requests: usize,
+    /// Of those, at most this many from one source (an IPv4 address, an IPv6 /64).
+    pub max_requests_per_source: usize,
+    /// What floods make us ignore (requests, file offers) is shown as one count at most
+    /// this often.
+    pub summary_interval: Duration,
 }
 
 impl PeerConfig {
@@ -144,6 +156,9 @@ impl PeerConfig {
             session_idle,
             session_timeout: session_idle * 6,
             files: FileConfig::from_chat(&SendConfig::default(), retry_interval, 6),
+            max_requests: 64,
+            max_requests_per_source: 8,
+            summary_interval: Duration::from_secs(5),
         }
         .with_file_defaults()
     }
@@ -156,6 +171,7 @@ impl PeerConfig {
         self.files.downloads = downloads;
         // A transfer goes quiet for as long as a session may before it is given up.
         self.files.stall_timeout = self.session_timeout;
+        self.files.summary_interval = self.summary_interval;
         self
     }
 }
@@ -266,6 +282,7 @@ impl Peer {
         let mut stats = self.sessions.stats();
         stats.undecodable = self.undecodable;
         stats.ignored = self.out.ignored();
+        stats.offers_refused = self.files.offers_refused();
         stats
     }
 

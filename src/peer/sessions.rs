@@ -6,12 +6,13 @@
 //! all match a session, so datagrams from strangers or from an earlier session change
 //! nothing; a session message for a session we do not have is answered with a `Terminate`.
 //!
-//! The work per turn does not grow with the number of requests waiting: the deadlines of
-//! sessions and of our `Terminate`s are kept in order ([`Timers`]), and an [`Index`]
-//! answers, without walking the table, which peers are connected.
+//! What a flood of requests could grow is bounded: the requests waiting for our person's
+//! answer (in all, and per source), and the work per turn. The deadlines of sessions and
+//! of our `Terminate`s are kept in order ([`Timers`]), and an [`Index`] answers, without
+//! walking the table, which peers are connected and how many requests each source holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -19,7 +20,7 @@ use rand::Rng;
 
 use super::event::{CommandError, EndReason, Event, PeerStats, SessionInfo};
 use super::files::Link;
-use super::outputs::Outputs;
+use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
 use super::session::{Due, Session, Settings, State};
 use super::timers::Timers;
@@ -53,19 +54,60 @@ enum Timer {
 struct Index {
     /// Connected peers, in id order.
     connected: BTreeSet<ClientId>,
+    /// Requests waiting for our answer: in all, and per source.
+    incoming: usize,
+    by_source: HashMap<IpAddr, u32>,
 }
 
 impl Index {
     fn add(&mut self, s: &Session) {
-        if s.is_connected() {
-            self.connected.insert(s.peer);
+        match (&s.state, s.addr) {
+            (State::Connected { .. }, Some(_)) => {
+                self.connected.insert(s.peer);
+            }
+            (State::Incoming { .. }, Some(addr)) => {
+                self.incoming += 1;
+                *self.by_source.entry(source(addr.ip())).or_default() += 1;
+            }
+            _ => {}
         }
     }
 
     fn remove(&mut self, s: &Session) {
-        if s.is_connected() {
-            self.connected.remove(&s.peer);
+        match (&s.state, s.addr) {
+            (State::Connected { .. }, Some(_)) => {
+                self.connected.remove(&s.peer);
+            }
+            (State::Incoming { .. }, Some(addr)) => {
+                self.incoming -= 1;
+                decrement(&mut self.by_source, source(addr.ip()));
+            }
+            _ => {}
         }
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+/// The source a request is counted against: its IPv4 address, or the /64 of its IPv6
+/// address (one host commonly holds a whole /64), an IPv4-mapped address as IPv4.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -116,6 +158,8 @@ pub(super) struct Sessions {
     rejected_order: VecDeque<((ClientId, SessionId), Instant)>,
     timers: Timers<Timer>,
     index: Index,
+    /// Requests ignored for being past the bounds, shown as a count now and then.
+    ignored: Tally,
     current: Option<ClientId>,
     next_order: u64,
     /// Resets sent, and the counters of sessions that have ended.
@@ -133,6 +177,7 @@ impl Sessions {
             rejected_order: VecDeque::new(),
             timers: Timers::default(),
             index: Index::default(),
+            ignored: Tally::new(config.summary_interval),
             current: None,
             next_order: 0,
             stats: PeerStats::default(),
@@ -194,6 +239,7 @@ impl Sessions {
         for s in self.by_peer.values() {
             s.count_into(&mut stats);
         }
+        stats.requests_ignored = self.ignored.total();
         stats
     }
 
@@ -704,7 +750,12 @@ impl Sessions {
             State::Connected { .. } if same_addr && session < s.id => {
                 // The peer forgot the old session (restarted, or ended it without our
                 // hearing) and asks anew. A larger id from the same peer is a leftover
-                // request that lost a simultaneous open, and is ignored.
+                // request that lost a simultaneous open, and is ignored. So is a request
+                // past the bounds: the session it would end stays.
+                if !self.can_hold(src) {
+                    self.ignore_request(now, src, &msg);
+                    return Requested::Nothing;
+                }
                 let old = self.take(from).expect("present");
                 let ended = self.end_with(old, EndReason::Replaced, out);
                 self.incoming(now, src, from, session, out);
@@ -728,6 +779,7 @@ impl Sessions {
         Requested::Nothing
     }
 
+    /// A new request of `from`, held for our person's answer unless past the bounds.
     fn incoming(
         &mut self,
         now: Instant,
@@ -736,12 +788,41 @@ impl Sessions {
         session: SessionId,
         out: &mut Outputs,
     ) {
+        if !self.can_hold(src) {
+            let msg = Message::ConnectRequest {
+                from,
+                session,
+                name: None,
+                display_name: None,
+            };
+            self.ignore_request(now, src, &msg);
+            return;
+        }
         self.next_order += 1;
         let state = State::Incoming {
             order: self.next_order,
         };
         self.put(Session::new(from, session, Some(src), state, now));
         out.event(Event::Request { from });
+    }
+
+    /// Whether one more request from `src` may wait for our answer.
+    fn can_hold(&self, src: SocketAddr) -> bool {
+        let from_source = self
+            .index
+            .by_source
+            .get(&source(src.ip()))
+            .copied()
+            .unwrap_or(0);
+        self.index.incoming < self.cfg.max_requests
+            && (from_source as usize) < self.cfg.max_requests_per_source
+    }
+
+    /// A request past the bounds: no answer, no line of its own; counted, and shown in
+    /// the next `RequestsIgnored`.
+    fn ignore_request(&mut self, now: Instant, src: SocketAddr, msg: &Message) {
+        self.ignored.add(now);
+        log::debug!("{src}: too many requests waiting for an answer; ignored {msg:?}");
     }
 
     /// A `Reject` of our request: true if it matched (the request is over).
@@ -969,9 +1050,12 @@ impl Sessions {
 
     // ------------------------------------------------------------------ timers and output
 
-    /// The soonest deadline of a session or a `Terminate`.
+    /// The soonest deadline of a session, a `Terminate` or the count of ignored requests.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        [self.timers.next(), self.ignored.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Resends, pings, timeouts of sessions and of our `Terminate`s, and the expiry of the
@@ -1003,6 +1087,9 @@ impl Sessions {
             if self.rejected.get(&key) == Some(&until) {
                 self.rejected.remove(&key);
             }
+        }
+        if let Some(count) = self.ignored.take_due(now) {
+            out.event(Event::RequestsIgnored { count });
         }
         ended
     }
