@@ -22,7 +22,9 @@
 //! them as if they had come one by one, in order. A message bigger than the limit goes alone.
 //! The rendezvous server handles at most 8 messages of one datagram and drops the rest: its
 //! answers go to a source address that may be forged, and must not be many times the size
-//! of what it received.
+//! of what it received. A client handles at most 64 ([`MAX_PEER_MESSAGES`]) and drops the
+//! rest: a sender packs no more (p2pchat's own datagrams of [`PACK_LIMIT`] bytes hold at most
+//! about 40 messages, the smallest, `Ping` and `Pong`, being 30 bytes with field names).
 //!
 //! # The message value
 //!
@@ -157,6 +159,18 @@
 //! so a peer that restarted makes the other side end the stale session at once. A
 //! `Terminate` for an unknown session is still answered with `TerminateAck`.
 //!
+//! **Amplification.** A source address can be forged, so a client never answers an address
+//! that has not proved it receives with more bytes than it received from it (1x, where QUIC,
+//! RFC 9000 section 8, allows 3x). Addresses that have proved it: the rendezvous server's,
+//! and those of connected sessions (the random session id of our request came back in
+//! their `Accept`, or our person accepted their request), also after such a session ends
+//! for as long as a `Terminate` of it may still be resent. To anyone else, the answers to
+//! one datagram (each counted as if it went alone, header included) may total the
+//! datagram's length plus what that address has sent and not been answered for while it
+//! holds a request waiting for our answer; answers that do not fit are not sent. So a reset
+//! or a `TerminateAck` to a stranger may not come (a `Ping` of 32 bytes is smaller than the
+//! `Terminate` of 37 that would answer it): the stale session then ends by its timeout.
+//!
 //! **Bounds.** A client holds at most 64 connection requests waiting for its person's answer,
 //! and at most 8 from one source (an IPv4 address, or an IPv6 /64); it ignores others (no
 //! answer) until some are answered or expire. It holds at most 16 file offers waiting for
@@ -224,6 +238,9 @@ pub const MAX_TEXT: usize = 1200;
 /// map naming it and the map of its fields). Deeper nesting, even in a field the decoder
 /// skips, is malformed, so that a small datagram cannot make decoding recurse deeply.
 pub const MAX_DEPTH: usize = 16;
+/// A client handles at most this many messages of one datagram (the rest are dropped): a
+/// datagram of tiny messages must not cost it more work, or answers, than a few.
+pub const MAX_PEER_MESSAGES: usize = 64;
 /// Senders pack messages into datagrams of at most this many bytes (one message bigger than
 /// this still goes, alone): small enough for a typical path MTU (1280 for IPv6, less headers).
 pub const PACK_LIMIT: usize = 1200;
@@ -704,11 +721,31 @@ pub fn encode_into(msg: &Message, out: &mut Vec<u8>) {
     append_body(msg, out);
 }
 
+/// The length of [`encode`]`(msg)`, header included, without building it: what a message
+/// costs on the wire when it goes alone (packed with others it costs 2 bytes less).
+pub fn encoded_len(msg: &Message) -> usize {
+    /// Counts what is written.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(2);
+    append_body(msg, &mut count);
+    count.0
+}
+
 /// Appends one message's MessagePack value (fields by name) to `out`: the one place the
 /// body encoding is decided, for single and packed datagrams alike.
-fn append_body(msg: &Message, out: &mut Vec<u8>) {
+fn append_body(msg: &Message, out: &mut impl std::io::Write) {
     let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
-    // Writing into a Vec cannot fail, and every field type of `Message` is serializable.
+    // Writing into a Vec (or a counter) cannot fail, and every field type of `Message` is
+    // serializable.
     msg.serialize(&mut ser)
         .expect("serializing a Message into a Vec cannot fail");
 }

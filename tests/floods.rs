@@ -355,3 +355,197 @@ fn ipv6_requests_count_against_their_slash_64_and_mapped_ipv4_against_its_addres
     assert_eq!(p.pending_requests().len(), 8 + 12 + 8);
     assert_eq!(p.stats().requests_ignored, 4 + 4);
 }
+
+// ---------------------------------------------------------------------- amplification
+
+/// A stranger: no session, no request.
+fn stranger() -> SocketAddr {
+    addr([10, 9, 9, 9], 6666)
+}
+
+/// The bytes of what was sent to `to`, each message counted as if alone (an upper bound of
+/// what the driver sends, which packs them).
+fn bytes_to(sent: &[Transmit], to: SocketAddr) -> usize {
+    sent.iter()
+        .filter(|t| t.to == to)
+        .map(|t| encode(&t.message).len())
+        .sum()
+}
+
+/// One datagram holding `msgs`, each encoded with field names.
+fn packed(msgs: &[Message]) -> Vec<u8> {
+    let mut d = encode(&msgs[0]);
+    for m in &msgs[1..] {
+        d.extend_from_slice(&encode(m)[2..]);
+    }
+    d
+}
+
+/// The shortest encoding of `Terminate { from: 1, session: 2 }`: the message named by its
+/// variant index, its fields as an array (5 bytes). The index is looked up, so that the
+/// test does not depend on the order of the variants.
+fn tiny_terminate() -> Vec<u8> {
+    (0u8..=127)
+        .map(|index| vec![0x81, index, 0x92, 0x01, 0x02])
+        .find(|body| {
+            let mut d = vec![p2pchat::wire::MAGIC, p2pchat::wire::VERSION];
+            d.extend_from_slice(body);
+            p2pchat::wire::decode(&d)
+                == Ok(Message::Terminate {
+                    from: 1,
+                    session: 2,
+                })
+        })
+        .expect("Terminate has a variant index below 128")
+}
+
+#[test]
+fn a_datagram_packed_with_tiny_terminates_gets_back_no_more_bytes_than_it_had() {
+    // Measured before this change: 1,600 Terminates packed in one 8 KB datagram came back
+    // as 1,600 TerminateAcks, 48 KB.
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    let tiny = tiny_terminate();
+    let mut d = vec![p2pchat::wire::MAGIC, p2pchat::wire::VERSION];
+    while d.len() + tiny.len() <= p2pchat::wire::MAX_DATAGRAM {
+        d.extend_from_slice(&tiny);
+    }
+    let count = (d.len() - 2) / tiny.len();
+    assert!(count > 1_600, "{count}");
+    p.handle_datagram(t0, stranger(), &d);
+    let (sent, events) = drain(&mut p);
+    assert!(events.is_empty(), "{events:?}");
+    let back = bytes_to(&sent, stranger());
+    assert!(back <= d.len(), "{back} bytes back for {}", d.len());
+    // Only the first 64 messages are read at all; their answers fit.
+    assert_eq!(p.stats().excess, (count - 64) as u64);
+    assert_eq!(sent.len(), 64, "{sent:?}");
+}
+
+#[test]
+fn answers_to_a_stranger_that_would_be_bigger_than_its_datagram_are_withheld() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    // Pings for sessions we do not have: each reset (Terminate, 37 bytes) is bigger than
+    // its Ping (32).
+    let pings: Vec<Message> = (0..30)
+        .map(|k| Message::Ping {
+            from: 50 + k,
+            session: u64::MAX - u64::from(k),
+        })
+        .collect();
+    let d = packed(&pings);
+    p.handle_datagram(t0, stranger(), &d);
+    let (sent, _) = drain(&mut p);
+    let back = bytes_to(&sent, stranger());
+    assert!(back <= d.len(), "{back} bytes back for {}", d.len());
+    assert!(!sent.is_empty() && sent.len() < 30, "{}", sent.len());
+    assert_eq!(p.stats().withheld, 30 - sent.len() as u64);
+    // One Terminate alone (37 bytes) would be answered with a TerminateAck of 40: not sent.
+    let terminate = encode(&Message::Terminate {
+        from: 77,
+        session: u64::MAX,
+    });
+    p.handle_datagram(t0, stranger(), &terminate);
+    let (sent, _) = drain(&mut p);
+    assert!(sent.is_empty(), "{sent:?}");
+    // A Chat for an unknown session is bigger than the reset: answered, as before.
+    let chat = encode(&Message::Chat {
+        from: 77,
+        session: u64::MAX,
+        seq: 1,
+        text: "hello".into(),
+    });
+    p.handle_datagram(t0, stranger(), &chat);
+    let (sent, _) = drain(&mut p);
+    assert!(
+        matches!(
+            sent[..],
+            [Transmit {
+                message: Message::Terminate { .. },
+                ..
+            }]
+        ),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_requester_that_withdraws_gets_its_terminate_ack_from_the_credit_of_its_request() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    let (from, session) = (42, 4242);
+    let request = encode(&Message::ConnectRequest {
+        from,
+        session,
+        name: None,
+        display_name: None,
+    });
+    p.handle_datagram(t0, stranger(), &request);
+    assert_eq!(p.pending_requests(), vec![from]);
+    drain(&mut p);
+    // Its Terminate (37 bytes) is answered with a TerminateAck (40): the request's bytes,
+    // never answered, pay for the difference.
+    let terminate = encode(&Message::Terminate { from, session });
+    p.handle_datagram(t0 + secs(1), stranger(), &terminate);
+    let (sent, events) = drain(&mut p);
+    assert!(
+        matches!(
+            sent[..],
+            [Transmit {
+                message: Message::TerminateAck { .. },
+                ..
+            }]
+        ),
+        "{sent:?}"
+    );
+    assert!(p.pending_requests().is_empty(), "{events:?}");
+    assert!(request.len() + terminate.len() >= bytes_to(&sent, stranger()));
+    // The credit went with the request: a second Terminate is not answered.
+    p.handle_datagram(t0 + secs(2), stranger(), &terminate);
+    assert!(drain(&mut p).0.is_empty());
+    assert_eq!(p.stats().withheld, 1);
+}
+
+#[test]
+fn a_connected_peer_is_answered_freely_also_just_after_it_ended_the_session() {
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let v = s.add_registered_peers(2, &default_config());
+    let (a, b) = (v[0], v[1]);
+    s.connect(a, b);
+    s.expect(secs(60), "request", |s| {
+        s.has(b, |e| matches!(e, Event::Request { .. }))
+    });
+    s.accept(b, None);
+    s.expect(secs(60), "connected", |s| {
+        s.has(a, |e| matches!(e, Event::Connected { .. }))
+    });
+    let (ida, idb) = (s.id(a), s.id(b));
+    assert!(s.peer(b).proves_receipt(s.addr(a)));
+    assert!(!s.peer(b).proves_receipt(stranger()));
+    // a ends the session; b's TerminateAck is lost, so a resends its Terminate: b, which
+    // has forgotten the session, still answers (the TerminateAck is 3 bytes longer).
+    s.drop_first(1, |m| matches!(m, Message::TerminateAck { .. }));
+    s.terminate(a, Some(idb));
+    s.expect(secs(60), "a sees the end confirmed", |s| {
+        s.has(a, |e| matches!(e, Event::Terminated { .. }))
+    });
+    assert!(
+        s.has(a, |e| *e
+            == Event::Terminated {
+                peer: idb,
+                reason: p2pchat::peer::EndReason::ByUs
+            }),
+        "{:?}",
+        s.events(a)
+    );
+    assert!(s.has(b, |e| *e
+        == Event::Terminated {
+            peer: ida,
+            reason: p2pchat::peer::EndReason::ByPeer
+        }));
+    assert_eq!(s.peer(b).stats().withheld, 0);
+    // Long after, a's address is a stranger's again.
+    s.run_for(secs(120));
+    assert!(!s.peer(b).proves_receipt(s.addr(a)));
+}

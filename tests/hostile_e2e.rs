@@ -7,8 +7,8 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::Proc;
-use p2pchat::wire::{self, ErrorCode, Message};
+use common::{JsonClient, Proc, Server};
+use p2pchat::wire::{self, ClientId, ErrorCode, Message};
 
 /// Short resend periods, so that nothing waits long.
 const RETRY: &str = "0.3";
@@ -91,4 +91,162 @@ fn text_the_server_sends_reaches_the_terminal_made_harmless() {
     for line in client.rest_of_stdout() {
         assert_no_raw_controls("stdout", &line);
     }
+}
+
+// ---------------------------------------------------------------- a client under attack
+
+/// A `--json` client registered with `server`, and the address it chats from (as the
+/// server saw it join).
+fn target_client(server: &Server, extra: &[&str]) -> (JsonClient, ClientId, SocketAddr) {
+    let server_addr = server.addr.to_string();
+    let mut args = vec![
+        "--server",
+        &server_addr,
+        "--no-state",
+        "--retry-interval",
+        RETRY,
+    ];
+    args.extend_from_slice(extra);
+    let mut c = JsonClient::spawn("target", &args);
+    let reg = c.wait_event("registered", |v| v["event"] == "registered");
+    let id = reg["id"].as_u64().unwrap() as ClientId;
+    let addr = server.expect_join(id);
+    (c, id, addr)
+}
+
+/// Sends `datagram` from a fresh socket to `to`, then counts the bytes that come back
+/// until nothing has come for `quiet`.
+fn bytes_back(to: SocketAddr, datagram: &[u8], quiet: Duration) -> (usize, usize) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(quiet)).unwrap();
+    sock.send_to(datagram, to).unwrap();
+    let (mut bytes, mut datagrams) = (0, 0);
+    let mut buf = vec![0u8; 65_536];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        bytes += n;
+        datagrams += 1;
+    }
+    (bytes, datagrams)
+}
+
+/// One datagram holding `msgs`, each encoded with field names.
+fn packed(msgs: impl IntoIterator<Item = Message>) -> Vec<u8> {
+    let mut d = vec![wire::MAGIC, wire::VERSION];
+    for m in msgs {
+        d.extend_from_slice(&wire::encode(&m)[2..]);
+    }
+    d
+}
+
+/// `Terminate { from: 1, session: 2 }` in 5 bytes: named by its variant index (looked
+/// up), fields as an array.
+fn tiny_terminate() -> Vec<u8> {
+    (0u8..=127)
+        .map(|index| vec![0x81, index, 0x92, 0x01, 0x02])
+        .find(|body| {
+            let mut d = vec![wire::MAGIC, wire::VERSION];
+            d.extend_from_slice(body);
+            wire::decode(&d)
+                == Ok(Message::Terminate {
+                    from: 1,
+                    session: 2,
+                })
+        })
+        .expect("Terminate has a variant index below 128")
+}
+
+#[test]
+fn a_client_never_answers_a_stranger_with_more_bytes_than_it_sent() {
+    let server = Server::start(&[]);
+    let (mut client, _, target) = target_client(&server, &[]);
+    let tiny = tiny_terminate();
+    let mut terminates = vec![wire::MAGIC, wire::VERSION];
+    while terminates.len() + tiny.len() <= wire::MAX_DATAGRAM {
+        terminates.extend_from_slice(&tiny);
+    }
+    let unknown = |k: u32| (1000 + k, u64::MAX - u64::from(k));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // Measured before: 1,600 of these came back as 48 KB of TerminateAcks.
+        ("8 KB of 5-byte Terminates", terminates),
+        (
+            "Pings for unknown sessions",
+            packed((0..36).map(|k| {
+                let (from, session) = unknown(k);
+                Message::Ping { from, session }
+            })),
+        ),
+        (
+            "Terminates for unknown sessions",
+            packed((0..30).map(|k| {
+                let (from, session) = unknown(k);
+                Message::Terminate { from, session }
+            })),
+        ),
+        (
+            "one Terminate",
+            wire::encode(&Message::Terminate {
+                from: 7,
+                session: 7,
+            }),
+        ),
+        (
+            "Chats for unknown sessions",
+            packed((0..20).map(|k| {
+                let (from, session) = unknown(k);
+                Message::Chat {
+                    from,
+                    session,
+                    seq: 1,
+                    text: "x".into(),
+                }
+            })),
+        ),
+        (
+            "Acks and FileGets for unknown sessions",
+            packed((0..20).flat_map(|k| {
+                let (from, session) = unknown(k);
+                [
+                    Message::Ack {
+                        from,
+                        session,
+                        seq: 1,
+                        cumulative: 1,
+                    },
+                    Message::FileGet {
+                        from,
+                        session,
+                        n: 1,
+                    },
+                ]
+            })),
+        ),
+        (
+            "ConnectRequests",
+            packed((0..60).map(|k| Message::ConnectRequest {
+                from: 5000 + k,
+                session: u64::from(k),
+                name: Some("x".repeat(32)),
+                display_name: None,
+            })),
+        ),
+    ];
+    let mut answered = 0;
+    for (what, datagram) in &cases {
+        let (back, datagrams) = bytes_back(target, datagram, Duration::from_millis(300));
+        println!(
+            "{what}: {} bytes sent, {back} back in {datagrams} datagrams",
+            datagram.len()
+        );
+        assert!(
+            back <= datagram.len(),
+            "{what}: {back} bytes back for {} sent",
+            datagram.len()
+        );
+        answered += usize::from(back > 0);
+    }
+    // Answers that fit still go: a stale session is still reset.
+    assert!(answered >= 3, "only {answered} of the cases were answered");
+    // The client is alive and well.
+    client.type_line("status");
+    client.wait_event("status", |v| v["event"] == "status");
 }

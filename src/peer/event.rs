@@ -316,6 +316,11 @@ pub struct PeerStats {
     /// Of those, resent before their timeout because a message sent after them had
     /// arrived (early retransmission).
     pub early_retransmissions: u64,
+    /// Answers not sent to an address that has not proved it receives, because they would
+    /// have been more bytes than it sent (see `wire`, "Amplification").
+    pub withheld: u64,
+    /// Messages past the first [`wire::MAX_PEER_MESSAGES`] of a datagram, dropped unread.
+    pub excess: u64,
     /// Connection requests ignored for being past the bounds.
     pub requests_ignored: u64,
     /// File offers refused for being past the bounds.

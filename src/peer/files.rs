@@ -173,6 +173,22 @@ impl Files {
         }
     }
 
+    /// While a datagram from `to` is handled that has not proved it receives: what goes
+    /// back to it from here may total `budget` bytes (see [`Outputs::limit`]).
+    pub fn limit(&mut self, to: SocketAddr, budget: usize) {
+        self.out.limit(to, budget);
+    }
+
+    /// Ends the limit; returns what it had left.
+    pub fn unlimit(&mut self) -> usize {
+        self.out.unlimit()
+    }
+
+    /// Messages not sent for a limit.
+    pub fn withheld(&self) -> u64 {
+        self.out.withheld()
+    }
+
     /// Offers refused for being past the bounds.
     pub fn offers_refused(&self) -> u64 {
         self.refused.total()

@@ -16,7 +16,9 @@
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
 //!
-//! Hostile input is bounded too (the protocol side is in [`crate::wire`], "Bounds"): the
+//! Hostile input is bounded too (the protocol side is in [`crate::wire`], "Amplification"
+//! and "Bounds"): a datagram is read for at most [`wire::MAX_PEER_MESSAGES`] messages; what
+//! goes back to an address that has not proved it receives is at most what it sent; the
 //! requests and file offers waiting for the person's answer are bounded, and those past
 //! the bounds are shown as a count ([`Event::RequestsIgnored`], [`Event::OffersRefused`])
 //! at most once per [`PeerConfig::summary_interval`]. The deadlines of sessions are kept in
@@ -49,8 +51,9 @@
 //! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
 //!   walking every session.
 //! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
-//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value);
-//!   `Tally`, which turns floods into a few events.
+//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value),
+//!   with the limit on answers to addresses that have not proved they receive; `Tally`,
+//!   which turns floods into a few events.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -190,6 +193,8 @@ pub struct Peer {
     out: Outputs,
     /// Datagrams that could not be decoded.
     undecodable: u64,
+    /// Messages past the first [`wire::MAX_PEER_MESSAGES`] of a datagram.
+    excess: u64,
 }
 
 impl Peer {
@@ -215,6 +220,7 @@ impl Peer {
             finishing: false,
             out,
             undecodable: 0,
+            excess: 0,
         }
     }
 
@@ -282,6 +288,8 @@ impl Peer {
         let mut stats = self.sessions.stats();
         stats.undecodable = self.undecodable;
         stats.ignored = self.out.ignored();
+        stats.withheld = self.out.withheld() + self.files.withheld();
+        stats.excess = self.excess;
         stats.offers_refused = self.files.offers_refused();
         stats
     }
@@ -636,11 +644,48 @@ impl Peer {
     // ------------------------------------------------------------------ network input
 
     /// Feeds one received datagram.
+    ///
+    /// At most [`wire::MAX_PEER_MESSAGES`] of its messages are handled. While `from` has not
+    /// proved it receives (see [`Peer::proves_receipt`]), what is sent back to it in answer
+    /// totals at most the datagram's length, plus the credit of a request it holds (what
+    /// it sent before and was not answered for); the rest is withheld and counted
+    /// ([`PeerStats::withheld`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match wire::decode_all(datagram) {
-            Ok(messages) => {
+            Ok(mut messages) => {
+                if messages.len() > wire::MAX_PEER_MESSAGES {
+                    let excess = messages.len() - wire::MAX_PEER_MESSAGES;
+                    self.excess += excess as u64;
+                    debug!(
+                        "{from}: {excess} messages past the first {} of a datagram dropped",
+                        wire::MAX_PEER_MESSAGES
+                    );
+                    messages.truncate(wire::MAX_PEER_MESSAGES);
+                }
+                // The budget of answers, once a message is handled for an address that has
+                // not proved it receives (one that proves it midway, with an Accept, is
+                // answered freely from there).
+                let mut budget: Option<usize> = None;
                 for msg in messages {
+                    let limited = !self.proves_receipt(from);
+                    if limited {
+                        let credit = &mut self.sessions;
+                        let left = *budget.get_or_insert_with(|| {
+                            datagram.len().saturating_add(credit.take_credit(from))
+                        });
+                        self.out.limit(from, left);
+                        // The transfers only ever answer connected sessions: nothing from
+                        // them may go to an address that has not proved it receives.
+                        self.files.limit(from, 0);
+                    }
                     self.handle_one(now, from, msg);
+                    if limited {
+                        budget = Some(self.out.unlimit());
+                        self.files.unlimit();
+                    }
+                }
+                if let Some(left) = budget {
+                    self.sessions.give_credit(from, left);
                 }
                 self.flush(now);
                 self.leave_if_drained(now);
@@ -657,6 +702,12 @@ impl Peer {
                 debug!("{from}: dropped: {e}");
             }
         }
+    }
+
+    /// Whether `addr` has proved it receives what we send: the server's, or that of a
+    /// connected session (or of one whose `Terminate` we resend after it was connected).
+    pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
+        addr == self.config.server || self.sessions.proves_receipt(addr)
     }
 
     /// Feeds one decoded message.
@@ -816,7 +867,10 @@ impl Peer {
             }
             Message::Terminate { from, session } => {
                 let out = &mut self.out;
-                match self.sessions.handle_terminate(me, src, from, session, out) {
+                match self
+                    .sessions
+                    .handle_terminate(now, me, src, from, session, out)
+                {
                     Terminated::Nothing => {}
                     Terminated::Session(ended) => self.session_ended(ended),
                     Terminated::Closing => self.left_if_closed(),

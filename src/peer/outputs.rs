@@ -4,7 +4,10 @@
 //! `poll_transmit` and `poll_event`. The file transfers keep an `Outputs` of their own,
 //! drained after the peer's (chat goes first).
 //!
-//! Also here, [`Tally`], which turns many events of a flood into one.
+//! Also here, the two ways a flood is kept off the screen and the wire: the answer
+//! [limit](Outputs::limit) (while a datagram from an address that has not proved it
+//! receives is handled, what goes back to it may not exceed a budget of bytes), and
+//! [`Tally`], which turns many events into one.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,7 +16,14 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use super::event::Event;
-use crate::wire::{Message, Transmit};
+use crate::wire::{self, Message, Transmit};
+
+/// The answers to `to` may total `budget` more bytes.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    to: SocketAddr,
+    budget: usize,
+}
 
 #[derive(Default)]
 pub(super) struct Outputs {
@@ -23,11 +33,44 @@ pub(super) struct Outputs {
     events: VecDeque<Event>,
     /// Datagrams that were decodable but matched nothing.
     ignored: u64,
+    limit: Option<Limit>,
+    /// Messages not sent because they did not fit in a limit.
+    withheld: u64,
 }
 
 impl Outputs {
+    /// Queues `message` for `to`, unless a [limit](Outputs::limit) on `to` has no room left
+    /// for it (then it is counted and logged, and dropped).
     pub fn transmit(&mut self, to: SocketAddr, message: Message) {
+        if let Some(limit) = self.limit.as_mut().filter(|l| l.to == to) {
+            let cost = wire::encoded_len(&message);
+            if cost > limit.budget {
+                self.withheld += 1;
+                debug!(
+                    "{to}: not sent (it has not proved it receives; {cost} bytes, {} left of what it sent): {message:?}",
+                    limit.budget
+                );
+                return;
+            }
+            limit.budget -= cost;
+        }
         self.transmits.push_back(Transmit { to, message });
+    }
+
+    /// From now on, what is queued for `to` may total `budget` bytes (each message counted
+    /// as if it went alone, header included) until [`Outputs::unlimit`].
+    pub fn limit(&mut self, to: SocketAddr, budget: usize) {
+        self.limit = Some(Limit { to, budget });
+    }
+
+    /// Ends the limit; returns the bytes it had left (0 without one).
+    pub fn unlimit(&mut self) -> usize {
+        self.limit.take().map_or(0, |l| l.budget)
+    }
+
+    /// Messages not sent because they did not fit in a limit.
+    pub fn withheld(&self) -> u64 {
+        self.withheld
     }
 
     pub fn event(&mut self, event: Event) {
@@ -128,6 +171,34 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_limit_drops_what_does_not_fit_for_its_address_only() {
+        let mut out = Outputs::default();
+        let ack = Message::TerminateAck {
+            from: 1,
+            session: 2,
+        };
+        let cost = wire::encoded_len(&ack);
+        assert_eq!(cost, wire::encode(&ack).len());
+        out.limit(addr(1), 2 * cost + 1);
+        for _ in 0..3 {
+            out.transmit(addr(1), ack.clone());
+            out.transmit(addr(2), ack.clone());
+        }
+        assert_eq!(out.unlimit(), 1);
+        out.transmit(addr(1), ack.clone());
+        let to: Vec<SocketAddr> = std::iter::from_fn(|| out.poll_transmit())
+            .map(|t| t.to)
+            .collect();
+        assert_eq!(to.iter().filter(|&&a| a == addr(1)).count(), 3);
+        assert_eq!(to.iter().filter(|&&a| a == addr(2)).count(), 3);
+        assert_eq!(out.withheld(), 1);
+    }
 
     #[test]
     fn a_tally_shows_at_once_then_at_most_once_per_interval() {

@@ -9,7 +9,9 @@
 //! What a flood of requests could grow is bounded: the requests waiting for our person's
 //! answer (in all, and per source), and the work per turn. The deadlines of sessions and
 //! of our `Terminate`s are kept in order ([`Timers`]), and an [`Index`] answers, without
-//! walking the table, which peers are connected and how many requests each source holds.
+//! walking the table, which addresses have proved they receive (for the answer limit of
+//! `Peer::handle_datagram`), which peers are connected, and how many requests each source
+//! holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +38,8 @@ struct Closing {
     /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
     /// shown already).
     announce: bool,
+    /// The session was connected: its address has proved it receives.
+    proven: bool,
 }
 
 /// What has a deadline in [`Sessions`].
@@ -47,27 +51,48 @@ enum Timer {
     Closing(SessionId),
 }
 
-/// The sessions by state: kept up to date as sessions come, change state and go (in
-/// [`Sessions::put`], [`Sessions::take`] and [`Sessions::open`]), so that the questions of
-/// every datagram cost no walk of the table.
+/// The most bytes of credit an address holding a request keeps (see [`Held`]).
+const MAX_CREDIT: usize = wire::MAX_DATAGRAM;
+
+/// The requests waiting for our answer from one address.
+#[derive(Debug, Default)]
+struct Held {
+    requests: u32,
+    /// Bytes received from the address while it held a request, less the bytes sent to it
+    /// in answer: what it may still be answered with beyond a datagram's own length.
+    credit: usize,
+}
+
+/// The sessions by address and by state: kept up to date as sessions come, change state
+/// and go (in [`Sessions::put`], [`Sessions::take`], [`Sessions::open`] and around
+/// closings), so that the questions of every datagram cost no walk of the table.
 #[derive(Debug, Default)]
 struct Index {
+    /// Addresses that have proved they receive, with how many reasons: connected sessions,
+    /// sessions whose `Terminate` we resend after they were connected, and sessions the
+    /// peer ended lately (see [`Sessions::retire`]).
+    proven: HashMap<SocketAddr, u32>,
+    /// Addresses of sessions the peer ended, proven until then, in that order.
+    retired: VecDeque<(SocketAddr, Instant)>,
     /// Connected peers, in id order.
     connected: BTreeSet<ClientId>,
-    /// Requests waiting for our answer: in all, and per source.
+    /// Requests waiting for our answer: in all, per source, per address.
     incoming: usize,
     by_source: HashMap<IpAddr, u32>,
+    held: HashMap<SocketAddr, Held>,
 }
 
 impl Index {
     fn add(&mut self, s: &Session) {
         match (&s.state, s.addr) {
-            (State::Connected { .. }, Some(_)) => {
+            (State::Connected { .. }, Some(addr)) => {
+                *self.proven.entry(addr).or_default() += 1;
                 self.connected.insert(s.peer);
             }
             (State::Incoming { .. }, Some(addr)) => {
                 self.incoming += 1;
                 *self.by_source.entry(source(addr.ip())).or_default() += 1;
+                self.held.entry(addr).or_default().requests += 1;
             }
             _ => {}
         }
@@ -75,15 +100,30 @@ impl Index {
 
     fn remove(&mut self, s: &Session) {
         match (&s.state, s.addr) {
-            (State::Connected { .. }, Some(_)) => {
+            (State::Connected { .. }, Some(addr)) => {
+                self.unprove(addr);
                 self.connected.remove(&s.peer);
             }
             (State::Incoming { .. }, Some(addr)) => {
                 self.incoming -= 1;
                 decrement(&mut self.by_source, source(addr.ip()));
+                if let Some(h) = self.held.get_mut(&addr) {
+                    h.requests -= 1;
+                    if h.requests == 0 {
+                        self.held.remove(&addr);
+                    }
+                }
             }
             _ => {}
         }
+    }
+
+    fn prove(&mut self, addr: SocketAddr) {
+        *self.proven.entry(addr).or_default() += 1;
+    }
+
+    fn unprove(&mut self, addr: SocketAddr) {
+        decrement(&mut self.proven, addr);
     }
 }
 
@@ -208,6 +248,28 @@ impl Sessions {
     /// Peers with an open session.
     pub fn connected_peers(&self) -> Vec<ClientId> {
         self.index.connected.iter().copied().collect()
+    }
+
+    /// Whether `addr` has proved it receives what we send: it is the address of a
+    /// connected session (or of one we are ending after it was connected).
+    pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
+        self.index.proven.contains_key(&addr)
+    }
+
+    /// The credit of `addr` (see [`Held`]), taken out to answer a datagram from it.
+    pub fn take_credit(&mut self, addr: SocketAddr) -> usize {
+        self.index
+            .held
+            .get_mut(&addr)
+            .map_or(0, |h| std::mem::take(&mut h.credit))
+    }
+
+    /// What is left of the budget of a datagram from `addr` becomes its credit, if it
+    /// holds a request waiting for our answer.
+    pub fn give_credit(&mut self, addr: SocketAddr, bytes: usize) {
+        if let Some(h) = self.index.held.get_mut(&addr) {
+            h.credit = bytes.min(MAX_CREDIT);
+        }
     }
 
     /// Every session and request, by peer id.
@@ -591,6 +653,7 @@ impl Sessions {
                 session: s.id,
             },
         );
+        let proven = s.is_connected();
         let retry = Retry::first(now + period);
         let closing = Closing {
             peer: s.peer,
@@ -598,8 +661,16 @@ impl Sessions {
             retry,
             period,
             announce,
+            proven,
         };
-        self.closing.insert(s.id, closing);
+        if proven {
+            self.index.prove(addr);
+        }
+        if let Some(old) = self.closing.insert(s.id, closing) {
+            if old.proven {
+                self.index.unprove(old.addr);
+            }
+        }
         self.timers.set(Timer::Closing(s.id), Some(retry.next()));
     }
 
@@ -621,6 +692,18 @@ impl Sessions {
         self.index.remove(&s);
         self.timers.set(Timer::Session(peer), None);
         Some(s)
+    }
+
+    /// A session the peer ended (or that went silent): if it was connected, its address
+    /// stays proven for as long as the peer may resend its `Terminate` (its tries, at most a
+    /// retry interval apart), so that our `TerminateAck` to a resend, which is 3 bytes
+    /// longer, is not withheld.
+    fn retire(&mut self, now: Instant, s: &Session) {
+        if let (true, Some(addr)) = (s.is_connected(), s.addr) {
+            let until = now + self.cfg.retry_interval * self.cfg.terminate_tries;
+            self.index.prove(addr);
+            self.index.retired.push_back((addr, until));
+        }
     }
 
     /// Sets the deadline of the session with `peer` (none if it is gone) from its state:
@@ -757,7 +840,7 @@ impl Sessions {
                     return Requested::Nothing;
                 }
                 let old = self.take(from).expect("present");
-                let ended = self.end_with(old, EndReason::Replaced, out);
+                let ended = self.end_with(now, old, EndReason::Replaced, out);
                 self.incoming(now, src, from, session, out);
                 return Requested::Replaced(ended);
             }
@@ -844,6 +927,7 @@ impl Sessions {
     /// A `Terminate` (always acknowledged: our earlier `TerminateAck` may have been lost).
     pub fn handle_terminate(
         &mut self,
+        now: Instant,
         me: ClientId,
         src: SocketAddr,
         from: ClientId,
@@ -857,7 +941,7 @@ impl Sessions {
                 State::Incoming { .. } | State::LookingUp { .. } => EndReason::Cancelled,
                 _ => EndReason::ByPeer,
             };
-            Terminated::Session(self.end_with(s, reason, out))
+            Terminated::Session(self.end_with(now, s, reason, out))
         } else if self.closing_matches(from, src, session) {
             // Both ended it at once.
             self.closed(session, EndReason::ByUs, out);
@@ -1017,8 +1101,15 @@ impl Sessions {
     }
 
     /// Drops a session the peer ended or that died: reports what was not delivered.
-    fn end_with(&mut self, mut s: Session, reason: EndReason, out: &mut Outputs) -> Ended {
+    fn end_with(
+        &mut self,
+        now: Instant,
+        mut s: Session,
+        reason: EndReason,
+        out: &mut Outputs,
+    ) -> Ended {
         self.absorb_stats(&s);
+        self.retire(now, &s);
         if let State::Connected { tx, .. } = &mut s.state {
             for seq in tx.abandon() {
                 out.event(Event::Undelivered { peer: s.peer, seq });
@@ -1039,6 +1130,9 @@ impl Sessions {
     fn closed(&mut self, session: SessionId, reason: EndReason, out: &mut Outputs) {
         if let Some(c) = self.closing.remove(&session) {
             self.timers.set(Timer::Closing(session), None);
+            if c.proven {
+                self.index.unprove(c.addr);
+            }
             if c.announce {
                 out.event(Event::Terminated {
                     peer: c.peer,
@@ -1052,7 +1146,8 @@ impl Sessions {
 
     /// The soonest deadline of a session, a `Terminate` or the count of ignored requests.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.timers.next(), self.ignored.poll_timeout()]
+        let retired = self.index.retired.front().map(|&(_, until)| until);
+        [self.timers.next(), self.ignored.poll_timeout(), retired]
             .into_iter()
             .flatten()
             .min()
@@ -1078,6 +1173,13 @@ impl Sessions {
                 }
                 Timer::Closing(session) => self.closing_timer(now, me, session, out),
             }
+        }
+        while let Some(&(addr, until)) = self.index.retired.front() {
+            if until > now {
+                break;
+            }
+            self.index.retired.pop_front();
+            self.index.unprove(addr);
         }
         while let Some(&(key, until)) = self.rejected_order.front() {
             if until > now {
@@ -1139,7 +1241,7 @@ impl Sessions {
             }
             Due::Silent => {
                 let s = self.take(peer).expect("present");
-                Some(self.end_with(s, EndReason::PeerSilent, out))
+                Some(self.end_with(now, s, EndReason::PeerSilent, out))
             }
             Due::Broken => {
                 let mut s = self.take(peer).expect("present");
