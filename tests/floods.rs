@@ -549,3 +549,101 @@ fn a_connected_peer_is_answered_freely_also_just_after_it_ended_the_session() {
     s.run_for(secs(120));
     assert!(!s.peer(b).proves_receipt(s.addr(a)));
 }
+
+// ---------------------------------------------------------------------- other versions
+
+/// `msg` as a peer of protocol `version` would frame it.
+fn of_version(version: u8, msg: &Message) -> Vec<u8> {
+    let mut d = encode(msg);
+    d[1] = version;
+    d
+}
+
+fn version_events(events: &[Event]) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerVersion { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_peer_of_another_protocol_version_is_named_once_per_address() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    // We ask client 2, at `bob`, to connect; it answers in version 2.
+    let bob = addr([10, 0, 1, 2], 4000);
+    p.connect(t0, 2).unwrap();
+    let found = Message::Found {
+        id: 2,
+        addr: bob,
+        name: None,
+        display_name: None,
+    };
+    p.handle_datagram(t0, SERVER, &encode(&found));
+    drain(&mut p);
+    let accept = of_version(
+        2,
+        &Message::Accept {
+            from: 2,
+            session: 1,
+        },
+    );
+    let mut events = Vec::new();
+    for k in 0..5 {
+        p.handle_datagram(t0 + secs(k), bob, &accept);
+        events.extend(drain(&mut p).1);
+    }
+    assert_eq!(
+        version_events(&events),
+        vec![Event::PeerVersion {
+            peer: Some(2),
+            addr: bob,
+            version: 2
+        }]
+    );
+    assert_eq!(p.stats().other_version, 5);
+    assert_eq!(p.stats().undecodable, 0);
+    assert!(!p.is_finished(), "a peer's version is not fatal");
+}
+
+#[test]
+fn strangers_of_another_version_are_named_at_most_once_per_summary_interval() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    let interval = cfg.summary_interval;
+    let mut p = registered(cfg, t0);
+    let ping = Message::Ping {
+        from: 9,
+        session: 9,
+    };
+    let mut events = Vec::new();
+    // 1,000 addresses within a second, of versions 0 and 200.
+    for k in 0..1_000u16 {
+        let now = t0 + Duration::from_millis(u64::from(k));
+        let version = if k % 2 == 0 { 0 } else { 200 };
+        p.handle_datagram(now, addr([10, 7, 0, 1], k), &of_version(version, &ping));
+        events.extend(drain(&mut p).1);
+    }
+    assert_eq!(
+        version_events(&events),
+        vec![Event::PeerVersion {
+            peer: None,
+            addr: addr([10, 7, 0, 1], 0),
+            version: 0
+        }]
+    );
+    // Later, another stranger is named.
+    let later = addr([10, 7, 0, 2], 1);
+    p.handle_datagram(t0 + interval + secs(1), later, &of_version(3, &ping));
+    assert_eq!(
+        version_events(&drain(&mut p).1),
+        vec![Event::PeerVersion {
+            peer: None,
+            addr: later,
+            version: 3
+        }]
+    );
+    // Nothing is ever sent back to them.
+    assert_eq!(p.stats().other_version, 1_001);
+}

@@ -250,3 +250,94 @@ fn a_client_never_answers_a_stranger_with_more_bytes_than_it_sent() {
     client.type_line("status");
     client.wait_event("status", |v| v["event"] == "status");
 }
+
+/// A socket registered with the server as a client (a peer the test drives by hand).
+fn raw_client(server: SocketAddr) -> (UdpSocket, ClientId) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + common::WAIT;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let register = wire::encode(&Message::Register { want_id: None });
+        sock.send_to(&register, server).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Ok(Message::Registered { id, .. }) = wire::decode(&buf[..n]) {
+                return (sock, id);
+            }
+        }
+    }
+    panic!("the raw client did not register");
+}
+
+/// `msg` framed as a peer of protocol `version` would.
+fn of_version(version: u8, msg: &Message) -> Vec<u8> {
+    let mut d = wire::encode(msg);
+    d[1] = version;
+    d
+}
+
+#[test]
+fn a_peer_of_another_protocol_version_gets_one_clear_line() {
+    let server = Server::start(&[]);
+    let (mut client, id, target) = target_client(&server, &[]);
+    // A peer we ask to connect answers in version 2.
+    let (peer, peer_id) = raw_client(server.addr);
+    client.type_line(&format!("connect {peer_id}"));
+    let deadline = Instant::now() + common::WAIT;
+    let mut buf = [0u8; 2048];
+    let session = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no ConnectRequest reached the peer"
+        );
+        if let Ok((n, _)) = peer.recv_from(&mut buf) {
+            if let Ok(Message::ConnectRequest { session, .. }) = wire::decode(&buf[..n]) {
+                break session;
+            }
+        }
+    };
+    let accept = of_version(
+        2,
+        &Message::Accept {
+            from: peer_id,
+            session,
+        },
+    );
+    for _ in 0..4 {
+        peer.send_to(&accept, target).unwrap();
+    }
+    let line = client.wait_event("peer_version", |v| v["event"] == "peer_version");
+    assert_eq!(line["peer"], peer_id);
+    assert_eq!(line["version"], 2);
+    assert_eq!(line["addr"], peer.local_addr().unwrap().to_string());
+    // A stranger in version 0, twice, then another within the summary interval.
+    let strangers: Vec<UdpSocket> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ping = of_version(
+        0,
+        &Message::Ping {
+            from: 9,
+            session: 9,
+        },
+    );
+    for s in [&strangers[0], &strangers[0], &strangers[1]] {
+        s.send_to(&ping, target).unwrap();
+    }
+    let line = client.wait_event("the stranger's peer_version", |v| {
+        v["event"] == "peer_version" && v["peer"].is_null()
+    });
+    assert_eq!(line["addr"], strangers[0].local_addr().unwrap().to_string());
+    assert_eq!(line["version"], 0);
+    client.read_for(Duration::from_millis(500));
+    assert_eq!(client.events("peer_version").len(), 2, "{:#?}", client.log);
+    // Nothing went back to the stranger, and the client goes on.
+    strangers[0]
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(strangers[0].recv_from(&mut buf).is_err());
+    client.type_line("status");
+    let status = client.wait_event("status", |v| v["event"] == "status");
+    assert_eq!(status["id"], id);
+}

@@ -256,6 +256,23 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
                 plural(*count)
             ),
         ),
+        Event::PeerVersion {
+            peer,
+            addr,
+            version,
+        } => {
+            let who = peer.map_or_else(|| addr.to_string(), |p| who(names, p));
+            let ours = crate::wire::VERSION;
+            let advice = if *version > ours {
+                "update p2pchat to talk to them"
+            } else {
+                "they must update p2pchat to talk to you"
+            };
+            style.paint(
+                "33",
+                &format!("{who} uses protocol version {version}, this client {ours}: {advice}"),
+            )
+        }
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -321,6 +338,13 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::Fatal { message } => json!({"event": "error", "message": message, "fatal": true}),
         Event::RequestsIgnored { count } => json!({"event": "requests_ignored", "count": count}),
         Event::OffersRefused { count } => json!({"event": "offers_refused", "count": count}),
+        Event::PeerVersion {
+            peer,
+            addr,
+            version,
+        } => json!({
+            "event": "peer_version", "peer": peer, "addr": addr.to_string(), "version": version
+        }),
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -338,6 +362,7 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         | Event::Undelivered { peer, .. }
         | Event::Dequeued { peer, .. }
         | Event::Terminated { peer, .. } => Some(*peer),
+        Event::PeerVersion { peer, .. } => *peer,
         _ => None,
     };
     if let (Some(id), Some(map)) = (about, v.as_object_mut()) {
@@ -564,6 +589,48 @@ mod tests {
         assert_eq!(
             json_line(&Event::OffersRefused { count: 1 }),
             r#"{"event":"offers_refused","count":1}"#
+        );
+    }
+
+    #[test]
+    fn a_peer_of_another_version_is_named_with_what_to_do() {
+        struct Bob;
+        impl Names for Bob {
+            fn name_of(&self, _: ClientId) -> Option<&str> {
+                Some("bob")
+            }
+            fn display_name_of(&self, _: ClientId) -> Option<&str> {
+                None
+            }
+        }
+        let addr: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let newer = Event::PeerVersion {
+            peer: Some(2),
+            addr,
+            version: 2,
+        };
+        let line = render_human(&newer, &Bob, Style::default(), SystemTime::now());
+        assert_eq!(
+            line,
+            "bob (2) uses protocol version 2, this client 1: update p2pchat to talk to them"
+        );
+        assert_eq!(
+            render_json(&newer, &Bob),
+            r#"{"event":"peer_version","peer":2,"addr":"127.0.0.1:4000","version":2,"name":"bob"}"#
+        );
+        let stranger = Event::PeerVersion {
+            peer: None,
+            addr,
+            version: 0,
+        };
+        assert_eq!(
+            human_line(&stranger),
+            "127.0.0.1:4000 uses protocol version 0, this client 1: they must update p2pchat \
+             to talk to you"
+        );
+        assert_eq!(
+            json_line(&stranger),
+            r#"{"event":"peer_version","peer":null,"addr":"127.0.0.1:4000","version":0}"#
         );
     }
 

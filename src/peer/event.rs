@@ -233,7 +233,7 @@ pub enum Event {
         n: u64,
         reason: TransferFailure,
     },
-    // ---- floods ----
+    // ---- floods and strangers ----
     /// `count` more connection requests were ignored (no answer, no line of their own):
     /// too many were waiting for an answer, or too many from one source. Shown at most
     /// once per summary interval.
@@ -241,6 +241,14 @@ pub enum Event {
     /// `count` more file offers were refused at once: too many were waiting for an answer
     /// from one peer, or in all. Shown at most once per summary interval.
     OffersRefused { count: u64 },
+    /// The peer at `addr` (`peer`, when a session or request of ours is at that address)
+    /// speaks protocol `version`, not ours: nothing it sends can be understood. Shown once
+    /// per address.
+    PeerVersion {
+        peer: Option<ClientId>,
+        addr: std::net::SocketAddr,
+        version: u8,
+    },
 }
 
 /// Why a command was refused. The `Display` text says what to do instead.
@@ -325,6 +333,8 @@ pub struct PeerStats {
     pub requests_ignored: u64,
     /// File offers refused for being past the bounds.
     pub offers_refused: u64,
+    /// Datagrams of another protocol version from addresses other than the server's.
+    pub other_version: u64,
 }
 
 /// Why a transfer failed (the `reason` of `file_failed`).

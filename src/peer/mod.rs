@@ -21,8 +21,9 @@
 //! goes back to an address that has not proved it receives is at most what it sent; the
 //! requests and file offers waiting for the person's answer are bounded, and those past
 //! the bounds are shown as a count ([`Event::RequestsIgnored`], [`Event::OffersRefused`])
-//! at most once per [`PeerConfig::summary_interval`]. The deadlines of sessions are kept in
-//! order, so that a turn costs the same with many requests waiting as with none.
+//! at most once per [`PeerConfig::summary_interval`]; a peer of another protocol version is
+//! named once ([`Event::PeerVersion`]). The deadlines of sessions are kept in order, so
+//! that a turn costs the same with many requests waiting as with none.
 //!
 //! # Layout
 //!
@@ -52,8 +53,8 @@
 //!   walking every session.
 //! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
 //!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value),
-//!   with the limit on answers to addresses that have not proved they receive; `Tally`,
-//!   which turns floods into a few events.
+//!   with the limit on answers to addresses that have not proved they receive; `Tally` and
+//!   `Seen`, which turn floods into a few events.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -83,7 +84,7 @@ pub use files::{chunk_count, hex, FileConfig, FileSink, FileSource};
 use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
-use outputs::Outputs;
+use outputs::{Outputs, Seen};
 use server::{Answer, Server};
 use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
 
@@ -129,7 +130,7 @@ pub struct PeerConfig {
     /// Of those, at most this many from one source (an IPv4 address, an IPv6 /64).
     pub max_requests_per_source: usize,
     /// What floods make us ignore (requests, file offers) is shown as one count at most
-    /// this often.
+    /// this often; so is a stranger's datagram of another protocol version.
     pub summary_interval: Duration,
 }
 
@@ -195,7 +196,16 @@ pub struct Peer {
     undecodable: u64,
     /// Messages past the first [`wire::MAX_PEER_MESSAGES`] of a datagram.
     excess: u64,
+    /// Datagrams of another protocol version from others than the server, and the
+    /// addresses already named for it (and when a stranger's last was).
+    other_version: u64,
+    versions: Seen<SocketAddr>,
+    stranger_version_at: Option<Instant>,
 }
+
+/// How many addresses of peers of another protocol version are remembered (each is named
+/// once).
+const VERSION_MEMORY: usize = 256;
 
 impl Peer {
     /// A peer that starts registering at `now`; session ids come from the OS's randomness.
@@ -221,6 +231,9 @@ impl Peer {
             out,
             undecodable: 0,
             excess: 0,
+            other_version: 0,
+            versions: Seen::new(VERSION_MEMORY),
+            stranger_version_at: None,
         }
     }
 
@@ -291,6 +304,7 @@ impl Peer {
         stats.withheld = self.out.withheld() + self.files.withheld();
         stats.excess = self.excess;
         stats.offers_refused = self.files.offers_refused();
+        stats.other_version = self.other_version;
         stats
     }
 
@@ -697,6 +711,7 @@ impl Peer {
                 );
                 self.server.fatal(message, &mut self.out);
             }
+            Err(DecodeError::BadVersion { found }) => self.other_version(now, from, found),
             Err(e) => {
                 self.undecodable += 1;
                 debug!("{from}: dropped: {e}");
@@ -708,6 +723,36 @@ impl Peer {
     /// connected session (or of one whose `Terminate` we resend after it was connected).
     pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
         addr == self.config.server || self.sessions.proves_receipt(addr)
+    }
+
+    /// A datagram of protocol `version` from `from`, not the server: the user is told,
+    /// once per address, who cannot be understood. Strangers (no session or request at
+    /// that address) are named at most once per summary interval, whatever the number of
+    /// addresses a flood comes from.
+    fn other_version(&mut self, now: Instant, from: SocketAddr, version: u8) {
+        self.other_version += 1;
+        if self.versions.contains(&from) {
+            debug!("{from}: dropped another datagram of protocol version {version}");
+            return;
+        }
+        let peer = self.sessions.peer_at(from);
+        if peer.is_none() {
+            let interval = self.config.summary_interval;
+            if self
+                .stranger_version_at
+                .is_some_and(|at| now < at + interval)
+            {
+                debug!("{from}: dropped a datagram of protocol version {version} (a stranger; one was named lately)");
+                return;
+            }
+            self.stranger_version_at = Some(now);
+        }
+        self.versions.insert(from);
+        self.out.event(Event::PeerVersion {
+            peer,
+            addr: from,
+            version,
+        });
     }
 
     /// Feeds one decoded message.

@@ -7,9 +7,10 @@
 //! Also here, the two ways a flood is kept off the screen and the wire: the answer
 //! [limit](Outputs::limit) (while a datagram from an address that has not proved it
 //! receives is handled, what goes back to it may not exceed a budget of bytes), and
-//! [`Tally`], which turns many events into one.
+//! [`Tally`] and [`Seen`], which turn many events into one.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,44 @@ impl Tally {
     }
 }
 
+/// The keys already reported once (so that each is reported once), the newest `capacity`
+/// of them: memory stays bounded whatever the number of keys, at the price of reporting
+/// again one forgotten long ago.
+#[derive(Debug)]
+pub(super) struct Seen<K> {
+    set: HashSet<K>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Copy> Seen<K> {
+    pub fn new(capacity: usize) -> Self {
+        Seen {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.set.contains(key)
+    }
+
+    /// Remembers `key`, forgetting the oldest if full. True if it was not known.
+    pub fn insert(&mut self, key: K) -> bool {
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +259,17 @@ mod tests {
         t.add(t0 + 60 * s);
         assert_eq!(t.take_due(t0 + 60 * s), Some(1));
         assert_eq!(t.total(), 302);
+    }
+
+    #[test]
+    fn seen_remembers_the_newest_keys_only() {
+        let mut seen = Seen::new(2);
+        assert!(seen.insert(1));
+        assert!(!seen.insert(1));
+        assert!(seen.insert(2));
+        assert!(seen.insert(3));
+        assert!(!seen.contains(&1));
+        assert!(seen.contains(&3));
+        assert_eq!(seen.set.len(), 2);
     }
 }

@@ -272,6 +272,14 @@ impl Sessions {
         }
     }
 
+    /// The peer whose session (in any state) is at `addr`, if any (the first by id).
+    pub fn peer_at(&self, addr: SocketAddr) -> Option<ClientId> {
+        self.by_peer
+            .values()
+            .find(|s| s.addr == Some(addr))
+            .map(|s| s.peer)
+    }
+
     /// Every session and request, by peer id.
     pub fn info(&self) -> Vec<SessionInfo> {
         self.by_peer
