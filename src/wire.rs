@@ -214,7 +214,14 @@
 //! a finished transfer is acknowledged again.
 //!
 //! `reason` is one of `"Refused"`, `"Cancelled"`, `"ChecksumMismatch"`, `"DiskError"`,
-//! `"Expired"`, `"Unknown"`. A `FileCancel` is resent (like `Terminate`) until
+//! `"Expired"`, `"Unknown"`. A reason added since travels in an optional field, `precise`,
+//! with the nearest of those six in `reason`: `"NoSpace"` (the receiver does not have the
+//! free space the offer's `size` needs, and refuses before writing anything) is sent as
+//! `reason: "Refused", precise: "NoSpace"`. A peer that predates `precise` skips it (decoders
+//! skip fields they do not know) and sees a refusal; had `"NoSpace"` been put in `reason`, its
+//! decoder would have refused the whole datagram, with whatever was packed beside it. A
+//! receiver takes `precise` when it knows its value, else `reason` (a value it does not know
+//! in `precise` is not an error). A `FileCancel` is resent (like `Terminate`) until
 //! `FileCancelAck`, and is acknowledged even when the transfer is unknown. A `Chunk`,
 //! `FileGet` or `ChunkAck` for a transfer the receiver does not know is answered once with
 //! `FileCancel` `Unknown` (not resent). When the session ends, every transfer of it ends
@@ -473,12 +480,23 @@ pub enum Message {
     },
     /// Ends transfer `n` offered by `offerer` (either side may send it): refused, cancelled,
     /// or failed. Resent until `FileCancelAck`.
+    ///
+    /// A reason that older peers do not know (see [`FileEnd::is_new`]) travels in
+    /// `precise`, with `reason` set to the nearest one they know
+    /// ([`FileEnd::compatible`]): build it with [`Message::file_cancel`], read it with
+    /// [`Message::file_end`].
     FileCancel {
         from: ClientId,
         session: SessionId,
         offerer: ClientId,
         n: u64,
         reason: FileEnd,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient_file_end"
+        )]
+        precise: Option<FileEnd>,
     },
     /// Acknowledges a `FileCancel`.
     FileCancelAck {
@@ -504,6 +522,9 @@ pub enum FileEnd {
     Expired,
     /// The transfer is not known (any more) to the sender of the `FileCancel`.
     Unknown,
+    /// The receiver does not have the free space the file needs: refused before any byte
+    /// was written. New in this version: sent in `precise`, as `Refused` in `reason`.
+    NoSpace,
 }
 
 impl FileEnd {
@@ -516,6 +537,23 @@ impl FileEnd {
             FileEnd::DiskError => "disk_error",
             FileEnd::Expired => "expired",
             FileEnd::Unknown => "unknown_transfer",
+            FileEnd::NoSpace => "no_space",
+        }
+    }
+
+    /// Whether peers of this protocol version that predate it may not know this reason
+    /// (their decoder refuses a `FileCancel`, and the whole datagram with it, whose
+    /// `reason` it does not know).
+    pub fn is_new(self) -> bool {
+        matches!(self, FileEnd::NoSpace)
+    }
+
+    /// The nearest reason every peer knows: what goes in `reason` when this one goes in
+    /// `precise`.
+    pub fn compatible(self) -> FileEnd {
+        match self {
+            FileEnd::NoSpace => FileEnd::Refused,
+            known => known,
         }
     }
 }
@@ -582,6 +620,36 @@ impl Message {
             Message::ChunkAck { .. } => "ChunkAck",
             Message::FileCancel { .. } => "FileCancel",
             Message::FileCancelAck { .. } => "FileCancelAck",
+        }
+    }
+
+    /// A `FileCancel` for `reason`, readable by every peer: a reason older peers do not
+    /// know goes in `precise`, with the nearest one they know in `reason`.
+    pub fn file_cancel(
+        from: ClientId,
+        session: SessionId,
+        offerer: ClientId,
+        n: u64,
+        reason: FileEnd,
+    ) -> Message {
+        Message::FileCancel {
+            from,
+            session,
+            offerer,
+            n,
+            reason: reason.compatible(),
+            precise: reason.is_new().then_some(reason),
+        }
+    }
+
+    /// The reason of a `FileCancel`: `precise` when it has one this version knows, else
+    /// `reason` (`None` for other messages).
+    pub fn file_end(&self) -> Option<FileEnd> {
+        match self {
+            Message::FileCancel {
+                reason, precise, ..
+            } => Some(precise.unwrap_or(*reason)),
+            _ => None,
         }
     }
 }
@@ -906,6 +974,22 @@ fn bounded_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::E
     Ok(data)
 }
 
+/// Decodes the optional `precise` reason of a `FileCancel`, taking a reason this version
+/// does not know (one added later) as absent rather than as a malformed message, so that
+/// `reason` is used instead.
+fn lenient_file_end<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<FileEnd>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Known(FileEnd),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Lenient>::deserialize(d)? {
+        Some(Lenient::Known(end)) => Some(end),
+        Some(Lenient::Other(_)) | None => None,
+    })
+}
+
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
 /// read them; a string that is not an address fails decoding.
 mod addr_as_string {
@@ -1100,7 +1184,9 @@ mod tests {
                 offerer: 1,
                 n: 1,
                 reason: FileEnd::Refused,
+                precise: None,
             },
+            Message::file_cancel(2, 5, 1, 2, FileEnd::NoSpace),
             Message::FileCancelAck {
                 from: 1,
                 session: 5,
@@ -1118,6 +1204,93 @@ mod tests {
             assert_eq!(bytes[1], VERSION);
             assert_eq!(decode(&bytes), Ok(msg.clone()), "{msg:?}");
         }
+    }
+
+    /// `FileEnd` and `FileCancel` as a peer of this protocol version decoded them before
+    /// `NoSpace` and `precise` were added.
+    mod before_no_space {
+        use serde::Deserialize;
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        pub enum FileEnd {
+            Refused,
+            Cancelled,
+            ChecksumMismatch,
+            DiskError,
+            Expired,
+            Unknown,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        pub enum Message {
+            FileCancel {
+                from: u32,
+                session: u64,
+                offerer: u32,
+                n: u64,
+                reason: FileEnd,
+            },
+        }
+
+        pub fn decode(datagram: &[u8]) -> Result<Message, String> {
+            let mut body = &datagram[2..];
+            Message::deserialize(&mut rmp_serde::Deserializer::new(&mut body))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    #[test]
+    fn no_space_reads_as_a_refusal_to_a_peer_that_predates_it() {
+        let cancel = Message::file_cancel(2, 5, 1, 3, FileEnd::NoSpace);
+        assert_eq!(cancel.file_end(), Some(FileEnd::NoSpace));
+        let bytes = encode(&cancel);
+        assert_eq!(decode(&bytes).unwrap().file_end(), Some(FileEnd::NoSpace));
+        assert_eq!(
+            before_no_space::decode(&bytes),
+            Ok(before_no_space::Message::FileCancel {
+                from: 2,
+                session: 5,
+                offerer: 1,
+                n: 3,
+                reason: before_no_space::FileEnd::Refused,
+            })
+        );
+        // What it would have seen with NoSpace in `reason`: an error, and the whole
+        // datagram dropped.
+        let direct = encode(&Message::FileCancel {
+            from: 2,
+            session: 5,
+            offerer: 1,
+            n: 3,
+            reason: FileEnd::NoSpace,
+            precise: None,
+        });
+        let error = before_no_space::decode(&direct).unwrap_err();
+        assert!(error.contains("unknown variant `NoSpace`"), "{error}");
+        // The reasons every version knows still travel as they did, with no `precise`.
+        let refused = encode(&Message::file_cancel(2, 5, 1, 3, FileEnd::Refused));
+        assert!(!refused.windows(7).any(|w| w == b"precise"));
+        assert_eq!(
+            before_no_space::decode(&refused).map(|_| ()),
+            Ok(()),
+            "still readable"
+        );
+    }
+
+    #[test]
+    fn a_precise_reason_this_version_does_not_know_falls_back_to_reason() {
+        let bytes = encode(&Message::file_cancel(2, 5, 1, 3, FileEnd::NoSpace));
+        // A reason added by a later version, of the same length as NoSpace.
+        let at = bytes.windows(7).position(|w| w == b"NoSpace").unwrap();
+        let mut later = bytes.clone();
+        later[at..at + 7].copy_from_slice(b"TooLate");
+        let decoded = decode(&later).expect("not malformed");
+        assert_eq!(decoded.file_end(), Some(FileEnd::Refused));
+        // So is a value of another type.
+        let mut odd = bytes;
+        odd.truncate(at - 1);
+        odd.push(0x07);
+        assert_eq!(decode(&odd).unwrap().file_end(), Some(FileEnd::Refused));
     }
 
     #[test]

@@ -164,6 +164,7 @@ fn peer_message(
             offerer: from,
             n: a % 4,
             reason: p2pchat::wire::FileEnd::Cancelled,
+            precise: None,
         },
         _ => Message::FileCancelAck {
             from,

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::peer::{CommandError, Event, Peer};
+pub use crate::text::human_bytes;
 use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
 
@@ -393,22 +394,6 @@ pub fn json_error(message: &str) -> String {
 /// The human line for a refused command.
 pub fn human_error(err: &CommandError) -> String {
     format!("error: {}", sanitize(&err.to_string()))
-}
-
-/// `12.5 MiB`
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// `[#########-----------]  45%  12.3 MiB of 27.0 MiB  4.1 MiB/s  4 s left`

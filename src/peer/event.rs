@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::text::human_bytes;
 use crate::wire::{self, ClientId, Listed};
 
 /// Whom a command is for: a numeric id or a name, as the user typed it.
@@ -362,6 +363,9 @@ pub enum TransferFailure {
     NotStarted,
     /// No chunk came for the stall timeout, though the session lives.
     Stalled,
+    /// The receiver does not have the free space the file needs (`needed` bytes; `free`
+    /// when it is us, `None` when the peer said so): refused before anything was written.
+    NoSpace { needed: u64, free: Option<u64> },
 }
 
 impl TransferFailure {
@@ -380,6 +384,7 @@ impl TransferFailure {
             TransferFailure::BadName(_) => "bad_name",
             TransferFailure::NotStarted => "not_started",
             TransferFailure::Stalled => "stalled",
+            TransferFailure::NoSpace { .. } => "no_space",
         }
     }
 }
@@ -404,6 +409,20 @@ impl fmt::Display for TransferFailure {
             TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
             TransferFailure::NotStarted => write!(f, "the peer never started sending"),
             TransferFailure::Stalled => write!(f, "the peer stopped sending"),
+            TransferFailure::NoSpace {
+                needed,
+                free: Some(free),
+            } => write!(
+                f,
+                "not enough free space in the downloads directory: the file needs {}, {} are free",
+                human_bytes(*needed),
+                human_bytes(*free)
+            ),
+            TransferFailure::NoSpace { needed, free: None } => write!(
+                f,
+                "the peer does not have the {} of free space the file needs",
+                human_bytes(*needed)
+            ),
         }
     }
 }

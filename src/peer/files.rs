@@ -82,8 +82,13 @@ impl FileConfig {
 
 /// How a failure travels on the wire, both ways.
 impl TransferFailure {
-    fn from_wire(reason: FileEnd) -> Self {
+    /// The failure a peer's `FileCancel` says, for a transfer of `size` bytes.
+    fn from_wire(reason: FileEnd, size: u64) -> Self {
         match reason {
+            FileEnd::NoSpace => TransferFailure::NoSpace {
+                needed: size,
+                free: None,
+            },
             FileEnd::Refused => TransferFailure::Refused,
             FileEnd::Cancelled => TransferFailure::Cancelled { by_peer: true },
             FileEnd::ChecksumMismatch => TransferFailure::ChecksumMismatch,
@@ -106,6 +111,7 @@ impl TransferFailure {
             TransferFailure::Unknown => FileEnd::Unknown,
             TransferFailure::BadName(_) => FileEnd::Refused,
             TransferFailure::NotStarted | TransferFailure::Stalled => FileEnd::Cancelled,
+            TransferFailure::NoSpace { .. } => FileEnd::NoSpace,
         }
     }
 }
@@ -232,8 +238,9 @@ impl Files {
         self.transfers.iter().map(|(&n, t)| t.info(n)).collect()
     }
 
-    /// The offer `n` (or the only one waiting) for our answer: its number, peer and name.
-    pub fn pick_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+    /// The offer `n` (or the only one waiting) for our answer: its number, peer, name and
+    /// size.
+    pub fn pick_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String, u64), FileError> {
         let n = match n {
             Some(n) => match self.transfers.get(&n) {
                 Some(t) if matches!(t.kind, Kind::Offered) => n,
@@ -254,7 +261,7 @@ impl Files {
             }
         };
         let t = &self.transfers[&n];
-        Ok((n, t.link.peer, t.name.clone()))
+        Ok((n, t.link.peer, t.name.clone(), t.size))
     }
 
     /// The offers of peers waiting for our answer, by local number.
@@ -372,10 +379,17 @@ impl Files {
         Ok(())
     }
 
-    /// Refuses offer `n` (or the only one waiting). Returns its number.
-    pub fn refuse(&mut self, now: Instant, me: ClientId, n: Option<u64>) -> Result<u64, FileError> {
-        let (n, _, _) = self.pick_offer(n)?;
-        self.end(now, me, n, TransferFailure::Refused, true);
+    /// Refuses offer `n` (or the only one waiting), telling the peer `why` (the person's
+    /// `refuse` is [`TransferFailure::Refused`]). Returns its number.
+    pub fn refuse(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        n: Option<u64>,
+        why: TransferFailure,
+    ) -> Result<u64, FileError> {
+        let (n, _, _, _) = self.pick_offer(n)?;
+        self.end(now, me, n, why, true);
         Ok(n)
     }
 
@@ -435,16 +449,8 @@ impl Files {
 
     fn send_cancel(&mut self, me: ClientId, key: Key, to: SocketAddr, reason: FileEnd) {
         let (_, session, offerer, n) = key;
-        self.out.transmit(
-            to,
-            Message::FileCancel {
-                from: me,
-                session,
-                offerer,
-                n,
-                reason,
-            },
-        );
+        let cancel = Message::file_cancel(me, session, offerer, n, reason);
+        self.out.transmit(to, cancel);
     }
 
     fn remember(&mut self, key: Key, how: Closed) {
@@ -635,9 +641,8 @@ impl Files {
                     });
                 }
             }
-            Message::FileCancel {
-                offerer, n, reason, ..
-            } => {
+            Message::FileCancel { offerer, n, .. } => {
+                let reason = msg.file_end().unwrap_or(FileEnd::Cancelled);
                 let key = (peer, link.session, offerer, n);
                 self.reply(
                     link,
@@ -649,7 +654,9 @@ impl Files {
                     },
                 );
                 if let Some(&local) = self.index.get(&key) {
-                    self.end(now, me, local, TransferFailure::from_wire(reason), false);
+                    let size = self.transfers[&local].size;
+                    let why = TransferFailure::from_wire(reason, size);
+                    self.end(now, me, local, why, false);
                 }
             }
             Message::FileCancelAck { offerer, n, .. } => {

@@ -626,7 +626,24 @@ impl Peer {
     /// Refuses offer `n` (or the only one waiting).
     pub fn refuse_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
         let me = self.file_command_id()?;
-        self.files.refuse(now, me, n)
+        self.files.refuse(now, me, n, TransferFailure::Refused)
+    }
+
+    /// Refuses offer `n` because where it would be written has only `free` bytes left:
+    /// the peer is told `NoSpace`, the user `FileFailed` with [`TransferFailure::NoSpace`].
+    pub fn refuse_file_no_space(
+        &mut self,
+        now: Instant,
+        n: u64,
+        free: u64,
+    ) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        let (_, _, _, needed) = self.files.pick_offer(Some(n))?;
+        let why = TransferFailure::NoSpace {
+            needed,
+            free: Some(free),
+        };
+        self.files.refuse(now, me, Some(n), why)
     }
 
     /// Cancels transfer `n` (or the only one).
@@ -635,8 +652,9 @@ impl Peer {
         self.files.cancel(now, me, n)
     }
 
-    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name).
-    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name,
+    /// size).
+    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String, u64), FileError> {
         self.files.pick_offer(n)
     }
 
