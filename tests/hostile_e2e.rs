@@ -341,3 +341,147 @@ fn a_peer_of_another_protocol_version_gets_one_clear_line() {
     let status = client.wait_event("status", |v| v["event"] == "status");
     assert_eq!(status["id"], id);
 }
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in kB");
+    kb * 1024
+}
+
+#[test]
+fn a_flood_of_connection_requests_leaves_a_live_session_chatting_in_bounded_memory() {
+    const FLOOD: u32 = 100_000;
+    let server = Server::start(&[]);
+    let (mut b, idb, target) = target_client(&server, &[]);
+    let server_addr = server.addr.to_string();
+    let mut a = JsonClient::spawn(
+        "A",
+        &[
+            "--server",
+            &server_addr,
+            "--no-state",
+            "--retry-interval",
+            RETRY,
+        ],
+    );
+    let ida = a.wait_event("registered", |v| v["event"] == "registered")["id"].clone();
+    a.type_line(&format!("connect {idb}"));
+    b.wait_event("request", |v| v["event"] == "request");
+    b.type_line("accept");
+    a.wait_event("connected", |v| v["event"] == "connected");
+    // A few messages first, so that the session has measured its round trip (a message
+    // lost in the flood is then resent after about 50 ms, not the first second).
+    let mut k = 0;
+    for _ in 0..5 {
+        k += 1;
+        a.type_line(&format!("message {k} before the flood"));
+        a.wait_event("delivered", |v| v["event"] == "delivered" && v["seq"] == k);
+    }
+    let quiet_memory = peak_memory(b.proc.pid());
+    // The flood: distinct fake ids from another loopback address, at the rate measured
+    // on the client before the bounds (300,000 in 9 s), for 3 s.
+    const RATE: f64 = 33_000.0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+            let started = Instant::now();
+            let mut sent = 0u32;
+            while sent < FLOOD && started.elapsed() < Duration::from_secs(20) {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let request = Message::ConnectRequest {
+                    from: 1_000_000 + sent,
+                    session: u64::from(sent) << 20 | 0x5eed,
+                    name: Some(format!("flood{sent}")),
+                    display_name: None,
+                };
+                if sock.send_to(&wire::encode(&request), target).is_ok() {
+                    sent += 1;
+                }
+                if sent % 500 == 0 {
+                    let due = Duration::from_secs_f64(f64::from(sent) / RATE);
+                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                }
+            }
+            (sent, started.elapsed())
+        })
+    };
+    // Meanwhile, a chats with b, one message at a time.
+    let mut latencies = Vec::new();
+    while !flooder.is_finished() || k < 25 {
+        k += 1;
+        let t = Instant::now();
+        a.type_line(&format!("message {k} through the flood"));
+        a.wait_event_within(Duration::from_secs(10), "delivered", |v| {
+            v["event"] == "delivered" && v["seq"] == k
+        });
+        latencies.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(10).saturating_sub(t.elapsed()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, took) = flooder.join().unwrap();
+    b.read_for(Duration::from_millis(500));
+    let flooded_memory = peak_memory(b.proc.pid());
+    latencies.sort();
+    let max = *latencies.last().unwrap();
+    let p50 = latencies[latencies.len() / 2];
+    let requests = b.events("request").len();
+    let summaries: Vec<u64> = b
+        .events("requests_ignored")
+        .iter()
+        .map(|v| v["count"].as_u64().unwrap())
+        .collect();
+    // What b printed besides the chat itself.
+    let other_lines = b.log.iter().filter(|v| v["event"] != "message").count();
+    println!(
+        "flood: {sent} requests in {took:?}; b printed {other_lines} lines besides the chat \
+         ({requests} requests, summaries {summaries:?}); peak memory {} KiB before, {} KiB \
+         after; {} messages, send -> delivered p50 {p50:?}, max {max:?}",
+        quiet_memory / 1024,
+        flooded_memory / 1024,
+        latencies.len()
+    );
+    assert!(sent >= FLOOD / 2, "the flood sent only {sent}");
+    // Every message was delivered (waited for above), and promptly.
+    assert!(max < Duration::from_secs(2), "a message took {max:?}");
+    // Bounded memory and lines: a summary, not a line per request.
+    assert!(
+        flooded_memory < 20 << 20,
+        "peak memory {} KiB",
+        flooded_memory / 1024
+    );
+    assert!(
+        other_lines < 200,
+        "b printed {other_lines} lines: {:#?}",
+        b.log
+    );
+    assert!(!summaries.is_empty());
+    let shown: u64 = summaries.iter().sum::<u64>() + requests as u64;
+    assert!(shown <= u64::from(sent) + 1, "{shown} for {sent}");
+    // The messages arrived in order, once each.
+    let texts: Vec<String> = b
+        .events("message")
+        .iter()
+        .map(|v| v["text"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (1..=k)
+        .map(|k| match k {
+            1..=5 => format!("message {k} before the flood"),
+            _ => format!("message {k} through the flood"),
+        })
+        .collect();
+    assert_eq!(texts, expected);
+    assert!(b.events("message").iter().all(|v| v["from"] == ida));
+}
