@@ -1,8 +1,8 @@
-//! Does a flood stop the rendezvous server from serving a well-behaved client?
+//! Does a flood stop the rendezvous server, or a client, from serving the well-behaved?
 //!
-//! Runs the real server loop (`p2pchat::driver::Server`) on a thread, registers one
-//! well-behaved client, and measures the round trip of its lookups (one at a time) in three
-//! phases of the same run:
+//! The server: runs the real server loop (`p2pchat::driver::Server`) on a thread, registers
+//! one well-behaved client, and measures the round trip of its lookups (one at a time) in
+//! three phases of the same run:
 //!
 //! 1. no flood;
 //! 2. one source sending garbage as fast as it can;
@@ -12,10 +12,18 @@
 //! how many lookups got no answer within a second, and what the registration rate limit let
 //! through.
 //!
+//! A client: two [`Endpoint`]s (the library's client loop) with a session, each on a
+//! thread, measure chat latency (`send` to `Delivered`, one message of 100 bytes at a time)
+//! in two more phases: no flood, and one source (127.0.0.2) sending `ConnectRequest`s with
+//! distinct fake ids to the receiving client as fast as it can. It prints p50/p99/max, the
+//! flood's rate, and what the receiving client held, ignored and showed.
+//!
 //! ```sh
 //! cargo run --release --example flood_latency            # 3 s per phase
 //! cargo run --release --example flood_latency -- 10      # 10 s per phase
 //! ```
+
+mod bench_common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,12 +31,16 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use p2pchat::driver::{Server, ServerOptions};
+use bench_common::{connected_pair, percentile, us};
+use p2pchat::driver::{Endpoint, Server, ServerOptions};
+use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
-use p2pchat::wire::{self, Message};
+use p2pchat::wire::{self, ClientId, Message};
 
 struct Phase {
     name: &'static str,
+    /// What one sample is the round trip of: a lookup, a chat message.
+    unit: &'static str,
     latencies: Vec<Duration>,
     lost: u64,
     elapsed: Duration,
@@ -78,6 +90,13 @@ fn main() {
         Some(Flood::Register),
     );
 
+    // The client phases, with the same server.
+    let (a, b, _, idb) = connected_pair(server_addr);
+    let mut chat = Chat::start(a, b, idb);
+    let calm = chat.run(phase_len, "client chat, no flood", false);
+    let flooded = chat.run(phase_len, "client chat, request flood", true);
+    let receiver = chat.stop();
+
     stopper.stop();
     let stats = server_thread
         .join()
@@ -90,6 +109,174 @@ fn main() {
         "server counters: {} datagrams, {} garbage, {} malformed, {} registrations rate-limited",
         stats.datagrams, stats.garbage, stats.malformed, stats.rate_limited
     );
+    for p in [&calm, &flooded] {
+        report(p, &calm);
+    }
+    println!(
+        "receiving client: {} datagrams received, {} messages shown in order; {} requests \
+         shown, {} ignored ({} of them in {} summary lines so far), {} other lines; requests \
+         waiting at the end: {}",
+        receiver.datagrams,
+        receiver.shown,
+        receiver.requests,
+        receiver.ignored_total,
+        receiver.ignored,
+        receiver.summaries,
+        receiver.other_lines,
+        receiver.pending
+    );
+}
+
+/// What the receiving client did in the client phases.
+struct Receiver {
+    datagrams: u64,
+    shown: u64,
+    requests: u64,
+    /// Counted in `RequestsIgnored` events, and in all.
+    ignored: u64,
+    ignored_total: u64,
+    summaries: u64,
+    other_lines: u64,
+    pending: usize,
+}
+
+/// A session between two endpoints: the sender here, the receiver on a thread that shows
+/// what comes until stopped (and the events a flood of requests causes).
+struct Chat {
+    sender: Endpoint,
+    to: ClientId,
+    target: SocketAddr,
+    stop: Arc<AtomicBool>,
+    receiver: Option<thread::JoinHandle<Receiver>>,
+}
+
+impl Chat {
+    fn start(sender: Endpoint, mut receiver: Endpoint, to: ClientId) -> Chat {
+        let target = receiver.local_addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut r = Receiver {
+                    datagrams: 0,
+                    ignored_total: 0,
+                    shown: 0,
+                    requests: 0,
+                    ignored: 0,
+                    summaries: 0,
+                    other_lines: 0,
+                    pending: 0,
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    receiver
+                        .turn(Some(Duration::from_millis(20)), |_| {})
+                        .unwrap();
+                    while let Some(ev) = receiver.peer().poll_event() {
+                        match ev {
+                            Event::Message { seq, .. } => {
+                                r.shown += 1;
+                                assert_eq!(seq, r.shown, "shown in order, once");
+                            }
+                            Event::Request { .. } => r.requests += 1,
+                            Event::RequestsIgnored { count } => {
+                                r.ignored += count;
+                                r.summaries += 1;
+                            }
+                            _ => r.other_lines += 1,
+                        }
+                    }
+                }
+                r.pending = receiver.peer().pending_requests().len();
+                r.ignored_total = receiver.peer().stats().requests_ignored;
+                r.datagrams = receiver.datagrams().1;
+                r
+            })
+        };
+        Chat {
+            sender,
+            to,
+            target,
+            stop,
+            receiver: Some(handle),
+        }
+    }
+
+    /// Measures for `len`, with a flood of requests at the receiver if `flood`.
+    fn run(&mut self, len: Duration, name: &'static str, flood: bool) -> Phase {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let flooder = flood.then(|| {
+            let (stop, sent, target) = (Arc::clone(&stop), Arc::clone(&sent), self.target);
+            thread::spawn(move || flood_requests(target, &stop, &sent))
+        });
+        if flood {
+            thread::sleep(Duration::from_millis(200));
+        }
+        let text = "x".repeat(100);
+        let mut latencies = Vec::new();
+        let mut lost = 0;
+        let started = Instant::now();
+        while started.elapsed() < len {
+            let t = Instant::now();
+            let seq = self.sender.peer().send(t, Some(self.to), &text).unwrap()[0];
+            'wait: loop {
+                self.sender
+                    .turn(Some(Duration::from_millis(100)), |_| {})
+                    .unwrap();
+                while let Some(ev) = self.sender.peer().poll_event() {
+                    match ev {
+                        Event::Delivered { seq: s, .. } if s == seq => {
+                            latencies.push(t.elapsed());
+                            break 'wait;
+                        }
+                        Event::Sent { .. } | Event::Delivered { .. } => {}
+                        Event::Undelivered { .. } => lost += 1,
+                        other => panic!("sender: unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        if let Some(f) = flooder {
+            f.join().unwrap();
+        }
+        Phase {
+            name,
+            unit: "message",
+            latencies,
+            lost,
+            elapsed,
+            flood_sent: sent.load(Ordering::SeqCst),
+        }
+    }
+
+    fn stop(mut self) -> Receiver {
+        self.stop.store(true, Ordering::SeqCst);
+        self.receiver
+            .take()
+            .expect("running")
+            .join()
+            .expect("receiver")
+    }
+}
+
+/// `ConnectRequest`s with distinct fake ids, from 127.0.0.2, as fast as one socket sends.
+fn flood_requests(target: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
+    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut id: u32 = 1_000_000;
+    while !stop.load(Ordering::Relaxed) {
+        let request = Message::ConnectRequest {
+            from: id,
+            session: u64::from(id) << 16,
+            name: None,
+            display_name: None,
+        };
+        if s.send_to(&wire::encode(&request), target).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        id = id.wrapping_add(1);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -162,6 +349,7 @@ fn measure(
     }
     Phase {
         name,
+        unit: "lookup",
         latencies,
         lost,
         elapsed,
@@ -208,18 +396,9 @@ fn run_flood(kind: Flood, server: SocketAddr, stop: &AtomicBool, sent: &AtomicU6
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn report(p: &Phase, baseline: &Phase) {
     let mut l = p.latencies.clone();
     l.sort_unstable();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
     let rate = l.len() as f64 / p.elapsed.as_secs_f64();
     let flood = if p.flood_sent > 0 {
         format!(
@@ -232,12 +411,14 @@ fn report(p: &Phase, baseline: &Phase) {
     let mut b = baseline.latencies.clone();
     b.sort_unstable();
     println!(
-        "{}: lookup p50 {:.0} us, p99 {:.0} us, max {:.0} us, {:.0} lookups/s, {} unanswered{} (p99 {:.1}x the no-flood p99)",
+        "{}: {} p50 {:.0} us, p99 {:.0} us, max {:.0} us, {:.0} {}s/s, {} unanswered{} (p99 {:.1}x the no-flood p99)",
         p.name,
+        p.unit,
         us(percentile(&l, 0.5)),
         us(percentile(&l, 0.99)),
         us(l.last().copied().unwrap_or_default()),
         rate,
+        p.unit,
         p.lost,
         flood,
         us(percentile(&l, 0.99)) / us(percentile(&b, 0.99)).max(1e-9),
