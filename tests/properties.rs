@@ -9,6 +9,8 @@
 //! - Arbitrary datagrams (raw, well-formed, or forged with a real session id) from arbitrary
 //!   addresses, and arbitrary user commands, into two connected `Peer`s on a lossy simulated
 //!   network never panic, and never show a message twice or out of order in a session.
+//! - Arbitrary datagrams into a connected `Peer` from addresses that have not proved they
+//!   receive are never answered, in all, with more bytes than came from each address.
 //!
 //! A failure prints the shrunk input; proptest also records its seed in
 //! `tests/properties.proptest-regressions`, and every case there is replayed first on the
@@ -692,6 +694,83 @@ proptest! {
             if let Err(e) = check_sessions(&events) {
                 return Err(TestCaseError::fail(format!("peer {i} (seed {seed}): {e}")));
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_peer_never_answers_an_unproven_address_with_more_bytes_than_it_sent(
+        seed in any::<u64>(),
+        ops in vec((0usize..2, prop_oneof![
+            3 => Just(None),
+            1 => arb_addr().prop_map(Some),
+        ], payload(), 0u64..2_000), 10..80),
+    ) {
+        let config = PeerConfig::new(SERVER, Duration::from_secs(1));
+        let mut s = Sim::new(seed, NetConfig::perfect());
+        let v = s.add_registered_peers(2, &config);
+        let (a, b) = (v[0], v[1]);
+        s.connect(a, b);
+        s.expect(Duration::from_secs(60), "the request arrives", |s| {
+            s.peer(b).pending_requests() == vec![s.id(a)]
+        });
+        s.accept(b, None);
+        s.expect(Duration::from_secs(60), "connected", |s| {
+            s.peer(a).connected_peers() == vec![s.id(b)]
+        });
+        let ids = [s.id(a), s.id(b)];
+        // A few strangers, so that requests and their credit come into play.
+        let strangers: Vec<SocketAddr> = (0..3)
+            .map(|k| SocketAddr::from(([10, 9, 9, 9], 6666 + k)))
+            .collect();
+        // Bytes received from, and sent in answer to, each address while it was unproven.
+        let mut received: BTreeMap<(usize, SocketAddr), usize> = BTreeMap::new();
+        let mut answered: BTreeMap<(usize, SocketAddr), usize> = BTreeMap::new();
+        for (k, (to, from, what, ms)) in ops.into_iter().enumerate() {
+            let src = from.unwrap_or(strangers[k % strangers.len()]);
+            if src == SERVER || src == s.addr(a) || src == s.addr(b) {
+                continue;
+            }
+            let bytes = match what {
+                Payload::Bytes(b) => b,
+                Payload::Message(m) => encode(&m),
+                Payload::Forged { session, from_other, kind, a, b: n, text, .. } => {
+                    let sessions: Vec<SessionId> =
+                        s.log.iter().filter_map(|r| Message::session(&r.message)).collect();
+                    let session = sessions[session.index(sessions.len())];
+                    let from = if from_other { ids[1 - to] } else { ids[to] };
+                    encode(&peer_message(kind, from, session, a, n, text))
+                }
+            };
+            let me = v[to];
+            if s.peer(me).is_finished() {
+                continue;
+            }
+            let proven_before = s.peer(me).proves_receipt(src);
+            let mark = s.log.len();
+            s.command(me, |p, now| p.handle_datagram(now, src, &bytes));
+            let proven_after = s.peer(me).proves_receipt(src);
+            if !proven_before && !proven_after {
+                let here = s.addr(me);
+                let back: usize = s.log[mark..]
+                    .iter()
+                    .filter(|r| r.from == here && r.to == src)
+                    .map(|r| encode(&r.message).len())
+                    .sum();
+                let got = received.entry((to, src)).or_default();
+                *got += bytes.len();
+                let sent = answered.entry((to, src)).or_default();
+                *sent += back;
+                prop_assert!(
+                    *sent <= *got,
+                    "peer {} answered {} {} bytes in all for {} received (seed {})",
+                    to, src, *sent, *got, seed
+                );
+            }
+            s.run_for(Duration::from_millis(ms));
         }
     }
 }
