@@ -69,6 +69,20 @@ fn run_timers(p: &mut Peer, until: Instant) -> (Vec<Transmit>, Vec<Event>) {
     panic!("timers still due after 10,000 turns");
 }
 
+/// Peer `asker` asks `asked`, which accepts; returns once the asker is connected.
+fn connect(s: &mut Sim, asker: usize, asked: usize) {
+    let id = s.id(asker);
+    s.connect(asker, asked);
+    s.expect(secs(60), "the request arrives", |s| {
+        s.has(asked, |e| *e == Event::Request { from: id })
+    });
+    s.accept(asked, Some(id));
+    let peer = s.id(asked);
+    s.expect(secs(60), "connected", |s| {
+        s.peer(asker).connected_peers().contains(&peer)
+    });
+}
+
 fn ignored_counts(events: &[Event]) -> Vec<u64> {
     events
         .iter()
@@ -175,14 +189,7 @@ fn a_new_session_request_past_the_bounds_does_not_end_the_session_it_would_repla
     cfg.max_requests_per_source = 1;
     let v = s.add_registered_peers(3, &cfg);
     let (a, b, c) = (v[0], v[1], v[2]);
-    s.connect(a, b);
-    s.expect(secs(60), "request", |s| {
-        s.has(b, |e| matches!(e, Event::Request { .. }))
-    });
-    s.accept(b, None);
-    s.expect(secs(60), "connected", |s| {
-        s.has(a, |e| matches!(e, Event::Connected { .. }))
-    });
+    connect(&mut s, a, b);
     // A stranger at a's address (a forged source) holds the one slot of that source.
     s.deliver_now(
         s.addr(a),
@@ -215,14 +222,7 @@ fn chat_on_a_live_session_is_delivered_while_a_stranger_floods_requests() {
     let mut s = Sim::new(SEED, NetConfig::perfect());
     let v = s.add_registered_peers(2, &default_config());
     let (a, b) = (v[0], v[1]);
-    s.connect(a, b);
-    s.expect(secs(60), "request", |s| {
-        s.has(b, |e| matches!(e, Event::Request { .. }))
-    });
-    s.accept(b, None);
-    s.expect(secs(60), "connected", |s| {
-        s.has(a, |e| matches!(e, Event::Connected { .. }))
-    });
+    connect(&mut s, a, b);
     let idb = s.id(b);
     let stranger = addr([10, 9, 9, 9], 6666);
     for k in 0..50u32 {
@@ -283,17 +283,8 @@ fn file_offers_past_the_bounds_per_peer_and_in_all_are_refused_and_summed_up() {
     cfg.files.max_offers = 24;
     let v = s.add_registered_peers(3, &cfg);
     let (a, b, c) = (v[0], v[1], v[2]);
-    for i in [a, c] {
-        s.connect(i, b);
-        let id = s.id(i);
-        s.expect(secs(60), "request", |s| {
-            s.has(b, |e| *e == Event::Request { from: id })
-        });
-        s.accept(b, Some(id));
-        s.expect(secs(60), "connected", |s| {
-            s.has(i, |e| matches!(e, Event::Connected { .. }))
-        });
-    }
+    connect(&mut s, a, b);
+    connect(&mut s, c, b);
     // 20 offers from a: 16 held (per peer), 4 refused.
     offer_files(&mut s, &[a], b, 20);
     let held = |s: &Sim| s.count(b, |e| matches!(e, Event::FileOffer { .. }));
@@ -512,14 +503,7 @@ fn a_connected_peer_is_answered_freely_also_just_after_it_ended_the_session() {
     let mut s = Sim::new(SEED, NetConfig::perfect());
     let v = s.add_registered_peers(2, &default_config());
     let (a, b) = (v[0], v[1]);
-    s.connect(a, b);
-    s.expect(secs(60), "request", |s| {
-        s.has(b, |e| matches!(e, Event::Request { .. }))
-    });
-    s.accept(b, None);
-    s.expect(secs(60), "connected", |s| {
-        s.has(a, |e| matches!(e, Event::Connected { .. }))
-    });
+    connect(&mut s, a, b);
     let (ida, idb) = (s.id(a), s.id(b));
     assert!(s.peer(b).proves_receipt(s.addr(a)));
     assert!(!s.peer(b).proves_receipt(stranger()));
