@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{connected_pair, percentile, us};
+use bench_common::{connected_pair, percentile, time_delivery, us, Turning};
 use p2pchat::driver::{Endpoint, Server, ServerOptions};
 use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
@@ -128,6 +128,7 @@ fn main() {
 }
 
 /// What the receiving client did in the client phases.
+#[derive(Default)]
 struct Receiver {
     datagrams: u64,
     shown: u64,
@@ -146,118 +147,65 @@ struct Chat {
     sender: Endpoint,
     to: ClientId,
     target: SocketAddr,
-    stop: Arc<AtomicBool>,
-    receiver: Option<thread::JoinHandle<Receiver>>,
+    receiver: Turning<Receiver>,
 }
 
 impl Chat {
-    fn start(sender: Endpoint, mut receiver: Endpoint, to: ClientId) -> Chat {
+    fn start(sender: Endpoint, receiver: Endpoint, to: ClientId) -> Chat {
         let target = receiver.local_addr();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut r = Receiver {
-                    datagrams: 0,
-                    ignored_total: 0,
-                    shown: 0,
-                    requests: 0,
-                    ignored: 0,
-                    summaries: 0,
-                    other_lines: 0,
-                    pending: 0,
-                };
-                while !stop.load(Ordering::SeqCst) {
-                    receiver
-                        .turn(Some(Duration::from_millis(20)), |_| {})
-                        .unwrap();
-                    while let Some(ev) = receiver.peer().poll_event() {
-                        match ev {
-                            Event::Message { seq, .. } => {
-                                r.shown += 1;
-                                assert_eq!(seq, r.shown, "shown in order, once");
-                            }
-                            Event::Request { .. } => r.requests += 1,
-                            Event::RequestsIgnored { count } => {
-                                r.ignored += count;
-                                r.summaries += 1;
-                            }
-                            _ => r.other_lines += 1,
-                        }
-                    }
-                }
-                r.pending = receiver.peer().pending_requests().len();
-                r.ignored_total = receiver.peer().stats().requests_ignored;
-                r.datagrams = receiver.datagrams().1;
-                r
-            })
-        };
+        let receiver = Turning::start(receiver, None, Receiver::default(), |r, ev| match ev {
+            Event::Message { seq, .. } => {
+                r.shown += 1;
+                assert_eq!(seq, r.shown, "shown in order, once");
+            }
+            Event::Request { .. } => r.requests += 1,
+            Event::RequestsIgnored { count } => {
+                r.ignored += count;
+                r.summaries += 1;
+            }
+            _ => r.other_lines += 1,
+        });
         Chat {
             sender,
             to,
             target,
-            stop,
-            receiver: Some(handle),
+            receiver,
         }
     }
 
     /// Measures for `len`, with a flood of requests at the receiver if `flood`.
     fn run(&mut self, len: Duration, name: &'static str, flood: bool) -> Phase {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let flooder = flood.then(|| {
-            let (stop, sent, target) = (Arc::clone(&stop), Arc::clone(&sent), self.target);
-            thread::spawn(move || flood_requests(target, &stop, &sent))
-        });
-        if flood {
-            thread::sleep(Duration::from_millis(200));
-        }
+        let target = self.target;
+        let flooding =
+            Flooding::start(flood.then_some(move |stop: &AtomicBool, sent: &AtomicU64| {
+                flood_requests(target, stop, sent)
+            }));
         let text = "x".repeat(100);
         let mut latencies = Vec::new();
         let mut lost = 0;
         let started = Instant::now();
         while started.elapsed() < len {
-            let t = Instant::now();
-            let seq = self.sender.peer().send(t, Some(self.to), &text).unwrap()[0];
-            'wait: loop {
-                self.sender
-                    .turn(Some(Duration::from_millis(100)), |_| {})
-                    .unwrap();
-                while let Some(ev) = self.sender.peer().poll_event() {
-                    match ev {
-                        Event::Delivered { seq: s, .. } if s == seq => {
-                            latencies.push(t.elapsed());
-                            break 'wait;
-                        }
-                        Event::Sent { .. } | Event::Delivered { .. } => {}
-                        Event::Undelivered { .. } => lost += 1,
-                        other => panic!("sender: unexpected {other:?}"),
-                    }
-                }
+            match time_delivery(&mut self.sender, self.to, &text) {
+                Some(took) => latencies.push(took),
+                None => lost += 1,
             }
-        }
-        let elapsed = started.elapsed();
-        stop.store(true, Ordering::SeqCst);
-        if let Some(f) = flooder {
-            f.join().unwrap();
         }
         Phase {
             name,
             unit: "message",
             latencies,
             lost,
-            elapsed,
-            flood_sent: sent.load(Ordering::SeqCst),
+            elapsed: started.elapsed(),
+            flood_sent: flooding.finish(),
         }
     }
 
-    fn stop(mut self) -> Receiver {
-        self.stop.store(true, Ordering::SeqCst);
-        self.receiver
-            .take()
-            .expect("running")
-            .join()
-            .expect("receiver")
+    fn stop(self) -> Receiver {
+        let (mut endpoint, mut r) = self.receiver.stop();
+        r.pending = endpoint.peer().pending_requests().len();
+        r.ignored_total = endpoint.peer().stats().requests_ignored;
+        r.datagrams = endpoint.datagrams().1;
+        r
     }
 }
 
@@ -308,16 +256,9 @@ fn measure(
     name: &'static str,
     flood: Option<Flood>,
 ) -> Phase {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let flooder = flood.map(|kind| {
-        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-        thread::spawn(move || run_flood(kind, server, &stop, &sent))
-    });
-    // Let the flood reach full speed first.
-    if flooder.is_some() {
-        thread::sleep(Duration::from_millis(200));
-    }
+    let flooding = Flooding::start(flood.map(|kind| {
+        move |stop: &AtomicBool, sent: &AtomicU64| run_flood(kind, server, stop, sent)
+    }));
     let lookup = wire::encode(&Message::Lookup { id });
     let mut buf = [0u8; 2048];
     let mut latencies = Vec::new();
@@ -342,18 +283,49 @@ fn measure(
             }
         }
     }
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    if let Some(f) = flooder {
-        f.join().unwrap();
-    }
     Phase {
         name,
         unit: "lookup",
         latencies,
         lost,
-        elapsed,
-        flood_sent: sent.load(Ordering::SeqCst),
+        elapsed: started.elapsed(),
+        flood_sent: flooding.finish(),
+    }
+}
+
+/// A flood on a thread of its own, if any, until [`Flooding::finish`].
+struct Flooding {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Flooding {
+    /// Starts `flood` (told when to stop, and counting what it sent), and gives it time
+    /// to reach full speed.
+    fn start<F>(flood: Option<F>) -> Flooding
+    where
+        F: FnOnce(&AtomicBool, &AtomicU64) + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let thread = flood.map(|flood| {
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+            thread::spawn(move || flood(&stop, &sent))
+        });
+        if thread.is_some() {
+            thread::sleep(Duration::from_millis(200));
+        }
+        Flooding { stop, sent, thread }
+    }
+
+    /// Stops the flood; returns how many datagrams it sent.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread {
+            t.join().expect("the flood thread");
+        }
+        self.sent.load(Ordering::SeqCst)
     }
 }
 
