@@ -166,10 +166,12 @@
 //! their `Accept`, or our person accepted their request), also after such a session ends
 //! for as long as a `Terminate` of it may still be resent. To anyone else, the answers to
 //! one datagram (each counted as if it went alone, header included) may total the
-//! datagram's length plus what that address has sent and not been answered for while it
-//! holds a request waiting for our answer; answers that do not fit are not sent. So a reset
-//! or a `TerminateAck` to a stranger may not come (a `Ping` of 32 bytes is smaller than the
-//! `Terminate` of 37 that would answer it): the stale session then ends by its timeout.
+//! datagram's length plus what that address has sent and not been answered for while a
+//! connection request was pending with it, either way; answers that do not fit are not
+//! sent. So a reset or a `TerminateAck` to a stranger may not come (a `Ping` of 32 bytes is
+//! smaller than the `Terminate` of 37 that would answer it): the stale session then ends by
+//! its timeout. A peer we are asking to connect gets the reset of its stale session at its
+//! second `Ping`.
 //!
 //! **Bounds.** A client holds at most 64 connection requests waiting for its person's answer,
 //! and at most 8 from one source (an IPv4 address, or an IPv6 /64); it ignores others (no

@@ -631,3 +631,41 @@ fn strangers_of_another_version_are_named_at_most_once_per_summary_interval() {
     // Nothing is ever sent back to them.
     assert_eq!(p.stats().other_version, 1_001);
 }
+
+#[test]
+fn a_peer_we_are_asking_gets_its_stale_session_reset_from_the_credit_of_its_pings() {
+    // We restarted and ask client 2 again; it still pings the session of our last run. Each
+    // Ping (32 bytes) is smaller than the reset (37): the first is not answered, its bytes
+    // are credit, and the second is answered, so that 2 ends the stale session and takes
+    // our request.
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    let two = addr([10, 0, 1, 2], 4000);
+    p.connect(t0, 2).unwrap();
+    let found = Message::Found {
+        id: 2,
+        addr: two,
+        name: None,
+        display_name: None,
+    };
+    p.handle_datagram(t0, SERVER, &encode(&found));
+    drain(&mut p);
+    let ping = encode(&Message::Ping {
+        from: 2,
+        session: 99,
+    });
+    let resets = |sent: &[Transmit]| {
+        sent.iter()
+            .filter(|t| t.to == two && matches!(t.message, Message::Terminate { session: 99, .. }))
+            .count()
+    };
+    p.handle_datagram(t0, two, &ping);
+    assert_eq!(resets(&drain(&mut p).0), 0);
+    p.handle_datagram(t0 + secs(1), two, &ping);
+    assert_eq!(resets(&drain(&mut p).0), 1);
+    // The same from a stranger, with no request pending: never answered.
+    for k in 0..5 {
+        p.handle_datagram(t0 + secs(k), stranger(), &ping);
+        assert_eq!(drain(&mut p).0.len(), 0);
+    }
+}

@@ -679,9 +679,9 @@ impl Peer {
     ///
     /// At most [`wire::MAX_PEER_MESSAGES`] of its messages are handled. While `from` has not
     /// proved it receives (see [`Peer::proves_receipt`]), what is sent back to it in answer
-    /// totals at most the datagram's length, plus the credit of a request it holds (what
-    /// it sent before and was not answered for); the rest is withheld and counted
-    /// ([`PeerStats::withheld`]).
+    /// totals at most the datagram's length, plus its credit while a connection request is
+    /// pending with it, either way (what it sent before and was not answered for); the rest
+    /// is withheld and counted ([`PeerStats::withheld`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match wire::decode_all(datagram) {
             Ok(mut messages) => {

@@ -54,12 +54,14 @@ enum Timer {
 /// The most bytes of credit an address holding a request keeps (see [`Held`]).
 const MAX_CREDIT: usize = wire::MAX_DATAGRAM;
 
-/// The requests waiting for our answer from one address.
+/// The requests pending with one address, either way: its requests waiting for our answer,
+/// and ours waiting for its.
 #[derive(Debug, Default)]
 struct Held {
     requests: u32,
-    /// Bytes received from the address while it held a request, less the bytes sent to it
-    /// in answer: what it may still be answered with beyond a datagram's own length.
+    /// Bytes received from the address while a request was pending with it, less the bytes
+    /// sent to it in answer: what it may still be answered with beyond a datagram's own
+    /// length.
     credit: usize,
 }
 
@@ -76,9 +78,10 @@ struct Index {
     retired: VecDeque<(SocketAddr, Instant)>,
     /// Connected peers, in id order.
     connected: BTreeSet<ClientId>,
-    /// Requests waiting for our answer: in all, per source, per address.
+    /// Requests waiting for our answer: in all, and per source.
     incoming: usize,
     by_source: HashMap<IpAddr, u32>,
+    /// Requests pending either way, per address.
     held: HashMap<SocketAddr, Held>,
 }
 
@@ -94,6 +97,9 @@ impl Index {
                 *self.by_source.entry(source(addr.ip())).or_default() += 1;
                 self.held.entry(addr).or_default().requests += 1;
             }
+            (State::Requesting { .. }, Some(addr)) => {
+                self.held.entry(addr).or_default().requests += 1;
+            }
             _ => {}
         }
     }
@@ -107,14 +113,20 @@ impl Index {
             (State::Incoming { .. }, Some(addr)) => {
                 self.incoming -= 1;
                 decrement(&mut self.by_source, source(addr.ip()));
-                if let Some(h) = self.held.get_mut(&addr) {
-                    h.requests -= 1;
-                    if h.requests == 0 {
-                        self.held.remove(&addr);
-                    }
-                }
+                self.release(addr);
             }
+            (State::Requesting { .. }, Some(addr)) => self.release(addr),
             _ => {}
+        }
+    }
+
+    /// A request pending with `addr` is over; with the last one its credit goes.
+    fn release(&mut self, addr: SocketAddr) {
+        if let Some(h) = self.held.get_mut(&addr) {
+            h.requests -= 1;
+            if h.requests == 0 {
+                self.held.remove(&addr);
+            }
         }
     }
 
@@ -264,8 +276,8 @@ impl Sessions {
             .map_or(0, |h| std::mem::take(&mut h.credit))
     }
 
-    /// What is left of the budget of a datagram from `addr` becomes its credit, if it
-    /// holds a request waiting for our answer.
+    /// What is left of the budget of a datagram from `addr` becomes its credit, if a
+    /// request is pending with it (its, waiting for our answer, or ours, for its).
     pub fn give_credit(&mut self, addr: SocketAddr, bytes: usize) {
         if let Some(h) = self.index.held.get_mut(&addr) {
             h.credit = bytes.min(MAX_CREDIT);
@@ -746,8 +758,10 @@ impl Sessions {
         let retry = Retry::first(now + self.cfg.retry_interval);
         match self.by_peer.get_mut(&peer) {
             Some(s) if matches!(s.state, State::LookingUp { .. }) => {
+                self.index.remove(s);
                 s.addr = Some(addr);
                 s.state = State::Requesting { retry };
+                self.index.add(s);
                 out.transmit(addr, self.cfg.request(me, s.id));
                 self.reschedule(peer);
                 true
