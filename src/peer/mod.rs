@@ -773,7 +773,9 @@ impl Peer {
         });
     }
 
-    /// Feeds one decoded message.
+    /// Feeds one decoded message. No answer limit applies (it is counted against the
+    /// datagram's length): a driver that receives datagrams feeds them to
+    /// [`Peer::handle_datagram`].
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         self.handle_one(now, from, msg);
         self.flush(now);
