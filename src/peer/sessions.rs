@@ -284,8 +284,14 @@ impl Sessions {
         }
     }
 
-    /// The peer whose session (in any state) is at `addr`, if any (the first by id).
+    /// The peer whose session (in any state) is at `addr`, if any (the first by id). A
+    /// stranger's address, in neither index, costs no walk of the table.
     pub fn peer_at(&self, addr: SocketAddr) -> Option<ClientId> {
+        if !self.index.held.contains_key(&addr) && !self.index.proven.contains_key(&addr) {
+            // Requests (either way) and connected sessions are indexed by address; a
+            // lookup has none, and the one that learns it from a request opens at once.
+            return None;
+        }
         self.by_peer
             .values()
             .find(|s| s.addr == Some(addr))
