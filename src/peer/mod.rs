@@ -698,8 +698,11 @@ impl Peer {
                 // not proved it receives (one that proves it midway, with an Accept, is
                 // answered freely from there).
                 let mut budget: Option<usize> = None;
+                // Once proved (at the start, or by an Accept midway), for the whole datagram.
+                let mut proven = false;
                 for msg in messages {
-                    let limited = !self.proves_receipt(from);
+                    proven = proven || self.proves_receipt(from);
+                    let limited = !proven;
                     if limited {
                         let credit = &mut self.sessions;
                         let left = *budget.get_or_insert_with(|| {

@@ -100,6 +100,8 @@ pub(super) struct Session {
     queued_ack: Option<u64>,
     /// Started by the queue (not by the user): its failures are not shown.
     pub auto: bool,
+    /// The deadline the table of sessions last set for it (see `Timers::set`).
+    pub scheduled: Option<Instant>,
 }
 
 /// What [`Session::handle_timeout`] found.
@@ -131,6 +133,7 @@ impl Session {
             last_sent: now,
             queued_ack: None,
             auto: false,
+            scheduled: None,
         }
     }
 

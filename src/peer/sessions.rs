@@ -40,6 +40,8 @@ struct Closing {
     announce: bool,
     /// The session was connected: its address has proved it receives.
     proven: bool,
+    /// The deadline last set in the timers.
+    scheduled: Option<Instant>,
 }
 
 /// What has a deadline in [`Sessions`].
@@ -681,23 +683,28 @@ impl Sessions {
         );
         let proven = s.is_connected();
         let retry = Retry::first(now + period);
-        let closing = Closing {
+        let mut closing = Closing {
             peer: s.peer,
             addr,
             retry,
             period,
             announce,
             proven,
+            scheduled: None,
         };
         if proven {
             self.index.prove(addr);
         }
-        if let Some(old) = self.closing.insert(s.id, closing) {
+        let key = Timer::Closing(s.id);
+        if let Some(mut old) = self.closing.remove(&s.id) {
             if old.proven {
                 self.index.unprove(old.addr);
             }
+            self.timers.set(key, &mut old.scheduled, None);
         }
-        self.timers.set(Timer::Closing(s.id), Some(retry.next()));
+        self.timers
+            .set(key, &mut closing.scheduled, Some(retry.next()));
+        self.closing.insert(s.id, closing);
     }
 
     // ------------------------------------------------------------------ the table
@@ -705,18 +712,18 @@ impl Sessions {
     /// Adds a session (there is none with its peer).
     fn put(&mut self, s: Session) {
         let peer = s.peer;
+        self.take(peer);
         self.index.add(&s);
-        if let Some(old) = self.by_peer.insert(peer, s) {
-            self.index.remove(&old);
-        }
+        self.by_peer.insert(peer, s);
         self.reschedule(peer);
     }
 
     /// Removes the session with `peer`.
     fn take(&mut self, peer: ClientId) -> Option<Session> {
-        let s = self.by_peer.remove(&peer)?;
+        let mut s = self.by_peer.remove(&peer)?;
         self.index.remove(&s);
-        self.timers.set(Timer::Session(peer), None);
+        self.timers
+            .set(Timer::Session(peer), &mut s.scheduled, None);
         Some(s)
     }
 
@@ -735,11 +742,11 @@ impl Sessions {
     /// Sets the deadline of the session with `peer` (none if it is gone) from its state:
     /// called after whatever may change it.
     fn reschedule(&mut self, peer: ClientId) {
-        let when = self
-            .by_peer
-            .get(&peer)
-            .and_then(|s| s.poll_timeout(&self.cfg));
-        self.timers.set(Timer::Session(peer), when);
+        if let Some(s) = self.by_peer.get_mut(&peer) {
+            let when = s.poll_timeout(&self.cfg);
+            self.timers
+                .set(Timer::Session(peer), &mut s.scheduled, when);
+        }
     }
 
     fn refresh_current(&mut self) {
@@ -998,7 +1005,9 @@ impl Sessions {
     }
 
     /// A message on an open session: `Chat`, `Ack`, `Ping`, `Pong`, or one of a file
-    /// transfer, which comes back with the session's [`Link`] for the transfers.
+    /// transfer, which comes back with the session's [`Link`] for the transfers. The
+    /// session's deadline is not set again here: [`Sessions::flush`], which the owning peer
+    /// calls after every input, does it for every connected session.
     pub fn handle_traffic(
         &mut self,
         now: Instant,
@@ -1024,8 +1033,8 @@ impl Sessions {
                     self.unknown_session(me, src, session, &msg, out);
                     return None;
                 };
+                // Its deadline is set again by `flush`, which follows every datagram.
                 s.receive_chat(now, me, src, seq, text, out);
-                self.reschedule(from);
             }
             Message::Ack {
                 from,
@@ -1038,7 +1047,6 @@ impl Sessions {
                     return None;
                 };
                 s.receive_ack(now, seq, cumulative, out);
-                self.reschedule(from);
             }
             Message::Ping { from, session } => {
                 let Some(s) = Self::connected_mut(&mut self.by_peer, from, src, session) else {
@@ -1048,14 +1056,10 @@ impl Sessions {
                 s.last_heard = now;
                 s.last_sent = now;
                 out.transmit(src, Message::Pong { from: me, session });
-                self.reschedule(from);
             }
             Message::Pong { from, session } => {
                 match Self::connected_mut(&mut self.by_peer, from, src, session) {
-                    Some(s) => {
-                        s.last_heard = now;
-                        self.reschedule(from);
-                    }
+                    Some(s) => s.last_heard = now,
                     None => out.ignore(src, &msg),
                 }
             }
@@ -1065,9 +1069,7 @@ impl Sessions {
                     match Self::connected_mut(&mut self.by_peer, from, src, session) {
                         Some(s) => {
                             s.last_heard = now;
-                            let link = s.link();
-                            self.reschedule(from);
-                            return Some((link, other));
+                            return Some((s.link(), other));
                         }
                         None => self.unknown_session(me, src, session, &other, out),
                     }
@@ -1156,8 +1158,9 @@ impl Sessions {
     }
 
     fn closed(&mut self, session: SessionId, reason: EndReason, out: &mut Outputs) {
-        if let Some(c) = self.closing.remove(&session) {
-            self.timers.set(Timer::Closing(session), None);
+        if let Some(mut c) = self.closing.remove(&session) {
+            self.timers
+                .set(Timer::Closing(session), &mut c.scheduled, None);
             if c.proven {
                 self.index.unprove(c.addr);
             }
@@ -1191,15 +1194,21 @@ impl Sessions {
         out: &mut Outputs,
     ) -> Vec<Ended> {
         let mut ended = Vec::new();
-        for timer in self.timers.take_due(now) {
+        for (when, timer) in self.timers.due(now) {
             match timer {
-                Timer::Session(p) => {
+                Timer::Session(p) if self.by_peer.contains_key(&p) => {
                     if let Some(me) = me {
                         ended.extend(self.session_timers(now, me, p, out));
                     }
                     self.reschedule(p);
                 }
-                Timer::Closing(session) => self.closing_timer(now, me, session, out),
+                Timer::Closing(session) if self.closing.contains_key(&session) => {
+                    self.closing_timer(now, me, session, out)
+                }
+                orphan => {
+                    debug_assert!(false, "a deadline without its owner: {orphan:?}");
+                    self.timers.orphan(when, orphan);
+                }
             }
         }
         while let Some(&(addr, until)) = self.index.retired.front() {
@@ -1246,7 +1255,8 @@ impl Sessions {
             None => {}
         }
         let next = c.retry.next();
-        self.timers.set(Timer::Closing(session), Some(next));
+        self.timers
+            .set(Timer::Closing(session), &mut c.scheduled, Some(next));
     }
 
     fn session_timers(
@@ -1290,7 +1300,8 @@ impl Sessions {
             };
             s.flush(now, me, out);
             let when = s.poll_timeout(&self.cfg);
-            self.timers.set(Timer::Session(*peer), when);
+            self.timers
+                .set(Timer::Session(*peer), &mut s.scheduled, when);
         }
     }
 }
