@@ -26,7 +26,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bench_common::{arg_or, connected_pair, percentile, pin_to_cpu, target, us, ServerThread};
+use bench_common::{
+    arg_or, connected_pair, percentile, pin_to_cpu, target, time_delivery, us, ServerThread,
+    Turning,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use p2pchat::driver::Endpoint;
@@ -98,40 +101,22 @@ fn main() {
 struct Chat {
     sender: Endpoint,
     to: ClientId,
-    stop: Arc<AtomicBool>,
-    receiver: Option<thread::JoinHandle<u64>>,
+    receiver: Turning<u64>,
 }
 
 impl Chat {
-    fn start(sender: Endpoint, mut receiver: Endpoint, to: ClientId) -> Chat {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                pin_to_cpu(1);
-                let mut shown = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    receiver
-                        .turn(Some(Duration::from_millis(20)), |_| {})
-                        .unwrap();
-                    while let Some(ev) = receiver.peer().poll_event() {
-                        match ev {
-                            Event::Message { seq, .. } => {
-                                shown += 1;
-                                assert_eq!(seq, shown, "shown in order, once");
-                            }
-                            other => panic!("receiver: unexpected {other:?}"),
-                        }
-                    }
-                }
-                shown
-            })
-        };
+    fn start(sender: Endpoint, receiver: Endpoint, to: ClientId) -> Chat {
+        let receiver = Turning::start(receiver, Some(1), 0u64, |shown, ev| match ev {
+            Event::Message { seq, .. } => {
+                *shown += 1;
+                assert_eq!(seq, *shown, "shown in order, once");
+            }
+            other => panic!("receiver: unexpected {other:?}"),
+        });
         Chat {
             sender,
             to,
-            stop,
-            receiver: Some(handle),
+            receiver,
         }
     }
 
@@ -139,31 +124,13 @@ impl Chat {
         let text = "x".repeat(100);
         let started = Instant::now();
         while started.elapsed() < len {
-            let t = Instant::now();
-            let seq = self.sender.peer().send(t, Some(self.to), &text).unwrap()[0];
-            'wait: loop {
-                self.sender
-                    .turn(Some(Duration::from_millis(100)), |_| {})
-                    .unwrap();
-                while let Some(ev) = self.sender.peer().poll_event() {
-                    match ev {
-                        Event::Sent { .. } => {}
-                        Event::Delivered { seq: s, .. } if s == seq => {
-                            samples.push(t.elapsed());
-                            break 'wait;
-                        }
-                        other => panic!("sender: unexpected {other:?}"),
-                    }
-                }
-            }
+            let took = time_delivery(&mut self.sender, self.to, &text);
+            samples.push(took.expect("every message is delivered on loopback"));
         }
     }
 
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.receiver.take() {
-            h.join().expect("receiver");
-        }
+    fn stop(self) {
+        self.receiver.stop();
     }
 }
 

@@ -1,10 +1,10 @@
-//! Does a flood stop the rendezvous server from serving a well-behaved client?
+//! Does a flood stop the rendezvous server, or a client, from serving the well-behaved?
 //!
-//! Runs the real server loop (`p2pchat::driver::Server`) on a thread with the default
-//! settings, gives it a table that once held 60,000 clients (registered from 300 networks,
-//! then all but one in a thousand left: long runs of free ids), registers one well-behaved
-//! client, and measures the round trip of its lookups (one at a time) in four phases of the
-//! same run:
+//! The server: runs the real server loop (`p2pchat::driver::Server`) on a thread with the
+//! default settings, gives it a table that once held 60,000 clients (registered from 300
+//! networks, then all but one in a thousand left: long runs of free ids), registers one
+//! well-behaved client, and measures the round trip of its lookups (one at a time) in four
+//! phases of the same run:
 //!
 //! 1. no flood;
 //! 2. one source sending garbage as fast as it can;
@@ -17,10 +17,18 @@
 //! `List` flood: the well-behaved client's p99 within 5x of the no-flood p99, no lookup
 //! lost.
 //!
+//! A client: two [`Endpoint`]s (the library's client loop) with a session, each on a
+//! thread, measure chat latency (`send` to `Delivered`, one message of 100 bytes at a time)
+//! in two more phases: no flood, and one source (127.0.0.2) sending `ConnectRequest`s with
+//! distinct fake ids to the receiving client as fast as it can. It prints p50/p99/max, the
+//! flood's rate, and what the receiving client held, ignored and showed.
+//!
 //! ```sh
 //! cargo run --release --example flood_latency            # 3 s per phase
 //! cargo run --release --example flood_latency -- 10      # 10 s per phase
 //! ```
+
+mod bench_common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,18 +36,22 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use p2pchat::driver::{Server, ServerOptions};
+use bench_common::{connected_pair, percentile, time_delivery, us, Turning};
+use p2pchat::driver::{Endpoint, Server, ServerOptions};
+use p2pchat::peer::Event;
 use p2pchat::registry::RegistryConfig;
 use p2pchat::wire::{self, ClientId, Message, Token};
 
 struct Phase {
     name: &'static str,
+    /// What one sample is the round trip of: a lookup, a chat message.
+    unit: &'static str,
     latencies: Vec<Duration>,
     lost: u64,
     elapsed: Duration,
-    flood_sent: u64,
-    /// Answers the flooder received (`List` pages in the `List` flood).
-    flood_answers: u64,
+    /// What the flood sent, and the answers it received (`List` pages in the `List`
+    /// flood).
+    flooded: Flooded,
 }
 
 fn main() {
@@ -105,6 +117,13 @@ fn main() {
         Some(Flood::List(lister, lister_id)),
     );
 
+    // The client phases, with the same server.
+    let (a, b, _, idb) = connected_pair(server_addr);
+    let mut chat = Chat::start(a, b, idb);
+    let calm = chat.run(phase_len, "client chat, no flood", false);
+    let flooded = chat.run(phase_len, "client chat, request flood", true);
+    let receiver = chat.stop();
+
     stopper.stop();
     let stats = server_thread
         .join()
@@ -124,6 +143,123 @@ fn main() {
         lists.lost,
         if ok { "ok" } else { "MISSED" }
     );
+    for p in [&calm, &flooded] {
+        report(p, &calm);
+    }
+    println!(
+        "receiving client: {} datagrams received, {} messages shown in order; {} requests \
+         shown, {} ignored ({} of them in {} summary lines so far), {} other lines; requests \
+         waiting at the end: {}",
+        receiver.datagrams,
+        receiver.shown,
+        receiver.requests,
+        receiver.ignored_total,
+        receiver.ignored,
+        receiver.summaries,
+        receiver.other_lines,
+        receiver.pending
+    );
+}
+
+/// What the receiving client did in the client phases.
+#[derive(Default)]
+struct Receiver {
+    datagrams: u64,
+    shown: u64,
+    requests: u64,
+    /// Counted in `RequestsIgnored` events, and in all.
+    ignored: u64,
+    ignored_total: u64,
+    summaries: u64,
+    other_lines: u64,
+    pending: usize,
+}
+
+/// A session between two endpoints: the sender here, the receiver on a thread that shows
+/// what comes until stopped (and the events a flood of requests causes).
+struct Chat {
+    sender: Endpoint,
+    to: ClientId,
+    target: SocketAddr,
+    receiver: Turning<Receiver>,
+}
+
+impl Chat {
+    fn start(sender: Endpoint, receiver: Endpoint, to: ClientId) -> Chat {
+        let target = receiver.local_addr();
+        let receiver = Turning::start(receiver, None, Receiver::default(), |r, ev| match ev {
+            Event::Message { seq, .. } => {
+                r.shown += 1;
+                assert_eq!(seq, r.shown, "shown in order, once");
+            }
+            Event::Request { .. } => r.requests += 1,
+            Event::RequestsIgnored { count } => {
+                r.ignored += count;
+                r.summaries += 1;
+            }
+            _ => r.other_lines += 1,
+        });
+        Chat {
+            sender,
+            to,
+            target,
+            receiver,
+        }
+    }
+
+    /// Measures for `len`, with a flood of requests at the receiver if `flood`.
+    fn run(&mut self, len: Duration, name: &'static str, flood: bool) -> Phase {
+        let target = self.target;
+        let flooding = Flooding::start(flood.then_some(
+            move |stop: &AtomicBool, sent: &AtomicU64, _: &AtomicU64| {
+                flood_requests(target, stop, sent)
+            },
+        ));
+        let text = "x".repeat(100);
+        let mut latencies = Vec::new();
+        let mut lost = 0;
+        let started = Instant::now();
+        while started.elapsed() < len {
+            match time_delivery(&mut self.sender, self.to, &text) {
+                Some(took) => latencies.push(took),
+                None => lost += 1,
+            }
+        }
+        Phase {
+            name,
+            unit: "message",
+            latencies,
+            lost,
+            elapsed: started.elapsed(),
+            flooded: flooding.finish(),
+        }
+    }
+
+    fn stop(self) -> Receiver {
+        let (mut endpoint, mut r) = self.receiver.stop();
+        r.pending = endpoint.peer().pending_requests().len();
+        r.ignored_total = endpoint.peer().stats().requests_ignored;
+        r.datagrams = endpoint.datagrams().1;
+        r
+    }
+}
+
+/// `ConnectRequest`s with distinct fake ids, from 127.0.0.2, as fast as one socket sends.
+fn flood_requests(target: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
+    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut id: u32 = 1_000_000;
+    while !stop.load(Ordering::Relaxed) {
+        let request = Message::ConnectRequest {
+            from: id,
+            session: u64::from(id) << 16,
+            name: None,
+            display_name: None,
+        };
+        if s.send_to(&wire::encode(&request), target).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        id = id.wrapping_add(1);
+    }
 }
 
 enum Flood {
@@ -241,17 +377,11 @@ fn measure(
     name: &'static str,
     flood: Option<Flood>,
 ) -> Phase {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let answers = Arc::new(AtomicU64::new(0));
-    let flooder = flood.map(|kind| {
-        let (stop, sent, answers) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&answers));
-        thread::spawn(move || run_flood(kind, server, &stop, &sent, &answers))
-    });
-    // Let the flood reach full speed first.
-    if flooder.is_some() {
-        thread::sleep(Duration::from_millis(200));
-    }
+    let flooding = Flooding::start(flood.map(|kind| {
+        move |stop: &AtomicBool, sent: &AtomicU64, answers: &AtomicU64| {
+            run_flood(kind, server, stop, sent, answers)
+        }
+    }));
     let lookup = wire::encode_request(&Message::Lookup {
         id,
         nonce: 0,
@@ -280,18 +410,67 @@ fn measure(
             }
         }
     }
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    if let Some(f) = flooder {
-        f.join().unwrap();
-    }
     Phase {
         name,
+        unit: "lookup",
         latencies,
         lost,
-        elapsed,
-        flood_sent: sent.load(Ordering::SeqCst),
-        flood_answers: answers.load(Ordering::SeqCst),
+        elapsed: started.elapsed(),
+        flooded: flooding.finish(),
+    }
+}
+
+/// A flood on a thread of its own, if any, until [`Flooding::finish`].
+struct Flooding {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    /// Answers the flood got back (counted by the floods that read them).
+    answers: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What a flood did: the part of a [`Phase`] it fills in.
+struct Flooded {
+    flood_sent: u64,
+    flood_answers: u64,
+}
+
+impl Flooding {
+    /// Starts `flood` (told when to stop, counting what it sent and what came back), and
+    /// gives it time to reach full speed.
+    fn start<F>(flood: Option<F>) -> Flooding
+    where
+        F: FnOnce(&AtomicBool, &AtomicU64, &AtomicU64) + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let answers = Arc::new(AtomicU64::new(0));
+        let thread = flood.map(|flood| {
+            let (stop, sent, answers) =
+                (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&answers));
+            thread::spawn(move || flood(&stop, &sent, &answers))
+        });
+        if thread.is_some() {
+            thread::sleep(Duration::from_millis(200));
+        }
+        Flooding {
+            stop,
+            sent,
+            answers,
+            thread,
+        }
+    }
+
+    /// Stops the flood; returns what it sent and got back.
+    fn finish(self) -> Flooded {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread {
+            t.join().expect("the flood thread");
+        }
+        Flooded {
+            flood_sent: self.sent.load(Ordering::SeqCst),
+            flood_answers: self.answers.load(Ordering::SeqCst),
+        }
     }
 }
 
@@ -381,28 +560,19 @@ fn p99(p: &Phase) -> Duration {
     percentile(&l, 0.99)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn report(p: &Phase, baseline: &Phase) {
     let mut l = p.latencies.clone();
     l.sort_unstable();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
     let rate = l.len() as f64 / p.elapsed.as_secs_f64();
-    let flood = if p.flood_sent > 0 {
-        let answered = if p.flood_answers > 0 {
-            format!(" ({} List pages answered)", p.flood_answers)
+    let flood = if p.flooded.flood_sent > 0 {
+        let answered = if p.flooded.flood_answers > 0 {
+            format!(" ({} List pages answered)", p.flooded.flood_answers)
         } else {
             String::new()
         };
         format!(
             ", flood {:.0} datagrams/s{answered}",
-            p.flood_sent as f64 / p.elapsed.as_secs_f64()
+            p.flooded.flood_sent as f64 / p.elapsed.as_secs_f64()
         )
     } else {
         String::new()
@@ -410,12 +580,14 @@ fn report(p: &Phase, baseline: &Phase) {
     let mut b = baseline.latencies.clone();
     b.sort_unstable();
     println!(
-        "{}: lookup p50 {:.0} us, p99 {:.0} us, max {:.0} us, {:.0} lookups/s, {} unanswered{} (p99 {:.1}x the no-flood p99)",
+        "{}: {} p50 {:.0} us, p99 {:.0} us, max {:.0} us, {:.0} {}s/s, {} unanswered{} (p99 {:.1}x the no-flood p99)",
         p.name,
+        p.unit,
         us(percentile(&l, 0.5)),
         us(percentile(&l, 0.99)),
         us(l.last().copied().unwrap_or_default()),
         rate,
+        p.unit,
         p.lost,
         flood,
         us(percentile(&l, 0.99)) / us(percentile(&b, 0.99)).max(1e-9),

@@ -1,6 +1,6 @@
 //! Pure text helpers that both sides of the program use: making text from the network
-//! safe to print, and making a file name sent by a peer safe to create. Nothing here
-//! touches the terminal or the disk.
+//! safe to print, making a file name sent by a peer safe to create, and sizes in words.
+//! Nothing here touches the terminal or the disk.
 
 /// Makes text from the network safe to show on a terminal.
 ///
@@ -172,6 +172,22 @@ pub fn numbered(name: &str, k: u32) -> String {
     }
     let (stem, ext) = split_extension(name);
     format!("{stem} ({k}){ext}")
+}
+
+/// `12.5 MiB`
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

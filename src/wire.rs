@@ -20,7 +20,10 @@
 //! what it has ready for one destination, up to [`PACK_LIMIT`] bytes, so that a burst of
 //! chat messages or acknowledgements costs a few datagrams, not one each). A receiver handles
 //! them as if they had come one by one, in order. A message bigger than the limit goes alone.
-//! The rendezvous server handles at most 8 messages of one datagram and drops the rest.
+//! The rendezvous server handles at most 8 messages of one datagram and drops the rest. A
+//! client handles at most 64 ([`MAX_PEER_MESSAGES`]) and drops the rest: a sender packs no
+//! more (p2pchat's own datagrams of [`PACK_LIMIT`] bytes hold at most about 40 messages, the
+//! smallest, `Ping` and `Pong`, being 30 bytes with field names).
 //!
 //! # No amplification
 //!
@@ -188,6 +191,25 @@
 //! so a peer that restarted makes the other side end the stale session at once. A
 //! `Terminate` for an unknown session is still answered with `TerminateAck`.
 //!
+//! **Amplification.** A source address can be forged, so a client never answers an address
+//! that has not proved it receives with more bytes than it received from it (1x, where QUIC,
+//! RFC 9000 section 8, allows 3x). Addresses that have proved it: the rendezvous server's,
+//! and those of connected sessions (the random session id of our request came back in
+//! their `Accept`, or our person accepted their request), also after such a session ends
+//! for as long as a `Terminate` of it may still be resent. To anyone else, the answers to
+//! one datagram (each counted as if it went alone, header included) may total the
+//! datagram's length plus what that address has sent and not been answered for while a
+//! connection request was pending with it, either way; answers that do not fit are not
+//! sent. So a reset or a `TerminateAck` to a stranger may not come (a `Ping` of 32 bytes is
+//! smaller than the `Terminate` of 37 that would answer it): the stale session then ends by
+//! its timeout. A peer we are asking to connect gets the reset of its stale session at its
+//! second `Ping`.
+//!
+//! **Bounds.** A client holds at most 64 connection requests waiting for its person's answer,
+//! and at most 8 from one source (an IPv4 address, or an IPv6 /64); it ignores others (no
+//! answer) until some are answered or expire. It holds at most 16 file offers waiting for
+//! an answer from one peer and 64 in all, and refuses others (`FileCancel` `Refused`).
+//!
 //! # File transfer
 //!
 //! Files go from peer to peer inside a session, as messages of the session (with its `from`
@@ -226,7 +248,14 @@
 //! a finished transfer is acknowledged again.
 //!
 //! `reason` is one of `"Refused"`, `"Cancelled"`, `"ChecksumMismatch"`, `"DiskError"`,
-//! `"Expired"`, `"Unknown"`. A `FileCancel` is resent (like `Terminate`) until
+//! `"Expired"`, `"Unknown"`. A reason added since travels in an optional field, `precise`,
+//! with the nearest of those six in `reason`: `"NoSpace"` (the receiver does not have the
+//! free space the offer's `size` needs, and refuses before writing anything) is sent as
+//! `reason: "Refused", precise: "NoSpace"`. A peer that predates `precise` skips it (decoders
+//! skip fields they do not know) and sees a refusal; had `"NoSpace"` been put in `reason`, its
+//! decoder would have refused the whole datagram, with whatever was packed beside it. A
+//! receiver takes `precise` when it knows its value, else `reason` (a value it does not know
+//! in `precise` is not an error). A `FileCancel` is resent (like `Terminate`) until
 //! `FileCancelAck`, and is acknowledged even when the transfer is unknown. A `Chunk`,
 //! `FileGet` or `ChunkAck` for a transfer the receiver does not know is answered once with
 //! `FileCancel` `Unknown` (not resent). When the session ends, every transfer of it ends
@@ -250,6 +279,9 @@ pub const MAX_TEXT: usize = 1200;
 /// map naming it and the map of its fields). Deeper nesting, even in a field the decoder
 /// skips, is malformed, so that a small datagram cannot make decoding recurse deeply.
 pub const MAX_DEPTH: usize = 16;
+/// A client handles at most this many messages of one datagram (the rest are dropped): a
+/// datagram of tiny messages must not cost it more work, or answers, than a few.
+pub const MAX_PEER_MESSAGES: usize = 64;
 /// Senders pack messages into datagrams of at most this many bytes (one message bigger than
 /// this still goes, alone): small enough for a typical path MTU (1280 for IPv6, less headers).
 pub const PACK_LIMIT: usize = 1200;
@@ -715,12 +747,23 @@ pub enum Message {
     },
     /// Ends transfer `n` offered by `offerer` (either side may send it): refused, cancelled,
     /// or failed. Resent until `FileCancelAck`.
+    ///
+    /// A reason that older peers do not know (see [`FileEnd::is_new`]) travels in
+    /// `precise`, with `reason` set to the nearest one they know
+    /// ([`FileEnd::compatible`]): build it with [`Message::file_cancel`], read it with
+    /// [`Message::file_end`].
     FileCancel {
         from: ClientId,
         session: SessionId,
         offerer: ClientId,
         n: u64,
         reason: FileEnd,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient_file_end"
+        )]
+        precise: Option<FileEnd>,
     },
     /// Acknowledges a `FileCancel`.
     FileCancelAck {
@@ -746,6 +789,9 @@ pub enum FileEnd {
     Expired,
     /// The transfer is not known (any more) to the sender of the `FileCancel`.
     Unknown,
+    /// The receiver does not have the free space the file needs: refused before any byte
+    /// was written. New in this version: sent in `precise`, as `Refused` in `reason`.
+    NoSpace,
 }
 
 impl FileEnd {
@@ -758,6 +804,23 @@ impl FileEnd {
             FileEnd::DiskError => "disk_error",
             FileEnd::Expired => "expired",
             FileEnd::Unknown => "unknown_transfer",
+            FileEnd::NoSpace => "no_space",
+        }
+    }
+
+    /// Whether peers of this protocol version that predate it may not know this reason
+    /// (their decoder refuses a `FileCancel`, and the whole datagram with it, whose
+    /// `reason` it does not know).
+    pub fn is_new(self) -> bool {
+        matches!(self, FileEnd::NoSpace)
+    }
+
+    /// The nearest reason every peer knows: what goes in `reason` when this one goes in
+    /// `precise`.
+    pub fn compatible(self) -> FileEnd {
+        match self {
+            FileEnd::NoSpace => FileEnd::Refused,
+            known => known,
         }
     }
 }
@@ -824,6 +887,36 @@ impl Message {
             Message::ChunkAck { .. } => "ChunkAck",
             Message::FileCancel { .. } => "FileCancel",
             Message::FileCancelAck { .. } => "FileCancelAck",
+        }
+    }
+
+    /// A `FileCancel` for `reason`, readable by every peer: a reason older peers do not
+    /// know goes in `precise`, with the nearest one they know in `reason`.
+    pub fn file_cancel(
+        from: ClientId,
+        session: SessionId,
+        offerer: ClientId,
+        n: u64,
+        reason: FileEnd,
+    ) -> Message {
+        Message::FileCancel {
+            from,
+            session,
+            offerer,
+            n,
+            reason: reason.compatible(),
+            precise: reason.is_new().then_some(reason),
+        }
+    }
+
+    /// The reason of a `FileCancel`: `precise` when it has one this version knows, else
+    /// `reason` (`None` for other messages).
+    pub fn file_end(&self) -> Option<FileEnd> {
+        match self {
+            Message::FileCancel {
+                reason, precise, ..
+            } => Some(precise.unwrap_or(*reason)),
+            _ => None,
         }
     }
 }
@@ -1130,6 +1223,22 @@ fn bounded_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::E
         )));
     }
     Ok(data)
+}
+
+/// Decodes the optional `precise` reason of a `FileCancel`, taking a reason this version
+/// does not know (one added later) as absent rather than as a malformed message, so that
+/// `reason` is used instead.
+fn lenient_file_end<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<FileEnd>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Known(FileEnd),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Lenient>::deserialize(d)? {
+        Some(Lenient::Known(end)) => Some(end),
+        Some(Lenient::Other(_)) | None => None,
+    })
 }
 
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
@@ -1477,7 +1586,9 @@ mod tests {
                 offerer: 1,
                 n: 1,
                 reason: FileEnd::Refused,
+                precise: None,
             },
+            Message::file_cancel(2, 5, 1, 2, FileEnd::NoSpace),
             Message::FileCancelAck {
                 from: 1,
                 session: 5,
@@ -1495,6 +1606,93 @@ mod tests {
             assert_eq!(bytes[1], VERSION);
             assert_eq!(decode(&bytes), Ok(msg.clone()), "{msg:?}");
         }
+    }
+
+    /// `FileEnd` and `FileCancel` as a peer of this protocol version decoded them before
+    /// `NoSpace` and `precise` were added.
+    mod before_no_space {
+        use serde::Deserialize;
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        pub enum FileEnd {
+            Refused,
+            Cancelled,
+            ChecksumMismatch,
+            DiskError,
+            Expired,
+            Unknown,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        pub enum Message {
+            FileCancel {
+                from: u32,
+                session: u64,
+                offerer: u32,
+                n: u64,
+                reason: FileEnd,
+            },
+        }
+
+        pub fn decode(datagram: &[u8]) -> Result<Message, String> {
+            let mut body = &datagram[2..];
+            Message::deserialize(&mut rmp_serde::Deserializer::new(&mut body))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    #[test]
+    fn no_space_reads_as_a_refusal_to_a_peer_that_predates_it() {
+        let cancel = Message::file_cancel(2, 5, 1, 3, FileEnd::NoSpace);
+        assert_eq!(cancel.file_end(), Some(FileEnd::NoSpace));
+        let bytes = encode(&cancel);
+        assert_eq!(decode(&bytes).unwrap().file_end(), Some(FileEnd::NoSpace));
+        assert_eq!(
+            before_no_space::decode(&bytes),
+            Ok(before_no_space::Message::FileCancel {
+                from: 2,
+                session: 5,
+                offerer: 1,
+                n: 3,
+                reason: before_no_space::FileEnd::Refused,
+            })
+        );
+        // What it would have seen with NoSpace in `reason`: an error, and the whole
+        // datagram dropped.
+        let direct = encode(&Message::FileCancel {
+            from: 2,
+            session: 5,
+            offerer: 1,
+            n: 3,
+            reason: FileEnd::NoSpace,
+            precise: None,
+        });
+        let error = before_no_space::decode(&direct).unwrap_err();
+        assert!(error.contains("unknown variant `NoSpace`"), "{error}");
+        // The reasons every version knows still travel as they did, with no `precise`.
+        let refused = encode(&Message::file_cancel(2, 5, 1, 3, FileEnd::Refused));
+        assert!(!refused.windows(7).any(|w| w == b"precise"));
+        assert_eq!(
+            before_no_space::decode(&refused).map(|_| ()),
+            Ok(()),
+            "still readable"
+        );
+    }
+
+    #[test]
+    fn a_precise_reason_this_version_does_not_know_falls_back_to_reason() {
+        let bytes = encode(&Message::file_cancel(2, 5, 1, 3, FileEnd::NoSpace));
+        // A reason added by a later version, of the same length as NoSpace.
+        let at = bytes.windows(7).position(|w| w == b"NoSpace").unwrap();
+        let mut later = bytes.clone();
+        later[at..at + 7].copy_from_slice(b"TooLate");
+        let decoded = decode(&later).expect("not malformed");
+        assert_eq!(decoded.file_end(), Some(FileEnd::Refused));
+        // So is a value of another type.
+        let mut odd = bytes;
+        odd.truncate(at - 1);
+        odd.push(0x07);
+        assert_eq!(decode(&odd).unwrap().file_end(), Some(FileEnd::Refused));
     }
 
     #[test]

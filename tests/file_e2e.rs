@@ -378,6 +378,7 @@ fn cancel_partial(receiver_cancels: bool) {
                 offerer: raw.id,
                 n: 1,
                 reason: FileEnd::Cancelled,
+                precise: None,
             },
         );
         raw.recv_until("FileCancelAck", |m| {
@@ -493,4 +494,84 @@ fn sendfile_to_a_peer_by_name_among_several_sessions() {
     c.read_for(Duration::from_millis(300));
     assert!(c.events("file_offer").is_empty(), "carol got an offer");
     assert!(files_in(&dc).is_empty());
+}
+
+#[test]
+fn getfile_of_an_offer_bigger_than_the_free_space_is_refused_and_writes_nothing() {
+    let server = Server::start(&[]);
+    let db = TempDir::new("nospace");
+    let (mut b, idb) = client("B", server.addr, &db.0);
+    let raw = RawPeer::connect(server.addr, &mut b, idb);
+    let size = 1u64 << 50;
+    let free = p2pchat::app::downloads::free_space(db.path()).unwrap();
+    assert!(free < size, "{free} bytes free: more than a PiB?");
+    raw.send(
+        raw.to,
+        &Message::FileOffer {
+            from: raw.id,
+            session: raw.session,
+            n: 1,
+            name: "huge.iso".into(),
+            size,
+            sha256: [7; 32],
+        },
+    );
+    let offer = b.wait_event("file_offer", |v| v["event"] == "file_offer");
+    assert_eq!(offer["size"], size);
+    b.type_line(&format!("getfile {}", offer["n"]));
+    let failed = b.wait_event("file_failed", |v| v["event"] == "file_failed");
+    assert_eq!(failed["reason"], "no_space", "{failed}");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not enough free space") && detail.contains("1.0 PiB"),
+        "{detail}"
+    );
+    let cancel = raw.recv_until("FileCancel", |m| matches!(m, Message::FileCancel { .. }));
+    assert_eq!(cancel.file_end(), Some(FileEnd::NoSpace), "{cancel:?}");
+    assert!(
+        matches!(
+            cancel,
+            Message::FileCancel {
+                reason: FileEnd::Refused,
+                n: 1,
+                ..
+            }
+        ),
+        "an older peer reads a refusal: {cancel:?}"
+    );
+    assert_eq!(files_in(&db), Vec::<String>::new(), "nothing was created");
+    assert!(!b.log.iter().any(|v| v["event"] == "error"), "{:#?}", b.log);
+    // A chunk sent anyway is answered with the cancel again, and not written.
+    raw.chunk(1, 1, &[0u8; CHUNK_SIZE]);
+    raw.recv_until("FileCancel again", |m| {
+        m.file_end() == Some(FileEnd::NoSpace)
+    });
+    assert_eq!(files_in(&db), Vec::<String>::new());
+}
+
+#[test]
+fn the_offerer_is_told_no_space_by_a_peer_without_room() {
+    let server = Server::start(&[]);
+    let da = TempDir::new("offerer");
+    let (mut a, ida) = client("A", server.addr, &da.0);
+    let raw = RawPeer::connect(server.addr, &mut a, ida);
+    let path = da.0.join("big.bin");
+    std::fs::write(&path, file_bytes(50_000, 5)).unwrap();
+    a.type_line(&format!("sendfile {} @{}", path.display(), raw.id));
+    let Message::FileOffer { n, .. } =
+        raw.recv_until("FileOffer", |m| matches!(m, Message::FileOffer { .. }))
+    else {
+        unreachable!()
+    };
+    raw.send(
+        raw.to,
+        &Message::file_cancel(raw.id, raw.session, ida, n, FileEnd::NoSpace),
+    );
+    let failed = a.wait_event("file_failed", |v| v["event"] == "file_failed");
+    assert_eq!(failed["reason"], "no_space", "{failed}");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("does not have the 48.8 KiB"), "{detail}");
+    raw.recv_until("FileCancelAck", |m| {
+        matches!(m, Message::FileCancelAck { .. })
+    });
 }

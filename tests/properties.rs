@@ -9,6 +9,8 @@
 //! - Arbitrary datagrams (raw, well-formed, or forged with a real session id) from arbitrary
 //!   addresses, and arbitrary user commands, into two connected `Peer`s on a lossy simulated
 //!   network never panic, and never show a message twice or out of order in a session.
+//! - Arbitrary datagrams into a connected `Peer` from addresses that have not proved they
+//!   receive are never answered, in all, with more bytes than came from each address.
 //!
 //! A failure prints the shrunk input; proptest also records its seed in
 //! `tests/properties.proptest-regressions`, and every case there is replayed first on the
@@ -188,6 +190,7 @@ fn peer_message(
             offerer: from,
             n: a % 4,
             reason: p2pchat::wire::FileEnd::Cancelled,
+            precise: None,
         },
         _ => Message::FileCancelAck {
             from,
@@ -560,6 +563,58 @@ fn peer_op() -> impl Strategy<Value = PeerOp> {
     ]
 }
 
+/// Two registered peers on a network without loss, the first connected to the second
+/// (which accepted).
+fn connected_sim(seed: u64, config: &PeerConfig) -> (Sim, Vec<usize>) {
+    let mut s = Sim::new(seed, NetConfig::perfect());
+    let v = s.add_registered_peers(2, config);
+    let (a, b) = (v[0], v[1]);
+    s.connect(a, b);
+    s.expect(Duration::from_secs(60), "the request arrives", |s| {
+        s.peer(b).pending_requests() == vec![s.id(a)]
+    });
+    s.accept(b, None);
+    s.expect(Duration::from_secs(60), "connected", |s| {
+        s.peer(a).connected_peers() == vec![s.id(b)]
+    });
+    (s, v)
+}
+
+/// The datagram of `what` for peer `to` (of the two whose ids are `ids`): a forged message
+/// takes a session id seen on the wire. Also whether it is to come from the other peer's
+/// address (a forged one, when asked to spoof).
+fn payload_bytes(s: &Sim, ids: [ClientId; 2], to: usize, what: Payload) -> (Vec<u8>, bool) {
+    match what {
+        Payload::Bytes(b) => (b, false),
+        Payload::Message(m) => (encode(&m), false),
+        Payload::Forged {
+            spoof,
+            session,
+            from_other,
+            kind,
+            a,
+            b,
+            text,
+        } => {
+            let sessions: Vec<SessionId> = s
+                .log
+                .iter()
+                .filter_map(|r| Message::session(&r.message))
+                .collect();
+            let session = if sessions.is_empty() {
+                0
+            } else {
+                sessions[session.index(sessions.len())]
+            };
+            let from = if from_other { ids[1 - to] } else { ids[to] };
+            (
+                encode(&peer_message(kind, from, session, a, b, text)),
+                spoof,
+            )
+        }
+    }
+}
+
 /// Checks one peer's events: in each session with a peer (from one `Connected` with it to
 /// the next; each `Connected` starts new windows), messages shown from it are numbered
 /// 1, 2, 3, ... (none twice, none skipped, none out of order), ours are numbered 1, 2, 3,
@@ -633,17 +688,8 @@ proptest! {
         ops in vec(peer_op(), 10..60),
     ) {
         let config = PeerConfig::new(SERVER, Duration::from_millis(retry_ms));
-        let mut s = Sim::new(seed, NetConfig::perfect());
-        let v = s.add_registered_peers(2, &config);
+        let (mut s, v) = connected_sim(seed, &config);
         let (a, b) = (v[0], v[1]);
-        s.connect(a, b);
-        s.expect(Duration::from_secs(60), "the request arrives", |s| {
-            s.peer(b).pending_requests() == vec![s.id(a)]
-        });
-        s.accept(b, None);
-        s.expect(Duration::from_secs(60), "connected", |s| {
-            s.peer(a).connected_peers() == vec![s.id(b)]
-        });
         s.net = NetConfig::lossy(loss, duplicate);
         let ids = [s.id(a), s.id(b)];
         let stranger: SocketAddr = "10.9.9.9:6666".parse().unwrap();
@@ -685,24 +731,10 @@ proptest! {
                         Source::Stranger => stranger,
                         Source::Any(addr) => addr,
                     };
-                    let bytes = match what {
-                        Payload::Bytes(b) => b,
-                        Payload::Message(m) => encode(&m),
-                        Payload::Forged { spoof, session, from_other, kind, a, b: n, text } => {
-                            if spoof {
-                                src = s.addr(v[1 - to]);
-                            }
-                            let sessions: Vec<SessionId> =
-                                s.log.iter().filter_map(|r| Message::session(&r.message)).collect();
-                            let session = if sessions.is_empty() {
-                                0
-                            } else {
-                                sessions[session.index(sessions.len())]
-                            };
-                            let from = if from_other { ids[1 - to] } else { ids[to] };
-                            encode(&peer_message(kind, from, session, a, n, text))
-                        }
-                    };
+                    let (bytes, spoof) = payload_bytes(&s, ids, to, what);
+                    if spoof {
+                        src = s.addr(v[1 - to]);
+                    }
                     if !s.peer(v[to]).is_finished() {
                         s.command(v[to], |p, now| p.handle_datagram(now, src, &bytes));
                     }
@@ -715,6 +747,66 @@ proptest! {
             if let Err(e) = check_sessions(&events) {
                 return Err(TestCaseError::fail(format!("peer {i} (seed {seed}): {e}")));
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_peer_never_answers_an_unproven_address_with_more_bytes_than_it_sent(
+        seed in any::<u64>(),
+        ops in vec((0usize..2, prop_oneof![
+            3 => Just(None),
+            1 => arb_addr().prop_map(Some),
+        ], payload(), 0u64..2_000), 10..80),
+    ) {
+        let config = PeerConfig::new(SERVER, Duration::from_secs(1));
+        let (mut s, v) = connected_sim(seed, &config);
+        let (a, b) = (v[0], v[1]);
+        let ids = [s.id(a), s.id(b)];
+        // A few strangers, so that requests and their credit come into play.
+        let strangers: Vec<SocketAddr> = (0..3)
+            .map(|k| SocketAddr::from(([10, 9, 9, 9], 6666 + k)))
+            .collect();
+        // Bytes received from, and sent in answer to, each address while it was unproven.
+        let mut received: BTreeMap<(usize, SocketAddr), usize> = BTreeMap::new();
+        let mut answered: BTreeMap<(usize, SocketAddr), usize> = BTreeMap::new();
+        for (k, (to, from, what, ms)) in ops.into_iter().enumerate() {
+            let src = from.unwrap_or(strangers[k % strangers.len()]);
+            if src == SERVER || src == s.addr(a) || src == s.addr(b) {
+                continue;
+            }
+            // Spoofing a peer's address is the other property's business: its address has
+            // proved it receives.
+            let (bytes, _) = payload_bytes(&s, ids, to, what);
+            let me = v[to];
+            if s.peer(me).is_finished() {
+                continue;
+            }
+            let proven_before = s.peer(me).proves_receipt(src);
+            let mark = s.log.len();
+            s.command(me, |p, now| p.handle_datagram(now, src, &bytes));
+            let proven_after = s.peer(me).proves_receipt(src);
+            if !proven_before && !proven_after {
+                let here = s.addr(me);
+                let back: usize = s.log[mark..]
+                    .iter()
+                    .filter(|r| r.from == here && r.to == src)
+                    .map(|r| encode(&r.message).len())
+                    .sum();
+                let got = received.entry((to, src)).or_default();
+                *got += bytes.len();
+                let sent = answered.entry((to, src)).or_default();
+                *sent += back;
+                prop_assert!(
+                    *sent <= *got,
+                    "peer {} answered {} {} bytes in all for {} received (seed {})",
+                    to, src, *sent, *got, seed
+                );
+            }
+            s.run_for(Duration::from_millis(ms));
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use p2pchat::peer::{EndReason, Event, PeerConfig};
 use p2pchat::peer::{FileSink, TransferFailure};
-use p2pchat::wire::{ClientId, Message, CHUNK_SIZE};
+use p2pchat::wire::{ClientId, FileEnd, Message, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
 use sim::{default_config, file_bytes, seeds, NetConfig, Sim};
 
@@ -542,4 +542,63 @@ fn a_sender_that_stops_while_the_session_lives_fails_the_transfer_as_stalled() {
     assert!(sim.now >= stopped + stall, "not before the stall timeout");
     assert!(written.lock().unwrap().aborted);
     assert!(!sim.has(1, |e| matches!(e, Event::Terminated { .. })));
+}
+
+#[test]
+fn an_offer_refused_for_want_of_space_fails_as_no_space_on_both_sides() {
+    let mut sim = connected(11, NetConfig::perfect(), &default_config());
+    let data = file_bytes(5000, 3);
+    let digest = sha256(&data);
+    let (mine, theirs) = offer(&mut sim, "big.bin", data, digest);
+    sim.command(1, |p, now| p.refuse_file_no_space(now, theirs, 1234))
+        .expect("refused");
+    sim.run_for(secs(5));
+    assert_eq!(
+        failed(&sim, 1),
+        Some(TransferFailure::NoSpace {
+            needed: 5000,
+            free: Some(1234)
+        })
+    );
+    assert_eq!(
+        failed(&sim, 0),
+        Some(TransferFailure::NoSpace {
+            needed: 5000,
+            free: None
+        })
+    );
+    assert!(sim.events(0).iter().any(|e| matches!(
+        e,
+        Event::FileFailed { n, .. } if *n == mine
+    )));
+    // On the wire: a refusal that every peer can read, NoSpace for those that know it.
+    let cancels = sim.sent_by(sim.addr(1), |m| matches!(m, Message::FileCancel { .. }));
+    assert!(!cancels.is_empty());
+    for c in cancels {
+        assert!(
+            matches!(
+                c.message,
+                Message::FileCancel {
+                    reason: FileEnd::Refused,
+                    precise: Some(FileEnd::NoSpace),
+                    ..
+                }
+            ),
+            "{:?}",
+            c.message
+        );
+    }
+    // Nothing moved.
+    assert!(sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::Chunk { .. }))
+        .is_empty());
+    let shown = TransferFailure::NoSpace {
+        needed: 1 << 50,
+        free: Some(3 << 30),
+    }
+    .to_string();
+    assert_eq!(
+        shown,
+        "not enough free space in the downloads directory: the file needs 1.0 PiB, 3.0 GiB are free"
+    );
 }

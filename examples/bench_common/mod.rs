@@ -1,11 +1,13 @@
 //! What the `bench_*` examples share: the run-length argument, percentiles, the target line,
-//! a rendezvous server on a thread, two connected [`Endpoint`]s, a thread's CPU time, and
-//! pinning a thread to a CPU.
+//! a rendezvous server on a thread, two connected [`Endpoint`]s and the time of one message
+//! between them, a thread's CPU time, and pinning a thread to a CPU.
 //!
 //! Each benchmark uses its own part of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -185,6 +187,72 @@ pub fn connected_pair(server: SocketAddr) -> (Endpoint, Endpoint, ClientId, Clie
     a.flush();
     b.flush();
     (a, b, ida.unwrap(), idb.unwrap())
+}
+
+/// An endpoint turning on a thread of its own until [`Turning::stop`], handing every event
+/// it emits to `each` with `state`.
+pub struct Turning<S> {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Endpoint, S)>>,
+}
+
+impl<S: Send + 'static> Turning<S> {
+    /// Starts the thread (pinned to `cpu`, if given).
+    pub fn start(
+        mut endpoint: Endpoint,
+        cpu: Option<usize>,
+        mut state: S,
+        mut each: impl FnMut(&mut S, Event) + Send + 'static,
+    ) -> Turning<S> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
+            while !flag.load(Ordering::SeqCst) {
+                endpoint
+                    .turn(Some(Duration::from_millis(20)), |_| {})
+                    .unwrap();
+                while let Some(ev) = endpoint.peer().poll_event() {
+                    each(&mut state, ev);
+                }
+            }
+            (endpoint, state)
+        });
+        Turning {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread; returns the endpoint and the state.
+    pub fn stop(mut self) -> (Endpoint, S) {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("the endpoint's thread")
+    }
+}
+
+/// Sends `text` to `to` from `sender` and turns it until that message is `Delivered`: how
+/// long it took, or `None` if it was reported `Undelivered`. Any other event of the sender
+/// than `Sent` and the settling of earlier messages fails the benchmark.
+pub fn time_delivery(sender: &mut Endpoint, to: ClientId, text: &str) -> Option<Duration> {
+    let t = Instant::now();
+    let seq = sender.peer().send(t, Some(to), text).unwrap()[0];
+    loop {
+        sender
+            .turn(Some(Duration::from_millis(100)), |_| {})
+            .unwrap();
+        while let Some(ev) = sender.peer().poll_event() {
+            match ev {
+                Event::Delivered { seq: s, .. } if s == seq => return Some(t.elapsed()),
+                Event::Undelivered { seq: s, .. } if s == seq => return None,
+                Event::Sent { .. } | Event::Delivered { .. } | Event::Undelivered { .. } => {}
+                other => panic!("sender: unexpected {other:?}"),
+            }
+        }
+    }
 }
 
 /// The receiving side of a bare UDP blast (the baseline the benchmarks compare with), on a

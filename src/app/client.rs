@@ -579,7 +579,7 @@ fn execute_file_command(
     json: bool,
     hasher: &Hasher,
 ) -> Result<(), String> {
-    use crate::app::downloads::{hash_file, DiskSink};
+    use crate::app::downloads::{free_space, hash_file, DiskSink};
     use crate::text::safe_file_name;
     match cmd {
         Command::SendFile { path, to } => {
@@ -645,9 +645,21 @@ fn execute_file_command(
             }
         }
         Command::GetFile(n) => {
-            let (n, _, offered) = peer.file_offer(n).map_err(|e| e.to_string())?;
+            let (n, _, offered, size) = peer.file_offer(n).map_err(|e| e.to_string())?;
             let name = safe_file_name(&offered)?;
             let dir = peer.config().files.downloads.clone();
+            // No space, no download: refused before anything is created (the peer is told
+            // why, and the person by the file_failed line). A directory whose free space
+            // cannot be read is tried: writing will say if it is full.
+            match free_space(&dir) {
+                Ok(free) if free < size => {
+                    peer.refuse_file_no_space(now, n, free)
+                        .map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("free space of {}: {e}", dir.display()),
+            }
             let sink = DiskSink::create(&dir, &name)
                 .map_err(|e| format!("cannot receive file {n}: {e}"))?;
             peer.get_file(now, n, Box::new(sink))

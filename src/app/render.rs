@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::peer::{CommandError, Event, Peer};
+pub use crate::text::human_bytes;
 use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
 
@@ -240,6 +241,39 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         } => "left (the server did not confirm). Bye.".into(),
         Event::Notice { message } => style.paint("33", &format!("note: {}", sanitize(message))),
         Event::Fatal { message } => style.paint("31", &format!("error: {}", sanitize(message))),
+        Event::RequestsIgnored { count } => style.paint(
+            "33",
+            &format!(
+                "{count} more connection request{} ignored (too many waiting for your answer; \
+                 type sessions to see them)",
+                plural(*count)
+            ),
+        ),
+        Event::OffersRefused { count } => style.paint(
+            "33",
+            &format!(
+                "{count} more file offer{} refused at once (too many waiting for your answer; \
+                 type transfers to see them)",
+                plural(*count)
+            ),
+        ),
+        Event::PeerVersion {
+            peer,
+            addr,
+            version,
+        } => {
+            let who = peer.map_or_else(|| addr.to_string(), |p| who(names, p));
+            let ours = crate::wire::VERSION;
+            let advice = if *version > ours {
+                "update p2pchat to talk to them"
+            } else {
+                "they must update p2pchat to talk to you"
+            };
+            style.paint(
+                "33",
+                &format!("{who} uses protocol version {version}, this client {ours}: {advice}"),
+            )
+        }
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -303,6 +337,15 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::Left { server_acked } => json!({"event": "left", "server_acked": server_acked}),
         Event::Notice { message } => json!({"event": "notice", "message": message}),
         Event::Fatal { message } => json!({"event": "error", "message": message, "fatal": true}),
+        Event::RequestsIgnored { count } => json!({"event": "requests_ignored", "count": count}),
+        Event::OffersRefused { count } => json!({"event": "offers_refused", "count": count}),
+        Event::PeerVersion {
+            peer,
+            addr,
+            version,
+        } => json!({
+            "event": "peer_version", "peer": peer, "addr": addr.to_string(), "version": version
+        }),
         ev @ (Event::FileOffered { .. }
         | Event::FileOffer { .. }
         | Event::FileProgress { .. }
@@ -320,6 +363,7 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         | Event::Undelivered { peer, .. }
         | Event::Dequeued { peer, .. }
         | Event::Terminated { peer, .. } => Some(*peer),
+        Event::PeerVersion { peer, .. } => *peer,
         _ => None,
     };
     if let (Some(id), Some(map)) = (about, v.as_object_mut()) {
@@ -333,6 +377,15 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
     v.to_string()
 }
 
+/// `"s"` unless `count` is one.
+fn plural(count: u64) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 /// The JSON line for a refused command or bad input.
 pub fn json_error(message: &str) -> String {
     json!({"event": "error", "message": message}).to_string()
@@ -341,22 +394,6 @@ pub fn json_error(message: &str) -> String {
 /// The human line for a refused command.
 pub fn human_error(err: &CommandError) -> String {
     format!("error: {}", sanitize(&err.to_string()))
-}
-
-/// `12.5 MiB`
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// `[#########-----------]  45%  12.3 MiB of 27.0 MiB  4.1 MiB/s  4 s left`
@@ -515,6 +552,71 @@ mod tests {
             "[##########----------]  50%  512.0 MiB of 1.0 GiB  4.0 MiB/s  2m08s left"
         );
         assert!(progress_bar(0, 0, 0, None).starts_with("[####################] 100%"));
+    }
+
+    #[test]
+    fn ignored_requests_and_refused_offers_are_one_counted_line() {
+        let ev = Event::RequestsIgnored { count: 312 };
+        assert_eq!(
+            human_line(&ev),
+            "312 more connection requests ignored (too many waiting for your answer; \
+             type sessions to see them)"
+        );
+        assert_eq!(
+            json_line(&ev),
+            r#"{"event":"requests_ignored","count":312}"#
+        );
+        let one = human_line(&Event::OffersRefused { count: 1 });
+        assert!(
+            one.starts_with("1 more file offer refused at once"),
+            "{one}"
+        );
+        assert_eq!(
+            json_line(&Event::OffersRefused { count: 1 }),
+            r#"{"event":"offers_refused","count":1}"#
+        );
+    }
+
+    #[test]
+    fn a_peer_of_another_version_is_named_with_what_to_do() {
+        struct Bob;
+        impl Names for Bob {
+            fn name_of(&self, _: ClientId) -> Option<&str> {
+                Some("bob")
+            }
+            fn display_name_of(&self, _: ClientId) -> Option<&str> {
+                None
+            }
+        }
+        let addr: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let newer = Event::PeerVersion {
+            peer: Some(2),
+            addr,
+            version: 2,
+        };
+        let line = render_human(&newer, &Bob, Style::default(), SystemTime::now());
+        assert_eq!(
+            line,
+            "bob (2) uses protocol version 2, this client 1: update p2pchat to talk to them"
+        );
+        assert_eq!(
+            render_json(&newer, &Bob),
+            r#"{"event":"peer_version","peer":2,"addr":"127.0.0.1:4000","version":2,"name":"bob"}"#
+        );
+        let stranger = Event::PeerVersion {
+            peer: None,
+            addr,
+            version: 0,
+        };
+        assert_eq!(
+            human_line(&stranger),
+            "127.0.0.1:4000 uses protocol version 0, this client 1: they must update p2pchat \
+             to talk to you"
+        );
+        assert_eq!(
+            json_line(&stranger),
+            r#"{"event":"peer_version","peer":null,"addr":"127.0.0.1:4000","version":0}"#
+        );
     }
 
     #[test]

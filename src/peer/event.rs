@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::text::human_bytes;
 use crate::wire::{self, ClientId, Listed};
 
 /// Whom a command is for: a numeric id or a name, as the user typed it.
@@ -233,6 +234,22 @@ pub enum Event {
         n: u64,
         reason: TransferFailure,
     },
+    // ---- floods and strangers ----
+    /// `count` more connection requests were ignored (no answer, no line of their own):
+    /// too many were waiting for an answer, or too many from one source. Shown at most
+    /// once per summary interval.
+    RequestsIgnored { count: u64 },
+    /// `count` more file offers were refused at once: too many were waiting for an answer
+    /// from one peer, or in all. Shown at most once per summary interval.
+    OffersRefused { count: u64 },
+    /// The peer at `addr` (`peer`, when a session or request of ours is at that address)
+    /// speaks protocol `version`, not ours: nothing it sends can be understood. Shown once
+    /// per address.
+    PeerVersion {
+        peer: Option<ClientId>,
+        addr: std::net::SocketAddr,
+        version: u8,
+    },
 }
 
 /// Why a command was refused. The `Display` text says what to do instead.
@@ -308,6 +325,17 @@ pub struct PeerStats {
     /// Of those, resent before their timeout because a message sent after them had
     /// arrived (early retransmission).
     pub early_retransmissions: u64,
+    /// Answers not sent to an address that has not proved it receives, because they would
+    /// have been more bytes than it sent (see `wire`, "Amplification").
+    pub withheld: u64,
+    /// Messages past the first [`wire::MAX_PEER_MESSAGES`] of a datagram, dropped unread.
+    pub excess: u64,
+    /// Connection requests ignored for being past the bounds.
+    pub requests_ignored: u64,
+    /// File offers refused for being past the bounds.
+    pub offers_refused: u64,
+    /// Datagrams of another protocol version from addresses other than the server's.
+    pub other_version: u64,
 }
 
 /// Why a transfer failed (the `reason` of `file_failed`).
@@ -335,6 +363,9 @@ pub enum TransferFailure {
     NotStarted,
     /// No chunk came for the stall timeout, though the session lives.
     Stalled,
+    /// The receiver does not have the free space the file needs (`needed` bytes; `free`
+    /// when it is us, `None` when the peer said so): refused before anything was written.
+    NoSpace { needed: u64, free: Option<u64> },
 }
 
 impl TransferFailure {
@@ -353,6 +384,7 @@ impl TransferFailure {
             TransferFailure::BadName(_) => "bad_name",
             TransferFailure::NotStarted => "not_started",
             TransferFailure::Stalled => "stalled",
+            TransferFailure::NoSpace { .. } => "no_space",
         }
     }
 }
@@ -377,6 +409,20 @@ impl fmt::Display for TransferFailure {
             TransferFailure::BadName(why) => write!(f, "refused at once: {why}"),
             TransferFailure::NotStarted => write!(f, "the peer never started sending"),
             TransferFailure::Stalled => write!(f, "the peer stopped sending"),
+            TransferFailure::NoSpace {
+                needed,
+                free: Some(free),
+            } => write!(
+                f,
+                "not enough free space in the downloads directory: the file needs {}, {} are free",
+                human_bytes(*needed),
+                human_bytes(*free)
+            ),
+            TransferFailure::NoSpace { needed, free: None } => write!(
+                f,
+                "the peer does not have the {} of free space the file needs",
+                human_bytes(*needed)
+            ),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::event::{EndReason, Event, FileError, TransferFailure, TransferInfo};
-use super::outputs::Outputs;
+use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
 pub use super::transfer::{chunk_count, FileSink, FileSource, Link};
 use super::transfer::{Due, Key, Kind, Transfer};
@@ -47,6 +47,11 @@ pub struct FileConfig {
     pub cancel_tries: u32,
     /// Most offers from one peer waiting for our answer; more are refused.
     pub max_pending_offers: usize,
+    /// Most offers waiting for our answer, from all peers; more are refused.
+    pub max_offers: usize,
+    /// Offers refused for being past those bounds are shown as one count at most this
+    /// often.
+    pub summary_interval: Duration,
     /// A transfer being received that gets no chunk for this long (once started) fails:
     /// the session may live on (its keepalives answered) while the sender has stopped.
     pub stall_timeout: Duration,
@@ -66,7 +71,9 @@ impl FileConfig {
             progress_interval: Duration::from_millis(500),
             offer_lifetime: retry_interval * connect_tries.max(1),
             cancel_tries: 6,
-            max_pending_offers: 32,
+            max_pending_offers: 16,
+            max_offers: 64,
+            summary_interval: Duration::from_secs(5),
             stall_timeout: retry_interval.min(Duration::from_secs(5)) * 6,
             downloads: PathBuf::from("."),
         }
@@ -75,8 +82,13 @@ impl FileConfig {
 
 /// How a failure travels on the wire, both ways.
 impl TransferFailure {
-    fn from_wire(reason: FileEnd) -> Self {
+    /// The failure a peer's `FileCancel` says, for a transfer of `size` bytes.
+    fn from_wire(reason: FileEnd, size: u64) -> Self {
         match reason {
+            FileEnd::NoSpace => TransferFailure::NoSpace {
+                needed: size,
+                free: None,
+            },
             FileEnd::Refused => TransferFailure::Refused,
             FileEnd::Cancelled => TransferFailure::Cancelled { by_peer: true },
             FileEnd::ChecksumMismatch => TransferFailure::ChecksumMismatch,
@@ -99,6 +111,7 @@ impl TransferFailure {
             TransferFailure::Unknown => FileEnd::Unknown,
             TransferFailure::BadName(_) => FileEnd::Refused,
             TransferFailure::NotStarted | TransferFailure::Stalled => FileEnd::Cancelled,
+            TransferFailure::NoSpace { .. } => FileEnd::NoSpace,
         }
     }
 }
@@ -144,13 +157,14 @@ pub struct Files {
     out: Outputs,
     /// Chunks resent by transfers that have ended.
     retransmissions: u64,
+    /// Offers refused for being past the bounds, shown as a count now and then.
+    refused: Tally,
 }
 
 impl Files {
     /// `max_rto`: the longest any resend waits (the retry interval).
     pub fn new(config: FileConfig, max_rto: Duration) -> Self {
         Files {
-            config,
             max_rto,
             next_local: 1,
             transfers: BTreeMap::new(),
@@ -160,7 +174,30 @@ impl Files {
             cancelling: Vec::new(),
             out: Outputs::default(),
             retransmissions: 0,
+            refused: Tally::new(config.summary_interval),
+            config,
         }
+    }
+
+    /// While a datagram from `to` is handled that has not proved it receives: what goes
+    /// back to it from here may total `budget` bytes (see [`Outputs::limit`]).
+    pub fn limit(&mut self, to: SocketAddr, budget: usize) {
+        self.out.limit(to, budget);
+    }
+
+    /// Ends the limit; returns what it had left.
+    pub fn unlimit(&mut self) -> usize {
+        self.out.unlimit()
+    }
+
+    /// Messages not sent for a limit.
+    pub fn withheld(&self) -> u64 {
+        self.out.withheld()
+    }
+
+    /// Offers refused for being past the bounds.
+    pub fn offers_refused(&self) -> u64 {
+        self.refused.total()
     }
 
     /// Chunks resent so far, by every transfer.
@@ -201,8 +238,9 @@ impl Files {
         self.transfers.iter().map(|(&n, t)| t.info(n)).collect()
     }
 
-    /// The offer `n` (or the only one waiting) for our answer: its number, peer and name.
-    pub fn pick_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+    /// The offer `n` (or the only one waiting) for our answer: its number, peer, name and
+    /// size.
+    pub fn pick_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String, u64), FileError> {
         let n = match n {
             Some(n) => match self.transfers.get(&n) {
                 Some(t) if matches!(t.kind, Kind::Offered) => n,
@@ -223,7 +261,7 @@ impl Files {
             }
         };
         let t = &self.transfers[&n];
-        Ok((n, t.link.peer, t.name.clone()))
+        Ok((n, t.link.peer, t.name.clone(), t.size))
     }
 
     /// The offers of peers waiting for our answer, by local number.
@@ -341,10 +379,17 @@ impl Files {
         Ok(())
     }
 
-    /// Refuses offer `n` (or the only one waiting). Returns its number.
-    pub fn refuse(&mut self, now: Instant, me: ClientId, n: Option<u64>) -> Result<u64, FileError> {
-        let (n, _, _) = self.pick_offer(n)?;
-        self.end(now, me, n, TransferFailure::Refused, true);
+    /// Refuses offer `n` (or the only one waiting), telling the peer `why` (the person's
+    /// `refuse` is [`TransferFailure::Refused`]). Returns its number.
+    pub fn refuse(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        n: Option<u64>,
+        why: TransferFailure,
+    ) -> Result<u64, FileError> {
+        let (n, _, _, _) = self.pick_offer(n)?;
+        self.end(now, me, n, why, true);
         Ok(n)
     }
 
@@ -404,16 +449,8 @@ impl Files {
 
     fn send_cancel(&mut self, me: ClientId, key: Key, to: SocketAddr, reason: FileEnd) {
         let (_, session, offerer, n) = key;
-        self.out.transmit(
-            to,
-            Message::FileCancel {
-                from: me,
-                session,
-                offerer,
-                n,
-                reason,
-            },
-        );
+        let cancel = Message::file_cancel(me, session, offerer, n, reason);
+        self.out.transmit(to, cancel);
     }
 
     fn remember(&mut self, key: Key, how: Closed) {
@@ -488,12 +525,18 @@ impl Files {
                 if self.closed.contains_key(&key) {
                     return;
                 }
-                let waiting = self
-                    .transfers
-                    .values()
-                    .filter(|t| t.link.peer == peer && matches!(t.kind, Kind::Offered))
-                    .count();
-                if waiting >= self.config.max_pending_offers {
+                let (mut waiting, mut from_peer) = (0, 0);
+                for t in self.transfers.values() {
+                    if matches!(t.kind, Kind::Offered) {
+                        waiting += 1;
+                        from_peer += usize::from(t.link.peer == peer);
+                    }
+                }
+                if waiting >= self.config.max_offers || from_peer >= self.config.max_pending_offers
+                {
+                    // Refused at once, without a line each: counted, and shown as a count.
+                    log::debug!("{peer}: too many offers waiting for an answer; refused {n}");
+                    self.refused.add(now);
                     self.remember(key, Closed::Failed(FileEnd::Refused));
                     self.send_cancel(me, key, link.addr, FileEnd::Refused);
                     return;
@@ -598,9 +641,8 @@ impl Files {
                     });
                 }
             }
-            Message::FileCancel {
-                offerer, n, reason, ..
-            } => {
+            Message::FileCancel { offerer, n, .. } => {
+                let reason = msg.file_end().unwrap_or(FileEnd::Cancelled);
                 let key = (peer, link.session, offerer, n);
                 self.reply(
                     link,
@@ -612,7 +654,9 @@ impl Files {
                     },
                 );
                 if let Some(&local) = self.index.get(&key) {
-                    self.end(now, me, local, TransferFailure::from_wire(reason), false);
+                    let size = self.transfers[&local].size;
+                    let why = TransferFailure::from_wire(reason, size);
+                    self.end(now, me, local, why, false);
                 }
             }
             Message::FileCancelAck { offerer, n, .. } => {
@@ -806,6 +850,9 @@ impl Files {
         for (key, addr, reason) in resend {
             self.send_cancel(me, key, addr, reason);
         }
+        if let Some(count) = self.refused.take_due(now) {
+            self.out.event(Event::OffersRefused { count });
+        }
         self.flush(now, me);
     }
 
@@ -817,7 +864,10 @@ impl Files {
             .values()
             .filter_map(|t| t.poll_timeout(stall));
         let cancels = self.cancelling.iter().map(|c| c.retry.next());
-        transfers.chain(cancels).min()
+        transfers
+            .chain(cancels)
+            .chain(self.refused.poll_timeout())
+            .min()
     }
 }
 

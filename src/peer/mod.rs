@@ -16,6 +16,15 @@
 //! source address and its session id all match, so datagrams from strangers or from an
 //! earlier session change nothing. Every retry has a bound that ends in an event.
 //!
+//! Hostile input is bounded too (the protocol side is in [`crate::wire`], "Amplification"
+//! and "Bounds"): a datagram is read for at most [`wire::MAX_PEER_MESSAGES`] messages; what
+//! goes back to an address that has not proved it receives is at most what it sent; the
+//! requests and file offers waiting for the person's answer are bounded, and those past
+//! the bounds are shown as a count ([`Event::RequestsIgnored`], [`Event::OffersRefused`])
+//! at most once per [`PeerConfig::summary_interval`]; a peer of another protocol version is
+//! named once ([`Event::PeerVersion`]). The deadlines of sessions are kept in order, so
+//! that a turn costs the same with many requests waiting as with none.
+//!
 //! # Layout
 //!
 //! `Peer` is a composition of parts, each a struct that owns its state, the logic over it
@@ -40,8 +49,12 @@
 //!   table of transfers, the answers to the peer's messages, the endings.
 //! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
+//! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
+//!   walking every session.
 //! - `outputs.rs`: `Outputs`, the queues of datagrams and events that every part writes into
-//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value).
+//!   (the parts are handed `&mut Outputs`; what another part must do comes back as a value),
+//!   with the limit on answers to addresses that have not proved they receive; `Tally` and
+//!   `Seen`, which turn floods into a few events.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -59,6 +72,7 @@ mod retry;
 mod server;
 mod session;
 mod sessions;
+mod timers;
 mod transfer;
 
 use crate::reliable::SendConfig;
@@ -71,7 +85,7 @@ pub use files::{chunk_count, hex, FileConfig, FileSink, FileSource};
 use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
-use outputs::Outputs;
+use outputs::{Outputs, Seen};
 use requests::Requests;
 use server::{Answer, Server};
 use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
@@ -112,6 +126,14 @@ pub struct PeerConfig {
     pub session_timeout: Duration,
     /// File transfers: chunk window, progress events, offer lifetime.
     pub files: FileConfig,
+    /// Connection requests waiting for our answer: at most this many; more are ignored
+    /// (no answer) and counted, until some are answered or expire.
+    pub max_requests: usize,
+    /// Of those, at most this many from one source (an IPv4 address, an IPv6 /64).
+    pub max_requests_per_source: usize,
+    /// What floods make us ignore (requests, file offers) is shown as one count at most
+    /// this often; so is a stranger's datagram of another protocol version.
+    pub summary_interval: Duration,
 }
 
 impl PeerConfig {
@@ -140,6 +162,9 @@ impl PeerConfig {
             session_idle,
             session_timeout: session_idle * 6,
             files: FileConfig::from_chat(&SendConfig::default(), retry_interval, 6),
+            max_requests: 64,
+            max_requests_per_source: 8,
+            summary_interval: Duration::from_secs(5),
         }
         .with_file_defaults()
     }
@@ -152,6 +177,7 @@ impl PeerConfig {
         self.files.downloads = downloads;
         // A transfer goes quiet for as long as a session may before it is given up.
         self.files.stall_timeout = self.session_timeout;
+        self.files.summary_interval = self.summary_interval;
         self
     }
 }
@@ -172,7 +198,18 @@ pub struct Peer {
     requests: Requests,
     /// Datagrams that could not be decoded.
     undecodable: u64,
+    /// Messages past the first [`wire::MAX_PEER_MESSAGES`] of a datagram.
+    excess: u64,
+    /// Datagrams of another protocol version from others than the server, and the
+    /// addresses already named for it (and when a stranger's last was).
+    other_version: u64,
+    versions: Seen<SocketAddr>,
+    stranger_version_at: Option<Instant>,
 }
+
+/// How many addresses of peers of another protocol version are remembered (each is named
+/// once).
+const VERSION_MEMORY: usize = 256;
 
 impl Peer {
     /// A peer that starts registering at `now`; session ids come from the OS's randomness.
@@ -198,6 +235,10 @@ impl Peer {
             finishing: false,
             out,
             undecodable: 0,
+            excess: 0,
+            other_version: 0,
+            versions: Seen::new(VERSION_MEMORY),
+            stranger_version_at: None,
         }
     }
 
@@ -265,6 +306,10 @@ impl Peer {
         let mut stats = self.sessions.stats();
         stats.undecodable = self.undecodable;
         stats.ignored = self.out.ignored();
+        stats.withheld = self.out.withheld() + self.files.withheld();
+        stats.excess = self.excess;
+        stats.offers_refused = self.files.offers_refused();
+        stats.other_version = self.other_version;
         stats
     }
 
@@ -591,7 +636,24 @@ impl Peer {
     /// Refuses offer `n` (or the only one waiting).
     pub fn refuse_file(&mut self, now: Instant, n: Option<u64>) -> Result<u64, FileError> {
         let me = self.file_command_id()?;
-        self.files.refuse(now, me, n)
+        self.files.refuse(now, me, n, TransferFailure::Refused)
+    }
+
+    /// Refuses offer `n` because where it would be written has only `free` bytes left:
+    /// the peer is told `NoSpace`, the user `FileFailed` with [`TransferFailure::NoSpace`].
+    pub fn refuse_file_no_space(
+        &mut self,
+        now: Instant,
+        n: u64,
+        free: u64,
+    ) -> Result<u64, FileError> {
+        let me = self.file_command_id()?;
+        let (_, _, _, needed) = self.files.pick_offer(Some(n))?;
+        let why = TransferFailure::NoSpace {
+            needed,
+            free: Some(free),
+        };
+        self.files.refuse(now, me, Some(n), why)
     }
 
     /// Cancels transfer `n` (or the only one).
@@ -600,8 +662,9 @@ impl Peer {
         self.files.cancel(now, me, n)
     }
 
-    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name).
-    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String), FileError> {
+    /// The offer `n` (or the only one) waiting for an answer: (number, peer, offered name,
+    /// size).
+    pub fn file_offer(&self, n: Option<u64>) -> Result<(u64, ClientId, String, u64), FileError> {
         self.files.pick_offer(n)
     }
 
@@ -623,11 +686,51 @@ impl Peer {
     // ------------------------------------------------------------------ network input
 
     /// Feeds one received datagram.
+    ///
+    /// At most [`wire::MAX_PEER_MESSAGES`] of its messages are handled. While `from` has not
+    /// proved it receives (see [`Peer::proves_receipt`]), what is sent back to it in answer
+    /// totals at most the datagram's length, plus its credit while a connection request is
+    /// pending with it, either way (what it sent before and was not answered for); the rest
+    /// is withheld and counted ([`PeerStats::withheld`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match wire::decode_all(datagram) {
-            Ok(messages) => {
+            Ok(mut messages) => {
+                if messages.len() > wire::MAX_PEER_MESSAGES {
+                    let excess = messages.len() - wire::MAX_PEER_MESSAGES;
+                    self.excess += excess as u64;
+                    debug!(
+                        "{from}: {excess} messages past the first {} of a datagram dropped",
+                        wire::MAX_PEER_MESSAGES
+                    );
+                    messages.truncate(wire::MAX_PEER_MESSAGES);
+                }
+                // The budget of answers, once a message is handled for an address that has
+                // not proved it receives (one that proves it midway, with an Accept, is
+                // answered freely from there).
+                let mut budget: Option<usize> = None;
+                // Once proved (at the start, or by an Accept midway), for the whole datagram.
+                let mut proven = false;
                 for msg in messages {
+                    proven = proven || self.proves_receipt(from);
+                    let limited = !proven;
+                    if limited {
+                        let credit = &mut self.sessions;
+                        let left = *budget.get_or_insert_with(|| {
+                            datagram.len().saturating_add(credit.take_credit(from))
+                        });
+                        self.out.limit(from, left);
+                        // The transfers only ever answer connected sessions: nothing from
+                        // them may go to an address that has not proved it receives.
+                        self.files.limit(from, 0);
+                    }
                     self.handle_one(now, from, msg);
+                    if limited {
+                        budget = Some(self.out.unlimit());
+                        self.files.unlimit();
+                    }
+                }
+                if let Some(left) = budget {
+                    self.sessions.give_credit(from, left);
                 }
                 self.flush(now);
                 self.leave_if_drained(now);
@@ -635,6 +738,7 @@ impl Peer {
             Err(DecodeError::BadVersion { found }) if from == self.config.server => {
                 self.server.other_version(found, &mut self.out);
             }
+            Err(DecodeError::BadVersion { found }) => self.other_version(now, from, found),
             Err(e) => {
                 self.undecodable += 1;
                 debug!("{from}: dropped: {e}");
@@ -642,7 +746,45 @@ impl Peer {
         }
     }
 
-    /// Feeds one decoded message.
+    /// Whether `addr` has proved it receives what we send: the server's, or that of a
+    /// connected session (or of one whose `Terminate` we resend after it was connected).
+    pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
+        addr == self.config.server || self.sessions.proves_receipt(addr)
+    }
+
+    /// A datagram of protocol `version` from `from`, not the server: the user is told,
+    /// once per address, who cannot be understood. Strangers (no session or request at
+    /// that address) are named at most once per summary interval, whatever the number of
+    /// addresses a flood comes from.
+    fn other_version(&mut self, now: Instant, from: SocketAddr, version: u8) {
+        self.other_version += 1;
+        if self.versions.contains(&from) {
+            debug!("{from}: dropped another datagram of protocol version {version}");
+            return;
+        }
+        let peer = self.sessions.peer_at(from);
+        if peer.is_none() {
+            let interval = self.config.summary_interval;
+            if self
+                .stranger_version_at
+                .is_some_and(|at| now < at + interval)
+            {
+                debug!("{from}: dropped a datagram of protocol version {version} (a stranger; one was named lately)");
+                return;
+            }
+            self.stranger_version_at = Some(now);
+        }
+        self.versions.insert(from);
+        self.out.event(Event::PeerVersion {
+            peer,
+            addr: from,
+            version,
+        });
+    }
+
+    /// Feeds one decoded message. No answer limit applies (it is counted against the
+    /// datagram's length): a driver that receives datagrams feeds them to
+    /// [`Peer::handle_datagram`].
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
         self.handle_one(now, from, msg);
         self.flush(now);
@@ -805,7 +947,10 @@ impl Peer {
             }
             Message::Terminate { from, session } => {
                 let out = &mut self.out;
-                match self.sessions.handle_terminate(me, src, from, session, out) {
+                match self
+                    .sessions
+                    .handle_terminate(now, me, src, from, session, out)
+                {
                     Terminated::Nothing => {}
                     Terminated::Session(ended) => self.session_ended(ended),
                     Terminated::Closing => self.left_if_closed(),

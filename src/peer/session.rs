@@ -28,6 +28,9 @@ pub(super) struct Settings {
     /// What our `ConnectRequest`s say of us.
     pub name: Option<String>,
     pub display_name: Option<String>,
+    /// Requests waiting for our answer: at most this many, and this many from one source.
+    pub max_requests: usize,
+    pub max_requests_per_source: usize,
 }
 
 impl Settings {
@@ -44,6 +47,8 @@ impl Settings {
             session_timeout: config.session_timeout,
             name: config.name.clone(),
             display_name: config.display_name.clone(),
+            max_requests: config.max_requests,
+            max_requests_per_source: config.max_requests_per_source,
         }
     }
 
@@ -95,6 +100,8 @@ pub(super) struct Session {
     queued_ack: Option<u64>,
     /// Started by the queue (not by the user): its failures are not shown.
     pub auto: bool,
+    /// The deadline the table of sessions last set for it (see `Timers::set`).
+    pub scheduled: Option<Instant>,
 }
 
 /// What [`Session::handle_timeout`] found.
@@ -126,6 +133,7 @@ impl Session {
             last_sent: now,
             queued_ack: None,
             auto: false,
+            scheduled: None,
         }
     }
 

@@ -5,9 +5,16 @@
 //! A peer message is acted on only when its `from`, its source address and its session id
 //! all match a session, so datagrams from strangers or from an earlier session change
 //! nothing; a session message for a session we do not have is answered with a `Terminate`.
+//!
+//! What a flood of requests could grow is bounded: the requests waiting for our person's
+//! answer (in all, and per source), and the work per turn. The deadlines of sessions and
+//! of our `Terminate`s are kept in order ([`Timers`]), and an [`Index`] answers, without
+//! walking the table, which addresses have proved they receive (for the answer limit of
+//! `Peer::handle_datagram`), which peers are connected, and how many requests each source
+//! holds.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -15,9 +22,10 @@ use rand::Rng;
 
 use super::event::{CommandError, EndReason, Event, PeerStats, SessionInfo};
 use super::files::Link;
-use super::outputs::Outputs;
+use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
 use super::session::{Due, Session, Settings, State};
+use super::timers::Timers;
 use super::{split_text, PeerConfig};
 use crate::wire::{self, ClientId, Message, SessionId};
 
@@ -30,6 +38,131 @@ struct Closing {
     /// Whether to show `Terminated` when it ends (not for a withdrawn request, which was
     /// shown already).
     announce: bool,
+    /// The session was connected: its address has proved it receives.
+    proven: bool,
+    /// The deadline last set in the timers.
+    scheduled: Option<Instant>,
+}
+
+/// What has a deadline in [`Sessions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// A session or request, by peer.
+    Session(ClientId),
+    /// A `Terminate` of ours being resent, by session id.
+    Closing(SessionId),
+}
+
+/// The most bytes of credit an address holding a request keeps (see [`Held`]).
+const MAX_CREDIT: usize = wire::MAX_DATAGRAM;
+
+/// The requests pending with one address, either way: its requests waiting for our answer,
+/// and ours waiting for its.
+#[derive(Debug, Default)]
+struct Held {
+    requests: u32,
+    /// Bytes received from the address while a request was pending with it, less the bytes
+    /// sent to it in answer: what it may still be answered with beyond a datagram's own
+    /// length.
+    credit: usize,
+}
+
+/// The sessions by address and by state: kept up to date as sessions come, change state
+/// and go (in [`Sessions::put`], [`Sessions::take`], [`Sessions::open`] and around
+/// closings), so that the questions of every datagram cost no walk of the table.
+#[derive(Debug, Default)]
+struct Index {
+    /// Addresses that have proved they receive, with how many reasons: connected sessions,
+    /// sessions whose `Terminate` we resend after they were connected, and sessions the
+    /// peer ended lately (see [`Sessions::retire`]).
+    proven: HashMap<SocketAddr, u32>,
+    /// Addresses of sessions the peer ended, proven until then, in that order.
+    retired: VecDeque<(SocketAddr, Instant)>,
+    /// Connected peers, in id order.
+    connected: BTreeSet<ClientId>,
+    /// Requests waiting for our answer: in all, and per source.
+    incoming: usize,
+    by_source: HashMap<IpAddr, u32>,
+    /// Requests pending either way, per address.
+    held: HashMap<SocketAddr, Held>,
+}
+
+impl Index {
+    fn add(&mut self, s: &Session) {
+        match (&s.state, s.addr) {
+            (State::Connected { .. }, Some(addr)) => {
+                *self.proven.entry(addr).or_default() += 1;
+                self.connected.insert(s.peer);
+            }
+            (State::Incoming { .. }, Some(addr)) => {
+                self.incoming += 1;
+                *self.by_source.entry(source(addr.ip())).or_default() += 1;
+                self.held.entry(addr).or_default().requests += 1;
+            }
+            (State::Requesting { .. }, Some(addr)) => {
+                self.held.entry(addr).or_default().requests += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, s: &Session) {
+        match (&s.state, s.addr) {
+            (State::Connected { .. }, Some(addr)) => {
+                self.unprove(addr);
+                self.connected.remove(&s.peer);
+            }
+            (State::Incoming { .. }, Some(addr)) => {
+                self.incoming -= 1;
+                decrement(&mut self.by_source, source(addr.ip()));
+                self.release(addr);
+            }
+            (State::Requesting { .. }, Some(addr)) => self.release(addr),
+            _ => {}
+        }
+    }
+
+    /// A request pending with `addr` is over; with the last one its credit goes.
+    fn release(&mut self, addr: SocketAddr) {
+        if let Some(h) = self.held.get_mut(&addr) {
+            h.requests -= 1;
+            if h.requests == 0 {
+                self.held.remove(&addr);
+            }
+        }
+    }
+
+    fn prove(&mut self, addr: SocketAddr) {
+        *self.proven.entry(addr).or_default() += 1;
+    }
+
+    fn unprove(&mut self, addr: SocketAddr) {
+        decrement(&mut self.proven, addr);
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+/// The source a request is counted against: its IPv4 address, or the /64 of its IPv6
+/// address (one host commonly holds a whole /64), an IPv4-mapped address as IPv4.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
 }
 
 /// A session that has ended, so that what travelled on it (file transfers) ends too.
@@ -73,8 +206,14 @@ pub(super) struct Sessions {
     rng: StdRng,
     by_peer: BTreeMap<ClientId, Session>,
     closing: BTreeMap<SessionId, Closing>,
-    /// Requests we rejected, so that a resent request gets the same answer; with expiry.
+    /// Requests we rejected, so that a resent request gets the same answer; with expiry,
+    /// and in the order they expire (they all live as long).
     rejected: HashMap<(ClientId, SessionId), Instant>,
+    rejected_order: VecDeque<((ClientId, SessionId), Instant)>,
+    timers: Timers<Timer>,
+    index: Index,
+    /// Requests ignored for being past the bounds, shown as a count now and then.
+    ignored: Tally,
     current: Option<ClientId>,
     next_order: u64,
     /// Resets sent, and the counters of sessions that have ended.
@@ -89,6 +228,10 @@ impl Sessions {
             by_peer: BTreeMap::new(),
             closing: BTreeMap::new(),
             rejected: HashMap::new(),
+            rejected_order: VecDeque::new(),
+            timers: Timers::default(),
+            index: Index::default(),
+            ignored: Tally::new(config.summary_interval),
             current: None,
             next_order: 0,
             stats: PeerStats::default(),
@@ -118,11 +261,43 @@ impl Sessions {
 
     /// Peers with an open session.
     pub fn connected_peers(&self) -> Vec<ClientId> {
+        self.index.connected.iter().copied().collect()
+    }
+
+    /// Whether `addr` has proved it receives what we send: it is the address of a
+    /// connected session (or of one we are ending after it was connected).
+    pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
+        self.index.proven.contains_key(&addr)
+    }
+
+    /// The credit of `addr` (see [`Held`]), taken out to answer a datagram from it.
+    pub fn take_credit(&mut self, addr: SocketAddr) -> usize {
+        self.index
+            .held
+            .get_mut(&addr)
+            .map_or(0, |h| std::mem::take(&mut h.credit))
+    }
+
+    /// What is left of the budget of a datagram from `addr` becomes its credit, if a
+    /// request is pending with it (its, waiting for our answer, or ours, for its).
+    pub fn give_credit(&mut self, addr: SocketAddr, bytes: usize) {
+        if let Some(h) = self.index.held.get_mut(&addr) {
+            h.credit = bytes.min(MAX_CREDIT);
+        }
+    }
+
+    /// The peer whose session (in any state) is at `addr`, if any (the first by id). A
+    /// stranger's address, in neither index, costs no walk of the table.
+    pub fn peer_at(&self, addr: SocketAddr) -> Option<ClientId> {
+        if !self.index.held.contains_key(&addr) && !self.index.proven.contains_key(&addr) {
+            // Requests (either way) and connected sessions are indexed by address; a
+            // lookup has none, and the one that learns it from a request opens at once.
+            return None;
+        }
         self.by_peer
             .values()
-            .filter(|s| s.is_connected())
+            .find(|s| s.addr == Some(addr))
             .map(|s| s.peer)
-            .collect()
     }
 
     /// Every session and request, by peer id.
@@ -154,6 +329,7 @@ impl Sessions {
         for s in self.by_peer.values() {
             s.count_into(&mut stats);
         }
+        stats.requests_ignored = self.ignored.total();
         stats
     }
 
@@ -205,8 +381,13 @@ impl Sessions {
         }
         let id = self.rng.random::<SessionId>();
         let retry = Retry::first(now + self.cfg.server_retry);
-        let s = Session::new(peer, id, None, State::LookingUp { retry }, now);
-        self.by_peer.insert(peer, s);
+        self.put(Session::new(
+            peer,
+            id,
+            None,
+            State::LookingUp { retry },
+            now,
+        ));
         out.transmit(
             self.cfg.server,
             Message::Lookup {
@@ -239,7 +420,7 @@ impl Sessions {
         let retry = Retry::first(now + self.cfg.retry_interval);
         let mut s = Session::new(peer, session, Some(addr), State::Requesting { retry }, now);
         s.auto = auto;
-        self.by_peer.insert(peer, s);
+        self.put(s);
         out.transmit(addr, self.cfg.request(me, session));
     }
 
@@ -267,7 +448,7 @@ impl Sessions {
 
     /// Rejects the request of `peer` (picked with [`Sessions::pick_request`]).
     pub fn reject(&mut self, now: Instant, me: ClientId, peer: ClientId, out: &mut Outputs) {
-        let s = self.by_peer.remove(&peer).expect("picked from sessions");
+        let s = self.take(peer).expect("picked from sessions");
         self.reject_session(now, me, &s, out);
     }
 
@@ -283,6 +464,7 @@ impl Sessions {
         }
         let until = now + self.cfg.retry_interval * (self.cfg.connect_tries + 1);
         self.rejected.insert((s.peer, s.id), until);
+        self.rejected_order.push_back(((s.peer, s.id), until));
     }
 
     /// Opens the session with `peer` (which has an address).
@@ -291,7 +473,10 @@ impl Sessions {
             .by_peer
             .get_mut(&peer)
             .expect("opening a present session");
+        self.index.remove(s);
         s.open(now, &self.cfg.chat);
+        self.index.add(s);
+        self.reschedule(peer);
         self.current = Some(peer);
         out.event(Event::Connected { peer });
     }
@@ -380,7 +565,7 @@ impl Sessions {
                 }
             }
         };
-        let Some(mut s) = self.by_peer.remove(&peer) else {
+        let Some(mut s) = self.take(peer) else {
             return Err(CommandError::NoSessionWith(peer));
         };
         let ended = self.end_locally(now, me, &mut s, None, out);
@@ -421,7 +606,7 @@ impl Sessions {
     ) -> Vec<Ended> {
         let mut ended = Vec::with_capacity(peers.len());
         for p in peers {
-            let mut s = self.by_peer.remove(&p).expect("listed above");
+            let mut s = self.take(p).expect("listed above");
             ended.push(self.end_locally(now, me, &mut s, None, out));
         }
         ended
@@ -503,16 +688,72 @@ impl Sessions {
                 session: s.id,
             },
         );
-        self.closing.insert(
-            s.id,
-            Closing {
-                peer: s.peer,
-                addr,
-                retry: Retry::first(now + period),
-                period,
-                announce,
-            },
-        );
+        let proven = s.is_connected();
+        let retry = Retry::first(now + period);
+        let mut closing = Closing {
+            peer: s.peer,
+            addr,
+            retry,
+            period,
+            announce,
+            proven,
+            scheduled: None,
+        };
+        if proven {
+            self.index.prove(addr);
+        }
+        let key = Timer::Closing(s.id);
+        if let Some(mut old) = self.closing.remove(&s.id) {
+            if old.proven {
+                self.index.unprove(old.addr);
+            }
+            self.timers.set(key, &mut old.scheduled, None);
+        }
+        self.timers
+            .set(key, &mut closing.scheduled, Some(retry.next()));
+        self.closing.insert(s.id, closing);
+    }
+
+    // ------------------------------------------------------------------ the table
+
+    /// Adds a session (there is none with its peer).
+    fn put(&mut self, s: Session) {
+        let peer = s.peer;
+        self.take(peer);
+        self.index.add(&s);
+        self.by_peer.insert(peer, s);
+        self.reschedule(peer);
+    }
+
+    /// Removes the session with `peer`.
+    fn take(&mut self, peer: ClientId) -> Option<Session> {
+        let mut s = self.by_peer.remove(&peer)?;
+        self.index.remove(&s);
+        self.timers
+            .set(Timer::Session(peer), &mut s.scheduled, None);
+        Some(s)
+    }
+
+    /// A session the peer ended (or that went silent): if it was connected, its address
+    /// stays proven for as long as the peer may resend its `Terminate` (its tries, at most a
+    /// retry interval apart), so that our `TerminateAck` to a resend, which is 3 bytes
+    /// longer, is not withheld.
+    fn retire(&mut self, now: Instant, s: &Session) {
+        if let (true, Some(addr)) = (s.is_connected(), s.addr) {
+            let until = now + self.cfg.retry_interval * self.cfg.terminate_tries;
+            self.index.prove(addr);
+            self.index.retired.push_back((addr, until));
+        }
+    }
+
+    /// Sets the deadline of the session with `peer` (none if it is gone) from its state:
+    /// called after whatever may change it.
+    fn reschedule(&mut self, peer: ClientId) {
+        if let Some(s) = self.by_peer.get_mut(&peer) {
+            let when = s.poll_timeout(&self.cfg);
+            self.timers
+                .set(Timer::Session(peer), &mut s.scheduled, when);
+        }
     }
 
     fn refresh_current(&mut self) {
@@ -537,9 +778,12 @@ impl Sessions {
         let retry = Retry::first(now + self.cfg.retry_interval);
         match self.by_peer.get_mut(&peer) {
             Some(s) if matches!(s.state, State::LookingUp { .. }) => {
+                self.index.remove(s);
                 s.addr = Some(addr);
                 s.state = State::Requesting { retry };
+                self.index.add(s);
                 out.transmit(addr, self.cfg.request(me, s.id));
+                self.reschedule(peer);
                 true
             }
             _ => false,
@@ -551,7 +795,7 @@ impl Sessions {
     pub fn inactive(&mut self, peer: ClientId, out: &mut Outputs) -> bool {
         match self.by_peer.get(&peer) {
             Some(s) if matches!(s.state, State::LookingUp { .. }) => {
-                let s = self.by_peer.remove(&peer).expect("just seen");
+                let s = self.take(peer).expect("just seen");
                 if !s.auto {
                     out.event(Event::Inactive { peer });
                 }
@@ -620,18 +864,25 @@ impl Sessions {
                 // will answer.
                 s.last_heard = now;
                 s.id = session;
+                self.reschedule(from);
             }
             State::Connected { .. } if s.id == session && same_addr => {
                 // Our Accept was lost.
                 s.last_heard = now;
                 out.transmit(src, Message::Accept { from: me, session });
+                self.reschedule(from);
             }
             State::Connected { .. } if same_addr && session < s.id => {
                 // The peer forgot the old session (restarted, or ended it without our
                 // hearing) and asks anew. A larger id from the same peer is a leftover
-                // request that lost a simultaneous open, and is ignored.
-                let old = self.by_peer.remove(&from).expect("present");
-                let ended = self.end_with(old, EndReason::Replaced, out);
+                // request that lost a simultaneous open, and is ignored. So is a request
+                // past the bounds: the session it would end stays.
+                if !self.can_hold(src) {
+                    self.ignore_request(now, src, &msg);
+                    return Requested::Nothing;
+                }
+                let old = self.take(from).expect("present");
+                let ended = self.end_with(now, old, EndReason::Replaced, out);
                 self.incoming(now, src, from, session, out);
                 return Requested::Replaced(ended);
             }
@@ -653,6 +904,7 @@ impl Sessions {
         Requested::Nothing
     }
 
+    /// A new request of `from`, held for our person's answer unless past the bounds.
     fn incoming(
         &mut self,
         now: Instant,
@@ -661,13 +913,41 @@ impl Sessions {
         session: SessionId,
         out: &mut Outputs,
     ) {
+        if !self.can_hold(src) {
+            let msg = Message::ConnectRequest {
+                from,
+                session,
+                name: None,
+                display_name: None,
+            };
+            self.ignore_request(now, src, &msg);
+            return;
+        }
         self.next_order += 1;
         let state = State::Incoming {
             order: self.next_order,
         };
-        let s = Session::new(from, session, Some(src), state, now);
-        self.by_peer.insert(from, s);
+        self.put(Session::new(from, session, Some(src), state, now));
         out.event(Event::Request { from });
+    }
+
+    /// Whether one more request from `src` may wait for our answer.
+    fn can_hold(&self, src: SocketAddr) -> bool {
+        let from_source = self
+            .index
+            .by_source
+            .get(&source(src.ip()))
+            .copied()
+            .unwrap_or(0);
+        self.index.incoming < self.cfg.max_requests
+            && (from_source as usize) < self.cfg.max_requests_per_source
+    }
+
+    /// A request past the bounds: no answer, no line of its own; counted, and shown in
+    /// the next `RequestsIgnored`.
+    fn ignore_request(&mut self, now: Instant, src: SocketAddr, msg: &Message) {
+        self.ignored.add(now);
+        log::debug!("{src}: too many requests waiting for an answer; ignored {msg:?}");
     }
 
     /// A `Reject` of our request: true if it matched (the request is over).
@@ -681,7 +961,7 @@ impl Sessions {
         if !self.is_requesting(from, src, session) {
             return false;
         }
-        self.by_peer.remove(&from);
+        self.take(from);
         out.event(Event::Rejected { peer: from });
         true
     }
@@ -689,6 +969,7 @@ impl Sessions {
     /// A `Terminate` (always acknowledged: our earlier `TerminateAck` may have been lost).
     pub fn handle_terminate(
         &mut self,
+        now: Instant,
         me: ClientId,
         src: SocketAddr,
         from: ClientId,
@@ -697,12 +978,12 @@ impl Sessions {
     ) -> Terminated {
         out.transmit(src, Message::TerminateAck { from: me, session });
         if self.matches(from, src, session, |_| true) {
-            let s = self.by_peer.remove(&from).expect("matched");
+            let s = self.take(from).expect("matched");
             let reason = match s.state {
                 State::Incoming { .. } | State::LookingUp { .. } => EndReason::Cancelled,
                 _ => EndReason::ByPeer,
             };
-            Terminated::Session(self.end_with(s, reason, out))
+            Terminated::Session(self.end_with(now, s, reason, out))
         } else if self.closing_matches(from, src, session) {
             // Both ended it at once.
             self.closed(session, EndReason::ByUs, out);
@@ -731,7 +1012,9 @@ impl Sessions {
     }
 
     /// A message on an open session: `Chat`, `Ack`, `Ping`, `Pong`, or one of a file
-    /// transfer, which comes back with the session's [`Link`] for the transfers.
+    /// transfer, which comes back with the session's [`Link`] for the transfers. The
+    /// session's deadline is not set again here: [`Sessions::flush`], which the owning peer
+    /// calls after every input, does it for every connected session.
     pub fn handle_traffic(
         &mut self,
         now: Instant,
@@ -757,6 +1040,7 @@ impl Sessions {
                     self.unknown_session(me, src, session, &msg, out);
                     return None;
                 };
+                // Its deadline is set again by `flush`, which follows every datagram.
                 s.receive_chat(now, me, src, seq, text, out);
             }
             Message::Ack {
@@ -854,8 +1138,15 @@ impl Sessions {
     }
 
     /// Drops a session the peer ended or that died: reports what was not delivered.
-    fn end_with(&mut self, mut s: Session, reason: EndReason, out: &mut Outputs) -> Ended {
+    fn end_with(
+        &mut self,
+        now: Instant,
+        mut s: Session,
+        reason: EndReason,
+        out: &mut Outputs,
+    ) -> Ended {
         self.absorb_stats(&s);
+        self.retire(now, &s);
         if let State::Connected { tx, .. } = &mut s.state {
             for seq in tx.abandon() {
                 out.event(Event::Undelivered { peer: s.peer, seq });
@@ -874,7 +1165,12 @@ impl Sessions {
     }
 
     fn closed(&mut self, session: SessionId, reason: EndReason, out: &mut Outputs) {
-        if let Some(c) = self.closing.remove(&session) {
+        if let Some(mut c) = self.closing.remove(&session) {
+            self.timers
+                .set(Timer::Closing(session), &mut c.scheduled, None);
+            if c.proven {
+                self.index.unprove(c.addr);
+            }
             if c.announce {
                 out.event(Event::Terminated {
                     peer: c.peer,
@@ -886,18 +1182,18 @@ impl Sessions {
 
     // ------------------------------------------------------------------ timers and output
 
+    /// The soonest deadline of a session, a `Terminate` or the count of ignored requests.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self
-            .by_peer
-            .values()
-            .filter_map(|s| s.poll_timeout(&self.cfg));
-        let closing = self.closing.values().map(|c| c.retry.next());
-        sessions.chain(closing).min()
+        let retired = self.index.retired.front().map(|&(_, until)| until);
+        [self.timers.next(), self.ignored.poll_timeout(), retired]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Resends, pings, timeouts of sessions and of our `Terminate`s, and the expiry of the
-    /// requests we rejected. Returns the sessions that ended. `me` is `None` only before we
-    /// ever registered, when there are no sessions.
+    /// requests we rejected: only those that are due. Returns the sessions that ended. `me`
+    /// is `None` only before we ever registered, when there are no sessions.
     pub fn handle_timeout(
         &mut self,
         now: Instant,
@@ -905,33 +1201,69 @@ impl Sessions {
         out: &mut Outputs,
     ) -> Vec<Ended> {
         let mut ended = Vec::new();
-        let peers: Vec<ClientId> = self.by_peer.keys().copied().collect();
-        for p in peers {
-            if let Some(me) = me {
-                ended.extend(self.session_timers(now, me, p, out));
-            }
-        }
-        let due: Vec<SessionId> = self
-            .closing
-            .iter()
-            .filter(|(_, c)| c.retry.next() <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for session in due {
-            let max = self.cfg.terminate_tries;
-            let cap = self.cfg.retry_interval;
-            let c = self.closing.get_mut(&session).expect("listed above");
-            match c.retry.poll_doubling(now, max, &mut c.period, cap) {
-                Some(Step::GiveUp) => self.closed(session, EndReason::Unanswered, out),
-                Some(Step::Resend) => {
-                    let from = me.unwrap_or_default();
-                    out.transmit(c.addr, Message::Terminate { from, session });
+        for (when, timer) in self.timers.due(now) {
+            match timer {
+                Timer::Session(p) if self.by_peer.contains_key(&p) => {
+                    if let Some(me) = me {
+                        ended.extend(self.session_timers(now, me, p, out));
+                    }
+                    self.reschedule(p);
                 }
-                None => {}
+                Timer::Closing(session) if self.closing.contains_key(&session) => {
+                    self.closing_timer(now, me, session, out)
+                }
+                orphan => {
+                    debug_assert!(false, "a deadline without its owner: {orphan:?}");
+                    self.timers.orphan(when, orphan);
+                }
             }
         }
-        self.rejected.retain(|_, until| *until > now);
+        while let Some(&(addr, until)) = self.index.retired.front() {
+            if until > now {
+                break;
+            }
+            self.index.retired.pop_front();
+            self.index.unprove(addr);
+        }
+        while let Some(&(key, until)) = self.rejected_order.front() {
+            if until > now {
+                break;
+            }
+            self.rejected_order.pop_front();
+            if self.rejected.get(&key) == Some(&until) {
+                self.rejected.remove(&key);
+            }
+        }
+        if let Some(count) = self.ignored.take_due(now) {
+            out.event(Event::RequestsIgnored { count });
+        }
         ended
+    }
+
+    /// Our `Terminate` of `session` is due: resent, or given up.
+    fn closing_timer(
+        &mut self,
+        now: Instant,
+        me: Option<ClientId>,
+        session: SessionId,
+        out: &mut Outputs,
+    ) {
+        let max = self.cfg.terminate_tries;
+        let cap = self.cfg.retry_interval;
+        let Some(c) = self.closing.get_mut(&session) else {
+            return;
+        };
+        match c.retry.poll_doubling(now, max, &mut c.period, cap) {
+            Some(Step::GiveUp) => return self.closed(session, EndReason::Unanswered, out),
+            Some(Step::Resend) => {
+                let from = me.unwrap_or_default();
+                out.transmit(c.addr, Message::Terminate { from, session });
+            }
+            None => {}
+        }
+        let next = c.retry.next();
+        self.timers
+            .set(Timer::Closing(session), &mut c.scheduled, Some(next));
     }
 
     fn session_timers(
@@ -941,23 +1273,23 @@ impl Sessions {
         peer: ClientId,
         out: &mut Outputs,
     ) -> Option<Ended> {
-        let s = self.by_peer.get_mut(&peer).expect("listed by the caller");
+        let s = self.by_peer.get_mut(&peer)?;
         match s.handle_timeout(now, me, &self.cfg, out) {
             Due::Nothing => None,
             Due::GaveUp(event) => {
                 // An attempt the queue started fails quietly: the queue tries again later.
-                let auto = self.by_peer.remove(&peer).is_some_and(|s| s.auto);
+                let auto = self.take(peer).is_some_and(|s| s.auto);
                 if !auto {
                     out.event(event);
                 }
                 None
             }
             Due::Silent => {
-                let s = self.by_peer.remove(&peer).expect("present");
-                Some(self.end_with(s, EndReason::PeerSilent, out))
+                let s = self.take(peer).expect("present");
+                Some(self.end_with(now, s, EndReason::PeerSilent, out))
             }
             Due::Broken => {
-                let mut s = self.by_peer.remove(&peer).expect("present");
+                let mut s = self.take(peer).expect("present");
                 let why = Some(EndReason::Undeliverable);
                 let ended = self.end_locally(now, me, &mut s, why, out);
                 self.refresh_current();
@@ -966,10 +1298,17 @@ impl Sessions {
         }
     }
 
-    /// Queues every chat message the send windows want to send now.
+    /// Queues every chat message the send windows want to send now (only connected
+    /// sessions have any), and sets their deadlines again.
     pub fn flush(&mut self, now: Instant, me: ClientId, out: &mut Outputs) {
-        for s in self.by_peer.values_mut() {
+        for peer in &self.index.connected {
+            let Some(s) = self.by_peer.get_mut(peer) else {
+                continue;
+            };
             s.flush(now, me, out);
+            let when = s.poll_timeout(&self.cfg);
+            self.timers
+                .set(Timer::Session(*peer), &mut s.scheduled, when);
         }
     }
 }

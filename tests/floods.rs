@@ -1,0 +1,687 @@
+//! The client's state machine under floods from strangers and eager peers, with a simulated
+//! clock: what it holds stays bounded, what it shows stays a few lines, and a live session
+//! goes on as before. (Through the real binary: tests/hostile_e2e.rs.)
+
+mod sim;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use p2pchat::peer::{Event, Peer, PeerConfig, TransferFailure};
+use p2pchat::wire::{encode, ClientId, Message, Transmit};
+use sim::{default_config, NetConfig, Sim, SERVER};
+
+/// Fixed seed of these tests.
+const SEED: u64 = 0xf100d;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A peer driven by hand, registered as client 1.
+fn registered(cfg: PeerConfig, t0: Instant) -> Peer {
+    let mut p = Peer::with_seed(cfg, t0, SEED);
+    // The answer echoes the nonce of the Register, as the server's does.
+    let register = p.poll_transmit().expect("a Register").message;
+    let registered = Message::Registered {
+        id: 1,
+        token: 7,
+        ttl_secs: 30,
+        nonce: register.nonce().expect("a request"),
+    };
+    p.handle_datagram(t0, SERVER, &encode(&registered));
+    drain(&mut p);
+    p
+}
+
+/// Everything the peer wants sent and shown.
+/// The nonce of the last request to the server among `sent` (an answer must echo it).
+fn nonce_of_last_request(sent: &[Transmit]) -> u64 {
+    sent.iter()
+        .rev()
+        .find(|t| t.message.is_server_request())
+        .and_then(|t| t.message.nonce())
+        .expect("a request to the server")
+}
+
+fn drain(p: &mut Peer) -> (Vec<Transmit>, Vec<Event>) {
+    let sent = std::iter::from_fn(|| p.poll_transmit()).collect();
+    let events = std::iter::from_fn(|| p.poll_event()).collect();
+    (sent, events)
+}
+
+/// A request from a made-up client `from` at `addr`.
+fn request(from: ClientId) -> Vec<u8> {
+    encode(&Message::ConnectRequest {
+        from,
+        session: u64::from(from) * 7919,
+        name: None,
+        display_name: None,
+    })
+}
+
+fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// Runs the peer's timers up to `until`, collecting what it sends and shows.
+fn run_timers(p: &mut Peer, until: Instant) -> (Vec<Transmit>, Vec<Event>) {
+    let (mut sent, mut events) = (Vec::new(), Vec::new());
+    for _ in 0..10_000 {
+        match p.poll_timeout() {
+            Some(t) if t <= until => {
+                p.handle_timeout(t);
+                let (s, e) = drain(p);
+                sent.extend(s);
+                events.extend(e);
+            }
+            _ => return (sent, events),
+        }
+    }
+    panic!("timers still due after 10,000 turns");
+}
+
+/// Peer `asker` asks `asked`, which accepts; returns once the asker is connected.
+fn connect(s: &mut Sim, asker: usize, asked: usize) {
+    let id = s.id(asker);
+    s.connect(asker, asked);
+    s.expect(secs(60), "the request arrives", |s| {
+        s.has(asked, |e| *e == Event::Request { from: id })
+    });
+    s.accept(asked, Some(id));
+    let peer = s.id(asked);
+    s.expect(secs(60), "connected", |s| {
+        s.peer(asker).connected_peers().contains(&peer)
+    });
+}
+
+fn ignored_counts(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RequestsIgnored { count } => Some(*count),
+            _ => None,
+        })
+        .collect()
+}
+
+fn requests_shown(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Request { .. }))
+        .count()
+}
+
+// ---------------------------------------------------------------------- requests
+
+#[test]
+fn requests_from_one_source_past_its_bound_are_ignored_and_summed_up() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    assert_eq!(
+        (cfg.max_requests, cfg.max_requests_per_source),
+        (64, 8),
+        "the documented bounds"
+    );
+    let mut p = registered(cfg.clone(), t0);
+    // 10,000 fake ids from one address, a millisecond apart: one source.
+    let mut events = Vec::new();
+    for k in 0..10_000u32 {
+        let now = t0 + Duration::from_micros(u64::from(k) * 1000);
+        p.handle_datagram(now, addr([10, 9, 9, 9], 6666), &request(1000 + k));
+        let (sent, e) = drain(&mut p);
+        assert!(sent.is_empty(), "a request is never answered: {sent:?}");
+        events.extend(e);
+        let (sent, e) = run_timers(&mut p, now);
+        assert!(sent.is_empty(), "{sent:?}");
+        events.extend(e);
+    }
+    assert_eq!(p.pending_requests().len(), 8);
+    assert_eq!(requests_shown(&events), 8, "one line per request held");
+    // Ignored: 9,992, shown as a count at once, then at most once per 5 s.
+    let counts = ignored_counts(&events);
+    assert_eq!(counts.first(), Some(&1), "{counts:?}");
+    assert!(
+        counts.len() <= 3,
+        "10 s of flood, at most 3 lines: {counts:?}"
+    );
+    let (_, rest) = run_timers(&mut p, t0 + secs(20));
+    let counts: Vec<u64> = counts.into_iter().chain(ignored_counts(&rest)).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 9_992, "{counts:?}");
+    assert_eq!(p.stats().requests_ignored, 9_992);
+    // The same address again with the same request: a resend, kept (not a ninth).
+    p.handle_datagram(t0 + secs(20), addr([10, 9, 9, 9], 6666), &request(1000));
+    assert_eq!(p.pending_requests().len(), 8);
+}
+
+#[test]
+fn requests_from_many_sources_stop_at_the_total_bound_and_others_come_in_once_they_expire() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    let lifetime = cfg.retry_interval * 3;
+    let mut p = registered(cfg, t0);
+    let mut events = Vec::new();
+    // 200 sources, 2 requests each: 400 requests, 64 held.
+    for k in 0..400u32 {
+        let ip = [10, 20, (k / 2 / 250) as u8, (k / 2 % 250) as u8 + 1];
+        p.handle_datagram(t0, addr(ip, 5000 + (k % 2) as u16), &request(2000 + k));
+        events.extend(drain(&mut p).1);
+    }
+    assert_eq!(p.pending_requests().len(), 64);
+    assert_eq!(requests_shown(&events), 64);
+    assert_eq!(p.stats().requests_ignored, 336);
+    // Nobody resends: the requests are taken as withdrawn after their lifetime...
+    let (_, events) = run_timers(&mut p, t0 + lifetime);
+    assert!(
+        p.pending_requests().is_empty(),
+        "{:?}",
+        p.pending_requests()
+    );
+    let withdrawn = events
+        .iter()
+        .filter(|e| matches!(e, Event::Terminated { .. }))
+        .count();
+    assert_eq!(withdrawn, 64);
+    // ... and a new one is held again, and shown.
+    p.handle_datagram(t0 + lifetime, addr([10, 30, 0, 1], 7000), &request(9000));
+    let (_, events) = drain(&mut p);
+    assert!(
+        events.contains(&Event::Request { from: 9000 }),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_new_session_request_past_the_bounds_does_not_end_the_session_it_would_replace() {
+    // Peer 1 (b) is connected to peer 0 (a); then b's requests are full from a's address,
+    // and a request from a with a smaller session id (as after a restart) comes: it is
+    // ignored, and the session lives on.
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let mut cfg = default_config();
+    cfg.max_requests_per_source = 1;
+    let v = s.add_registered_peers(3, &cfg);
+    let (a, b, c) = (v[0], v[1], v[2]);
+    connect(&mut s, a, b);
+    // A stranger at a's address (a forged source) holds the one slot of that source.
+    s.deliver_now(
+        s.addr(a),
+        s.addr(b),
+        &Message::ConnectRequest {
+            from: 4242,
+            session: 1,
+            name: None,
+            display_name: None,
+        },
+    );
+    let replacing = Message::ConnectRequest {
+        from: s.id(a),
+        session: 0,
+        name: None,
+        display_name: None,
+    };
+    s.deliver_now(s.addr(a), s.addr(b), &replacing);
+    assert_eq!(s.peer(b).connected_peers(), vec![s.id(a)]);
+    assert_eq!(s.peer(b).stats().requests_ignored, 1);
+    // Another source is not affected.
+    s.connect(c, b);
+    s.expect(secs(60), "c's request", |s| {
+        s.has(b, |e| *e == Event::Request { from: s.id(c) })
+    });
+}
+
+#[test]
+fn chat_on_a_live_session_is_delivered_while_a_stranger_floods_requests() {
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let v = s.add_registered_peers(2, &default_config());
+    let (a, b) = (v[0], v[1]);
+    connect(&mut s, a, b);
+    let idb = s.id(b);
+    let stranger = addr([10, 9, 9, 9], 6666);
+    for k in 0..50u32 {
+        for j in 0..200u32 {
+            let m = Message::ConnectRequest {
+                from: 100_000 + k * 200 + j,
+                session: u64::from(j),
+                name: None,
+                display_name: None,
+            };
+            s.deliver_now(stranger, s.addr(b), &m);
+        }
+        s.send(a, Some(idb), &format!("line {k}"));
+        s.run_for(Duration::from_millis(100));
+    }
+    s.expect(secs(10), "all delivered", |s| {
+        s.count(a, |e| matches!(e, Event::Delivered { .. })) == 50
+    });
+    let ida = s.id(a);
+    assert_eq!(s.shown(b, ida).len(), 50);
+    // a's request, and 8 of the stranger's.
+    assert_eq!(s.count(b, |e| matches!(e, Event::Request { .. })), 1 + 8);
+    let summaries = s.count(b, |e| matches!(e, Event::RequestsIgnored { .. }));
+    assert!((1..=2).contains(&summaries), "5 s of flood: {summaries}");
+    assert_eq!(s.peer(b).stats().requests_ignored, 10_000 - 8);
+    assert_eq!(s.peer(b).stats().undecodable, 0);
+}
+
+// ---------------------------------------------------------------------- file offers
+
+/// Peers `from` offer `count` files each to peer `to` (all connected to it).
+fn offer_files(s: &mut Sim, from: &[usize], to: usize, count: usize) {
+    let to_id = s.id(to);
+    for &i in from {
+        for k in 0..count {
+            let data = vec![k as u8; 10];
+            s.command(i, |p, now| {
+                p.send_file(
+                    now,
+                    Some(to_id),
+                    &format!("f{k}"),
+                    10,
+                    [0; 32],
+                    Box::new(data),
+                )
+            })
+            .expect("sendfile");
+        }
+    }
+    s.run_for(secs(1));
+}
+
+#[test]
+fn file_offers_past_the_bounds_per_peer_and_in_all_are_refused_and_summed_up() {
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let mut cfg = default_config();
+    cfg.files.max_pending_offers = 16;
+    cfg.files.max_offers = 24;
+    let v = s.add_registered_peers(3, &cfg);
+    let (a, b, c) = (v[0], v[1], v[2]);
+    connect(&mut s, a, b);
+    connect(&mut s, c, b);
+    // 20 offers from a: 16 held (per peer), 4 refused.
+    offer_files(&mut s, &[a], b, 20);
+    let held = |s: &Sim| s.count(b, |e| matches!(e, Event::FileOffer { .. }));
+    assert_eq!(held(&s), 16);
+    let refused = |s: &Sim, i| {
+        s.count(i, |e| {
+            matches!(
+                e,
+                Event::FileFailed {
+                    reason: TransferFailure::Refused,
+                    ..
+                }
+            )
+        })
+    };
+    assert_eq!(refused(&s, a), 4);
+    // 20 from c: 8 more held (24 in all), 12 refused.
+    offer_files(&mut s, &[c], b, 20);
+    assert_eq!(held(&s), 24);
+    assert_eq!(refused(&s, c), 12);
+    assert_eq!(s.peer(b).stats().offers_refused, 16);
+    s.run_for(secs(10));
+    let counts: Vec<u64> = s
+        .events(b)
+        .iter()
+        .filter_map(|e| match e {
+            Event::OffersRefused { count } => Some(*count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 16, "{counts:?}");
+    assert!(counts.len() <= 2, "{counts:?}");
+    // Refusing one makes room for one.
+    s.command(b, |p, now| p.refuse_file(now, Some(1))).unwrap();
+    offer_files(&mut s, &[c], b, 1);
+    assert_eq!(held(&s), 25);
+}
+
+#[test]
+fn ipv6_requests_count_against_their_slash_64_and_mapped_ipv4_against_its_address() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    // Twelve addresses of one /64, and twelve of twelve other /64s.
+    for k in 0..12u16 {
+        let one: SocketAddr = format!("[2001:db8:0:1::{:x}]:4000", k + 1).parse().unwrap();
+        p.handle_datagram(t0, one, &request(3000 + u32::from(k)));
+        let other: SocketAddr = format!("[2001:db8:0:{:x}::1]:4000", k + 100)
+            .parse()
+            .unwrap();
+        p.handle_datagram(t0, other, &request(4000 + u32::from(k)));
+    }
+    assert_eq!(p.pending_requests().len(), 8 + 12);
+    // 10.1.1.1 as itself and as ::ffff:10.1.1.1: one source.
+    for k in 0..6u16 {
+        p.handle_datagram(t0, addr([10, 1, 1, 1], k), &request(5000 + u32::from(k)));
+        let mapped: SocketAddr = format!("[::ffff:10.1.1.1]:{}", 100 + k).parse().unwrap();
+        p.handle_datagram(t0, mapped, &request(6000 + u32::from(k)));
+    }
+    assert_eq!(p.pending_requests().len(), 8 + 12 + 8);
+    assert_eq!(p.stats().requests_ignored, 4 + 4);
+}
+
+// ---------------------------------------------------------------------- amplification
+
+/// A stranger: no session, no request.
+fn stranger() -> SocketAddr {
+    addr([10, 9, 9, 9], 6666)
+}
+
+/// The bytes of what was sent to `to`, each message counted as if alone (an upper bound of
+/// what the driver sends, which packs them).
+fn bytes_to(sent: &[Transmit], to: SocketAddr) -> usize {
+    sent.iter()
+        .filter(|t| t.to == to)
+        .map(|t| encode(&t.message).len())
+        .sum()
+}
+
+/// One datagram holding `msgs`, each encoded with field names.
+fn packed(msgs: &[Message]) -> Vec<u8> {
+    let mut d = encode(&msgs[0]);
+    for m in &msgs[1..] {
+        d.extend_from_slice(&encode(m)[2..]);
+    }
+    d
+}
+
+/// The shortest encoding of `Terminate { from: 1, session: 2 }`: the message named by its
+/// variant index, its fields as an array (5 bytes). The index is looked up, so that the
+/// test does not depend on the order of the variants.
+fn tiny_terminate() -> Vec<u8> {
+    (0u8..=127)
+        .map(|index| vec![0x81, index, 0x92, 0x01, 0x02])
+        .find(|body| {
+            let mut d = vec![p2pchat::wire::MAGIC, p2pchat::wire::VERSION];
+            d.extend_from_slice(body);
+            p2pchat::wire::decode(&d)
+                == Ok(Message::Terminate {
+                    from: 1,
+                    session: 2,
+                })
+        })
+        .expect("Terminate has a variant index below 128")
+}
+
+#[test]
+fn a_datagram_packed_with_tiny_terminates_gets_back_no_more_bytes_than_it_had() {
+    // Measured before this change: 1,600 Terminates packed in one 8 KB datagram came back
+    // as 1,600 TerminateAcks, 48 KB.
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    let tiny = tiny_terminate();
+    let mut d = vec![p2pchat::wire::MAGIC, p2pchat::wire::VERSION];
+    while d.len() + tiny.len() <= p2pchat::wire::MAX_DATAGRAM {
+        d.extend_from_slice(&tiny);
+    }
+    let count = (d.len() - 2) / tiny.len();
+    assert!(count > 1_600, "{count}");
+    p.handle_datagram(t0, stranger(), &d);
+    let (sent, events) = drain(&mut p);
+    assert!(events.is_empty(), "{events:?}");
+    let back = bytes_to(&sent, stranger());
+    assert!(back <= d.len(), "{back} bytes back for {}", d.len());
+    // Only the first 64 messages are read at all; their answers fit.
+    assert_eq!(p.stats().excess, (count - 64) as u64);
+    assert_eq!(sent.len(), 64, "{sent:?}");
+}
+
+#[test]
+fn answers_to_a_stranger_that_would_be_bigger_than_its_datagram_are_withheld() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    // Pings for sessions we do not have: each reset (Terminate, 37 bytes) is bigger than
+    // its Ping (32).
+    let pings: Vec<Message> = (0..30)
+        .map(|k| Message::Ping {
+            from: 50 + k,
+            session: u64::MAX - u64::from(k),
+        })
+        .collect();
+    let d = packed(&pings);
+    p.handle_datagram(t0, stranger(), &d);
+    let (sent, _) = drain(&mut p);
+    let back = bytes_to(&sent, stranger());
+    assert!(back <= d.len(), "{back} bytes back for {}", d.len());
+    assert!(!sent.is_empty() && sent.len() < 30, "{}", sent.len());
+    assert_eq!(p.stats().withheld, 30 - sent.len() as u64);
+    // One Terminate alone (37 bytes) would be answered with a TerminateAck of 40: not sent.
+    let terminate = encode(&Message::Terminate {
+        from: 77,
+        session: u64::MAX,
+    });
+    p.handle_datagram(t0, stranger(), &terminate);
+    let (sent, _) = drain(&mut p);
+    assert!(sent.is_empty(), "{sent:?}");
+    // A Chat for an unknown session is bigger than the reset: answered, as before.
+    let chat = encode(&Message::Chat {
+        from: 77,
+        session: u64::MAX,
+        seq: 1,
+        text: "hello".into(),
+    });
+    p.handle_datagram(t0, stranger(), &chat);
+    let (sent, _) = drain(&mut p);
+    assert!(
+        matches!(
+            sent[..],
+            [Transmit {
+                message: Message::Terminate { .. },
+                ..
+            }]
+        ),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_requester_that_withdraws_gets_its_terminate_ack_from_the_credit_of_its_request() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    let (from, session) = (42, 4242);
+    let request = encode(&Message::ConnectRequest {
+        from,
+        session,
+        name: None,
+        display_name: None,
+    });
+    p.handle_datagram(t0, stranger(), &request);
+    assert_eq!(p.pending_requests(), vec![from]);
+    drain(&mut p);
+    // Its Terminate (37 bytes) is answered with a TerminateAck (40): the request's bytes,
+    // never answered, pay for the difference.
+    let terminate = encode(&Message::Terminate { from, session });
+    p.handle_datagram(t0 + secs(1), stranger(), &terminate);
+    let (sent, events) = drain(&mut p);
+    assert!(
+        matches!(
+            sent[..],
+            [Transmit {
+                message: Message::TerminateAck { .. },
+                ..
+            }]
+        ),
+        "{sent:?}"
+    );
+    assert!(p.pending_requests().is_empty(), "{events:?}");
+    assert!(request.len() + terminate.len() >= bytes_to(&sent, stranger()));
+    // The credit went with the request: a second Terminate is not answered.
+    p.handle_datagram(t0 + secs(2), stranger(), &terminate);
+    assert!(drain(&mut p).0.is_empty());
+    assert_eq!(p.stats().withheld, 1);
+}
+
+#[test]
+fn a_connected_peer_is_answered_freely_also_just_after_it_ended_the_session() {
+    let mut s = Sim::new(SEED, NetConfig::perfect());
+    let v = s.add_registered_peers(2, &default_config());
+    let (a, b) = (v[0], v[1]);
+    connect(&mut s, a, b);
+    let (ida, idb) = (s.id(a), s.id(b));
+    assert!(s.peer(b).proves_receipt(s.addr(a)));
+    assert!(!s.peer(b).proves_receipt(stranger()));
+    // a ends the session; b's TerminateAck is lost, so a resends its Terminate: b, which
+    // has forgotten the session, still answers (the TerminateAck is 3 bytes longer).
+    s.drop_first(1, |m| matches!(m, Message::TerminateAck { .. }));
+    s.terminate(a, Some(idb));
+    s.expect(secs(60), "a sees the end confirmed", |s| {
+        s.has(a, |e| matches!(e, Event::Terminated { .. }))
+    });
+    assert!(
+        s.has(a, |e| *e
+            == Event::Terminated {
+                peer: idb,
+                reason: p2pchat::peer::EndReason::ByUs
+            }),
+        "{:?}",
+        s.events(a)
+    );
+    assert!(s.has(b, |e| *e
+        == Event::Terminated {
+            peer: ida,
+            reason: p2pchat::peer::EndReason::ByPeer
+        }));
+    assert_eq!(s.peer(b).stats().withheld, 0);
+    // Long after, a's address is a stranger's again.
+    s.run_for(secs(120));
+    assert!(!s.peer(b).proves_receipt(s.addr(a)));
+}
+
+// ---------------------------------------------------------------------- other versions
+
+/// `msg` as a peer of protocol `version` would frame it.
+fn of_version(version: u8, msg: &Message) -> Vec<u8> {
+    let mut d = encode(msg);
+    d[1] = version;
+    d
+}
+
+fn version_events(events: &[Event]) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerVersion { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_peer_of_another_protocol_version_is_named_once_per_address() {
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    // We ask client 2, at `bob`, to connect; it answers in version 2.
+    let bob = addr([10, 0, 1, 2], 4000);
+    p.connect(t0, 2).unwrap();
+    let (lookup, _) = drain(&mut p);
+    let found = Message::Found {
+        id: 2,
+        addr: bob,
+        name: None,
+        display_name: None,
+        nonce: nonce_of_last_request(&lookup),
+    };
+    p.handle_datagram(t0, SERVER, &encode(&found));
+    drain(&mut p);
+    let accept = of_version(
+        2,
+        &Message::Accept {
+            from: 2,
+            session: 1,
+        },
+    );
+    let mut events = Vec::new();
+    for k in 0..5 {
+        p.handle_datagram(t0 + secs(k), bob, &accept);
+        events.extend(drain(&mut p).1);
+    }
+    assert_eq!(
+        version_events(&events),
+        vec![Event::PeerVersion {
+            peer: Some(2),
+            addr: bob,
+            version: 2
+        }]
+    );
+    assert_eq!(p.stats().other_version, 5);
+    assert_eq!(p.stats().undecodable, 0);
+    assert!(!p.is_finished(), "a peer's version is not fatal");
+}
+
+#[test]
+fn strangers_of_another_version_are_named_at_most_once_per_summary_interval() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    let interval = cfg.summary_interval;
+    let mut p = registered(cfg, t0);
+    let ping = Message::Ping {
+        from: 9,
+        session: 9,
+    };
+    let mut events = Vec::new();
+    // 1,000 addresses within a second, of versions 0 and 200.
+    for k in 0..1_000u16 {
+        let now = t0 + Duration::from_millis(u64::from(k));
+        let version = if k % 2 == 0 { 0 } else { 200 };
+        p.handle_datagram(now, addr([10, 7, 0, 1], k), &of_version(version, &ping));
+        events.extend(drain(&mut p).1);
+    }
+    assert_eq!(
+        version_events(&events),
+        vec![Event::PeerVersion {
+            peer: None,
+            addr: addr([10, 7, 0, 1], 0),
+            version: 0
+        }]
+    );
+    // Later, another stranger is named.
+    let later = addr([10, 7, 0, 2], 1);
+    p.handle_datagram(t0 + interval + secs(1), later, &of_version(3, &ping));
+    assert_eq!(
+        version_events(&drain(&mut p).1),
+        vec![Event::PeerVersion {
+            peer: None,
+            addr: later,
+            version: 3
+        }]
+    );
+    // Nothing is ever sent back to them.
+    assert_eq!(p.stats().other_version, 1_001);
+}
+
+#[test]
+fn a_peer_we_are_asking_gets_its_stale_session_reset_from_the_credit_of_its_pings() {
+    // We restarted and ask client 2 again; it still pings the session of our last run. Each
+    // Ping (32 bytes) is smaller than the reset (37): the first is not answered, its bytes
+    // are credit, and the second is answered, so that 2 ends the stale session and takes
+    // our request.
+    let t0 = Instant::now();
+    let mut p = registered(default_config(), t0);
+    let two = addr([10, 0, 1, 2], 4000);
+    p.connect(t0, 2).unwrap();
+    let (lookup, _) = drain(&mut p);
+    let found = Message::Found {
+        id: 2,
+        addr: two,
+        name: None,
+        display_name: None,
+        nonce: nonce_of_last_request(&lookup),
+    };
+    p.handle_datagram(t0, SERVER, &encode(&found));
+    drain(&mut p);
+    let ping = encode(&Message::Ping {
+        from: 2,
+        session: 99,
+    });
+    let resets = |sent: &[Transmit]| {
+        sent.iter()
+            .filter(|t| t.to == two && matches!(t.message, Message::Terminate { session: 99, .. }))
+            .count()
+    };
+    p.handle_datagram(t0, two, &ping);
+    assert_eq!(resets(&drain(&mut p).0), 0);
+    p.handle_datagram(t0 + secs(1), two, &ping);
+    assert_eq!(resets(&drain(&mut p).0), 1);
+    // The same from a stranger, with no request pending: never answered.
+    for k in 0..5 {
+        p.handle_datagram(t0 + secs(k), stranger(), &ping);
+        assert_eq!(drain(&mut p).0.len(), 0);
+    }
+}
