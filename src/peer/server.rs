@@ -86,14 +86,7 @@ impl Server {
             registered_again_at: None,
             other_version: None,
         };
-        server.send(
-            out,
-            Message::Register {
-                want_id: want,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        server.send_register(want, out);
         server
     }
 
@@ -158,14 +151,7 @@ impl Server {
                 None => {}
                 Some(Step::Resend) => {
                     let want = *want;
-                    self.send(
-                        out,
-                        Message::Register {
-                            want_id: want,
-                            nonce: 0,
-                            pad: Default::default(),
-                        },
-                    );
+                    self.send_register(want, out);
                 }
                 Some(Step::GiveUp) if self.rate_limited => {
                     // Rate-limited is not refused: another round, at the retry interval.
@@ -349,14 +335,17 @@ impl Server {
             want,
             again: true,
         };
-        self.send(
-            out,
-            Message::Register {
-                want_id: want,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        self.send_register(want, out);
+    }
+
+    /// A `Register` (its nonce and padding are added as it leaves: requests.rs).
+    fn send_register(&self, want_id: Option<ClientId>, out: &mut Outputs) {
+        let register = Message::Register {
+            want_id,
+            nonce: 0,
+            pad: Default::default(),
+        };
+        self.send(out, register);
     }
 
     /// Leaves now, if registered; returns false if never registered (then we are done).

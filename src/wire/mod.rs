@@ -381,52 +381,44 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// `with_nonce!(msg, n => yes, no)`: `yes` with `n` bound to the `nonce` field of a message
+/// between a client and the server (by reference, shared or mutable as `msg` is), `no` for
+/// the others. The one list of the messages that carry a nonce.
+macro_rules! with_nonce {
+    ($msg:expr, $n:ident => $yes:expr, $no:expr) => {
+        match $msg {
+            Message::Register { nonce: $n, .. }
+            | Message::Lookup { nonce: $n, .. }
+            | Message::Leave { nonce: $n, .. }
+            | Message::Keepalive { nonce: $n, .. }
+            | Message::Claim { nonce: $n, .. }
+            | Message::Resolve { nonce: $n, .. }
+            | Message::List { nonce: $n, .. }
+            | Message::Registered { nonce: $n, .. }
+            | Message::Found { nonce: $n, .. }
+            | Message::Claimed { nonce: $n, .. }
+            | Message::Unknown { nonce: $n, .. }
+            | Message::Listing { nonce: $n, .. }
+            | Message::Inactive { nonce: $n, .. }
+            | Message::LeaveAck { nonce: $n, .. }
+            | Message::Error { nonce: $n, .. } => $yes,
+            _ => $no,
+        }
+    };
+}
+
 /// The `nonce` field of the messages between a client and the server, and the `pad` field
 /// of the requests.
 impl Message {
     /// The nonce of a request to the server or of an answer from it; `None` for the
     /// messages that have none (peer-to-peer messages).
     pub fn nonce(&self) -> Option<Nonce> {
-        match *self {
-            Message::Register { nonce, .. }
-            | Message::Lookup { nonce, .. }
-            | Message::Leave { nonce, .. }
-            | Message::Keepalive { nonce, .. }
-            | Message::Claim { nonce, .. }
-            | Message::Resolve { nonce, .. }
-            | Message::List { nonce, .. }
-            | Message::Registered { nonce, .. }
-            | Message::Found { nonce, .. }
-            | Message::Claimed { nonce, .. }
-            | Message::Unknown { nonce, .. }
-            | Message::Listing { nonce, .. }
-            | Message::Inactive { nonce, .. }
-            | Message::LeaveAck { nonce, .. }
-            | Message::Error { nonce, .. } => Some(nonce),
-            _ => None,
-        }
+        with_nonce!(self, nonce => Some(*nonce), None)
     }
 
     /// Sets the nonce of a request or an answer (no effect on other messages).
     pub fn set_nonce(&mut self, value: Nonce) {
-        match self {
-            Message::Register { nonce, .. }
-            | Message::Lookup { nonce, .. }
-            | Message::Leave { nonce, .. }
-            | Message::Keepalive { nonce, .. }
-            | Message::Claim { nonce, .. }
-            | Message::Resolve { nonce, .. }
-            | Message::List { nonce, .. }
-            | Message::Registered { nonce, .. }
-            | Message::Found { nonce, .. }
-            | Message::Claimed { nonce, .. }
-            | Message::Unknown { nonce, .. }
-            | Message::Listing { nonce, .. }
-            | Message::Inactive { nonce, .. }
-            | Message::LeaveAck { nonce, .. }
-            | Message::Error { nonce, .. } => *nonce = value,
-            _ => {}
-        }
+        with_nonce!(self, nonce => *nonce = value, ())
     }
 
     /// The padding of a request to the server; `None` for other messages.
