@@ -101,15 +101,7 @@ fn config(n: usize) -> RegistryConfig {
 fn filled(n: u32, now: Instant) -> Registry {
     let mut r = Registry::with_seed(config(n as usize), 1);
     for i in 0..n {
-        r.handle_message(
-            now,
-            address(i),
-            Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        r.handle_message(now, address(i), Message::register(None));
         while r.poll_transmit().is_some() {}
         while r.poll_event().is_some() {}
     }
@@ -132,15 +124,7 @@ fn lookup_cost(r: &mut Registry, n: u32, lookups: u32, now: Instant, random: boo
             u64::from(i % n)
         } as ClientId
             + 1;
-        r.handle_message(
-            now,
-            from,
-            Message::Lookup {
-                id,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        r.handle_message(now, from, Message::lookup(id));
         let answer = r.poll_transmit().expect("an answer");
         debug_assert!(matches!(answer.message, Message::Found { .. }));
         black_box(answer);

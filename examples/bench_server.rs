@@ -124,11 +124,7 @@ fn main() {
 /// ids are 1..=that, the lowest free ones).
 fn register_many(server: SocketAddr, n: u32) -> u32 {
     const BATCH: usize = 128;
-    let register = wire::encode_request(&Message::Register {
-        want_id: None,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let register = wire::encode_request(&Message::register(None));
     let mut candidate = 0u32;
     let mut done = 0u32;
     let mut buf = [0u8; 2048];
@@ -249,11 +245,7 @@ fn load(to: SocketAddr, server_tid: u32, ids: u32, len: Duration, lookups: bool)
     let mut send = |socket: &UdpSocket, slot: u32, id: ClientId, sent_at: &mut [Instant]| {
         // Padded, as a client pads its requests (the server's answer to an address that
         // has not proved it receives is never larger than the request).
-        let mut lookup = Message::Lookup {
-            id,
-            nonce: 0,
-            pad: Default::default(),
-        };
+        let mut lookup = Message::lookup(id);
         wire::pad_request(&mut lookup);
         wire::encode_into(&lookup, &mut datagram);
         sent_at[slot as usize] = Instant::now();

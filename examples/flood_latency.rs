@@ -277,14 +277,7 @@ fn register_with_token(socket: &UdpSocket, server: SocketAddr) -> Option<(Client
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         socket
-            .send_to(
-                &wire::encode_request(&Message::Register {
-                    want_id: None,
-                    nonce: 0,
-                    pad: Default::default(),
-                }),
-                server,
-            )
+            .send_to(&wire::encode_request(&Message::register(None)), server)
             .ok()?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, token, .. }) = wire::decode(&buf[..n]) {
@@ -317,14 +310,7 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
         for _attempt in 0..5 {
             for (s, r) in sockets.iter().zip(&registered) {
                 if r.is_none() {
-                    let _ = s.send_to(
-                        &wire::encode_request(&Message::Register {
-                            want_id: None,
-                            nonce: 0,
-                            pad: Default::default(),
-                        }),
-                        server,
-                    );
+                    let _ = s.send_to(&wire::encode_request(&Message::register(None)), server);
                 }
             }
             for (s, r) in sockets.iter().zip(registered.iter_mut()) {
@@ -346,15 +332,7 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
             n += 1;
             if let Some((id, token)) = *r {
                 if n % keep_every != 0 {
-                    let _ = s.send_to(
-                        &wire::encode_request(&Message::Leave {
-                            id,
-                            token,
-                            nonce: 0,
-                            pad: Default::default(),
-                        }),
-                        server,
-                    );
+                    let _ = s.send_to(&wire::encode_request(&Message::leave(id, token)), server);
                     leaving.push(s);
                 }
             }
@@ -382,11 +360,7 @@ fn measure(
             run_flood(kind, server, stop, sent, answers)
         }
     }));
-    let lookup = wire::encode_request(&Message::Lookup {
-        id,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let lookup = wire::encode_request(&Message::lookup(id));
     let mut buf = [0u8; 2048];
     let mut latencies = Vec::new();
     let mut lost = 0;
@@ -504,11 +478,7 @@ fn run_flood(
             let sockets: Vec<UdpSocket> = (0..512)
                 .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
                 .collect();
-            let register = wire::encode_request(&Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            });
+            let register = wire::encode_request(&Message::register(None));
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 if sockets[i % sockets.len()]

@@ -1174,41 +1174,15 @@ mod tests {
         for step in 0..20_000 {
             let from = SocketAddr::from(([127, 0, 0, 1], rng.random_range(1..100u16)));
             match rng.random_range(0..4) {
-                0 => r.handle_message(
-                    now,
-                    from,
-                    Message::Register {
-                        want_id: None,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
-                ),
+                0 => r.handle_message(now, from, Message::register(None)),
                 1 => {
                     let mine = model.iter().find(|(_, (a, _))| *a == from);
                     if let Some((&id, &(_, token))) = mine {
-                        r.handle_message(
-                            now,
-                            from,
-                            Message::Leave {
-                                id,
-                                token,
-                                nonce: 0,
-                                pad: Default::default(),
-                            },
-                        );
+                        r.handle_message(now, from, Message::leave(id, token));
                     }
                 }
                 2 => now += Duration::from_millis(rng.random_range(0..700)),
-                _ => r.handle_message(
-                    now,
-                    from,
-                    Message::Keepalive {
-                        id: 0,
-                        token: 0,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
-                ),
+                _ => r.handle_message(now, from, Message::keepalive(0, 0)),
             }
             r.handle_timeout(now);
             while let Some(ev) = r.poll_event() {

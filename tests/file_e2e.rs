@@ -205,28 +205,14 @@ impl RawPeer {
             session: 0x7e57,
             to: server,
         };
-        raw.send(
-            server,
-            &Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        raw.send(server, &Message::register(None));
         let Message::Registered { id, .. } =
             raw.recv_until("Registered", |m| matches!(m, Message::Registered { .. }))
         else {
             unreachable!()
         };
         raw.id = id;
-        raw.send(
-            server,
-            &Message::Lookup {
-                id: peer,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        raw.send(server, &Message::lookup(peer));
         let Message::Found { addr, .. } =
             raw.recv_until("Found", |m| matches!(m, Message::Found { .. }))
         else {

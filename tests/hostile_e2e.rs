@@ -383,11 +383,7 @@ fn raw_client(server: SocketAddr) -> (UdpSocket, ClientId) {
     let deadline = Instant::now() + common::WAIT;
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
-        let register = wire::encode_request(&Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        });
+        let register = wire::encode_request(&Message::register(None));
         sock.send_to(&register, server).unwrap();
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, .. }) = wire::decode(&buf[..n]) {

@@ -69,28 +69,10 @@ fn arb_code() -> impl Strategy<Value = ErrorCode> {
 
 fn client_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        proptest::option::of(small_id()).prop_map(|want_id| Message::Register {
-            want_id,
-            nonce: 0,
-            pad: Default::default()
-        }),
-        small_id().prop_map(|id| Message::Lookup {
-            id,
-            nonce: 0,
-            pad: Default::default()
-        }),
-        (small_id(), small_u64()).prop_map(|(id, token)| Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default()
-        }),
-        (small_id(), small_u64()).prop_map(|(id, token)| Message::Keepalive {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default()
-        }),
+        proptest::option::of(small_id()).prop_map(Message::register),
+        small_id().prop_map(Message::lookup),
+        (small_id(), small_u64()).prop_map(|(id, token)| Message::leave(id, token)),
+        (small_id(), small_u64()).prop_map(|(id, token)| Message::keepalive(id, token)),
     ]
 }
 
@@ -371,9 +353,9 @@ proptest! {
                         None => (id_delta, token_xor),
                     };
                     Some(encode(&if leave {
-                        Message::Leave { id, token, nonce: 0, pad: Default::default() }
+                        Message::leave(id, token)
                     } else {
-                        Message::Keepalive { id, token, nonce: 0, pad: Default::default() }
+                        Message::keepalive(id, token)
                     }))
                 }
                 RegInput::Timeout => None,

@@ -75,16 +75,7 @@ fn register(
     from: SocketAddr,
     want_id: Option<ClientId>,
 ) -> (ClientId, Token) {
-    let answers = send(
-        r,
-        now,
-        from,
-        &Message::Register {
-            want_id,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(r, now, from, &Message::register(want_id));
     let [Message::Registered {
         id,
         token,
@@ -149,17 +140,7 @@ fn freed_ids_are_reused_lowest_first() {
     }
     // Free 3, then 1 (the order of freeing must not matter).
     for (id, port, token) in [(3, 1003, tokens[2]), (1, 1001, tokens[0])] {
-        let answers = send(
-            &mut r,
-            t0,
-            addr(port),
-            &Message::Leave {
-                id,
-                token,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answers = send(&mut r, t0, addr(port), &Message::leave(id, token));
         assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     }
     assert_eq!(ids(&r), [2, 4]);
@@ -213,17 +194,7 @@ fn a_requested_id_that_was_freed_is_granted() {
     let mut r = registry(10);
     let (_, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id: 1,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1001), &Message::leave(1, token));
     events(&mut r);
     assert_eq!(register(&mut r, t0, addr(1003), Some(1)).0, 1);
     // 1 is no longer free: the next automatic id is 3.
@@ -240,11 +211,7 @@ fn a_requested_taken_id_gets_id_taken_and_changes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1002),
-        &Message::Register {
-            want_id: Some(1),
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::register(Some(1)),
     );
     assert_eq!(error_code(&answers), ErrorCode::IdTaken);
     assert_eq!(table(&r), before);
@@ -263,11 +230,7 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
             &mut r,
             t0 + secs(2),
             addr(1001),
-            &Message::Register {
-                want_id,
-                nonce: 0,
-                pad: Default::default(),
-            },
+            &Message::register(want_id),
         );
         assert_eq!(
             answers,
@@ -290,16 +253,7 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
     let t0 = Instant::now();
     let mut r = registry(1);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    let answers = send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0, addr(1001), &Message::register(None));
     assert_eq!(
         answers,
         [Message::Registered {
@@ -319,32 +273,13 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
     let (_, token2) = register(&mut r, t0, addr(1002), None);
     let before = table(&r);
     for want_id in [None, Some(9)] {
-        let answers = send(
-            &mut r,
-            t0,
-            addr(1003),
-            &Message::Register {
-                want_id,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answers = send(&mut r, t0, addr(1003), &Message::register(want_id));
         assert_eq!(error_code(&answers), ErrorCode::ServerFull);
     }
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
     // Room again once someone leaves.
-    send(
-        &mut r,
-        t0,
-        addr(1002),
-        &Message::Leave {
-            id: 2,
-            token: token2,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1002), &Message::leave(2, token2));
     events(&mut r);
     assert_eq!(register(&mut r, t0, addr(1003), None).0, 2);
 }
@@ -359,16 +294,7 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
     register(&mut r, t0, addr(1002), None);
     // Anyone may ask, registered or not.
     for asker in [addr(1001), addr(9999)] {
-        let answers = send(
-            &mut r,
-            t0,
-            asker,
-            &Message::Lookup {
-                id: 2,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answers = send(&mut r, t0, asker, &Message::lookup(2));
         assert_eq!(
             answers,
             [Message::Found {
@@ -389,16 +315,7 @@ fn lookup_of_an_unknown_id_is_inactive() {
     register(&mut r, t0, addr(1001), None);
     let before = table(&r);
     for id in [0, 2, 3, u32::MAX] {
-        let answers = send(
-            &mut r,
-            t0,
-            addr(9999),
-            &Message::Lookup {
-                id,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answers = send(&mut r, t0, addr(9999), &Message::lookup(id));
         assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
     }
     assert_eq!(table(&r), before);
@@ -409,27 +326,8 @@ fn lookup_of_a_client_that_left_is_inactive() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
-    let answers = send(
-        &mut r,
-        t0,
-        addr(9999),
-        &Message::Lookup {
-            id,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1001), &Message::leave(id, token));
+    let answers = send(&mut r, t0, addr(9999), &Message::lookup(id));
     assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
 }
 
@@ -441,17 +339,7 @@ fn leave_with_the_right_token_from_the_registered_address_removes_acks_and_emits
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    let answers = send(
-        &mut r,
-        t0 + secs(1),
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0 + secs(1), addr(1001), &Message::leave(id, token));
     assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     assert_eq!(ids(&r), [2]);
     assert!(r.get(id).is_none());
@@ -472,31 +360,11 @@ fn a_repeated_leave_gets_leave_ack_again_without_a_second_event() {
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
     register(&mut r, t0, addr(1002), None);
-    send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1001), &Message::leave(id, token));
     assert_eq!(events(&mut r).len(), 1);
     let before = table(&r);
     for n in 1..=3 {
-        let answers = send(
-            &mut r,
-            t0 + secs(n),
-            addr(1001),
-            &Message::Leave {
-                id,
-                token,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answers = send(&mut r, t0 + secs(n), addr(1001), &Message::leave(id, token));
         assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }], "repeat {n}");
     }
     assert_eq!(events(&mut r), []);
@@ -509,28 +377,13 @@ fn a_repeated_leave_with_a_wrong_token_is_not_acknowledged() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1001), &Message::leave(id, token));
     events(&mut r);
     let answers = send(
         &mut r,
         t0 + secs(1),
         addr(1001),
-        &Message::Leave {
-            id,
-            token: !token,
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::leave(id, !token),
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(r.stats().refused, 1);
@@ -541,32 +394,12 @@ fn a_repeated_leave_after_the_id_was_reused_deletes_nothing() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1001), &Message::leave(id, token));
     events(&mut r);
     // Another client now holds id 1.
     assert_eq!(register(&mut r, t0, addr(1002), None).0, id);
     let before = table(&r);
-    let answers = send(
-        &mut r,
-        t0 + secs(1),
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0 + secs(1), addr(1001), &Message::leave(id, token));
     assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }]);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
@@ -582,12 +415,7 @@ fn leave_with_a_wrong_token_deletes_nothing() {
         &mut r,
         t0,
         addr(1001),
-        &Message::Leave {
-            id,
-            token: token.wrapping_add(1),
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::leave(id, token.wrapping_add(1)),
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(table(&r), before);
@@ -602,17 +430,7 @@ fn leave_from_another_address_deletes_nothing() {
     let (id, token) = register(&mut r, t0, addr(1001), None);
     let before = table(&r);
     // Even with the right id and token: the address is part of the proof.
-    let answers = send(
-        &mut r,
-        t0,
-        addr(6666),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0, addr(6666), &Message::leave(id, token));
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
@@ -627,17 +445,7 @@ fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
     register(&mut r, t0, addr(1002), None);
     let before = table(&r);
     // Client 1 tries to remove client 2 with its own token.
-    let answers = send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id: 2,
-            token: token1,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0, addr(1001), &Message::leave(2, token1));
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(table(&r), before);
     assert_eq!(events(&mut r), []);
@@ -647,17 +455,7 @@ fn leave_for_another_clients_id_from_a_registered_address_deletes_nothing() {
 fn leave_for_an_unknown_id_is_not_registered() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let answers = send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id: 4,
-            token: 1,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0, addr(1001), &Message::leave(4, 1));
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert!(r.is_empty());
     assert_eq!(events(&mut r), []);
@@ -683,16 +481,7 @@ fn an_entry_not_heard_from_expires_after_ttl() {
             name: None,
         }]
     );
-    let answers = send(
-        &mut r,
-        t0 + TTL + secs(1),
-        addr(9999),
-        &Message::Lookup {
-            id,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0 + TTL + secs(1), addr(9999), &Message::lookup(id));
     assert_eq!(answers, [Message::Inactive { id, nonce: 0 }]);
 }
 
@@ -725,12 +514,7 @@ fn a_keepalive_refreshes_the_entry() {
         &mut r,
         t0 + secs(20),
         addr(1001),
-        &Message::Keepalive {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::keepalive(id, token),
     );
     assert_eq!(answers, [], "a matching Keepalive is not answered");
     assert_eq!(r.get(id).unwrap().last_seen, t0 + secs(20));
@@ -747,16 +531,7 @@ fn a_lookup_from_the_client_refreshes_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0 + secs(25),
-        addr(1001),
-        &Message::Lookup {
-            id: 42,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0 + secs(25), addr(1001), &Message::lookup(42));
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id], "expired although it sent a Lookup at t0+25s");
     r.handle_timeout(t0 + secs(56));
@@ -768,16 +543,7 @@ fn a_retransmitted_register_refreshes_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0 + secs(25),
-        addr(1001),
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0 + secs(25), addr(1001), &Message::register(None));
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id]);
 }
@@ -787,16 +553,7 @@ fn a_lookup_from_a_stranger_does_not_refresh_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0 + secs(25),
-        addr(9999),
-        &Message::Lookup {
-            id,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0 + secs(25), addr(9999), &Message::lookup(id));
     assert_eq!(r.get(id).unwrap().last_seen, t0);
     r.handle_timeout(t0 + secs(31));
     assert!(r.is_empty());
@@ -816,12 +573,7 @@ fn poll_timeout_reports_a_deadline_no_later_than_the_expiry() {
         &mut r,
         t0 + secs(10),
         addr(1001),
-        &Message::Keepalive {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::keepalive(id, token),
     );
     // A driver that sleeps until each deadline it is given, and only then calls
     // handle_timeout, must see the client expire at t0+40s: not before, not after.
@@ -861,17 +613,7 @@ fn a_remembered_departure_is_forgotten_after_ttl() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, t0, addr(1001), &Message::leave(id, token));
     let deadline = r.poll_timeout().expect("the departure needs forgetting");
     assert!(deadline <= t0 + TTL);
     r.handle_timeout(t0 + TTL + secs(1));
@@ -880,12 +622,7 @@ fn a_remembered_departure_is_forgotten_after_ttl() {
         &mut r,
         t0 + TTL + secs(1),
         addr(1001),
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::leave(id, token),
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
 }
@@ -904,12 +641,7 @@ fn a_keepalive_from_an_unknown_address_gets_not_registered() {
             &mut r,
             t0 + secs(5),
             addr(2002),
-            &Message::Keepalive {
-                id,
-                token,
-                nonce: 0,
-                pad: Default::default(),
-            },
+            &Message::keepalive(id, token),
         );
         assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     }
@@ -922,17 +654,7 @@ fn a_keepalive_with_a_wrong_token_gets_not_registered() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    let answers = send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Keepalive {
-            id,
-            token: token ^ 1,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0, addr(1001), &Message::keepalive(id, token ^ 1));
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
     assert_eq!(ids(&r), [id]);
 }
@@ -992,18 +714,9 @@ fn malformed_bodies_are_counted_and_change_nothing() {
     let mut r = two_clients(t0);
     let before = table(&r);
     let base = r.stats().clone();
-    let mut trailing = encode(&Message::Register {
-        want_id: None,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let mut trailing = encode(&Message::register(None));
     trailing.push(0);
-    let mut truncated = encode(&Message::Leave {
-        id: 1,
-        token: 5,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let mut truncated = encode(&Message::leave(1, 5));
     truncated.pop();
     let datagrams: Vec<Vec<u8>> = vec![
         header_then(&[]),
@@ -1038,11 +751,7 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
     for version in [0, 2, 0xff] {
         // Even a well-formed Register: the body of another version is never guessed at. A
         // client pads its requests, so the error fits.
-        let mut register = Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        };
+        let mut register = Message::register(None);
         p2pchat::wire::pad_request(&mut register);
         let mut d = encode(&register);
         d[1] = version;
@@ -1174,33 +883,11 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
     let mut templates: Vec<Vec<u8>> = unexpected_messages().iter().map(encode).collect();
     templates.extend(
         [
-            Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            },
-            Message::Register {
-                want_id: Some(2),
-                nonce: 0,
-                pad: Default::default(),
-            },
-            Message::Lookup {
-                id: 1,
-                nonce: 0,
-                pad: Default::default(),
-            },
-            Message::Leave {
-                id: 3,
-                token: token3,
-                nonce: 0,
-                pad: Default::default(),
-            },
-            Message::Keepalive {
-                id: 3,
-                token: token3,
-                nonce: 0,
-                pad: Default::default(),
-            },
+            Message::register(None),
+            Message::register(Some(2)),
+            Message::lookup(1),
+            Message::leave(3, token3),
+            Message::keepalive(3, token3),
         ]
         .iter()
         .map(encode),
@@ -1283,11 +970,7 @@ fn addr_on(ip: [u8; 4], port: u16) -> SocketAddr {
 }
 
 fn register_msg() -> Message {
-    Message::Register {
-        want_id: None,
-        nonce: 0,
-        pad: Default::default(),
-    }
+    Message::register(None)
 }
 
 #[test]
@@ -1418,32 +1101,12 @@ fn eleven_addresses_of_one_slash_24_cannot_fill_max_clients() {
     assert_eq!(r.stats().prefix_full, full as u64);
     // Keepalives keep them, but another network still registers.
     for &(from, id, token) in &mine {
-        send(
-            &mut r,
-            now,
-            from,
-            &Message::Keepalive {
-                id,
-                token,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        send(&mut r, now, from, &Message::keepalive(id, token));
     }
     register(&mut r, now, addr_on([10, 1, 3, 1], 1), None);
     // One of them leaves: its prefix may have one more.
     let (from, id, token) = mine[0];
-    send(
-        &mut r,
-        now,
-        from,
-        &Message::Leave {
-            id,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, now, from, &Message::leave(id, token));
     events(&mut r);
     register(&mut r, now, addr_on([10, 1, 2, 99], 1), None);
     let answers = send(&mut r, now, addr_on([10, 1, 2, 99], 2), &register_msg());
@@ -1498,16 +1161,7 @@ fn a_retransmitted_register_spends_no_registration_token() {
     let mut r = rate_limited_registry(1.0, 1);
     let (id, token) = register(&mut r, t0, addr(1), None);
     for _ in 0..10 {
-        let answers = send(
-            &mut r,
-            t0,
-            addr(1),
-            &Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answers = send(&mut r, t0, addr(1), &Message::register(None));
         assert!(
             matches!(answers[..], [Message::Registered { id: i, token: t, .. }] if i == id && t == token),
             "{answers:?}"
@@ -1549,18 +1203,10 @@ fn a_datagram_packed_with_lookups_gets_at_most_eight_answers() {
     let mut datagram = Vec::new();
     // 80 lookups of 13 bytes each fit in one datagram under wire::PACK_LIMIT.
     for _ in 0..80 {
-        packer.push(
-            addr(9),
-            &Message::Lookup {
-                id: 1,
-                nonce: 0,
-                pad: Default::default(),
-            },
-            |_, d| {
-                assert!(datagram.is_empty(), "one datagram");
-                datagram = d.to_vec();
-            },
-        );
+        packer.push(addr(9), &Message::lookup(1), |_, d| {
+            assert!(datagram.is_empty(), "one datagram");
+            datagram = d.to_vec();
+        });
     }
     packer.flush(|_, d| datagram = d.to_vec());
     assert_eq!(wire::decode_all(&datagram).unwrap().len(), 80);
@@ -1848,16 +1494,7 @@ fn claim(
 }
 
 fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
-    let answers = send(
-        r,
-        now,
-        addr(9999),
-        &Message::Resolve {
-            name: name.into(),
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(r, now, addr(9999), &Message::resolve(name));
     assert_eq!(answers.len(), 1, "{answers:?}");
     answers.into_iter().next().unwrap()
 }
@@ -1881,16 +1518,7 @@ fn a_claimed_name_is_granted_and_lookup_and_resolve_carry_it() {
     let e = r.get(alice.0).unwrap();
     assert_eq!(e.name.as_deref(), Some("Alice"));
     assert_eq!(e.display_name.as_deref(), Some("Alice L."));
-    let by_id = send(
-        &mut r,
-        t0,
-        addr(9999),
-        &Message::Lookup {
-            id: alice.0,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let by_id = send(&mut r, t0, addr(9999), &Message::lookup(alice.0));
     assert_eq!(by_id, [found(1, addr(1001), "Alice", Some("Alice L."))]);
     assert_eq!(
         resolve(&mut r, t0, "Alice"),
@@ -2083,12 +1711,7 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
         &mut r,
         t0 + secs(5),
         addr(1001),
-        &Message::Keepalive {
-            id: old.0,
-            token: old.1,
-            nonce: 0,
-            pad: Default::default(),
-        },
+        &Message::keepalive(old.0, old.1),
     );
     assert_eq!(error_code(&answers), ErrorCode::NotRegistered);
 }
@@ -2188,17 +1811,7 @@ fn a_name_is_released_when_its_client_leaves() {
     let mut r = registry(10);
     let alice = register(&mut r, t0, addr(1001), None);
     claim(&mut r, t0, addr(1001), alice, "alice", None);
-    let answers = send(
-        &mut r,
-        t0,
-        addr(1001),
-        &Message::Leave {
-            id: alice.0,
-            token: alice.1,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answers = send(&mut r, t0, addr(1001), &Message::leave(alice.0, alice.1));
     assert_eq!(answers, [Message::LeaveAck { id: 1, nonce: 0 }]);
     assert_eq!(
         events(&mut r),
@@ -2362,17 +1975,7 @@ fn list_pages_beyond_the_clients_list_rate_go_unanswered() {
     assert_eq!(send(&mut r, later, addr(1001), &list_msg(alice, None)), []);
     assert_eq!(r.stats().list_pages, 6);
     // A client that leaves and comes back under the same id starts with a full bucket.
-    send(
-        &mut r,
-        later,
-        addr(1001),
-        &Message::Leave {
-            id: alice.0,
-            token: alice.1,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    send(&mut r, later, addr(1001), &Message::leave(alice.0, alice.1));
     events(&mut r);
     let again = register(&mut r, later, addr(1003), None);
     assert_eq!(again.0, alice.0);
@@ -2538,17 +2141,7 @@ fn paging_is_correct_when_clients_join_and_leave_between_pages() {
         for _ in 0..rng.random_range(0..6) {
             let id = rng.random_range(2..=online.keys().last().copied().unwrap());
             if let Some((from, token)) = online.remove(&id) {
-                let answers = send(
-                    &mut r,
-                    t0,
-                    from,
-                    &Message::Leave {
-                        id,
-                        token,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
-                );
+                let answers = send(&mut r, t0, from, &Message::leave(id, token));
                 assert_eq!(answers, [Message::LeaveAck { id, nonce: 0 }], "seed {seed}");
                 events(&mut r);
                 stayed.remove(&id);
@@ -2585,17 +2178,7 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     // All but the first and last 10 leave: a long run of free ids in the middle.
     for &(id, token) in &clients[10..clients.len() - 10] {
         let from = many_addr(id - 1);
-        send(
-            &mut r,
-            t0,
-            from,
-            &Message::Leave {
-                id,
-                token,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        send(&mut r, t0, from, &Message::leave(id, token));
     }
     events(&mut r);
     let far = [4_000_000_000, 70_000, 3_000_000_000];
@@ -2637,17 +2220,7 @@ fn a_list_page_looks_only_at_the_clients_it_lists_whatever_the_gaps() {
     let mut stay = Vec::new();
     for (i, &(id, token)) in clients.iter().enumerate() {
         if i % 3000 != 0 {
-            send(
-                &mut r,
-                t0,
-                many_addr(i as u32),
-                &Message::Leave {
-                    id,
-                    token,
-                    nonce: 0,
-                    pad: Default::default(),
-                },
-            );
+            send(&mut r, t0, many_addr(i as u32), &Message::leave(id, token));
         }
     }
     events(&mut r);

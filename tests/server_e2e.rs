@@ -50,15 +50,7 @@ fn request(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> Message {
 }
 
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token, u32) {
-    match request(
-        sock,
-        server,
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    ) {
+    match request(sock, server, &Message::register(None)) {
         Message::Registered {
             id,
             token,
@@ -98,15 +90,7 @@ fn register_then_lookup_finds_the_clients_address_as_seen_by_the_server() {
     );
 
     let bob = socket();
-    let answer = request(
-        &bob,
-        server.addr,
-        &Message::Lookup {
-            id: 1,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let answer = request(&bob, server.addr, &Message::lookup(1));
     assert_eq!(
         answer,
         Message::Found {
@@ -125,15 +109,7 @@ fn lookup_of_an_unknown_id_is_inactive() {
     let (_alice, _) = joined_client(&server, 1);
     let bob = socket();
     for id in [2, 77] {
-        let answer = request(
-            &bob,
-            server.addr,
-            &Message::Lookup {
-                id,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        let answer = request(&bob, server.addr, &Message::lookup(id));
         assert_eq!(answer, Message::Inactive { id, nonce: 0 });
     }
 }
@@ -142,15 +118,7 @@ fn lookup_of_an_unknown_id_is_inactive() {
 fn a_second_register_from_the_same_socket_is_a_retransmission() {
     let server = Server::start(&[]);
     let (alice, token) = joined_client(&server, 1);
-    let again = request(
-        &alice,
-        server.addr,
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    );
+    let again = request(&alice, server.addr, &Message::register(None));
     assert_eq!(
         again,
         Message::Registered {
@@ -169,15 +137,7 @@ fn max_clients_refuses_one_more_with_server_full() {
     let server = Server::start(&["--max-clients", "1"]);
     let (_alice, _) = joined_client(&server, 1);
     let bob = socket();
-    match request(
-        &bob,
-        server.addr,
-        &Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    ) {
+    match request(&bob, server.addr, &Message::register(None)) {
         Message::Error {
             code: ErrorCode::ServerFull,
             ..
@@ -231,12 +191,7 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         .set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
 
-    let mut other_version = encode_request(&Message::Leave {
-        id: 1,
-        token,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let mut other_version = encode_request(&Message::leave(1, token));
     other_version[1] = VERSION + 1;
     mallory.send_to(&other_version, to).unwrap();
     match recv(&mallory, to) {
@@ -247,12 +202,7 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         other => panic!("a datagram of another version was answered {other:?}"),
     }
 
-    let forged = Message::Leave {
-        id: 1,
-        token: token ^ 0x5a5a,
-        nonce: 0,
-        pad: Default::default(),
-    };
+    let forged = Message::leave(1, token ^ 0x5a5a);
     match request(&mallory, to, &forged) {
         Message::Error {
             code: ErrorCode::NotRegistered,
@@ -261,16 +211,7 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         other => panic!("a forged Leave was answered {other:?}"),
     }
     // Even the right token from the wrong socket deletes nothing.
-    match request(
-        &mallory,
-        to,
-        &Message::Leave {
-            id: 1,
-            token,
-            nonce: 0,
-            pad: Default::default(),
-        },
-    ) {
+    match request(&mallory, to, &Message::leave(1, token)) {
         Message::Error {
             code: ErrorCode::NotRegistered,
             ..
@@ -281,15 +222,7 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
     // The server still answers, and still has alice where she was.
     for asker in [&mallory, &alice] {
         assert_eq!(
-            request(
-                asker,
-                to,
-                &Message::Lookup {
-                    id: 1,
-                    nonce: 0,
-                    pad: Default::default()
-                }
-            ),
+            request(asker, to, &Message::lookup(1)),
             Message::Found {
                 id: 1,
                 addr: alice_addr,
@@ -318,12 +251,7 @@ fn leave_is_acknowledged_and_the_printed_table_shows_the_client_gone() {
     let server = Server::start(&[]);
     let (alice, token) = joined_client(&server, 1);
     let alice_addr = alice.local_addr().unwrap();
-    let leave = Message::Leave {
-        id: 1,
-        token,
-        nonce: 0,
-        pad: Default::default(),
-    };
+    let leave = Message::leave(1, token);
     assert_eq!(
         request(&alice, server.addr, &leave),
         Message::LeaveAck { id: 1, nonce: 0 }
@@ -336,15 +264,7 @@ fn leave_is_acknowledged_and_the_printed_table_shows_the_client_gone() {
         Message::LeaveAck { id: 1, nonce: 0 }
     );
     assert_eq!(
-        request(
-            &socket(),
-            server.addr,
-            &Message::Lookup {
-                id: 1,
-                nonce: 0,
-                pad: Default::default()
-            }
-        ),
+        request(&socket(), server.addr, &Message::lookup(1)),
         Message::Inactive { id: 1, nonce: 0 }
     );
     // And printed nothing: the next line is the next join (which reuses id 1).
@@ -372,15 +292,7 @@ fn a_silent_client_expires_after_the_ttl() {
     );
     server.expect_next_line("active clients: 0");
     assert_eq!(
-        request(
-            &socket(),
-            server.addr,
-            &Message::Lookup {
-                id: 1,
-                nonce: 0,
-                pad: Default::default()
-            }
-        ),
+        request(&socket(), server.addr, &Message::lookup(1)),
         Message::Inactive { id: 1, nonce: 0 }
     );
 }
@@ -392,15 +304,7 @@ fn keepalives_keep_a_client_past_the_ttl() {
     let until = Instant::now() + Duration::from_millis(1800);
     while Instant::now() < until {
         alice
-            .send_to(
-                &encode_request(&Message::Keepalive {
-                    id: 1,
-                    token,
-                    nonce: 0,
-                    pad: Default::default(),
-                }),
-                server.addr,
-            )
+            .send_to(&encode_request(&Message::keepalive(1, token)), server.addr)
             .unwrap();
         thread::sleep(Duration::from_millis(250));
     }
@@ -410,15 +314,7 @@ fn keepalives_keep_a_client_past_the_ttl() {
         "something was printed although alice kept sending"
     );
     assert!(matches!(
-        request(
-            &socket(),
-            server.addr,
-            &Message::Lookup {
-                id: 1,
-                nonce: 0,
-                pad: Default::default()
-            }
-        ),
+        request(&socket(), server.addr, &Message::lookup(1)),
         Message::Found { id: 1, .. }
     ));
 }
@@ -530,15 +426,7 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
     }
     let stranger = socket();
     assert_eq!(
-        request(
-            &stranger,
-            server.addr,
-            &Message::Resolve {
-                name: "Alice".into(),
-                nonce: 0,
-                pad: Default::default()
-            }
-        ),
+        request(&stranger, server.addr, &Message::resolve("Alice")),
         Message::Found {
             id: 1,
             addr: alice_addr,
@@ -548,15 +436,7 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
         }
     );
     assert_eq!(
-        request(
-            &stranger,
-            server.addr,
-            &Message::Resolve {
-                name: "zed".into(),
-                nonce: 0,
-                pad: Default::default()
-            }
-        ),
+        request(&stranger, server.addr, &Message::resolve("zed")),
         Message::Unknown {
             name: "zed".into(),
             nonce: 0

@@ -46,15 +46,8 @@ fn recv_all(sock: &UdpSocket, server: SocketAddr) -> Option<Vec<Message>> {
 /// Registers `sock` (a few tries); panics if the server refuses.
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token) {
     for _ in 0..5 {
-        sock.send_to(
-            &encode_request(&Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            }),
-            server,
-        )
-        .unwrap();
+        sock.send_to(&encode_request(&Message::register(None)), server)
+            .unwrap();
         if let Some(answers) = recv_all(sock, server) {
             match &answers[..] {
                 [Message::Registered { id, token, .. }] => return (*id, *token),
@@ -135,11 +128,7 @@ fn a_list_flood_gets_the_list_rate_and_other_clients_lookups_are_answered() {
         })
     };
     thread::sleep(Duration::from_millis(100));
-    let lookup = encode_request(&Message::Lookup {
-        id: victim_id,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let lookup = encode_request(&Message::lookup(victim_id));
     let mut slowest = Duration::ZERO;
     let mut lookups = 0;
     let started = Instant::now();
@@ -184,11 +173,7 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
     let flood = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
-            let register = encode_request(&Message::Register {
-                want_id: None,
-                nonce: 0,
-                pad: Default::default(),
-            });
+            let register = encode_request(&Message::register(None));
             let started = Instant::now();
             let mut sent = 0;
             // Fresh ports, never the same twice (as the kernel's choice of a free port might).
@@ -222,14 +207,7 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
         for try_ in 1..=5 {
             let t = Instant::now();
             client
-                .send_to(
-                    &encode_request(&Message::Register {
-                        want_id: None,
-                        nonce: 0,
-                        pad: Default::default(),
-                    }),
-                    addr,
-                )
+                .send_to(&encode_request(&Message::register(None)), addr)
                 .unwrap();
             match recv_all(&client, addr).as_deref() {
                 Some([Message::Registered { .. }]) => {
@@ -284,15 +262,8 @@ fn eleven_addresses_of_one_network_cannot_fill_max_clients() {
     for host in 1..=11 {
         for _ in 0..5 {
             let s = socket_on(&format!("127.0.0.{host}"));
-            s.send_to(
-                &encode_request(&Message::Register {
-                    want_id: None,
-                    nonce: 0,
-                    pad: Default::default(),
-                }),
-                addr,
-            )
-            .unwrap();
+            s.send_to(&encode_request(&Message::register(None)), addr)
+                .unwrap();
             match recv_all(&s, addr).as_deref() {
                 Some([Message::Registered { .. }]) => registered += 1,
                 Some(
@@ -373,18 +344,9 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
                 let i = k % sockets.len();
                 k += 1;
                 let msg = match held[i] {
-                    Some((id, token)) if k % 3 == 0 => Message::Leave {
-                        id,
-                        token,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
+                    Some((id, token)) if k % 3 == 0 => Message::leave(id, token),
                     Some(_) => continue,
-                    None => Message::Register {
-                        want_id: None,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
+                    None => Message::register(None),
                 };
                 sockets[i].send_to(&encode_request(&msg), addr).unwrap();
                 match recv_all(&sockets[i], addr).as_deref() {
@@ -397,11 +359,7 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
         })
     };
     let prober = socket_on("127.0.0.1");
-    let lookup = encode_request(&Message::Lookup {
-        id: 1,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let lookup = encode_request(&Message::lookup(1));
     let (mut lookups, mut slowest) = (0, Duration::ZERO);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {

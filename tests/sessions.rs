@@ -380,15 +380,8 @@ fn list_pages_through_thousands_of_clients_under_loss() {
         let now = s.now;
         for k in 0..OTHERS {
             let addr = SocketAddr::from((Ipv4Addr::from(0x0a02_0000 + k), 5000));
-            s.registry.handle_message(
-                now,
-                addr,
-                Message::Register {
-                    want_id: None,
-                    nonce: 0,
-                    pad: Default::default(),
-                },
-            );
+            s.registry
+                .handle_message(now, addr, Message::register(None));
             let mut token = None;
             while let Some(t) = s.registry.poll_transmit() {
                 if let Message::Registered { id, token: tk, .. } = t.message {

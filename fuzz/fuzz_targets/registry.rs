@@ -293,19 +293,9 @@ fuzz_target!(|input: Input| {
                                 (id.wrapping_add(id_delta.0), row.token ^ token_xor.0)
                             };
                             if *leave {
-                                Message::Leave {
-                                    id,
-                                    token,
-                                    nonce: 0,
-                                    pad: Default::default(),
-                                }
+                                Message::leave(id, token)
                             } else {
-                                Message::Keepalive {
-                                    id,
-                                    token,
-                                    nonce: 0,
-                                    pad: Default::default(),
-                                }
+                                Message::keepalive(id, token)
                             }
                         }
                     };

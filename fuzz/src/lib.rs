@@ -195,28 +195,10 @@ impl FuzzMessage {
     pub fn to_message(&self) -> Message {
         use FuzzMessage as F;
         match self.clone() {
-            F::Register { want_id } => Message::Register {
-                want_id: want_id.map(|i| i.0),
-                nonce: 0,
-                pad: Default::default(),
-            },
-            F::Lookup { id } => Message::Lookup {
-                id: id.0,
-                nonce: 0,
-                pad: Default::default(),
-            },
-            F::Leave { id, token } => Message::Leave {
-                id: id.0,
-                token: token.0,
-                nonce: 0,
-                pad: Default::default(),
-            },
-            F::Keepalive { id, token } => Message::Keepalive {
-                id: id.0,
-                token: token.0,
-                nonce: 0,
-                pad: Default::default(),
-            },
+            F::Register { want_id } => Message::register(want_id.map(|i| i.0)),
+            F::Lookup { id } => Message::lookup(id.0),
+            F::Leave { id, token } => Message::leave(id.0, token.0),
+            F::Keepalive { id, token } => Message::keepalive(id.0, token.0),
             F::Registered {
                 id,
                 token,
@@ -248,11 +230,7 @@ impl FuzzMessage {
                 nonce: 0,
                 pad: Default::default(),
             },
-            F::Resolve { name } => Message::Resolve {
-                name,
-                nonce: 0,
-                pad: Default::default(),
-            },
+            F::Resolve { name } => Message::resolve(name),
             F::List { id, token, after } => Message::List {
                 id: id.0,
                 token: token.0,

@@ -213,15 +213,7 @@ mod tests {
         let now = Instant::now();
         for port in (1..=n).rev() {
             let from = SocketAddr::from(([127, 0, 0, 1], port));
-            r.handle_message(
-                now,
-                from,
-                Message::Register {
-                    want_id: None,
-                    nonce: 0,
-                    pad: Default::default(),
-                },
-            );
+            r.handle_message(now, from, Message::register(None));
         }
         r
     }

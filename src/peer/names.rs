@@ -177,14 +177,7 @@ impl Names {
                 auto,
             },
         );
-        out.transmit(
-            self.server,
-            Message::Resolve {
-                name: name.to_string(),
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        out.transmit(self.server, Message::resolve(name));
     }
 
     /// The user asks for a name the queue is already resolving: from now on the user
@@ -304,14 +297,7 @@ impl Names {
                 }
                 Some(Step::Resend) => {
                     let name = r.name.clone();
-                    out.transmit(
-                        self.server,
-                        Message::Resolve {
-                            name,
-                            nonce: 0,
-                            pad: Default::default(),
-                        },
-                    );
+                    out.transmit(self.server, Message::resolve(name));
                 }
                 None => {}
             }

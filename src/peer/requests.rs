@@ -66,11 +66,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn lookup() -> Message {
-        Message::Lookup {
-            id: 3,
-            nonce: 0,
-            pad: Default::default(),
-        }
+        Message::lookup(3)
     }
 
     fn inactive(nonce: Nonce) -> Message {

@@ -184,27 +184,11 @@ impl Server {
             },
             State::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
-                self.send(
-                    out,
-                    Message::Keepalive {
-                        id,
-                        token,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
-                );
+                self.send(out, Message::keepalive(id, token));
             }
             State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
                 None => {}
-                Some(Step::Resend) => self.send(
-                    out,
-                    Message::Leave {
-                        id,
-                        token,
-                        nonce: 0,
-                        pad: Default::default(),
-                    },
-                ),
+                Some(Step::Resend) => self.send(out, Message::leave(id, token)),
                 Some(Step::GiveUp) => {
                     out.event(Event::Notice {
                         message: format!(
@@ -340,11 +324,7 @@ impl Server {
 
     /// A `Register` (its nonce and padding are added as it leaves: requests.rs).
     fn send_register(&self, want_id: Option<ClientId>, out: &mut Outputs) {
-        let register = Message::Register {
-            want_id,
-            nonce: 0,
-            pad: Default::default(),
-        };
+        let register = Message::register(want_id);
         self.send(out, register);
     }
 
@@ -362,15 +342,7 @@ impl Server {
             retry: Some(Retry::first(now + self.retry)),
             acked: false,
         };
-        self.send(
-            out,
-            Message::Leave {
-                id,
-                token: self.token,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        self.send(out, Message::leave(id, self.token));
         true
     }
 
@@ -379,15 +351,7 @@ impl Server {
     pub fn give_up(&mut self, message: String, out: &mut Outputs) {
         if let Some(id) = self.id {
             let token = self.token;
-            self.send(
-                out,
-                Message::Leave {
-                    id,
-                    token,
-                    nonce: 0,
-                    pad: Default::default(),
-                },
-            );
+            self.send(out, Message::leave(id, token));
         }
         self.fatal(message, out);
     }

@@ -278,14 +278,7 @@ impl Session {
             State::LookingUp { retry } => {
                 match retry.poll(now, cfg.server_tries, now + cfg.server_retry) {
                     Some(Step::GiveUp) => return Due::GaveUp(Event::LookupFailed { peer }),
-                    Some(Step::Resend) => out.transmit(
-                        cfg.server,
-                        Message::Lookup {
-                            id: peer,
-                            nonce: 0,
-                            pad: Default::default(),
-                        },
-                    ),
+                    Some(Step::Resend) => out.transmit(cfg.server, Message::lookup(peer)),
                     None => {}
                 }
             }

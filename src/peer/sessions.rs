@@ -388,14 +388,7 @@ impl Sessions {
             State::LookingUp { retry },
             now,
         ));
-        out.transmit(
-            self.cfg.server,
-            Message::Lookup {
-                id: peer,
-                nonce: 0,
-                pad: Default::default(),
-            },
-        );
+        out.transmit(self.cfg.server, Message::lookup(peer));
         Ok(Connecting::Started)
     }
 

@@ -450,6 +450,52 @@ impl Message {
     }
 }
 
+/// Requests to the server as a client builds them, with no nonce and no padding yet (they
+/// are added as the request leaves: see [`pad_request`], and the client's `Requests`).
+impl Message {
+    pub fn register(want_id: Option<ClientId>) -> Message {
+        Message::Register {
+            want_id,
+            nonce: 0,
+            pad: Padding(0),
+        }
+    }
+
+    pub fn lookup(id: ClientId) -> Message {
+        Message::Lookup {
+            id,
+            nonce: 0,
+            pad: Padding(0),
+        }
+    }
+
+    pub fn keepalive(id: ClientId, token: Token) -> Message {
+        Message::Keepalive {
+            id,
+            token,
+            nonce: 0,
+            pad: Padding(0),
+        }
+    }
+
+    pub fn leave(id: ClientId, token: Token) -> Message {
+        Message::Leave {
+            id,
+            token,
+            nonce: 0,
+            pad: Padding(0),
+        }
+    }
+
+    pub fn resolve(name: impl Into<String>) -> Message {
+        Message::Resolve {
+            name: name.into(),
+            nonce: 0,
+            pad: Padding(0),
+        }
+    }
+}
+
 /// Pads a request to the server so that its datagram, alone, is at least [`REQUEST_SIZE`]
 /// bytes (no effect on other messages, or on a request already that big).
 pub fn pad_request(msg: &mut Message) {

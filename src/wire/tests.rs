@@ -142,16 +142,8 @@ fn names_follow_the_rules() {
 
 fn all_messages() -> Vec<Message> {
     vec![
-        Message::Register {
-            want_id: None,
-            nonce: 0,
-            pad: Default::default(),
-        },
-        Message::Register {
-            want_id: Some(7),
-            nonce: 0,
-            pad: Default::default(),
-        },
+        Message::register(None),
+        Message::register(Some(7)),
         Message::Claim {
             id: 1,
             token: 2,
@@ -161,11 +153,7 @@ fn all_messages() -> Vec<Message> {
             nonce: 0,
             pad: Default::default(),
         },
-        Message::Resolve {
-            name: "bob".into(),
-            nonce: 0,
-            pad: Default::default(),
-        },
+        Message::resolve("bob"),
         Message::List {
             id: 1,
             token: 2,
@@ -206,23 +194,9 @@ fn all_messages() -> Vec<Message> {
             name: Some("alice".into()),
             display_name: None,
         },
-        Message::Lookup {
-            id: 3,
-            nonce: 0,
-            pad: Default::default(),
-        },
-        Message::Leave {
-            id: 1,
-            token: u64::MAX,
-            nonce: 0,
-            pad: Default::default(),
-        },
-        Message::Keepalive {
-            id: 1,
-            token: 42,
-            nonce: 0,
-            pad: Default::default(),
-        },
+        Message::lookup(3),
+        Message::leave(1, u64::MAX),
+        Message::keepalive(1, 42),
         Message::Registered {
             id: 1,
             token: 9,
@@ -436,11 +410,7 @@ fn a_precise_reason_this_version_does_not_know_falls_back_to_reason() {
 
 #[test]
 fn lookup_bytes_match_the_documented_example() {
-    let bytes = encode(&Message::Lookup {
-        id: 3,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let bytes = encode(&Message::lookup(3));
     let expected = [
         0x50, 0x01, 0x81, 0xa6, b'L', b'o', b'o', b'k', b'u', b'p', 0x81, 0xa2, b'i', b'd', 0x03,
     ];
@@ -476,11 +446,7 @@ fn wrong_magic_and_wrong_version_are_named() {
         decode(b"GET / HTTP/1.1"),
         Err(DecodeError::BadMagic { found: b'G' })
     );
-    let mut bytes = encode(&Message::Lookup {
-        id: 3,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let mut bytes = encode(&Message::lookup(3));
     bytes[1] = 2;
     assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { found: 2 }));
     assert!(DecodeError::BadVersion { found: 2 }
@@ -508,11 +474,7 @@ fn every_truncation_of_every_message_is_an_error() {
 
 #[test]
 fn trailing_bytes_are_malformed() {
-    let mut bytes = encode(&Message::Lookup {
-        id: 3,
-        nonce: 0,
-        pad: Default::default(),
-    });
+    let mut bytes = encode(&Message::lookup(3));
     bytes.push(0);
     assert!(matches!(decode(&bytes), Err(DecodeError::Malformed { .. })));
 }
@@ -600,18 +562,8 @@ fn a_new_destination_or_a_full_datagram_starts_another() {
 
 #[test]
 fn one_bad_message_refuses_the_whole_datagram() {
-    let mut d = encode(&Message::Lookup {
-        id: 1,
-        nonce: 0,
-        pad: Default::default(),
-    });
-    d.extend_from_slice(
-        &encode(&Message::Lookup {
-            id: 2,
-            nonce: 0,
-            pad: Default::default(),
-        })[2..],
-    );
+    let mut d = encode(&Message::lookup(1));
+    d.extend_from_slice(&encode(&Message::lookup(2))[2..]);
     assert_eq!(decode_all(&d).unwrap().len(), 2);
     assert!(matches!(decode(&d), Err(DecodeError::Malformed { .. })));
     d.push(0xc1); // never used in MessagePack
@@ -770,14 +722,7 @@ fn deep_nesting_is_malformed_not_a_stack_overflow() {
     assert!(matches!(result.0, Err(DecodeError::Malformed { .. })));
     assert!(matches!(result.1, Err(DecodeError::Malformed { .. })));
     // A shallow field the decoder does not know is still skipped.
-    assert_eq!(
-        result.2,
-        Ok(Message::Lookup {
-            id: 3,
-            nonce: 0,
-            pad: Default::default()
-        })
-    );
+    assert_eq!(result.2, Ok(Message::lookup(3)));
 }
 
 #[test]
