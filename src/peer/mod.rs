@@ -200,11 +200,49 @@ pub struct Peer {
     undecodable: u64,
     /// Messages past the first [`wire::MAX_PEER_MESSAGES`] of a datagram.
     excess: u64,
-    /// Datagrams of another protocol version from others than the server, and the
-    /// addresses already named for it (and when a stranger's last was).
-    other_version: u64,
-    versions: Seen<SocketAddr>,
-    stranger_version_at: Option<Instant>,
+    /// Peers heard speaking another protocol version.
+    versions: Versions,
+}
+
+/// Datagrams of another protocol version from others than the server: how many, the
+/// addresses already named for it, and when a stranger was last named.
+struct Versions {
+    count: u64,
+    named: Seen<SocketAddr>,
+    stranger_at: Option<Instant>,
+}
+
+impl Versions {
+    /// A datagram of protocol `version` from `from` (the peer `peer` there, if any): the
+    /// event that names it, once per address; strangers at most once per `interval`,
+    /// whatever the number of addresses a flood comes from.
+    fn heard(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        peer: Option<ClientId>,
+        version: u8,
+        interval: Duration,
+    ) -> Option<Event> {
+        self.count += 1;
+        if self.named.contains(&from) {
+            debug!("{from}: dropped another datagram of protocol version {version}");
+            return None;
+        }
+        if peer.is_none() {
+            if self.stranger_at.is_some_and(|at| now < at + interval) {
+                debug!("{from}: dropped a datagram of protocol version {version} (a stranger; one was named lately)");
+                return None;
+            }
+            self.stranger_at = Some(now);
+        }
+        self.named.insert(from);
+        Some(Event::PeerVersion {
+            peer,
+            addr: from,
+            version,
+        })
+    }
 }
 
 /// How many addresses of peers of another protocol version are remembered (each is named
@@ -236,9 +274,11 @@ impl Peer {
             out,
             undecodable: 0,
             excess: 0,
-            other_version: 0,
-            versions: Seen::new(VERSION_MEMORY),
-            stranger_version_at: None,
+            versions: Versions {
+                count: 0,
+                named: Seen::new(VERSION_MEMORY),
+                stranger_at: None,
+            },
         }
     }
 
@@ -309,7 +349,7 @@ impl Peer {
         stats.withheld = self.out.withheld() + self.files.withheld();
         stats.excess = self.excess;
         stats.offers_refused = self.files.offers_refused();
-        stats.other_version = self.other_version;
+        stats.other_version = self.versions.count;
         stats
     }
 
@@ -753,33 +793,13 @@ impl Peer {
     }
 
     /// A datagram of protocol `version` from `from`, not the server: the user is told,
-    /// once per address, who cannot be understood. Strangers (no session or request at
-    /// that address) are named at most once per summary interval, whatever the number of
-    /// addresses a flood comes from.
+    /// once per address, who cannot be understood (see [`Versions::heard`]).
     fn other_version(&mut self, now: Instant, from: SocketAddr, version: u8) {
-        self.other_version += 1;
-        if self.versions.contains(&from) {
-            debug!("{from}: dropped another datagram of protocol version {version}");
-            return;
-        }
         let peer = self.sessions.peer_at(from);
-        if peer.is_none() {
-            let interval = self.config.summary_interval;
-            if self
-                .stranger_version_at
-                .is_some_and(|at| now < at + interval)
-            {
-                debug!("{from}: dropped a datagram of protocol version {version} (a stranger; one was named lately)");
-                return;
-            }
-            self.stranger_version_at = Some(now);
+        let interval = self.config.summary_interval;
+        if let Some(ev) = self.versions.heard(now, from, peer, version, interval) {
+            self.out.event(ev);
         }
-        self.versions.insert(from);
-        self.out.event(Event::PeerVersion {
-            peer,
-            addr: from,
-            version,
-        });
     }
 
     /// Feeds one decoded message. No answer limit applies (it is counted against the
