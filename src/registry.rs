@@ -460,7 +460,7 @@ impl Registry {
                     debug!("{from}: {excess} messages past the first {MAX_MESSAGES_PER_DATAGRAM} of a datagram dropped");
                 }
                 // All the answers to one datagram, together, are no larger than it (unless
-                // a message proves its sender receives: see `handle_message`).
+                // a message proves its sender receives: see `handle_bounded`).
                 let mut budget = datagram.len();
                 for msg in messages.into_iter().take(MAX_MESSAGES_PER_DATAGRAM) {
                     budget = self.handle_bounded(now, from, msg, budget);
@@ -469,20 +469,13 @@ impl Registry {
             Err(DecodeError::BadVersion { found }) => {
                 self.stats.bad_version += 1;
                 debug!("{from}: protocol version {found}, answering BadVersion if it fits");
-                self.answering = Some(Answering {
-                    to: from,
-                    nonce: 0,
-                    budget: Some(datagram.len()),
-                });
-                self.send_error(
-                    from,
-                    ErrorCode::BadVersion,
-                    format!(
-                        "this server speaks protocol version {}, not {found}",
-                        wire::VERSION
-                    ),
+                let detail = format!(
+                    "this server speaks protocol version {}, not {found}",
+                    wire::VERSION
                 );
-                self.answering = None;
+                self.answer_within(from, 0, Some(datagram.len()), |r| {
+                    r.send_error(from, ErrorCode::BadVersion, detail)
+                });
             }
             Err(e @ DecodeError::Malformed { .. }) => {
                 self.stats.malformed += 1;
@@ -498,13 +491,8 @@ impl Registry {
     /// Feeds one decoded message. Its answers echo its nonce; handed over without its
     /// datagram, their size is not bounded (see [`Registry::handle_datagram`]).
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
-        self.answering = Some(Answering {
-            to: from,
-            nonce: msg.nonce().unwrap_or(0),
-            budget: None,
-        });
-        self.dispatch(now, from, msg);
-        self.answering = None;
+        let nonce = msg.nonce().unwrap_or(0);
+        self.answer_within(from, nonce, None, |r| r.dispatch(now, from, msg));
     }
 
     /// One message of a datagram, whose answers may spend `budget` bytes unless the message
@@ -524,14 +512,23 @@ impl Registry {
             | Message::List { id, token, .. } => self.owns(from, id, token),
             _ => false,
         };
-        self.answering = Some(Answering {
-            to: from,
-            nonce: msg.nonce().unwrap_or(0),
-            budget: (!proven).then_some(budget),
-        });
-        self.dispatch(now, from, msg);
-        let left = self.answering.take().and_then(|a| a.budget);
-        left.unwrap_or(budget)
+        let (nonce, bound) = (msg.nonce().unwrap_or(0), (!proven).then_some(budget));
+        self.answer_within(from, nonce, bound, |r| r.dispatch(now, from, msg))
+            .unwrap_or(budget)
+    }
+
+    /// Runs `handle` with its answers to `to` echoing `nonce` and spending `budget` (see
+    /// [`Answering`]); returns the budget left.
+    fn answer_within(
+        &mut self,
+        to: SocketAddr,
+        nonce: Nonce,
+        budget: Option<usize>,
+        handle: impl FnOnce(&mut Self),
+    ) -> Option<usize> {
+        self.answering = Some(Answering { to, nonce, budget });
+        handle(self);
+        self.answering.take().and_then(|a| a.budget)
     }
 
     fn dispatch(&mut self, now: Instant, from: SocketAddr, msg: Message) {

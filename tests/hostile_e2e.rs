@@ -163,9 +163,9 @@ fn the_server_never_answers_an_unproven_address_with_more_than_it_sent() {
 #[test]
 fn a_client_takes_no_answer_it_did_not_ask_for() {
     // An attacker who can send from the server's address but cannot read what the client
-    // sends: it answers every Register at once with a guess at the nonce. The client does
-    // not take the id, and says there is no server; then a server that does see the
-    // nonce registers it.
+    // sends: it answers three Registers at once with a guess at the nonce (an id, and a
+    // refusal that would end the client). The client takes neither; then a server that
+    // does see the nonce registers it.
     let (server, addr) = fake_server();
     let addr = addr.to_string();
     let mut client = Proc::spawn_with_stdin(&[

@@ -356,7 +356,8 @@ pub enum ErrorCode {
     /// A `Leave`, `Keepalive`, `Claim` or `List` that matches no registration from that
     /// address and token.
     NotRegistered,
-    /// Too many new registrations from the sender's IP address; try again later.
+    /// Too many new registrations from the sender's network (IPv4 /24, IPv6 /56); the
+    /// client tries again later.
     RateLimited,
     /// `Claim` asked for a name another client holds.
     NameTaken,
