@@ -39,8 +39,6 @@ pub(super) struct Server {
     id: Option<ClientId>,
     token: Token,
     ttl: Duration,
-    /// Why the server last refused a registration that we keep retrying.
-    refusal: Option<String>,
     /// The server said it is rate-limiting us: we keep trying, in rounds, until it lets
     /// us in (told once).
     rate_limited: bool,
@@ -81,7 +79,6 @@ impl Server {
             id: None,
             token: 0,
             ttl: Duration::from_secs(30),
-            refusal: None,
             rate_limited: false,
             registered_again_at: None,
             other_version: None,
@@ -167,17 +164,15 @@ impl Server {
                     out.event(Event::Notice { message });
                 }
                 Some(Step::GiveUp) => {
-                    let message = match (self.refusal.take(), self.other_version) {
-                        (Some(detail), _) => format!(
-                            "the rendezvous server at {} refused to register us: {detail}",
-                            self.addr
-                        ),
-                        (None, Some(v)) => format!(
+                    // A refusal ends registering at once, and rate-limited is retried for
+                    // good: giving up means no answer we could use.
+                    let message = match self.other_version {
+                        Some(v) => format!(
                             "the server at {} speaks protocol version {v}; this client speaks version {}",
                             self.addr,
                             crate::wire::VERSION
                         ),
-                        (None, None) => format!("no rendezvous server at {}", self.addr),
+                        None => format!("no rendezvous server at {}", self.addr),
                     };
                     self.fatal(message, out);
                 }
@@ -225,7 +220,6 @@ impl Server {
             ) => {
                 let again = *again;
                 self.id = Some(id);
-                self.refusal = None;
                 self.rate_limited = false;
                 self.token = token;
                 self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1))).min(MAX_TTL);
