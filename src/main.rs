@@ -70,9 +70,11 @@ enum Command {
         /// The rendezvous server (host:port).
         #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_server)]
         server: SocketAddr,
-        /// Local address and UDP port to chat from (port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        bind: SocketAddr,
+        /// Local address and UDP port to chat from (port 0: any free port) [default:
+        /// 0.0.0.0:0 (or [::]:0 for an IPv6 server), so that peers on other machines reach
+        /// you; 127.0.0.1:0 for a server on this machine].
+        #[arg(long)]
+        bind: Option<SocketAddr>,
         /// Ask the server for this id (refused if another client has it).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         id: Option<u32>,
@@ -194,6 +196,13 @@ fn main() -> ExitCode {
             downloads,
         } => {
             use std::io::IsTerminal;
+            let bind = match driver::client_bind(bind, server) {
+                Ok(bind) => bind,
+                Err(e) => {
+                    eprintln!("p2pchat: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let mut peer = PeerConfig::new(server, retry_interval);
             peer.want_id = id;
             peer.name = name;

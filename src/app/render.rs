@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::peer::{CommandError, Event, Peer};
+use crate::peer::{CommandError, Event, Peer, SendError, SendTarget};
 pub use crate::text::human_bytes;
 use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
@@ -117,6 +117,25 @@ fn ago(secs: u32) -> String {
 /// One readable line for an event, without names, colour or time (see [`render_human`]).
 pub fn human_line(ev: &Event) -> String {
     render_human(ev, &NoNames, Style::default(), SystemTime::now())
+}
+
+/// "cannot send to the server at 10.0.0.1:7070: no route to it: check ...".
+fn send_failed_line(
+    names: &dyn Names,
+    to: std::net::SocketAddr,
+    target: SendTarget,
+    error: &SendError,
+) -> String {
+    let whom = match target {
+        SendTarget::Server => format!("the server at {to}"),
+        SendTarget::Peer(id) => format!("{} at {to}", who(names, id)),
+        SendTarget::Other => to.to_string(),
+    };
+    format!(
+        "cannot send to {whom}: {}: {}",
+        sanitize(&error.to_string()),
+        error.advice()
+    )
 }
 
 /// One readable line (or several, for `Online`) for an event.
@@ -240,6 +259,9 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
             server_acked: false,
         } => "left (the server did not confirm). Bye.".into(),
         Event::Notice { message } => style.paint("33", &format!("note: {}", sanitize(message))),
+        Event::SendFailed { to, target, error } => {
+            style.paint("31", &send_failed_line(names, *to, *target, error))
+        }
         Event::Fatal { message } => style.paint("31", &format!("error: {}", sanitize(message))),
         Event::RequestsIgnored { count } => style.paint(
             "33",
@@ -336,6 +358,14 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::ListFailed { reason } => json!({"event": "list_failed", "reason": reason}),
         Event::Left { server_acked } => json!({"event": "left", "server_acked": server_acked}),
         Event::Notice { message } => json!({"event": "notice", "message": message}),
+        Event::SendFailed { to, target, error } => json!({
+            "event": "send_failed",
+            "to": to.to_string(),
+            "target": match target { SendTarget::Server => "server", SendTarget::Peer(_) => "peer", SendTarget::Other => "other" },
+            "peer": match target { SendTarget::Peer(id) => Some(*id), _ => None },
+            "error": error.code(),
+            "message": send_failed_line(names, *to, *target, error),
+        }),
         Event::Fatal { message } => json!({"event": "error", "message": message, "fatal": true}),
         Event::RequestsIgnored { count } => json!({"event": "requests_ignored", "count": count}),
         Event::OffersRefused { count } => json!({"event": "offers_refused", "count": count}),

@@ -7,14 +7,13 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::{
-    drain_socket, request_receive_buffer, send_datagram, wait_for, watch_socket, FatalError,
-    CLIENT_RECEIVE_BUFFER, RECV_BUFFER, SIGNALS, SOCKET, WAKER,
+    drain_socket, request_receive_buffer, send_datagram, send_error, wait_for, watch_socket,
+    FatalError, Udp, CLIENT_RECEIVE_BUFFER, RECV_BUFFER, SIGNALS, SOCKET, WAKER,
 };
 use crate::app::client::{App, Exit};
 use crate::app::profile::StateChoice;
@@ -125,7 +124,7 @@ pub fn run_client(opts: &ClientOptions) -> Result<(), FatalError> {
 /// Call [`Endpoint::turn`] in a loop; between turns, give commands through
 /// [`Endpoint::peer`] and read its events with `endpoint.peer().poll_event()`.
 pub struct Endpoint {
-    socket: UdpSocket,
+    socket: Udp,
     poll: Poll,
     events: Events,
     buf: Vec<u8>,
@@ -167,17 +166,26 @@ impl Endpoint {
         self.poll.registry()
     }
 
-    /// Sends every datagram the state machine has ready, packed per destination.
+    /// Sends every datagram the state machine has ready, packed per destination. A send
+    /// the system refuses is handed back to the state machine, which tells the person.
     pub fn flush(&mut self) {
         let socket = &self.socket;
+        let mut failed = Vec::new();
+        let mut send = |to: SocketAddr, d: &[u8]| {
+            if let Err(e) = send_datagram(socket, to, None, d) {
+                failed.push((to, send_error(&e)));
+            }
+        };
         while let Some(t) = self.peer.poll_transmit() {
-            self.packer.push(t.to, &t.message, |to, d| {
-                send_datagram(socket, to, d);
-            });
+            self.packer.push(t.to, &t.message, &mut send);
         }
-        self.packer.flush(|to, d| {
-            send_datagram(socket, to, d);
-        });
+        self.packer.flush(&mut send);
+        if !failed.is_empty() {
+            let now = Instant::now();
+            for (to, error) in failed {
+                self.peer.handle_send_error(now, to, error);
+            }
+        }
     }
 
     /// One turn of the loop: sends what is ready, waits for a datagram (at most `max_wait`,
@@ -203,9 +211,9 @@ impl Endpoint {
             match event.token() {
                 SOCKET => {
                     let (peer, received) = (&mut self.peer, &mut self.received);
-                    let res = drain_socket(&self.socket, &mut self.buf, |from, data| {
+                    let res = drain_socket(&self.socket, &mut self.buf, |r, data| {
                         *received += 1;
-                        peer.handle_datagram(Instant::now(), from, data);
+                        peer.handle_datagram(Instant::now(), r.from, data);
                     });
                     if let Err(e) = res {
                         warn!("receive failed: {e}");

@@ -2,8 +2,9 @@
 //! printed as it changes, through an [`OutputQueue`] so that a stdout nobody reads never
 //! stops the loop.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -11,13 +12,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::{
-    drain_socket, request_receive_buffer, send_datagram, wait_for, watch_socket, FatalError,
+    drain_socket, request_receive_buffer, send_datagram, wait_for, watch_socket, FatalError, Udp,
     RECV_BUFFER, SERVER_RECEIVE_BUFFER, SIGNALS, SOCKET, WAKER,
 };
 use crate::app::table::TablePrinter;
@@ -180,11 +180,70 @@ impl Stopper {
     }
 }
 
+/// Which of this machine's addresses each client last reached the server at, for a server
+/// bound to an unspecified address (`0.0.0.0`, `[::]`): what the server sends a client
+/// later, not only the direct answer to a request, leaves from that address, the only one
+/// the client (and its NAT) accepts the server's datagrams from. A server bound to one
+/// address keeps nothing here.
+///
+/// Memory: an entry per address heard from within the registry's ttl (clients refresh
+/// theirs with every keepalive), about 80 bytes each, at most `max_clients` + 4,096 of them.
+/// When it is full (a flood of new addresses), a new address's answers still leave from the
+/// right address (sent at once), but later messages to it leave from the kernel's choice.
+struct ReplySources {
+    map: HashMap<SocketAddr, (IpAddr, Instant)>,
+    ttl: Duration,
+    cap: usize,
+    next_prune: Option<Instant>,
+}
+
+impl ReplySources {
+    fn new(ttl: Duration, max_clients: usize) -> ReplySources {
+        ReplySources {
+            map: HashMap::new(),
+            ttl,
+            cap: max_clients.saturating_add(4_096),
+            next_prune: None,
+        }
+    }
+
+    /// `from` reached us at `to`; returns whether that is remembered.
+    fn note(&mut self, from: SocketAddr, to: IpAddr, now: Instant) -> bool {
+        if self.map.len() >= self.cap && !self.map.contains_key(&from) {
+            self.prune_before(now);
+            if self.map.len() >= self.cap {
+                return false;
+            }
+        }
+        self.map.insert(from, (to, now));
+        self.next_prune.get_or_insert(now + self.ttl);
+        true
+    }
+
+    fn get(&self, to: SocketAddr) -> Option<IpAddr> {
+        self.map.get(&to).map(|&(ip, _)| ip)
+    }
+
+    /// Forgets the addresses not heard from within the ttl, at most once per ttl.
+    fn prune(&mut self, now: Instant) {
+        if self.next_prune.is_some_and(|at| at <= now) {
+            self.prune_before(now);
+            self.next_prune = (!self.map.is_empty()).then_some(now + self.ttl);
+        }
+    }
+
+    fn prune_before(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.map
+            .retain(|_, &mut (_, seen)| now.duration_since(seen) <= ttl);
+    }
+}
+
 /// The rendezvous server's event loop: a bound socket and a [`Registry`]. `p2pchat server`
 /// runs one until a signal; a program can run one on a thread and stop it with a
 /// [`Stopper`] (the benchmarks do).
 pub struct Server {
-    socket: UdpSocket,
+    socket: Udp,
     poll: Poll,
     local: SocketAddr,
     registry: Registry,
@@ -267,6 +326,7 @@ impl Server {
         let mut text = String::new();
         let registry = &mut self.registry;
         let socket = &self.socket;
+        let mut sources = ReplySources::new(config.ttl, config.max_clients);
         loop {
             let deadline = match (registry.poll_timeout(), table.poll_timeout()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -283,16 +343,29 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SOCKET => {
-                        let res = drain_socket(socket, &mut buf, |from, data| {
-                            registry.handle_datagram(Instant::now(), from, data);
+                        let res = drain_socket(socket, &mut buf, |r, data| {
+                            let now = Instant::now();
+                            let kept = r.to.is_none_or(|to| sources.note(r.from, to, now));
+                            registry.handle_datagram(now, r.from, data);
+                            let source = |to: SocketAddr| match to == r.from {
+                                true => r.to,
+                                false => sources.get(to),
+                            };
                             while let Some(t) = registry.poll_transmit() {
                                 packer.push(t.to, &t.message, |to, d| {
-                                    send_datagram(socket, to, d);
+                                    let _ = send_datagram(socket, to, source(to), d);
+                                });
+                            }
+                            if !kept {
+                                // Not remembered (the table of sources is full): the answers
+                                // leave now, while the source is known.
+                                packer.flush(|to, d| {
+                                    let _ = send_datagram(socket, to, source(to), d);
                                 });
                             }
                         });
                         packer.flush(|to, d| {
-                            send_datagram(socket, to, d);
+                            let _ = send_datagram(socket, to, sources.get(to), d);
                         });
                         if let Err(e) = res {
                             warn!("receive failed: {e}");
@@ -327,6 +400,7 @@ impl Server {
             }
             let now = Instant::now();
             registry.handle_timeout(now);
+            sources.prune(now);
             table.update(registry, now, &mut text);
             if !text.is_empty() {
                 let _ = out.write_all(text.as_bytes());

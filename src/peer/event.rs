@@ -164,6 +164,13 @@ pub enum Event {
     Left { server_acked: bool },
     /// Something the user should know that needs no answer.
     Notice { message: String },
+    /// The system refused to send a datagram to `to` (for `target`): see
+    /// [`SendError::advice`](super::SendError::advice).
+    SendFailed {
+        to: std::net::SocketAddr,
+        target: super::SendTarget,
+        error: super::SendError,
+    },
     /// The client cannot go on (no server, id taken, server full, other protocol version).
     Fatal { message: String },
     /// The server gave us our name.

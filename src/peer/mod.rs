@@ -36,6 +36,7 @@
 //!   session that ends ends its file transfers).
 //! - `event.rs`: what the peer tells its user: [`Event`], [`EndReason`], [`CommandError`],
 //!   [`Target`], [`Sending`], [`SessionInfo`], [`PeerStats`].
+//! - `send_errors.rs`: datagrams the socket refused to send, reported once per address.
 //! - `server.rs`: the link to the rendezvous server: register (again after a restart),
 //!   keepalives, leave.
 //! - `names.rs`: the claim of our name, `Resolve`s, the `list` of who is online, and the
@@ -69,6 +70,7 @@ mod outbox;
 mod outputs;
 mod requests;
 mod retry;
+mod send_errors;
 mod server;
 mod session;
 mod sessions;
@@ -87,6 +89,8 @@ use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
 use outputs::{Outputs, Seen};
 use requests::Requests;
+use send_errors::SendFailures;
+pub use send_errors::{SendError, SendTarget, SEND_ERROR_QUIET};
 use server::{Answer, Server};
 use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
 
@@ -202,6 +206,8 @@ pub struct Peer {
     excess: u64,
     /// Peers heard speaking another protocol version.
     versions: Versions,
+    /// Datagrams the socket refused lately (send_errors.rs).
+    send_failures: SendFailures,
 }
 
 /// Datagrams of another protocol version from others than the server: how many, the
@@ -279,6 +285,7 @@ impl Peer {
                 named: Seen::new(VERSION_MEMORY),
                 stranger_at: None,
             },
+            send_failures: SendFailures::default(),
         }
     }
 
@@ -732,6 +739,24 @@ impl Peer {
     /// totals at most the datagram's length, plus its credit while a connection request is
     /// pending with it, either way (what it sent before and was not answered for); the rest
     /// is withheld and counted ([`PeerStats::withheld`]).
+    /// The driver could not send a datagram to `to`: the person is told (once per address
+    /// and error in [`SEND_ERROR_QUIET`]) whom it was for and what to do, with
+    /// [`Event::SendFailed`]. Nothing else changes: the datagram counts as sent and lost,
+    /// and is resent as any lost datagram is.
+    pub fn handle_send_error(&mut self, now: Instant, to: SocketAddr, error: SendError) {
+        if !self.send_failures.report(now, to, &error) {
+            return;
+        }
+        let target = if to == self.config.server {
+            SendTarget::Server
+        } else {
+            self.sessions
+                .peer_at(to)
+                .map_or(SendTarget::Other, SendTarget::Peer)
+        };
+        self.out.event(Event::SendFailed { to, target, error });
+    }
+
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         match wire::decode_all(datagram) {
             Ok(mut messages) => {
