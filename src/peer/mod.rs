@@ -67,6 +67,7 @@ mod files;
 mod names;
 mod outbox;
 mod outputs;
+mod punch;
 mod requests;
 mod retry;
 mod server;
@@ -78,7 +79,7 @@ mod transfer;
 use crate::reliable::SendConfig;
 use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
 pub use event::{
-    CommandError, EndReason, Event, FileError, PeerStats, Sending, SessionInfo, Target,
+    CommandError, EndReason, Event, FileError, Path, PeerStats, Sending, SessionInfo, Target,
     TransferFailure, TransferInfo,
 };
 pub use files::{chunk_count, hex, FileConfig, FileSink, FileSource};
@@ -86,6 +87,7 @@ use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
 use outputs::{Outputs, Seen};
+use punch::Punches;
 use requests::Requests;
 use server::{Answer, Server};
 use sessions::{Connecting, Ended, Requested, Sessions, Terminated};
@@ -134,6 +136,11 @@ pub struct PeerConfig {
     /// What floods make us ignore (requests, file offers) is shown as one count at most
     /// this often; so is a stranger's datagram of another protocol version.
     pub summary_interval: Duration,
+    /// Our own addresses, told to the server (`Candidates`) so that peers behind the same
+    /// NAT reach us on the LAN: `None` lets the driver gather them (the addresses of the
+    /// host's interfaces, only when the server is not on loopback); `Some` is the list to
+    /// tell (empty: none).
+    pub candidates: Option<Vec<SocketAddr>>,
 }
 
 impl PeerConfig {
@@ -165,6 +172,7 @@ impl PeerConfig {
             max_requests: 64,
             max_requests_per_source: 8,
             summary_interval: Duration::from_secs(5),
+            candidates: None,
         }
         .with_file_defaults()
     }
@@ -202,6 +210,8 @@ pub struct Peer {
     excess: u64,
     /// Peers heard speaking another protocol version.
     versions: Versions,
+    /// Hole punching: the introductions from the server and our probes (punch.rs).
+    punch: Punches,
 }
 
 /// Datagrams of another protocol version from others than the server: how many, the
@@ -262,6 +272,7 @@ impl Peer {
 
     fn with_rng(config: PeerConfig, now: Instant, mut rng: rand::rngs::StdRng) -> Self {
         let mut out = Outputs::default();
+        let own = config.candidates.clone().unwrap_or_default();
         Peer {
             requests: Requests::new(rand::rngs::StdRng::from_rng(&mut rng)),
             server: Server::new(&config, now, &mut out),
@@ -279,6 +290,7 @@ impl Peer {
                 named: Seen::new(VERSION_MEMORY),
                 stranger_at: None,
             },
+            punch: Punches::new(own),
         }
     }
 
@@ -388,6 +400,7 @@ impl Peer {
             self.names.poll_timeout(),
             self.outbox.poll_timeout().filter(|_| pursuing),
             self.files.poll_timeout(),
+            self.punch.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -789,7 +802,9 @@ impl Peer {
     /// Whether `addr` has proved it receives what we send: the server's, or that of a
     /// connected session (or of one whose `Terminate` we resend after it was connected).
     pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
-        addr == self.config.server || self.sessions.proves_receipt(addr)
+        addr == self.config.server
+            || self.sessions.proves_receipt(addr)
+            || self.punch.proves_receipt(addr)
     }
 
     /// A datagram of protocol `version` from `from`, not the server: the user is told,
@@ -883,6 +898,38 @@ impl Peer {
                     self.out.ignore(server, &msg);
                 }
             }
+            Message::Introduce {
+                id: peer,
+                addr,
+                candidates,
+                punch,
+                you,
+                proof,
+                pad,
+            } => {
+                let msg = Message::Introduce {
+                    id: peer,
+                    addr,
+                    candidates,
+                    punch,
+                    you,
+                    proof,
+                    pad,
+                };
+                match self.server.id() {
+                    // Only the server and we know our token: not forged.
+                    Some(me) if proof == self.server.token() => {
+                        let size = wire::encoded_len(&msg);
+                        let Message::Introduce { candidates, .. } = msg else {
+                            unreachable!()
+                        };
+                        let out = &mut self.out;
+                        self.punch
+                            .introduce(now, me, peer, addr, candidates, punch, you, size, out);
+                    }
+                    _ => self.out.ignore(server, &msg),
+                }
+            }
             Message::Inactive { id, .. } => {
                 if self.sessions.inactive(id, &mut self.out) {
                     self.outbox.retry_later(now, &id.to_string());
@@ -932,6 +979,10 @@ impl Peer {
                 name,
                 display_name,
             } => {
+                // From another port of the peer's host (a NAT that changes ports), or
+                // from where its probe came: the session moves there.
+                let moved = self.punch.heard_from(from, src);
+                self.sessions.moved(from, src, moved);
                 let (finishing, out) = (self.finishing, &mut self.out);
                 let requested = self
                     .sessions
@@ -982,6 +1033,12 @@ impl Peer {
                     self.left_if_closed();
                 }
             }
+            Message::Probe { from, punch } => match self.punch.handle_probe(from, punch, src) {
+                // A path to the peer: our request to it goes there now.
+                Some(heard) if heard.new => self.sessions.probed(now, me, from, src, &mut self.out),
+                Some(_) => {}
+                None => self.out.ignore(src, &msg),
+            },
             traffic => {
                 if let Message::Chat { from, session, .. } | Message::Ping { from, session } =
                     traffic
@@ -1031,6 +1088,9 @@ impl Peer {
         self.pursue(now);
         if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
+            for peer in self.punch.handle_timeout(now, me, &mut self.out) {
+                self.sessions.no_path(peer, &mut self.out);
+            }
         }
         self.flush(now);
         self.leave_if_drained(now);
@@ -1040,7 +1100,12 @@ impl Peer {
 
     /// Opens the session with `peer` and sends what is queued for it.
     fn open(&mut self, now: Instant, peer: ClientId) {
-        self.sessions.open(now, peer, &mut self.out);
+        let path = match self.sessions.addr_of(peer) {
+            Some(addr) => self.punch.path(peer, addr),
+            None => Path::Direct,
+        };
+        self.punch.finish(peer);
+        self.sessions.open(now, peer, path, &mut self.out);
         self.deliver_queued(now, peer);
     }
 

@@ -431,7 +431,8 @@ impl Message {
             | Message::Keepalive { pad, .. }
             | Message::Claim { pad, .. }
             | Message::Resolve { pad, .. }
-            | Message::List { pad, .. } => Some(pad),
+            | Message::List { pad, .. }
+            | Message::Introduce { pad, .. } => Some(pad),
             _ => None,
         }
     }
@@ -498,19 +499,39 @@ impl Message {
 }
 
 /// Pads a request to the server so that its datagram, alone, is at least [`REQUEST_SIZE`]
-/// bytes (no effect on other messages, or on a request already that big).
+/// bytes, [`LOOKUP_SIZE`] for `Lookup` and `Resolve` (no effect on other messages, or on a
+/// request already that big).
 pub fn pad_request(msg: &mut Message) {
+    if !msg.is_server_request() {
+        return;
+    }
+    let size = match msg {
+        Message::Lookup { .. } | Message::Resolve { .. } => LOOKUP_SIZE,
+        _ => REQUEST_SIZE,
+    };
+    pad_to(msg, size);
+}
+
+/// Every `Lookup` and `Resolve` a client sends is padded to at least this many bytes, so
+/// that the server's answer may also carry an [`Message::Introduce`] to the asker (see
+/// "Across NATs"); a smaller one is still answered, without it when it does not fit.
+pub const LOOKUP_SIZE: usize = 768;
+
+/// Pads a message that has a `pad` field (a request to the server, an `Introduce`) so that
+/// its datagram, alone, is at least `size` bytes (at most [`MAX_DATAGRAM`]).
+pub fn pad_to(msg: &mut Message, size: usize) {
+    let target = size.min(MAX_DATAGRAM);
     let Some(pad) = msg.pad_mut() else { return };
     *pad = Padding(0);
     let mut size = encoded_len(msg);
     // The field costs its name (4 bytes) and a bin header (2, or 3 past 255 bytes) besides
     // the padding itself; one more pass settles a header that grew.
     for _ in 0..3 {
-        if size >= REQUEST_SIZE {
+        if size >= target {
             return;
         }
         let pad = msg.pad_mut().expect("a request");
-        let missing = REQUEST_SIZE - size;
+        let missing = target - size;
         let current = usize::from(pad.0);
         let overhead = if current == 0 { 6 } else { 0 };
         let grow = missing.saturating_sub(overhead).max(1);
@@ -811,7 +832,48 @@ pub enum Message {
         offerer: ClientId,
         n: u64,
     },
+
+    // ---- across NATs (see "Across NATs" above) ----
+    /// Registered client `id` (proved by `token`) tells the server its own (LAN) addresses,
+    /// at most [`MAX_CANDIDATES`], never loopback. Sent after `Registered` and with every
+    /// `Keepalive`; not answered.
+    Candidates {
+        id: ClientId,
+        token: Token,
+        #[serde(with = "addrs_as_strings")]
+        addrs: Vec<SocketAddr>,
+    },
+    /// The server introduces client `id` to the receiver, because one of the two looked
+    /// the other up: `id` is at `addr` (as the server sees it) and at `candidates` (its
+    /// own addresses); `punch` is a secret the two put in their `Probe`s. `you` is the
+    /// receiver's address as the server sees it; `proof` is the receiver's registration
+    /// token (only it and the server know it), so that a forged introduction is not
+    /// acted on. Padded with `pad` so that the probes it causes never outweigh it.
+    Introduce {
+        id: ClientId,
+        #[serde(with = "addr_as_string")]
+        addr: SocketAddr,
+        #[serde(default, with = "addrs_as_strings")]
+        candidates: Vec<SocketAddr>,
+        punch: Token,
+        #[serde(with = "addr_as_string")]
+        you: SocketAddr,
+        proof: Token,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
+    },
+    /// A hole-punching probe: "I am `from`, introduced to you with `punch`". Sent only to
+    /// addresses from an `Introduce`; never answered as such.
+    Probe { from: ClientId, punch: Token },
 }
+
+/// The most addresses a client tells the server in `Candidates` (and the server hands on
+/// in `Introduce`); a longer list is malformed.
+pub const MAX_CANDIDATES: usize = 4;
+
+/// The server pads every `Introduce` to at least this many bytes (header included): the
+/// probes one introduction causes total at most this (see "Across NATs").
+pub const INTRODUCE_SIZE: usize = 768;
 
 /// Why a file transfer ended early (the `reason` of `FileCancel`).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -926,6 +988,9 @@ impl Message {
             Message::ChunkAck { .. } => "ChunkAck",
             Message::FileCancel { .. } => "FileCancel",
             Message::FileCancelAck { .. } => "FileCancelAck",
+            Message::Candidates { .. } => "Candidates",
+            Message::Introduce { .. } => "Introduce",
+            Message::Probe { .. } => "Probe",
         }
     }
 
@@ -1278,6 +1343,35 @@ fn lenient_file_end<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Fil
         Some(Lenient::Known(end)) => Some(end),
         Some(Lenient::Other(_)) | None => None,
     })
+}
+
+/// A list of at most [`MAX_CANDIDATES`] addresses, each as a string (see `addr_as_string`).
+mod addrs_as_strings {
+    use std::net::SocketAddr;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addrs: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(addrs.iter().map(|a| a.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        let texts = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if texts.len() > super::MAX_CANDIDATES {
+            return Err(D::Error::custom(format!(
+                "{} addresses, limit {}",
+                texts.len(),
+                super::MAX_CANDIDATES
+            )));
+        }
+        texts
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| D::Error::custom(format!("not a socket address: {t:?}")))
+            })
+            .collect()
+    }
 }
 
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can
