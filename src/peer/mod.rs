@@ -1034,8 +1034,13 @@ impl Peer {
                 }
             }
             Message::Probe { from, punch } => match self.punch.handle_probe(from, punch, src) {
-                // A path to the peer: our request to it goes there now.
-                Some(heard) if heard.new => self.sessions.probed(now, me, from, src, &mut self.out),
+                // A path to the peer: our request to it goes there now. The probe carried
+                // the secret the server gave the peer alone, so `src` is the peer's: what
+                // goes there is not bound by what came from it (see `proves_receipt`).
+                Some(heard) if heard.new => {
+                    self.out.unlimit();
+                    self.sessions.probed(now, me, from, src, &mut self.out)
+                }
                 Some(_) => {}
                 None => self.out.ignore(src, &msg),
             },

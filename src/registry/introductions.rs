@@ -181,7 +181,8 @@ impl Registry {
             return;
         };
         let mut to_asker = self.introduction(&other, &asker, punch);
-        let room = left.unwrap_or(wire::INTRODUCE_SIZE);
+        // A few bytes short of the room: padding may overshoot its target by a header byte.
+        let room = left.map_or(wire::INTRODUCE_SIZE, |left| left.saturating_sub(8));
         wire::pad_to(&mut to_asker, room.min(wire::INTRODUCE_SIZE));
         if left.is_some_and(|left| wire::encoded_len(&to_asker) > left) {
             // Padding grew a header past the room: send it as it was.
