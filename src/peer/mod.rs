@@ -886,6 +886,13 @@ impl Peer {
                 let Some(me) = self.server.id() else { return };
                 if self.sessions.found(now, me, id, addr, &mut self.out) {
                     self.learn_name(id, name, display_name);
+                    self.punch.expect_introduction(now, id, addr);
+                    // A probe of the peer came before the server's answer: go there.
+                    if let Some(heard) = self.punch.first_heard(id) {
+                        if self.probed_from(id, heard) {
+                            self.sessions.probed(now, me, id, heard, &mut self.out);
+                        }
+                    }
                 } else {
                     // Logged without the names, which were not kept.
                     let msg = Message::Found {
@@ -981,7 +988,7 @@ impl Peer {
             } => {
                 // From another port of the peer's host (a NAT that changes ports), or
                 // from where its probe came: the session moves there.
-                let moved = self.punch.heard_from(from, src);
+                let moved = self.probed_from(from, src);
                 self.sessions.moved(from, src, moved);
                 let (finishing, out) = (self.finishing, &mut self.out);
                 let requested = self
@@ -1037,7 +1044,7 @@ impl Peer {
                 // A path to the peer: our request to it goes there now. The probe carried
                 // the secret the server gave the peer alone, so `src` is the peer's: what
                 // goes there is not bound by what came from it (see `proves_receipt`).
-                Some(heard) if heard.new => {
+                Some(_) if self.probed_from(from, src) => {
                     self.out.unlimit();
                     self.sessions.probed(now, me, from, src, &mut self.out)
                 }
@@ -1062,6 +1069,17 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// Whether our request to `peer` may move to `src`: a valid probe came from there,
+    /// and the request is not already at an address a probe came from (the first path
+    /// found is kept, so that the peer's answer comes from where our request goes).
+    fn probed_from(&self, peer: ClientId, src: SocketAddr) -> bool {
+        let pinned = self
+            .sessions
+            .addr_of(peer)
+            .is_some_and(|a| a != src && self.punch.heard_from(peer, a));
+        !pinned && self.punch.heard_from(peer, src)
     }
 
     /// The session a file command goes on: with `peer`, or the current peer.
@@ -1093,8 +1111,16 @@ impl Peer {
         self.pursue(now);
         if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
-            for peer in self.punch.handle_timeout(now, me, &mut self.out) {
+            let due = self.punch.handle_timeout(now, me, &mut self.out);
+            for peer in due.no_path {
                 self.sessions.no_path(peer, &mut self.out);
+            }
+            for peer in due.reask {
+                // Nothing from the peer yet: its introduction may have been lost. Asking
+                // again makes the server introduce us again (at most once a second).
+                if self.sessions.is_requesting_peer(peer) {
+                    self.out.transmit(self.config.server, Message::lookup(peer));
+                }
             }
         }
         self.flush(now);

@@ -34,6 +34,11 @@ pub const MAX_GAP: Duration = Duration::from_millis(500);
 /// If nothing arrived from the peer this long after the introduction, and both are behind
 /// NATs, a request of ours to it ends with [`Event::NoPath`](super::Event::NoPath).
 pub const VERDICT_AFTER: Duration = Duration::from_secs(5);
+/// If nothing came from the peer this long after an introduction, the server is asked
+/// again (a `Lookup` of the peer, if we are asking it to connect), so that a lost
+/// introduction to the peer is sent again; at most [`REASKS`] times.
+pub const REASK_AFTER: Duration = Duration::from_secs(1);
+pub const REASKS: u8 = 3;
 /// An introduction is forgotten this long after it came (probes from the peer after that
 /// are ignored).
 pub const ATTEMPT_LIFETIME: Duration = Duration::from_secs(30);
@@ -57,6 +62,8 @@ struct Attempt {
     next_round: Option<Instant>,
     started: Instant,
     verdict_at: Option<Instant>,
+    reask_at: Option<Instant>,
+    reasks: u8,
     /// Addresses a probe with the right secret came from, first first.
     heard: Vec<SocketAddr>,
 }
@@ -74,6 +81,15 @@ impl Attempt {
     fn has_ip(&self, ip: IpAddr) -> bool {
         self.observed.ip() == ip || self.candidates.iter().any(|c| c.ip() == ip)
     }
+}
+
+/// What [`Punches::handle_timeout`] found due.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Due {
+    /// Nothing heard, both behind NATs: no direct path.
+    pub no_path: Vec<ClientId>,
+    /// Nothing heard yet: ask the server again.
+    pub reask: Vec<ClientId>,
 }
 
 /// What a valid probe taught.
@@ -157,6 +173,8 @@ impl Punches {
                         next_round: Some(now),
                         started: now,
                         verdict_at: Some(now + VERDICT_AFTER),
+                        reask_at: Some(now + REASK_AFTER),
+                        reasks: 0,
                         heard: Vec::new(),
                     },
                 );
@@ -165,11 +183,39 @@ impl Punches {
         self.rounds(now, me, out);
     }
 
+    /// The server said where `peer` is, and we ask it to connect: its introduction
+    /// should come with the answer. Until it does, a placeholder (no secret: no probe
+    /// matches it) makes us ask the server again after [`REASK_AFTER`], in case it was
+    /// lost.
+    pub fn expect_introduction(&mut self, now: Instant, peer: ClientId, observed: SocketAddr) {
+        if self.by_peer.contains_key(&peer) || self.by_peer.len() >= MAX_ATTEMPTS {
+            return;
+        }
+        self.by_peer.insert(
+            peer,
+            Attempt {
+                punch: 0,
+                observed,
+                candidates: Vec::new(),
+                you: observed,
+                targets: Vec::new(),
+                budget: 0,
+                gap: FIRST_ROUND,
+                next_round: None,
+                started: now,
+                verdict_at: None,
+                reask_at: Some(now + REASK_AFTER),
+                reasks: 0,
+                heard: Vec::new(),
+            },
+        );
+    }
+
     /// A `Probe` from `from` at `src`: `Some` if it carries the secret of our introduction
     /// to `from` and comes from one of its IPs (any port: a NAT may change it).
     pub fn handle_probe(&mut self, from: ClientId, punch: Token, src: SocketAddr) -> Option<Heard> {
         let a = self.by_peer.get_mut(&from)?;
-        if a.punch != punch || !a.has_ip(src.ip()) {
+        if a.punch == 0 || a.punch != punch || !a.has_ip(src.ip()) {
             return None;
         }
         self.received += 1;
@@ -178,6 +224,7 @@ impl Punches {
             debug!("{src}: probe from {from}: a path to it");
             a.heard.push(src);
             a.verdict_at = None;
+            a.reask_at = None;
         }
         Some(Heard { new })
     }
@@ -194,6 +241,13 @@ impl Punches {
         self.by_peer
             .get(&peer)
             .is_some_and(|a| a.heard.contains(&addr))
+    }
+
+    /// The first address a valid probe of `peer` came from.
+    pub fn first_heard(&self, peer: ClientId) -> Option<SocketAddr> {
+        self.by_peer
+            .get(&peer)
+            .and_then(|a| a.heard.first().copied())
     }
 
     /// Which path a session with `peer` at `addr` takes.
@@ -215,6 +269,7 @@ impl Punches {
         if let Some(a) = self.by_peer.get_mut(&peer) {
             a.next_round = None;
             a.verdict_at = None;
+            a.reask_at = None;
         }
     }
 
@@ -225,6 +280,7 @@ impl Punches {
                 [
                     a.next_round,
                     a.verdict_at,
+                    a.reask_at,
                     Some(a.started + ATTEMPT_LIFETIME),
                 ]
             })
@@ -233,27 +289,29 @@ impl Punches {
     }
 
     /// Sends the rounds that are due; returns the peers we heard nothing from within
-    /// [`VERDICT_AFTER`] while both are behind NATs.
-    pub fn handle_timeout(
-        &mut self,
-        now: Instant,
-        me: ClientId,
-        out: &mut Outputs,
-    ) -> Vec<ClientId> {
+    /// [`VERDICT_AFTER`] while both are behind NATs, and those to ask the server about
+    /// again ([`REASK_AFTER`]).
+    pub fn handle_timeout(&mut self, now: Instant, me: ClientId, out: &mut Outputs) -> Due {
         self.forget_old(now);
         self.rounds(now, me, out);
         let own = &self.own;
-        let mut no_path = Vec::new();
+        let mut due = Due::default();
         for (&peer, a) in &mut self.by_peer {
+            if a.reask_at.is_some_and(|at| at <= now) {
+                a.reasks += 1;
+                a.reask_at = (a.reasks < REASKS).then_some(now + REASK_AFTER);
+                due.reask.push(peer);
+            }
             if a.verdict_at.is_some_and(|at| at <= now) {
                 a.verdict_at = None;
                 if a.heard.is_empty() && a.both_behind_nats(own) {
-                    no_path.push(peer);
+                    due.no_path.push(peer);
                 }
             }
         }
-        no_path.sort_unstable();
-        no_path
+        due.no_path.sort_unstable();
+        due.reask.sort_unstable();
+        due
     }
 
     fn rounds(&mut self, now: Instant, me: ClientId, out: &mut Outputs) {
@@ -427,19 +485,22 @@ mod tests {
         p.introduce(t0, 1, 2, natted, vec![lan], 9, you, 512, &mut out);
         // A public peer (its observed address is its own): no verdict.
         p.introduce(t0, 1, 3, lan, vec![lan], 10, you, 512, &mut out);
-        assert!(p
-            .handle_timeout(t0 + VERDICT_AFTER / 2, 1, &mut out)
-            .is_empty());
-        assert_eq!(p.handle_timeout(t0 + VERDICT_AFTER, 1, &mut out), vec![2]);
-        assert!(
-            p.handle_timeout(t0 + VERDICT_AFTER * 2, 1, &mut out)
-                .is_empty(),
-            "once"
+        let half = p.handle_timeout(t0 + VERDICT_AFTER / 2, 1, &mut out);
+        assert_eq!(half.no_path, Vec::<ClientId>::new());
+        assert_eq!(half.reask, vec![2, 3], "nothing heard yet: ask again");
+        assert_eq!(
+            p.handle_timeout(t0 + VERDICT_AFTER, 1, &mut out).no_path,
+            vec![2]
         );
-        // Heard in time: no verdict.
+        let later = p.handle_timeout(t0 + VERDICT_AFTER * 2, 1, &mut out);
+        assert!(later.no_path.is_empty(), "once");
+        // Heard in time: no verdict, nothing to ask again.
         let mut q = Punches::new(vec![addr("192.168.1.2:4000")]);
         q.introduce(t0, 1, 2, natted, vec![lan], 9, you, 512, &mut out);
         q.handle_probe(2, 9, natted);
-        assert!(q.handle_timeout(t0 + VERDICT_AFTER, 1, &mut out).is_empty());
+        assert_eq!(
+            q.handle_timeout(t0 + VERDICT_AFTER, 1, &mut out),
+            Due::default()
+        );
     }
 }

@@ -477,6 +477,13 @@ impl Sessions {
 
     // ------------------------------------------------------------------ across NATs
 
+    /// Whether our request to `peer` waits for its answer.
+    pub fn is_requesting_peer(&self, peer: ClientId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .is_some_and(|s| matches!(s.state, State::Requesting { .. }))
+    }
+
     /// The address of the session with `peer`, if it has one yet.
     pub fn addr_of(&self, peer: ClientId) -> Option<SocketAddr> {
         self.by_peer.get(&peer).and_then(|s| s.addr)

@@ -4,7 +4,7 @@
 //! [`crate::wire`]).
 //!
 //! What an introduction may cause is bounded: only a registered client asking from its
-//! registered address is introduced; one pair is introduced at most once per
+//! registered address is introduced; the other client of a pair is told at most once per
 //! [`INTRODUCE_INTERVAL`]; the introduction to the asker spends the budget of its `Lookup`
 //! (it never outweighs what the asker sent); the one to the other client goes to its
 //! registered address, which has proved it receives, padded so that the probes it causes
@@ -90,18 +90,25 @@ impl Introductions {
         self.candidates.remove(&id);
     }
 
-    /// The secret for introducing `a` and `b` now, or `None` if they were introduced less
-    /// than [`INTRODUCE_INTERVAL`] ago (or too many pairs are remembered).
-    fn due(&mut self, now: Instant, a: ClientId, b: ClientId, rng: &mut impl Rng) -> Option<Token> {
+    /// The secret for introducing `a` and `b` now, and whether `b` (the one that did not
+    /// ask) is to be told too: not if the pair was introduced less than
+    /// [`INTRODUCE_INTERVAL`] ago. `None` if too many pairs are remembered.
+    fn due(
+        &mut self,
+        now: Instant,
+        a: ClientId,
+        b: ClientId,
+        rng: &mut impl Rng,
+    ) -> Option<(Token, bool)> {
         self.forget_pairs(now);
         let key = (a.min(b), a.max(b));
         if let Some(p) = self.pairs.get_mut(&key) {
             if now < p.sent + INTRODUCE_INTERVAL {
                 self.limited += 1;
-                return None;
+                return Some((p.punch, false));
             }
             p.sent = now;
-            return Some(p.punch);
+            return Some((p.punch, true));
         }
         if self.pairs.len() >= MAX_PAIRS {
             self.limited += 1;
@@ -117,7 +124,7 @@ impl Introductions {
             },
         );
         self.order.push_back((key, now));
-        Some(punch)
+        Some((punch, true))
     }
 
     fn forget_pairs(&mut self, now: Instant) {
@@ -173,11 +180,9 @@ impl Registry {
             debug!("{from}: lookup too small to carry an introduction");
             return;
         }
-        let Some(punch) = self.intro.due(now, asker.id, other.id, &mut self.rng) else {
-            debug!(
-                "clients {} and {} were introduced lately",
-                asker.id, other.id
-            );
+        let Some((punch, tell_other)) = self.intro.due(now, asker.id, other.id, &mut self.rng)
+        else {
+            debug!("too many pairs introduced lately");
             return;
         };
         let mut to_asker = self.introduction(&other, &asker, punch);
@@ -188,14 +193,25 @@ impl Registry {
             // Padding grew a header past the room: send it as it was.
             to_asker = self.introduction(&other, &asker, punch);
         }
+        // The asker's copy answers its own request (within its budget), so a lookup that
+        // is asked again gets it again; the other's is not sent more than once an
+        // `INTRODUCE_INTERVAL`.
+        self.intro.sent += 1;
+        self.send(from, to_asker);
+        if !tell_other {
+            debug!(
+                "clients {} and {} were introduced lately",
+                asker.id, other.id
+            );
+            return;
+        }
         let mut to_other = self.introduction(&asker, &other, punch);
         wire::pad_to(&mut to_other, wire::INTRODUCE_SIZE);
         debug!(
             "introducing clients {} at {} and {} at {}",
             asker.id, asker.addr, other.id, other.addr
         );
-        self.intro.sent += 2;
-        self.send(from, to_asker);
+        self.intro.sent += 1;
         // To the other client's registered address, which has proved it receives: not
         // bound by the asker's budget.
         self.transmits.push_back(Transmit {
@@ -245,17 +261,20 @@ mod tests {
         let mut intro = Introductions::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let t0 = Instant::now();
-        let first = intro.due(t0, 1, 2, &mut rng).expect("first introduction");
+        let (first, told) = intro.due(t0, 1, 2, &mut rng).expect("first introduction");
+        assert!(told);
+        let soon = intro.due(t0 + Duration::from_millis(500), 2, 1, &mut rng);
         assert_eq!(
-            intro.due(t0 + Duration::from_millis(500), 2, 1, &mut rng),
-            None
+            soon,
+            Some((first, false)),
+            "the asker only, with the same secret"
         );
         assert_eq!(intro.limited, 1);
         let again = intro.due(t0 + INTRODUCE_INTERVAL, 2, 1, &mut rng);
-        assert_eq!(again, Some(first), "the same secret, whoever asks");
+        assert_eq!(again, Some((first, true)), "the same secret, whoever asks");
         let later = intro.due(t0 + PUNCH_LIFETIME + INTRODUCE_INTERVAL, 1, 2, &mut rng);
         assert!(
-            later.is_some_and(|p| p != first),
+            later.is_some_and(|(p, _)| p != first),
             "a new secret once forgotten"
         );
     }
