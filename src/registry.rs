@@ -568,7 +568,6 @@ impl Registry {
                     self.introduce(now, from, id);
                 }
             }
-            Message::Candidates { id, token, addrs } => self.candidates(from, id, token, addrs),
             Message::Claim {
                 id,
                 token,
@@ -581,9 +580,16 @@ impl Registry {
                 id, token, after, ..
             } => self.list(now, from, id, token, after),
             Message::Leave { id, token, .. } => self.leave(now, from, id, token),
-            Message::Keepalive { id, token, .. } => {
+            Message::Keepalive {
+                id,
+                token,
+                candidates,
+                ..
+            } => {
                 if !self.owns(from, id, token) {
                     self.not_registered(from, id, "keepalive");
+                } else if !candidates.is_empty() {
+                    self.intro.set_candidates(id, candidates);
                 }
             }
             other => {

@@ -1314,6 +1314,7 @@ fn keepalives_of_nobody_get_nothing_larger_than_themselves() {
         token: 0,
         nonce: 5,
         pad: Default::default(),
+        candidates: Vec::new(),
     };
     wire::pad_request(&mut keepalive);
     let mut packer = wire::Packer::new();
@@ -1423,6 +1424,7 @@ fn every_answer_echoes_the_nonce_of_its_request() {
                 token: token ^ 1,
                 nonce: 15,
                 pad: Default::default(),
+                candidates: Vec::new(),
             },
             15,
         ),

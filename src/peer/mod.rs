@@ -136,7 +136,7 @@ pub struct PeerConfig {
     /// What floods make us ignore (requests, file offers) is shown as one count at most
     /// this often; so is a stranger's datagram of another protocol version.
     pub summary_interval: Duration,
-    /// Our own addresses, told to the server (`Candidates`) so that peers behind the same
+    /// Our own addresses, told to the server (in `Keepalive`s) so that peers behind the same
     /// NAT reach us on the LAN: `None` lets the driver gather them (the addresses of the
     /// host's interfaces, only when the server is not on loopback); `Some` is the list to
     /// tell (empty: none).
@@ -889,7 +889,7 @@ impl Peer {
                     self.punch.expect_introduction(now, id, addr);
                     // A probe of the peer came before the server's answer: go there.
                     if let Some(heard) = self.punch.first_heard(id) {
-                        if self.probed_from(id, heard) {
+                        if heard != addr && self.probed_from(id, heard) {
                             self.sessions.probed(now, me, id, heard, &mut self.out);
                         }
                     }
@@ -1044,7 +1044,12 @@ impl Peer {
                 // A path to the peer: our request to it goes there now. The probe carried
                 // the secret the server gave the peer alone, so `src` is the peer's: what
                 // goes there is not bound by what came from it (see `proves_receipt`).
-                Some(_) if self.probed_from(from, src) => {
+                // Once per address: the first probe from it, or one from where our request
+                // is not (yet) going.
+                Some(heard)
+                    if (heard.new || self.sessions.addr_of(from) != Some(src))
+                        && self.probed_from(from, src) =>
+                {
                     self.out.unlimit();
                     self.sessions.probed(now, me, from, src, &mut self.out)
                 }

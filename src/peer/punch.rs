@@ -316,7 +316,7 @@ impl Punches {
 
     fn rounds(&mut self, now: Instant, me: ClientId, out: &mut Outputs) {
         for (&peer, a) in &mut self.by_peer {
-            if !a.next_round.is_some_and(|t| t <= now) {
+            if a.next_round.is_none_or(|t| t > now) {
                 continue;
             }
             let probe = Message::Probe {

@@ -128,14 +128,14 @@ impl Server {
         out.transmit(self.addr, message);
     }
 
-    /// Tells the server our own addresses (`Candidates`), if we have any to tell.
+    /// Tells the server our own addresses at once (a `Keepalive` with them), if we have
+    /// any to tell; every keepalive carries them too.
     fn send_candidates(&self, out: &mut Outputs) {
         let Some(id) = self.id.filter(|_| !self.candidates.is_empty()) else {
             return;
         };
-        let addrs = self.candidates.clone();
-        let token = self.token;
-        self.send(out, Message::Candidates { id, token, addrs });
+        let candidates = self.candidates.clone();
+        self.send(out, Message::keepalive_with(id, self.token, candidates));
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -193,8 +193,8 @@ impl Server {
             },
             State::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
-                self.send(out, Message::keepalive(id, token));
-                self.send_candidates(out);
+                let candidates = self.candidates.clone();
+                self.send(out, Message::keepalive_with(id, token, candidates));
             }
             State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
                 None => {}

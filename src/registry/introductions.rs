@@ -1,4 +1,5 @@
-//! Introductions, for hole punching: the clients' own addresses (`Candidates`), and the
+//! Introductions, for hole punching: the clients' own addresses (the `candidates` of their
+//! `Keepalive`s), and the
 //! `Introduce` the server sends both clients when one looks the other up, so that both
 //! send towards each other at once and both NATs open (see "Across NATs" in
 //! [`crate::wire`]).
@@ -141,23 +142,6 @@ impl Introductions {
 }
 
 impl Registry {
-    /// `Candidates` from `from`: kept if it proves the registration (id and token).
-    pub(super) fn candidates(
-        &mut self,
-        from: SocketAddr,
-        id: ClientId,
-        token: wire::Token,
-        addrs: Vec<SocketAddr>,
-    ) {
-        if !self.owns(from, id, token) {
-            // Not answered: `Candidates` comes with a `Keepalive`, which is.
-            self.stats.refused += 1;
-            debug!("{from}: candidates for id {id} match no registration");
-            return;
-        }
-        self.intro.set_candidates(id, addrs);
-    }
-
     /// The sender of a `Lookup` or `Resolve` that found client `asked` is introduced to it,
     /// and it to the sender, if the sender is registered at `from` and the pair was not
     /// introduced lately. Called after the `Found` was queued: the introduction to the
