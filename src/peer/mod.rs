@@ -48,6 +48,8 @@
 //! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`: the
 //!   table of transfers, the answers to the peer's messages, the endings.
 //! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
+//! - `punch.rs`: hole punching: the server's introductions, our probes on their own short
+//!   schedule, the paths they find (`path` of [`Event::Connected`]), and `NoPath`.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
 //! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
 //!   walking every session.
