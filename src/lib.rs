@@ -14,7 +14,8 @@
 //!   register, lookup, names, listing, leave, expiry, and the answers bound to their
 //!   requests; `registry/limits.rs` ([`registry::limits`]) holds its limits against abuse
 //!   (registrations per network, fair to clients that retry; clients per network; `List`
-//!   pages per client).
+//!   pages per client); `registry/introductions.rs` introduces two clients to each other
+//!   for hole punching (see "Across NATs" in [`wire`]).
 //! - [`peer`]: a client's state machine, a folder split by concern (the link to the
 //!   server and the nonces of our requests to it, names, sessions, the outbox of queued
 //!   messages, file transfers); its `mod.rs` has a Layout of its own.

@@ -113,7 +113,33 @@ enum Command {
         /// directory, else the current directory).
         #[arg(long, value_name = "DIR")]
         downloads: Option<std::path::PathBuf>,
+        /// Your own addresses, told to the server so that peers behind the same NAT reach
+        /// you on the LAN: "auto" (the addresses of this host's interfaces, only when the
+        /// server is not on loopback), "none", or IP addresses separated by commas.
+        #[arg(long, default_value = "auto", value_parser = parse_candidates)]
+        candidates: Candidates,
     },
+}
+
+/// `--candidates`: `None` gathers them.
+#[derive(Debug, Clone)]
+struct Candidates(Option<Vec<SocketAddr>>);
+
+fn parse_candidates(text: &str) -> Result<Candidates, String> {
+    match text {
+        "auto" => Ok(Candidates(None)),
+        "none" => Ok(Candidates(Some(Vec::new()))),
+        list => list
+            .split(',')
+            .map(|ip| {
+                ip.trim()
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 0))
+                    .map_err(|_| format!("{ip:?} is not an IP address (or use auto, none)"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| Candidates(Some(v))),
+    }
 }
 
 /// A server address: `host:port`, resolved once at start.
@@ -194,6 +220,7 @@ fn main() -> ExitCode {
             no_state,
             queue_retry,
             downloads,
+            candidates,
         } => {
             use std::io::IsTerminal;
             let bind = match driver::client_bind(bind, server) {
@@ -207,6 +234,7 @@ fn main() -> ExitCode {
             peer.want_id = id;
             peer.name = name;
             peer.display_name = display_name;
+            peer.candidates = candidates.0;
             if let Some(q) = queue_retry {
                 peer.queue_retry = q;
             }

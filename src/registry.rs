@@ -18,8 +18,10 @@ use crate::wire::{
     self, ClientId, DecodeError, ErrorCode, Listed, Message, Nonce, Token, Transmit,
 };
 
+mod introductions;
 pub mod limits;
 
+pub use introductions::usable_candidate;
 use limits::{Limiter, Verdict};
 pub use limits::{Limits, Prefix};
 
@@ -353,6 +355,8 @@ pub struct Registry {
     rng: rand::rngs::StdRng,
     /// The message being handled, while it is (see [`Answering`]).
     answering: Option<Answering>,
+    /// Candidates and introductions, for hole punching (registry/introductions.rs).
+    intro: introductions::Introductions,
 }
 
 impl Registry {
@@ -386,6 +390,7 @@ impl Registry {
             stats: Stats::default(),
             rng,
             answering: None,
+            intro: introductions::Introductions::default(),
         }
     }
 
@@ -552,9 +557,17 @@ impl Registry {
                     Some(r) => self.found(r.id, r.addr),
                     None => Message::Inactive { id, nonce: 0 },
                 };
+                let found = matches!(answer, Message::Found { .. });
                 self.send(from, answer);
+                if found {
+                    self.introduce(now, from, id);
+                }
             }
-            Message::Resolve { name, .. } => self.resolve(from, name),
+            Message::Resolve { name, .. } => {
+                if let Some(id) = self.resolve(from, name) {
+                    self.introduce(now, from, id);
+                }
+            }
             Message::Claim {
                 id,
                 token,
@@ -567,9 +580,16 @@ impl Registry {
                 id, token, after, ..
             } => self.list(now, from, id, token, after),
             Message::Leave { id, token, .. } => self.leave(now, from, id, token),
-            Message::Keepalive { id, token, .. } => {
+            Message::Keepalive {
+                id,
+                token,
+                candidates,
+                ..
+            } => {
                 if !self.owns(from, id, token) {
                     self.not_registered(from, id, "keepalive");
+                } else if !candidates.is_empty() {
+                    self.intro.set_candidates(id, candidates);
                 }
             }
             other => {
@@ -771,7 +791,7 @@ impl Registry {
     }
 
     #[inline(never)] // kept out of handle_message, which lookups go through
-    fn resolve(&mut self, from: SocketAddr, name: String) {
+    fn resolve(&mut self, from: SocketAddr, name: String) -> Option<ClientId> {
         let holder = if self.by_name.is_empty() {
             None
         } else {
@@ -779,11 +799,15 @@ impl Registry {
                 .get(name.to_ascii_lowercase().as_str())
                 .copied()
         };
-        let answer = match holder.and_then(|id| self.clients.get(id)) {
-            Some(r) => self.found(r.id, r.addr),
+        let found = holder
+            .and_then(|id| self.clients.get(id))
+            .map(|r| (r.id, r.addr));
+        let answer = match found {
+            Some((id, addr)) => self.found(id, addr),
             None => Message::Unknown { name, nonce: 0 },
         };
         self.send(from, answer);
+        found.map(|(id, _)| id)
     }
 
     /// The answer to a `Lookup` or `Resolve` that found client `id` at `addr`.
@@ -1052,6 +1076,7 @@ impl Registry {
     fn remove(&mut self, id: ClientId) -> (Record, Option<Box<str>>) {
         let r = self.clients.remove(id).expect("removing a present id");
         self.limiter.left(id, r.addr);
+        self.intro.forget(id);
         if id < self.next_id {
             self.free_ids.insert(id);
         }

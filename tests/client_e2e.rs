@@ -119,6 +119,21 @@ impl JsonClient {
         self.wait_event(&what, |v| *v == event)
     }
 
+    /// Waits for `connected` to `peer`: on loopback, a direct path to the peer's address.
+    fn expect_connected(&mut self, peer: ClientId) -> Value {
+        let v = self.wait_event("connected", |v| {
+            v["event"] == "connected" && v["peer"] == peer
+        });
+        assert_eq!(v["path"], "direct", "{v}");
+        assert!(
+            v["addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "{v}"
+        );
+        v
+    }
+
     /// Returns once `event` is in the log, whether it was read already (skipped by an
     /// earlier wait) or comes within [`WAIT`].
     fn expect_logged(&mut self, event: Value) {
@@ -150,8 +165,8 @@ fn connected_pair(server: &Server) -> (JsonClient, JsonClient) {
     one.type_line("connect 2");
     two.expect(json!({"event": "request", "from": 1}));
     two.type_line("accept");
-    two.expect(json!({"event": "connected", "peer": 1}));
-    one.expect(json!({"event": "connected", "peer": 2}));
+    two.expect_connected(1);
+    one.expect_connected(2);
     (one, two)
 }
 
@@ -171,8 +186,8 @@ fn two_json_clients_hold_a_whole_conversation() {
     one.type_line("connect 2");
     two.expect(json!({"event": "request", "from": 1}));
     two.type_line("accept");
-    two.expect(json!({"event": "connected", "peer": 1}));
-    one.expect(json!({"event": "connected", "peer": 2}));
+    two.expect_connected(1);
+    one.expect_connected(2);
 
     // Several messages each way, typed without waiting: `send TEXT` and plain lines, with
     // non-ASCII text, quotes, a backslash and command words inside the text.

@@ -581,7 +581,7 @@ fn default_bounds_end_every_message_and_session_in_an_event() {
             // Every session that opened ended, once; every peer ended.
             let opened = events
                 .iter()
-                .filter(|e| matches!(e, Event::Connected { peer } if *peer == other_id))
+                .filter(|e| matches!(e, Event::Connected { peer, .. } if *peer == other_id))
                 .count();
             let ended: Vec<EndReason> = events
                 .iter()

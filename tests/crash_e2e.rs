@@ -42,8 +42,8 @@ fn connect(asker: &mut JsonClient, asker_id: ClientId, answerer: &mut JsonClient
     asker.type_line(&format!("connect {id}"));
     answerer.expect(json!({"event": "request", "from": asker_id}));
     answerer.type_line(&format!("accept {asker_id}"));
-    answerer.expect(json!({"event": "connected", "peer": asker_id}));
-    asker.expect(json!({"event": "connected", "peer": id}));
+    answerer.expect_connected(asker_id);
+    asker.expect_connected(id);
 }
 
 /// `from` sends `texts` to `to` (its current peer); waits until `to` has shown them all and
@@ -241,8 +241,8 @@ fn a_restarted_peer_is_not_confused_with_its_stale_session() {
     assert!(ended_at < request_at, "{since:#?}");
     let reason = ended[0]["reason"].to_string();
     a.type_line("accept 2");
-    a.expect(json!({"event": "connected", "peer": 2}));
-    b2.expect(json!({"event": "connected", "peer": 1}));
+    a.expect_connected(2);
+    b2.expect_connected(1);
     let took = restarted.elapsed();
 
     // The new session numbers from 1 again, both ways.

@@ -80,8 +80,8 @@ fn pair() -> (
     a.type_line(&format!("connect {idb}"));
     b.expect(json!({"event": "request", "from": ida}));
     b.type_line("accept");
-    a.expect(json!({"event": "connected", "peer": idb}));
-    b.expect(json!({"event": "connected", "peer": ida}));
+    a.expect_connected(idb);
+    b.expect_connected(ida);
     (server, a, b, ida, idb, da, db)
 }
 

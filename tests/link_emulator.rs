@@ -130,8 +130,8 @@ fn chat_through_the_emulator_takes_the_configured_round_trip() {
     a.type_line("connect 2");
     b.expect(json!({"event": "request", "from": 1}));
     b.type_line("accept 1");
-    b.expect(json!({"event": "connected", "peer": 1}));
-    a.expect(json!({"event": "connected", "peer": 2}));
+    b.expect_connected(1);
+    a.expect_connected(2);
 
     // Both ways.
     a.type_line("send hello from home");

@@ -208,9 +208,9 @@ fn connect(a: &mut JsonClient, b: &mut JsonClient) {
         }
     }
     b.type_line("accept 1");
-    b.expect(json!({"event": "connected", "peer": 1}));
+    b.expect_connected(1);
     if a.events("connected").is_empty() {
-        a.expect(json!({"event": "connected", "peer": 2}));
+        a.expect_connected(2);
     }
 }
 

@@ -614,7 +614,7 @@ fn check_sessions(events: &[Event]) -> Result<(), String> {
     for (i, e) in events.iter().enumerate() {
         let fail = |what: &str| Err(format!("event {i} {e:?}: {what}"));
         match e {
-            Event::Connected { peer } => {
+            Event::Connected { peer, .. } => {
                 views.insert(*peer, View::default());
             }
             Event::Message { from, seq, .. } => {

@@ -430,7 +430,7 @@ impl Node {
     fn check(&mut self, e: &Event) {
         let me = self.addr;
         match e {
-            Event::Connected { peer } => {
+            Event::Connected { peer, .. } => {
                 // A new session: new windows, numbers start again at 1.
                 self.views.insert(
                     *peer,

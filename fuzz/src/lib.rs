@@ -101,6 +101,7 @@ pub enum FuzzMessage {
     Keepalive {
         id: Id,
         token: Num,
+        candidates: Vec<FuzzAddr>,
     },
     Registered {
         id: Id,
@@ -189,6 +190,18 @@ pub enum FuzzMessage {
         from: Id,
         session: Num,
     },
+    Introduce {
+        id: Id,
+        addr: FuzzAddr,
+        candidates: Vec<FuzzAddr>,
+        punch: Num,
+        you: FuzzAddr,
+        proof: Num,
+    },
+    Probe {
+        from: Id,
+        punch: Num,
+    },
 }
 
 impl FuzzMessage {
@@ -198,7 +211,15 @@ impl FuzzMessage {
             F::Register { want_id } => Message::register(want_id.map(|i| i.0)),
             F::Lookup { id } => Message::lookup(id.0),
             F::Leave { id, token } => Message::leave(id.0, token.0),
-            F::Keepalive { id, token } => Message::keepalive(id.0, token.0),
+            F::Keepalive {
+                id,
+                token,
+                candidates,
+            } => Message::keepalive_with(
+                id.0,
+                token.0,
+                candidates.iter().map(FuzzAddr::to_addr).collect(),
+            ),
             F::Registered {
                 id,
                 token,
@@ -324,6 +345,26 @@ impl FuzzMessage {
             F::Pong { from, session } => Message::Pong {
                 from: from.0,
                 session: session.0,
+            },
+            F::Introduce {
+                id,
+                addr,
+                candidates,
+                punch,
+                you,
+                proof,
+            } => Message::Introduce {
+                id: id.0,
+                addr: addr.to_addr(),
+                candidates: candidates.iter().map(FuzzAddr::to_addr).collect(),
+                punch: punch.0,
+                you: you.to_addr(),
+                proof: proof.0,
+                pad: p2pchat::wire::Padding(0),
+            },
+            F::Probe { from, punch } => Message::Probe {
+                from: from.0,
+                punch: punch.0,
             },
         }
     }

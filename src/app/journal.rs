@@ -97,7 +97,7 @@ impl Journal {
     pub fn observe(&mut self, names: &dyn Names, ev: &Event, now: SystemTime) {
         let at = millis(now);
         match ev {
-            Event::Connected { peer } => {
+            Event::Connected { peer, .. } => {
                 // Numbers start again in a new session.
                 self.sent.retain(|(p, _), _| p != peer);
             }

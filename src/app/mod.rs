@@ -13,7 +13,9 @@
 //! - [`store`]: the state directory's files (identity, outbox, history), locked and atomic.
 //! - [`journal`]: the message history kept up to date from the peer's events.
 //! - [`downloads`]: the transfers' files on disk.
+//! - [`candidates`]: the client's own (LAN) addresses, told to the server for hole punching.
 
+pub mod candidates;
 pub mod client;
 pub mod command;
 pub mod downloads;

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::peer::{CommandError, Event, Peer, SendError, SendTarget};
+use crate::peer::{CommandError, Event, Path, Peer, SendError, SendTarget};
 pub use crate::text::human_bytes;
 use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
@@ -129,7 +129,6 @@ fn send_failed_line(
     let whom = match target {
         SendTarget::Server => format!("the server at {to}"),
         SendTarget::Peer(id) => format!("{} at {to}", who(names, id)),
-        SendTarget::Other => to.to_string(),
     };
     format!(
         "cannot send to {whom}: {}: {}",
@@ -164,13 +163,22 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
                 ),
             )
         }
-        Event::Connected { peer } => {
+        Event::Connected { peer, path, addr } => {
             format!(
-                "connected to {}{}",
+                "connected to {}{} at {addr} ({})",
                 who(names, *peer),
-                display(names, *peer)
+                display(names, *peer),
+                match path {
+                    Path::Direct => "direct",
+                    Path::Lan => "on the LAN",
+                    Path::Punched => "punched through NATs",
+                }
             )
         }
+        Event::NoPath { peer } => format!(
+            "no direct path to {}: both behind NATs that change ports (nothing got through either way); gave up asking",
+            who(names, *peer)
+        ),
         Event::Rejected { peer } => format!("{} rejected the connection", who(names, *peer)),
         Event::Inactive { peer } => format!("Client {peer} Inactive"),
         Event::UnknownName { name } => format!("nobody online is named {}", sanitize_name(name)),
@@ -317,7 +325,10 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::Registered { id, again } => json!({"event": "registered", "id": id, "again": again}),
         Event::Claimed { name } => json!({"event": "claimed", "name": name}),
         Event::Request { from } => json!({"event": "request", "from": from}),
-        Event::Connected { peer } => json!({"event": "connected", "peer": peer}),
+        Event::Connected { peer, path, addr } => json!({
+            "event": "connected", "peer": peer, "path": path.as_str(), "addr": addr.to_string()
+        }),
+        Event::NoPath { peer } => json!({"event": "no_path", "peer": peer}),
         Event::Rejected { peer } => json!({"event": "rejected", "peer": peer}),
         Event::Inactive { peer } => json!({"event": "inactive", "peer": peer}),
         Event::UnknownName { name } => json!({"event": "unknown_name", "name": name}),
@@ -361,8 +372,14 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::SendFailed { to, target, error } => json!({
             "event": "send_failed",
             "to": to.to_string(),
-            "target": match target { SendTarget::Server => "server", SendTarget::Peer(_) => "peer", SendTarget::Other => "other" },
-            "peer": match target { SendTarget::Peer(id) => Some(*id), _ => None },
+            "target": match target {
+                SendTarget::Server => "server",
+                SendTarget::Peer(_) => "peer",
+            },
+            "peer": match target {
+                SendTarget::Peer(id) => Some(*id),
+                SendTarget::Server => None,
+            },
             "error": error.code(),
             "message": send_failed_line(names, *to, *target, error),
         }),
@@ -385,7 +402,8 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
     };
     let about = match ev {
         Event::Request { from } | Event::Message { from, .. } => Some(*from),
-        Event::Connected { peer }
+        Event::Connected { peer, .. }
+        | Event::NoPath { peer }
         | Event::Rejected { peer }
         | Event::NoAnswer { peer }
         | Event::Sent { peer, .. }
@@ -784,19 +802,29 @@ mod tests {
 
     #[test]
     fn peers_are_shown_with_their_names() {
-        let v: serde_json::Value =
-            serde_json::from_str(&render_json(&Event::Connected { peer: 2 }, &Bob)).unwrap();
+        let connected = Event::Connected {
+            peer: 2,
+            path: Path::Punched,
+            addr: "198.51.100.7:5000".parse().unwrap(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&render_json(&connected, &Bob)).unwrap();
         assert_eq!(
             v,
-            json!({"event": "connected", "peer": 2, "name": "bob", "display_name": "Bob \u{1b}[31mB."})
+            json!({"event": "connected", "peer": 2, "path": "punched", "addr": "198.51.100.7:5000", "name": "bob", "display_name": "Bob \u{1b}[31mB."})
         );
+        let line = render_human(&connected, &Bob, Style::default(), SystemTime::now());
+        assert!(line.starts_with("connected to bob (2)"), "{line}");
+        assert!(line.contains("at 198.51.100.7:5000 (punched"), "{line}");
         let line = render_human(
-            &Event::Connected { peer: 2 },
+            &Event::NoPath { peer: 2 },
             &Bob,
             Style::default(),
             SystemTime::now(),
         );
-        assert!(line.starts_with("connected to bob (2)"), "{line}");
+        assert!(
+            line.starts_with("no direct path to bob (2): both behind NATs that change ports"),
+            "{line}"
+        );
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
         let line = render_human(
             &Event::Request { from: 2 },

@@ -136,8 +136,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds `addr` and starts registering with the server of `config`.
-    pub fn bind(addr: SocketAddr, config: PeerConfig) -> Result<Endpoint, FatalError> {
+    pub fn bind(addr: SocketAddr, mut config: PeerConfig) -> Result<Endpoint, FatalError> {
         let (socket, poll, local) = watch_socket(addr)?;
+        let chosen = config.candidates.as_deref();
+        let own = crate::app::candidates::candidates(chosen, config.server, local);
+        debug!("candidates told to the server: {own:?}");
+        config.candidates = Some(own);
         let granted = request_receive_buffer(&socket, CLIENT_RECEIVE_BUFFER);
         debug!("client receive buffer: {granted} bytes (asked for {CLIENT_RECEIVE_BUFFER})");
         Ok(Endpoint {

@@ -2,6 +2,7 @@
 //! why commands are refused, and the small types its commands take and return.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use crate::text::human_bytes;
 use crate::wire::{self, ClientId, Listed};
@@ -75,6 +76,34 @@ pub struct SessionInfo {
     pub in_flight: usize,
 }
 
+/// Which way a session's datagrams go (see [`Event::Connected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// To the address the server sees, which is the peer's own (no NAT on its side, or
+    /// nothing is known of its addresses).
+    Direct,
+    /// To one of the peer's own (LAN) addresses, which it told the server.
+    Lan,
+    /// To a NAT's mapping of the peer, opened by hole punching.
+    Punched,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Lan => "lan",
+            Path::Punched => "punched",
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {
@@ -131,8 +160,16 @@ pub enum Event {
     Registered { id: ClientId, again: bool },
     /// Peer `from` asks to connect; answer with `accept` or `reject`.
     Request { from: ClientId },
-    /// A session with `peer` is open.
-    Connected { peer: ClientId },
+    /// A session with `peer` is open, at `addr`, over `path`.
+    Connected {
+        peer: ClientId,
+        path: Path,
+        addr: SocketAddr,
+    },
+    /// Our request to `peer` ends: nothing got through between us although the server
+    /// introduced us, and both of us are behind NATs (so at least one changes ports, or
+    /// drops what it was not expecting); a relay would be needed.
+    NoPath { peer: ClientId },
     /// `peer` rejected our request.
     Rejected { peer: ClientId },
     /// The server has no client `peer` ("Client 3 Inactive").

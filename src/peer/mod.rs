@@ -49,6 +49,8 @@
 //! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`: the
 //!   table of transfers, the answers to the peer's messages, the endings.
 //! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
+//! - `punch.rs`: hole punching: the server's introductions, our probes on their own short
+//!   schedule, the paths they find (`path` of [`Event::Connected`]), and `NoPath`.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
 //! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
 //!   walking every session.
@@ -68,6 +70,7 @@ mod files;
 mod names;
 mod outbox;
 mod outputs;
+mod punch;
 mod requests;
 mod retry;
 mod send_errors;
@@ -80,7 +83,7 @@ mod transfer;
 use crate::reliable::SendConfig;
 use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
 pub use event::{
-    CommandError, EndReason, Event, FileError, PeerStats, Sending, SessionInfo, Target,
+    CommandError, EndReason, Event, FileError, Path, PeerStats, Sending, SessionInfo, Target,
     TransferFailure, TransferInfo,
 };
 pub use files::{chunk_count, hex, FileConfig, FileSink, FileSource};
@@ -88,6 +91,7 @@ use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
 use outputs::{Outputs, Seen};
+use punch::Punches;
 use requests::Requests;
 use send_errors::SendFailures;
 pub use send_errors::{SendError, SendTarget, SEND_ERROR_QUIET};
@@ -138,6 +142,11 @@ pub struct PeerConfig {
     /// What floods make us ignore (requests, file offers) is shown as one count at most
     /// this often; so is a stranger's datagram of another protocol version.
     pub summary_interval: Duration,
+    /// Our own addresses, told to the server (in `Keepalive`s) so that peers behind the same
+    /// NAT reach us on the LAN: `None` lets the driver gather them (the addresses of the
+    /// host's interfaces, only when the server is not on loopback); `Some` is the list to
+    /// tell (empty: none).
+    pub candidates: Option<Vec<SocketAddr>>,
 }
 
 impl PeerConfig {
@@ -169,6 +178,7 @@ impl PeerConfig {
             max_requests: 64,
             max_requests_per_source: 8,
             summary_interval: Duration::from_secs(5),
+            candidates: None,
         }
         .with_file_defaults()
     }
@@ -208,6 +218,8 @@ pub struct Peer {
     versions: Versions,
     /// Datagrams the socket refused lately (send_errors.rs).
     send_failures: SendFailures,
+    /// Hole punching: the introductions from the server and our probes (punch.rs).
+    punch: Punches,
 }
 
 /// Datagrams of another protocol version from others than the server: how many, the
@@ -268,6 +280,7 @@ impl Peer {
 
     fn with_rng(config: PeerConfig, now: Instant, mut rng: rand::rngs::StdRng) -> Self {
         let mut out = Outputs::default();
+        let own = config.candidates.clone().unwrap_or_default();
         Peer {
             requests: Requests::new(rand::rngs::StdRng::from_rng(&mut rng)),
             server: Server::new(&config, now, &mut out),
@@ -286,6 +299,7 @@ impl Peer {
                 stranger_at: None,
             },
             send_failures: SendFailures::default(),
+            punch: Punches::new(own),
         }
     }
 
@@ -395,6 +409,7 @@ impl Peer {
             self.names.poll_timeout(),
             self.outbox.poll_timeout().filter(|_| pursuing),
             self.files.poll_timeout(),
+            self.punch.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -739,22 +754,24 @@ impl Peer {
     /// totals at most the datagram's length, plus its credit while a connection request is
     /// pending with it, either way (what it sent before and was not answered for); the rest
     /// is withheld and counted ([`PeerStats::withheld`]).
-    /// The driver could not send a datagram to `to`: the person is told (once per address
-    /// and error in [`SEND_ERROR_QUIET`]) whom it was for and what to do, with
-    /// [`Event::SendFailed`]. Nothing else changes: the datagram counts as sent and lost,
-    /// and is resent as any lost datagram is.
+    /// The driver could not send a datagram to `to`. If `to` is the server or a session's
+    /// peer, the person is told (once per address and error in [`SEND_ERROR_QUIET`]) whom
+    /// it was for and what to do, with [`Event::SendFailed`]; a failure elsewhere (a probe to
+    /// a candidate address of the other family, say) is only logged: another path may well
+    /// work. Nothing else changes: the datagram counts as sent and lost, and is resent as
+    /// any lost datagram is.
     pub fn handle_send_error(&mut self, now: Instant, to: SocketAddr, error: SendError) {
-        if !self.send_failures.report(now, to, &error) {
-            return;
-        }
         let target = if to == self.config.server {
             SendTarget::Server
+        } else if let Some(peer) = self.sessions.peer_at(to) {
+            SendTarget::Peer(peer)
         } else {
-            self.sessions
-                .peer_at(to)
-                .map_or(SendTarget::Other, SendTarget::Peer)
+            debug!("send to {to} failed: {error}");
+            return;
         };
-        self.out.event(Event::SendFailed { to, target, error });
+        if self.send_failures.report(now, to, &error) {
+            self.out.event(Event::SendFailed { to, target, error });
+        }
     }
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
@@ -814,7 +831,9 @@ impl Peer {
     /// Whether `addr` has proved it receives what we send: the server's, or that of a
     /// connected session (or of one whose `Terminate` we resend after it was connected).
     pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
-        addr == self.config.server || self.sessions.proves_receipt(addr)
+        addr == self.config.server
+            || self.sessions.proves_receipt(addr)
+            || self.punch.proves_receipt(addr)
     }
 
     /// A datagram of protocol `version` from `from`, not the server: the user is told,
@@ -896,6 +915,13 @@ impl Peer {
                 let Some(me) = self.server.id() else { return };
                 if self.sessions.found(now, me, id, addr, &mut self.out) {
                     self.learn_name(id, name, display_name);
+                    self.punch.expect_introduction(now, id, addr);
+                    // A probe of the peer came before the server's answer: go there.
+                    if let Some(heard) = self.punch.first_heard(id) {
+                        if heard != addr && self.probed_from(id, heard) {
+                            self.sessions.probed(now, me, id, heard, &mut self.out);
+                        }
+                    }
                 } else {
                     // Logged without the names, which were not kept.
                     let msg = Message::Found {
@@ -906,6 +932,38 @@ impl Peer {
                         nonce: 0,
                     };
                     self.out.ignore(server, &msg);
+                }
+            }
+            Message::Introduce {
+                id: peer,
+                addr,
+                candidates,
+                punch,
+                you,
+                proof,
+                pad,
+            } => {
+                let msg = Message::Introduce {
+                    id: peer,
+                    addr,
+                    candidates,
+                    punch,
+                    you,
+                    proof,
+                    pad,
+                };
+                match self.server.id() {
+                    // Only the server and we know our token: not forged.
+                    Some(me) if proof == self.server.token() => {
+                        let size = wire::encoded_len(&msg);
+                        let Message::Introduce { candidates, .. } = msg else {
+                            unreachable!()
+                        };
+                        let out = &mut self.out;
+                        self.punch
+                            .introduce(now, me, peer, addr, candidates, punch, you, size, out);
+                    }
+                    _ => self.out.ignore(server, &msg),
                 }
             }
             Message::Inactive { id, .. } => {
@@ -957,6 +1015,10 @@ impl Peer {
                 name,
                 display_name,
             } => {
+                // From another port of the peer's host (a NAT that changes ports), or
+                // from where its probe came: the session moves there.
+                let moved = self.probed_from(from, src);
+                self.sessions.moved(from, src, moved);
                 let (finishing, out) = (self.finishing, &mut self.out);
                 let requested = self
                     .sessions
@@ -1007,6 +1069,22 @@ impl Peer {
                     self.left_if_closed();
                 }
             }
+            Message::Probe { from, punch } => match self.punch.handle_probe(from, punch, src) {
+                // A path to the peer: our request to it goes there now. The probe carried
+                // the secret the server gave the peer alone, so `src` is the peer's: what
+                // goes there is not bound by what came from it (see `proves_receipt`).
+                // Once per address: the first probe from it, or one from where our request
+                // is not (yet) going.
+                Some(heard)
+                    if (heard.new || self.sessions.addr_of(from) != Some(src))
+                        && self.probed_from(from, src) =>
+                {
+                    self.out.unlimit();
+                    self.sessions.probed(now, me, from, src, &mut self.out)
+                }
+                Some(_) => {}
+                None => self.out.ignore(src, &msg),
+            },
             traffic => {
                 if let Message::Chat { from, session, .. } | Message::Ping { from, session } =
                     traffic
@@ -1025,6 +1103,17 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// Whether our request to `peer` may move to `src`: a valid probe came from there,
+    /// and the request is not already at an address a probe came from (the first path
+    /// found is kept, so that the peer's answer comes from where our request goes).
+    fn probed_from(&self, peer: ClientId, src: SocketAddr) -> bool {
+        let pinned = self
+            .sessions
+            .addr_of(peer)
+            .is_some_and(|a| a != src && self.punch.heard_from(peer, a));
+        !pinned && self.punch.heard_from(peer, src)
     }
 
     /// The session a file command goes on: with `peer`, or the current peer.
@@ -1056,6 +1145,17 @@ impl Peer {
         self.pursue(now);
         if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
+            let due = self.punch.handle_timeout(now, me, &mut self.out);
+            for peer in due.no_path {
+                self.sessions.no_path(peer, &mut self.out);
+            }
+            for peer in due.reask {
+                // Nothing from the peer yet: its introduction may have been lost. Asking
+                // again makes the server introduce us again (at most once a second).
+                if self.sessions.is_requesting_peer(peer) {
+                    self.out.transmit(self.config.server, Message::lookup(peer));
+                }
+            }
         }
         self.flush(now);
         self.leave_if_drained(now);
@@ -1065,7 +1165,12 @@ impl Peer {
 
     /// Opens the session with `peer` and sends what is queued for it.
     fn open(&mut self, now: Instant, peer: ClientId) {
-        self.sessions.open(now, peer, &mut self.out);
+        let path = match self.sessions.addr_of(peer) {
+            Some(addr) => self.punch.path(peer, addr),
+            None => Path::Direct,
+        };
+        self.punch.finish(peer);
+        self.sessions.open(now, peer, path, &mut self.out);
         self.deliver_queued(now, peer);
     }
 

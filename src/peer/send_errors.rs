@@ -73,8 +73,6 @@ pub enum SendTarget {
     Server,
     /// A peer we have a session with (or are asking for one).
     Peer(ClientId),
-    /// Some other address (a peer we answered without a session).
-    Other,
 }
 
 /// How long the same failure to the same address stays quiet after it was reported.

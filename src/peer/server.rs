@@ -47,6 +47,9 @@ pub(super) struct Server {
     registered_again_at: Option<Instant>,
     /// The protocol version the server's address answered in, if not ours.
     other_version: Option<u8>,
+    /// Our own addresses, told to the server after `Registered` and with every
+    /// `Keepalive` (none: nothing is sent).
+    candidates: Vec<SocketAddr>,
 }
 
 /// The longest time to live of our entry that we believe: a `Registered` saying more is
@@ -82,6 +85,7 @@ impl Server {
             rate_limited: false,
             registered_again_at: None,
             other_version: None,
+            candidates: config.candidates.clone().unwrap_or_default(),
         };
         server.send_register(want, out);
         server
@@ -122,6 +126,16 @@ impl Server {
 
     pub fn send(&self, out: &mut Outputs, message: Message) {
         out.transmit(self.addr, message);
+    }
+
+    /// Tells the server our own addresses at once (a `Keepalive` with them), if we have
+    /// any to tell; every keepalive carries them too.
+    fn send_candidates(&self, out: &mut Outputs) {
+        let Some(id) = self.id.filter(|_| !self.candidates.is_empty()) else {
+            return;
+        };
+        let candidates = self.candidates.clone();
+        self.send(out, Message::keepalive_with(id, self.token, candidates));
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -179,7 +193,8 @@ impl Server {
             },
             State::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
-                self.send(out, Message::keepalive(id, token));
+                let candidates = self.candidates.clone();
+                self.send(out, Message::keepalive_with(id, token, candidates));
             }
             State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
                 None => {}
@@ -227,6 +242,7 @@ impl Server {
                     keepalive_at: now + self.keepalive_period(),
                 };
                 out.event(Event::Registered { id, again });
+                self.send_candidates(out);
                 return Answer::Registered;
             }
             (State::Registering { again, want, .. }, Message::Error { code, detail, .. }) => {

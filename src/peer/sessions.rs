@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::event::{CommandError, EndReason, Event, PeerStats, SessionInfo};
+use super::event::{CommandError, EndReason, Event, Path, PeerStats, SessionInfo};
 use super::files::Link;
 use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
@@ -460,8 +460,8 @@ impl Sessions {
         self.rejected_order.push_back(((s.peer, s.id), until));
     }
 
-    /// Opens the session with `peer` (which has an address).
-    pub fn open(&mut self, now: Instant, peer: ClientId, out: &mut Outputs) {
+    /// Opens the session with `peer` (which has an address), over `path`.
+    pub fn open(&mut self, now: Instant, peer: ClientId, path: Path, out: &mut Outputs) {
         let s = self
             .by_peer
             .get_mut(&peer)
@@ -469,9 +469,77 @@ impl Sessions {
         self.index.remove(s);
         s.open(now, &self.cfg.chat);
         self.index.add(s);
+        let addr = s.addr.expect("open sessions have an address");
         self.reschedule(peer);
         self.current = Some(peer);
-        out.event(Event::Connected { peer });
+        out.event(Event::Connected { peer, path, addr });
+    }
+
+    // ------------------------------------------------------------------ across NATs
+
+    /// Whether our request to `peer` waits for its answer.
+    pub fn is_requesting_peer(&self, peer: ClientId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .is_some_and(|s| matches!(s.state, State::Requesting { .. }))
+    }
+
+    /// The address of the session with `peer`, if it has one yet.
+    pub fn addr_of(&self, peer: ClientId) -> Option<SocketAddr> {
+        self.by_peer.get(&peer).and_then(|s| s.addr)
+    }
+
+    /// A message from `peer` at `src`, which is not the address of our request to it: the
+    /// request moves there if `src` is another port of the same host (a NAT that changes
+    /// ports answers from another mapping) or `heard` (a probe with the secret of our
+    /// introduction came from it). Other sessions never move.
+    pub fn moved(&mut self, peer: ClientId, src: SocketAddr, heard: bool) {
+        let Some(s) = self.by_peer.get_mut(&peer) else {
+            return;
+        };
+        let Some(addr) = s.addr else { return };
+        let requesting = matches!(s.state, State::Requesting { .. });
+        if !requesting || addr == src || !(heard || addr.ip() == src.ip()) {
+            return;
+        }
+        log::debug!("request to {peer} moves from {addr} to {src}");
+        self.index.remove(s);
+        s.addr = Some(src);
+        self.index.add(s);
+    }
+
+    /// A valid probe from `peer` came from `src`, for the first time: our request to it
+    /// goes there now (and from then on), without waiting for the retry interval.
+    pub fn probed(
+        &mut self,
+        _now: Instant,
+        me: ClientId,
+        peer: ClientId,
+        src: SocketAddr,
+        out: &mut Outputs,
+    ) {
+        self.moved(peer, src, true);
+        if let Some(s) = self.by_peer.get(&peer) {
+            if matches!(s.state, State::Requesting { .. }) && s.addr == Some(src) {
+                out.transmit(src, self.cfg.request(me, s.id));
+            }
+        }
+    }
+
+    /// Nothing got through between us and `peer`, both behind NATs: our request to it (or
+    /// our lookup) ends with `NoPath` (quietly, if the queue started it).
+    pub fn no_path(&mut self, peer: ClientId, out: &mut Outputs) {
+        let asking = self
+            .by_peer
+            .get(&peer)
+            .is_some_and(|s| matches!(s.state, State::Requesting { .. } | State::LookingUp { .. }));
+        if !asking {
+            return;
+        }
+        let s = self.take(peer).expect("just seen");
+        if !s.auto {
+            out.event(Event::NoPath { peer });
+        }
     }
 
     /// Makes `peer`, which must be connected, the current peer.

@@ -71,7 +71,7 @@
 //! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
 //! | `Leave` | `id`, `token`, `nonce`, `pad` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
 //! | `LeaveAck` | `id`, `nonce` | server | - |
-//! | `Keepalive` | `id`, `token`, `nonce`, `pad` | client | nothing; `Error` (`NotRegistered`) if unknown |
+//! | `Keepalive` | `id`, `token`, `nonce`, `pad`, `candidates` (array of at most [`MAX_CANDIDATES`] addresses; left out when none) | client | nothing; `Error` (`NotRegistered`) if unknown |
 //! | `Error` | `code`, `detail`, `nonce` | server | - |
 //! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
 //! | `Claimed` | `id`, `name`, `nonce` | server | - |
@@ -79,6 +79,7 @@
 //! | `Unknown` | `name`, `nonce` | server | - |
 //! | `List` | `id`, `token`, `after`: id or nil, `nonce`, `pad` | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
 //! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
+//! | `Introduce` | `id`, `addr`, `candidates`: array of addresses, `punch`, `you`, `proof`, `pad` | server, unasked | - (probes: see "Across NATs") |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
 //! fields are left out otherwise).
@@ -90,7 +91,9 @@
 //! remembers its last 256), once. Someone who can forge the server's address but cannot
 //! read the client's requests cannot guess one, so a forged `Registered`, `Found` or
 //! `Error` is not an answer. `pad` is a `bin` of any bytes (p2pchat sends zeros) that only
-//! makes the request bigger (see "No amplification"). Both are left out when 0 or empty,
+//! makes the request bigger (see "No amplification"; p2pchat pads `Lookup` and `Resolve` to
+//! [`LOOKUP_SIZE`], 768, so that the answer may carry an `Introduce`). Both are left out
+//! when 0 or empty,
 //! and a decoder treats them as 0 and empty when absent, so a message without them encodes
 //! and decodes as in earlier builds.
 //!
@@ -169,6 +172,7 @@
 //! | `TerminateAck` | `from`, `session` | receiver of a `Terminate` | - |
 //! | `Ping` | `from`, `session` | either side, when idle | `Pong` |
 //! | `Pong` | `from`, `session` | receiver of a `Ping` | - |
+//! | `Probe` | `from`, `punch` | either side of an introduction | - (see "Across NATs") |
 //!
 //! `Chat` messages are numbered `seq` = 1, 2, 3, ... in each direction of a session. The
 //! receiver shows them once each, in order (one that arrives early waits for the gap before
@@ -209,6 +213,55 @@
 //! and at most 8 from one source (an IPv4 address, or an IPv6 /64); it ignores others (no
 //! answer) until some are answered or expire. It holds at most 16 file offers waiting for
 //! an answer from one peer and 64 in all, and refuses others (`FileCancel` `Refused`).
+//!
+//! # Across NATs
+//!
+//! Most clients are behind NAT routers, which let a datagram in only in answer to one that
+//! went out (and forget an idle mapping after 30 s to a few minutes). So that two clients
+//! behind NATs can reach each other, the server introduces them and both send at once:
+//!
+//! - A registered client tells the server its own addresses in the `candidates` of its
+//!   `Keepalive`s (its interfaces' addresses with the socket's port, at most
+//!   [`MAX_CANDIDATES`]; never loopback, unspecified, multicast or IPv6 link-local, which
+//!   the server drops anyway); p2pchat sends a `Keepalive` at once after `Registered` for
+//!   that. A server that predates them skips the field. Those of a `Keepalive` that does
+//!   not match a registration (address, id, token) are not kept.
+//! - `Introduce` and `Probe` always travel alone in their datagram (a [`Packer`] sends them
+//!   so), since a receiver that predates them drops a datagram that holds them, and with it
+//!   whatever was packed beside them.
+//! - When a client registered at the source address of a `Lookup` or `Resolve` finds
+//!   another client, the server sends, after the `Found`, an `Introduce` to each: to the
+//!   asker about the found client, and to the found client (at its registered address)
+//!   about the asker. `id` is the other client, `addr` its address as the server sees it,
+//!   `candidates` its `Candidates`, `punch` a random 64-bit secret of the pair (the same in
+//!   both, kept for 30 s), `you` the receiver's own address as the server sees it, and
+//!   `proof` the receiver's registration token. The asker's copy is part of the answer to
+//!   its request (within its size: "No amplification"; padded to fill it, up to
+//!   [`INTRODUCE_SIZE`]); the found client's copy is padded to [`INTRODUCE_SIZE`], and is
+//!   sent at most once a second per pair.
+//! - A client acts on an `Introduce` only if `proof` is its own token (someone who forges
+//!   the server's address does not know it). It then sends `Probe { from: its id, punch }`
+//!   to `addr` and each candidate that is not one of its own addresses: a round at once,
+//!   then after 100, 200, 400 ms and every 500 ms, until the probes for that introduction
+//!   would total more bytes than the `Introduce` had, or a session with the peer opens.
+//!   Probes go to no other address.
+//! - A `Probe` counts only if its `punch` is the secret of an introduction of `from` that
+//!   the receiver holds, and it comes from one of the IPs of that introduction (any port:
+//!   a NAT that changes ports maps the prober anew for each destination). It is never
+//!   answered as such. Its source address has proved it is the peer, and that it receives
+//!   (the secret went only there); a `ConnectRequest` of ours to that peer moves to the
+//!   first such address and is sent there at once, without waiting for its retry.
+//! - A requester that has heard no valid probe 1 s after the introduction (or after the
+//!   `Found`, when no introduction came) sends its `Lookup` again, at most 3 times, so that
+//!   a lost introduction is sent again. If after 5 s nothing came and both sides are behind
+//!   NATs (for each, `addr` is not one of its `candidates`), the request ends: there is no
+//!   direct path (p2pchat shows "no direct path to bob: both behind NATs that change
+//!   ports").
+//! - A `ConnectRequest` from another port of the IP of a peer we are asking (a NAT that
+//!   changes ports) is taken as that peer's, and our request moves there.
+//!
+//! A client that knows none of this drops the datagrams of `Introduce` and `Probe` (they
+//! are alone in theirs), and connects as before where no NAT is in the way.
 //!
 //! # File transfer
 //!
@@ -431,7 +484,8 @@ impl Message {
             | Message::Keepalive { pad, .. }
             | Message::Claim { pad, .. }
             | Message::Resolve { pad, .. }
-            | Message::List { pad, .. } => Some(pad),
+            | Message::List { pad, .. }
+            | Message::Introduce { pad, .. } => Some(pad),
             _ => None,
         }
     }
@@ -471,11 +525,17 @@ impl Message {
     }
 
     pub fn keepalive(id: ClientId, token: Token) -> Message {
+        Self::keepalive_with(id, token, Vec::new())
+    }
+
+    /// A `Keepalive` that tells the server our own addresses.
+    pub fn keepalive_with(id: ClientId, token: Token, candidates: Vec<SocketAddr>) -> Message {
         Message::Keepalive {
             id,
             token,
             nonce: 0,
             pad: Padding(0),
+            candidates,
         }
     }
 
@@ -498,19 +558,39 @@ impl Message {
 }
 
 /// Pads a request to the server so that its datagram, alone, is at least [`REQUEST_SIZE`]
-/// bytes (no effect on other messages, or on a request already that big).
+/// bytes, [`LOOKUP_SIZE`] for `Lookup` and `Resolve` (no effect on other messages, or on a
+/// request already that big).
 pub fn pad_request(msg: &mut Message) {
+    if !msg.is_server_request() {
+        return;
+    }
+    let size = match msg {
+        Message::Lookup { .. } | Message::Resolve { .. } => LOOKUP_SIZE,
+        _ => REQUEST_SIZE,
+    };
+    pad_to(msg, size);
+}
+
+/// Every `Lookup` and `Resolve` a client sends is padded to at least this many bytes, so
+/// that the server's answer may also carry an [`Message::Introduce`] to the asker (see
+/// "Across NATs"); a smaller one is still answered, without it when it does not fit.
+pub const LOOKUP_SIZE: usize = 768;
+
+/// Pads a message that has a `pad` field (a request to the server, an `Introduce`) so that
+/// its datagram, alone, is at least `size` bytes (at most [`MAX_DATAGRAM`]).
+pub fn pad_to(msg: &mut Message, size: usize) {
+    let target = size.min(MAX_DATAGRAM);
     let Some(pad) = msg.pad_mut() else { return };
     *pad = Padding(0);
     let mut size = encoded_len(msg);
     // The field costs its name (4 bytes) and a bin header (2, or 3 past 255 bytes) besides
     // the padding itself; one more pass settles a header that grew.
     for _ in 0..3 {
-        if size >= REQUEST_SIZE {
+        if size >= target {
             return;
         }
         let pad = msg.pad_mut().expect("a request");
-        let missing = REQUEST_SIZE - size;
+        let missing = target - size;
         let current = usize::from(pad.0);
         let overhead = if current == 0 { 6 } else { 0 };
         let grow = missing.saturating_sub(overhead).max(1);
@@ -573,7 +653,8 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
         pad: Padding,
     },
-    /// "Still here": refreshes the entry so that it does not expire.
+    /// "Still here": refreshes the entry so that it does not expire. `candidates`: the
+    /// client's own addresses (see "Across NATs"), left out when none.
     Keepalive {
         id: ClientId,
         token: Token,
@@ -581,6 +662,12 @@ pub enum Message {
         nonce: Nonce,
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
         pad: Padding,
+        #[serde(
+            default,
+            skip_serializing_if = "Vec::is_empty",
+            with = "addrs_as_strings"
+        )]
+        candidates: Vec<SocketAddr>,
     },
     /// Registered client `id` (proved by `token`) takes the unique `name`, with an optional
     /// free-form `display_name`. `previous` is the token of an earlier registration of the
@@ -811,7 +898,39 @@ pub enum Message {
         offerer: ClientId,
         n: u64,
     },
+
+    // ---- across NATs (see "Across NATs" above) ----
+    /// The server introduces client `id` to the receiver, because one of the two looked
+    /// the other up: `id` is at `addr` (as the server sees it) and at `candidates` (its
+    /// own addresses); `punch` is a secret the two put in their `Probe`s. `you` is the
+    /// receiver's address as the server sees it; `proof` is the receiver's registration
+    /// token (only it and the server know it), so that a forged introduction is not
+    /// acted on. Padded with `pad` so that the probes it causes never outweigh it.
+    Introduce {
+        id: ClientId,
+        #[serde(with = "addr_as_string")]
+        addr: SocketAddr,
+        #[serde(default, with = "addrs_as_strings")]
+        candidates: Vec<SocketAddr>,
+        punch: Token,
+        #[serde(with = "addr_as_string")]
+        you: SocketAddr,
+        proof: Token,
+        #[serde(default, skip_serializing_if = "Padding::is_empty")]
+        pad: Padding,
+    },
+    /// A hole-punching probe: "I am `from`, introduced to you with `punch`". Sent only to
+    /// addresses from an `Introduce`; never answered as such.
+    Probe { from: ClientId, punch: Token },
 }
+
+/// The most addresses a client tells the server in the `candidates` of `Keepalive` (and the
+/// server hands on in `Introduce`); a longer list is malformed.
+pub const MAX_CANDIDATES: usize = 4;
+
+/// The server pads every `Introduce` to at least this many bytes (header included): the
+/// probes one introduction causes total at most this (see "Across NATs").
+pub const INTRODUCE_SIZE: usize = 768;
 
 /// Why a file transfer ended early (the `reason` of `FileCancel`).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -926,6 +1045,8 @@ impl Message {
             Message::ChunkAck { .. } => "ChunkAck",
             Message::FileCancel { .. } => "FileCancel",
             Message::FileCancelAck { .. } => "FileCancelAck",
+            Message::Introduce { .. } => "Introduce",
+            Message::Probe { .. } => "Probe",
         }
     }
 
@@ -1182,6 +1303,8 @@ fn check_header(datagram: &[u8]) -> Result<&[u8], DecodeError> {
 #[derive(Debug, Default)]
 pub struct Packer {
     to: Option<SocketAddr>,
+    /// The datagram being packed holds a message that goes alone.
+    alone: bool,
     datagram: Vec<u8>,
     scratch: Vec<u8>,
     datagrams: u64,
@@ -1194,23 +1317,31 @@ impl Packer {
     }
 
     /// Adds a message for `to`. If it does not fit in the datagram being packed (another
-    /// destination, or over the limit), that datagram is handed to `send` first.
-    pub fn push(&mut self, to: SocketAddr, msg: &Message, send: impl FnOnce(SocketAddr, &[u8])) {
+    /// destination, or over the limit), that datagram is handed to `send` first. An
+    /// `Introduce` or a `Probe` goes alone (see "Across NATs"): whatever follows it starts a
+    /// datagram of its own.
+    pub fn push(&mut self, to: SocketAddr, msg: &Message, mut send: impl FnMut(SocketAddr, &[u8])) {
         self.scratch.clear();
         append_body(msg, &mut self.scratch);
-        let fits = self.to == Some(to) && self.datagram.len() + self.scratch.len() <= PACK_LIMIT;
+        let alone = matches!(msg, Message::Introduce { .. } | Message::Probe { .. });
+        let fits = !alone
+            && !self.alone
+            && self.to == Some(to)
+            && self.datagram.len() + self.scratch.len() <= PACK_LIMIT;
         if !fits {
-            self.flush(send);
+            self.flush(&mut send);
             self.to = Some(to);
             self.datagram.push(MAGIC);
             self.datagram.push(VERSION);
         }
         self.datagram.extend_from_slice(&self.scratch);
         self.messages += 1;
+        self.alone = alone;
     }
 
     /// Hands the datagram being packed, if any, to `send`.
     pub fn flush(&mut self, send: impl FnOnce(SocketAddr, &[u8])) {
+        self.alone = false;
         if let Some(to) = self.to.take() {
             send(to, &self.datagram);
             self.datagram.clear();
@@ -1278,6 +1409,35 @@ fn lenient_file_end<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Fil
         Some(Lenient::Known(end)) => Some(end),
         Some(Lenient::Other(_)) | None => None,
     })
+}
+
+/// A list of at most [`MAX_CANDIDATES`] addresses, each as a string (see `addr_as_string`).
+mod addrs_as_strings {
+    use std::net::SocketAddr;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addrs: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(addrs.iter().map(|a| a.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        let texts = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if texts.len() > super::MAX_CANDIDATES {
+            return Err(D::Error::custom(format!(
+                "{} addresses, limit {}",
+                texts.len(),
+                super::MAX_CANDIDATES
+            )));
+        }
+        texts
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| D::Error::custom(format!("not a socket address: {t:?}")))
+            })
+            .collect()
+    }
 }
 
 /// Addresses travel as strings ("127.0.0.1:40000", "[::1]:40000") so that any language can

@@ -91,12 +91,12 @@ fn a_padded_request_is_at_least_request_size_and_decodes_as_it_was() {
             }
             pad_request(&mut r);
             let bytes = encode(&r);
-            assert!(
-                bytes.len() >= REQUEST_SIZE,
-                "{} < {REQUEST_SIZE}",
-                bytes.len()
-            );
-            assert!(bytes.len() <= REQUEST_SIZE + 8, "{} bytes", bytes.len());
+            let target = match r {
+                Message::Lookup { .. } | Message::Resolve { .. } => LOOKUP_SIZE,
+                _ => REQUEST_SIZE,
+            };
+            assert!(bytes.len() >= target, "{} < {target}", bytes.len());
+            assert!(bytes.len() <= target + 8, "{} bytes", bytes.len());
             assert_eq!(encoded_len(&r), bytes.len());
             let mut back = decode(&bytes).unwrap();
             back.set_nonce(r.nonce().unwrap());
@@ -307,6 +307,27 @@ fn all_messages() -> Vec<Message> {
             session: 5,
             offerer: 1,
             n: 1,
+        },
+        Message::keepalive_with(
+            3,
+            4,
+            vec![
+                "192.168.1.2:4000".parse().unwrap(),
+                "[2001:db8::7]:4000".parse().unwrap(),
+            ],
+        ),
+        Message::Introduce {
+            id: 2,
+            addr: "198.51.100.7:5000".parse().unwrap(),
+            candidates: vec!["192.168.1.9:5000".parse().unwrap()],
+            punch: u64::MAX,
+            you: "203.0.113.1:4000".parse().unwrap(),
+            proof: 77,
+            pad: Padding(10),
+        },
+        Message::Probe {
+            from: 2,
+            punch: u64::MAX,
         },
     ]
 }
@@ -740,4 +761,55 @@ fn random_garbage_never_panics() {
         }
         let _ = decode(&bytes);
     }
+}
+
+#[test]
+fn a_keepalive_without_candidates_is_encoded_as_before_and_one_with_them_reads_as_before() {
+    // Without candidates, not a byte changes.
+    let plain = encode(&Message::keepalive(3, 4));
+    let body = String::from_utf8_lossy(&plain);
+    assert!(!body.contains("candidates"), "{plain:?}");
+    // A server that predates the field skips it.
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    enum Before {
+        Keepalive { id: u32, token: u64 },
+    }
+    let with = encode(&Message::keepalive_with(
+        3,
+        4,
+        vec!["10.0.0.2:9".parse().unwrap()],
+    ));
+    let mut rest = &with[2..];
+    let old = Before::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).unwrap();
+    assert_eq!(old, Before::Keepalive { id: 3, token: 4 });
+}
+
+#[test]
+fn more_candidates_than_the_limit_are_malformed() {
+    let many = vec!["10.0.0.2:9".parse().unwrap(); MAX_CANDIDATES + 1];
+    let bytes = encode(&Message::keepalive_with(3, 4, many));
+    assert!(matches!(decode(&bytes), Err(DecodeError::Malformed { .. })));
+}
+
+#[test]
+fn probes_and_introductions_travel_alone() {
+    let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut out: Vec<Vec<Message>> = Vec::new();
+    let mut packer = Packer::new();
+    let ack = |seq| Message::Ack {
+        from: 1,
+        session: 2,
+        seq,
+        cumulative: seq,
+    };
+    let probe = Message::Probe { from: 1, punch: 9 };
+    for msg in [ack(1), probe.clone(), ack(2), ack(3), probe.clone(), probe] {
+        packer.push(a, &msg, |_, d| out.push(decode_all(d).unwrap()));
+    }
+    packer.flush(|_, d| out.push(decode_all(d).unwrap()));
+    let sizes: Vec<usize> = out.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![1, 1, 2, 1, 1]);
+    assert!(out
+        .iter()
+        .all(|d| d.len() == 1 || d.iter().all(|m| m.name() == "Ack")));
 }

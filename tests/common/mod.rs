@@ -502,6 +502,22 @@ impl JsonClient {
         self.wait_event(&what, |v| *v == event)
     }
 
+    /// Waits for `connected` to `peer` (others may come first), which says the path
+    /// (`direct`, `lan` or `punched`) and the peer's address; returns it.
+    pub fn expect_connected(&mut self, peer: ClientId) -> serde_json::Value {
+        let v = self.wait_event(&format!("connected to {peer}"), |v| {
+            v["event"] == "connected" && v["peer"] == peer
+        });
+        assert!(
+            ["direct", "lan", "punched"].contains(&v["path"].as_str().unwrap_or("")),
+            "{}: {v}",
+            self.name
+        );
+        let addr = v["addr"].as_str().unwrap_or("");
+        assert!(addr.parse::<SocketAddr>().is_ok(), "{}: {v}", self.name);
+        v
+    }
+
     /// Reads events until the whole log satisfies `done`; fails the test after `timeout`.
     pub fn wait_until(
         &mut self,

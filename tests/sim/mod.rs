@@ -24,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod nat;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -271,6 +272,9 @@ pub struct Sim {
     pub log: Vec<Record>,
     pub stats: NetStats,
     pub steps: u64,
+    /// Routers ([`Sim::add_nat`]) and which router each inside address is behind.
+    pub nats: Vec<nat::Nat>,
+    behind: HashMap<SocketAddr, usize>,
 }
 
 impl Sim {
@@ -300,7 +304,63 @@ impl Sim {
             log: Vec::new(),
             stats: NetStats::default(),
             steps: 0,
+            nats: Vec::new(),
+            behind: HashMap::new(),
         }
+    }
+
+    /// Adds a router with the public IP `public`; returns its index.
+    pub fn add_nat(&mut self, public: std::net::IpAddr, kind: nat::NatKind) -> usize {
+        self.nats.push(nat::Nat::new(public, kind));
+        self.nats.len() - 1
+    }
+
+    /// Adds a peer at `addr` (an inside address of router `nat`, or a public one with
+    /// `None`). Returns the peer's index.
+    pub fn add_peer_at(
+        &mut self,
+        mut config: PeerConfig,
+        addr: SocketAddr,
+        nat: Option<usize>,
+    ) -> usize {
+        let i = self.nodes.len();
+        config.server = SERVER;
+        if let Some(n) = nat {
+            self.behind.insert(addr, n);
+        }
+        let seed = self
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64 + 1);
+        let peer = Peer::with_seed(config, self.now, seed);
+        self.nodes.push(Node {
+            addr,
+            peer,
+            events: Vec::new(),
+        });
+        self.drain_peer(i);
+        i
+    }
+
+    /// What becomes of a datagram from `from` to `to` through the routers: the addresses
+    /// it travels with, or `None` if a router drops it (hairpin). On a LAN (both behind
+    /// the same router) and between public addresses, nothing changes.
+    fn translate_out(&mut self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        let Some(&n) = self.behind.get(&from) else {
+            return Some(from);
+        };
+        if self.behind.get(&to) == Some(&n) {
+            return Some(from);
+        }
+        if to.ip() == self.nats[n].public {
+            self.nats[n].hairpin_dropped += 1;
+            return None;
+        }
+        if self.behind.contains_key(&to) {
+            // Another LAN's private address: not routed on the internet.
+            return None;
+        }
+        Some(self.nats[n].outbound(from, to))
     }
 
     /// Virtual time since the start.
@@ -438,6 +498,10 @@ impl Sim {
 
     fn transmit(&mut self, from: SocketAddr, t: Transmit) {
         self.stats.sent += 1;
+        let Some(from) = self.translate_out(from, t.to) else {
+            self.stats.undeliverable += 1;
+            return;
+        };
         let packet = Packet {
             from,
             to: t.to,
@@ -547,7 +611,18 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, d: Datagram) {
+    fn deliver(&mut self, mut d: Datagram) {
+        // To a router's public address: through its mapping and filter.
+        let via = self.nats.iter().position(|n| n.public == d.to.ip());
+        if let Some(n) = via {
+            match self.nats[n].inbound(d.from, d.to) {
+                Some(inside) => d.to = inside,
+                None => {
+                    self.stats.undeliverable += 1;
+                    return;
+                }
+            }
+        }
         if self.down.contains(&d.to) {
             self.stats.undeliverable += 1;
             return;
