@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rand::{Rng, SeedableRng};
 
+use crate::identity::Identity;
 use crate::wire::{
-    self, ClientId, DecodeError, ErrorCode, Listed, Message, Nonce, Token, Transmit,
+    self, ClientId, DecodeError, ErrorCode, Key, Listed, Message, Nonce, Token, Transmit,
 };
 
 pub mod limits;
@@ -65,6 +66,8 @@ pub struct Entry {
     pub id: ClientId,
     pub addr: SocketAddr,
     pub token: Token,
+    /// The static public key the client registered with.
+    pub key: Key,
     pub joined: Instant,
     pub last_seen: Instant,
     /// The name the client claimed, as it spelled it.
@@ -80,11 +83,12 @@ struct Name {
     display_name: Option<Box<str>>,
 }
 
-/// How a client is stored: 64 bytes, times in nanoseconds since the table's epoch.
+/// How a client is stored: 96 bytes, times in nanoseconds since the table's epoch.
 #[derive(Debug, Clone, Copy)]
 struct Record {
     addr: SocketAddr,
     token: Token,
+    key: Key,
     joined: u64,
     last_seen: u64,
     id: ClientId,
@@ -225,6 +229,7 @@ impl Table {
             id: r.id,
             addr: r.addr,
             token: r.token,
+            key: r.key,
             joined: self.instant(r.joined),
             last_seen: self.instant(r.last_seen),
             name: name.map(|n| n.name.to_string()),
@@ -353,6 +358,8 @@ pub struct Registry {
     rng: rand::rngs::StdRng,
     /// The message being handled, while it is (see [`Answering`]).
     answering: Option<Answering>,
+    /// The server's static key for this run: `Claim` proofs are made to it.
+    identity: Identity,
 }
 
 impl Registry {
@@ -386,7 +393,13 @@ impl Registry {
             stats: Stats::default(),
             rng,
             answering: None,
+            identity: Identity::generate(),
         }
+    }
+
+    /// The server's static public key for this run (sent in `Registered`).
+    pub fn key(&self) -> &Key {
+        self.identity.public()
     }
 
     /// The same registry with other [`Limits`] (give them before the first datagram).
@@ -538,18 +551,19 @@ impl Registry {
             r.last_seen = t;
         }
         match msg {
-            Message::Register { want_id, .. } => self.register(now, from, want_id),
+            Message::Register { want_id, key, .. } => self.register(now, from, want_id, key),
             Message::Lookup { id, .. } => {
                 let answer = match self.clients.get(id) {
                     // Without names (the common case) the answer is built right here.
                     Some(r) if self.names.is_empty() => Message::Found {
                         id,
                         addr: r.addr,
+                        key: r.key,
                         name: None,
                         display_name: None,
                         nonce: 0,
                     },
-                    Some(r) => self.found(r.id, r.addr),
+                    Some(r) => self.found(r.id, r.addr, r.key),
                     None => Message::Inactive { id, nonce: 0 },
                 };
                 self.send(from, answer);
@@ -560,9 +574,9 @@ impl Registry {
                 token,
                 name,
                 display_name,
-                previous,
+                proof,
                 ..
-            } => self.claim(from, id, token, name, display_name, previous),
+            } => self.claim(from, id, token, name, display_name, proof),
             Message::List {
                 id, token, after, ..
             } => self.list(now, from, id, token, after),
@@ -676,7 +690,7 @@ impl Registry {
         u64::try_from(self.config.ttl.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn register(&mut self, now: Instant, from: SocketAddr, want_id: Option<ClientId>) {
+    fn register(&mut self, now: Instant, from: SocketAddr, want_id: Option<ClientId>, key: Key) {
         if let Some(r) = self.clients.at_addr(&from) {
             // A retransmission (our answer was lost): the same answer again.
             let answer = self.registered(r.id, r.token);
@@ -715,6 +729,7 @@ impl Registry {
         self.clients.insert(Record {
             addr: from,
             token,
+            key,
             joined: t,
             last_seen: t,
             id,
@@ -780,18 +795,19 @@ impl Registry {
                 .copied()
         };
         let answer = match holder.and_then(|id| self.clients.get(id)) {
-            Some(r) => self.found(r.id, r.addr),
+            Some(r) => self.found(r.id, r.addr, r.key),
             None => Message::Unknown { name, nonce: 0 },
         };
         self.send(from, answer);
     }
 
     /// The answer to a `Lookup` or `Resolve` that found client `id` at `addr`.
-    fn found(&self, id: ClientId, addr: SocketAddr) -> Message {
+    fn found(&self, id: ClientId, addr: SocketAddr, key: Key) -> Message {
         let name = self.name_of(id);
         Message::Found {
             id,
             addr,
+            key,
             name: name.map(|n| n.name.to_string()),
             display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
             nonce: 0,
@@ -824,7 +840,7 @@ impl Registry {
         token: Token,
         name: String,
         display_name: Option<String>,
-        previous: Option<Token>,
+        proof: Option<Vec<u8>>,
     ) {
         if !self.owns(from, id, token) {
             self.not_registered(from, id, "claim");
@@ -851,8 +867,10 @@ impl Registry {
                 }
             }
             Some(holder) => {
-                let holder_token = self.clients.get(holder).map(|r| r.token);
-                if previous.is_none() || previous != holder_token {
+                let holder_key = self.clients.get(holder).map(|r| r.key);
+                let claimer_key = self.clients.get(id).map(|r| r.key);
+                let proved = proof.is_some_and(|p| self.proves(&p, token, claimer_key));
+                if !proved || holder_key != claimer_key {
                     let detail = format!("name {name} is taken by client {holder}");
                     self.refuse_claim(from, ErrorCode::NameTaken, detail);
                     return;
@@ -960,6 +978,7 @@ impl Registry {
             let name = self.name_of(id);
             let listed = Listed {
                 id,
+                key: r.key,
                 name: name.map(|n| n.name.to_string()),
                 display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
                 online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
@@ -1002,10 +1021,22 @@ impl Registry {
         page
     }
 
+    /// Whether `proof` (a Noise `X` message to our key) proves the key `registered`, for
+    /// the registration whose token is `token` (its payload).
+    fn proves(&self, proof: &[u8], token: Token, registered: Option<Key>) -> bool {
+        match self.identity.verify_proof(proof) {
+            Some((key, payload)) => {
+                Some(key) == registered && payload == token.to_be_bytes().as_slice()
+            }
+            None => false,
+        }
+    }
+
     fn registered(&self, id: ClientId, token: Token) -> Message {
         Message::Registered {
             id,
             token,
+            key: *self.identity.public(),
             ttl_secs: u32::try_from(self.config.ttl.as_secs().max(1)).unwrap_or(u32::MAX),
             nonce: 0,
         }

@@ -59,6 +59,14 @@ pub fn clock(at: SystemTime) -> String {
 pub trait Names {
     fn name_of(&self, id: ClientId) -> Option<&str>;
     fn display_name_of(&self, id: ClientId) -> Option<&str>;
+    /// The fingerprint of peer `id`'s key, if known.
+    fn fingerprint_of(&self, _id: ClientId) -> Option<String> {
+        None
+    }
+    /// Our own fingerprint.
+    fn own_fingerprint(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Names for Peer {
@@ -68,6 +76,19 @@ impl Names for Peer {
     fn display_name_of(&self, id: ClientId) -> Option<&str> {
         Peer::display_name_of(self, id)
     }
+    fn fingerprint_of(&self, id: ClientId) -> Option<String> {
+        Peer::fingerprint_of(self, id)
+    }
+    fn own_fingerprint(&self) -> Option<String> {
+        Some(Peer::fingerprint(self))
+    }
+}
+
+/// ` [key K7QXM-2ZC4A-HJ3NP-WTY5R]` when the fingerprint of peer `id` is known.
+fn key_note(names: &dyn Names, id: ClientId) -> String {
+    names
+        .fingerprint_of(id)
+        .map_or_else(String::new, |f| format!(" [key {f}]"))
 }
 
 /// No names known (for tests and plain rendering).
@@ -127,9 +148,12 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         String::new()
     };
     match ev {
-        Event::Registered { id, again: false } => {
-            format!("registered: you are client {id}. Type help for the commands.")
-        }
+        Event::Registered { id, again: false } => match names.own_fingerprint() {
+            Some(f) => format!(
+                "registered: you are client {id}, key fingerprint {f}. Type help for the commands."
+            ),
+            None => format!("registered: you are client {id}. Type help for the commands."),
+        },
         Event::Registered { id, again: true } => {
             format!("registered again with the server: you are client {id}")
         }
@@ -139,20 +163,36 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
             style.paint(
                 "1",
                 &format!(
-                    "{} wants to connect{}: type accept {name} or reject {name}",
+                    "{} wants to connect{}{}: type accept {name} or reject {name}",
                     who(names, *from),
-                    display(names, *from)
+                    display(names, *from),
+                    key_note(names, *from)
                 ),
             )
         }
         Event::Connected { peer } => {
             format!(
-                "connected to {}{}",
+                "connected to {}{}{} (encrypted)",
                 who(names, *peer),
-                display(names, *peer)
+                display(names, *peer),
+                key_note(names, *peer)
             )
         }
         Event::Rejected { peer } => format!("{} rejected the connection", who(names, *peer)),
+        Event::KeyChanged {
+            peer,
+            name,
+            fingerprint,
+            pinned,
+        } => {
+            let name = sanitize_name(name);
+            style.paint(
+                "1;31",
+                &format!(
+                    "WARNING: the server gives {name} (client {peer}) the key {fingerprint}, but {name} had the key {pinned}. Someone may be pretending to be {name}: refused. If {name} really has a new key (compare fingerprints with them another way), type trust {name}"
+                ),
+            )
+        }
         Event::Inactive { peer } => format!("Client {peer} Inactive"),
         Event::UnknownName { name } => format!("nobody online is named {}", sanitize_name(name)),
         Event::NoAnswer { peer } => {
@@ -297,6 +337,15 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::Request { from } => json!({"event": "request", "from": from}),
         Event::Connected { peer } => json!({"event": "connected", "peer": peer}),
         Event::Rejected { peer } => json!({"event": "rejected", "peer": peer}),
+        Event::KeyChanged {
+            peer,
+            name,
+            fingerprint,
+            pinned,
+        } => json!({
+            "event": "key_changed", "peer": peer, "name": name,
+            "fingerprint": fingerprint, "pinned": pinned
+        }),
         Event::Inactive { peer } => json!({"event": "inactive", "peer": peer}),
         Event::UnknownName { name } => json!({"event": "unknown_name", "name": name}),
         Event::NoAnswer { peer } => json!({"event": "no_answer", "peer": peer}),
@@ -366,6 +415,18 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::PeerVersion { peer, .. } => *peer,
         _ => None,
     };
+    if let (Event::Request { .. } | Event::Connected { .. }, Some(id), Some(map)) =
+        (ev, about, v.as_object_mut())
+    {
+        if let Some(f) = names.fingerprint_of(id) {
+            map.insert("fingerprint".into(), json!(f));
+        }
+    }
+    if let (Event::Registered { .. }, Some(map)) = (ev, v.as_object_mut()) {
+        if let Some(f) = names.own_fingerprint() {
+            map.insert("fingerprint".into(), json!(f));
+        }
+    }
     if let (Some(id), Some(map)) = (about, v.as_object_mut()) {
         if let Some(name) = names.name_of(id) {
             map.insert("name".into(), json!(name));

@@ -8,7 +8,7 @@ use super::event::{CommandError, Event};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use super::PeerConfig;
-use crate::wire::{ClientId, ErrorCode, Message, Token};
+use crate::wire::{ClientId, ErrorCode, Key, Message, Token};
 
 enum State {
     Registering {
@@ -47,6 +47,10 @@ pub(super) struct Server {
     registered_again_at: Option<Instant>,
     /// The protocol version the server's address answered in, if not ours.
     other_version: Option<u8>,
+    /// Our static public key, registered with our id.
+    key: Key,
+    /// The server's static key, from its `Registered`.
+    server_key: Option<Key>,
 }
 
 /// The longest time to live of our entry that we believe: a `Registered` saying more is
@@ -82,6 +86,8 @@ impl Server {
             rate_limited: false,
             registered_again_at: None,
             other_version: None,
+            key: *config.identity.public(),
+            server_key: None,
         };
         server.send_register(want, out);
         server
@@ -215,10 +221,12 @@ impl Server {
                     id,
                     token,
                     ttl_secs,
+                    key,
                     ..
                 },
             ) => {
                 let again = *again;
+                self.server_key = Some(key);
                 self.id = Some(id);
                 self.rate_limited = false;
                 self.token = token;
@@ -318,8 +326,13 @@ impl Server {
 
     /// A `Register` (its nonce and padding are added as it leaves: requests.rs).
     fn send_register(&self, want_id: Option<ClientId>, out: &mut Outputs) {
-        let register = Message::register(want_id);
+        let register = Message::register(want_id, self.key);
         self.send(out, register);
+    }
+
+    /// The server's static key, once registered.
+    pub fn server_key(&self) -> Option<&Key> {
+        self.server_key.as_ref()
     }
 
     /// Leaves now, if registered; returns false if never registered (then we are done).

@@ -269,7 +269,7 @@ use serde::{Deserialize, Serialize};
 /// The first byte of every datagram.
 pub const MAGIC: u8 = 0x50;
 /// The protocol version this build speaks (byte 1 of every datagram).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Datagrams longer than this are refused without decoding.
 pub const MAX_DATAGRAM: usize = 8192;
 /// The longest chat text one `Chat` carries, in bytes; longer lines are split by the client.
@@ -290,6 +290,8 @@ pub const PACK_LIMIT: usize = 1200;
 pub type ClientId = u32;
 /// A random secret the server hands out with an id; proves a `Leave` comes from the owner.
 pub type Token = u64;
+/// A static public key (X25519, 32 bytes): a client's identity, or the server's.
+pub type Key = [u8; 32];
 /// A random id chosen by the requester of a peer-to-peer session.
 pub type SessionId = u64;
 /// A random number a client puts in a request to the server, and the server copies into
@@ -454,9 +456,10 @@ impl Message {
 /// Requests to the server as a client builds them, with no nonce and no padding yet (they
 /// are added as the request leaves: see [`pad_request`], and the client's `Requests`).
 impl Message {
-    pub fn register(want_id: Option<ClientId>) -> Message {
+    pub fn register(want_id: Option<ClientId>, key: Key) -> Message {
         Message::Register {
             want_id,
+            key,
             nonce: 0,
             pad: Padding(0),
         }
@@ -551,6 +554,9 @@ pub enum Message {
     /// Ask for an id; `want_id` asks for a particular one.
     Register {
         want_id: Option<ClientId>,
+        /// The client's static public key (X25519, 32 bytes).
+        #[serde(with = "serde_bytes")]
+        key: Key,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
@@ -593,8 +599,16 @@ pub enum Message {
         name: String,
         #[serde(default, deserialize_with = "bounded_opt_text")]
         display_name: Option<String>,
-        #[serde(default)]
-        previous: Option<Token>,
+        /// A one-way Noise `X` message to the server's key (from `Registered`) whose
+        /// payload is `token` (8 bytes, big-endian): proves that the sender holds the
+        /// private key it registered. Needed only to take a name from an entry with the
+        /// same key (this client's previous run); left out otherwise.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "bounded_opt_bytes"
+        )]
+        proof: Option<Vec<u8>>,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
@@ -628,6 +642,10 @@ pub enum Message {
         id: ClientId,
         token: Token,
         ttl_secs: u32,
+        /// The server's static public key (X25519) for this run, to which a `Claim`'s
+        /// `proof` is made.
+        #[serde(with = "serde_bytes")]
+        key: Key,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
     },
@@ -636,6 +654,9 @@ pub enum Message {
         id: ClientId,
         #[serde(with = "addr_as_string")]
         addr: SocketAddr,
+        /// The static public key client `id` registered with.
+        #[serde(with = "serde_bytes")]
+        key: Key,
         #[serde(
             default,
             skip_serializing_if = "Option::is_none",
@@ -698,28 +719,43 @@ pub enum Message {
     },
 
     // ---- peer <-> peer ----
-    /// "Peer `from` would like to chat", resent every retry interval until answered.
-    /// `name` and `display_name` are what the requester claimed at the server, if anything.
+    /// "Peer `from` would like to chat", resent every retry interval until answered
+    /// (the same bytes each time). `hs` is the first Noise `IK` handshake message.
     ConnectRequest {
         from: ClientId,
         session: SessionId,
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            deserialize_with = "bounded_opt_text"
-        )]
-        name: Option<String>,
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            deserialize_with = "bounded_opt_text"
-        )]
-        display_name: Option<String>,
+        #[serde(with = "serde_bytes")]
+        hs: Vec<u8>,
     },
-    /// The asked peer (`from`) accepts the session.
-    Accept { from: ClientId, session: SessionId },
-    /// The asked peer (`from`) declines the session.
-    Reject { from: ClientId, session: SessionId },
+    /// The asked peer (`from`) accepts the session: `hs` is the second handshake message,
+    /// whose payload says so.
+    Accept {
+        from: ClientId,
+        session: SessionId,
+        #[serde(with = "serde_bytes")]
+        hs: Vec<u8>,
+    },
+    /// The asked peer (`from`) declines the session: `hs` is the second handshake message,
+    /// whose payload says so.
+    Reject {
+        from: ClientId,
+        session: SessionId,
+        #[serde(with = "serde_bytes")]
+        hs: Vec<u8>,
+    },
+    /// Every other message of a session, encrypted: `data` is ChaCha20-Poly1305 with the
+    /// session's key of the sender's direction and nonce `n`, over the MessagePack values
+    /// of one or more messages of the session, back to back.
+    Sealed {
+        from: ClientId,
+        session: SessionId,
+        n: u64,
+        #[serde(
+            serialize_with = "serde_bytes::serialize",
+            deserialize_with = "bounded_sealed"
+        )]
+        data: Vec<u8>,
+    },
     /// Chat message number `seq` of the sender's direction of the session.
     Chat {
         from: ClientId,
@@ -875,6 +911,7 @@ impl Message {
     pub fn session(&self) -> Option<SessionId> {
         match self {
             Message::ConnectRequest { session, .. }
+            | Message::Sealed { session, .. }
             | Message::Accept { session, .. }
             | Message::Reject { session, .. }
             | Message::Chat { session, .. }
@@ -914,6 +951,7 @@ impl Message {
             Message::ConnectRequest { .. } => "ConnectRequest",
             Message::Accept { .. } => "Accept",
             Message::Reject { .. } => "Reject",
+            Message::Sealed { .. } => "Sealed",
             Message::Chat { .. } => "Chat",
             Message::Ack { .. } => "Ack",
             Message::Terminate { .. } => "Terminate",
@@ -964,6 +1002,9 @@ impl Message {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub id: ClientId,
+    /// The client's static public key.
+    #[serde(with = "serde_bytes")]
+    pub key: Key,
     /// Left out when the client has no name (so that a page holds more clients).
     #[serde(
         default,
@@ -1121,7 +1162,18 @@ pub fn decode(datagram: &[u8]) -> Result<Message, DecodeError> {
 /// Decodes every message of a datagram, in order. Never panics, whatever the bytes; if any
 /// message is malformed, the whole datagram is refused.
 pub fn decode_all(datagram: &[u8]) -> Result<Vec<Message>, DecodeError> {
-    let mut body = check_header(datagram)?;
+    decode_body(check_header(datagram)?)
+}
+
+/// Appends one message's MessagePack value to `out`: what a datagram's body, or the
+/// plaintext of a `Sealed`, is made of.
+pub fn append_message(msg: &Message, out: &mut Vec<u8>) {
+    append_body(msg, out);
+}
+
+/// Decodes the MessagePack values of a body (a datagram without its header, or the
+/// plaintext of a `Sealed`), in order; at least one. Never panics.
+pub fn decode_body(mut body: &[u8]) -> Result<Vec<Message>, DecodeError> {
     let mut messages = Vec::with_capacity(1);
     while !body.is_empty() {
         let before = body.len();
@@ -1250,6 +1302,30 @@ fn bounded_opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
         ))),
         other => Ok(other),
     }
+}
+
+/// Decodes an optional `bin` field (a proof), refusing more than 256 bytes.
+fn bounded_opt_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    let data: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+    match data {
+        Some(b) if b.len() > 256 => Err(serde::de::Error::custom(format!(
+            "proof of {} bytes, limit 256",
+            b.len()
+        ))),
+        other => Ok(other.map(serde_bytes::ByteBuf::into_vec)),
+    }
+}
+
+/// Decodes the `data` of a `Sealed`, refusing more than [`MAX_DATAGRAM`] bytes.
+fn bounded_sealed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let data: Vec<u8> = serde_bytes::deserialize(d)?;
+    if data.len() > MAX_DATAGRAM {
+        return Err(serde::de::Error::custom(format!(
+            "sealed data of {} bytes, limit {MAX_DATAGRAM}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 /// Decodes the bytes of a `Chunk`, refusing more than [`MAX_CHUNK`].
