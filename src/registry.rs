@@ -1202,7 +1202,7 @@ mod tests {
         for step in 0..20_000 {
             let from = SocketAddr::from(([127, 0, 0, 1], rng.random_range(1..100u16)));
             match rng.random_range(0..4) {
-                0 => r.handle_message(now, from, Message::register(None)),
+                0 => r.handle_message(now, from, Message::register(None, [0; 32])),
                 1 => {
                     let mine = model.iter().find(|(_, (a, _))| *a == from);
                     if let Some((&id, &(_, token))) = mine {

@@ -205,7 +205,7 @@ impl RawPeer {
             session: 0x7e57,
             to: server,
         };
-        raw.send(server, &Message::register(None));
+        raw.send(server, &Message::register(None, [0; 32]));
         let Message::Registered { id, .. } =
             raw.recv_until("Registered", |m| matches!(m, Message::Registered { .. }))
         else {
@@ -221,11 +221,11 @@ impl RawPeer {
         raw.to = addr;
         raw.send(
             addr,
-            &Message::ConnectRequest {
+            &Message::ConnectRequest { hs: Vec::new(), 
                 from: id,
                 session: raw.session,
-                name: None,
-                display_name: None,
+                
+                
             },
         );
         c.expect(json!({"event": "request", "from": id}));

@@ -182,7 +182,7 @@ fn a_client_takes_no_answer_it_did_not_ask_for() {
         let (from, register) = next_register(&server, Duration::from_secs(5));
         let guess = register.nonce().unwrap() ^ 1;
         for answer in [
-            Message::Registered {
+            Message::Registered { key: [0; 32], 
                 id: 4242,
                 token: 1,
                 ttl_secs: u32::MAX,
@@ -201,7 +201,7 @@ fn a_client_takes_no_answer_it_did_not_ask_for() {
             break (from, register);
         }
     };
-    let answer = Message::Registered {
+    let answer = Message::Registered { key: [0; 32], 
         id: 7,
         token: 99,
         ttl_secs: 30,
@@ -349,8 +349,7 @@ fn a_client_never_answers_a_stranger_with_more_bytes_than_it_sent() {
             packed((0..60).map(|k| Message::ConnectRequest {
                 from: 5000 + k,
                 session: u64::from(k),
-                name: Some("x".repeat(32)),
-                display_name: None,
+                hs: vec![0; 96],
             })),
         ),
     ];
@@ -383,7 +382,7 @@ fn raw_client(server: SocketAddr) -> (UdpSocket, ClientId) {
     let deadline = Instant::now() + common::WAIT;
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
-        let register = wire::encode_request(&Message::register(None));
+        let register = wire::encode_request(&Message::register(None, [0; 32]));
         sock.send_to(&register, server).unwrap();
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, .. }) = wire::decode(&buf[..n]) {
@@ -423,7 +422,7 @@ fn a_peer_of_another_protocol_version_gets_one_clear_line() {
     };
     let accept = of_version(
         2,
-        &Message::Accept {
+        &Message::Accept { hs: Vec::new(), 
             from: peer_id,
             session,
         },
@@ -528,8 +527,7 @@ fn a_flood_of_connection_requests_leaves_a_live_session_chatting_in_bounded_memo
                 let request = Message::ConnectRequest {
                     from: 1_000_000 + sent,
                     session: u64::from(sent) << 20 | 0x5eed,
-                    name: Some(format!("flood{sent}")),
-                    display_name: None,
+                    hs: vec![0; 96],
                 };
                 if sock.send_to(&wire::encode(&request), target).is_ok() {
                     sent += 1;

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use p2pchat::identity::Identity;
 use p2pchat::registry::{Entry, Limits, Registry, RegistryConfig, Stats, TableEvent};
 use p2pchat::wire::{self, encode, ClientId, ErrorCode, Message, Token};
 
@@ -75,7 +76,17 @@ fn register(
     from: SocketAddr,
     want_id: Option<ClientId>,
 ) -> (ClientId, Token) {
-    let answers = send(r, now, from, &Message::register(want_id));
+    register_with_key(r, now, from, want_id, [0; 32])
+}
+
+fn register_with_key(
+    r: &mut Registry,
+    now: Instant,
+    from: SocketAddr,
+    want_id: Option<ClientId>,
+    key: p2pchat::wire::Key,
+) -> (ClientId, Token) {
+    let answers = send(r, now, from, &Message::register(want_id, key));
     let [Message::Registered {
         id,
         token,
@@ -211,7 +222,7 @@ fn a_requested_taken_id_gets_id_taken_and_changes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1002),
-        &Message::register(Some(1)),
+        &Message::register(Some(1), [0; 32]),
     );
     assert_eq!(error_code(&answers), ErrorCode::IdTaken);
     assert_eq!(table(&r), before);
@@ -230,11 +241,11 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
             &mut r,
             t0 + secs(2),
             addr(1001),
-            &Message::register(want_id),
+            &Message::register(want_id, [0; 32]),
         );
         assert_eq!(
             answers,
-            [Message::Registered {
+            [Message::Registered { key: [0; 32], 
                 id,
                 token,
                 ttl_secs: 30,
@@ -253,10 +264,10 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
     let t0 = Instant::now();
     let mut r = registry(1);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    let answers = send(&mut r, t0, addr(1001), &Message::register(None));
+    let answers = send(&mut r, t0, addr(1001), &Message::register(None, [0; 32]));
     assert_eq!(
         answers,
-        [Message::Registered {
+        [Message::Registered { key: [0; 32], 
             id,
             token,
             ttl_secs: 30,
@@ -273,7 +284,7 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
     let (_, token2) = register(&mut r, t0, addr(1002), None);
     let before = table(&r);
     for want_id in [None, Some(9)] {
-        let answers = send(&mut r, t0, addr(1003), &Message::register(want_id));
+        let answers = send(&mut r, t0, addr(1003), &Message::register(want_id, [0; 32]));
         assert_eq!(error_code(&answers), ErrorCode::ServerFull);
     }
     assert_eq!(table(&r), before);
@@ -297,7 +308,7 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
         let answers = send(&mut r, t0, asker, &Message::lookup(2));
         assert_eq!(
             answers,
-            [Message::Found {
+            [Message::Found { key: [0; 32], 
                 id: 2,
                 addr: addr(1002),
                 name: None,
@@ -543,7 +554,7 @@ fn a_retransmitted_register_refreshes_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0 + secs(25), addr(1001), &Message::register(None));
+    send(&mut r, t0 + secs(25), addr(1001), &Message::register(None, [0; 32]));
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id]);
 }
@@ -714,7 +725,7 @@ fn malformed_bodies_are_counted_and_change_nothing() {
     let mut r = two_clients(t0);
     let before = table(&r);
     let base = r.stats().clone();
-    let mut trailing = encode(&Message::register(None));
+    let mut trailing = encode(&Message::register(None, [0; 32]));
     trailing.push(0);
     let mut truncated = encode(&Message::leave(1, 5));
     truncated.pop();
@@ -751,7 +762,7 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
     for version in [0, 2, 0xff] {
         // Even a well-formed Register: the body of another version is never guessed at. A
         // client pads its requests, so the error fits.
-        let mut register = Message::register(None);
+        let mut register = Message::register(None, [0; 32]);
         p2pchat::wire::pad_request(&mut register);
         let mut d = encode(&register);
         d[1] = version;
@@ -779,13 +790,13 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
 
 fn unexpected_messages() -> Vec<Message> {
     vec![
-        Message::Registered {
+        Message::Registered { key: [0; 32], 
             id: 1,
             token: 1,
             ttl_secs: 1,
             nonce: 0,
         },
-        Message::Found {
+        Message::Found { key: [0; 32], 
             id: 1,
             addr: addr(1),
             name: None,
@@ -799,17 +810,17 @@ fn unexpected_messages() -> Vec<Message> {
             detail: "x".into(),
             nonce: 0,
         },
-        Message::ConnectRequest {
+        Message::ConnectRequest { hs: Vec::new(), 
             from: 1,
             session: 1,
-            name: None,
-            display_name: None,
+            
+            
         },
-        Message::Accept {
+        Message::Accept { hs: Vec::new(), 
             from: 1,
             session: 1,
         },
-        Message::Reject {
+        Message::Reject { hs: Vec::new(), 
             from: 1,
             session: 1,
         },
@@ -883,8 +894,8 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
     let mut templates: Vec<Vec<u8>> = unexpected_messages().iter().map(encode).collect();
     templates.extend(
         [
-            Message::register(None),
-            Message::register(Some(2)),
+            Message::register(None, [0; 32]),
+            Message::register(Some(2), [0; 32]),
             Message::lookup(1),
             Message::leave(3, token3),
             Message::keepalive(3, token3),
@@ -970,7 +981,7 @@ fn addr_on(ip: [u8; 4], port: u16) -> SocketAddr {
 }
 
 fn register_msg() -> Message {
-    Message::register(None)
+    Message::register(None, [0; 32])
 }
 
 #[test]
@@ -1161,7 +1172,7 @@ fn a_retransmitted_register_spends_no_registration_token() {
     let mut r = rate_limited_registry(1.0, 1);
     let (id, token) = register(&mut r, t0, addr(1), None);
     for _ in 0..10 {
-        let answers = send(&mut r, t0, addr(1), &Message::register(None));
+        let answers = send(&mut r, t0, addr(1), &Message::register(None, [0; 32]));
         assert!(
             matches!(answers[..], [Message::Registered { id: i, token: t, .. }] if i == id && t == token),
             "{answers:?}"
@@ -1374,7 +1385,7 @@ fn a_client_that_proves_it_receives_gets_whole_answers_to_small_requests() {
 fn every_answer_echoes_the_nonce_of_its_request() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let mut register_msg = Message::Register {
+    let mut register_msg = Message::Register { key: [0; 32], 
         want_id: None,
         nonce: 11,
         pad: Default::default(),
@@ -1445,14 +1456,14 @@ fn claim_msg(
     token: Token,
     name: &str,
     display_name: Option<&str>,
-    previous: Option<Token>,
+    proof: Option<Vec<u8>>,
 ) -> Message {
     Message::Claim {
         id,
         token,
         name: name.into(),
         display_name: display_name.map(String::from),
-        previous,
+        proof,
         nonce: 0,
         pad: Default::default(),
     }
@@ -1500,7 +1511,7 @@ fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
 }
 
 fn found(id: ClientId, at: SocketAddr, name: &str, display_name: Option<&str>) -> Message {
-    Message::Found {
+    Message::Found { key: [0; 32], 
         id,
         addr: at,
         name: Some(name.into()),
@@ -1662,19 +1673,21 @@ fn a_claim_from_another_address_or_with_a_wrong_token_is_not_registered() {
 }
 
 #[test]
-fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
+fn a_claim_proving_the_holders_key_replaces_the_holder() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let old = register(&mut r, t0, addr(1001), None);
+    let me = Identity::generate();
+    let old = register_with_key(&mut r, t0, addr(1001), None, *me.public());
     claim(&mut r, t0, addr(1001), old, "alice", Some("Alice"));
     // The client restarts on another port, before its old entry expires.
-    let new = register(&mut r, t0 + secs(5), addr(1002), None);
+    let new = register_with_key(&mut r, t0 + secs(5), addr(1002), None, *me.public());
     assert_eq!(new.0, 2);
+    let proof = me.prove(r.key(), &new.1.to_be_bytes());
     let answers = send(
         &mut r,
         t0 + secs(5),
         addr(1002),
-        &claim_msg(new.0, new.1, "Alice", None, Some(old.1)),
+        &claim_msg(new.0, new.1, "Alice", None, Some(proof)),
     );
     assert_eq!(
         answers,
@@ -1717,22 +1730,51 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
 }
 
 #[test]
-fn a_previous_token_that_is_not_the_holders_is_name_taken() {
+fn a_claim_that_does_not_prove_the_holders_key_is_name_taken() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let alice = register(&mut r, t0, addr(1001), None);
-    let bob = register(&mut r, t0, addr(1002), None);
+    let (alice_key, bob_key) = (Identity::generate(), Identity::generate());
+    let alice = register_with_key(&mut r, t0, addr(1001), None, *alice_key.public());
     claim(&mut r, t0, addr(1001), alice, "alice", None);
-    for previous in [alice.1 ^ 1, bob.1] {
+    // Bob registers with alice's public key (anyone can read it from a Found), and again
+    // with his own.
+    let squat = register_with_key(&mut r, t0, addr(1002), None, *alice_key.public());
+    let bob = register_with_key(&mut r, t0, addr(1003), None, *bob_key.public());
+    let alice_old_proof = alice_key.prove(r.key(), &alice.1.to_be_bytes());
+    let tries = [
+        // Alice's key presented, nothing proved.
+        (addr(1002), squat, None),
+        // Proved with bob's own key, not the registered one.
+        (
+            addr(1002),
+            squat,
+            Some(bob_key.prove(r.key(), &squat.1.to_be_bytes())),
+        ),
+        // A proof alice made for her own registration, replayed.
+        (addr(1002), squat, Some(alice_old_proof)),
+        // Bob's key proved, but it is not the holder's.
+        (
+            addr(1003),
+            bob,
+            Some(bob_key.prove(r.key(), &bob.1.to_be_bytes())),
+        ),
+        // A proof made to another server's key.
+        (
+            addr(1003),
+            bob,
+            Some(bob_key.prove(Identity::generate().public(), &bob.1.to_be_bytes())),
+        ),
+    ];
+    for (from, (id, token), proof) in tries {
         let answers = send(
             &mut r,
             t0,
-            addr(1002),
-            &claim_msg(bob.0, bob.1, "alice", None, Some(previous)),
+            from,
+            &claim_msg(id, token, "alice", None, proof),
         );
         assert_eq!(error_code(&answers), ErrorCode::NameTaken);
     }
-    assert_eq!(ids(&r), [1, 2]);
+    assert_eq!(ids(&r), [1, 2, 3]);
     assert_eq!(events(&mut r), []);
 }
 
@@ -2013,13 +2055,13 @@ fn a_list_shows_ids_names_and_time_online() {
     assert_eq!(
         clients,
         [
-            wire::Listed {
+            wire::Listed { key: [0; 32], 
                 id: 1,
                 name: Some("alice".into()),
                 display_name: Some("Alice L.".into()),
                 online_secs: 10
             },
-            wire::Listed {
+            wire::Listed { key: [0; 32], 
                 id: 2,
                 name: None,
                 display_name: None,
@@ -2075,7 +2117,7 @@ fn paging_through_5000_named_clients_lists_each_once_in_order_within_the_limit()
                 assert_eq!(Some(next), clients.last().map(|c| c.id));
                 // As full as it can be: the following client would not have fitted.
                 let mut more = clients.clone();
-                more.push(wire::Listed {
+                more.push(wire::Listed { key: [0; 32], 
                     id: next + 1,
                     name: Some(long_name(next)),
                     display_name: Some(long_display(next)),

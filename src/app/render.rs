@@ -653,16 +653,16 @@ mod tests {
         let newer = Event::PeerVersion {
             peer: Some(2),
             addr,
-            version: 2,
+            version: 3,
         };
         let line = render_human(&newer, &Bob, Style::default(), SystemTime::now());
         assert_eq!(
             line,
-            "bob (2) uses protocol version 2, this client 1: update p2pchat to talk to them"
+            "bob (2) uses protocol version 3, this client 2: update p2pchat to talk to them"
         );
         assert_eq!(
             render_json(&newer, &Bob),
-            r#"{"event":"peer_version","peer":2,"addr":"127.0.0.1:4000","version":2,"name":"bob"}"#
+            r#"{"event":"peer_version","peer":2,"addr":"127.0.0.1:4000","version":3,"name":"bob"}"#
         );
         let stranger = Event::PeerVersion {
             peer: None,
@@ -671,7 +671,7 @@ mod tests {
         };
         assert_eq!(
             human_line(&stranger),
-            "127.0.0.1:4000 uses protocol version 0, this client 1: they must update p2pchat \
+            "127.0.0.1:4000 uses protocol version 0, this client 2: they must update p2pchat \
              to talk to you"
         );
         assert_eq!(

@@ -487,6 +487,15 @@ impl Peer {
         }
     }
 
+    /// Seals `messages` (of one session of ours, to `to`) as [`Peer::poll_transmit`]
+    /// would: `None` if the session has no keys. For tests that play a peer's part.
+    pub fn seal(&mut self, to: SocketAddr, messages: &[Message]) -> Option<Message> {
+        if !messages.iter().all(Secure::is_sealed_kind) {
+            return None;
+        }
+        self.secure.seal(to, messages)
+    }
+
     /// `first`, and the messages queued right after it for the same address and session
     /// that fit with it in one `Sealed` of [`PeerConfig::seal_limit`] bytes (from the
     /// chat queue only: the transfers' queue is not looked into).

@@ -48,8 +48,8 @@
 //! in the documented order. For example `Lookup { id: 3 }` is the datagram
 //!
 //! ```text
-//! 50 01 81 a6 4c 6f 6f 6b 75 70 81 a2 69 64 03
-//! 'P' v1 map(1) "Lookup" map(1) "id" 3
+//! 50 02 81 a6 4c 6f 6f 6b 75 70 81 a2 69 64 03
+//! 'P' v2 map(1) "Lookup" map(1) "id" 3
 //! ```
 //!
 //! Field types: ids are unsigned integers that fit in 32 bits ([`ClientId`]), tokens, session
