@@ -375,6 +375,8 @@ impl Registry {
 
     fn with_rng(config: RegistryConfig, mut rng: rand::rngs::StdRng) -> Self {
         let key = rng.random();
+        // The server's static key comes from the same generator (the OS's, but for tests).
+        let secret: [u8; 32] = rng.random();
         Registry {
             config,
             clients: Table::default(),
@@ -393,7 +395,7 @@ impl Registry {
             stats: Stats::default(),
             rng,
             answering: None,
-            identity: Identity::generate(),
+            identity: Identity::from_secret(secret),
         }
     }
 

@@ -130,6 +130,8 @@ struct Responding {
     key: Key,
     /// Confirmed: the server publishes `key` for the id it claims.
     verified: bool,
+    /// Its time (see the module documentation).
+    time: u64,
     /// Our answer (the whole message, `Accept` or `Reject`), resent as is.
     answer: Option<Message>,
     /// When it is dropped, once nothing refers to it (see [`Secure::sweep`]).
@@ -393,11 +395,12 @@ impl Secure {
     ) -> Request {
         if let Some(r) = self.responding.get_mut(&(from, session)) {
             if r.msg1 == msg1 && r.src == src {
-                // A resend of a request we know.
+                // A resend of a request we know; one still waiting for the server asks
+                // it again (our Lookup or its answer may have been lost).
                 return if r.verified {
                     Request::Proved { fresh: false }
                 } else {
-                    Request::Nothing
+                    Request::Verify(Message::lookup(from))
                 };
             }
         }
@@ -418,13 +421,17 @@ impl Secure {
             return Request::Nothing;
         };
         let time = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-        if !self.newer(key, time) {
+        if self.latest.get(&key).is_some_and(|&t| t >= time) {
             self.refused += 1;
             debug!("{src}: a replayed or old ConnectRequest from {from}; dropped");
             return Request::Nothing;
         }
         let verified = self.published.get(&from) == Some(&key);
-        if !verified {
+        if verified {
+            // Only a proved request moves the key's time on: one refused (its sender is
+            // not who it claims) may not make the real one's look old.
+            self.newer(key, time);
+        } else {
             let waiting = self.responding.values().filter(|r| !r.verified).count();
             if waiting >= MAX_VERIFYING {
                 self.refused += 1;
@@ -440,6 +447,7 @@ impl Secure {
                 hs: Some(hs),
                 key,
                 verified,
+                time,
                 answer: None,
                 expires: None,
                 since: now,
@@ -469,7 +477,13 @@ impl Secure {
             let r = self.responding.get_mut(&(id, session)).expect("listed");
             if Some(r.key) == key {
                 r.verified = true;
-                verdicts.proved.push((r.src, session));
+                let (src, key, time) = (r.src, r.key, r.time);
+                if !self.newer(key, time) {
+                    // A newer request of the same key was proved meanwhile.
+                    self.responding.remove(&(id, session));
+                    continue;
+                }
+                verdicts.proved.push((src, session));
             } else {
                 let r = self.responding.remove(&(id, session)).expect("listed");
                 self.refused += 1;

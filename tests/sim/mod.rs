@@ -317,7 +317,17 @@ impl Sim {
 
     /// Adds a peer at [`peer_addr`]`(index)`, started now (it sends its `Register` at once).
     /// The configuration's server is set to [`SERVER`]. Returns the peer's index.
+    /// Each peer gets a key pair of its own (a configuration is often shared by several
+    /// peers): [`Sim::add_peer_keeping_identity`] keeps the configuration's.
     pub fn add_peer(&mut self, mut config: PeerConfig) -> usize {
+        // From the seed, so that a run replays exactly.
+        let mut keys = StdRng::seed_from_u64(self.seed ^ (0x6b65_7973 + self.nodes.len() as u64));
+        config.identity = p2pchat::identity::Identity::from_secret(keys.random());
+        self.add_peer_keeping_identity(config)
+    }
+
+    /// Adds a peer with the key pair of `config` (a restart of a peer).
+    pub fn add_peer_keeping_identity(&mut self, mut config: PeerConfig) -> usize {
         let i = self.nodes.len();
         config.server = SERVER;
         // One message per datagram, as the driver's packing would not be seen otherwise;
