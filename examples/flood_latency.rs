@@ -249,11 +249,10 @@ fn flood_requests(target: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
     let s = UdpSocket::bind("127.0.0.2:0").unwrap();
     let mut id: u32 = 1_000_000;
     while !stop.load(Ordering::Relaxed) {
-        let request = Message::ConnectRequest { hs: Vec::new(), 
+        let request = Message::ConnectRequest {
+            hs: Vec::new(),
             from: id,
             session: u64::from(id) << 16,
-            
-            
         };
         if s.send_to(&wire::encode(&request), target).is_ok() {
             sent.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +276,10 @@ fn register_with_token(socket: &UdpSocket, server: SocketAddr) -> Option<(Client
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         socket
-            .send_to(&wire::encode_request(&Message::register(None, [0; 32])), server)
+            .send_to(
+                &wire::encode_request(&Message::register(None, [0; 32])),
+                server,
+            )
             .ok()?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, token, .. }) = wire::decode(&buf[..n]) {
@@ -310,7 +312,10 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
         for _attempt in 0..5 {
             for (s, r) in sockets.iter().zip(&registered) {
                 if r.is_none() {
-                    let _ = s.send_to(&wire::encode_request(&Message::register(None, [0; 32])), server);
+                    let _ = s.send_to(
+                        &wire::encode_request(&Message::register(None, [0; 32])),
+                        server,
+                    );
                 }
             }
             for (s, r) in sockets.iter().zip(registered.iter_mut()) {

@@ -221,11 +221,10 @@ impl RawPeer {
         raw.to = addr;
         raw.send(
             addr,
-            &Message::ConnectRequest { hs: Vec::new(), 
+            &Message::ConnectRequest {
+                hs: Vec::new(),
                 from: id,
                 session: raw.session,
-                
-                
             },
         );
         c.expect(json!({"event": "request", "from": id}));

@@ -23,7 +23,8 @@ fn registered(cfg: PeerConfig, t0: Instant) -> Peer {
     let mut p = Peer::with_seed(cfg, t0, SEED);
     // The answer echoes the nonce of the Register, as the server's does.
     let register = p.poll_transmit().expect("a Register").message;
-    let registered = Message::Registered { key: [0; 32], 
+    let registered = Message::Registered {
+        key: [0; 32],
         id: 1,
         token: 7,
         ttl_secs: 30,
@@ -52,11 +53,10 @@ fn drain(p: &mut Peer) -> (Vec<Transmit>, Vec<Event>) {
 
 /// A request from a made-up client `from` at `addr`.
 fn request(from: ClientId) -> Vec<u8> {
-    encode(&Message::ConnectRequest { hs: Vec::new(), 
+    encode(&Message::ConnectRequest {
+        hs: Vec::new(),
         from,
         session: u64::from(from) * 7919,
-        
-        
     })
 }
 
@@ -206,18 +206,16 @@ fn a_new_session_request_past_the_bounds_does_not_end_the_session_it_would_repla
     s.deliver_now(
         s.addr(a),
         s.addr(b),
-        &Message::ConnectRequest { hs: Vec::new(), 
+        &Message::ConnectRequest {
+            hs: Vec::new(),
             from: 4242,
             session: 1,
-            
-            
         },
     );
-    let replacing = Message::ConnectRequest { hs: Vec::new(), 
+    let replacing = Message::ConnectRequest {
+        hs: Vec::new(),
         from: s.id(a),
         session: 0,
-        
-        
     };
     s.deliver_now(s.addr(a), s.addr(b), &replacing);
     assert_eq!(s.peer(b).connected_peers(), vec![s.id(a)]);
@@ -239,11 +237,10 @@ fn chat_on_a_live_session_is_delivered_while_a_stranger_floods_requests() {
     let stranger = addr([10, 9, 9, 9], 6666);
     for k in 0..50u32 {
         for j in 0..200u32 {
-            let m = Message::ConnectRequest { hs: Vec::new(), 
+            let m = Message::ConnectRequest {
+                hs: Vec::new(),
                 from: 100_000 + k * 200 + j,
                 session: u64::from(j),
-                
-                
             };
             s.deliver_now(stranger, s.addr(b), &m);
         }
@@ -478,11 +475,10 @@ fn a_requester_that_withdraws_gets_its_terminate_ack_from_the_credit_of_its_requ
     let t0 = Instant::now();
     let mut p = registered(default_config(), t0);
     let (from, session) = (42, 4242);
-    let request = encode(&Message::ConnectRequest { hs: Vec::new(), 
+    let request = encode(&Message::ConnectRequest {
+        hs: Vec::new(),
         from,
         session,
-        
-        
     });
     p.handle_datagram(t0, stranger(), &request);
     assert_eq!(p.pending_requests(), vec![from]);
@@ -571,7 +567,8 @@ fn a_peer_of_another_protocol_version_is_named_once_per_address() {
     let bob = addr([10, 0, 1, 2], 4000);
     p.connect(t0, 2).unwrap();
     let (lookup, _) = drain(&mut p);
-    let found = Message::Found { key: [0; 32], 
+    let found = Message::Found {
+        key: [0; 32],
         id: 2,
         addr: bob,
         name: None,
@@ -582,7 +579,8 @@ fn a_peer_of_another_protocol_version_is_named_once_per_address() {
     drain(&mut p);
     let accept = of_version(
         2,
-        &Message::Accept { hs: Vec::new(), 
+        &Message::Accept {
+            hs: Vec::new(),
             from: 2,
             session: 1,
         },
@@ -657,7 +655,8 @@ fn a_peer_we_are_asking_gets_its_stale_session_reset_from_the_credit_of_its_ping
     let two = addr([10, 0, 1, 2], 4000);
     p.connect(t0, 2).unwrap();
     let (lookup, _) = drain(&mut p);
-    let found = Message::Found { key: [0; 32], 
+    let found = Message::Found {
+        key: [0; 32],
         id: 2,
         addr: two,
         name: None,

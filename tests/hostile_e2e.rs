@@ -182,7 +182,8 @@ fn a_client_takes_no_answer_it_did_not_ask_for() {
         let (from, register) = next_register(&server, Duration::from_secs(5));
         let guess = register.nonce().unwrap() ^ 1;
         for answer in [
-            Message::Registered { key: [0; 32], 
+            Message::Registered {
+                key: [0; 32],
                 id: 4242,
                 token: 1,
                 ttl_secs: u32::MAX,
@@ -201,7 +202,8 @@ fn a_client_takes_no_answer_it_did_not_ask_for() {
             break (from, register);
         }
     };
-    let answer = Message::Registered { key: [0; 32], 
+    let answer = Message::Registered {
+        key: [0; 32],
         id: 7,
         token: 99,
         ttl_secs: 30,
@@ -422,7 +424,8 @@ fn a_peer_of_another_protocol_version_gets_one_clear_line() {
     };
     let accept = of_version(
         2,
-        &Message::Accept { hs: Vec::new(), 
+        &Message::Accept {
+            hs: Vec::new(),
             from: peer_id,
             session,
         },

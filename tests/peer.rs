@@ -125,7 +125,8 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
     assert_eq!(cfg.retry_interval, secs(10));
     assert_eq!(cfg.connect_tries, 6);
     let mut p = Peer::with_seed(cfg.clone(), t0, SEED);
-    let registered = Message::Registered { key: [0; 32], 
+    let registered = Message::Registered {
+        key: [0; 32],
         id: 1,
         token: 7,
         ttl_secs: 30,
@@ -134,7 +135,8 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
     let (sent, _) = drain(&mut p);
     p.handle_datagram(t0, SERVER, &encode(&echo(&sent, registered)));
     p.connect(t0, 2).unwrap();
-    let found = Message::Found { key: [0; 32], 
+    let found = Message::Found {
+        key: [0; 32],
         id: 2,
         addr: asked,
         name: None,
@@ -290,7 +292,8 @@ fn lost_accept_is_sent_again_for_the_resent_request_and_nothing_is_shown_twice()
     for acc in &accepts {
         assert_eq!(
             acc.message,
-            Message::Accept { hs: Vec::new(), 
+            Message::Accept {
+                hs: Vec::new(),
                 from: s.id(b),
                 session
             },
@@ -368,7 +371,8 @@ fn rejected_request_that_is_resent_gets_reject_again() {
     for r in &rejects {
         assert_eq!(
             r.message,
-            Message::Reject { hs: Vec::new(), 
+            Message::Reject {
+                hs: Vec::new(),
                 from: s.id(b),
                 session
             }
@@ -509,12 +513,16 @@ fn acknowledgements_of_chats_received_before_the_next_send_are_merged_into_one()
     let to = s.addr(b);
     // Sealed by a, as a would send them.
     let mut chat = |seq: u64| {
-        encode(&s.sealed_by(from, to, Message::Chat {
-            from: ida,
-            session,
-            seq,
-            text: format!("m{seq}"),
-        }))
+        encode(&s.sealed_by(
+            from,
+            to,
+            Message::Chat {
+                from: ida,
+                session,
+                seq,
+                text: format!("m{seq}"),
+            },
+        ))
     };
     let acks = |s: &Sim| -> Vec<(u64, u64)> {
         s.sent_by(s.addr(b), |m| matches!(m, Message::Ack { .. }))
@@ -904,10 +912,18 @@ fn accept_from_a_third_address_or_for_another_session_changes_nothing() {
     s.expect(LIMIT, "request", |s| s.has(b, is_request));
     let session = first_session(&s, a);
     let forged = [
-        (stranger(), Message::Accept { hs: Vec::new(),  from: idb, session }),
+        (
+            stranger(),
+            Message::Accept {
+                hs: Vec::new(),
+                from: idb,
+                session,
+            },
+        ),
         (
             s.addr(b),
-            Message::Accept { hs: Vec::new(), 
+            Message::Accept {
+                hs: Vec::new(),
                 from: idb,
                 session: session.wrapping_add(1),
             },
@@ -977,7 +993,8 @@ fn an_unasked_lookup_answer_changes_nothing() {
     s.deliver_now(
         SERVER,
         s.addr(a),
-        &Message::Found { key: [0; 32], 
+        &Message::Found {
+            key: [0; 32],
             id: 7,
             addr: stranger(),
             name: None,
@@ -990,7 +1007,8 @@ fn an_unasked_lookup_answer_changes_nothing() {
     s.deliver_now(
         stranger(),
         s.addr(a),
-        &Message::Found { key: [0; 32], 
+        &Message::Found {
+            key: [0; 32],
             id: idb,
             addr: stranger(),
             name: None,
@@ -1022,11 +1040,10 @@ fn a_request_claiming_a_connected_peers_id_from_another_address_changes_nothing(
     s.deliver_now(
         stranger(),
         s.addr(a),
-        &Message::ConnectRequest { hs: Vec::new(), 
+        &Message::ConnectRequest {
+            hs: Vec::new(),
             from: idb,
             session: 0,
-            
-            
         },
     );
     s.run_for(secs(1));
@@ -1040,7 +1057,8 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
     let t0 = Instant::now();
     let mut p = Peer::with_seed(default_config(), t0, SEED);
     let (register, _) = drain(&mut p);
-    let forged = Message::Registered { key: [0; 32], 
+    let forged = Message::Registered {
+        key: [0; 32],
         id: 66,
         token: 1,
         ttl_secs: 30,
@@ -1058,7 +1076,8 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
     assert_eq!(p.id(), None);
     assert!(!p.is_finished());
     // The real server's answer is taken.
-    let real = Message::Registered { key: [0; 32], 
+    let real = Message::Registered {
+        key: [0; 32],
         id: 3,
         token: 2,
         ttl_secs: 30,
@@ -1092,7 +1111,8 @@ fn forged_server_answers_from_the_servers_address_change_nothing() {
         s.inject(
             SERVER,
             addr,
-            Message::Registered { key: [0; 32], 
+            Message::Registered {
+                key: [0; 32],
                 id: 4242,
                 token: 1,
                 ttl_secs: u32::MAX,
@@ -1146,7 +1166,8 @@ fn no_registration_answer_is_fatal_no_rendezvous_server() {
 fn late_not_registered_while_registering_again_is_not_fatal() {
     let t0 = Instant::now();
     let mut p = Peer::with_seed(default_config(), t0, SEED);
-    let registered = Message::Registered { key: [0; 32], 
+    let registered = Message::Registered {
+        key: [0; 32],
         id: 4,
         token: 7,
         ttl_secs: 30,
@@ -1225,7 +1246,8 @@ fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
         matches!(sent.as_slice(), [Message::Register { .. }]),
         "retried: {sent:?}"
     );
-    let registered = Message::Registered { key: [0; 32], 
+    let registered = Message::Registered {
+        key: [0; 32],
         id: 4,
         token: 9,
         ttl_secs: 30,
@@ -1298,7 +1320,8 @@ fn a_rate_limited_client_keeps_trying_says_so_once_and_gets_in() {
             break s;
         }
     };
-    let registered = Message::Registered { key: [0; 32], 
+    let registered = Message::Registered {
+        key: [0; 32],
         id: 9,
         token: 1,
         ttl_secs: 30,

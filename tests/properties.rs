@@ -80,14 +80,16 @@ fn client_message() -> impl Strategy<Value = Message> {
 fn server_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (small_id(), small_u64(), any::<u32>()).prop_map(|(id, token, ttl_secs)| {
-            Message::Registered { key: [0; 32], 
+            Message::Registered {
+                key: [0; 32],
                 id,
                 token,
                 ttl_secs,
                 nonce: 0,
             }
         }),
-        (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found { key: [0; 32], 
+        (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found {
+            key: [0; 32],
             id,
             addr,
             name: None,
@@ -115,14 +117,21 @@ fn peer_message(
     text: String,
 ) -> Message {
     match kind % 15 {
-        0 => Message::ConnectRequest { hs: Vec::new(), 
+        0 => Message::ConnectRequest {
+            hs: Vec::new(),
             from,
             session,
-            
-            
         },
-        1 => Message::Accept { hs: Vec::new(),  from, session },
-        2 => Message::Reject { hs: Vec::new(),  from, session },
+        1 => Message::Accept {
+            hs: Vec::new(),
+            from,
+            session,
+        },
+        2 => Message::Reject {
+            hs: Vec::new(),
+            from,
+            session,
+        },
         3 => Message::Chat {
             from,
             session,

@@ -245,7 +245,8 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
         );
         assert_eq!(
             answers,
-            [Message::Registered { key: [0; 32], 
+            [Message::Registered {
+                key: [0; 32],
                 id,
                 token,
                 ttl_secs: 30,
@@ -267,7 +268,8 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
     let answers = send(&mut r, t0, addr(1001), &Message::register(None, [0; 32]));
     assert_eq!(
         answers,
-        [Message::Registered { key: [0; 32], 
+        [Message::Registered {
+            key: [0; 32],
             id,
             token,
             ttl_secs: 30,
@@ -308,7 +310,8 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
         let answers = send(&mut r, t0, asker, &Message::lookup(2));
         assert_eq!(
             answers,
-            [Message::Found { key: [0; 32], 
+            [Message::Found {
+                key: [0; 32],
                 id: 2,
                 addr: addr(1002),
                 name: None,
@@ -554,7 +557,12 @@ fn a_retransmitted_register_refreshes_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0 + secs(25), addr(1001), &Message::register(None, [0; 32]));
+    send(
+        &mut r,
+        t0 + secs(25),
+        addr(1001),
+        &Message::register(None, [0; 32]),
+    );
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id]);
 }
@@ -790,13 +798,15 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
 
 fn unexpected_messages() -> Vec<Message> {
     vec![
-        Message::Registered { key: [0; 32], 
+        Message::Registered {
+            key: [0; 32],
             id: 1,
             token: 1,
             ttl_secs: 1,
             nonce: 0,
         },
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: 1,
             addr: addr(1),
             name: None,
@@ -810,17 +820,18 @@ fn unexpected_messages() -> Vec<Message> {
             detail: "x".into(),
             nonce: 0,
         },
-        Message::ConnectRequest { hs: Vec::new(), 
-            from: 1,
-            session: 1,
-            
-            
-        },
-        Message::Accept { hs: Vec::new(), 
+        Message::ConnectRequest {
+            hs: Vec::new(),
             from: 1,
             session: 1,
         },
-        Message::Reject { hs: Vec::new(), 
+        Message::Accept {
+            hs: Vec::new(),
+            from: 1,
+            session: 1,
+        },
+        Message::Reject {
+            hs: Vec::new(),
             from: 1,
             session: 1,
         },
@@ -1385,7 +1396,8 @@ fn a_client_that_proves_it_receives_gets_whole_answers_to_small_requests() {
 fn every_answer_echoes_the_nonce_of_its_request() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let mut register_msg = Message::Register { key: [0; 32], 
+    let mut register_msg = Message::Register {
+        key: [0; 32],
         want_id: None,
         nonce: 11,
         pad: Default::default(),
@@ -1511,7 +1523,8 @@ fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
 }
 
 fn found(id: ClientId, at: SocketAddr, name: &str, display_name: Option<&str>) -> Message {
-    Message::Found { key: [0; 32], 
+    Message::Found {
+        key: [0; 32],
         id,
         addr: at,
         name: Some(name.into()),
@@ -2055,13 +2068,15 @@ fn a_list_shows_ids_names_and_time_online() {
     assert_eq!(
         clients,
         [
-            wire::Listed { key: [0; 32], 
+            wire::Listed {
+                key: [0; 32],
                 id: 1,
                 name: Some("alice".into()),
                 display_name: Some("Alice L.".into()),
                 online_secs: 10
             },
-            wire::Listed { key: [0; 32], 
+            wire::Listed {
+                key: [0; 32],
                 id: 2,
                 name: None,
                 display_name: None,
@@ -2117,7 +2132,8 @@ fn paging_through_5000_named_clients_lists_each_once_in_order_within_the_limit()
                 assert_eq!(Some(next), clients.last().map(|c| c.id));
                 // As full as it can be: the following client would not have fitted.
                 let mut more = clients.clone();
-                more.push(wire::Listed { key: [0; 32], 
+                more.push(wire::Listed {
+                    key: [0; 32],
                     id: next + 1,
                     name: Some(long_name(next)),
                     display_name: Some(long_display(next)),

@@ -93,7 +93,8 @@ fn register_then_lookup_finds_the_clients_address_as_seen_by_the_server() {
     let answer = request(&bob, server.addr, &Message::lookup(1));
     assert_eq!(
         answer,
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: 1,
             addr: alice_addr,
             name: None,
@@ -121,7 +122,8 @@ fn a_second_register_from_the_same_socket_is_a_retransmission() {
     let again = request(&alice, server.addr, &Message::register(None, [0; 32]));
     assert_eq!(
         again,
-        Message::Registered { key: [0; 32], 
+        Message::Registered {
+            key: [0; 32],
             id: 1,
             token,
             ttl_secs: 30,
@@ -223,7 +225,8 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
     for asker in [&mallory, &alice] {
         assert_eq!(
             request(asker, to, &Message::lookup(1)),
-            Message::Found { key: [0; 32], 
+            Message::Found {
+                key: [0; 32],
                 id: 1,
                 addr: alice_addr,
                 name: None,
@@ -427,7 +430,8 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
     let stranger = socket();
     assert_eq!(
         request(&stranger, server.addr, &Message::resolve("Alice")),
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: 1,
             addr: alice_addr,
             name: Some("alice".into()),

@@ -17,9 +17,9 @@ use crate::app::render::{
     Style,
 };
 use crate::app::terminal::{Input, Output, Wake};
+use crate::identity::fingerprint;
 use crate::peer::{CommandError, Event, Peer, PeerConfig, Sending, Target};
 use crate::text::{sanitize, sanitize_name};
-use crate::identity::fingerprint;
 use crate::wire::ClientId;
 
 /// How a client run ended.
@@ -439,10 +439,12 @@ fn show_fingerprint(peer: &Peer, target: Option<Target>, out: &mut dyn Output, u
         return;
     };
     let id = peer.session_peer(&target).ok();
-    let known = id.and_then(|p| peer.fingerprint_of(p)).or_else(|| match &target {
-        Target::Name(n) => peer.pinned(n).map(|k| fingerprint(&k)),
-        Target::Id(_) => None,
-    });
+    let known = id
+        .and_then(|p| peer.fingerprint_of(p))
+        .or_else(|| match &target {
+            Target::Name(n) => peer.pinned(n).map(|k| fingerprint(&k)),
+            Target::Id(_) => None,
+        });
     let Some(f) = known else {
         return ui.error(
             out,

@@ -356,7 +356,8 @@ mod tests {
         let safe = sanitize(hostile);
         assert!(!safe.contains('\u{1b}'), "{safe:?}");
         let now = Instant::now();
-        let entry = Entry { key: [0; 32], 
+        let entry = Entry {
+            key: [0; 32],
             id: 7,
             addr,
             token: 1,

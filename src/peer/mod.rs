@@ -474,9 +474,9 @@ impl Peer {
             let sessions = &self.sessions;
             let to = t.to;
             let plain = t.message.clone();
-            let sealed =
-                self.secure
-                    .outgoing_handshake(to, t.message, |s| sessions.requested_peer(s));
+            let sealed = self
+                .secure
+                .outgoing_handshake(to, t.message, |s| sessions.requested_peer(s));
             match sealed {
                 Some(message) => return Some((Transmit { to, message }, vec![plain])),
                 None => {
@@ -1099,7 +1099,11 @@ impl Peer {
             return true;
         }
         let name = name.unwrap_or_default().to_string();
-        let pinned = self.secure.pinned(&name).map(fingerprint).unwrap_or_default();
+        let pinned = self
+            .secure
+            .pinned(&name)
+            .map(fingerprint)
+            .unwrap_or_default();
         self.sessions.abandon(id);
         // Requests claiming to be `id` are refused with it (the event says why).
         for line in self.secure.verdicts(id, None).refused {
@@ -1172,7 +1176,9 @@ impl Peer {
         match msg {
             Message::ConnectRequest { from, session, hs } => {
                 if from == me {
-                    return self.out.ignore(src, &Message::ConnectRequest { from, session, hs });
+                    return self
+                        .out
+                        .ignore(src, &Message::ConnectRequest { from, session, hs });
                 }
                 match self.secure.handle_request(now, me, src, from, session, &hs) {
                     Request::Nothing => {}
@@ -1226,7 +1232,13 @@ impl Peer {
     }
 
     /// A message of a session, out of a `Sealed` that opened with the session's keys.
-    fn handle_session_message(&mut self, now: Instant, me: ClientId, src: SocketAddr, msg: Message) {
+    fn handle_session_message(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        msg: Message,
+    ) {
         match msg {
             Message::Terminate { from, session } => {
                 let out = &mut self.out;

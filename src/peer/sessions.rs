@@ -436,11 +436,14 @@ impl Sessions {
     pub fn send_accept(&self, me: ClientId, peer: ClientId, out: &mut Outputs) {
         let s = &self.by_peer[&peer];
         let (to, session) = (s.addr.expect("requests have an address"), s.id);
-        out.transmit(to, Message::Accept {
-                    from: me,
-                    session,
-                    hs: Vec::new(),
-                });
+        out.transmit(
+            to,
+            Message::Accept {
+                from: me,
+                session,
+                hs: Vec::new(),
+            },
+        );
     }
 
     /// Rejects the request of `peer` (picked with [`Sessions::pick_request`]).
@@ -808,9 +811,7 @@ impl Sessions {
     /// Whether the session `session` with `peer` is still held: open, asked, being closed,
     /// or rejected lately (so that its keys are kept: secure.rs).
     pub fn knows(&self, peer: ClientId, session: SessionId) -> bool {
-        self.by_peer
-            .get(&peer)
-            .is_some_and(|s| s.id == session)
+        self.by_peer.get(&peer).is_some_and(|s| s.id == session)
             || self.closing.get(&session).is_some_and(|c| c.peer == peer)
             || self.rejected.contains_key(&(peer, session))
     }
@@ -869,19 +870,25 @@ impl Sessions {
         }
         if self.rejected.contains_key(&(from, session)) {
             // Our Reject was lost: the same answer again.
-            out.transmit(src, Message::Reject {
-                from: me,
-                session,
-                hs: Vec::new(),
-            });
+            out.transmit(
+                src,
+                Message::Reject {
+                    from: me,
+                    session,
+                    hs: Vec::new(),
+                },
+            );
             return Requested::Nothing;
         }
         if finishing {
-            out.transmit(src, Message::Reject {
-                from: me,
-                session,
-                hs: Vec::new(),
-            });
+            out.transmit(
+                src,
+                Message::Reject {
+                    from: me,
+                    session,
+                    hs: Vec::new(),
+                },
+            );
             return Requested::Nothing;
         }
         let Some(s) = self.by_peer.get_mut(&from) else {
@@ -900,11 +907,14 @@ impl Sessions {
             State::Connected { .. } if s.id == session && same_addr => {
                 // Our Accept was lost.
                 s.last_heard = now;
-                out.transmit(src, Message::Accept {
-                    from: me,
-                    session,
-                    hs: Vec::new(),
-                });
+                out.transmit(
+                    src,
+                    Message::Accept {
+                        from: me,
+                        session,
+                        hs: Vec::new(),
+                    },
+                );
                 self.reschedule(from);
             }
             State::Connected { .. } if same_addr && fresh && s.id != session => {
@@ -925,22 +935,28 @@ impl Sessions {
             State::Requesting { .. } if same_addr && session < s.id => {
                 // Both asked at once: the smaller session id wins, and we wanted this.
                 s.id = session;
-                out.transmit(src, Message::Accept {
-                    from: me,
-                    session,
-                    hs: Vec::new(),
-                });
+                out.transmit(
+                    src,
+                    Message::Accept {
+                        from: me,
+                        session,
+                        hs: Vec::new(),
+                    },
+                );
                 return Requested::Open;
             }
             State::LookingUp { .. } => {
                 // We were about to ask it ourselves.
                 s.id = session;
                 s.addr = Some(src);
-                out.transmit(src, Message::Accept {
-                    from: me,
-                    session,
-                    hs: Vec::new(),
-                });
+                out.transmit(
+                    src,
+                    Message::Accept {
+                        from: me,
+                        session,
+                        hs: Vec::new(),
+                    },
+                );
                 return Requested::Open;
             }
             _ => out.ignore(src, &msg),

@@ -9,13 +9,15 @@ fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
         .unwrap();
     let nonce = Nonce::MAX;
     let answers = [
-        Message::Registered { key: [0; 32], 
+        Message::Registered {
+            key: [0; 32],
             id: ClientId::MAX,
             token: Token::MAX,
             ttl_secs: u32::MAX,
             nonce,
         },
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: ClientId::MAX,
             addr: far,
             name: Some("n".repeat(MAX_NAME)),
@@ -57,7 +59,8 @@ fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
 #[test]
 fn a_padded_request_is_at_least_request_size_and_decodes_as_it_was() {
     let requests = [
-        Message::Register { key: [0; 32], 
+        Message::Register {
+            key: [0; 32],
             want_id: None,
             nonce: 0,
             pad: Padding(0),
@@ -171,7 +174,8 @@ fn all_messages() -> Vec<Message> {
             nonce: 0,
         },
         Message::Listing {
-            clients: vec![Listed { key: [0; 32], 
+            clients: vec![Listed {
+                key: [0; 32],
                 id: 4,
                 name: Some("dave".into()),
                 display_name: None,
@@ -181,36 +185,39 @@ fn all_messages() -> Vec<Message> {
             total: 1,
             nonce: 0,
         },
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: 2,
             addr: "127.0.0.1:1".parse().unwrap(),
             name: Some("bob".into()),
             display_name: Some("Bob".into()),
             nonce: 0,
         },
-        Message::ConnectRequest { hs: Vec::new(), 
+        Message::ConnectRequest {
+            hs: Vec::new(),
             from: 1,
             session: 5,
-            
-            
         },
         Message::lookup(3),
         Message::leave(1, u64::MAX),
         Message::keepalive(1, 42),
-        Message::Registered { key: [0; 32], 
+        Message::Registered {
+            key: [0; 32],
             id: 1,
             token: 9,
             ttl_secs: 30,
             nonce: 0,
         },
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: 2,
             addr: "127.0.0.1:40000".parse().unwrap(),
             name: None,
             display_name: None,
             nonce: 0,
         },
-        Message::Found { key: [0; 32], 
+        Message::Found {
+            key: [0; 32],
             id: 2,
             addr: "[::1]:5".parse().unwrap(),
             name: None,
@@ -224,17 +231,18 @@ fn all_messages() -> Vec<Message> {
             detail: "id 3 is taken".into(),
             nonce: 0,
         },
-        Message::ConnectRequest { hs: Vec::new(), 
+        Message::ConnectRequest {
+            hs: Vec::new(),
             from: 1,
             session: 5,
-            
-            
         },
-        Message::Accept { hs: Vec::new(), 
+        Message::Accept {
+            hs: Vec::new(),
             from: 2,
             session: 5,
         },
-        Message::Reject { hs: Vec::new(), 
+        Message::Reject {
+            hs: Vec::new(),
             from: 2,
             session: 5,
         },

@@ -461,7 +461,14 @@ impl Sim {
     /// sealed with its keys.
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, message: Message) {
         let sealed = self.sealed_by(from, to, message.clone());
-        self.transmit_plain(from, Transmit { to, message: sealed }, Some(message));
+        self.transmit_plain(
+            from,
+            Transmit {
+                to,
+                message: sealed,
+            },
+            Some(message),
+        );
     }
 
     /// `message` as the peer at `from` would send it to `to` (sealed, if it belongs to a
