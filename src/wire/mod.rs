@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! byte 0      0x50 ('P'), the magic byte
-//! byte 1      the protocol version, currently 1 (see [`VERSION`])
+//! byte 1      the protocol version, currently 2 (see [`VERSION`])
 //! bytes 2..   one or more MessagePack values, one per message, back to back
 //! ```
 //!
@@ -64,21 +64,21 @@
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `Register` | `want_id`: id or nil, `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
-//! | `Registered` | `id`, `token`, `ttl_secs`, `nonce` | server | - |
+//! | `Register` | `want_id`: id or nil, `key` (32-byte bin: the client's X25519 public key), `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
+//! | `Registered` | `id`, `token`, `ttl_secs`, `key` (32-byte bin: the server's static key for this run), `nonce` | server | - |
 //! | `Lookup` | `id`, `nonce`, `pad` | anyone | `Found` or `Inactive` |
-//! | `Found` | `id`, `addr`, `nonce` | server | - |
+//! | `Found` | `id`, `addr`, `key` (32-byte bin), `nonce` | server | - |
 //! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
 //! | `Leave` | `id`, `token`, `nonce`, `pad` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
 //! | `LeaveAck` | `id`, `nonce` | server | - |
 //! | `Keepalive` | `id`, `token`, `nonce`, `pad` | client | nothing; `Error` (`NotRegistered`) if unknown |
 //! | `Error` | `code`, `detail`, `nonce` | server | - |
-//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
+//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `proof`: bin or absent, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
 //! | `Claimed` | `id`, `name`, `nonce` | server | - |
 //! | `Resolve` | `name`, `nonce`, `pad` | anyone | `Found` or `Unknown` |
 //! | `Unknown` | `name`, `nonce` | server | - |
 //! | `List` | `id`, `token`, `after`: id or nil, `nonce`, `pad` | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
-//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
+//! | `Listing` | `clients`: array of {`id`, `key`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
 //! fields are left out otherwise).
@@ -100,8 +100,11 @@
 //! `-`, `.`, starting with a letter, at most [`MAX_NAME`] bytes; unique without regard to
 //! ASCII case), and a free-form display name of at most [`MAX_DISPLAY_NAME`] bytes. A second
 //! `Claim` replaces the first. A name held by another client is refused with `NameTaken`,
-//! unless `previous` is the token of the registration that holds it: a client keeps its
-//! last token and claims its name back after a restart, before the old entry expires. The
+//! unless the holder registered the same `key` and `proof` proves it: a one-way
+//! `Noise_X_25519_ChaChaPoly_BLAKE2s` message (prologue `"p2pchat v2 claim"`) to the
+//! server's `key` from `Registered`, whose payload is the claimer's `token` (8 bytes,
+//! big-endian). So a client claims its name back after a restart, before the old entry
+//! expires, by holding its private key, not merely by showing the public one. The
 //! name is released when its client leaves or expires.
 //!
 //! `List` pages through the table in id order: the server answers with as many clients as
@@ -158,11 +161,34 @@
 //! and `session` all match a session it has; anything else is dropped, so that strangers and
 //! datagrams left over from an earlier session change nothing.
 //!
+//! **Encryption (version 2).** Every session is a Noise handshake, pattern
+//! `Noise_IK_25519_ChaChaPoly_BLAKE2s`, prologue `"p2pchat v2"` followed by the
+//! requester's id (4 bytes, big-endian), the asked peer's id (4) and the session id (8).
+//! The requester knows the asked peer's static key from the server (`Found`). The first
+//! message rides in `ConnectRequest.hs` (payload: the requester's wall-clock time, 8
+//! bytes, nanoseconds since the Unix epoch, big-endian), built once and resent unchanged;
+//! the second in `Accept.hs` or `Reject.hs` (payload: 1 byte, 1 accept / 0 reject, then
+//! the answerer's time, 8 bytes), likewise built once and sent again for a resent request.
+//! The asked peer believes a request only if the static key it proves is the `key` the
+//! server publishes for `from` (asked with `Lookup` when not known) and its time is newer
+//! than any handshake seen from that key; a newer one from the key of a connected peer at
+//! the same address is a restart and replaces that session at once. Every other message
+//! of a session (the table below, and any added later) travels only inside
+//! `Sealed { from, session, n, data }`: `data` is the ChaCha20-Poly1305 encryption, with the
+//! sender's transport key of the session and nonce `n` (0, 1, 2, ... per direction), of the
+//! MessagePack values of one or more messages of that session and sender, back to back.
+//! A receiver keeps a replay window of 2048 counters per session (one below the highest by
+//! more than 1984 is refused) and drops a `Sealed` that does not open, one it saw, and any
+//! session message in clear. So nothing of a conversation is readable on the wire, and a
+//! forged `Terminate` or `Reject` changes nothing. There are no resets any more (they
+//! cannot be authenticated): a stale session ends by its silence timeout.
+//!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `ConnectRequest` | `from`, `session`, `name`, `display_name` (left out when none) | requester, every retry interval | `Accept` or `Reject` |
-//! | `Accept` | `from`, `session` | the asked peer (its own id in `from`) | - |
-//! | `Reject` | `from`, `session` | the asked peer | - |
+//! | `ConnectRequest` | `from`, `session`, `hs` (bin, Noise message 1) | requester, every retry interval | `Accept` or `Reject` |
+//! | `Accept` | `from`, `session`, `hs` (bin, Noise message 2, payload 1) | the asked peer (its own id in `from`) | - |
+//! | `Reject` | `from`, `session`, `hs` (bin, Noise message 2, payload 0) | the asked peer | - |
+//! | `Sealed` | `from`, `session`, `n`, `data` (bin, at most [`MAX_DATAGRAM`] bytes) | either side | - |
 //! | `Chat` | `from`, `session`, `seq`, `text` | either side | `Ack` |
 //! | `Ack` | `from`, `session`, `seq`, `cumulative` | receiver of a `Chat` | - |
 //! | `Terminate` | `from`, `session` | either side | `TerminateAck` |
@@ -270,19 +296,19 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: u8 = 0x50;
 /// The protocol version this build speaks (byte 1 of every datagram).
 pub const VERSION: u8 = 2;
-/// Datagrams longer than this are refused without decoding.
+/// Datagrams longer than this (8192) are refused without decoding.
 pub const MAX_DATAGRAM: usize = 8192;
-/// The longest chat text one `Chat` carries, in bytes; longer lines are split by the client.
+/// The longest chat text one `Chat` carries, in bytes (1200); longer lines are split by the client.
 /// Also the longest `detail` of an `Error`. A longer one is malformed.
 pub const MAX_TEXT: usize = 1200;
-/// How deep MessagePack values may nest in a message (a message itself needs 2 levels: the
+/// How deep MessagePack values may nest in a message (16; a message itself needs 2 levels: the
 /// map naming it and the map of its fields). Deeper nesting, even in a field the decoder
 /// skips, is malformed, so that a small datagram cannot make decoding recurse deeply.
 pub const MAX_DEPTH: usize = 16;
 /// A client handles at most this many messages of one datagram (the rest are dropped): a
 /// datagram of tiny messages must not cost it more work, or answers, than a few.
 pub const MAX_PEER_MESSAGES: usize = 64;
-/// Senders pack messages into datagrams of at most this many bytes (one message bigger than
+/// Senders pack messages into datagrams of at most this many bytes (1200; one message bigger than
 /// this still goes, alone): small enough for a typical path MTU (1280 for IPv6, less headers).
 pub const PACK_LIMIT: usize = 1200;
 
@@ -900,7 +926,7 @@ impl FileEnd {
     }
 }
 
-/// The most file bytes one `Chunk` carries: with its fields, a `Chunk` stays within
+/// The most file bytes one `Chunk` carries (1100): with its fields, a `Chunk` stays within
 /// [`PACK_LIMIT`], so chunks never fragment.
 pub const CHUNK_SIZE: usize = 1100;
 /// The most bytes a `Chunk` may carry when decoded (a longer one is malformed).
