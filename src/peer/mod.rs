@@ -466,10 +466,17 @@ impl Peer {
             if Secure::is_sealed_kind(&t.message) {
                 let to = t.to;
                 let batch = self.gather(to, t.message, chat);
-                match self.secure.seal(to, &batch) {
-                    Some(message) => return Some((Transmit { to, message }, batch)),
-                    None => continue,
+                let Some(message) = self.secure.seal(to, &batch) else {
+                    continue;
+                };
+                if let Some(Message::Ping { session, .. }) =
+                    batch.iter().find(|m| matches!(m, Message::Ping { .. }))
+                {
+                    if let Some(accept) = self.secure.unheard_accept(to, *session) {
+                        self.out.transmit(to, accept);
+                    }
                 }
+                return Some((Transmit { to, message }, batch));
             }
             let sessions = &self.sessions;
             let to = t.to;

@@ -654,6 +654,22 @@ impl Secure {
             .find(|t| t.addr == to && t.sid == session)
     }
 
+    /// Our `Accept` of session `session` with the peer at `to`, if the peer has sent
+    /// nothing sealed since (it may not have it: a lost `Accept` leaves the requester
+    /// without keys, unable to read our pings). Sent again beside a `Ping`, it brings the
+    /// requester in without waiting for its next request.
+    pub fn unheard_accept(&self, to: SocketAddr, session: SessionId) -> Option<Message> {
+        let t = self
+            .transports
+            .values()
+            .find(|t| t.addr == to && t.sid == session && t.window.last.is_none())?;
+        let r = self.responding.get(&(t.peer, session))?;
+        match &r.answer {
+            Some(accept @ Message::Accept { .. }) => Some(accept.clone()),
+            _ => None,
+        }
+    }
+
     /// How many bytes of messages fit in one `Sealed` of at most `limit` bytes.
     pub fn room(limit: usize) -> usize {
         // The envelope: a Sealed with the largest ids and counter, and a bin16 header.
@@ -820,6 +836,26 @@ pub(super) fn peer_from(msg: &Message) -> ClientId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_chunk_sealed_alone_fits_one_packed_datagram() {
+        let chunk = Message::Chunk {
+            from: u32::MAX,
+            session: u64::MAX,
+            n: u64::MAX,
+            seq: u64::MAX,
+            data: vec![0xff; wire::CHUNK_SIZE],
+        };
+        let body = wire::encoded_len(&chunk) - 2;
+        let sealed = wire::encoded_len(&Message::Sealed {
+            from: u32::MAX,
+            session: u64::MAX,
+            n: u64::MAX,
+            data: vec![0; body + TAG],
+        });
+        assert!(sealed <= wire::PACK_LIMIT, "{sealed} bytes");
+        assert!(body <= Secure::room(wire::PACK_LIMIT), "{body} bytes of messages");
+    }
 
     #[test]
     fn the_replay_window_accepts_each_counter_once_and_refuses_the_too_old() {
