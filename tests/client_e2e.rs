@@ -459,12 +459,15 @@ fn a_plain_client_prints_readable_lines() {
     assert_eq!(c.full_stderr(), "");
 }
 
-/// `registered`, `request` and `connected` carry the key's fingerprint, different on every
+/// `registered`, `request`, `connected` and `status` carry a fingerprint, different on every
 /// run: it is checked to look like one (four groups of five base32 characters) and taken
 /// out, so that tests compare the rest exactly.
 pub fn strip_fingerprint(mut v: serde_json::Value) -> serde_json::Value {
     let event = v["event"].as_str().unwrap_or_default().to_string();
-    if matches!(event.as_str(), "registered" | "request" | "connected") {
+    if matches!(
+        event.as_str(),
+        "registered" | "request" | "connected" | "status"
+    ) {
         if let Some(map) = v.as_object_mut() {
             let f = map
                 .remove("fingerprint")

@@ -549,12 +549,15 @@ pub fn events_named<'a>(log: &'a [serde_json::Value], name: &str) -> Vec<&'a ser
     log.iter().filter(|v| v["event"] == name).collect()
 }
 
-/// `registered`, `request` and `connected` carry the key's fingerprint, different on every
+/// `registered`, `request`, `connected` and `status` carry a fingerprint, different on every
 /// run: it is checked to look like one (four groups of five base32 characters) and taken
 /// out, so that tests compare the rest exactly.
 pub fn strip_fingerprint(mut v: serde_json::Value) -> serde_json::Value {
     let event = v["event"].as_str().unwrap_or_default().to_string();
-    if matches!(event.as_str(), "registered" | "request" | "connected") {
+    if matches!(
+        event.as_str(),
+        "registered" | "request" | "connected" | "status"
+    ) {
         if let Some(map) = v.as_object_mut() {
             let f = map
                 .remove("fingerprint")
