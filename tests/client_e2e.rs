@@ -477,7 +477,8 @@ pub fn strip_fingerprint(mut v: serde_json::Value) -> serde_json::Value {
             assert!(
                 groups.len() == 4
                     && groups.iter().all(|g| g.len() == 5
-                        && g.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))),
+                        && g.bytes()
+                            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))),
                 "not a fingerprint: {f:?}"
             );
         }

@@ -503,6 +503,25 @@ impl Peer {
         self.secure.seal(to, messages)
     }
 
+    /// Opens a datagram from `from` that holds a `Sealed` of one of our sessions: the
+    /// messages in it, or `None`. Nothing is acted on (the peer's state does not change
+    /// but for the session's replay window). For tests that play a peer's part.
+    pub fn open_sealed(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<Vec<Message>> {
+        let mut out = Vec::new();
+        for m in wire::decode_all(datagram).ok()? {
+            match m {
+                Message::Sealed {
+                    from: id,
+                    session,
+                    n,
+                    data,
+                } => out.extend(self.secure.open(from, id, session, n, &data)?),
+                other => out.push(other),
+            }
+        }
+        Some(out)
+    }
+
     /// `first`, and the messages queued right after it for the same address and session
     /// that fit with it in one `Sealed` of [`PeerConfig::seal_limit`] bytes (from the
     /// chat queue only: the transfers' queue is not looked into).

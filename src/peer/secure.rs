@@ -854,7 +854,10 @@ mod tests {
             data: vec![0; body + TAG],
         });
         assert!(sealed <= wire::PACK_LIMIT, "{sealed} bytes");
-        assert!(body <= Secure::room(wire::PACK_LIMIT), "{body} bytes of messages");
+        assert!(
+            body <= Secure::room(wire::PACK_LIMIT),
+            "{body} bytes of messages"
+        );
     }
 
     #[test]
