@@ -547,10 +547,13 @@ impl Registry {
     }
 
     fn dispatch(&mut self, now: Instant, from: SocketAddr, msg: Message) {
-        // Any message from a registered address shows the client is alive.
+        // Any message from a registered address shows the client is alive; but for a
+        // `Register`, which may come from another client (another key) now bound there.
         let t = self.clients.nanos(now);
-        if let Some(r) = self.clients.at_addr_mut(&from) {
-            r.last_seen = t;
+        if !matches!(msg, Message::Register { .. }) {
+            if let Some(r) = self.clients.at_addr_mut(&from) {
+                r.last_seen = t;
+            }
         }
         match msg {
             Message::Register { want_id, key, .. } => self.register(now, from, want_id, key),
@@ -694,8 +697,24 @@ impl Registry {
 
     fn register(&mut self, now: Instant, from: SocketAddr, want_id: Option<ClientId>, key: Key) {
         if let Some(r) = self.clients.at_addr(&from) {
+            if r.key != key {
+                // Another client (another key) at the address of a registration: it may
+                // not take that registration over (whoever can forge the address could
+                // publish a key of theirs for the id). It waits for the entry to expire,
+                // which this Register does not prevent.
+                let detail = format!(
+                    "{from} is registered with another key until that registration expires (at most {} s)",
+                    self.config.ttl.as_secs()
+                );
+                self.send_error(from, ErrorCode::RateLimited, detail);
+                return;
+            }
             // A retransmission (our answer was lost): the same answer again.
             let answer = self.registered(r.id, r.token);
+            let t = self.clients.nanos(now);
+            if let Some(r) = self.clients.at_addr_mut(&from) {
+                r.last_seen = t;
+            }
             self.send(from, answer);
             return;
         }
