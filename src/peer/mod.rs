@@ -226,6 +226,8 @@ pub struct Peer {
     secure: Secure,
     /// When the keys of ended sessions were last swept.
     swept: Instant,
+    /// When a refused request was last shown.
+    refusal_shown: Option<Instant>,
 }
 
 /// Datagrams of another protocol version from others than the server: how many, the
@@ -297,6 +299,7 @@ impl Peer {
         Peer {
             secure,
             swept: now,
+            refusal_shown: None,
             requests: Requests::new(rand::rngs::StdRng::from_rng(&mut rng)),
             server: Server::new(&config, now, &mut out),
             names: Names::new(&config),
@@ -1158,7 +1161,17 @@ impl Peer {
     ) -> bool {
         let verdicts = self.secure.verdicts(id, key);
         for message in verdicts.refused {
-            self.out.event(Event::Notice { message });
+            // One line per summary interval at most: a flood of forged requests is not a
+            // flood of lines (the rest are counted in `PeerStats::refused`).
+            let quiet = self
+                .refusal_shown
+                .is_some_and(|at| now < at + self.config.summary_interval);
+            if quiet {
+                debug!("{message}");
+            } else {
+                self.refusal_shown = Some(now);
+                self.out.event(Event::Notice { message });
+            }
         }
         if verdicts.proved.is_empty() {
             return false;
