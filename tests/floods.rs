@@ -19,6 +19,12 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// `cfg` without the rate of new handshakes (for the tests of the other bounds).
+fn unlimited(mut cfg: PeerConfig) -> PeerConfig {
+    cfg.handshake_rate = (1e9, 1e9);
+    cfg
+}
+
 /// A peer driven by hand, registered as client 1.
 fn registered(cfg: PeerConfig, t0: Instant) -> Peer {
     let mut p = Peer::with_seed(cfg, t0, SEED);
@@ -192,7 +198,7 @@ fn requests_from_one_source_past_its_bound_are_ignored_and_summed_up() {
         (64, 8),
         "the documented bounds"
     );
-    let mut p = registered(cfg.clone(), t0);
+    let mut p = registered(unlimited(cfg.clone()), t0);
     // 500 made-up clients at one address, a millisecond apart: one source. (Each is a
     // real handshake, which the server confirms: a key of their own, registered.)
     let mut events = Vec::new();
@@ -225,7 +231,7 @@ fn requests_from_many_sources_stop_at_the_total_bound_and_others_come_in_once_th
     let t0 = Instant::now();
     let cfg = default_config();
     let lifetime = cfg.retry_interval * 3;
-    let mut p = registered(cfg, t0);
+    let mut p = registered(unlimited(cfg), t0);
     let mut events = Vec::new();
     // 200 sources, 2 requests each: 400 requests, 64 held.
     for k in 0..400u32 {
@@ -402,7 +408,7 @@ fn file_offers_past_the_bounds_per_peer_and_in_all_are_refused_and_summed_up() {
 #[test]
 fn ipv6_requests_count_against_their_slash_64_and_mapped_ipv4_against_its_address() {
     let t0 = Instant::now();
-    let mut p = registered(default_config(), t0);
+    let mut p = registered(unlimited(default_config()), t0);
     // Twelve addresses of one /64, and twelve of twelve other /64s.
     for k in 0..12u16 {
         let one: SocketAddr = format!("[2001:db8:0:1::{:x}]:4000", k + 1).parse().unwrap();
@@ -519,6 +525,37 @@ fn session_messages_in_clear_from_a_stranger_get_no_answer_at_all() {
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(p.stats().refused, 32);
     assert_eq!(p.stats().resets, 0);
+}
+
+#[test]
+fn new_handshakes_past_their_rate_are_dropped_unopened() {
+    let t0 = Instant::now();
+    let cfg = default_config();
+    assert_eq!(cfg.handshake_rate, (200.0, 20.0), "the documented rates");
+    let mut p = registered(cfg, t0);
+    // 100 made-up clients at one address at once: 20 are opened (8 held, 12 past the
+    // bound of a source), 80 dropped unopened.
+    for k in 0..100 {
+        deliver(&mut p, t0, stranger(), 7000 + k);
+    }
+    assert_eq!(p.pending_requests().len(), 8);
+    assert_eq!(p.stats().requests_ignored, 12);
+    assert_eq!(p.stats().refused, 80);
+    // Another address has a budget of its own.
+    deliver(&mut p, t0, addr([10, 8, 8, 8], 1), 8000);
+    assert_eq!(p.pending_requests().len(), 9);
+    // A second later the source has 20 more.
+    for k in 0..30 {
+        deliver(&mut p, t0 + secs(1), stranger(), 7100 + k);
+    }
+    assert_eq!(p.stats().refused, 80 + 10);
+    // In all, at most 200 a second: 250 sources at once, 200 opened.
+    let before = p.stats().refused;
+    for k in 0..250u32 {
+        let ip = [10, 40, (k / 250) as u8, (k % 250) as u8 + 1];
+        deliver(&mut p, t0 + secs(2), addr(ip, 1), 9000 + k);
+    }
+    assert_eq!(p.stats().refused - before, 50);
 }
 
 #[test]

@@ -120,6 +120,10 @@ pub struct PeerConfig {
     /// Messages of a session are sealed together into datagrams of at most this many
     /// bytes (0: each message alone).
     pub seal_limit: usize,
+    /// New handshakes opened per second, at most: in all, and from one source IP (each
+    /// costs Diffie-Hellman operations; past these, requests are dropped unopened and
+    /// counted in [`PeerStats::refused`]).
+    pub handshake_rate: (f64, f64),
     /// How often a peer that messages are queued for is looked up again while it is
     /// offline or does not answer.
     pub queue_retry: Duration,
@@ -167,6 +171,10 @@ impl PeerConfig {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default(),
             seal_limit: wire::PACK_LIMIT,
+            handshake_rate: (
+                secure::HANDSHAKES_PER_SEC,
+                secure::HANDSHAKES_PER_SOURCE_PER_SEC,
+            ),
             queue_retry: retry_interval * 3,
             retry_interval,
             connect_tries: 6,
@@ -295,6 +303,7 @@ impl Peer {
             now,
             config.pins.clone(),
             grace,
+            config.handshake_rate,
         );
         Peer {
             secure,

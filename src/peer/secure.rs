@@ -42,6 +42,43 @@ const KEY_MEMORY: usize = 4096;
 const PUBLISHED_MEMORY: usize = 4096;
 /// Requests waiting for the server to confirm their sender's key, at most.
 const MAX_VERIFYING: usize = 64;
+/// The defaults of [`PeerConfig::handshake_rate`](super::PeerConfig::handshake_rate):
+/// new handshakes (first messages never seen) opened per second, at most, in all and
+/// from one source IP address. Each costs Diffie-Hellman operations, so that a flood of
+/// them (garbage or not) costs a bounded share of the CPU. Legitimate requests are resent
+/// every retry interval and get through between the bursts of a flood from elsewhere.
+pub const HANDSHAKES_PER_SEC: f64 = 200.0;
+pub const HANDSHAKES_PER_SOURCE_PER_SEC: f64 = 20.0;
+/// Sources whose handshake rate is remembered.
+const SOURCE_MEMORY: usize = 4096;
+
+/// A token bucket: `rate` a second, at most `rate` (one second's worth) at once.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(now: Instant, rate: f64) -> Self {
+        Bucket {
+            tokens: rate,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant, rate: f64) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(rate);
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// The replay window of one direction of a session: the highest counter accepted and a
 /// bitmap of the 2048 below it (RFC 6479, as WireGuard does). A counter is accepted once;
@@ -190,6 +227,12 @@ pub(super) struct Secure {
     initiating: HashMap<(ClientId, SessionId), Initiating>,
     responding: HashMap<(ClientId, SessionId), Responding>,
     transports: HashMap<(ClientId, SessionId), Transport>,
+    /// The budget of new handshakes, in all and per source IP.
+    budget: Bucket,
+    /// Handshakes a second: in all, per source.
+    rates: (f64, f64),
+    by_source: HashMap<std::net::IpAddr, Bucket>,
+    source_order: VecDeque<std::net::IpAddr>,
     /// Scratch buffers.
     plain: Vec<u8>,
     sealed: Vec<u8>,
@@ -222,6 +265,7 @@ impl Secure {
         start: Instant,
         pins: HashMap<String, Key>,
         grace: Duration,
+        rates: (f64, f64),
     ) -> Self {
         Secure {
             identity,
@@ -238,6 +282,10 @@ impl Secure {
             initiating: HashMap::new(),
             responding: HashMap::new(),
             transports: HashMap::new(),
+            budget: Bucket::full(start, rates.0),
+            rates,
+            by_source: HashMap::new(),
+            source_order: VecDeque::new(),
             plain: Vec::new(),
             sealed: Vec::new(),
             refused: 0,
@@ -404,6 +452,11 @@ impl Secure {
                 };
             }
         }
+        if !self.afford(now, src) {
+            self.refused += 1;
+            debug!("{src}: too many new handshakes lately; a ConnectRequest dropped unopened");
+            return Request::Nothing;
+        }
         let prologue = prologue(from, me, session);
         let Ok(mut hs) = snow::Builder::new(params(PEER_PATTERN))
             .local_private_key(self.identity.secret())
@@ -458,6 +511,36 @@ impl Secure {
         } else {
             Request::Verify(Message::lookup(from))
         }
+    }
+
+    /// Whether a new handshake from `src` may be opened now (see [`HANDSHAKES_PER_SEC`]).
+    fn afford(&mut self, now: Instant, src: SocketAddr) -> bool {
+        let ip = match src.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let (all, rate) = self.rates;
+        let mut source = self
+            .by_source
+            .get(&ip)
+            .copied()
+            .unwrap_or_else(|| Bucket::full(now, rate));
+        let mut global = self.budget;
+        let ok = source.take(now, rate) && global.take(now, all);
+        if ok {
+            self.budget = global;
+        }
+        if self.by_source.insert(ip, source).is_none() {
+            self.source_order.push_back(ip);
+            if self.source_order.len() > SOURCE_MEMORY {
+                if let Some(old) = self.source_order.pop_front() {
+                    self.by_source.remove(&old);
+                }
+            }
+        }
+        ok
     }
 
     /// The server answered about `id` (`key` is `None`: it has no such client). The
