@@ -596,9 +596,10 @@ fn a_flood_of_connection_requests_leaves_a_live_session_chatting_in_bounded_memo
         "b printed {other_lines} lines: {:#?}",
         b.log
     );
-    assert!(!summaries.is_empty());
-    let shown: u64 = summaries.iter().sum::<u64>() + requests as u64;
-    assert!(shown <= u64::from(sent) + 1, "{shown} for {sent}");
+    // Their handshakes do not open (at most 20 a second from that source are even
+    // tried): none becomes a request, and none is a line.
+    assert_eq!(requests, 1, "a's request only");
+    assert!(summaries.is_empty(), "{summaries:?}");
     // The messages arrived in order, once each.
     let texts: Vec<String> = b
         .events("message")
