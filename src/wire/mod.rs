@@ -926,9 +926,10 @@ impl FileEnd {
     }
 }
 
-/// The most file bytes one `Chunk` carries (1100): with its fields, a `Chunk` stays within
-/// [`PACK_LIMIT`], so chunks never fragment.
-pub const CHUNK_SIZE: usize = 1100;
+/// The most file bytes one `Chunk` carries (1056): with its fields, a `Chunk` sealed alone
+/// in a `Sealed` stays within [`PACK_LIMIT`], so chunks never fragment. (Version 1 carried
+/// 1100, which the sealing's 84 bytes would have pushed past it.)
+pub const CHUNK_SIZE: usize = 1056;
 /// The most bytes a `Chunk` may carry when decoded (a longer one is malformed).
 pub const MAX_CHUNK: usize = 4096;
 
