@@ -162,7 +162,7 @@
 //! datagrams left over from an earlier session change nothing.
 //!
 //! **Encryption (version 2).** Every session is a Noise handshake, pattern
-//! `Noise_IK_25519_ChaChaPoly_BLAKE2s`, prologue `"p2pchat v2"` followed by the
+//! `Noise_IK_25519_AESGCM_BLAKE2s`, prologue `"p2pchat v2"` followed by the
 //! requester's id (4 bytes, big-endian), the asked peer's id (4) and the session id (8).
 //! The requester knows the asked peer's static key from the server (`Found`). The first
 //! message rides in `ConnectRequest.hs` (payload: the requester's wall-clock time, 8
@@ -174,8 +174,8 @@
 //! than any handshake seen from that key; a newer one from the key of a connected peer at
 //! the same address is a restart and replaces that session at once. Every other message
 //! of a session (the table below, and any added later) travels only inside
-//! `Sealed { from, session, n, data }`: `data` is the ChaCha20-Poly1305 encryption, with the
-//! sender's transport key of the session and nonce `n` (0, 1, 2, ... per direction), of the
+//! `Sealed { from, session, n, data }`: `data` is the AES-256-GCM encryption (Noise's `AESGCM`), with the
+//! sender's transport key of the session and nonce `n` (0, 1, 2, ... per direction; as Noise encodes it for AESGCM: 4 zero bytes, then `n` big-endian; no associated data), of the
 //! MessagePack values of one or more messages of that session and sender, back to back.
 //! A receiver keeps a replay window of 2048 counters per session (one below the highest by
 //! more than 1984 is refused) and drops a `Sealed` that does not open, one it saw, and any
@@ -769,7 +769,7 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         hs: Vec<u8>,
     },
-    /// Every other message of a session, encrypted: `data` is ChaCha20-Poly1305 with the
+    /// Every other message of a session, encrypted: `data` is AES-256-GCM with the
     /// session's key of the sender's direction and nonce `n`, over the MessagePack values
     /// of one or more messages of the session, back to back.
     Sealed {
