@@ -538,13 +538,13 @@ impl Peer {
     /// that fit with it in one `Sealed` of [`PeerConfig::seal_limit`] bytes (from the
     /// chat queue only: the transfers' queue is not looked into).
     fn gather(&mut self, to: SocketAddr, first: Message, chat: bool) -> Vec<Message> {
+        if !chat {
+            return vec![first];
+        }
         let room = Secure::room(self.config.seal_limit);
         let session = first.session();
         let mut size = wire::encoded_len(&first) - 2;
         let mut batch = vec![first];
-        if !chat {
-            return batch;
-        }
         while let Some(next) = self.out.peek_transmit() {
             let len = wire::encoded_len(&next.message) - 2;
             if next.to != to
