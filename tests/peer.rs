@@ -272,10 +272,11 @@ fn connect_to_an_id_the_server_does_not_know_reports_inactive() {
 }
 
 #[test]
-fn lost_accept_is_sent_again_for_the_resent_request_and_nothing_is_shown_twice() {
+fn lost_accept_is_sent_again_with_the_same_bytes_and_nothing_is_shown_twice() {
     let (mut s, a, b) = pair();
-    // The first Accept is lost, and so is the first Ping of the accepting side, so that only
-    // the resent request can bring the requester in.
+    // The first Accept is lost, and so is the first Ping of the accepting side. The
+    // accepter sends its Accept again beside its pings until it hears from the requester,
+    // and for each resent request: every copy is the same bytes (the same handshake).
     s.drop_first(1, is_accept);
     s.drop_first(1, is_ping);
     s.connect(a, b);
@@ -285,25 +286,18 @@ fn lost_accept_is_sent_again_for_the_resent_request_and_nothing_is_shown_twice()
     s.expect(LIMIT, "a connected", |s| s.has(a, is_connected));
     let requests = s.sent_by(s.addr(a), is_connect_request);
     let accepts = s.sent_by(s.addr(b), is_accept);
-    assert_eq!(requests.len(), 2, "the request was resent once");
-    assert_eq!(accepts.len(), 2, "the resent request got a second Accept");
-    let session = session_of(&requests[0].message);
-    assert_eq!(session_of(&requests[1].message), session);
-    for acc in &accepts {
-        assert_eq!(
-            acc.message,
-            Message::Accept {
-                hs: Vec::new(),
-                from: s.id(b),
-                session
-            },
-            "the same session is accepted again"
-        );
-    }
-    assert_eq!(
-        accepts[1].at - requests[1].at,
-        ms(10),
-        "answered on arrival"
+    assert!(
+        accepts.len() >= 2,
+        "the Accept was sent again: {}",
+        accepts.len()
+    );
+    assert!(
+        accepts.iter().all(|r| r.wire == accepts[0].wire),
+        "every Accept is the same bytes"
+    );
+    assert!(
+        requests.iter().all(|r| r.wire == requests[0].wire),
+        "every request is the same bytes"
     );
     s.run_for(secs(60));
     assert_eq!(s.count(b, is_request), 1, "{:?}", s.events(b));

@@ -92,15 +92,33 @@ enum Payload {
 
 #[derive(Arbitrary, Debug)]
 enum Forged {
-    ConnectRequest { hs: Vec<u8> },
-    Accept { hs: Vec<u8> },
-    Reject { hs: Vec<u8> },
+    ConnectRequest {
+        hs: Vec<u8>,
+    },
+    Accept {
+        hs: Vec<u8>,
+    },
+    Reject {
+        hs: Vec<u8>,
+    },
     /// Ciphertext of the attacker's making, with any counter.
-    Sealed { n: Num, data: Vec<u8> },
+    Sealed {
+        n: Num,
+        data: Vec<u8>,
+    },
     /// A datagram sent on the wire earlier, replayed as is or with one byte changed.
-    Replay { index: u16, flip: Option<u16> },
-    Chat { seq: Num, text: String },
-    Ack { seq: Num, cumulative: Num },
+    Replay {
+        index: u16,
+        flip: Option<u16>,
+    },
+    Chat {
+        seq: Num,
+        text: String,
+    },
+    Ack {
+        seq: Num,
+        cumulative: Num,
+    },
     Terminate,
     TerminateAck,
     Ping,

@@ -300,6 +300,14 @@ mod tests {
         assert_eq!(parse_command("quit"), Ok(Command::Leave));
         assert_eq!(parse_command("help"), Ok(Command::Help));
         assert_eq!(parse_command("status"), Ok(Command::Status));
+        assert_eq!(parse_command("fingerprint"), Ok(Command::Fingerprint(None)));
+        assert_eq!(
+            parse_command("fingerprint bob"),
+            Ok(Command::Fingerprint(Some(Target::Name("bob".into()))))
+        );
+        assert_eq!(parse_command("trust bob"), Ok(Command::Trust("bob".into())));
+        assert!(parse_command("trust").is_err());
+        assert!(parse_command("trust 3").is_err());
         assert_eq!(parse_command(""), Ok(Command::Nothing));
         assert_eq!(
             parse_command("broadcast  hi  all"),

@@ -681,6 +681,26 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_key_is_a_loud_line_and_a_key_changed_event() {
+        let ev = Event::KeyChanged {
+            peer: 3,
+            name: "bob".into(),
+            fingerprint: "AAAAA-BBBBB-CCCCC-DDDDD".into(),
+            pinned: "EEEEE-FFFFF-GGGGG-HHHHH".into(),
+        };
+        let line = human_line(&ev);
+        assert!(line.starts_with("WARNING"), "{line}");
+        assert!(line.contains("trust bob"), "{line}");
+        assert!(
+            line.contains("AAAAA-BBBBB-CCCCC-DDDDD") && line.contains("EEEEE-FFFFF-GGGGG-HHHHH")
+        );
+        assert_eq!(
+            json_line(&ev),
+            r#"{"event":"key_changed","peer":3,"name":"bob","fingerprint":"AAAAA-BBBBB-CCCCC-DDDDD","pinned":"EEEEE-FFFFF-GGGGG-HHHHH"}"#
+        );
+    }
+
+    #[test]
     fn control_characters_from_peers_are_neutralised() {
         let shown = human_line(&Event::Message {
             from: 2,

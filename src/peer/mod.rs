@@ -475,7 +475,9 @@ impl Peer {
                 let plain = vec![t.message.clone()];
                 return Some((t, plain));
             }
-            if Secure::is_sealed_kind(&t.message) {
+            // Everything to a peer but the handshake leaves sealed, or not at all (a message
+            // of a kind added later included: it is never sent in clear by default).
+            if !Secure::is_handshake(&t.message) {
                 let to = t.to;
                 let batch = self.gather(to, t.message, chat);
                 let Some(message) = self.secure.seal(to, &batch) else {

@@ -698,6 +698,15 @@ impl Secure {
 
     // ------------------------------------------------------------------ sealing
 
+    /// Whether a message to a peer is one of the handshake (`ConnectRequest`, `Accept`,
+    /// `Reject`), which travel in clear with their Noise message.
+    pub fn is_handshake(msg: &Message) -> bool {
+        matches!(
+            msg,
+            Message::ConnectRequest { .. } | Message::Accept { .. } | Message::Reject { .. }
+        )
+    }
+
     /// Whether a message to a peer is sealed (every message of a session but the three of
     /// the handshake).
     pub fn is_sealed_kind(msg: &Message) -> bool {
@@ -769,7 +778,13 @@ impl Secure {
     /// counted, not sent) if the session has no keys.
     pub fn seal(&mut self, to: SocketAddr, messages: &[Message]) -> Option<Message> {
         let first = messages.first()?;
-        let (from, session) = (peer_from(first), first.session()?);
+        let Some(session) = first.session() else {
+            // Not of a session: nothing to seal it with, and it is not sent in clear.
+            self.unsealed += messages.len() as u64;
+            debug!("{to}: not of a session, not sent: {first:?}");
+            return None;
+        };
+        let from = peer_from(first);
         let mut plain = std::mem::take(&mut self.plain);
         plain.clear();
         for m in messages {
