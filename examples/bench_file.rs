@@ -39,6 +39,8 @@ use p2pchat::wire::{self, ClientId, Message, CHUNK_SIZE};
 const MIB: u64 = 1 << 20;
 
 fn main() {
+    // What the sealing of every datagram of a session costs, measured first.
+    bench_common::print_crypto_costs(100);
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("--child-receiver") => return child_receiver(&args[2], &args[3]),

@@ -40,6 +40,8 @@ use p2pchat::wire::ClientId;
 const ROUNDS: u32 = 4;
 
 fn main() {
+    // What the sealing of every datagram of a session costs, measured first.
+    bench_common::print_crypto_costs(100);
     let secs = arg_or(4.0);
     let slice = Duration::from_secs_f64(secs / f64::from(ROUNDS));
     println!("bench_latency: {secs} s of each, in {ROUNDS} rounds, loopback");

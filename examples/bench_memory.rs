@@ -101,7 +101,7 @@ fn config(n: usize) -> RegistryConfig {
 fn filled(n: u32, now: Instant) -> Registry {
     let mut r = Registry::with_seed(config(n as usize), 1);
     for i in 0..n {
-        r.handle_message(now, address(i), Message::register(None));
+        r.handle_message(now, address(i), Message::register(None, [0; 32]));
         while r.poll_transmit().is_some() {}
         while r.poll_event().is_some() {}
     }

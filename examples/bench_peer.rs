@@ -42,6 +42,8 @@ const BACKLOG: u64 = 100_000;
 const MESSAGE_LEN: usize = 100;
 
 fn main() {
+    // What the sealing of every datagram of a session costs, measured first.
+    bench_common::print_crypto_costs(100);
     let scale = arg_or(1.0);
     let n = ((1_000_000.0 * scale) as u64).max(1000);
     // Senders on CPU 0, receivers on CPU 1.

@@ -124,7 +124,7 @@ fn main() {
 /// ids are 1..=that, the lowest free ones).
 fn register_many(server: SocketAddr, n: u32) -> u32 {
     const BATCH: usize = 128;
-    let register = wire::encode_request(&Message::register(None));
+    let register = wire::encode_request(&Message::register(None, [0; 32]));
     let mut candidate = 0u32;
     let mut done = 0u32;
     let mut buf = [0u8; 2048];

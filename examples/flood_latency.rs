@@ -250,10 +250,9 @@ fn flood_requests(target: SocketAddr, stop: &AtomicBool, sent: &AtomicU64) {
     let mut id: u32 = 1_000_000;
     while !stop.load(Ordering::Relaxed) {
         let request = Message::ConnectRequest {
+            hs: Vec::new(),
             from: id,
             session: u64::from(id) << 16,
-            name: None,
-            display_name: None,
         };
         if s.send_to(&wire::encode(&request), target).is_ok() {
             sent.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +276,10 @@ fn register_with_token(socket: &UdpSocket, server: SocketAddr) -> Option<(Client
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         socket
-            .send_to(&wire::encode_request(&Message::register(None)), server)
+            .send_to(
+                &wire::encode_request(&Message::register(None, [0; 32])),
+                server,
+            )
             .ok()?;
         if let Ok((n, _)) = socket.recv_from(&mut buf) {
             if let Ok(Message::Registered { id, token, .. }) = wire::decode(&buf[..n]) {
@@ -310,7 +312,10 @@ fn leave_gaps(server: SocketAddr, blocks: u32, keep_every: u32) -> u32 {
         for _attempt in 0..5 {
             for (s, r) in sockets.iter().zip(&registered) {
                 if r.is_none() {
-                    let _ = s.send_to(&wire::encode_request(&Message::register(None)), server);
+                    let _ = s.send_to(
+                        &wire::encode_request(&Message::register(None, [0; 32])),
+                        server,
+                    );
                 }
             }
             for (s, r) in sockets.iter().zip(registered.iter_mut()) {
@@ -478,7 +483,7 @@ fn run_flood(
             let sockets: Vec<UdpSocket> = (0..512)
                 .map(|_| UdpSocket::bind("127.0.0.2:0").unwrap())
                 .collect();
-            let register = wire::encode_request(&Message::register(None));
+            let register = wire::encode_request(&Message::register(None, [0; 32]));
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 if sockets[i % sockets.len()]

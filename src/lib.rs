@@ -43,6 +43,7 @@
 
 pub mod app;
 pub mod driver;
+pub mod identity;
 pub mod peer;
 pub mod registry;
 pub mod reliable;

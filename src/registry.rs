@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rand::{Rng, SeedableRng};
 
+use crate::identity::Identity;
 use crate::wire::{
-    self, ClientId, DecodeError, ErrorCode, Listed, Message, Nonce, Token, Transmit,
+    self, ClientId, DecodeError, ErrorCode, Key, Listed, Message, Nonce, Token, Transmit,
 };
 
 mod introductions;
@@ -67,6 +68,8 @@ pub struct Entry {
     pub id: ClientId,
     pub addr: SocketAddr,
     pub token: Token,
+    /// The static public key the client registered with.
+    pub key: Key,
     pub joined: Instant,
     pub last_seen: Instant,
     /// The name the client claimed, as it spelled it.
@@ -82,11 +85,12 @@ struct Name {
     display_name: Option<Box<str>>,
 }
 
-/// How a client is stored: 64 bytes, times in nanoseconds since the table's epoch.
+/// How a client is stored: 96 bytes, times in nanoseconds since the table's epoch.
 #[derive(Debug, Clone, Copy)]
 struct Record {
     addr: SocketAddr,
     token: Token,
+    key: Key,
     joined: u64,
     last_seen: u64,
     id: ClientId,
@@ -227,6 +231,7 @@ impl Table {
             id: r.id,
             addr: r.addr,
             token: r.token,
+            key: r.key,
             joined: self.instant(r.joined),
             last_seen: self.instant(r.last_seen),
             name: name.map(|n| n.name.to_string()),
@@ -357,6 +362,8 @@ pub struct Registry {
     answering: Option<Answering>,
     /// Candidates and introductions, for hole punching (registry/introductions.rs).
     intro: introductions::Introductions,
+    /// The server's static key for this run: `Claim` proofs are made to it.
+    identity: Identity,
 }
 
 impl Registry {
@@ -372,6 +379,8 @@ impl Registry {
 
     fn with_rng(config: RegistryConfig, mut rng: rand::rngs::StdRng) -> Self {
         let key = rng.random();
+        // The server's static key comes from the same generator (the OS's, but for tests).
+        let secret: [u8; 32] = rng.random();
         Registry {
             config,
             clients: Table::default(),
@@ -391,7 +400,13 @@ impl Registry {
             rng,
             answering: None,
             intro: introductions::Introductions::default(),
+            identity: Identity::from_secret(secret),
         }
+    }
+
+    /// The server's static public key for this run (sent in `Registered`).
+    pub fn key(&self) -> &Key {
+        self.identity.public()
     }
 
     /// The same registry with other [`Limits`] (give them before the first datagram).
@@ -537,24 +552,28 @@ impl Registry {
     }
 
     fn dispatch(&mut self, now: Instant, from: SocketAddr, msg: Message) {
-        // Any message from a registered address shows the client is alive.
+        // Any message from a registered address shows the client is alive; but for a
+        // `Register`, which may come from another client (another key) now bound there.
         let t = self.clients.nanos(now);
-        if let Some(r) = self.clients.at_addr_mut(&from) {
-            r.last_seen = t;
+        if !matches!(msg, Message::Register { .. }) {
+            if let Some(r) = self.clients.at_addr_mut(&from) {
+                r.last_seen = t;
+            }
         }
         match msg {
-            Message::Register { want_id, .. } => self.register(now, from, want_id),
+            Message::Register { want_id, key, .. } => self.register(now, from, want_id, key),
             Message::Lookup { id, .. } => {
                 let answer = match self.clients.get(id) {
                     // Without names (the common case) the answer is built right here.
                     Some(r) if self.names.is_empty() => Message::Found {
                         id,
                         addr: r.addr,
+                        key: r.key,
                         name: None,
                         display_name: None,
                         nonce: 0,
                     },
-                    Some(r) => self.found(r.id, r.addr),
+                    Some(r) => self.found(r.id, r.addr, r.key),
                     None => Message::Inactive { id, nonce: 0 },
                 };
                 let found = matches!(answer, Message::Found { .. });
@@ -573,9 +592,9 @@ impl Registry {
                 token,
                 name,
                 display_name,
-                previous,
+                proof,
                 ..
-            } => self.claim(from, id, token, name, display_name, previous),
+            } => self.claim(from, id, token, name, display_name, proof),
             Message::List {
                 id, token, after, ..
             } => self.list(now, from, id, token, after),
@@ -696,10 +715,26 @@ impl Registry {
         u64::try_from(self.config.ttl.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn register(&mut self, now: Instant, from: SocketAddr, want_id: Option<ClientId>) {
+    fn register(&mut self, now: Instant, from: SocketAddr, want_id: Option<ClientId>, key: Key) {
         if let Some(r) = self.clients.at_addr(&from) {
+            if r.key != key {
+                // Another client (another key) at the address of a registration: it may
+                // not take that registration over (whoever can forge the address could
+                // publish a key of theirs for the id). It waits for the entry to expire,
+                // which this Register does not prevent.
+                let detail = format!(
+                    "{from} is registered with another key until that registration expires (at most {} s)",
+                    self.config.ttl.as_secs()
+                );
+                self.send_error(from, ErrorCode::RateLimited, detail);
+                return;
+            }
             // A retransmission (our answer was lost): the same answer again.
             let answer = self.registered(r.id, r.token);
+            let t = self.clients.nanos(now);
+            if let Some(r) = self.clients.at_addr_mut(&from) {
+                r.last_seen = t;
+            }
             self.send(from, answer);
             return;
         }
@@ -735,6 +770,7 @@ impl Registry {
         self.clients.insert(Record {
             addr: from,
             token,
+            key,
             joined: t,
             last_seen: t,
             id,
@@ -801,21 +837,22 @@ impl Registry {
         };
         let found = holder
             .and_then(|id| self.clients.get(id))
-            .map(|r| (r.id, r.addr));
+            .map(|r| (r.id, r.addr, r.key));
         let answer = match found {
-            Some((id, addr)) => self.found(id, addr),
+            Some((id, addr, key)) => self.found(id, addr, key),
             None => Message::Unknown { name, nonce: 0 },
         };
         self.send(from, answer);
-        found.map(|(id, _)| id)
+        found.map(|(id, _, _)| id)
     }
 
     /// The answer to a `Lookup` or `Resolve` that found client `id` at `addr`.
-    fn found(&self, id: ClientId, addr: SocketAddr) -> Message {
+    fn found(&self, id: ClientId, addr: SocketAddr, key: Key) -> Message {
         let name = self.name_of(id);
         Message::Found {
             id,
             addr,
+            key,
             name: name.map(|n| n.name.to_string()),
             display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
             nonce: 0,
@@ -848,7 +885,7 @@ impl Registry {
         token: Token,
         name: String,
         display_name: Option<String>,
-        previous: Option<Token>,
+        proof: Option<Vec<u8>>,
     ) {
         if !self.owns(from, id, token) {
             self.not_registered(from, id, "claim");
@@ -875,8 +912,10 @@ impl Registry {
                 }
             }
             Some(holder) => {
-                let holder_token = self.clients.get(holder).map(|r| r.token);
-                if previous.is_none() || previous != holder_token {
+                let holder_key = self.clients.get(holder).map(|r| r.key);
+                let claimer_key = self.clients.get(id).map(|r| r.key);
+                let proved = proof.is_some_and(|p| self.proves(&p, token, claimer_key));
+                if !proved || holder_key != claimer_key {
                     let detail = format!("name {name} is taken by client {holder}");
                     self.refuse_claim(from, ErrorCode::NameTaken, detail);
                     return;
@@ -984,6 +1023,7 @@ impl Registry {
             let name = self.name_of(id);
             let listed = Listed {
                 id,
+                key: r.key,
                 name: name.map(|n| n.name.to_string()),
                 display_name: name.and_then(|n| n.display_name.as_deref().map(str::to_string)),
                 online_secs: u32::try_from(now_ns.saturating_sub(r.joined) / 1_000_000_000)
@@ -1026,10 +1066,22 @@ impl Registry {
         page
     }
 
+    /// Whether `proof` (a Noise `X` message to our key) proves the key `registered`, for
+    /// the registration whose token is `token` (its payload).
+    fn proves(&self, proof: &[u8], token: Token, registered: Option<Key>) -> bool {
+        match self.identity.verify_proof(proof) {
+            Some((key, payload)) => {
+                Some(key) == registered && payload == token.to_be_bytes().as_slice()
+            }
+            None => false,
+        }
+    }
+
     fn registered(&self, id: ClientId, token: Token) -> Message {
         Message::Registered {
             id,
             token,
+            key: *self.identity.public(),
             ttl_secs: u32::try_from(self.config.ttl.as_secs().max(1)).unwrap_or(u32::MAX),
             nonce: 0,
         }
@@ -1196,7 +1248,7 @@ mod tests {
         for step in 0..20_000 {
             let from = SocketAddr::from(([127, 0, 0, 1], rng.random_range(1..100u16)));
             match rng.random_range(0..4) {
-                0 => r.handle_message(now, from, Message::register(None)),
+                0 => r.handle_message(now, from, Message::register(None, [0; 32])),
                 1 => {
                     let mine = model.iter().find(|(_, (a, _))| *a == from);
                     if let Some((&id, &(_, token))) = mine {

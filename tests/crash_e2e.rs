@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{events_named, free_udp_port, JsonClient, Server};
+use common::{events_named, free_udp_port, JsonClient, Server, TempDir};
 use p2pchat::wire::ClientId;
 
 /// The retry interval of every client here: session Pings every 0.2 s, a silent session
@@ -209,8 +209,17 @@ fn a_client_registers_again_after_a_server_restart() {
 fn a_restarted_peer_is_not_confused_with_its_stale_session() {
     let server = Server::start(&[]);
     let b_bind = format!("127.0.0.1:{}", free_udp_port());
+    // B's state directory keeps its key across the crash: the restarted B proves the same
+    // key, so A replaces the old session at once.
+    let b_state = TempDir::new("restarted-b");
+    let b_dir = b_state.0.display().to_string();
     let mut a = client("A", server.addr, 1, &[]);
-    let mut b = client("B", server.addr, 2, &["--bind", &b_bind]);
+    let mut b = client(
+        "B",
+        server.addr,
+        2,
+        &["--bind", &b_bind, "--state-dir", &b_dir],
+    );
     connect(&mut a, 1, &mut b, 2);
     let old_to_b = texts("old session, A to B,", 3);
     let old_to_a = texts("old session, B to A,", 3);
@@ -223,7 +232,12 @@ fn a_restarted_peer_is_not_confused_with_its_stale_session() {
     b.proc.kill();
     drop(b);
     let restarted = Instant::now();
-    let mut b2 = client("B'", server.addr, 2, &["--bind", &b_bind]);
+    let mut b2 = client(
+        "B'",
+        server.addr,
+        2,
+        &["--bind", &b_bind, "--state-dir", &b_dir],
+    );
     b2.type_line("connect 1");
 
     // A still has the old session with 2. Whichever way it learns that session is over

@@ -7,15 +7,15 @@
 mod common;
 mod sim;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use common::{JsonClient, Server, TempDir, WAIT};
-use p2pchat::wire::{self, ClientId, FileEnd, Message, SessionId, CHUNK_SIZE};
+use common::{JsonClient, SealedPeer, Server, TempDir, WAIT};
+use p2pchat::wire::{ClientId, FileEnd, Message, CHUNK_SIZE};
 use sim::file_bytes;
 
 /// Short resend periods, so that nothing in these tests waits long.
@@ -160,78 +160,24 @@ fn bad_file_commands_get_one_clear_error_line() {
 
 // ---------------------------------------------------------------- a hand-driven peer
 
-/// A peer driven by the test from a plain UDP socket: registers, is accepted by a real
-/// client, then sends whatever file messages the test wants.
-struct RawPeer {
-    sock: UdpSocket,
-    id: ClientId,
-    session: SessionId,
-    to: SocketAddr,
+/// A peer driven by the test (see [`common::SealedPeer`]): registers, is accepted by a
+/// real client, then sends whatever file messages the test wants, sealed.
+struct RawPeer(SealedPeer);
+
+impl std::ops::Deref for RawPeer {
+    type Target = SealedPeer;
+    fn deref(&self) -> &SealedPeer {
+        &self.0
+    }
 }
 
 impl RawPeer {
-    /// Sends `m`, padded as a client pads its requests to the server.
-    fn send(&self, to: SocketAddr, m: &Message) {
-        let mut m = m.clone();
-        wire::pad_request(&mut m);
-        self.sock.send_to(&wire::encode(&m), to).unwrap();
-    }
-
-    /// The next message satisfying `pred` (others are dropped), within [`WAIT`].
-    fn recv_until(&self, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
-        let deadline = Instant::now() + WAIT;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "raw peer: no {what} within {WAIT:?}");
-            self.sock.set_read_timeout(Some(left)).unwrap();
-            let Ok((len, _)) = self.sock.recv_from(&mut buf) else {
-                continue;
-            };
-            for m in wire::decode_all(&buf[..len]).unwrap() {
-                if pred(&m) {
-                    return m;
-                }
-            }
-        }
-    }
-
     /// Registers with `server`, asks client `peer` to connect, and has `c` accept.
     fn connect(server: SocketAddr, c: &mut JsonClient, peer: ClientId) -> RawPeer {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut raw = RawPeer {
-            sock,
-            id: 0,
-            session: 0x7e57,
-            to: server,
-        };
-        raw.send(server, &Message::register(None));
-        let Message::Registered { id, .. } =
-            raw.recv_until("Registered", |m| matches!(m, Message::Registered { .. }))
-        else {
-            unreachable!()
-        };
-        raw.id = id;
-        raw.send(server, &Message::lookup(peer));
-        let Message::Found { addr, .. } =
-            raw.recv_until("Found", |m| matches!(m, Message::Found { .. }))
-        else {
-            unreachable!()
-        };
-        raw.to = addr;
-        raw.send(
-            addr,
-            &Message::ConnectRequest {
-                from: id,
-                session: raw.session,
-                name: None,
-                display_name: None,
-            },
-        );
-        c.expect(json!({"event": "request", "from": id}));
-        c.type_line(&format!("accept {id}"));
-        raw.recv_until("Accept", |m| matches!(m, Message::Accept { .. }));
-        raw
+        RawPeer(SealedPeer::connect(server, peer, |id| {
+            c.expect(json!({"event": "request", "from": id}));
+            c.type_line(&format!("accept {id}"));
+        }))
     }
 
     fn offer(&self, n: u64, name: &str, data: &[u8]) {

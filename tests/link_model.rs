@@ -253,8 +253,9 @@ fn a_chat_round_trip_through_links_takes_both_delays_and_serializations() {
     let chat = sim.sent_by(a, |m| matches!(m, Message::Chat { .. }))[0];
     let ack = sim.sent_by(b, |m| matches!(m, Message::Ack { .. }))[0];
     let (chat_len, ack_len) = (
-        wire::encode(&chat.message).len() + OVERHEAD,
-        wire::encode(&ack.message).len() + OVERHEAD,
+        // As they went on the wire: sealed.
+        wire::encode(&chat.wire).len() + OVERHEAD,
+        wire::encode(&ack.wire).len() + OVERHEAD,
     );
     let expected = up.serialization(chat_len) + up.delay + down.serialization(ack_len) + down.delay;
     println!(

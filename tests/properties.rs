@@ -69,7 +69,8 @@ fn arb_code() -> impl Strategy<Value = ErrorCode> {
 
 fn client_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        proptest::option::of(small_id()).prop_map(Message::register),
+        (proptest::option::of(small_id()), any::<[u8; 32]>())
+            .prop_map(|(id, key)| Message::register(id, key)),
         small_id().prop_map(Message::lookup),
         (small_id(), small_u64()).prop_map(|(id, token)| Message::leave(id, token)),
         (small_id(), small_u64()).prop_map(|(id, token)| Message::keepalive(id, token)),
@@ -80,6 +81,7 @@ fn server_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (small_id(), small_u64(), any::<u32>()).prop_map(|(id, token, ttl_secs)| {
             Message::Registered {
+                key: [0; 32],
                 id,
                 token,
                 ttl_secs,
@@ -87,6 +89,7 @@ fn server_message() -> impl Strategy<Value = Message> {
             }
         }),
         (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found {
+            key: [0; 32],
             id,
             addr,
             name: None,
@@ -115,13 +118,20 @@ fn peer_message(
 ) -> Message {
     match kind % 15 {
         0 => Message::ConnectRequest {
+            hs: Vec::new(),
             from,
             session,
-            name: None,
-            display_name: None,
         },
-        1 => Message::Accept { from, session },
-        2 => Message::Reject { from, session },
+        1 => Message::Accept {
+            hs: Vec::new(),
+            from,
+            session,
+        },
+        2 => Message::Reject {
+            hs: Vec::new(),
+            from,
+            session,
+        },
         3 => Message::Chat {
             from,
             session,

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use p2pchat::identity::Identity;
 use p2pchat::registry::{Entry, Limits, Registry, RegistryConfig, Stats, TableEvent};
 use p2pchat::wire::{self, encode, ClientId, ErrorCode, Message, Token};
 
@@ -79,7 +80,17 @@ fn register(
     from: SocketAddr,
     want_id: Option<ClientId>,
 ) -> (ClientId, Token) {
-    let answers = send(r, now, from, &Message::register(want_id));
+    register_with_key(r, now, from, want_id, [0; 32])
+}
+
+fn register_with_key(
+    r: &mut Registry,
+    now: Instant,
+    from: SocketAddr,
+    want_id: Option<ClientId>,
+    key: p2pchat::wire::Key,
+) -> (ClientId, Token) {
+    let answers = send(r, now, from, &Message::register(want_id, key));
     let [Message::Registered {
         id,
         token,
@@ -215,7 +226,7 @@ fn a_requested_taken_id_gets_id_taken_and_changes_nothing() {
         &mut r,
         t0 + secs(1),
         addr(1002),
-        &Message::register(Some(1)),
+        &Message::register(Some(1), [0; 32]),
     );
     assert_eq!(error_code(&answers), ErrorCode::IdTaken);
     assert_eq!(table(&r), before);
@@ -234,11 +245,12 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
             &mut r,
             t0 + secs(2),
             addr(1001),
-            &Message::register(want_id),
+            &Message::register(want_id, [0; 32]),
         );
         assert_eq!(
             answers,
             [Message::Registered {
+                key: *r.key(),
                 id,
                 token,
                 ttl_secs: 30,
@@ -257,10 +269,11 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
     let t0 = Instant::now();
     let mut r = registry(1);
     let (id, token) = register(&mut r, t0, addr(1001), None);
-    let answers = send(&mut r, t0, addr(1001), &Message::register(None));
+    let answers = send(&mut r, t0, addr(1001), &Message::register(None, [0; 32]));
     assert_eq!(
         answers,
         [Message::Registered {
+            key: *r.key(),
             id,
             token,
             ttl_secs: 30,
@@ -277,7 +290,7 @@ fn register_beyond_max_clients_gets_server_full_and_changes_nothing() {
     let (_, token2) = register(&mut r, t0, addr(1002), None);
     let before = table(&r);
     for want_id in [None, Some(9)] {
-        let answers = send(&mut r, t0, addr(1003), &Message::register(want_id));
+        let answers = send(&mut r, t0, addr(1003), &Message::register(want_id, [0; 32]));
         assert_eq!(error_code(&answers), ErrorCode::ServerFull);
     }
     assert_eq!(table(&r), before);
@@ -302,6 +315,7 @@ fn lookup_of_a_registered_id_finds_its_registered_address() {
         assert_eq!(
             answers,
             [Message::Found {
+                key: [0; 32],
                 id: 2,
                 addr: addr(1002),
                 name: None,
@@ -547,7 +561,12 @@ fn a_retransmitted_register_refreshes_the_entry() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let (id, _) = register(&mut r, t0, addr(1001), None);
-    send(&mut r, t0 + secs(25), addr(1001), &Message::register(None));
+    send(
+        &mut r,
+        t0 + secs(25),
+        addr(1001),
+        &Message::register(None, [0; 32]),
+    );
     r.handle_timeout(t0 + secs(31));
     assert_eq!(ids(&r), [id]);
 }
@@ -718,7 +737,7 @@ fn malformed_bodies_are_counted_and_change_nothing() {
     let mut r = two_clients(t0);
     let before = table(&r);
     let base = r.stats().clone();
-    let mut trailing = encode(&Message::register(None));
+    let mut trailing = encode(&Message::register(None, [0; 32]));
     trailing.push(0);
     let mut truncated = encode(&Message::leave(1, 5));
     truncated.pop();
@@ -752,10 +771,10 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
     let mut r = two_clients(t0);
     let before = table(&r);
     let base = r.stats().clone();
-    for version in [0, 2, 0xff] {
+    for version in [0, 1, 0xff] {
         // Even a well-formed Register: the body of another version is never guessed at. A
         // client pads its requests, so the error fits.
-        let mut register = Message::register(None);
+        let mut register = Message::register(None, [0; 32]);
         p2pchat::wire::pad_request(&mut register);
         let mut d = encode(&register);
         d[1] = version;
@@ -767,7 +786,7 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
         assert!(detail.contains(&version.to_string()), "{detail:?}");
     }
     // A probe smaller than the error gets nothing: no answer is larger than its question.
-    assert_eq!(send_raw(&mut r, t0, addr(9999), b"P\x02"), []);
+    assert_eq!(send_raw(&mut r, t0, addr(9999), b"P\x01"), []);
     assert_eq!(
         *r.stats(),
         Stats {
@@ -784,12 +803,14 @@ fn a_wrong_version_gets_bad_version_is_counted_and_changes_nothing() {
 fn unexpected_messages() -> Vec<Message> {
     vec![
         Message::Registered {
+            key: [0; 32],
             id: 1,
             token: 1,
             ttl_secs: 1,
             nonce: 0,
         },
         Message::Found {
+            key: [0; 32],
             id: 1,
             addr: addr(1),
             name: None,
@@ -804,16 +825,17 @@ fn unexpected_messages() -> Vec<Message> {
             nonce: 0,
         },
         Message::ConnectRequest {
+            hs: Vec::new(),
             from: 1,
             session: 1,
-            name: None,
-            display_name: None,
         },
         Message::Accept {
+            hs: Vec::new(),
             from: 1,
             session: 1,
         },
         Message::Reject {
+            hs: Vec::new(),
             from: 1,
             session: 1,
         },
@@ -887,8 +909,8 @@ fn random_garbage_never_panics_and_never_changes_the_table() {
     let mut templates: Vec<Vec<u8>> = unexpected_messages().iter().map(encode).collect();
     templates.extend(
         [
-            Message::register(None),
-            Message::register(Some(2)),
+            Message::register(None, [0; 32]),
+            Message::register(Some(2), [0; 32]),
             Message::lookup(1),
             Message::leave(3, token3),
             Message::keepalive(3, token3),
@@ -974,7 +996,7 @@ fn addr_on(ip: [u8; 4], port: u16) -> SocketAddr {
 }
 
 fn register_msg() -> Message {
-    Message::register(None)
+    Message::register(None, [0; 32])
 }
 
 #[test]
@@ -1165,7 +1187,7 @@ fn a_retransmitted_register_spends_no_registration_token() {
     let mut r = rate_limited_registry(1.0, 1);
     let (id, token) = register(&mut r, t0, addr(1), None);
     for _ in 0..10 {
-        let answers = send(&mut r, t0, addr(1), &Message::register(None));
+        let answers = send(&mut r, t0, addr(1), &Message::register(None, [0; 32]));
         assert!(
             matches!(answers[..], [Message::Registered { id: i, token: t, .. }] if i == id && t == token),
             "{answers:?}"
@@ -1380,6 +1402,7 @@ fn every_answer_echoes_the_nonce_of_its_request() {
     let t0 = Instant::now();
     let mut r = registry(10);
     let mut register_msg = Message::Register {
+        key: [0; 32],
         want_id: None,
         nonce: 11,
         pad: Default::default(),
@@ -1451,14 +1474,14 @@ fn claim_msg(
     token: Token,
     name: &str,
     display_name: Option<&str>,
-    previous: Option<Token>,
+    proof: Option<Vec<u8>>,
 ) -> Message {
     Message::Claim {
         id,
         token,
         name: name.into(),
         display_name: display_name.map(String::from),
-        previous,
+        proof,
         nonce: 0,
         pad: Default::default(),
     }
@@ -1507,6 +1530,7 @@ fn resolve(r: &mut Registry, now: Instant, name: &str) -> Message {
 
 fn found(id: ClientId, at: SocketAddr, name: &str, display_name: Option<&str>) -> Message {
     Message::Found {
+        key: [0; 32],
         id,
         addr: at,
         name: Some(name.into()),
@@ -1668,19 +1692,21 @@ fn a_claim_from_another_address_or_with_a_wrong_token_is_not_registered() {
 }
 
 #[test]
-fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
+fn a_claim_proving_the_holders_key_replaces_the_holder() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let old = register(&mut r, t0, addr(1001), None);
+    let me = Identity::generate();
+    let old = register_with_key(&mut r, t0, addr(1001), None, *me.public());
     claim(&mut r, t0, addr(1001), old, "alice", Some("Alice"));
     // The client restarts on another port, before its old entry expires.
-    let new = register(&mut r, t0 + secs(5), addr(1002), None);
+    let new = register_with_key(&mut r, t0 + secs(5), addr(1002), None, *me.public());
     assert_eq!(new.0, 2);
+    let proof = me.prove(r.key(), &new.1.to_be_bytes());
     let answers = send(
         &mut r,
         t0 + secs(5),
         addr(1002),
-        &claim_msg(new.0, new.1, "Alice", None, Some(old.1)),
+        &claim_msg(new.0, new.1, "Alice", None, Some(proof)),
     );
     assert_eq!(
         answers,
@@ -1708,10 +1734,11 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
         ]
     );
     assert_eq!(ids(&r), [2]);
-    assert_eq!(
-        resolve(&mut r, t0 + secs(5), "alice"),
-        found(2, addr(1002), "Alice", None)
-    );
+    let mut expected = found(2, addr(1002), "Alice", None);
+    if let Message::Found { key, .. } = &mut expected {
+        *key = *me.public();
+    }
+    assert_eq!(resolve(&mut r, t0 + secs(5), "alice"), expected);
     // The old run's requests are no longer honoured.
     let answers = send(
         &mut r,
@@ -1723,22 +1750,51 @@ fn a_claim_with_the_holders_token_as_previous_replaces_the_holder() {
 }
 
 #[test]
-fn a_previous_token_that_is_not_the_holders_is_name_taken() {
+fn a_claim_that_does_not_prove_the_holders_key_is_name_taken() {
     let t0 = Instant::now();
     let mut r = registry(10);
-    let alice = register(&mut r, t0, addr(1001), None);
-    let bob = register(&mut r, t0, addr(1002), None);
+    let (alice_key, bob_key) = (Identity::generate(), Identity::generate());
+    let alice = register_with_key(&mut r, t0, addr(1001), None, *alice_key.public());
     claim(&mut r, t0, addr(1001), alice, "alice", None);
-    for previous in [alice.1 ^ 1, bob.1] {
+    // Bob registers with alice's public key (anyone can read it from a Found), and again
+    // with his own.
+    let squat = register_with_key(&mut r, t0, addr(1002), None, *alice_key.public());
+    let bob = register_with_key(&mut r, t0, addr(1003), None, *bob_key.public());
+    let alice_old_proof = alice_key.prove(r.key(), &alice.1.to_be_bytes());
+    let tries = [
+        // Alice's key presented, nothing proved.
+        (addr(1002), squat, None),
+        // Proved with bob's own key, not the registered one.
+        (
+            addr(1002),
+            squat,
+            Some(bob_key.prove(r.key(), &squat.1.to_be_bytes())),
+        ),
+        // A proof alice made for her own registration, replayed.
+        (addr(1002), squat, Some(alice_old_proof)),
+        // Bob's key proved, but it is not the holder's.
+        (
+            addr(1003),
+            bob,
+            Some(bob_key.prove(r.key(), &bob.1.to_be_bytes())),
+        ),
+        // A proof made to another server's key.
+        (
+            addr(1003),
+            bob,
+            Some(bob_key.prove(Identity::generate().public(), &bob.1.to_be_bytes())),
+        ),
+    ];
+    for (from, (id, token), proof) in tries {
         let answers = send(
             &mut r,
             t0,
-            addr(1002),
-            &claim_msg(bob.0, bob.1, "alice", None, Some(previous)),
+            from,
+            &claim_msg(id, token, "alice", None, proof),
         );
         assert_eq!(error_code(&answers), ErrorCode::NameTaken);
     }
-    assert_eq!(ids(&r), [1, 2]);
+    assert_eq!(ids(&r), [1, 2, 3]);
     assert_eq!(events(&mut r), []);
 }
 
@@ -2020,12 +2076,14 @@ fn a_list_shows_ids_names_and_time_online() {
         clients,
         [
             wire::Listed {
+                key: [0; 32],
                 id: 1,
                 name: Some("alice".into()),
                 display_name: Some("Alice L.".into()),
                 online_secs: 10
             },
             wire::Listed {
+                key: [0; 32],
                 id: 2,
                 name: None,
                 display_name: None,
@@ -2082,6 +2140,7 @@ fn paging_through_5000_named_clients_lists_each_once_in_order_within_the_limit()
                 // As full as it can be: the following client would not have fitted.
                 let mut more = clients.clone();
                 more.push(wire::Listed {
+                    key: [0; 32],
                     id: next + 1,
                     name: Some(long_name(next)),
                     display_name: Some(long_display(next)),
@@ -2211,8 +2270,14 @@ fn paging_covers_requested_ids_and_long_runs_of_free_ids() {
     let mut expected: Vec<ClientId> = (1..=10).chain(59_991..=60_000).collect();
     expected.extend([70_000, 3_000_000_000, 4_000_000_000]);
     assert_eq!(seen, expected);
-    assert_eq!(pages, 1);
-    assert_eq!(r.stats().list_examined, 23);
+    // With their keys, 23 clients take two pages; each page looks at the clients it
+    // lists and at most one more.
+    assert_eq!(pages, 2);
+    assert!(
+        r.stats().list_examined <= 23 + 2,
+        "{}",
+        r.stats().list_examined
+    );
 }
 
 /// A table that once held 60,000 clients and now holds a few, spread out with gaps of
@@ -2273,4 +2338,43 @@ fn a_list_page_looks_only_at_the_clients_it_lists_whatever_the_gaps() {
     }
     assert_eq!(seen, stay);
     assert!(pages >= 3, "{pages} pages");
+}
+
+#[test]
+fn a_register_with_another_key_from_a_registered_address_takes_nothing_over() {
+    let t0 = Instant::now();
+    let mut r = registry(10);
+    let old = register_with_key(&mut r, t0, addr(1001), None, [1; 32]);
+    let before = table(&r);
+    // Another client now bound at that address (or someone forging it), another key.
+    let answers = send(
+        &mut r,
+        t0 + secs(1),
+        addr(1001),
+        &Message::register(None, [2; 32]),
+    );
+    assert_eq!(error_code(&answers), ErrorCode::RateLimited);
+    assert_eq!(
+        table(&r),
+        before,
+        "the entry, its key and its token are unchanged"
+    );
+    assert_eq!(r.get(old.0).unwrap().key, [1; 32]);
+    assert_eq!(events(&mut r), []);
+    // Its Registers do not keep the old entry alive: it expires, then the new key gets in.
+    for k in 2..30 {
+        send(
+            &mut r,
+            t0 + secs(k),
+            addr(1001),
+            &Message::register(None, [2; 32]),
+        );
+        r.handle_timeout(t0 + secs(k));
+    }
+    assert_eq!(r.get(old.0).unwrap().key, [1; 32], "still the old entry");
+    r.handle_timeout(t0 + secs(31));
+    assert!(r.get(old.0).is_none(), "expired");
+    events(&mut r);
+    let new = register_with_key(&mut r, t0 + secs(31), addr(1001), None, [2; 32]);
+    assert_eq!(r.get(new.0).unwrap().key, [2; 32]);
 }

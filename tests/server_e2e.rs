@@ -50,7 +50,7 @@ fn request(sock: &UdpSocket, server: SocketAddr, msg: &Message) -> Message {
 }
 
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token, u32) {
-    match request(sock, server, &Message::register(None)) {
+    match request(sock, server, &Message::register(None, [0; 32])) {
         Message::Registered {
             id,
             token,
@@ -94,6 +94,7 @@ fn register_then_lookup_finds_the_clients_address_as_seen_by_the_server() {
     assert_eq!(
         answer,
         Message::Found {
+            key: [0; 32],
             id: 1,
             addr: alice_addr,
             name: None,
@@ -118,10 +119,16 @@ fn lookup_of_an_unknown_id_is_inactive() {
 fn a_second_register_from_the_same_socket_is_a_retransmission() {
     let server = Server::start(&[]);
     let (alice, token) = joined_client(&server, 1);
-    let again = request(&alice, server.addr, &Message::register(None));
+    let again = request(&alice, server.addr, &Message::register(None, [0; 32]));
+    // The server's key, the same in every Registered of this run.
+    let Message::Registered { key, .. } = again else {
+        panic!("{again:?}")
+    };
+    assert_ne!(key, [0; 32]);
     assert_eq!(
         again,
         Message::Registered {
+            key,
             id: 1,
             token,
             ttl_secs: 30,
@@ -137,7 +144,7 @@ fn max_clients_refuses_one_more_with_server_full() {
     let server = Server::start(&["--max-clients", "1"]);
     let (_alice, _) = joined_client(&server, 1);
     let bob = socket();
-    match request(&bob, server.addr, &Message::register(None)) {
+    match request(&bob, server.addr, &Message::register(None, [0; 32])) {
         Message::Error {
             code: ErrorCode::ServerFull,
             ..
@@ -224,6 +231,7 @@ fn a_hostile_batch_changes_nothing_and_the_server_keeps_answering() {
         assert_eq!(
             request(asker, to, &Message::lookup(1)),
             Message::Found {
+                key: [0; 32],
                 id: 1,
                 addr: alice_addr,
                 name: None,
@@ -379,7 +387,7 @@ fn claim(sock: &UdpSocket, server: SocketAddr, id: ClientId, token: Token, name:
             token,
             name: name.into(),
             display_name: Some(format!("{name:-<64}")),
-            previous: None,
+            proof: None,
             nonce: 0,
             pad: Default::default(),
         },
@@ -399,7 +407,7 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
             token: alice_token,
             name: "alice".into(),
             display_name: Some("Alice L.".into()),
-            previous: None,
+            proof: None,
             nonce: 0,
             pad: Default::default(),
         },
@@ -428,6 +436,7 @@ fn names_are_claimed_resolved_and_listed_in_pages_over_udp() {
     assert_eq!(
         request(&stranger, server.addr, &Message::resolve("Alice")),
         Message::Found {
+            key: [0; 32],
             id: 1,
             addr: alice_addr,
             name: Some("alice".into()),

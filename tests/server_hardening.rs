@@ -46,7 +46,7 @@ fn recv_all(sock: &UdpSocket, server: SocketAddr) -> Option<Vec<Message>> {
 /// Registers `sock` (a few tries); panics if the server refuses.
 fn register(sock: &UdpSocket, server: SocketAddr) -> (ClientId, Token) {
     for _ in 0..5 {
-        sock.send_to(&encode_request(&Message::register(None)), server)
+        sock.send_to(&encode_request(&Message::register(None, [0; 32])), server)
             .unwrap();
         if let Some(answers) = recv_all(sock, server) {
             match &answers[..] {
@@ -173,7 +173,7 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
     let flood = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
-            let register = encode_request(&Message::register(None));
+            let register = encode_request(&Message::register(None, [0; 32]));
             let started = Instant::now();
             let mut sent = 0;
             // Fresh ports, never the same twice (as the kernel's choice of a free port might).
@@ -207,7 +207,7 @@ fn a_client_on_an_ip_that_floods_registrations_is_still_registered() {
         for try_ in 1..=5 {
             let t = Instant::now();
             client
-                .send_to(&encode_request(&Message::register(None)), addr)
+                .send_to(&encode_request(&Message::register(None, [0; 32])), addr)
                 .unwrap();
             match recv_all(&client, addr).as_deref() {
                 Some([Message::Registered { .. }]) => {
@@ -262,7 +262,7 @@ fn eleven_addresses_of_one_network_cannot_fill_max_clients() {
     for host in 1..=11 {
         for _ in 0..5 {
             let s = socket_on(&format!("127.0.0.{host}"));
-            s.send_to(&encode_request(&Message::register(None)), addr)
+            s.send_to(&encode_request(&Message::register(None, [0; 32])), addr)
                 .unwrap();
             match recv_all(&s, addr).as_deref() {
                 Some([Message::Registered { .. }]) => registered += 1,
@@ -346,7 +346,7 @@ fn a_server_whose_stdout_is_not_read_keeps_answering() {
                 let msg = match held[i] {
                     Some((id, token)) if k % 3 == 0 => Message::leave(id, token),
                     Some(_) => continue,
-                    None => Message::register(None),
+                    None => Message::register(None, [0; 32]),
                 };
                 sockets[i].send_to(&encode_request(&msg), addr).unwrap();
                 match recv_all(&sockets[i], addr).as_deref() {
@@ -451,7 +451,7 @@ fn the_printed_table_shows_a_display_name_as_sanitize_makes_it() {
             token,
             name: "mallory".into(),
             display_name: Some(display.into()),
-            previous: None,
+            proof: None,
             nonce: 0,
             pad: Default::default(),
         }),

@@ -381,7 +381,7 @@ fn list_pages_through_thousands_of_clients_under_loss() {
         for k in 0..OTHERS {
             let addr = SocketAddr::from((Ipv4Addr::from(0x0a02_0000 + k), 5000));
             s.registry
-                .handle_message(now, addr, Message::register(None));
+                .handle_message(now, addr, Message::register(None, [0; 32]));
             let mut token = None;
             while let Some(t) = s.registry.poll_transmit() {
                 if let Message::Registered { id, token: tk, .. } = t.message {
@@ -399,7 +399,7 @@ fn list_pages_through_thousands_of_clients_under_loss() {
                         token,
                         name,
                         display_name: Some("x".repeat(64)),
-                        previous: None,
+                        proof: None,
                         nonce: 0,
                         pad: Default::default(),
                     },

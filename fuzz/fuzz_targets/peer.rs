@@ -92,11 +92,33 @@ enum Payload {
 
 #[derive(Arbitrary, Debug)]
 enum Forged {
-    ConnectRequest,
-    Accept,
-    Reject,
-    Chat { seq: Num, text: String },
-    Ack { seq: Num, cumulative: Num },
+    ConnectRequest {
+        hs: Vec<u8>,
+    },
+    Accept {
+        hs: Vec<u8>,
+    },
+    Reject {
+        hs: Vec<u8>,
+    },
+    /// Ciphertext of the attacker's making, with any counter.
+    Sealed {
+        n: Num,
+        data: Vec<u8>,
+    },
+    /// A datagram sent on the wire earlier, replayed as is or with one byte changed.
+    Replay {
+        index: u16,
+        flip: Option<u16>,
+    },
+    Chat {
+        seq: Num,
+        text: String,
+    },
+    Ack {
+        seq: Num,
+        cumulative: Num,
+    },
     Terminate,
     TerminateAck,
     Ping,
@@ -150,6 +172,8 @@ struct Net {
     in_flight: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// Session ids seen on the wire, newest last.
     sessions: Vec<SessionId>,
+    /// The last datagrams put on the wire, for replays.
+    recorded: Vec<Vec<u8>>,
 }
 
 const MAX_IN_FLIGHT: usize = 256;
@@ -182,6 +206,10 @@ impl Net {
             if self.in_flight.len() >= MAX_IN_FLIGHT {
                 self.in_flight.remove(0);
             }
+            if self.recorded.len() >= 64 {
+                self.recorded.remove(0);
+            }
+            self.recorded.push(d.clone());
             self.in_flight.push((from, to, d));
         }
     }
@@ -293,6 +321,20 @@ impl Net {
         }
     }
 
+    /// Recorded datagram `index` (modulo how many there are), with byte `flip` (modulo its
+    /// length) changed if given; empty if none was recorded.
+    fn replayable(&self, index: usize, flip: Option<u16>) -> Vec<u8> {
+        if self.recorded.is_empty() {
+            return Vec::new();
+        }
+        let mut d = self.recorded[index % self.recorded.len()].clone();
+        if let (Some(f), false) = (flip, d.is_empty()) {
+            let i = usize::from(f) % d.len();
+            d[i] ^= 0x5a;
+        }
+        d
+    }
+
     fn id_of(&self, i: usize) -> ClientId {
         self.nodes[i].peer.id().unwrap_or(0)
     }
@@ -394,14 +436,30 @@ impl Net {
                     self.id_of(me)
                 };
                 let msg = match kind {
-                    Forged::ConnectRequest => Message::ConnectRequest {
+                    Forged::ConnectRequest { hs } => Message::ConnectRequest {
                         from,
                         session,
-                        name: None,
-                        display_name: None,
+                        hs: hs.clone(),
                     },
-                    Forged::Accept => Message::Accept { from, session },
-                    Forged::Reject => Message::Reject { from, session },
+                    Forged::Accept { hs } => Message::Accept {
+                        from,
+                        session,
+                        hs: hs.clone(),
+                    },
+                    Forged::Reject { hs } => Message::Reject {
+                        from,
+                        session,
+                        hs: hs.clone(),
+                    },
+                    Forged::Sealed { n, data } => Message::Sealed {
+                        from,
+                        session,
+                        n: n.0,
+                        data: data.iter().copied().take(2048).collect(),
+                    },
+                    Forged::Replay { index, flip } => {
+                        return self.replayable(usize::from(*index), *flip)
+                    }
                     Forged::Chat { seq, text } => Message::Chat {
                         from,
                         session,
@@ -499,6 +557,7 @@ fuzz_target!(|input: Input| {
         nodes: [mk(0), mk(1)],
         in_flight: Vec::new(),
         sessions: Vec::new(),
+        recorded: Vec::new(),
     };
     net.drain(0);
     net.drain(1);

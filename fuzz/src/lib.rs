@@ -90,6 +90,7 @@ impl FuzzCode {
 pub enum FuzzMessage {
     Register {
         want_id: Option<Id>,
+        key: [u8; 32],
     },
     Lookup {
         id: Id,
@@ -107,17 +108,19 @@ pub enum FuzzMessage {
         id: Id,
         token: Num,
         ttl_secs: u32,
+        key: [u8; 32],
     },
     Found {
         id: Id,
         addr: FuzzAddr,
         name: Option<String>,
+        key: [u8; 32],
     },
     Claim {
         id: Id,
         token: Num,
         name: String,
-        previous: Option<Num>,
+        proof: Option<Vec<u8>>,
     },
     Resolve {
         name: String,
@@ -135,7 +138,7 @@ pub enum FuzzMessage {
         name: String,
     },
     Listing {
-        clients: Vec<(Id, Option<String>, u32)>,
+        clients: Vec<(Id, Option<String>, u32, [u8; 32])>,
         next: Option<Id>,
         total: u32,
     },
@@ -152,15 +155,24 @@ pub enum FuzzMessage {
     ConnectRequest {
         from: Id,
         session: Num,
-        name: Option<String>,
+        hs: Vec<u8>,
     },
     Accept {
         from: Id,
         session: Num,
+        hs: Vec<u8>,
     },
     Reject {
         from: Id,
         session: Num,
+        hs: Vec<u8>,
+    },
+    /// A sealed datagram of a session: arbitrary ciphertext, any counter.
+    Sealed {
+        from: Id,
+        session: Num,
+        n: Num,
+        data: Vec<u8>,
     },
     Chat {
         from: Id,
@@ -208,7 +220,7 @@ impl FuzzMessage {
     pub fn to_message(&self) -> Message {
         use FuzzMessage as F;
         match self.clone() {
-            F::Register { want_id } => Message::register(want_id.map(|i| i.0)),
+            F::Register { want_id, key } => Message::register(want_id.map(|i| i.0), key),
             F::Lookup { id } => Message::lookup(id.0),
             F::Leave { id, token } => Message::leave(id.0, token.0),
             F::Keepalive {
@@ -224,15 +236,23 @@ impl FuzzMessage {
                 id,
                 token,
                 ttl_secs,
+                key,
             } => Message::Registered {
                 id: id.0,
                 token: token.0,
                 ttl_secs,
+                key,
                 nonce: 0,
             },
-            F::Found { id, addr, name } => Message::Found {
+            F::Found {
+                id,
+                addr,
+                name,
+                key,
+            } => Message::Found {
                 id: id.0,
                 addr: addr.to_addr(),
+                key,
                 name,
                 display_name: None,
                 nonce: 0,
@@ -241,13 +261,13 @@ impl FuzzMessage {
                 id,
                 token,
                 name,
-                previous,
+                proof,
             } => Message::Claim {
                 id: id.0,
                 token: token.0,
                 name,
                 display_name: None,
-                previous: previous.map(|p| p.0),
+                proof: proof.map(|p| p.into_iter().take(256).collect()),
                 nonce: 0,
                 pad: Default::default(),
             },
@@ -272,8 +292,9 @@ impl FuzzMessage {
             } => Message::Listing {
                 clients: clients
                     .into_iter()
-                    .map(|(id, name, online_secs)| p2pchat::wire::Listed {
+                    .map(|(id, name, online_secs, key)| p2pchat::wire::Listed {
                         id: id.0,
+                        key,
                         name,
                         display_name: None,
                         online_secs,
@@ -290,23 +311,31 @@ impl FuzzMessage {
                 detail,
                 nonce: 0,
             },
-            F::ConnectRequest {
+            F::ConnectRequest { from, session, hs } => Message::ConnectRequest {
+                from: from.0,
+                session: session.0,
+                hs,
+            },
+            F::Accept { from, session, hs } => Message::Accept {
+                from: from.0,
+                session: session.0,
+                hs,
+            },
+            F::Reject { from, session, hs } => Message::Reject {
+                from: from.0,
+                session: session.0,
+                hs,
+            },
+            F::Sealed {
                 from,
                 session,
-                name,
-            } => Message::ConnectRequest {
+                n,
+                data,
+            } => Message::Sealed {
                 from: from.0,
                 session: session.0,
-                name,
-                display_name: None,
-            },
-            F::Accept { from, session } => Message::Accept {
-                from: from.0,
-                session: session.0,
-            },
-            F::Reject { from, session } => Message::Reject {
-                from: from.0,
-                session: session.0,
+                n: n.0,
+                data: data.into_iter().take(p2pchat::wire::MAX_DATAGRAM).collect(),
             },
             F::Chat {
                 from,

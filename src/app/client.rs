@@ -17,6 +17,7 @@ use crate::app::render::{
     Style,
 };
 use crate::app::terminal::{Input, Output, Wake};
+use crate::identity::fingerprint;
 use crate::peer::{CommandError, Event, Peer, PeerConfig, Sending, Target};
 use crate::text::{sanitize, sanitize_name};
 use crate::wire::ClientId;
@@ -162,7 +163,15 @@ impl App {
                 }
                 // The end of input waits for the files still being hashed for sendfile.
                 Input::Eof if registered && self.ui.hasher.hashing() == 0 => peer.finish(now),
-                Input::Line(line) if registered => execute(peer, now, line, out, &mut self.ui),
+                Input::Line(line) if registered => {
+                    if let Ok(Command::Trust(name)) = parse_command(line) {
+                        // The pin goes from the state directory too.
+                        if let Some(message) = self.profile.unpin(&name) {
+                            self.ui.error(out, &message);
+                        }
+                    }
+                    execute(peer, now, line, out, &mut self.ui)
+                }
                 // Not registered yet: keep it for later.
                 _ => break,
             }
@@ -320,6 +329,21 @@ fn execute(peer: &mut Peer, now: Instant, line: &str, out: &mut dyn Output, ui: 
             show_status(peer, out, ui);
             Ok(())
         }
+        Command::Fingerprint(target) => {
+            show_fingerprint(peer, target, out, ui);
+            Ok(())
+        }
+        Command::Trust(name) => {
+            let line = match peer.trust(&name) {
+                Some(old) => format!(
+                    "forgot the key {} of {name}: its next key is accepted and pinned",
+                    fingerprint(&old)
+                ),
+                None => format!("no key is pinned for {name}: its next key is pinned"),
+            };
+            ui.say(out, &line);
+            Ok(())
+        }
         Command::SendFile { .. }
         | Command::GetFile(_)
         | Command::Refuse(_)
@@ -402,6 +426,42 @@ fn show_sessions(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
     }
 }
 
+/// `fingerprint [peer]`: ours, or the key of a peer (proved by its session, else as the
+/// server gave it, else as pinned).
+fn show_fingerprint(peer: &Peer, target: Option<Target>, out: &mut dyn Output, ui: &Ui) {
+    let Some(target) = target else {
+        let f = peer.fingerprint();
+        if ui.json {
+            out.line(&json!({"event": "fingerprint", "fingerprint": f}).to_string());
+        } else {
+            out.line(&format!("your key fingerprint: {f}"));
+        }
+        return;
+    };
+    let id = peer.session_peer(&target).ok();
+    let known = id
+        .and_then(|p| peer.fingerprint_of(p))
+        .or_else(|| match &target {
+            Target::Name(n) => peer.pinned(n).map(|k| fingerprint(&k)),
+            Target::Id(_) => None,
+        });
+    let Some(f) = known else {
+        return ui.error(
+            out,
+            &format!("no key known for {target} yet: connect to it first"),
+        );
+    };
+    if ui.json {
+        let mut v = json!({"event": "fingerprint", "fingerprint": f, "peer": id});
+        if let Target::Name(n) = &target {
+            v["name"] = json!(n);
+        }
+        out.line(&v.to_string());
+    } else {
+        out.line(&format!("key fingerprint of {target}: {f}"));
+    }
+}
+
 fn show_status(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
     let (connected, requests) = (peer.connected_peers(), peer.pending_requests());
     if ui.json {
@@ -410,6 +470,7 @@ fn show_status(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
                 "event": "status",
                 "id": peer.id(),
                 "name": peer.name(),
+                "fingerprint": peer.fingerprint(),
                 "current": peer.current_peer(),
                 "connected": connected,
                 "requests": requests,
@@ -429,9 +490,10 @@ fn show_status(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
         }
     };
     out.line(&format!(
-        "you are client {}{}; connected to: {}; current: {}; waiting requests from: {}",
+        "you are client {}{}, key fingerprint {}; connected to: {}; current: {}; waiting requests from: {}",
         peer.id().map_or("?".into(), |i| i.to_string()),
         peer.name().map_or(String::new(), |n| format!(" ({n})")),
+        peer.fingerprint(),
         list(&connected),
         peer.current_peer().map_or("none".into(), |p| who(peer, p)),
         list(&requests)

@@ -25,6 +25,10 @@ pub enum Command {
         count: usize,
     },
     Status,
+    /// `fingerprint [id|name]`: ours, or a peer's.
+    Fingerprint(Option<Target>),
+    /// `trust <name>`: accept a new key for `name` (forget its pin).
+    Trust(String),
     Leave,
     Help,
     /// An empty line: nothing to do.
@@ -64,6 +68,8 @@ commands (a leading / is allowed; a line that is not a command goes to the curre
   history [id|name] [N]        the last N messages with a peer (default 20)     e.g. history bob 50
   terminate [id|name]          end a session, withdraw a request, drop a queue  e.g. terminate bob
   status                       your id and name, sessions and requests          e.g. status
+  fingerprint [id|name]        your key's fingerprint, or a peer's              e.g. fingerprint bob
+  trust <name>                 accept a new key for name after a warning        e.g. trust bob
   leave                        end every session, leave the server, exit        e.g. leave
   help                         this list                                        e.g. help
   sendfile <path> [@id]        offer a file to the current peer, or to @id      e.g. sendfile notes.pdf @3
@@ -130,6 +136,11 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         "sessions" if rest.is_empty() => Ok(Command::Sessions),
         "list" | "who" if rest.is_empty() => Ok(Command::List),
         "status" if rest.is_empty() => Ok(Command::Status),
+        "fingerprint" => Ok(Command::Fingerprint(target("fingerprint")?)),
+        "trust" => match target("trust")? {
+            Some(Target::Name(name)) => Ok(Command::Trust(name)),
+            _ => Err("trust needs the name of a peer, for example trust bob".into()),
+        },
         "leave" | "quit" | "exit" if rest.is_empty() => Ok(Command::Leave),
         "help" | "?" if rest.is_empty() => Ok(Command::Help),
         // ---- file transfer ----
@@ -289,6 +300,14 @@ mod tests {
         assert_eq!(parse_command("quit"), Ok(Command::Leave));
         assert_eq!(parse_command("help"), Ok(Command::Help));
         assert_eq!(parse_command("status"), Ok(Command::Status));
+        assert_eq!(parse_command("fingerprint"), Ok(Command::Fingerprint(None)));
+        assert_eq!(
+            parse_command("fingerprint bob"),
+            Ok(Command::Fingerprint(Some(Target::Name("bob".into()))))
+        );
+        assert_eq!(parse_command("trust bob"), Ok(Command::Trust("bob".into())));
+        assert!(parse_command("trust").is_err());
+        assert!(parse_command("trust 3").is_err());
         assert_eq!(parse_command(""), Ok(Command::Nothing));
         assert_eq!(
             parse_command("broadcast  hi  all"),

@@ -7,13 +7,14 @@
 //! chat goes on. Only an explicit `--state-dir` that cannot be used stops the client at
 //! start.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::app::journal::Journal;
 use crate::app::store::{Identity, Queued, Store, StoreError};
 use crate::peer::{Event, Peer, PeerConfig, Target};
+use crate::wire::Key;
 
 /// Where the client keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,10 @@ pub const HISTORY_SAVE_PERIOD: Duration = Duration::from_secs(1);
 pub struct Profile {
     store: Option<Store>,
     identity: Identity,
+    /// Our key pair, when kept in the state directory (else the peer's fresh one).
+    key: Option<crate::identity::Identity>,
+    /// The keys pinned by name, as saved.
+    pins: BTreeMap<String, Key>,
     /// When each queued message was queued, per target key, in queue order.
     queued_at: HashMap<String, VecDeque<u64>>,
     last_history_save: Option<Instant>,
@@ -88,6 +93,8 @@ impl Profile {
         let mut profile = Profile {
             store,
             identity: Identity::default(),
+            key: None,
+            pins: BTreeMap::new(),
             queued_at: HashMap::new(),
             last_history_save: None,
             write_failed: false,
@@ -100,6 +107,16 @@ impl Profile {
             match store.load_identity() {
                 Ok(found) => profile.identity = found.unwrap_or_default(),
                 Err(e) => notices.push(format!("{e}; starting with a fresh identity")),
+            }
+            match store.load_or_create_key() {
+                Ok((key, _)) => profile.key = Some(key),
+                Err(e) => notices.push(format!(
+                    "{e}; using a fresh key for this run (peers that pinned the old one will refuse it)"
+                )),
+            }
+            match store.load_pins() {
+                Ok(pins) => profile.pins = pins,
+                Err(e) => notices.push(format!("{e}; no key is pinned")),
             }
             // A bad conversation file is skipped (and named), not the whole history: the
             // good files stay as they are.
@@ -116,7 +133,7 @@ impl Profile {
     }
 
     /// Fills in what the command line left open from the saved identity: the name and
-    /// display name, and the token of the last run (to claim the name back).
+    /// display name, our key pair (with which the name is claimed back) and the pins.
     pub fn configure(&self, config: &mut PeerConfig) {
         let same_name = match (&config.name, &self.identity.name) {
             (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
@@ -129,9 +146,10 @@ impl Profile {
         if config.display_name.is_none() && same_name {
             config.display_name = self.identity.display_name.clone();
         }
-        if same_name {
-            config.previous_token = self.identity.token;
+        if let Some(key) = &self.key {
+            config.identity = key.clone();
         }
+        config.pins = self.pins.iter().map(|(n, k)| (n.clone(), *k)).collect();
     }
 
     /// Gives the messages the last run left queued back to `peer`. Returns a notice.
@@ -184,6 +202,16 @@ impl Profile {
     pub fn observe(&mut self, peer: &Peer, ev: &Event) -> Option<String> {
         self.store.as_ref()?;
         match ev {
+            Event::Connected { peer: p, .. } => {
+                // Trust on first use: the peer pinned its key; keep it.
+                let name = peer.name_of(*p)?.to_ascii_lowercase();
+                let key = peer.pinned(&name)?;
+                if self.pins.get(&name) == Some(&key) {
+                    return None;
+                }
+                self.pins.insert(name, key);
+                self.save_pins()
+            }
             Event::Registered { id, .. } => {
                 self.identity.id = Some(*id);
                 self.identity.token = peer.token();
@@ -219,6 +247,18 @@ impl Profile {
                 q.pop_front();
             }
         }
+    }
+
+    fn save_pins(&mut self) -> Option<String> {
+        let result = self.store.as_ref()?.save_pins(&self.pins);
+        self.failed(result)
+    }
+
+    /// `trust <name>`: the pin of `name` is forgotten (here and in `peer`). Returns the
+    /// notice of a failed write, if any.
+    pub fn unpin(&mut self, name: &str) -> Option<String> {
+        self.pins.remove(&name.to_ascii_lowercase())?;
+        self.save_pins()
     }
 
     fn save_identity(&mut self) -> Option<String> {

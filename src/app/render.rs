@@ -59,6 +59,14 @@ pub fn clock(at: SystemTime) -> String {
 pub trait Names {
     fn name_of(&self, id: ClientId) -> Option<&str>;
     fn display_name_of(&self, id: ClientId) -> Option<&str>;
+    /// The fingerprint of peer `id`'s key, if known.
+    fn fingerprint_of(&self, _id: ClientId) -> Option<String> {
+        None
+    }
+    /// Our own fingerprint.
+    fn own_fingerprint(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Names for Peer {
@@ -68,6 +76,19 @@ impl Names for Peer {
     fn display_name_of(&self, id: ClientId) -> Option<&str> {
         Peer::display_name_of(self, id)
     }
+    fn fingerprint_of(&self, id: ClientId) -> Option<String> {
+        Peer::fingerprint_of(self, id)
+    }
+    fn own_fingerprint(&self) -> Option<String> {
+        Some(Peer::fingerprint(self))
+    }
+}
+
+/// ` [key K7QXM-2ZC4A-HJ3NP-WTY5R]` when the fingerprint of peer `id` is known.
+fn key_note(names: &dyn Names, id: ClientId) -> String {
+    names
+        .fingerprint_of(id)
+        .map_or_else(String::new, |f| format!(" [key {f}]"))
 }
 
 /// No names known (for tests and plain rendering).
@@ -145,9 +166,12 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
         String::new()
     };
     match ev {
-        Event::Registered { id, again: false } => {
-            format!("registered: you are client {id}. Type help for the commands.")
-        }
+        Event::Registered { id, again: false } => match names.own_fingerprint() {
+            Some(f) => format!(
+                "registered: you are client {id}, key fingerprint {f}. Type help for the commands."
+            ),
+            None => format!("registered: you are client {id}. Type help for the commands."),
+        },
         Event::Registered { id, again: true } => {
             format!("registered again with the server: you are client {id}")
         }
@@ -157,17 +181,19 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
             style.paint(
                 "1",
                 &format!(
-                    "{} wants to connect{}: type accept {name} or reject {name}",
+                    "{} wants to connect{}{}: type accept {name} or reject {name}",
                     who(names, *from),
-                    display(names, *from)
+                    display(names, *from),
+                    key_note(names, *from)
                 ),
             )
         }
         Event::Connected { peer, path, addr } => {
             format!(
-                "connected to {}{} at {addr} ({})",
+                "connected to {}{}{} at {addr} ({}, encrypted)",
                 who(names, *peer),
                 display(names, *peer),
+                key_note(names, *peer),
                 match path {
                     Path::Direct => "direct",
                     Path::Lan => "on the LAN",
@@ -180,6 +206,20 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
             who(names, *peer)
         ),
         Event::Rejected { peer } => format!("{} rejected the connection", who(names, *peer)),
+        Event::KeyChanged {
+            peer,
+            name,
+            fingerprint,
+            pinned,
+        } => {
+            let name = sanitize_name(name);
+            style.paint(
+                "1;31",
+                &format!(
+                    "WARNING: the server gives {name} (client {peer}) the key {fingerprint}, but {name} had the key {pinned}. Someone may be pretending to be {name}: refused. If {name} really has a new key (compare fingerprints with them another way), type trust {name}"
+                ),
+            )
+        }
         Event::Inactive { peer } => format!("Client {peer} Inactive"),
         Event::UnknownName { name } => format!("nobody online is named {}", sanitize_name(name)),
         Event::NoAnswer { peer } => {
@@ -330,6 +370,15 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         }),
         Event::NoPath { peer } => json!({"event": "no_path", "peer": peer}),
         Event::Rejected { peer } => json!({"event": "rejected", "peer": peer}),
+        Event::KeyChanged {
+            peer,
+            name,
+            fingerprint,
+            pinned,
+        } => json!({
+            "event": "key_changed", "peer": peer, "name": name,
+            "fingerprint": fingerprint, "pinned": pinned
+        }),
         Event::Inactive { peer } => json!({"event": "inactive", "peer": peer}),
         Event::UnknownName { name } => json!({"event": "unknown_name", "name": name}),
         Event::NoAnswer { peer } => json!({"event": "no_answer", "peer": peer}),
@@ -414,6 +463,18 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
         Event::PeerVersion { peer, .. } => *peer,
         _ => None,
     };
+    if let (Event::Request { .. } | Event::Connected { .. }, Some(id), Some(map)) =
+        (ev, about, v.as_object_mut())
+    {
+        if let Some(f) = names.fingerprint_of(id) {
+            map.insert("fingerprint".into(), json!(f));
+        }
+    }
+    if let (Event::Registered { .. }, Some(map)) = (ev, v.as_object_mut()) {
+        if let Some(f) = names.own_fingerprint() {
+            map.insert("fingerprint".into(), json!(f));
+        }
+    }
     if let (Some(id), Some(map)) = (about, v.as_object_mut()) {
         if let Some(name) = names.name_of(id) {
             map.insert("name".into(), json!(name));
@@ -640,16 +701,16 @@ mod tests {
         let newer = Event::PeerVersion {
             peer: Some(2),
             addr,
-            version: 2,
+            version: 3,
         };
         let line = render_human(&newer, &Bob, Style::default(), SystemTime::now());
         assert_eq!(
             line,
-            "bob (2) uses protocol version 2, this client 1: update p2pchat to talk to them"
+            "bob (2) uses protocol version 3, this client 2: update p2pchat to talk to them"
         );
         assert_eq!(
             render_json(&newer, &Bob),
-            r#"{"event":"peer_version","peer":2,"addr":"127.0.0.1:4000","version":2,"name":"bob"}"#
+            r#"{"event":"peer_version","peer":2,"addr":"127.0.0.1:4000","version":3,"name":"bob"}"#
         );
         let stranger = Event::PeerVersion {
             peer: None,
@@ -658,12 +719,32 @@ mod tests {
         };
         assert_eq!(
             human_line(&stranger),
-            "127.0.0.1:4000 uses protocol version 0, this client 1: they must update p2pchat \
+            "127.0.0.1:4000 uses protocol version 0, this client 2: they must update p2pchat \
              to talk to you"
         );
         assert_eq!(
             json_line(&stranger),
             r#"{"event":"peer_version","peer":null,"addr":"127.0.0.1:4000","version":0}"#
+        );
+    }
+
+    #[test]
+    fn a_changed_key_is_a_loud_line_and_a_key_changed_event() {
+        let ev = Event::KeyChanged {
+            peer: 3,
+            name: "bob".into(),
+            fingerprint: "AAAAA-BBBBB-CCCCC-DDDDD".into(),
+            pinned: "EEEEE-FFFFF-GGGGG-HHHHH".into(),
+        };
+        let line = human_line(&ev);
+        assert!(line.starts_with("WARNING"), "{line}");
+        assert!(line.contains("trust bob"), "{line}");
+        assert!(
+            line.contains("AAAAA-BBBBB-CCCCC-DDDDD") && line.contains("EEEEE-FFFFF-GGGGG-HHHHH")
+        );
+        assert_eq!(
+            json_line(&ev),
+            r#"{"event":"key_changed","peer":3,"name":"bob","fingerprint":"AAAAA-BBBBB-CCCCC-DDDDD","pinned":"EEEEE-FFFFF-GGGGG-HHHHH"}"#
         );
     }
 

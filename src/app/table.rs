@@ -213,7 +213,7 @@ mod tests {
         let now = Instant::now();
         for port in (1..=n).rev() {
             let from = SocketAddr::from(([127, 0, 0, 1], port));
-            r.handle_message(now, from, Message::register(None));
+            r.handle_message(now, from, Message::register(None, [0; 32]));
         }
         r
     }
@@ -277,7 +277,7 @@ mod tests {
                 token,
                 name: "alice".into(),
                 display_name: Some("Alice L.".into()),
-                previous: None,
+                proof: None,
                 nonce: 0,
                 pad: Default::default(),
             },
@@ -357,6 +357,7 @@ mod tests {
         assert!(!safe.contains('\u{1b}'), "{safe:?}");
         let now = Instant::now();
         let entry = Entry {
+            key: [0; 32],
             id: 7,
             addr,
             token: 1,
@@ -408,7 +409,7 @@ mod tests {
                 token,
                 name: "mallory".into(),
                 display_name: Some(display.into()),
-                previous: None,
+                proof: None,
                 nonce: 0,
                 pad: Default::default(),
             },

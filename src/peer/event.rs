@@ -210,6 +210,15 @@ pub enum Event {
     },
     /// The client cannot go on (no server, id taken, server full, other protocol version).
     Fatal { message: String },
+    /// The server gives for client `peer`, named `name`, a key (`fingerprint`) that is not
+    /// the one pinned for that name (`pinned`): the peer is refused (no request is shown,
+    /// none is sent) until the user types `trust <name>`.
+    KeyChanged {
+        peer: ClientId,
+        name: String,
+        fingerprint: String,
+        pinned: String,
+    },
     /// The server gave us our name.
     Claimed { name: String },
     /// The server knows no client named `name` (the answer to `connect name`).
@@ -378,6 +387,12 @@ pub struct PeerStats {
     pub requests_ignored: u64,
     /// File offers refused for being past the bounds.
     pub offers_refused: u64,
+    /// Peer datagrams refused by the cryptography: a handshake or `Sealed` that does not
+    /// open, a replayed one, one for a session we hold no keys for, a session message in
+    /// clear.
+    pub refused: u64,
+    /// Messages not sent because their session had no keys (never sent in clear).
+    pub unsealed: u64,
     /// Datagrams of another protocol version from addresses other than the server's.
     pub other_version: u64,
 }

@@ -59,8 +59,9 @@
 //!   with the limit on answers to addresses that have not proved they receive; `Tally` and
 //!   `Seen`, which turn floods into a few events.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::debug;
 use rand::SeedableRng;
@@ -73,6 +74,7 @@ mod outputs;
 mod punch;
 mod requests;
 mod retry;
+mod secure;
 mod send_errors;
 mod server;
 mod session;
@@ -80,8 +82,9 @@ mod sessions;
 mod timers;
 mod transfer;
 
+use crate::identity::{fingerprint, Identity};
 use crate::reliable::SendConfig;
-use crate::wire::{self, ClientId, DecodeError, Message, Token, Transmit};
+use crate::wire::{self, ClientId, DecodeError, Key, Message, SessionId, Token, Transmit};
 pub use event::{
     CommandError, EndReason, Event, FileError, Path, PeerStats, Sending, SessionInfo, Target,
     TransferFailure, TransferInfo,
@@ -93,6 +96,7 @@ use outbox::Outbox;
 use outputs::{Outputs, Seen};
 use punch::Punches;
 use requests::Requests;
+use secure::{Pin, Request, Secure};
 use send_errors::SendFailures;
 pub use send_errors::{SendError, SendTarget, SEND_ERROR_QUIET};
 use server::{Answer, Server};
@@ -110,9 +114,24 @@ pub struct PeerConfig {
     pub name: Option<String>,
     /// Shown beside the name.
     pub display_name: Option<String>,
-    /// The token of this client's previous run (from its state directory), so that it can
-    /// take its name back from a registration the server has not yet expired.
-    pub previous_token: Option<Token>,
+    /// Our long-term key pair (from the state directory; a fresh one per run by default).
+    /// With it the client takes its name back from a registration of its previous run
+    /// that the server has not yet expired, and proves who it is to its peers.
+    pub identity: Identity,
+    /// Keys pinned by name (trust on first use, from the state directory): a peer of that
+    /// name with another key is refused with [`Event::KeyChanged`] until [`Peer::trust`].
+    pub pins: HashMap<String, Key>,
+    /// The wall-clock time, since the Unix epoch, at the `now` the peer is created with:
+    /// handshakes carry it (plus the time since), so that a replayed one is told from a
+    /// peer's restart. The peer reads no clock itself.
+    pub wall_clock: Duration,
+    /// Messages of a session are sealed together into datagrams of at most this many
+    /// bytes (0: each message alone).
+    pub seal_limit: usize,
+    /// New handshakes opened per second, at most: in all, and from one source IP (each
+    /// costs Diffie-Hellman operations; past these, requests are dropped unopened and
+    /// counted in [`PeerStats::refused`]).
+    pub handshake_rate: (f64, f64),
     /// How often a peer that messages are queued for is looked up again while it is
     /// offline or does not answer.
     pub queue_retry: Duration,
@@ -159,7 +178,16 @@ impl PeerConfig {
             want_id: None,
             name: None,
             display_name: None,
-            previous_token: None,
+            identity: Identity::generate(),
+            pins: HashMap::new(),
+            wall_clock: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+            seal_limit: wire::PACK_LIMIT,
+            handshake_rate: (
+                secure::HANDSHAKES_PER_SEC,
+                secure::HANDSHAKES_PER_SOURCE_PER_SEC,
+            ),
             queue_retry: retry_interval * 3,
             retry_interval,
             connect_tries: 6,
@@ -220,6 +248,12 @@ pub struct Peer {
     send_failures: SendFailures,
     /// Hole punching: the introductions from the server and our probes (punch.rs).
     punch: Punches,
+    /// Handshakes, keys and sealing (secure.rs).
+    secure: Secure,
+    /// When the keys of ended sessions were last swept.
+    swept: Instant,
+    /// When a refused request was last shown.
+    refusal_shown: Option<Instant>,
 }
 
 /// Datagrams of another protocol version from others than the server: how many, the
@@ -281,7 +315,19 @@ impl Peer {
     fn with_rng(config: PeerConfig, now: Instant, mut rng: rand::rngs::StdRng) -> Self {
         let mut out = Outputs::default();
         let own = config.candidates.clone().unwrap_or_default();
+        let grace = config.retry_interval * (config.terminate_tries + 1);
+        let secure = Secure::new(
+            config.identity.clone(),
+            config.wall_clock,
+            now,
+            config.pins.clone(),
+            grace,
+            config.handshake_rate,
+        );
         Peer {
+            secure,
+            swept: now,
+            refusal_shown: None,
             requests: Requests::new(rand::rngs::StdRng::from_rng(&mut rng)),
             server: Server::new(&config, now, &mut out),
             names: Names::new(&config),
@@ -322,10 +368,51 @@ impl Peer {
         self.sessions.connected_peers()
     }
 
-    /// The token of our registration (kept by the client so that its next run can claim its
-    /// name back: see [`PeerConfig::previous_token`]).
+    /// The token of our registration.
     pub fn token(&self) -> Option<Token> {
         self.server.id().map(|_| self.server.token())
+    }
+
+    /// Our static public key.
+    pub fn key(&self) -> &Key {
+        self.secure.identity().public()
+    }
+
+    /// Our fingerprint (see [`crate::identity::fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        self.secure.identity().fingerprint()
+    }
+
+    /// The key of `peer`: proved by its handshake if we have a session with it, else the
+    /// one the server published for it, if we asked.
+    pub fn key_of(&self, peer: ClientId) -> Option<Key> {
+        self.secure.key_of(peer)
+    }
+
+    /// The fingerprint of [`Peer::key_of`].
+    pub fn fingerprint_of(&self, peer: ClientId) -> Option<String> {
+        self.key_of(peer).map(|k| fingerprint(&k))
+    }
+
+    /// The key pinned for `name`.
+    pub fn pinned(&self, name: &str) -> Option<Key> {
+        self.secure.pinned(name).copied()
+    }
+
+    /// Pins `key` for `name` unless the name has a pin (for keys the user checked).
+    pub fn pin(&mut self, name: &str, key: Key) -> bool {
+        self.secure.pin(name, key)
+    }
+
+    /// `trust <name>`: forgets the key pinned for `name`, so that the key the server gives
+    /// next is accepted (and pinned at the next session). The forgotten key, if any.
+    pub fn trust(&mut self, name: &str) -> Option<Key> {
+        self.secure.unpin(name)
+    }
+
+    /// Sessions with keys, requests and handshakes of ours held by the cryptography.
+    pub fn secure_counts(&self) -> (usize, usize, usize) {
+        self.secure.counts()
     }
 
     /// Our name, once the server has granted it.
@@ -371,6 +458,8 @@ impl Peer {
         stats.excess = self.excess;
         stats.offers_refused = self.files.offers_refused();
         stats.other_version = self.versions.count;
+        stats.refused = self.secure.refused;
+        stats.unsealed = self.secure.unsealed;
         stats
     }
 
@@ -383,16 +472,122 @@ impl Peer {
     /// taken: the acknowledgement of a later message of the same session replaces one not
     /// yet taken when it says everything the earlier one said, so a driver that receives a
     /// burst of datagrams before it sends sends one acknowledgement for the burst.
+    ///
+    /// Every message of a session leaves sealed (`Sealed`, several of one session
+    /// together, up to [`PeerConfig::seal_limit`] bytes); `ConnectRequest`, `Accept` and
+    /// `Reject` leave with their handshake. Nothing of a session leaves in clear: a message
+    /// of a session without keys is dropped (and counted in [`PeerStats::unsealed`]).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        // Chat first: file chunks only once the peer's own datagrams are out.
-        let Some(mut t) = self.out.poll_transmit() else {
-            return self.files.poll_transmit();
-        };
-        if t.to == self.config.server {
-            // A request leaves with its nonce and padding (requests.rs).
-            self.requests.stamp(&mut t.message);
+        self.poll_transmit_plain().map(|(t, _)| t)
+    }
+
+    /// [`Peer::poll_transmit`], with the messages the datagram carries in clear (those
+    /// sealed in it, or the message itself): for tests and logs, never for the wire.
+    pub fn poll_transmit_plain(&mut self) -> Option<(Transmit, Vec<Message>)> {
+        loop {
+            // Chat first: file chunks only once the peer's own datagrams are out.
+            let (mut t, chat) = match self.out.poll_transmit() {
+                Some(t) => (t, true),
+                None => (self.files.poll_transmit()?, false),
+            };
+            if t.to == self.config.server {
+                // A request leaves with its nonce and padding (requests.rs).
+                self.requests.stamp(&mut t.message);
+                let plain = vec![t.message.clone()];
+                return Some((t, plain));
+            }
+            // A hole-punching probe goes in clear: it comes before any session, and holds
+            // only our id and the introduction's secret (punch.rs).
+            if matches!(t.message, Message::Probe { .. }) {
+                let plain = vec![t.message.clone()];
+                return Some((t, plain));
+            }
+            // Everything else to a peer but the handshake leaves sealed, or not at all (a
+            // message of a kind added later included: it is never sent in clear by default).
+            if !Secure::is_handshake(&t.message) {
+                let to = t.to;
+                let batch = self.gather(to, t.message, chat);
+                let Some(message) = self.secure.seal(to, &batch) else {
+                    continue;
+                };
+                if let Some(Message::Ping { session, .. }) =
+                    batch.iter().find(|m| matches!(m, Message::Ping { .. }))
+                {
+                    if let Some(accept) = self.secure.unheard_accept(to, *session) {
+                        self.out.transmit(to, accept);
+                    }
+                }
+                return Some((Transmit { to, message }, batch));
+            }
+            let sessions = &self.sessions;
+            let to = t.to;
+            let plain = t.message.clone();
+            let sealed = self
+                .secure
+                .outgoing_handshake(to, t.message, |s| sessions.requested_peer(s));
+            match sealed {
+                Some(message) => return Some((Transmit { to, message }, vec![plain])),
+                None => {
+                    self.secure.unsealed += 1;
+                    debug!("{to}: no key to answer with; not sent: {plain:?}");
+                }
+            }
         }
-        Some(t)
+    }
+
+    /// Seals `messages` (of one session of ours, to `to`) as [`Peer::poll_transmit`]
+    /// would: `None` if the session has no keys. For tests that play a peer's part.
+    pub fn seal(&mut self, to: SocketAddr, messages: &[Message]) -> Option<Message> {
+        if !messages.iter().all(Secure::is_sealed_kind) {
+            return None;
+        }
+        self.secure.seal(to, messages)
+    }
+
+    /// Opens a datagram from `from` that holds a `Sealed` of one of our sessions: the
+    /// messages in it, or `None`. Nothing is acted on (the peer's state does not change
+    /// but for the session's replay window). For tests that play a peer's part.
+    pub fn open_sealed(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<Vec<Message>> {
+        let mut out = Vec::new();
+        for m in wire::decode_all(datagram).ok()? {
+            match m {
+                Message::Sealed {
+                    from: id,
+                    session,
+                    n,
+                    data,
+                } => out.extend(self.secure.open(from, id, session, n, &data)?),
+                other => out.push(other),
+            }
+        }
+        Some(out)
+    }
+
+    /// `first`, and the messages queued right after it for the same address and session
+    /// that fit with it in one `Sealed` of [`PeerConfig::seal_limit`] bytes (from the
+    /// chat queue only: the transfers' queue is not looked into).
+    fn gather(&mut self, to: SocketAddr, first: Message, chat: bool) -> Vec<Message> {
+        if !chat {
+            return vec![first];
+        }
+        let room = Secure::room(self.config.seal_limit);
+        let session = first.session();
+        let mut size = wire::encoded_len(&first) - 2;
+        let mut batch = vec![first];
+        while let Some(next) = self.out.peek_transmit() {
+            let len = wire::encoded_len(&next.message) - 2;
+            if next.to != to
+                || next.message.session() != session
+                || !Secure::is_sealed_kind(&next.message)
+                || size + len > room
+            {
+                break;
+            }
+            size += len;
+            let next = self.out.poll_transmit().expect("peeked");
+            batch.push(next.message);
+        }
+        batch
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -775,6 +970,7 @@ impl Peer {
     }
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.secure.tick(now);
         match wire::decode_all(datagram) {
             Ok(mut messages) => {
                 if messages.len() > wire::MAX_PEER_MESSAGES {
@@ -850,6 +1046,7 @@ impl Peer {
     /// datagram's length): a driver that receives datagrams feeds them to
     /// [`Peer::handle_datagram`].
     pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+        self.secure.tick(now);
         self.handle_one(now, from, msg);
         self.flush(now);
         self.leave_if_drained(now);
@@ -885,10 +1082,16 @@ impl Peer {
             Heard::Found {
                 peer,
                 addr,
+                key,
                 name,
                 display_name,
                 auto,
             } => {
+                if !self.learn_key(peer, key, Some(&name)) {
+                    let reason = format!("the key of {name} is not the one pinned");
+                    self.drop_queue(&Target::Name(name), &reason);
+                    return;
+                }
                 self.learn_name(peer, Some(name), display_name);
                 return self.resolved(now, peer, addr, auto);
             }
@@ -898,6 +1101,11 @@ impl Peer {
         let msg = match self.server.handle_message(now, msg, settled, &mut self.out) {
             Answer::Registered => {
                 let (id, token) = (self.server.id(), self.server.token());
+                let proof = self
+                    .server
+                    .server_key()
+                    .map(|k| self.secure.identity().prove(k, &token.to_be_bytes()));
+                self.names.set_proof(proof);
                 return self.names.claim(now, id, token, &mut self.out);
             }
             Answer::Handled => return,
@@ -908,11 +1116,16 @@ impl Peer {
             Message::Found {
                 id,
                 addr,
+                key,
                 name,
                 display_name,
                 ..
             } => {
                 let Some(me) = self.server.id() else { return };
+                if !self.learn_key(id, key, name.as_deref()) {
+                    return;
+                }
+                let verified = self.verified(now, me, id, Some(key), &name, &display_name);
                 if self.sessions.found(now, me, id, addr, &mut self.out) {
                     self.learn_name(id, name, display_name);
                     self.punch.expect_introduction(now, id, addr);
@@ -922,11 +1135,12 @@ impl Peer {
                             self.sessions.probed(now, me, id, heard, &mut self.out);
                         }
                     }
-                } else {
+                } else if !verified {
                     // Logged without the names, which were not kept.
                     let msg = Message::Found {
                         id,
                         addr,
+                        key,
                         name: None,
                         display_name: None,
                         nonce: 0,
@@ -967,6 +1181,9 @@ impl Peer {
                 }
             }
             Message::Inactive { id, .. } => {
+                if let Some(me) = self.server.id() {
+                    self.verified(now, me, id, None, &None, &None);
+                }
                 if self.sessions.inactive(id, &mut self.out) {
                     self.outbox.retry_later(now, &id.to_string());
                 } else {
@@ -1003,70 +1220,151 @@ impl Peer {
             .request(now, me, peer, addr, auto, &mut self.out);
     }
 
+    /// The server says client `id` has `key` (and `name`): false, with
+    /// [`Event::KeyChanged`], if the name is pinned to another key (then nothing of that
+    /// answer is believed, and our attempt to reach `id`, if any, ends).
+    fn learn_key(&mut self, id: ClientId, key: Key, name: Option<&str>) -> bool {
+        if self.secure.learn(id, key, name) == Pin::Fine {
+            return true;
+        }
+        let name = name.unwrap_or_default().to_string();
+        let pinned = self
+            .secure
+            .pinned(&name)
+            .map(fingerprint)
+            .unwrap_or_default();
+        self.sessions.abandon(id);
+        // Requests claiming to be `id` are refused with it (the event says why).
+        for line in self.secure.verdicts(id, None).refused {
+            debug!("{line}");
+        }
+        self.out.event(Event::KeyChanged {
+            peer: id,
+            name,
+            fingerprint: fingerprint(&key),
+            pinned,
+        });
+        false
+    }
+
+    /// The server answered about `id` (`key` `None`: it does not know it): the requests
+    /// claiming to be `id` are handed to the sessions if their key is the one published,
+    /// refused (with a line for the person) if not. True if one was handed on.
+    fn verified(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        id: ClientId,
+        key: Option<Key>,
+        name: &Option<String>,
+        display_name: &Option<String>,
+    ) -> bool {
+        let verdicts = self.secure.verdicts(id, key);
+        for message in verdicts.refused {
+            // One line per summary interval at most: a flood of forged requests is not a
+            // flood of lines (the rest are counted in `PeerStats::refused`).
+            let quiet = self
+                .refusal_shown
+                .is_some_and(|at| now < at + self.config.summary_interval);
+            if quiet {
+                debug!("{message}");
+            } else {
+                self.refusal_shown = Some(now);
+                self.out.event(Event::Notice { message });
+            }
+        }
+        if verdicts.proved.is_empty() {
+            return false;
+        }
+        self.learn_name(id, name.clone(), display_name.clone());
+        for (src, session) in verdicts.proved {
+            self.proved_request(now, me, src, id, session, true);
+        }
+        true
+    }
+
+    /// A request whose sender is proved to be `from`: to the sessions.
+    fn proved_request(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        fresh: bool,
+    ) {
+        // From another port of the peer's host (a NAT that changes ports), or from where
+        // its probe came: our own request to it moves there. Only now that the handshake
+        // proved the sender is the peer.
+        let moved = self.probed_from(from, src);
+        self.sessions.moved(from, src, moved);
+        let (finishing, out) = (self.finishing, &mut self.out);
+        let requested = self
+            .sessions
+            .handle_request(now, me, src, from, session, finishing, fresh, out);
+        match requested {
+            Requested::Nothing => {}
+            Requested::Open => self.open(now, from),
+            Requested::Replaced(ended) => self.session_ended(ended),
+        }
+    }
+
+    /// A message from a peer: the handshake (`ConnectRequest`, `Accept`, `Reject`) or a
+    /// `Sealed`, whose messages are handled in turn. A message of a session in clear is
+    /// dropped: it proves nothing.
     fn handle_peer_message(&mut self, now: Instant, src: SocketAddr, msg: Message) {
         let Some(me) = self.server.id() else {
             self.out.ignore(src, &msg);
             return;
         };
         match msg {
-            Message::ConnectRequest {
-                from,
-                session,
-                name,
-                display_name,
-            } => {
-                // From another port of the peer's host (a NAT that changes ports), or
-                // from where its probe came: the session moves there.
-                let moved = self.probed_from(from, src);
-                self.sessions.moved(from, src, moved);
-                let (finishing, out) = (self.finishing, &mut self.out);
-                let requested = self
-                    .sessions
-                    .handle_request(now, me, src, from, session, finishing, out);
-                match requested {
-                    Requested::Nothing => {}
-                    Requested::Open => self.open(now, from),
-                    Requested::Replaced(ended) => self.session_ended(ended),
+            Message::ConnectRequest { from, session, hs } => {
+                if from == me {
+                    return self
+                        .out
+                        .ignore(src, &Message::ConnectRequest { from, session, hs });
                 }
-                // The name is the requester's claim: kept for a request we now hold from
-                // that address, never for someone else's session.
-                if self.sessions.holds_request(from, src, session) && name.is_some() {
-                    self.learn_name(from, name, display_name);
+                match self.secure.handle_request(now, me, src, from, session, &hs) {
+                    Request::Nothing => {}
+                    Request::Verify(lookup) => self.out.transmit(self.config.server, lookup),
+                    Request::Proved { fresh } => {
+                        self.proved_request(now, me, src, from, session, fresh)
+                    }
                 }
             }
-            Message::Accept { from, session } => {
-                if self.sessions.is_requesting(from, src, session) {
+            Message::Accept { from, session, hs } => {
+                if self.sessions.is_requesting(from, src, session)
+                    && self.secure.handle_answer(from, src, session, &hs, true)
+                {
                     self.open(now, from);
                 } else {
-                    self.out.ignore(src, &msg);
+                    self.out.ignore(src, &Message::Accept { from, session, hs });
                 }
             }
-            Message::Reject { from, session } => {
+            Message::Reject { from, session, hs } => {
+                let proved = self.sessions.is_requesting(from, src, session)
+                    && self.secure.handle_answer(from, src, session, &hs, false);
                 let out = &mut self.out;
-                if self.sessions.handle_reject(from, src, session, out) {
+                if proved && self.sessions.handle_reject(from, src, session, out) {
                     let queued = self.outbox.targets_for(from, self.names.name_of(from));
                     for target in queued {
                         self.drop_queue(&target, "the peer rejected the connection");
                     }
                 } else {
-                    self.out.ignore(src, &msg);
+                    self.out.ignore(src, &Message::Reject { from, session, hs });
                 }
             }
-            Message::Terminate { from, session } => {
-                let out = &mut self.out;
-                match self
-                    .sessions
-                    .handle_terminate(now, me, src, from, session, out)
-                {
-                    Terminated::Nothing => {}
-                    Terminated::Session(ended) => self.session_ended(ended),
-                    Terminated::Closing => self.left_if_closed(),
-                }
-            }
-            Message::TerminateAck { from, session } => {
-                let out = &mut self.out;
-                if self.sessions.handle_terminate_ack(src, from, session, out) {
-                    self.left_if_closed();
+            Message::Sealed {
+                from,
+                session,
+                n,
+                data,
+            } => {
+                let Some(messages) = self.secure.open(src, from, session, n, &data) else {
+                    return;
+                };
+                for m in messages.into_iter().take(wire::MAX_PEER_MESSAGES) {
+                    self.handle_session_message(now, me, src, m);
                 }
             }
             Message::Probe { from, punch } => match self.punch.handle_probe(from, punch, src) {
@@ -1085,6 +1383,40 @@ impl Peer {
                 Some(_) => {}
                 None => self.out.ignore(src, &msg),
             },
+            other => {
+                // A message of a session in clear: nobody sends those.
+                self.secure.refused += 1;
+                self.out.ignore(src, &other);
+            }
+        }
+    }
+
+    /// A message of a session, out of a `Sealed` that opened with the session's keys.
+    fn handle_session_message(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        msg: Message,
+    ) {
+        match msg {
+            Message::Terminate { from, session } => {
+                let out = &mut self.out;
+                match self
+                    .sessions
+                    .handle_terminate(now, me, src, from, session, out)
+                {
+                    Terminated::Nothing => {}
+                    Terminated::Session(ended) => self.session_ended(ended),
+                    Terminated::Closing => self.left_if_closed(),
+                }
+            }
+            Message::TerminateAck { from, session } => {
+                let out = &mut self.out;
+                if self.sessions.handle_terminate_ack(src, from, session, out) {
+                    self.left_if_closed();
+                }
+            }
             traffic => {
                 if let Message::Chat { from, session, .. } | Message::Ping { from, session } =
                     traffic
@@ -1125,6 +1457,12 @@ impl Peer {
 
     /// Does whatever is due at `now`: resends, keepalives, giving up.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.secure.tick(now);
+        if now >= self.swept + Duration::from_secs(1) {
+            self.swept = now;
+            let sessions = &self.sessions;
+            self.secure.sweep(now, |p, s| sessions.knows(p, s));
+        }
         let settled = self.sessions.all_closed();
         self.server.handle_timeout(now, settled, &mut self.out);
         let me = self.server.id();
@@ -1165,6 +1503,11 @@ impl Peer {
 
     /// Opens the session with `peer` and sends what is queued for it.
     fn open(&mut self, now: Instant, peer: ClientId) {
+        // Trust on first use: the name's key from now on is this one.
+        if let (Some(name), Some(key)) = (self.names.name_of(peer), self.secure.key_of(peer)) {
+            let name = name.to_string();
+            self.secure.pin(&name, key);
+        }
         let path = match self.sessions.addr_of(peer) {
             Some(addr) => self.punch.path(peer, addr),
             None => Path::Direct,

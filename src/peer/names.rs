@@ -9,7 +9,7 @@ use super::event::Event;
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use super::PeerConfig;
-use crate::wire::{self, ClientId, ErrorCode, Listed, Message, Token};
+use crate::wire::{self, ClientId, ErrorCode, Key, Listed, Message, Token};
 
 /// The most clients one `list` collects (a bound on what a misbehaving server can make us
 /// hold).
@@ -42,7 +42,8 @@ pub(super) struct Names {
     /// The name to claim once registered, with what goes with it in the `Claim`.
     wanted: Option<String>,
     display_name: Option<String>,
-    previous_token: Option<Token>,
+    /// The proof of our key to the server (see `Message::Claim`), for this registration.
+    proof: Option<Vec<u8>>,
     /// Our name, once the server has granted it.
     name: Option<String>,
     /// Names (and display names) of peers, as the server or their requests gave them.
@@ -67,6 +68,7 @@ pub(super) enum Heard {
     Found {
         peer: ClientId,
         addr: SocketAddr,
+        key: Key,
         name: String,
         display_name: Option<String>,
         auto: bool,
@@ -92,7 +94,7 @@ impl Names {
             tries: config.server_tries,
             wanted: config.name.clone(),
             display_name: config.display_name.clone(),
-            previous_token: config.previous_token,
+            proof: None,
             name: None,
             peers: HashMap::new(),
             claiming: None,
@@ -141,6 +143,11 @@ impl Names {
         self.peers.insert(peer, (name, display));
     }
 
+    /// The proof of our key for the registration we now have (sent with every `Claim`).
+    pub fn set_proof(&mut self, proof: Option<Vec<u8>>) {
+        self.proof = proof;
+    }
+
     /// Just registered as `id`: claims the configured name, if any.
     pub fn claim(&mut self, now: Instant, id: Option<ClientId>, token: Token, out: &mut Outputs) {
         if self.wanted.is_some() {
@@ -160,7 +167,7 @@ impl Names {
                 token,
                 name,
                 display_name: self.display_name.clone(),
-                previous: self.previous_token,
+                proof: self.proof.clone(),
                 nonce: 0,
                 pad: Default::default(),
             },
@@ -425,6 +432,7 @@ impl Names {
                 Message::Found {
                     id: peer,
                     addr,
+                    key,
                     name: Some(name),
                     display_name,
                     ..
@@ -437,6 +445,7 @@ impl Names {
                 return Heard::Found {
                     peer,
                     addr,
+                    key,
                     name,
                     display_name,
                     auto: r.auto,

@@ -84,6 +84,11 @@ impl Outputs {
         Some(t)
     }
 
+    /// The next transmit, left in the queue.
+    pub fn peek_transmit(&self) -> Option<&Transmit> {
+        self.transmits.front()
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -8,7 +8,7 @@ use super::event::{CommandError, Event};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use super::PeerConfig;
-use crate::wire::{ClientId, ErrorCode, Message, Token};
+use crate::wire::{ClientId, ErrorCode, Key, Message, Token};
 
 enum State {
     Registering {
@@ -50,6 +50,10 @@ pub(super) struct Server {
     /// Our own addresses, told to the server after `Registered` and with every
     /// `Keepalive` (none: nothing is sent).
     candidates: Vec<SocketAddr>,
+    /// Our static public key, registered with our id.
+    key: Key,
+    /// The server's static key, from its `Registered`.
+    server_key: Option<Key>,
 }
 
 /// The longest time to live of our entry that we believe: a `Registered` saying more is
@@ -86,6 +90,8 @@ impl Server {
             registered_again_at: None,
             other_version: None,
             candidates: config.candidates.clone().unwrap_or_default(),
+            key: *config.identity.public(),
+            server_key: None,
         };
         server.send_register(want, out);
         server
@@ -230,10 +236,12 @@ impl Server {
                     id,
                     token,
                     ttl_secs,
+                    key,
                     ..
                 },
             ) => {
                 let again = *again;
+                self.server_key = Some(key);
                 self.id = Some(id);
                 self.rate_limited = false;
                 self.token = token;
@@ -334,8 +342,13 @@ impl Server {
 
     /// A `Register` (its nonce and padding are added as it leaves: requests.rs).
     fn send_register(&self, want_id: Option<ClientId>, out: &mut Outputs) {
-        let register = Message::register(want_id);
+        let register = Message::register(want_id, self.key);
         self.send(out, register);
+    }
+
+    /// The server's static key, once registered.
+    pub fn server_key(&self) -> Option<&Key> {
+        self.server_key.as_ref()
     }
 
     /// Leaves now, if registered; returns false if never registered (then we are done).

@@ -25,9 +25,6 @@ pub(super) struct Settings {
     pub chat: SendConfig,
     pub session_idle: Duration,
     pub session_timeout: Duration,
-    /// What our `ConnectRequest`s say of us.
-    pub name: Option<String>,
-    pub display_name: Option<String>,
     /// Requests waiting for our answer: at most this many, and this many from one source.
     pub max_requests: usize,
     pub max_requests_per_source: usize,
@@ -45,20 +42,18 @@ impl Settings {
             chat: config.chat.clone(),
             session_idle: config.session_idle,
             session_timeout: config.session_timeout,
-            name: config.name.clone(),
-            display_name: config.display_name.clone(),
             max_requests: config.max_requests,
             max_requests_per_source: config.max_requests_per_source,
         }
     }
 
-    /// Our `ConnectRequest` for `session`, with the name we claim.
+    /// Our `ConnectRequest` for `session`.
     pub fn request(&self, me: ClientId, session: SessionId) -> Message {
+        // Its handshake (`hs`) is added as it leaves (secure.rs).
         Message::ConnectRequest {
             from: me,
             session,
-            name: self.name.clone(),
-            display_name: self.display_name.clone(),
+            hs: Vec::new(),
         }
     }
 

@@ -436,7 +436,14 @@ impl Sessions {
     pub fn send_accept(&self, me: ClientId, peer: ClientId, out: &mut Outputs) {
         let s = &self.by_peer[&peer];
         let (to, session) = (s.addr.expect("requests have an address"), s.id);
-        out.transmit(to, Message::Accept { from: me, session });
+        out.transmit(
+            to,
+            Message::Accept {
+                from: me,
+                session,
+                hs: Vec::new(),
+            },
+        );
     }
 
     /// Rejects the request of `peer` (picked with [`Sessions::pick_request`]).
@@ -452,6 +459,7 @@ impl Sessions {
                 Message::Reject {
                     from: me,
                     session: s.id,
+                    hs: Vec::new(),
                 },
             );
         }
@@ -712,9 +720,9 @@ impl Sessions {
                         reason: EndReason::Cancelled,
                     });
                 }
-                let addr = s.addr.expect("requests go to an address");
-                let period = self.cfg.server_retry;
-                self.start_closing(now, me, s, addr, period, false, out);
+                // No Terminate: before the peer's Accept there are no keys to seal one
+                // with, and one in clear would be believed by no one. The peer drops the
+                // request when it is not heard again (`request_lifetime`).
             }
             State::LookingUp { .. } if s.auto => {}
             State::LookingUp { .. } => out.event(Event::Terminated {
@@ -868,6 +876,35 @@ impl Sessions {
 
     // ------------------------------------------------------------------ from peers
 
+    /// Whether the session `session` with `peer` is still held: open, asked, being closed,
+    /// or rejected lately (so that its keys are kept: secure.rs).
+    pub fn knows(&self, peer: ClientId, session: SessionId) -> bool {
+        self.by_peer.get(&peer).is_some_and(|s| s.id == session)
+            || self.closing.get(&session).is_some_and(|c| c.peer == peer)
+            || self.rejected.contains_key(&(peer, session))
+    }
+
+    /// The peer we ask to connect with session `session` (or have asked: the request of
+    /// ours a simultaneous open made obsolete).
+    pub fn requested_peer(&self, session: SessionId) -> Option<ClientId> {
+        self.by_peer
+            .values()
+            .find(|s| s.id == session && matches!(s.state, State::Requesting { .. }))
+            .map(|s| s.peer)
+            .or_else(|| self.closing.get(&session).map(|c| c.peer))
+    }
+
+    /// Drops our attempt to reach `peer` (its key is not the one pinned), quietly: the
+    /// caller tells the user why.
+    pub fn abandon(&mut self, peer: ClientId) {
+        if matches!(
+            self.by_peer.get(&peer).map(|s| &s.state),
+            Some(State::LookingUp { .. } | State::Requesting { .. })
+        ) {
+            self.take(peer);
+        }
+    }
+
     /// Whether a message from `from` at `src` for `session` matches our request to it.
     pub fn is_requesting(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
         self.matches(from, src, session, |st| {
@@ -875,15 +912,9 @@ impl Sessions {
         })
     }
 
-    /// Whether we hold a request of `from` for `session` from `src` that is not yet open
-    /// (so that the name in it may be kept).
-    pub fn holds_request(&self, from: ClientId, src: SocketAddr, session: SessionId) -> bool {
-        self.by_peer
-            .get(&from)
-            .is_some_and(|s| s.id == session && s.addr == Some(src) && !s.is_connected())
-    }
-
-    /// A `ConnectRequest`. `finishing`: we decline every request.
+    /// A `ConnectRequest` whose sender is proved (secure.rs). `finishing`: we decline
+    /// every request. `fresh`: a handshake never seen before, newer than any earlier one
+    /// of the same key (not a resend).
     #[allow(clippy::too_many_arguments)]
     pub fn handle_request(
         &mut self,
@@ -893,13 +924,13 @@ impl Sessions {
         from: ClientId,
         session: SessionId,
         finishing: bool,
+        fresh: bool,
         out: &mut Outputs,
     ) -> Requested {
         let msg = Message::ConnectRequest {
             from,
             session,
-            name: None,
-            display_name: None,
+            hs: Vec::new(),
         };
         if from == me {
             out.ignore(src, &msg);
@@ -907,11 +938,25 @@ impl Sessions {
         }
         if self.rejected.contains_key(&(from, session)) {
             // Our Reject was lost: the same answer again.
-            out.transmit(src, Message::Reject { from: me, session });
+            out.transmit(
+                src,
+                Message::Reject {
+                    from: me,
+                    session,
+                    hs: Vec::new(),
+                },
+            );
             return Requested::Nothing;
         }
         if finishing {
-            out.transmit(src, Message::Reject { from: me, session });
+            out.transmit(
+                src,
+                Message::Reject {
+                    from: me,
+                    session,
+                    hs: Vec::new(),
+                },
+            );
             return Requested::Nothing;
         }
         let Some(s) = self.by_peer.get_mut(&from) else {
@@ -930,14 +975,22 @@ impl Sessions {
             State::Connected { .. } if s.id == session && same_addr => {
                 // Our Accept was lost.
                 s.last_heard = now;
-                out.transmit(src, Message::Accept { from: me, session });
+                out.transmit(
+                    src,
+                    Message::Accept {
+                        from: me,
+                        session,
+                        hs: Vec::new(),
+                    },
+                );
                 self.reschedule(from);
             }
-            State::Connected { .. } if same_addr && session < s.id => {
+            State::Connected { .. } if same_addr && fresh && s.id != session => {
                 // The peer forgot the old session (restarted, or ended it without our
-                // hearing) and asks anew. A larger id from the same peer is a leftover
-                // request that lost a simultaneous open, and is ignored. So is a request
-                // past the bounds: the session it would end stays.
+                // hearing) and asks anew: its handshake is newer than any we saw from its
+                // key, so it is no replay and no leftover of a simultaneous open (whose
+                // request we saw before the session opened). A request past the bounds
+                // is ignored: the session it would end stays.
                 if !self.can_hold(src) {
                     self.ignore_request(now, src, &msg);
                     return Requested::Nothing;
@@ -950,14 +1003,28 @@ impl Sessions {
             State::Requesting { .. } if same_addr && session < s.id => {
                 // Both asked at once: the smaller session id wins, and we wanted this.
                 s.id = session;
-                out.transmit(src, Message::Accept { from: me, session });
+                out.transmit(
+                    src,
+                    Message::Accept {
+                        from: me,
+                        session,
+                        hs: Vec::new(),
+                    },
+                );
                 return Requested::Open;
             }
             State::LookingUp { .. } => {
                 // We were about to ask it ourselves.
                 s.id = session;
                 s.addr = Some(src);
-                out.transmit(src, Message::Accept { from: me, session });
+                out.transmit(
+                    src,
+                    Message::Accept {
+                        from: me,
+                        session,
+                        hs: Vec::new(),
+                    },
+                );
                 return Requested::Open;
             }
             _ => out.ignore(src, &msg),
@@ -978,8 +1045,7 @@ impl Sessions {
             let msg = Message::ConnectRequest {
                 from,
                 session,
-                name: None,
-                display_name: None,
+                hs: Vec::new(),
             };
             self.ignore_request(now, src, &msg);
             return;

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! byte 0      0x50 ('P'), the magic byte
-//! byte 1      the protocol version, currently 1 (see [`VERSION`])
+//! byte 1      the protocol version, currently 2 (see [`VERSION`])
 //! bytes 2..   one or more MessagePack values, one per message, back to back
 //! ```
 //!
@@ -48,8 +48,8 @@
 //! in the documented order. For example `Lookup { id: 3 }` is the datagram
 //!
 //! ```text
-//! 50 01 81 a6 4c 6f 6f 6b 75 70 81 a2 69 64 03
-//! 'P' v1 map(1) "Lookup" map(1) "id" 3
+//! 50 02 81 a6 4c 6f 6f 6b 75 70 81 a2 69 64 03
+//! 'P' v2 map(1) "Lookup" map(1) "id" 3
 //! ```
 //!
 //! Field types: ids are unsigned integers that fit in 32 bits ([`ClientId`]), tokens, session
@@ -64,21 +64,21 @@
 //!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `Register` | `want_id`: id or nil, `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
-//! | `Registered` | `id`, `token`, `ttl_secs`, `nonce` | server | - |
+//! | `Register` | `want_id`: id or nil, `key` (32-byte bin: the client's X25519 public key), `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
+//! | `Registered` | `id`, `token`, `ttl_secs`, `key` (32-byte bin: the server's static key for this run), `nonce` | server | - |
 //! | `Lookup` | `id`, `nonce`, `pad` | anyone | `Found` or `Inactive` |
-//! | `Found` | `id`, `addr`, `nonce` | server | - |
+//! | `Found` | `id`, `addr`, `key` (32-byte bin), `nonce` | server | - |
 //! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
 //! | `Leave` | `id`, `token`, `nonce`, `pad` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
 //! | `LeaveAck` | `id`, `nonce` | server | - |
 //! | `Keepalive` | `id`, `token`, `nonce`, `pad`, `candidates` (array of at most [`MAX_CANDIDATES`] addresses; left out when none) | client | nothing; `Error` (`NotRegistered`) if unknown |
 //! | `Error` | `code`, `detail`, `nonce` | server | - |
-//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `previous`: token or nil, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
+//! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `proof`: bin or absent, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
 //! | `Claimed` | `id`, `name`, `nonce` | server | - |
 //! | `Resolve` | `name`, `nonce`, `pad` | anyone | `Found` or `Unknown` |
 //! | `Unknown` | `name`, `nonce` | server | - |
 //! | `List` | `id`, `token`, `after`: id or nil, `nonce`, `pad` | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
-//! | `Listing` | `clients`: array of {`id`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
+//! | `Listing` | `clients`: array of {`id`, `key`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
 //! | `Introduce` | `id`, `addr`, `candidates`: array of addresses, `punch`, `you`, `proof`, `pad` | server, unasked | - (probes: see "Across NATs") |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
@@ -103,8 +103,11 @@
 //! `-`, `.`, starting with a letter, at most [`MAX_NAME`] bytes; unique without regard to
 //! ASCII case), and a free-form display name of at most [`MAX_DISPLAY_NAME`] bytes. A second
 //! `Claim` replaces the first. A name held by another client is refused with `NameTaken`,
-//! unless `previous` is the token of the registration that holds it: a client keeps its
-//! last token and claims its name back after a restart, before the old entry expires. The
+//! unless the holder registered the same `key` and `proof` proves it: a one-way
+//! `Noise_X_25519_ChaChaPoly_BLAKE2s` message (prologue `"p2pchat v2 claim"`) to the
+//! server's `key` from `Registered`, whose payload is the claimer's `token` (8 bytes,
+//! big-endian). So a client claims its name back after a restart, before the old entry
+//! expires, by holding its private key, not merely by showing the public one. The
 //! name is released when its client leaves or expires.
 //!
 //! `List` pages through the table in id order: the server answers with as many clients as
@@ -161,11 +164,34 @@
 //! and `session` all match a session it has; anything else is dropped, so that strangers and
 //! datagrams left over from an earlier session change nothing.
 //!
+//! **Encryption (version 2).** Every session is a Noise handshake, pattern
+//! `Noise_IK_25519_AESGCM_BLAKE2s`, prologue `"p2pchat v2"` followed by the
+//! requester's id (4 bytes, big-endian), the asked peer's id (4) and the session id (8).
+//! The requester knows the asked peer's static key from the server (`Found`). The first
+//! message rides in `ConnectRequest.hs` (payload: the requester's wall-clock time, 8
+//! bytes, nanoseconds since the Unix epoch, big-endian), built once and resent unchanged;
+//! the second in `Accept.hs` or `Reject.hs` (payload: 1 byte, 1 accept / 0 reject, then
+//! the answerer's time, 8 bytes), likewise built once and sent again for a resent request.
+//! The asked peer believes a request only if the static key it proves is the `key` the
+//! server publishes for `from` (asked with `Lookup` when not known) and its time is newer
+//! than any handshake seen from that key; a newer one from the key of a connected peer at
+//! the same address is a restart and replaces that session at once. Every other message
+//! of a session (the table below, and any added later) travels only inside
+//! `Sealed { from, session, n, data }`: `data` is the AES-256-GCM encryption (Noise's `AESGCM`), with the
+//! sender's transport key of the session and nonce `n` (0, 1, 2, ... per direction; as Noise encodes it for AESGCM: 4 zero bytes, then `n` big-endian; no associated data), of the
+//! MessagePack values of one or more messages of that session and sender, back to back.
+//! A receiver keeps a replay window of 2048 counters per session (one below the highest by
+//! more than 1984 is refused) and drops a `Sealed` that does not open, one it saw, and any
+//! session message in clear. So nothing of a conversation is readable on the wire, and a
+//! forged `Terminate` or `Reject` changes nothing. There are no resets any more (they
+//! cannot be authenticated): a stale session ends by its silence timeout.
+//!
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
-//! | `ConnectRequest` | `from`, `session`, `name`, `display_name` (left out when none) | requester, every retry interval | `Accept` or `Reject` |
-//! | `Accept` | `from`, `session` | the asked peer (its own id in `from`) | - |
-//! | `Reject` | `from`, `session` | the asked peer | - |
+//! | `ConnectRequest` | `from`, `session`, `hs` (bin, Noise message 1) | requester, every retry interval | `Accept` or `Reject` |
+//! | `Accept` | `from`, `session`, `hs` (bin, Noise message 2, payload 1) | the asked peer (its own id in `from`) | - |
+//! | `Reject` | `from`, `session`, `hs` (bin, Noise message 2, payload 0) | the asked peer | - |
+//! | `Sealed` | `from`, `session`, `n`, `data` (bin, at most [`MAX_DATAGRAM`] bytes) | either side | - |
 //! | `Chat` | `from`, `session`, `seq`, `text` | either side | `Ack` |
 //! | `Ack` | `from`, `session`, `seq`, `cumulative` | receiver of a `Chat` | - |
 //! | `Terminate` | `from`, `session` | either side | `TerminateAck` |
@@ -322,20 +348,20 @@ use serde::{Deserialize, Serialize};
 /// The first byte of every datagram.
 pub const MAGIC: u8 = 0x50;
 /// The protocol version this build speaks (byte 1 of every datagram).
-pub const VERSION: u8 = 1;
-/// Datagrams longer than this are refused without decoding.
+pub const VERSION: u8 = 2;
+/// Datagrams longer than this (8192) are refused without decoding.
 pub const MAX_DATAGRAM: usize = 8192;
-/// The longest chat text one `Chat` carries, in bytes; longer lines are split by the client.
+/// The longest chat text one `Chat` carries, in bytes (1200); longer lines are split by the client.
 /// Also the longest `detail` of an `Error`. A longer one is malformed.
 pub const MAX_TEXT: usize = 1200;
-/// How deep MessagePack values may nest in a message (a message itself needs 2 levels: the
+/// How deep MessagePack values may nest in a message (16; a message itself needs 2 levels: the
 /// map naming it and the map of its fields). Deeper nesting, even in a field the decoder
 /// skips, is malformed, so that a small datagram cannot make decoding recurse deeply.
 pub const MAX_DEPTH: usize = 16;
 /// A client handles at most this many messages of one datagram (the rest are dropped): a
 /// datagram of tiny messages must not cost it more work, or answers, than a few.
 pub const MAX_PEER_MESSAGES: usize = 64;
-/// Senders pack messages into datagrams of at most this many bytes (one message bigger than
+/// Senders pack messages into datagrams of at most this many bytes (1200; one message bigger than
 /// this still goes, alone): small enough for a typical path MTU (1280 for IPv6, less headers).
 pub const PACK_LIMIT: usize = 1200;
 
@@ -343,6 +369,8 @@ pub const PACK_LIMIT: usize = 1200;
 pub type ClientId = u32;
 /// A random secret the server hands out with an id; proves a `Leave` comes from the owner.
 pub type Token = u64;
+/// A static public key (X25519, 32 bytes): a client's identity, or the server's.
+pub type Key = [u8; 32];
 /// A random id chosen by the requester of a peer-to-peer session.
 pub type SessionId = u64;
 /// A random number a client puts in a request to the server, and the server copies into
@@ -508,9 +536,10 @@ impl Message {
 /// Requests to the server as a client builds them, with no nonce and no padding yet (they
 /// are added as the request leaves: see [`pad_request`], and the client's `Requests`).
 impl Message {
-    pub fn register(want_id: Option<ClientId>) -> Message {
+    pub fn register(want_id: Option<ClientId>, key: Key) -> Message {
         Message::Register {
             want_id,
+            key,
             nonce: 0,
             pad: Padding(0),
         }
@@ -631,6 +660,9 @@ pub enum Message {
     /// Ask for an id; `want_id` asks for a particular one.
     Register {
         want_id: Option<ClientId>,
+        /// The client's static public key (X25519, 32 bytes).
+        #[serde(with = "serde_bytes")]
+        key: Key,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
@@ -680,8 +712,16 @@ pub enum Message {
         name: String,
         #[serde(default, deserialize_with = "bounded_opt_text")]
         display_name: Option<String>,
-        #[serde(default)]
-        previous: Option<Token>,
+        /// A one-way Noise `X` message to the server's key (from `Registered`) whose
+        /// payload is `token` (8 bytes, big-endian): proves that the sender holds the
+        /// private key it registered. Needed only to take a name from an entry with the
+        /// same key (this client's previous run); left out otherwise.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "bounded_opt_bytes"
+        )]
+        proof: Option<Vec<u8>>,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
@@ -715,6 +755,10 @@ pub enum Message {
         id: ClientId,
         token: Token,
         ttl_secs: u32,
+        /// The server's static public key (X25519) for this run, to which a `Claim`'s
+        /// `proof` is made.
+        #[serde(with = "serde_bytes")]
+        key: Key,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
     },
@@ -723,6 +767,9 @@ pub enum Message {
         id: ClientId,
         #[serde(with = "addr_as_string")]
         addr: SocketAddr,
+        /// The static public key client `id` registered with.
+        #[serde(with = "serde_bytes")]
+        key: Key,
         #[serde(
             default,
             skip_serializing_if = "Option::is_none",
@@ -785,28 +832,43 @@ pub enum Message {
     },
 
     // ---- peer <-> peer ----
-    /// "Peer `from` would like to chat", resent every retry interval until answered.
-    /// `name` and `display_name` are what the requester claimed at the server, if anything.
+    /// "Peer `from` would like to chat", resent every retry interval until answered
+    /// (the same bytes each time). `hs` is the first Noise `IK` handshake message.
     ConnectRequest {
         from: ClientId,
         session: SessionId,
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            deserialize_with = "bounded_opt_text"
-        )]
-        name: Option<String>,
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            deserialize_with = "bounded_opt_text"
-        )]
-        display_name: Option<String>,
+        #[serde(with = "serde_bytes")]
+        hs: Vec<u8>,
     },
-    /// The asked peer (`from`) accepts the session.
-    Accept { from: ClientId, session: SessionId },
-    /// The asked peer (`from`) declines the session.
-    Reject { from: ClientId, session: SessionId },
+    /// The asked peer (`from`) accepts the session: `hs` is the second handshake message,
+    /// whose payload says so.
+    Accept {
+        from: ClientId,
+        session: SessionId,
+        #[serde(with = "serde_bytes")]
+        hs: Vec<u8>,
+    },
+    /// The asked peer (`from`) declines the session: `hs` is the second handshake message,
+    /// whose payload says so.
+    Reject {
+        from: ClientId,
+        session: SessionId,
+        #[serde(with = "serde_bytes")]
+        hs: Vec<u8>,
+    },
+    /// Every other message of a session, encrypted: `data` is AES-256-GCM with the
+    /// session's key of the sender's direction and nonce `n`, over the MessagePack values
+    /// of one or more messages of the session, back to back.
+    Sealed {
+        from: ClientId,
+        session: SessionId,
+        n: u64,
+        #[serde(
+            serialize_with = "serde_bytes::serialize",
+            deserialize_with = "bounded_sealed"
+        )]
+        data: Vec<u8>,
+    },
     /// Chat message number `seq` of the sender's direction of the session.
     Chat {
         from: ClientId,
@@ -983,9 +1045,10 @@ impl FileEnd {
     }
 }
 
-/// The most file bytes one `Chunk` carries: with its fields, a `Chunk` stays within
-/// [`PACK_LIMIT`], so chunks never fragment.
-pub const CHUNK_SIZE: usize = 1100;
+/// The most file bytes one `Chunk` carries (1056): with its fields, a `Chunk` sealed alone
+/// in a `Sealed` stays within [`PACK_LIMIT`], so chunks never fragment. (Version 1 carried
+/// 1100, which the sealing's 84 bytes would have pushed past it.)
+pub const CHUNK_SIZE: usize = 1056;
 /// The most bytes a `Chunk` may carry when decoded (a longer one is malformed).
 pub const MAX_CHUNK: usize = 4096;
 
@@ -994,6 +1057,7 @@ impl Message {
     pub fn session(&self) -> Option<SessionId> {
         match self {
             Message::ConnectRequest { session, .. }
+            | Message::Sealed { session, .. }
             | Message::Accept { session, .. }
             | Message::Reject { session, .. }
             | Message::Chat { session, .. }
@@ -1033,6 +1097,7 @@ impl Message {
             Message::ConnectRequest { .. } => "ConnectRequest",
             Message::Accept { .. } => "Accept",
             Message::Reject { .. } => "Reject",
+            Message::Sealed { .. } => "Sealed",
             Message::Chat { .. } => "Chat",
             Message::Ack { .. } => "Ack",
             Message::Terminate { .. } => "Terminate",
@@ -1085,6 +1150,9 @@ impl Message {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub id: ClientId,
+    /// The client's static public key.
+    #[serde(with = "serde_bytes")]
+    pub key: Key,
     /// Left out when the client has no name (so that a page holds more clients).
     #[serde(
         default,
@@ -1242,7 +1310,18 @@ pub fn decode(datagram: &[u8]) -> Result<Message, DecodeError> {
 /// Decodes every message of a datagram, in order. Never panics, whatever the bytes; if any
 /// message is malformed, the whole datagram is refused.
 pub fn decode_all(datagram: &[u8]) -> Result<Vec<Message>, DecodeError> {
-    let mut body = check_header(datagram)?;
+    decode_body(check_header(datagram)?)
+}
+
+/// Appends one message's MessagePack value to `out`: what a datagram's body, or the
+/// plaintext of a `Sealed`, is made of.
+pub fn append_message(msg: &Message, out: &mut Vec<u8>) {
+    append_body(msg, out);
+}
+
+/// Decodes the MessagePack values of a body (a datagram without its header, or the
+/// plaintext of a `Sealed`), in order; at least one. Never panics.
+pub fn decode_body(mut body: &[u8]) -> Result<Vec<Message>, DecodeError> {
     let mut messages = Vec::with_capacity(1);
     while !body.is_empty() {
         let before = body.len();
@@ -1381,6 +1460,30 @@ fn bounded_opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
         ))),
         other => Ok(other),
     }
+}
+
+/// Decodes an optional `bin` field (a proof), refusing more than 256 bytes.
+fn bounded_opt_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    let data: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+    match data {
+        Some(b) if b.len() > 256 => Err(serde::de::Error::custom(format!(
+            "proof of {} bytes, limit 256",
+            b.len()
+        ))),
+        other => Ok(other.map(serde_bytes::ByteBuf::into_vec)),
+    }
+}
+
+/// Decodes the `data` of a `Sealed`, refusing more than [`MAX_DATAGRAM`] bytes.
+fn bounded_sealed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let data: Vec<u8> = serde_bytes::deserialize(d)?;
+    if data.len() > MAX_DATAGRAM {
+        return Err(serde::de::Error::custom(format!(
+            "sealed data of {} bytes, limit {MAX_DATAGRAM}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 /// Decodes the bytes of a `Chunk`, refusing more than [`MAX_CHUNK`].

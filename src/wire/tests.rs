@@ -10,12 +10,14 @@ fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
     let nonce = Nonce::MAX;
     let answers = [
         Message::Registered {
+            key: [0; 32],
             id: ClientId::MAX,
             token: Token::MAX,
             ttl_secs: u32::MAX,
             nonce,
         },
         Message::Found {
+            key: [0; 32],
             id: ClientId::MAX,
             addr: far,
             name: Some("n".repeat(MAX_NAME)),
@@ -58,6 +60,7 @@ fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
 fn a_padded_request_is_at_least_request_size_and_decodes_as_it_was() {
     let requests = [
         Message::Register {
+            key: [0; 32],
             want_id: None,
             nonce: 0,
             pad: Padding(0),
@@ -77,7 +80,7 @@ fn a_padded_request_is_at_least_request_size_and_decodes_as_it_was() {
             token: 2,
             name: "n".repeat(MAX_NAME),
             display_name: Some("d".repeat(MAX_DISPLAY_NAME)),
-            previous: Some(3),
+            proof: Some(vec![7; 104]),
             nonce: 4,
             pad: Padding(0),
         },
@@ -142,14 +145,14 @@ fn names_follow_the_rules() {
 
 fn all_messages() -> Vec<Message> {
     vec![
-        Message::register(None),
-        Message::register(Some(7)),
+        Message::register(None, [0; 32]),
+        Message::register(Some(7), [9; 32]),
         Message::Claim {
             id: 1,
             token: 2,
             name: "alice".into(),
             display_name: Some("Alice L.".into()),
-            previous: Some(3),
+            proof: Some(vec![7; 104]),
             nonce: 0,
             pad: Default::default(),
         },
@@ -172,6 +175,7 @@ fn all_messages() -> Vec<Message> {
         },
         Message::Listing {
             clients: vec![Listed {
+                key: [0; 32],
                 id: 4,
                 name: Some("dave".into()),
                 display_name: None,
@@ -182,6 +186,7 @@ fn all_messages() -> Vec<Message> {
             nonce: 0,
         },
         Message::Found {
+            key: [0; 32],
             id: 2,
             addr: "127.0.0.1:1".parse().unwrap(),
             name: Some("bob".into()),
@@ -189,21 +194,22 @@ fn all_messages() -> Vec<Message> {
             nonce: 0,
         },
         Message::ConnectRequest {
+            hs: Vec::new(),
             from: 1,
             session: 5,
-            name: Some("alice".into()),
-            display_name: None,
         },
         Message::lookup(3),
         Message::leave(1, u64::MAX),
         Message::keepalive(1, 42),
         Message::Registered {
+            key: [0; 32],
             id: 1,
             token: 9,
             ttl_secs: 30,
             nonce: 0,
         },
         Message::Found {
+            key: [0; 32],
             id: 2,
             addr: "127.0.0.1:40000".parse().unwrap(),
             name: None,
@@ -211,6 +217,7 @@ fn all_messages() -> Vec<Message> {
             nonce: 0,
         },
         Message::Found {
+            key: [0; 32],
             id: 2,
             addr: "[::1]:5".parse().unwrap(),
             name: None,
@@ -225,16 +232,17 @@ fn all_messages() -> Vec<Message> {
             nonce: 0,
         },
         Message::ConnectRequest {
+            hs: Vec::new(),
             from: 1,
             session: 5,
-            name: None,
-            display_name: None,
         },
         Message::Accept {
+            hs: Vec::new(),
             from: 2,
             session: 5,
         },
         Message::Reject {
+            hs: Vec::new(),
             from: 2,
             session: 5,
         },
@@ -433,7 +441,7 @@ fn a_precise_reason_this_version_does_not_know_falls_back_to_reason() {
 fn lookup_bytes_match_the_documented_example() {
     let bytes = encode(&Message::lookup(3));
     let expected = [
-        0x50, 0x01, 0x81, 0xa6, b'L', b'o', b'o', b'k', b'u', b'p', 0x81, 0xa2, b'i', b'd', 0x03,
+        0x50, 0x02, 0x81, 0xa6, b'L', b'o', b'o', b'k', b'u', b'p', 0x81, 0xa2, b'i', b'd', 0x03,
     ];
     assert_eq!(bytes, expected);
 }
@@ -468,11 +476,11 @@ fn wrong_magic_and_wrong_version_are_named() {
         Err(DecodeError::BadMagic { found: b'G' })
     );
     let mut bytes = encode(&Message::lookup(3));
-    bytes[1] = 2;
-    assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { found: 2 }));
-    assert!(DecodeError::BadVersion { found: 2 }
+    bytes[1] = 3;
+    assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { found: 3 }));
+    assert!(DecodeError::BadVersion { found: 3 }
         .to_string()
-        .contains("version 2"));
+        .contains("version 3"));
 }
 
 #[test]

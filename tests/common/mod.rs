@@ -446,7 +446,7 @@ impl JsonClient {
             "{}: no \"event\" string in {line}",
             self.name
         );
-        v
+        strip_fingerprint(v)
     }
 
     /// Types one command.
@@ -563,4 +563,172 @@ impl JsonClient {
 /// The events of `log` named `name`.
 pub fn events_named<'a>(log: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
     log.iter().filter(|v| v["event"] == name).collect()
+}
+
+/// `registered`, `request`, `connected` and `status` carry a fingerprint, different on every
+/// run: it is checked to look like one (four groups of five base32 characters) and taken
+/// out, so that tests compare the rest exactly.
+pub fn strip_fingerprint(mut v: serde_json::Value) -> serde_json::Value {
+    let event = v["event"].as_str().unwrap_or_default().to_string();
+    if matches!(
+        event.as_str(),
+        "registered" | "request" | "connected" | "status"
+    ) {
+        if let Some(map) = v.as_object_mut() {
+            let f = map
+                .remove("fingerprint")
+                .unwrap_or_else(|| panic!("{event} without a fingerprint"));
+            let f = f.as_str().unwrap_or_default();
+            let groups: Vec<&str> = f.split('-').collect();
+            assert!(
+                groups.len() == 4
+                    && groups.iter().all(|g| g.len() == 5
+                        && g.bytes()
+                            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))),
+                "not a fingerprint: {f:?}"
+            );
+        }
+    }
+    v
+}
+
+/// A peer the test drives by hand from a plain UDP socket, with a real [`Peer`] state
+/// machine inside for the handshake: once connected, the test sends whatever messages of
+/// the session it wants, sealed with the session's keys as a real peer would (hostile file
+/// names, forged chunks...), and reads what comes back opened.
+///
+/// [`Peer`]: p2pchat::peer::Peer
+pub struct SealedPeer {
+    pub sock: std::net::UdpSocket,
+    pub peer: std::cell::RefCell<p2pchat::peer::Peer>,
+    pub id: ClientId,
+    pub session: p2pchat::wire::SessionId,
+    pub to: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl SealedPeer {
+    /// Registers with `server`, asks client `target` (driven by `accept`, which must type
+    /// `accept`) to connect, and returns once the session is open.
+    pub fn connect(
+        server: SocketAddr,
+        target: ClientId,
+        accept: impl FnOnce(ClientId),
+    ) -> SealedPeer {
+        use p2pchat::peer::{Peer, PeerConfig};
+        use p2pchat::wire::Message;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = PeerConfig::new(server, Duration::from_secs(1));
+        let mut raw = SealedPeer {
+            sock,
+            peer: std::cell::RefCell::new(Peer::new(config, Instant::now())),
+            id: 0,
+            session: 0,
+            to: server,
+            server,
+        };
+        raw.drive("registered", |p, _| p.id().is_some());
+        raw.id = raw.peer.borrow().id().unwrap();
+        raw.peer
+            .borrow_mut()
+            .connect(Instant::now(), target)
+            .unwrap();
+        let mut asked = None;
+        raw.drive("the request sent", |_, sent| {
+            asked = sent.iter().find_map(|(addr, m)| match m {
+                Message::ConnectRequest { session, .. } => Some((*addr, *session)),
+                _ => None,
+            });
+            asked.is_some()
+        });
+        let (to, session) = asked.expect("sent");
+        (raw.to, raw.session) = (to, session);
+        accept(raw.id);
+        raw.drive("connected", |p, _| p.connected_peers() == [target]);
+        raw
+    }
+
+    /// Sends `m`: sealed if it is a message of our session, else padded as a client pads
+    /// its requests to the server.
+    pub fn send(&self, to: SocketAddr, m: &p2pchat::wire::Message) {
+        let sealed = if m.session().is_some() {
+            self.peer
+                .borrow_mut()
+                .seal(to, std::slice::from_ref(m))
+                .unwrap_or_else(|| m.clone())
+        } else {
+            let mut m = m.clone();
+            p2pchat::wire::pad_request(&mut m);
+            m
+        };
+        self.sock
+            .send_to(&p2pchat::wire::encode(&sealed), to)
+            .unwrap();
+    }
+
+    /// The next message (opened) satisfying `pred` (others are dropped), within [`WAIT`].
+    pub fn recv_until(
+        &self,
+        what: &str,
+        pred: impl Fn(&p2pchat::wire::Message) -> bool,
+    ) -> p2pchat::wire::Message {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "sealed peer: no {what} within {WAIT:?}");
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let Ok((len, from)) = self.sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let opened = self.peer.borrow_mut().open_sealed(from, &buf[..len]);
+            for m in opened.unwrap_or_default() {
+                if pred(&m) {
+                    return m;
+                }
+            }
+        }
+    }
+
+    /// Drives the inner peer (sends what it has, handles what comes, its timers) until
+    /// `done(peer, everything sent so far)`, within [`WAIT`].
+    pub fn drive(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&p2pchat::peer::Peer, &[(SocketAddr, p2pchat::wire::Message)]) -> bool,
+    ) {
+        let deadline = Instant::now() + WAIT;
+        let mut sent = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            {
+                let mut p = self.peer.borrow_mut();
+                while let Some((t, plain)) = p.poll_transmit_plain() {
+                    self.sock
+                        .send_to(&p2pchat::wire::encode(&t.message), t.to)
+                        .unwrap();
+                    for m in plain {
+                        sent.push((t.to, m));
+                    }
+                }
+                while p.poll_event().is_some() {}
+                if done(&p, &sent) {
+                    return;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "sealed peer: not {what} within {WAIT:?}");
+            self.sock
+                .set_read_timeout(Some(left.min(Duration::from_millis(20))))
+                .unwrap();
+            let mut p = self.peer.borrow_mut();
+            if let Ok((len, from)) = self.sock.recv_from(&mut buf) {
+                p.handle_datagram(Instant::now(), from, &buf[..len]);
+            }
+            let now = Instant::now();
+            if p.poll_timeout().is_some_and(|t| t <= now) {
+                p.handle_timeout(now);
+            }
+        }
+    }
 }

@@ -42,6 +42,9 @@ pub use link::{Link, LinkConfig, LinkStats, Verdict, OVERHEAD};
 /// Where the rendezvous server lives. Addresses are labels: nothing binds them.
 pub const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7070));
 
+/// The wall-clock time of the start of every simulation (peers added later are later).
+pub const SIM_WALL_CLOCK: Duration = Duration::from_secs(1_800_000_000);
+
 /// Steps one `run_until`/`run_for` may take before the run is declared a livelock.
 pub const MAX_STEPS: u64 = 5_000_000;
 
@@ -181,7 +184,11 @@ pub struct Record {
     pub at: Instant,
     pub from: SocketAddr,
     pub to: SocketAddr,
+    /// The message as its sender made it, in clear (a peer's messages of a session leave
+    /// sealed: see `wire`).
     pub message: Message,
+    /// What went on the wire: `message`, or the `Sealed` (or handshake) made of it.
+    pub wire: Message,
     pub fate: Fate,
     /// When each copy is due to arrive (empty when it was lost or filtered). When the
     /// destination has a down link ([`Sim::set_link`]), when each copy reaches that link: what
@@ -370,9 +377,24 @@ impl Sim {
 
     /// Adds a peer at [`peer_addr`]`(index)`, started now (it sends its `Register` at once).
     /// The configuration's server is set to [`SERVER`]. Returns the peer's index.
+    /// Each peer gets a key pair of its own (a configuration is often shared by several
+    /// peers): [`Sim::add_peer_keeping_identity`] keeps the configuration's.
     pub fn add_peer(&mut self, mut config: PeerConfig) -> usize {
+        // From the seed, so that a run replays exactly.
+        let mut keys = StdRng::seed_from_u64(self.seed ^ (0x6b65_7973 + self.nodes.len() as u64));
+        config.identity = p2pchat::identity::Identity::from_secret(keys.random());
+        self.add_peer_keeping_identity(config)
+    }
+
+    /// Adds a peer with the key pair of `config` (a restart of a peer).
+    pub fn add_peer_keeping_identity(&mut self, mut config: PeerConfig) -> usize {
         let i = self.nodes.len();
         config.server = SERVER;
+        // One message per datagram, as the driver's packing would not be seen otherwise;
+        // and a wall clock that runs with the virtual one (a peer restarted later in the
+        // run starts later).
+        config.seal_limit = 0;
+        config.wall_clock = SIM_WALL_CLOCK + (self.now - self.start);
         let seed = self
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -432,11 +454,14 @@ impl Sim {
 
     /// Hands a datagram straight to the node at `to` now, bypassing the network and the
     /// links (no loss, no delay, not logged). For strangers and forged messages.
+    /// A message of a session "from" a peer of the simulation is sealed with that peer's
+    /// keys (as if it had sent it); from anyone else it goes as given.
     pub fn deliver_now(&mut self, from: SocketAddr, to: SocketAddr, message: &Message) {
+        let message = self.sealed_by(from, to, message.clone());
         self.deliver(Datagram {
             from,
             to,
-            bytes: wire::encode(message),
+            bytes: wire::encode(&message),
             enters_down_link: false,
         });
     }
@@ -492,11 +517,37 @@ impl Sim {
 
     /// Puts a datagram on the network as if `from` had sent it now (loss, delay and filters
     /// apply, and it is logged).
+    /// Like [`Sim::deliver_now`], a message of a session from a peer of the simulation is
+    /// sealed with its keys.
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, message: Message) {
-        self.transmit(from, Transmit { to, message });
+        let sealed = self.sealed_by(from, to, message.clone());
+        self.transmit_plain(
+            from,
+            Transmit {
+                to,
+                message: sealed,
+            },
+            Some(message),
+        );
+    }
+
+    /// `message` as the peer at `from` would send it to `to` (sealed, if it belongs to a
+    /// session it has keys for); as given if `from` is no peer or has no keys.
+    pub fn sealed_by(&mut self, from: SocketAddr, to: SocketAddr, message: Message) -> Message {
+        match self.nodes.iter_mut().find(|n| n.addr == from) {
+            Some(node) => node
+                .peer
+                .seal(to, std::slice::from_ref(&message))
+                .unwrap_or(message),
+            None => message,
+        }
     }
 
     fn transmit(&mut self, from: SocketAddr, t: Transmit) {
+        self.transmit_plain(from, t, None);
+    }
+
+    fn transmit_plain(&mut self, from: SocketAddr, t: Transmit, plain: Option<Message>) {
         self.stats.sent += 1;
         let Some(from) = self.translate_out(from, t.to) else {
             self.stats.undeliverable += 1;
@@ -505,7 +556,7 @@ impl Sim {
         let packet = Packet {
             from,
             to: t.to,
-            message: &t.message,
+            message: plain.as_ref().unwrap_or(&t.message),
         };
         let mut arrivals = Vec::new();
         let mut filtered = false;
@@ -560,7 +611,8 @@ impl Sim {
             at: self.now,
             from,
             to: t.to,
-            message: t.message,
+            message: plain.unwrap_or_else(|| t.message.clone()),
+            wire: t.message,
             fate,
             arrivals,
         });
@@ -664,8 +716,9 @@ impl Sim {
 
     fn drain_peer(&mut self, i: usize) {
         let from = self.nodes[i].addr;
-        while let Some(t) = self.nodes[i].peer.poll_transmit() {
-            self.transmit(from, t);
+        while let Some((t, mut plain)) = self.nodes[i].peer.poll_transmit_plain() {
+            let plain = (plain.len() == 1).then(|| plain.remove(0));
+            self.transmit_plain(from, t, plain);
         }
         while let Some(e) = self.nodes[i].peer.poll_event() {
             self.nodes[i].events.push((self.now, e));

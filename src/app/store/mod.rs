@@ -875,3 +875,5 @@ struct OutboxFileRef<'a> {
 
 #[cfg(test)]
 mod tests;
+
+mod keys;
