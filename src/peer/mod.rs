@@ -45,6 +45,10 @@
 //!   terminate (resent until acknowledged), the current peer.
 //! - `session.rs`: one session: its state, its windows and timers, chat and its
 //!   acknowledgements, pings.
+//! - `secure.rs`: the cryptography of sessions: the Noise `IK` handshake folded into
+//!   `ConnectRequest`/`Accept`/`Reject`, the keys the server publishes and those pinned by
+//!   name, the sealing of every other message of a session into `Sealed`, replay windows,
+//!   and the rate of new handshakes.
 //! - `outbox.rs`: messages queued for peers that are not connected, and when to try again.
 //! - `files.rs`: file transfers, a sub-machine with its own `poll_*` and `handle_*`: the
 //!   table of transfers, the answers to the peer's messages, the endings.
