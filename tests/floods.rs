@@ -230,7 +230,8 @@ fn requests_from_one_source_past_its_bound_are_ignored_and_summed_up() {
 fn requests_from_many_sources_stop_at_the_total_bound_and_others_come_in_once_they_expire() {
     let t0 = Instant::now();
     let cfg = default_config();
-    let lifetime = cfg.retry_interval * 3;
+    // A request lives as long as a requester with our settings resends (session.rs).
+    let lifetime = cfg.retry_interval * cfg.connect_tries.max(3);
     let mut p = registered(unlimited(cfg), t0);
     let mut events = Vec::new();
     // 200 sources, 2 requests each: 400 requests, 64 held.
@@ -573,7 +574,8 @@ fn a_terminate_in_clear_does_not_withdraw_a_request() {
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(p.pending_requests(), vec![from]);
     // It goes when it is not heard again for its lifetime.
-    let (_, events) = run_timers(&mut p, t0 + default_config().retry_interval * 3);
+    let cfg = default_config();
+    let (_, events) = run_timers(&mut p, t0 + cfg.retry_interval * cfg.connect_tries.max(3));
     assert!(p.pending_requests().is_empty(), "{events:?}");
 }
 

@@ -57,9 +57,13 @@ impl Settings {
         }
     }
 
-    /// A request not heard again for this long is taken as withdrawn.
+    /// A request not heard again for this long is taken as withdrawn: as long as a
+    /// requester with our settings keeps resending (`connect_tries` retry intervals), and at
+    /// least 3 of them. Fewer would drop a request under loss while its requester still
+    /// asks (three resends lost in a row: one chance in 37 at 30% loss), and the person
+    /// about to accept would see it vanish.
     pub fn request_lifetime(&self) -> Duration {
-        self.retry_interval * 3
+        self.retry_interval * self.connect_tries.max(3)
     }
 }
 
