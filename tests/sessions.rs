@@ -439,4 +439,3 @@ fn list_pages_through_thousands_of_clients_under_loss() {
         assert_eq!(named, (OTHERS / 2) as usize, "seed {seed}");
     }
 }
-
