@@ -245,8 +245,10 @@ fn connect_request_resends_on_the_network_are_one_retry_interval_apart() {
     let no_answer = s.when(a, |e| matches!(e, Event::NoAnswer { .. })).unwrap();
     assert_eq!(no_answer - times[0], RETRY * 6);
     // The asked side, which never answered, saw one request; it is dropped once it is
-    // not heard again for three retry intervals.
-    s.run_for(RETRY * 3 + secs(1));
+    // not heard again for as long as a requester resends (connect_tries retry intervals
+    // after the last one, which came one interval before the no_answer).
+    let tries = default_config().connect_tries;
+    s.run_for(RETRY * (tries - 1) + secs(1));
     assert_eq!(s.count(b, is_request), 1);
     assert!(s.peer(b).pending_requests().is_empty());
     assert_eq!(
