@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{Proc, Server, WAIT};
+use common::{strip_fingerprint, Proc, Server, WAIT};
 use p2pchat::wire::ClientId;
 
 /// Short resend periods, so that nothing in these tests waits long.
@@ -472,31 +472,4 @@ fn a_plain_client_prints_readable_lines() {
     assert!(status.success(), "exited with {status}");
     assert_eq!(c.rest_of_stdout(), Vec::<String>::new());
     assert_eq!(c.full_stderr(), "");
-}
-
-/// `registered`, `request`, `connected` and `status` carry a fingerprint, different on every
-/// run: it is checked to look like one (four groups of five base32 characters) and taken
-/// out, so that tests compare the rest exactly.
-pub fn strip_fingerprint(mut v: serde_json::Value) -> serde_json::Value {
-    let event = v["event"].as_str().unwrap_or_default().to_string();
-    if matches!(
-        event.as_str(),
-        "registered" | "request" | "connected" | "status"
-    ) {
-        if let Some(map) = v.as_object_mut() {
-            let f = map
-                .remove("fingerprint")
-                .unwrap_or_else(|| panic!("{event} without a fingerprint"));
-            let f = f.as_str().unwrap_or_default();
-            let groups: Vec<&str> = f.split('-').collect();
-            assert!(
-                groups.len() == 4
-                    && groups.iter().all(|g| g.len() == 5
-                        && g.bytes()
-                            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))),
-                "not a fingerprint: {f:?}"
-            );
-        }
-    }
-    v
 }
