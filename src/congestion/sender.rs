@@ -8,8 +8,8 @@
 //! later one is acknowledged (time threshold, with a timer for the rest). A lost chunk is
 //! resent alone: the chunks that arrived after it are in the acknowledgement's ranges and
 //! are not sent again. When acknowledgements stop, the probe timeout (PTO, §6.2: smoothed RTT
-//! + 4 x RTT variance + the receiver's acknowledgement delay, doubling each time) sends one
-//! probe, the oldest chunk not acknowledged, and declares nothing lost: a pause in the
+//! plus 4 x RTT variance plus the receiver's acknowledgement delay, doubling each time) sends
+//! one probe, the oldest chunk not acknowledged, and declares nothing lost: a pause in the
 //! acknowledgements costs one datagram, not a window. `max_tries` probe timeouts in a row
 //! without an acknowledgement break the transfer (the peer is gone).
 //!
