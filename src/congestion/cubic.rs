@@ -8,6 +8,9 @@ use super::{initial_window, minimum_window, Controller, Signal, DELAY_BETA};
 const C: f64 = 0.4;
 /// RFC 9438's beta: the window after a loss.
 const BETA: f64 = 0.7;
+/// The additive increase, in segments per round trip, after a delay signal (see
+/// [`Cubic::on_ack`]).
+pub const DELAY_AI: f64 = 4.0;
 
 #[derive(Debug, Clone)]
 pub struct Cubic {
@@ -24,6 +27,8 @@ pub struct Cubic {
     w_est: f64,
     /// The factor of the latest reduction (its alpha follows from it).
     beta: f64,
+    /// The latest reduction (or the end of slow start) came from the delay signal.
+    delay_mode: bool,
 }
 
 impl Cubic {
@@ -37,6 +42,7 @@ impl Cubic {
             epoch: None,
             w_est: 0.0,
             beta: BETA,
+            delay_mode: false,
         }
     }
 
@@ -85,8 +91,15 @@ impl Controller for Cubic {
         let t = now.saturating_duration_since(epoch).as_secs_f64();
         let w = self.window as f64;
         // Reno-friendly region (RFC 9438 §4.3): alpha = 3 (1 - beta) / (1 + beta) segments
-        // per round trip.
-        let alpha = 3.0 * (1.0 - self.beta) / (1.0 + self.beta);
+        // per round trip. After a delay signal, DELAY_AI segments: flows that share a
+        // queue are cut together by the same factor, and an increase the same for each
+        // (additive, not CUBIC's, which grows with the flow's own W_max) is what makes
+        // their shares converge (AIMD) within a few cuts rather than a few K.
+        let alpha = if self.delay_mode {
+            DELAY_AI
+        } else {
+            3.0 * (1.0 - self.beta) / (1.0 + self.beta)
+        };
         self.w_est += alpha * mss * bytes as f64 / w;
         let cubic_now = self.w_cubic(t);
         if cubic_now < self.w_est {
@@ -102,17 +115,31 @@ impl Controller for Cubic {
 
     fn on_congestion(&mut self, _now: Instant, signal: Signal) {
         match signal {
-            Signal::SlowStartDone => self.exit_slow_start(),
+            Signal::SlowStartDone => self.exit_slow_start(None),
             Signal::Delay => self.reduce(DELAY_BETA),
+            Signal::DeepQueue => self.reduce(0.5),
             Signal::Loss => self.reduce(BETA),
+        }
+        self.delay_mode = match signal {
+            Signal::Loss => false,
+            Signal::SlowStartDone | Signal::Delay | Signal::DeepQueue => true,
         }
     }
 
-    fn exit_slow_start(&mut self) {
+    fn exit_slow_start(&mut self, bdp: Option<u64>) {
         if self.window < self.ssthresh {
+            if let Some(bdp) = bdp {
+                // At most halved: a flow that joins a busy link measures its own small
+                // share, not the path's product, and must not be starved by it.
+                let drained = (bdp + bdp / 8)
+                    .max(self.window / 2)
+                    .max(minimum_window(self.mss));
+                self.window = self.window.min(drained);
+            }
             self.ssthresh = self.window;
             self.epoch = None;
             self.w_max = self.window as f64;
+            self.delay_mode = true;
         }
     }
 

@@ -71,8 +71,11 @@ pub trait Controller: Send + fmt::Debug {
     /// The path showed congestion at `now` (at most once per round trip).
     fn on_congestion(&mut self, now: Instant, signal: Signal);
 
-    /// Slow start is over (the queue began to grow): go on from the current window.
-    fn exit_slow_start(&mut self);
+    /// Slow start is over (a queue began to stand). `bdp`: the bandwidth-delay product the
+    /// sender measured (delivery rate x minimum RTT), if it has: the window drops to 9/8 of
+    /// it (but by half at most), draining the queue that slow start's last round trip built
+    /// before its samples could show it (as BBR's drain phase does); else it stays.
+    fn exit_slow_start(&mut self, bdp: Option<u64>);
 
     /// Persistent congestion (RFC 9002 §7.6): back to the minimum window.
     fn on_persistent_congestion(&mut self);

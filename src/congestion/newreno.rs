@@ -48,14 +48,25 @@ impl Controller for NewReno {
 
     fn on_congestion(&mut self, _now: Instant, signal: Signal) {
         match signal {
-            Signal::SlowStartDone => self.exit_slow_start(),
+            Signal::SlowStartDone => self.exit_slow_start(None),
             Signal::Delay => self.reduce(DELAY_BETA),
+            Signal::DeepQueue => self.reduce(0.5),
             Signal::Loss => self.reduce(0.5),
         }
     }
 
-    fn exit_slow_start(&mut self) {
-        self.ssthresh = self.ssthresh.min(self.window);
+    fn exit_slow_start(&mut self, bdp: Option<u64>) {
+        if self.window < self.ssthresh {
+            if let Some(bdp) = bdp {
+                // At most halved: a flow that joins a busy link measures its own small
+                // share, not the path's product, and must not be starved by it.
+                let drained = (bdp + bdp / 8)
+                    .max(self.window / 2)
+                    .max(minimum_window(self.mss));
+                self.window = self.window.min(drained);
+            }
+            self.ssthresh = self.window;
+        }
     }
 
     fn on_persistent_congestion(&mut self) {
@@ -85,7 +96,7 @@ mod tests {
         let t0 = Instant::now();
         let rtt = Duration::from_millis(10);
         let mut r = NewReno::new(1000);
-        r.exit_slow_start();
+        r.exit_slow_start(None);
         let w = r.window();
         r.on_ack(t0, w, true, rtt);
         assert_eq!(r.window(), w + 1000);

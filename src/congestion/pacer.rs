@@ -58,9 +58,10 @@ impl Pacer {
         let elapsed = now.saturating_duration_since(self.prev).as_secs_f64();
         let new = (rate * elapsed) as u64;
         if new > 0 {
-            self.tokens = self.tokens.saturating_add(new).min(self.capacity);
+            self.tokens = self.tokens.saturating_add(new);
             self.prev = now;
         }
+        self.tokens = self.tokens.min(self.capacity);
         if self.tokens >= bytes {
             return None;
         }

@@ -143,6 +143,10 @@ pub struct ChunkSender {
     paced_until: Option<Instant>,
     broken: bool,
     stats: SenderStats,
+    /// Bytes acknowledged so far, and (time, that count) at recent acknowledgements, for
+    /// the delivery rate; records older than a minimum round trip are pruned.
+    delivered: u64,
+    deliveries: VecDeque<(Instant, u64)>,
 }
 
 impl ChunkSender {
@@ -172,6 +176,8 @@ impl ChunkSender {
             paced_until: None,
             broken: false,
             stats: SenderStats::default(),
+            delivered: 0,
+            deliveries: VecDeque::new(),
             config,
         }
     }
@@ -225,7 +231,9 @@ impl ChunkSender {
         }
         if self.config.pacing {
             let ss = self.controller.in_slow_start();
-            if let Some(at) = self.pacer.delay(now, self.mss(), window, self.srtt, ss) {
+            // Before a round trip is measured, the initial RTT paces (RFC 9002 §7.7).
+            let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
+            if let Some(at) = self.pacer.delay(now, self.mss(), window, Some(srtt), ss) {
                 self.paced_until = Some(at);
                 return None;
             }
@@ -306,7 +314,7 @@ impl ChunkSender {
         window: u64,
     ) {
         // Nothing beyond what was sent can have arrived.
-        let top = self.next_seq.saturating_sub(1);
+        let top = self.waiting.front().map_or(self.next_seq, |&(s, _)| s) - 1;
         let cumulative = cumulative.min(top);
         let window = if window == 0 {
             self.config.default_window
@@ -357,6 +365,17 @@ impl ChunkSender {
         let Some((pn, time, once, cwnd_limited)) = largest else {
             return;
         };
+        self.delivered += acked_bytes;
+        if self.controller.in_slow_start() {
+            self.deliveries.push_back((now, self.delivered));
+            if let Some(since) = self.signals.min_rtt().and_then(|m| now.checked_sub(m)) {
+                while self.deliveries.len() >= 2 && self.deliveries[1].0 <= since {
+                    self.deliveries.pop_front();
+                }
+            }
+        } else {
+            self.deliveries.clear();
+        }
         self.pto_count = 0;
         self.largest_acked_pn = self.largest_acked_pn.max(pn);
         let sample = once.then(|| now.saturating_duration_since(time));
@@ -370,10 +389,13 @@ impl ChunkSender {
             .signals
             .on_ack(self.largest_acked_pn, largest_sent, sample, acked_count, ss)
         {
-            Some(Signal::SlowStartDone) => self.controller.exit_slow_start(),
+            Some(Signal::SlowStartDone) => {
+                let bdp = self.measured_bdp(now);
+                self.controller.exit_slow_start(bdp);
+            }
             Some(signal) => {
                 match signal {
-                    Signal::Delay => self.stats.delay_signals += 1,
+                    Signal::Delay | Signal::DeepQueue => self.stats.delay_signals += 1,
                     _ => self.stats.loss_signals += 1,
                 }
                 self.controller.on_congestion(now, signal);
@@ -383,6 +405,18 @@ impl ChunkSender {
         let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
         self.controller.on_ack(now, acked_bytes, cwnd_limited, srtt);
         self.stats.max_window = self.stats.max_window.max(self.controller.window());
+    }
+
+    /// The bandwidth-delay product as delivered: the delivery rate (bytes acknowledged
+    /// over the last slow-start eta, while the standing queue that ended slow start shows
+    /// the link busy) times the minimum round trip; `None` without records that old.
+    fn measured_bdp(&self, now: Instant) -> Option<u64> {
+        let min = self.signals.min_rtt()?;
+        let since = now.checked_sub(self.signals.slow_start_eta())?;
+        let &(then, before) = self.deliveries.iter().rev().find(|(t, _)| *t <= since)?;
+        let span = now.saturating_duration_since(then).as_secs_f64();
+        let rate = (self.delivered - before) as f64 / span.max(1e-9);
+        Some((rate * min.as_secs_f64()) as u64)
     }
 
     /// RFC 9002 §5.3 (no acknowledgement delay is reported: the receiver acknowledges at
@@ -557,5 +591,99 @@ impl ChunkSender {
     /// Resends of lost chunks and probes.
     pub fn retransmissions(&self) -> u64 {
         self.stats.retransmissions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Sends everything the sender lets go at `now`; returns the chunk numbers.
+    fn drain(s: &mut ChunkSender, now: Instant) -> Vec<u64> {
+        std::iter::from_fn(|| s.poll_transmit(now).map(|o| o.seq)).collect()
+    }
+
+    fn sender(chunks: usize) -> ChunkSender {
+        let t0 = Instant::now();
+        let mut s = ChunkSender::new(
+            t0,
+            SenderConfig {
+                pacing: false,
+                ..SenderConfig::default()
+            },
+        );
+        for _ in 0..chunks {
+            s.push(vec![0; 1100]);
+        }
+        s
+    }
+
+    #[test]
+    fn nonsense_acknowledgements_change_nothing_and_never_panic() {
+        let t0 = Instant::now();
+        let mut s = sender(20);
+        assert_eq!(drain(&mut s, t0), (1..=10).collect::<Vec<_>>());
+        let in_flight = s.bytes_in_flight();
+        // Ranges backwards, beyond what was sent, at the very top of u64; a cumulative
+        // number beyond what was sent.
+        s.on_ack(
+            t0 + ms(5),
+            u64::MAX,
+            0,
+            &[(9, 3), (50, 60), (u64::MAX, u64::MAX)],
+            0,
+        );
+        assert_eq!(s.bytes_in_flight(), in_flight);
+        assert_eq!(s.cumulative(), 0);
+        s.on_ack(t0 + ms(5), 0, u64::MAX, &[(0, u64::MAX)], u64::MAX);
+        assert_eq!(s.cumulative(), 10, "only what was sent can be acknowledged");
+        assert_eq!(s.bytes_in_flight(), 0);
+        assert!(!s.is_broken());
+    }
+
+    #[test]
+    fn a_receiver_that_advertises_no_window_gets_at_most_64_chunks_ahead() {
+        let t0 = Instant::now();
+        let mut s = sender(200);
+        let mut now = t0;
+        let mut sent = drain(&mut s, now);
+        // Every chunk but the first arrives, again and again, as the acknowledgements of
+        // an old receiver say: the congestion window opens, but nothing goes more than 64
+        // beyond the cumulative number.
+        for _ in 0..20 {
+            now += ms(10);
+            let top = *sent.iter().max().unwrap();
+            s.on_ack(now, top, 0, &[(2, top)], 0);
+            sent.extend(drain(&mut s, now));
+        }
+        assert_eq!(s.limit(), 64);
+        assert_eq!(sent.iter().max(), Some(&64));
+        // With a window of 100 advertised, up to 100.
+        s.on_ack(now, 1, 0, &[], 100);
+        assert_eq!(s.limit(), 100);
+        sent.extend(drain(&mut s, now));
+        assert_eq!(sent.iter().max(), Some(&100));
+    }
+
+    #[test]
+    fn a_probe_timeout_sends_one_probe_and_declares_nothing_lost() {
+        let t0 = Instant::now();
+        let mut s = sender(3);
+        assert_eq!(drain(&mut s, t0), vec![1, 2, 3]);
+        s.on_ack(t0 + ms(50), 1, 1, &[], 0);
+        let pto = s.poll_timeout().expect("a probe timeout");
+        // srtt 50 + 4 x 25 + 25 ms of acknowledgement delay, from the last send.
+        assert_eq!(pto, t0 + ms(175));
+        s.handle_timeout(pto);
+        assert_eq!(drain(&mut s, pto), vec![2], "one probe: the oldest");
+        assert_eq!(s.stats().lost, 0);
+        // Both copies may arrive; 2 and 3 acknowledged, nothing resent again.
+        s.on_ack(pto + ms(50), 3, 3, &[], 0);
+        assert_eq!(s.bytes_in_flight(), 0);
+        assert_eq!(s.cumulative(), 3);
     }
 }

@@ -11,9 +11,15 @@ pub enum Signal {
     SlowStartDone,
     /// A standing queue above the target: shrink by [`super::DELAY_BETA`].
     Delay,
+    /// A standing queue more than [`DEEP_QUEUE`] times the target (the link slowed down,
+    /// or slow start overshot): shrink by half.
+    DeepQueue,
     /// Heavy loss in one round: shrink by the controller's own factor.
     Loss,
 }
+
+/// A standing queue this many times the target is a [`Signal::DeepQueue`].
+pub const DEEP_QUEUE: u32 = 4;
 
 /// Most datagrams lost in a round that are still taken for noise: 1 in 20.
 const HEAVY_LOSS_DIVISOR: u64 = 20;
@@ -36,6 +42,8 @@ pub struct Signals {
     round_lost: u64,
     /// Slow start already ended in this round.
     round_exited: bool,
+    /// The latest samples (at most [`SLOW_START_SAMPLES`]), for slow start's check.
+    recent: std::collections::VecDeque<Duration>,
     /// The latest transmission sent when the window last shrank: rounds made of what was
     /// sent before it are not judged (one reduction per round trip).
     recovery_end: u64,
@@ -98,6 +106,10 @@ impl Signals {
             self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
             self.round_min = Some(self.round_min.map_or(rtt, |m| m.min(rtt)));
             self.round_samples += 1;
+            if self.recent.len() == SLOW_START_SAMPLES as usize {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(rtt);
         }
         self.round_acked += acked;
         let judged = self.round_end > self.recovery_end;
@@ -105,14 +117,22 @@ impl Signals {
             (Some(r), Some(m)) => r.saturating_sub(m),
             _ => Duration::ZERO,
         };
-        if slow_start
-            && judged
-            && !self.round_exited
-            && self.round_samples >= SLOW_START_SAMPLES
-            && queue > self.slow_start_eta()
-        {
-            self.round_exited = true;
-            return Some(Signal::SlowStartDone);
+        // Slow start ends as soon as the last 8 samples all show a queue above eta: a
+        // round's minimum would see it one round later, when the window has doubled again
+        // and the queue overflows (the packets of a round that first fills the link saw no
+        // queue when they left).
+        if slow_start && judged && !self.round_exited {
+            let recent_min = self.recent.iter().min().copied();
+            let standing = match (recent_min, self.min_rtt) {
+                (Some(r), Some(m)) => r.saturating_sub(m),
+                _ => Duration::ZERO,
+            };
+            if self.recent.len() == SLOW_START_SAMPLES as usize && standing > self.slow_start_eta()
+            {
+                self.round_exited = true;
+                self.recent.clear();
+                return Some(Signal::SlowStartDone);
+            }
         }
         if largest_acked <= self.round_end {
             return None;
@@ -120,6 +140,8 @@ impl Signals {
         // The round is over: judge it, and start the next.
         let verdict = if !judged {
             None
+        } else if queue > self.target() * DEEP_QUEUE {
+            Some(Signal::DeepQueue)
         } else if queue > self.target() {
             Some(Signal::Delay)
         } else if self.round_lost >= HEAVY_LOSS_MIN
@@ -137,7 +159,7 @@ impl Signals {
         self.round_lost = 0;
         self.round_exited = false;
         match verdict {
-            Some(Signal::Delay) => self.delay_signals += 1,
+            Some(Signal::Delay | Signal::DeepQueue) => self.delay_signals += 1,
             Some(Signal::Loss) => self.loss_signals += 1,
             _ => {}
         }
@@ -225,8 +247,12 @@ mod tests {
         }
         let mut got = Vec::new();
         for pn in 11..=30 {
-            got.extend(s.on_ack(pn, 40, Some(ms(46)), 1, true));
+            let slow_start = got.is_empty();
+            if let Some(signal) = s.on_ack(pn, 40, Some(ms(46)), 1, slow_start) {
+                got.push((pn, signal));
+            }
         }
-        assert_eq!(got, vec![Signal::SlowStartDone], "eta is 5 ms at 40 ms");
+        // eta is 5 ms at 40 ms; the 8th sample 6 ms above the minimum ends it.
+        assert_eq!(got, vec![(18, Signal::SlowStartDone)]);
     }
 }
