@@ -94,6 +94,9 @@ fn config(server: SocketAddr) -> PeerConfig {
     PeerConfig::new(server, Duration::from_secs(10))
 }
 
+/// When the first transfer finished, and the bytes each had received then.
+type FirstDone = Option<(Instant, Vec<u64>)>;
+
 /// What one run of transfers measured.
 struct Outcome {
     /// Per flow: rate in bytes/s (until the first finished, when there are two).
@@ -121,7 +124,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
     let data: Arc<Vec<u8>> = Arc::new((0..size).map(|i| (i * 7 + i / 4099) as u8).collect());
     let digest: [u8; 32] = Sha256::digest(data.as_slice()).into();
     let counters: Arc<Vec<AtomicU64>> = Arc::new((0..flows).map(|_| AtomicU64::new(0)).collect());
-    let first_done: Arc<Mutex<Option<(Instant, Vec<u64>)>>> = Arc::new(Mutex::new(None));
+    let first_done: Arc<Mutex<FirstDone>> = Arc::new(Mutex::new(None));
     let started: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; flows]));
     let barrier = Arc::new(Barrier::new(flows));
     let stop = Arc::new(AtomicBool::new(false));
