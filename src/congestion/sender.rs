@@ -385,10 +385,14 @@ impl ChunkSender {
         self.detect_lost(now);
         let ss = self.controller.in_slow_start();
         let largest_sent = self.next_pn - 1;
-        match self
-            .signals
-            .on_ack(self.largest_acked_pn, largest_sent, sample, acked_count, ss)
-        {
+        match self.signals.on_ack(
+            now,
+            self.largest_acked_pn,
+            largest_sent,
+            sample,
+            acked_count,
+            ss,
+        ) {
             Some(Signal::SlowStartDone) => {
                 let bdp = self.measured_bdp(now);
                 self.controller.exit_slow_start(bdp);

@@ -2,7 +2,8 @@
 //! standing queue, and loss that is congestion rather than noise. See the module
 //! documentation of [`crate::congestion`].
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// What a round trip showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +43,9 @@ pub struct Signals {
     round_lost: u64,
     /// Slow start already ended in this round.
     round_exited: bool,
-    /// The latest samples (at most [`SLOW_START_SAMPLES`]), for slow start's check.
-    recent: std::collections::VecDeque<Duration>,
+    /// The latest samples with their times (those of the last quarter of eta, and at
+    /// least [`SLOW_START_SAMPLES`]), for slow start's check.
+    recent: VecDeque<(Instant, Duration)>,
     /// The latest transmission sent when the window last shrank: rounds made of what was
     /// sent before it are not judged (one reduction per round trip).
     recovery_end: u64,
@@ -96,6 +98,7 @@ impl Signals {
     /// controller is in slow start. Returns what the controller must be told, if anything.
     pub fn on_ack(
         &mut self,
+        now: Instant,
         largest_acked: u64,
         largest_sent: u64,
         sample: Option<Duration>,
@@ -106,10 +109,13 @@ impl Signals {
             self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
             self.round_min = Some(self.round_min.map_or(rtt, |m| m.min(rtt)));
             self.round_samples += 1;
-            if self.recent.len() == SLOW_START_SAMPLES as usize {
+            self.recent.push_back((now, rtt));
+            let keep = self.slow_start_eta() / 4;
+            while self.recent.len() > SLOW_START_SAMPLES as usize
+                && self.recent.front().is_some_and(|&(t, _)| t + keep < now)
+            {
                 self.recent.pop_front();
             }
-            self.recent.push_back(rtt);
         }
         self.round_acked += acked;
         let judged = self.round_end > self.recovery_end;
@@ -117,17 +123,23 @@ impl Signals {
             (Some(r), Some(m)) => r.saturating_sub(m),
             _ => Duration::ZERO,
         };
-        // Slow start ends as soon as the last 8 samples all show a queue above eta: a
-        // round's minimum would see it one round later, when the window has doubled again
-        // and the queue overflows (the packets of a round that first fills the link saw no
-        // queue when they left).
+        // Slow start ends as soon as the samples of the last quarter of eta (at least 8 of
+        // them, over at least an eighth of eta: not one burst of acknowledgements handled
+        // late after a stall) all show a queue above eta: a round's minimum would see it one round later, when the window
+        // has doubled again and the queue overflows (the packets of a round that first
+        // fills the link saw no queue when they left).
         if slow_start && judged && !self.round_exited {
-            let recent_min = self.recent.iter().min().copied();
+            let eta = self.slow_start_eta();
+            let recent_min = self.recent.iter().map(|&(_, r)| r).min();
             let standing = match (recent_min, self.min_rtt) {
                 (Some(r), Some(m)) => r.saturating_sub(m),
                 _ => Duration::ZERO,
             };
-            if self.recent.len() == SLOW_START_SAMPLES as usize && standing > self.slow_start_eta()
+            let span = self
+                .recent
+                .front()
+                .map_or(Duration::ZERO, |&(t, _)| now.saturating_duration_since(t));
+            if self.recent.len() >= SLOW_START_SAMPLES as usize && span >= eta / 8 && standing > eta
             {
                 self.round_exited = true;
                 self.recent.clear();
@@ -163,7 +175,10 @@ impl Signals {
             Some(Signal::Loss) => self.loss_signals += 1,
             _ => {}
         }
-        if verdict.is_some() {
+        if matches!(
+            verdict,
+            Some(Signal::Delay | Signal::DeepQueue | Signal::Loss)
+        ) {
             self.recovery_end = largest_sent;
         }
         verdict
@@ -187,8 +202,9 @@ mod tests {
     /// Acknowledges transmissions `from..=to` one by one with round trip `rtt`, `sent`
     /// being the latest sent at each ack; returns the signals.
     fn acks(s: &mut Signals, from: u64, to: u64, sent: u64, rtt: Duration) -> Vec<Signal> {
+        let t0 = Instant::now();
         (from..=to)
-            .filter_map(|pn| s.on_ack(pn, sent.max(pn), Some(rtt), 1, false))
+            .filter_map(|pn| s.on_ack(t0, pn, sent.max(pn), Some(rtt), 1, false))
             .collect()
     }
 
@@ -216,7 +232,7 @@ mod tests {
             let mut got = Vec::new();
             for pn in base..base + 10 {
                 let rtt = if pn == base + 5 { ms(51) } else { ms(90) };
-                got.extend(s.on_ack(pn, base + 19, Some(rtt), 1, false));
+                got.extend(s.on_ack(Instant::now(), pn, base + 19, Some(rtt), 1, false));
             }
             assert!(got.is_empty(), "round {round}: {got:?}");
         }
@@ -241,18 +257,36 @@ mod tests {
 
     #[test]
     fn slow_start_ends_when_the_queue_rises_by_eta() {
+        let t0 = Instant::now();
         let mut s = Signals::new();
+        // One sample a millisecond.
+        let at = |pn: u64| t0 + ms(pn);
         for pn in 1..=10 {
-            assert_eq!(s.on_ack(pn, 20, Some(ms(40)), 1, true), None);
+            assert_eq!(s.on_ack(at(pn), pn, 20, Some(ms(40)), 1, true), None);
         }
         let mut got = Vec::new();
         for pn in 11..=30 {
             let slow_start = got.is_empty();
-            if let Some(signal) = s.on_ack(pn, 40, Some(ms(46)), 1, slow_start) {
+            if let Some(signal) = s.on_ack(at(pn), pn, 40, Some(ms(46)), 1, slow_start) {
                 got.push((pn, signal));
             }
         }
-        // eta is 5 ms at 40 ms; the 8th sample 6 ms above the minimum ends it.
+        // eta is 5 ms at 40 ms: 8 samples at least, over 0.6 ms at least, all 6 ms above
+        // the minimum, end it.
         assert_eq!(got, vec![(18, Signal::SlowStartDone)]);
+    }
+
+    #[test]
+    fn a_burst_of_late_samples_handled_at_once_does_not_end_slow_start() {
+        let t0 = Instant::now();
+        let mut s = Signals::new();
+        for pn in 1..=10 {
+            s.on_ack(t0 + ms(pn), pn, 20, Some(ms(40)), 1, true);
+        }
+        // 20 acknowledgements handled in the same instant after a stall: all late.
+        let late = t0 + ms(30);
+        for pn in 11..=30 {
+            assert_eq!(s.on_ack(late, pn, 40, Some(ms(50)), 1, true), None);
+        }
     }
 }
