@@ -101,6 +101,8 @@ type FirstDone = Option<(Instant, Vec<u64>)>;
 struct Outcome {
     /// Per flow: rate in bytes/s (until the first finished, when there are two).
     rates: Vec<f64>,
+    /// Per flow: rate over the second half of the file (after slow start).
+    second_half: Vec<f64>,
     /// Chunks resent, per flow.
     resent: Vec<u64>,
     /// Chat send -> delivered during the transfer, and the base round trip before it.
@@ -126,6 +128,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
     let counters: Arc<Vec<AtomicU64>> = Arc::new((0..flows).map(|_| AtomicU64::new(0)).collect());
     let first_done: Arc<Mutex<FirstDone>> = Arc::new(Mutex::new(None));
     let started: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; flows]));
+    let halfway: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; flows]));
     let barrier = Arc::new(Barrier::new(flows));
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
@@ -146,11 +149,15 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
             Arc::clone(&started),
             Arc::clone(&stop),
         );
+        let halfway = Arc::clone(&halfway);
         handles.push(thread::spawn(move || {
             let stop = rx_stop;
             let deadline = Instant::now() + Duration::from_secs(120);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 rx.turn(Some(Duration::from_millis(5)), |_| {}).unwrap();
+                if counters[k].load(Ordering::Relaxed) >= size as u64 / 2 {
+                    halfway.lock().unwrap()[k].get_or_insert_with(Instant::now);
+                }
                 while let Some(ev) = rx.peer().poll_event() {
                     match ev {
                         Event::Registered { id, .. } => id_tx.send(id).unwrap(),
@@ -289,6 +296,8 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
     let _ = server_thread.join();
     let started = started.lock().unwrap().clone();
     let first = first_done.lock().unwrap().clone();
+    let halfway = halfway.lock().unwrap().clone();
+    let mut second_half = Vec::new();
     let mut rates = Vec::new();
     let mut resent = Vec::new();
     let mut chat = None;
@@ -296,6 +305,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
         let (Some(start), Some(end), Some(Some((r, c)))) = (started[k], ends[k], sent.get(k))
         else {
             rates.push(0.0);
+            second_half.push(0.0);
             resent.push(0);
             continue;
         };
@@ -306,6 +316,10 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
             got[k] as f64 / t.saturating_duration_since(start).as_secs_f64()
         };
         rates.push(rate);
+        second_half.push(match halfway[k] {
+            Some(h) => (size as u64 / 2) as f64 / end.saturating_duration_since(h).as_secs_f64(),
+            None => 0.0,
+        });
         resent.push(*r);
         if let Some(c) = c {
             chat = Some(c.clone());
@@ -313,6 +327,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
     }
     Outcome {
         rates,
+        second_half,
         resent,
         chat,
     }
@@ -457,6 +472,7 @@ fn main() {
     ];
     for (k, (path, goal)) in single.iter().enumerate() {
         let mut shares = Vec::new();
+        let mut halves = Vec::new();
         let mut raws = Vec::new();
         let mut resent = Vec::new();
         for run in 0..runs {
@@ -469,26 +485,30 @@ fn main() {
             let out = transfers(&lab, size, 1, false);
             let stats = lab.stats();
             let share = out.rates[0] / path.rate() as f64;
+            let half = out.second_half[0] / path.rate() as f64;
             println!(
-                "  {} run {run}: {:.1} MB/s = {:.0}% of the link (raw UDP {:.0}%); {} chunks resent; emulator: {} dropped by the queue, {} lost at random up",
+                "  {} run {run}: {:.1} MB/s = {:.0}% of the link ({:.0}% over the second half; raw UDP {:.0}%); {} chunks resent; emulator: {} dropped by the queue, {} lost at random up",
                 path.label(),
                 out.rates[0] / 1e6,
                 share * 100.0,
+                half * 100.0,
                 raws.last().unwrap() * 100.0,
                 out.resent[0],
                 stats.up.link.dropped_queue,
                 stats.up.link.dropped_loss,
             );
             shares.push(share);
+            halves.push(half);
             resent.push(out.resent[0] as f64);
         }
         let (share, raw) = (median(shares), median(raws));
         lines.push((
             format!("bench_path {}", path.label()),
             format!(
-                "{:.0}% of the link, {:.1} MB/s (raw UDP {:.0}%, ratio {:.2}); {:.0} chunks resent",
+                "{:.0}% of the link, {:.1} MB/s ({:.0}% over the second half; raw UDP {:.0}%, ratio {:.2}); {:.0} chunks resent",
                 share * 100.0,
                 share * path.rate() as f64 / 1e6,
+                median(halves) * 100.0,
                 raw * 100.0,
                 share / raw,
                 median(resent)
