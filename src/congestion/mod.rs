@@ -14,7 +14,7 @@
 //!   repaired without shrinking the window. At most one reduction per round trip (the
 //!   recovery period of RFC 9002 §7.3.2).
 //! - [`Pacer`]: a token bucket that spreads a window over the round trip (after quinn's
-//!   `pacing.rs`): rate 1.25 x window / smoothed RTT (2 x in slow start, as Linux does),
+//!   `pacing.rs`): rate 1.25 x window / minimum RTT (2 x in slow start, as Linux does),
 //!   bursts of at most 2 ms of that rate (between 10 and 256 datagrams).
 //! - [`ChunkSender`]: one transfer's sending side: numbering of transmissions, acknowledged
 //!   ranges, packet-threshold (3) and time-threshold (9/8 RTT) loss detection, the probe

@@ -1,7 +1,8 @@
 //! Pacing: a token bucket that spreads the window over the round trip, after quinn-proto's
-//! `pacing.rs`. Tokens (bytes) accrue at 1.25 x window / smoothed RTT (2 x in slow start, so
-//! that pacing does not slow the doubling down), up to a burst of 2 ms of that rate, between
-//! [`MIN_BURST`] and [`MAX_BURST`] datagrams.
+//! `pacing.rs`. Tokens (bytes) accrue at 1.25 x window / RTT (2 x in slow start, so that
+//! pacing does not slow the doubling down), up to a burst of 2 ms of that rate, between
+//! [`MIN_BURST`] and [`MAX_BURST`] datagrams. The sender passes the path's minimum RTT
+//! (quinn passes the smoothed one; see `ChunkSender::poll_transmit` for why).
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ impl Pacer {
         self.capacity
     }
 
-    /// The pacing rate in bytes per second for `window` over `srtt`.
+    /// The pacing rate in bytes per second for `window` over the round trip `srtt`.
     pub fn rate(window: u64, srtt: Duration, slow_start: bool) -> f64 {
         let factor = if slow_start { 2.0 } else { 1.25 };
         window as f64 * factor / srtt.as_secs_f64().max(1e-6)

@@ -231,9 +231,13 @@ impl ChunkSender {
         }
         if self.config.pacing {
             let ss = self.controller.in_slow_start();
-            // Before a round trip is measured, the initial RTT paces (RFC 9002 §7.7).
-            let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
-            if let Some(at) = self.pacer.delay(now, self.mss(), window, Some(srtt), ss) {
+            // The window over the path's minimum round trip: the window spread over the
+            // round trip the path has without a queue. Over the smoothed one, a queue in
+            // the receiving host (acknowledgements of a burst sent after the whole burst
+            // is read) slows the pacing and so the transfer: on loopback, to half. Before a
+            // round trip is measured, the initial RTT (RFC 9002 §7.7).
+            let rtt = self.signals.min_rtt().unwrap_or(self.config.initial_rtt);
+            if let Some(at) = self.pacer.delay(now, self.mss(), window, Some(rtt), ss) {
                 self.paced_until = Some(at);
                 return None;
             }

@@ -31,7 +31,7 @@ use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
 pub use super::transfer::{chunk_count, FileSink, FileSource, Link};
 use super::transfer::{Due, Key, Kind, Transfer};
-use crate::congestion::{ChunkSender, SenderConfig};
+use crate::congestion::{ChunkSender, SenderConfig, SenderStats};
 use crate::reliable::{Received, RecvWindow, SendConfig};
 use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE, MAX_ACK_RANGES};
 
@@ -218,6 +218,14 @@ impl Files {
                 .values()
                 .map(Transfer::retransmissions)
                 .sum::<u64>()
+    }
+
+    /// The congestion-control counters of every transfer we are sending, by local number.
+    pub fn sender_stats(&self) -> Vec<(u64, SenderStats)> {
+        self.transfers
+            .iter()
+            .filter_map(|(&n, t)| t.sender_stats().map(|s| (n, s)))
+            .collect()
     }
 
     /// Takes transfer `n` out, keeping its counters.

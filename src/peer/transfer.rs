@@ -195,6 +195,14 @@ impl Transfer {
         }
     }
 
+    /// The sender's congestion-control counters, while sending.
+    pub fn sender_stats(&self) -> Option<crate::congestion::SenderStats> {
+        match &self.kind {
+            Kind::Sending { tx, .. } => Some(tx.stats().clone()),
+            _ => None,
+        }
+    }
+
     /// Chunks resent so far.
     pub fn retransmissions(&self) -> u64 {
         match &self.kind {
