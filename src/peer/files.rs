@@ -7,15 +7,19 @@
 //! real files (the client's `downloads` module) and the tests in memory, and `now` is passed in.
 //!
 //! Memory stays bounded whatever the size of the file: the offerer reads a chunk only when
-//! its send window has room, so at most `window` chunks are held (and as many queued to
-//! send); the receiver holds at most `window` chunks that arrived early and writes every
-//! chunk as soon as it is next in order. Both SHA-256 digests are computed while streaming
-//! (the offerer's by the driver before offering, since the offer carries it).
+//! it can leave (its congestion window and the receiver's window have room), so it holds
+//! at most what is in flight, plus one; the receiver holds at most `receive_window` chunks
+//! that arrived early (it advertises that window in its `ChunkAck`s and drops what is
+//! beyond) and writes every chunk as soon as it is next in order. Both SHA-256 digests are
+//! computed while streaming (the offerer's by the driver before offering, since the offer
+//! carries it).
 //!
-//! Chunks go through the same [`SendWindow`] / [`RecvWindow`] as chat (RFC 6298 RTO, early
-//! retransmission, dedupe, reorder hold), one pair per transfer. Chat goes first: the
-//! owning `Peer` hands out its own datagrams before the chunks queued here, and a transfer
-//! only ever queues one window of chunks.
+//! Chunks are sent by a [`ChunkSender`] (crate::congestion: RFC 9002 loss detection with
+//! acknowledgement ranges, a probe timeout, a congestion window that follows the path's
+//! queue, pacing, flow control) and received through a [`RecvWindow`] (dedupe, reorder
+//! hold, the ranges it reports). Chat goes first: the owning `Peer` hands out its own
+//! datagrams before the chunks queued here, and a transfer queues only what its windows
+//! and its pacer let go at once.
 //!
 //! The wire protocol is described in [`crate::wire`], section "File transfer".
 
