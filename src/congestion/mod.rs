@@ -55,7 +55,7 @@ pub use cubic::Cubic;
 pub use newreno::NewReno;
 pub use pacer::Pacer;
 pub use sender::{ChunkSender, Outgoing, SenderConfig, SenderStats};
-pub use signals::{Signal, Signals};
+pub use signals::{Signal, Signals, DEEP_QUEUE};
 
 /// The window is cut to this fraction on a delay signal (a standing queue above target).
 pub const DELAY_BETA: f64 = 0.85;
