@@ -105,6 +105,8 @@ struct Outcome {
     second_half: Vec<f64>,
     /// Chunks resent, per flow.
     resent: Vec<u64>,
+    /// Per flow: the sender's largest window (bytes), and its cuts for a queue and for loss.
+    control: Vec<(u64, u64, u64)>,
     /// Chat send -> delivered during the transfer, and the base round trip before it.
     chat: Option<(Vec<Duration>, Duration)>,
 }
@@ -218,8 +220,12 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
             let mut offered = false;
             let mut connected = false;
             let mut next_chat = Instant::now();
+            let mut control = (0, 0, 0);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 tx.turn(Some(Duration::from_millis(2)), |_| {}).unwrap();
+                if let Some((_, s)) = tx.peer().sender_stats().first() {
+                    control = (s.max_window, s.delay_signals, s.loss_signals);
+                }
                 let now = Instant::now();
                 while let Some(ev) = tx.peer().poll_event() {
                     match ev {
@@ -244,7 +250,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
                                 base.sort();
                                 (during.clone(), percentile(&base, 0.5))
                             });
-                            return Some((retransmissions, chat));
+                            return Some((retransmissions, chat, control));
                         }
                         Event::FileFailed { reason, .. } => {
                             eprintln!("sender {k}: {reason}");
@@ -300,12 +306,14 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
     let mut second_half = Vec::new();
     let mut rates = Vec::new();
     let mut resent = Vec::new();
+    let mut control = Vec::new();
     let mut chat = None;
     for k in 0..flows {
-        let (Some(start), Some(end), Some(Some((r, c)))) = (started[k], ends[k], sent.get(k))
+        let (Some(start), Some(end), Some(Some((r, c, ctl)))) = (started[k], ends[k], sent.get(k))
         else {
             rates.push(0.0);
             second_half.push(0.0);
+            control.push((0, 0, 0));
             resent.push(0);
             continue;
         };
@@ -321,6 +329,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
             None => 0.0,
         });
         resent.push(*r);
+        control.push(*ctl);
         if let Some(c) = c {
             chat = Some(c.clone());
         }
@@ -329,6 +338,7 @@ fn transfers(lab: &Lab, size: usize, flows: usize, chat: bool) -> Outcome {
         rates,
         second_half,
         resent,
+        control,
         chat,
     }
 }
@@ -487,13 +497,16 @@ fn main() {
             let share = out.rates[0] / path.rate() as f64;
             let half = out.second_half[0] / path.rate() as f64;
             println!(
-                "  {} run {run}: {:.1} MB/s = {:.0}% of the link ({:.0}% over the second half; raw UDP {:.0}%); {} chunks resent; emulator: {} dropped by the queue, {} lost at random up",
+                "  {} run {run}: {:.1} MB/s = {:.0}% of the link ({:.0}% over the second half; raw UDP {:.0}%); {} chunks resent; window at most {} kB, cut {} times for a queue, {} for loss; emulator: {} dropped by the queue, {} lost at random up",
                 path.label(),
                 out.rates[0] / 1e6,
                 share * 100.0,
                 half * 100.0,
                 raws.last().unwrap() * 100.0,
                 out.resent[0],
+                out.control[0].0 / 1000,
+                out.control[0].1,
+                out.control[0].2,
                 stats.up.link.dropped_queue,
                 stats.up.link.dropped_loss,
             );
