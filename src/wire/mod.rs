@@ -252,7 +252,9 @@
 //! once a chunk sent 3 after it, or 9/8 of a round trip after it, has been acknowledged
 //! (RFC 9002), resends only the lost chunks, probes when acknowledgements stop, and keeps
 //! what is in flight within a congestion window (CUBIC with a delay signal) and the
-//! receiver's `window`, paced over the round trip. The receiver writes them in order and hashes them as they come; it acknowledges
+//! receiver's `window`, paced over the round trip.
+//!
+//! The receiver writes the chunks in order and hashes them as they come; it acknowledges
 //! the **last** chunk with a `cumulative` that covers it only once the SHA-256 of the whole
 //! file matches `sha256`, so that acknowledgement means "received and verified". If the
 //! digest differs it sends `FileCancel` `ChecksumMismatch` instead. A repeated last chunk of
