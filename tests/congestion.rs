@@ -590,3 +590,39 @@ fn the_sender_never_exceeds_the_receivers_window() {
     assert!(rate <= 32.0 * 1100.0 / 0.1 * 1.05, "rate {rate}");
     assert!(rate >= 32.0 * 1100.0 / 0.1 * 0.6, "rate {rate}");
 }
+
+#[test]
+fn a_slow_start_ended_early_by_a_delay_spike_regains_the_link() {
+    // 100 ms at 100 Mbit/s; 250 ms in, every datagram is held 30 ms longer for 300 ms (as a
+    // busy CPU or a radio link would): slow start ends on that, far below the path's
+    // product. While the path then shows no queue the window grows by 1/16 of itself per
+    // round trip on top of the additive 4 chunks, and the second half of the file still
+    // fills the link.
+    let path = Path::new(100, 100);
+    let mut sim = peers(9, 2, &config());
+    sim.set_links(sim.addr(1), path.bottleneck(), path.plain());
+    let flow = start(&mut sim, 1, 0, 32 * MIB, 9);
+    sim.run_for(ms(250));
+    let mut spike = path.plain();
+    spike.delay += ms(30);
+    sim.set_link(sim.addr(1), Direction::Down, spike);
+    sim.run_for(ms(300));
+    sim.set_link(sim.addr(1), Direction::Down, path.plain());
+    let received = Arc::clone(&flow.received);
+    let half = flow.size / 2;
+    sim.expect(ms(600_000), "half the file", move |_| {
+        *received.lock().unwrap() >= half
+    });
+    let (half_at, half_bytes) = (sim.now, *flow.received.lock().unwrap());
+    sim.expect(ms(600_000), "the file arrives", |s| {
+        received_at(s, 0, 0).is_some()
+    });
+    let end = received_at(&sim, 0, 0).unwrap();
+    let second = (flow.size - half_bytes) as f64 / (end - half_at).as_secs_f64() / path.rate as f64;
+    let window = sim.peer(1).sender_stats();
+    println!(
+        "second half {:.0}% of the link ({window:?})",
+        second * 100.0
+    );
+    assert!(second >= 0.85, "second half {second:.2}");
+}

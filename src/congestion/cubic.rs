@@ -11,6 +11,8 @@ const BETA: f64 = 0.7;
 /// The additive increase, in segments per round trip, after a delay signal (see
 /// [`Cubic::on_ack`]).
 pub const DELAY_AI: f64 = 4.0;
+/// The proportional part of that increase: the window over this, per round trip.
+pub const DELAY_AI_SHARE: f64 = 16.0;
 
 #[derive(Debug, Clone)]
 pub struct Cubic {
@@ -29,6 +31,8 @@ pub struct Cubic {
     beta: f64,
     /// The latest reduction (or the end of slow start) came from the delay signal.
     delay_mode: bool,
+    /// The latest round trip showed no standing queue.
+    no_queue: bool,
 }
 
 impl Cubic {
@@ -43,6 +47,7 @@ impl Cubic {
             w_est: 0.0,
             beta: BETA,
             delay_mode: false,
+            no_queue: false,
         }
     }
 
@@ -93,14 +98,24 @@ impl Controller for Cubic {
         // Reno-friendly region (RFC 9438 §4.3): alpha = 3 (1 - beta) / (1 + beta) segments
         // per round trip. After a delay signal, DELAY_AI segments: flows that share a
         // queue are cut together by the same factor, and an increase the same for each
-        // (additive, not CUBIC's, which grows with the flow's own W_max) is what makes
-        // their shares converge (AIMD) within a few cuts rather than a few K.
-        let alpha = if self.delay_mode {
-            DELAY_AI
+        // (additive, not CUBIC's, which grows with the flow's own W_max) makes their
+        // shares converge (AIMD) within a few cuts rather than a few K. While the path
+        // shows no queue at all, 1/DELAY_AI_SHARE of the window more (in proportion, so it
+        // keeps the shares as they are): a window left below the path's product by a slow
+        // start that ended early (on samples a busy CPU delayed) regains it in tens of
+        // round trips rather than hundreds at 100 ms, and the queue chat waits behind
+        // is not pushed any higher.
+        let per_round = if self.delay_mode {
+            let boost = if self.no_queue {
+                w / DELAY_AI_SHARE
+            } else {
+                0.0
+            };
+            DELAY_AI * mss + boost
         } else {
-            3.0 * (1.0 - self.beta) / (1.0 + self.beta)
+            3.0 * (1.0 - self.beta) / (1.0 + self.beta) * mss
         };
-        self.w_est += alpha * mss * bytes as f64 / w;
+        self.w_est += per_round * bytes as f64 / w;
         let cubic_now = self.w_cubic(t);
         if cubic_now < self.w_est {
             self.window = self.window.max(self.w_est as u64);
@@ -146,6 +161,10 @@ impl Controller for Cubic {
     fn on_persistent_congestion(&mut self) {
         self.reduce(BETA);
         self.window = minimum_window(self.mss);
+    }
+
+    fn set_no_queue(&mut self, no_queue: bool) {
+        self.no_queue = no_queue;
     }
 
     fn window(&self) -> u64 {

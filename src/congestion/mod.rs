@@ -80,6 +80,10 @@ pub trait Controller: Send + fmt::Debug {
     /// Persistent congestion (RFC 9002 §7.6): back to the minimum window.
     fn on_persistent_congestion(&mut self);
 
+    /// Whether the latest round trip showed no standing queue (the link has room): a
+    /// controller may grow faster then. Called on every acknowledgement.
+    fn set_no_queue(&mut self, _no_queue: bool) {}
+
     /// The congestion window, in bytes.
     fn window(&self) -> u64;
 

@@ -411,6 +411,7 @@ impl ChunkSender {
             None => {}
         }
         let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
+        self.controller.set_no_queue(self.signals.no_queue());
         self.controller.on_ack(now, acked_bytes, cwnd_limited, srtt);
         self.stats.max_window = self.stats.max_window.max(self.controller.window());
     }

@@ -50,6 +50,8 @@ pub struct Signals {
     /// sent before it are not judged (one reduction per round trip).
     recovery_end: u64,
     rounds: u64,
+    /// The standing queue of the latest round judged.
+    last_queue: Duration,
     delay_signals: u64,
     loss_signals: u64,
 }
@@ -75,6 +77,12 @@ impl Signals {
     pub fn slow_start_eta(&self) -> Duration {
         let min = self.min_rtt.unwrap_or(Duration::from_millis(100));
         (min / 8).clamp(Duration::from_millis(4), Duration::from_millis(16))
+    }
+
+    /// True when the latest round showed (almost) no standing queue: less than a quarter
+    /// of the target. The link then has room to fill.
+    pub fn no_queue(&self) -> bool {
+        self.rounds > 0 && self.last_queue < self.target() / 4
     }
 
     /// Round trips completed.
@@ -164,6 +172,7 @@ impl Signals {
             None
         };
         self.rounds += 1;
+        self.last_queue = queue;
         self.round_end = largest_sent;
         self.round_min = None;
         self.round_samples = 0;
