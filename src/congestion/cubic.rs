@@ -4,6 +4,9 @@ use std::time::{Duration, Instant};
 
 use super::{initial_window, minimum_window, Controller, Signal, DELAY_BETA};
 
+/// The delay cut of a flow cut again below its previous window (see [`Cubic::on_congestion`]).
+pub const DELAY_BETA_CONVERGE: f64 = 0.8;
+
 /// RFC 9438's C, in segments per second cubed.
 const C: f64 = 0.4;
 /// RFC 9438's beta: the window after a loss.
@@ -11,6 +14,8 @@ const BETA: f64 = 0.7;
 /// The additive increase, in segments per round trip, after a delay signal (see
 /// [`Cubic::on_ack`]).
 pub const DELAY_AI: f64 = 4.0;
+/// The additive increase grows by DELAY_AI every this many round trips after a cut.
+pub const DELAY_AI_ROUNDS: f64 = 3.0;
 /// The proportional part of that increase: the window over this, per round trip.
 pub const DELAY_AI_SHARE: f64 = 16.0;
 
@@ -33,13 +38,21 @@ pub struct Cubic {
     delay_mode: bool,
     /// The latest round trip showed no standing queue.
     no_queue: bool,
+    /// The window when the latest delay cut came.
+    last_cut: f64,
 }
 
 impl Cubic {
+    /// With RFC 9002's initial window ([`initial_window`]).
     pub fn new(mss: u64) -> Self {
+        Self::with_window(mss, initial_window(mss))
+    }
+
+    /// With an initial window of `window` bytes.
+    pub fn with_window(mss: u64, window: u64) -> Self {
         Cubic {
             mss,
-            window: initial_window(mss),
+            window,
             ssthresh: u64::MAX,
             w_max: 0.0,
             k: 0.0,
@@ -48,6 +61,7 @@ impl Cubic {
             beta: BETA,
             delay_mode: false,
             no_queue: false,
+            last_cut: 0.0,
         }
     }
 
@@ -111,7 +125,11 @@ impl Controller for Cubic {
             } else {
                 0.0
             };
-            DELAY_AI * mss + boost
+            // The additive step grows with the round trips since the cut, the same for
+            // every flow cut at the same moment: still AIMD (equal steps), but the queue
+            // is refilled in fewer round trips, so flows are cut (and converge) more often.
+            let rounds = t / srtt.as_secs_f64().max(1e-6);
+            DELAY_AI * mss * (1.0 + rounds / DELAY_AI_ROUNDS) + boost
         } else {
             3.0 * (1.0 - self.beta) / (1.0 + self.beta) * mss
         };
@@ -131,7 +149,19 @@ impl Controller for Cubic {
     fn on_congestion(&mut self, _now: Instant, signal: Signal) {
         match signal {
             Signal::SlowStartDone => self.exit_slow_start(None),
-            Signal::Delay => self.reduce(DELAY_BETA),
+            Signal::Delay => {
+                // Fast convergence for the delay signal: a flow cut again below the window
+                // of its previous cut is losing share to another flow; it gives back more
+                // (0.8: still at least the path's product, with a queue of the target).
+                let w = self.window as f64;
+                let beta = if w < self.last_cut {
+                    DELAY_BETA_CONVERGE
+                } else {
+                    DELAY_BETA
+                };
+                self.last_cut = w;
+                self.reduce(beta)
+            }
             Signal::DeepQueue => self.reduce(0.5),
             Signal::Loss => self.reduce(BETA),
         }

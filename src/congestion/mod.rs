@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 pub use cubic::Cubic;
 pub use newreno::NewReno;
 pub use pacer::Pacer;
-pub use sender::{ChunkSender, Outgoing, SenderConfig, SenderStats};
+pub use sender::{ChunkSender, Outgoing, SenderConfig, SenderStats, INITIAL_WINDOW};
 pub use signals::{Signal, Signals, DEEP_QUEUE};
 
 /// The window is cut to this fraction on a delay signal (a standing queue above target).
@@ -103,11 +103,13 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// A controller of this kind for datagrams of `mss` bytes.
-    pub fn build(self, mss: u64) -> Box<dyn Controller> {
+    /// A controller of this kind for datagrams of `mss` bytes, starting with a window of
+    /// `initial` bytes (at least [`minimum_window`]).
+    pub fn build(self, mss: u64, initial: u64) -> Box<dyn Controller> {
+        let initial = initial.max(minimum_window(mss));
         match self {
-            Algorithm::Cubic => Box::new(Cubic::new(mss)),
-            Algorithm::NewReno => Box::new(NewReno::new(mss)),
+            Algorithm::Cubic => Box::new(Cubic::with_window(mss, initial)),
+            Algorithm::NewReno => Box::new(NewReno::with_window(mss, initial)),
         }
     }
 }

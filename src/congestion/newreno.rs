@@ -14,10 +14,16 @@ pub struct NewReno {
 }
 
 impl NewReno {
+    /// With RFC 9002's initial window ([`initial_window`]).
     pub fn new(mss: u64) -> Self {
+        Self::with_window(mss, initial_window(mss))
+    }
+
+    /// With an initial window of `window` bytes.
+    pub fn with_window(mss: u64, window: u64) -> Self {
         NewReno {
             mss,
-            window: initial_window(mss),
+            window,
             ssthresh: u64::MAX,
             acked: 0,
         }

@@ -37,13 +37,27 @@ pub struct SenderConfig {
     pub max_ack_delay: Duration,
     /// Chunks beyond the cumulative number a receiver that advertises no window accepts.
     pub default_window: u64,
-    /// Bytes a transmission costs on the wire beyond its data (fields, header, IP, UDP).
+    /// Bytes a transmission costs on the wire beyond its data: the chunk's fields, the
+    /// `Sealed` envelope around it (its fields and the 16-byte tag), the datagram header,
+    /// IPv4 and UDP. 144: a full chunk of 1,056 bytes is a datagram of 1,200 on the wire (a
+    /// test checks it against the encoding).
     pub overhead: u64,
     /// The largest chunk, in bytes of data.
     pub chunk_size: u64,
     /// Pace transmissions (off only for comparisons).
     pub pacing: bool,
+    /// The initial congestion window, in datagrams (see [`INITIAL_WINDOW`]).
+    pub initial_window: u64,
 }
+
+/// The initial window of a transfer, in datagrams: 64, the fixed window the release before
+/// congestion control sent at once, rather than RFC 9002's 10. RFC 9002 §7.2 allows a
+/// larger initial window; here it is paced (a burst of at most [`super::pacer::MIN_BURST`]
+/// datagrams, the rest spread over half the initial RTT until a round trip is measured, then
+/// over half the minimum one), so it never leaves as the single burst the old fixed window
+/// did. On a 100 ms path it saves between two and three doublings of slow start (~0.25 s
+/// of a 32 MiB transfer at 100 Mbit/s).
+pub const INITIAL_WINDOW: u64 = 64;
 
 impl Default for SenderConfig {
     fn default() -> Self {
@@ -54,9 +68,10 @@ impl Default for SenderConfig {
             max_pto: Duration::from_secs(10),
             max_ack_delay: Duration::from_millis(25),
             default_window: 64,
-            overhead: 80,
+            overhead: 144,
             chunk_size: crate::wire::CHUNK_SIZE as u64,
             pacing: true,
+            initial_window: INITIAL_WINDOW,
         }
     }
 }
@@ -79,6 +94,8 @@ pub struct SenderStats {
     /// The largest congestion window, and the most bytes in flight.
     pub max_window: u64,
     pub max_in_flight: u64,
+    /// The congestion window now.
+    pub window: u64,
 }
 
 /// What [`ChunkSender::poll_transmit`] asks to send.
@@ -153,7 +170,9 @@ impl ChunkSender {
     pub fn new(now: Instant, config: SenderConfig) -> Self {
         let mss = config.chunk_size + config.overhead;
         ChunkSender {
-            controller: config.algorithm.build(mss),
+            controller: config
+                .algorithm
+                .build(mss, config.initial_window.saturating_mul(mss)),
             pacer: Pacer::new(now, mss),
             signals: Signals::new(),
             srtt: None,
@@ -413,7 +432,8 @@ impl ChunkSender {
         let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
         self.controller.set_no_queue(self.signals.no_queue());
         self.controller.on_ack(now, acked_bytes, cwnd_limited, srtt);
-        self.stats.max_window = self.stats.max_window.max(self.controller.window());
+        self.stats.window = self.controller.window();
+        self.stats.max_window = self.stats.max_window.max(self.stats.window);
     }
 
     /// The bandwidth-delay product as delivered: the delivery rate (bytes acknowledged
@@ -622,11 +642,12 @@ mod tests {
             t0,
             SenderConfig {
                 pacing: false,
+                initial_window: 10,
                 ..SenderConfig::default()
             },
         );
         for _ in 0..chunks {
-            s.push(vec![0; 1100]);
+            s.push(vec![0; crate::wire::CHUNK_SIZE]);
         }
         s
     }
@@ -676,6 +697,65 @@ mod tests {
         assert_eq!(s.limit(), 100);
         sent.extend(drain(&mut s, now));
         assert_eq!(sent.iter().max(), Some(&100));
+    }
+
+    #[test]
+    fn the_initial_window_of_64_chunks_is_paced_not_one_burst() {
+        let t0 = Instant::now();
+        let mut s = ChunkSender::new(t0, SenderConfig::default());
+        for _ in 0..200 {
+            s.push(vec![0; 1056]);
+        }
+        // Before any round trip: a burst of 10, then the rest at 2 x the initial window
+        // over the initial RTT (333 ms), until the window is full.
+        let mut times = Vec::new();
+        let mut now = t0;
+        while times.len() < 100 {
+            match s.poll_transmit(now) {
+                Some(_) => times.push(now),
+                None => match s.poll_timeout() {
+                    Some(t) if t > now && t < t0 + ms(300) => now = t,
+                    _ => break,
+                },
+            }
+        }
+        assert_eq!(times.len(), 64, "the initial window, no more");
+        assert_eq!(times.iter().filter(|&&t| t == t0).count(), 10);
+        let last = (times[63] - t0).as_secs_f64();
+        // 54 x 1,200 bytes at 2 x 64 x 1,200 / 0.333 s: 140 ms.
+        assert!(
+            (0.130..0.150).contains(&last),
+            "the 64th left after {last} s"
+        );
+    }
+
+    #[test]
+    fn the_default_overhead_is_what_a_sealed_chunk_costs_on_the_wire() {
+        use crate::wire::{encoded_len, Message, CHUNK_SIZE};
+        // Realistic field values: a small id, a random session, a transfer number and a
+        // chunk number of a 32 MiB file, the session's nonce after a few thousand messages.
+        let chunk = Message::Chunk {
+            from: 1234,
+            session: u64::MAX / 3,
+            n: 3,
+            seq: 30_000,
+            data: vec![0xff; CHUNK_SIZE],
+        };
+        let body = encoded_len(&chunk) - 2;
+        let sealed = encoded_len(&Message::Sealed {
+            from: 1234,
+            session: u64::MAX / 3,
+            n: 40_000,
+            data: vec![0; body + 16],
+        });
+        // IPv4 and UDP headers: 28 bytes.
+        let wire = sealed as u64 + 28;
+        let overhead = SenderConfig::default().overhead;
+        assert_eq!(
+            overhead,
+            wire - CHUNK_SIZE as u64,
+            "a full sealed chunk is {wire} bytes on the wire"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const DEEP_QUEUE: u32 = 4;
 const HEAVY_LOSS_DIVISOR: u64 = 20;
 /// Fewer losses than this in a round are never congestion on their own.
 const HEAVY_LOSS_MIN: u64 = 4;
+/// Rounds in a row with no standing queue before [`Signals::no_queue`] says so.
+pub const EMPTY_ROUNDS: u32 = 3;
 /// Samples of a round before slow start may end within it (RFC 9406's N_RTT_SAMPLE).
 const SLOW_START_SAMPLES: u32 = 8;
 
@@ -52,6 +54,8 @@ pub struct Signals {
     rounds: u64,
     /// The standing queue of the latest round judged.
     last_queue: Duration,
+    /// Rounds in a row that showed (almost) no standing queue.
+    empty_rounds: u32,
     delay_signals: u64,
     loss_signals: u64,
 }
@@ -79,10 +83,13 @@ impl Signals {
         (min / 8).clamp(Duration::from_millis(4), Duration::from_millis(16))
     }
 
-    /// True when the latest round showed (almost) no standing queue: less than a quarter
-    /// of the target. The link then has room to fill.
+    /// True when the latest [`EMPTY_ROUNDS`] rounds all showed (almost) no standing queue:
+    /// less than a quarter of the target. The link then has room to fill. One round is not
+    /// enough: after a cut for a standing queue the queue drains for a round or two while
+    /// the link is still full, and flows that share it would grow in proportion to their
+    /// windows then, which keeps the shares as unequal as they are.
     pub fn no_queue(&self) -> bool {
-        self.rounds > 0 && self.last_queue < self.target() / 4
+        self.empty_rounds >= EMPTY_ROUNDS
     }
 
     /// Round trips completed.
@@ -173,6 +180,11 @@ impl Signals {
         };
         self.rounds += 1;
         self.last_queue = queue;
+        if queue < self.target() / 4 {
+            self.empty_rounds = self.empty_rounds.saturating_add(1);
+        } else {
+            self.empty_rounds = 0;
+        }
         self.round_end = largest_sent;
         self.round_min = None;
         self.round_samples = 0;
