@@ -16,8 +16,8 @@
 //! that arrived; `bench_link` measures it in full).
 //!
 //! A transfer's rate is file bytes over the time from `getfile` to verified; its share of the
-//! link is that rate over the link's rate (a chunk's IP packet carries 1,100 file bytes in
-//! about 1,190 bytes, so 92% is a full link). With two transfers, each rate is what it
+//! link is that rate over the link's rate (a chunk's IP packet carries 1,056 file bytes in
+//! 1,200 bytes, sealed, so 88% is a full link). With two transfers, each rate is what it
 //! received until the first one finished; together is their sum. Chat: one message every
 //! 50 ms from the sender during its transfer, `send` to `delivered` (the acknowledgement
 //! back), against the base round trip measured by 20 messages before the transfer.

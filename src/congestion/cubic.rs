@@ -16,6 +16,8 @@ const BETA: f64 = 0.7;
 pub const DELAY_AI: f64 = 4.0;
 /// The additive increase grows by DELAY_AI every this many round trips after a cut.
 pub const DELAY_AI_ROUNDS: f64 = 3.0;
+/// ... but to at most this many times DELAY_AI while the queue is above half the target.
+pub const DELAY_AI_NEAR: f64 = 2.0;
 /// The proportional part of that increase: the window over this, per round trip.
 pub const DELAY_AI_SHARE: f64 = 16.0;
 
@@ -40,6 +42,8 @@ pub struct Cubic {
     no_queue: bool,
     /// The window when the latest delay cut came.
     last_cut: f64,
+    /// The latest round trip showed a queue below half the target.
+    low_queue: bool,
 }
 
 impl Cubic {
@@ -62,6 +66,7 @@ impl Cubic {
             delay_mode: false,
             no_queue: false,
             last_cut: 0.0,
+            low_queue: false,
         }
     }
 
@@ -125,11 +130,17 @@ impl Controller for Cubic {
             } else {
                 0.0
             };
-            // The additive step grows with the round trips since the cut, the same for
-            // every flow cut at the same moment: still AIMD (equal steps), but the queue
-            // is refilled in fewer round trips, so flows are cut (and converge) more often.
-            let rounds = t / srtt.as_secs_f64().max(1e-6);
-            DELAY_AI * mss * (1.0 + rounds / DELAY_AI_ROUNDS) + boost
+            // While the queue is below half the target, the additive step grows with the
+            // round trips since the cut, the same for every flow cut at the same moment:
+            // still AIMD (equal steps), but the queue is refilled in fewer round trips, so
+            // flows are cut (and converge) more often. Near the target it is back to
+            // DELAY_AI, so the queue does not overshoot the target (chat waits behind it).
+            let step = if self.low_queue {
+                1.0 + t / srtt.as_secs_f64().max(1e-6) / DELAY_AI_ROUNDS
+            } else {
+                (1.0 + t / srtt.as_secs_f64().max(1e-6) / DELAY_AI_ROUNDS).min(DELAY_AI_NEAR)
+            };
+            DELAY_AI * mss * step + boost
         } else {
             3.0 * (1.0 - self.beta) / (1.0 + self.beta) * mss
         };
@@ -195,6 +206,10 @@ impl Controller for Cubic {
 
     fn set_no_queue(&mut self, no_queue: bool) {
         self.no_queue = no_queue;
+    }
+
+    fn set_low_queue(&mut self, low_queue: bool) {
+        self.low_queue = low_queue;
     }
 
     fn window(&self) -> u64 {

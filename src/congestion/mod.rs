@@ -84,6 +84,10 @@ pub trait Controller: Send + fmt::Debug {
     /// controller may grow faster then. Called on every acknowledgement.
     fn set_no_queue(&mut self, _no_queue: bool) {}
 
+    /// Whether the latest round trip showed a queue below half the target: a controller
+    /// may step up its additive growth then, not when the queue is near the target.
+    fn set_low_queue(&mut self, _low_queue: bool) {}
+
     /// The congestion window, in bytes.
     fn window(&self) -> u64;
 

@@ -431,6 +431,7 @@ impl ChunkSender {
         }
         let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
         self.controller.set_no_queue(self.signals.no_queue());
+        self.controller.set_low_queue(self.signals.low_queue());
         self.controller.on_ack(now, acked_bytes, cwnd_limited, srtt);
         self.stats.window = self.controller.window();
         self.stats.max_window = self.stats.max_window.max(self.stats.window);

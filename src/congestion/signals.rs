@@ -92,6 +92,11 @@ impl Signals {
         self.empty_rounds >= EMPTY_ROUNDS
     }
 
+    /// True when the latest round showed a standing queue below half the target.
+    pub fn low_queue(&self) -> bool {
+        self.rounds > 0 && self.last_queue < self.target() / 2
+    }
+
     /// Round trips completed.
     pub fn rounds(&self) -> u64 {
         self.rounds
