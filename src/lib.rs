@@ -10,6 +10,9 @@
 //!   machine hands its driver. Its documentation is the protocol specification.
 //! - [`reliable`]: the send and receive windows of one session: numbering, acknowledgements,
 //!   retransmission timeouts after RFC 6298, duplicate removal and reordering.
+//! - [`congestion`]: congestion control (CUBIC or NewReno behind one `Controller` trait,
+//!   with a delay signal), pacing, RFC 9002 loss detection and flow control for the chunks
+//!   of file transfers ([`congestion::ChunkSender`]).
 //! - [`registry`]: the rendezvous server's state machine: the table of active clients,
 //!   register, lookup, names, listing, leave, expiry, and the answers bound to their
 //!   requests; `registry/limits.rs` ([`registry::limits`]) holds its limits against abuse
@@ -34,7 +37,7 @@
 //!   signals, and drive the state machines. The only caller of `Instant::now()`.
 //!
 //! Imports run one way: `driver` -> `app` -> core; inside the core, `peer` and `registry`
-//! -> `reliable`, `text` and `wire`.
+//! -> `reliable`, `text` and `wire`; `peer` -> `congestion`.
 //!
 //! `examples/echo_bot.rs` drives a [`peer::Peer`] with a plain blocking socket: the state
 //! machines need no particular event loop.
@@ -44,6 +47,7 @@
 //! (things to show) and `poll_timeout` (when to call `handle_timeout` next).
 
 pub mod app;
+pub mod congestion;
 pub mod driver;
 pub mod identity;
 pub mod peer;

@@ -474,6 +474,31 @@ impl<T> RecvWindow<T> {
         self.next - 1
     }
 
+    /// The messages held above the gap, as inclusive `(first, last)` runs, the highest
+    /// first, at most `max` of them (the selective acknowledgement of a `ChunkAck`).
+    pub fn ranges(&self, max: usize) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &seq in self.held.keys().rev() {
+            let full = out.len() == max;
+            match out.last_mut() {
+                Some((first, _)) if *first == seq + 1 => *first = seq,
+                _ if full => break,
+                _ => out.push((seq, seq)),
+            }
+        }
+        out
+    }
+
+    /// How many messages beyond [`RecvWindow::cumulative`] it takes.
+    pub fn capacity(&self) -> u64 {
+        self.window
+    }
+
+    /// Messages held, waiting for a gap to fill.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
     /// Duplicates dropped so far.
     pub fn duplicates(&self) -> u64 {
         self.duplicates
@@ -678,5 +703,20 @@ mod tests {
         assert_eq!(r.cumulative(), 2);
         assert_eq!(r.receive(11, "far".into()), Received::TooFarAhead);
         assert_eq!(r.duplicates(), 2);
+    }
+
+    #[test]
+    fn held_messages_are_reported_as_ranges_highest_first() {
+        let mut r = RecvWindow::new(64);
+        for seq in [3, 4, 5, 8, 10, 11] {
+            assert_eq!(r.receive(seq, String::new()), Received::Held);
+        }
+        assert_eq!(r.ranges(16), vec![(10, 11), (8, 8), (3, 5)]);
+        assert_eq!(r.ranges(2), vec![(10, 11), (8, 8)]);
+        assert!(matches!(r.receive(1, String::new()), Received::Deliver(_)));
+        assert!(matches!(r.receive(2, String::new()), Received::Deliver(_)));
+        assert_eq!(r.cumulative(), 5);
+        assert_eq!(r.ranges(16), vec![(10, 11), (8, 8)]);
+        assert_eq!(r.held(), 3);
     }
 }

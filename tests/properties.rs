@@ -175,6 +175,8 @@ fn peer_message(
             n: a % 4,
             seq: b % 8,
             cumulative: b % 8,
+            ranges: vec![(a % 8, b % 8)],
+            window: a % 3,
         },
         13 => Message::FileCancel {
             from,

@@ -7,15 +7,19 @@
 //! real files (the client's `downloads` module) and the tests in memory, and `now` is passed in.
 //!
 //! Memory stays bounded whatever the size of the file: the offerer reads a chunk only when
-//! its send window has room, so at most `window` chunks are held (and as many queued to
-//! send); the receiver holds at most `window` chunks that arrived early and writes every
-//! chunk as soon as it is next in order. Both SHA-256 digests are computed while streaming
-//! (the offerer's by the driver before offering, since the offer carries it).
+//! it can leave (its congestion window and the receiver's window have room), so it holds
+//! at most what is in flight, plus one; the receiver holds at most `receive_window` chunks
+//! that arrived early (it advertises that window in its `ChunkAck`s and drops what is
+//! beyond) and writes every chunk as soon as it is next in order. Both SHA-256 digests are
+//! computed while streaming (the offerer's by the driver before offering, since the offer
+//! carries it).
 //!
-//! Chunks go through the same [`SendWindow`] / [`RecvWindow`] as chat (RFC 6298 RTO, early
-//! retransmission, dedupe, reorder hold), one pair per transfer. Chat goes first: the
-//! owning `Peer` hands out its own datagrams before the chunks queued here, and a transfer
-//! only ever queues one window of chunks.
+//! Chunks are sent by a [`ChunkSender`] (crate::congestion: RFC 9002 loss detection with
+//! acknowledgement ranges, a probe timeout, a congestion window that follows the path's
+//! queue, pacing, flow control) and received through a [`RecvWindow`] (dedupe, reorder
+//! hold, the ranges it reports). Chat goes first: the owning `Peer` hands out its own
+//! datagrams before the chunks queued here, and a transfer queues only what its windows
+//! and its pacer let go at once.
 //!
 //! The wire protocol is described in [`crate::wire`], section "File transfer".
 
@@ -31,14 +35,18 @@ use super::outputs::{Outputs, Tally};
 use super::retry::{Retry, Step};
 pub use super::transfer::{chunk_count, FileSink, FileSource, Link};
 use super::transfer::{Due, Key, Kind, Transfer};
-use crate::reliable::{Received, RecvWindow, SendConfig, SendWindow};
-use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE};
+use crate::congestion::{ChunkSender, SenderConfig, SenderStats};
+use crate::reliable::{Received, RecvWindow, SendConfig};
+use crate::wire::{ClientId, FileEnd, Message, SessionId, Transmit, CHUNK_SIZE, MAX_ACK_RANGES};
 
 /// Settings of file transfers.
 #[derive(Debug, Clone)]
 pub struct FileConfig {
-    /// Window, resend bound and timeouts of the chunks (the chat's, with a smaller window).
-    pub chunks: SendConfig,
+    /// How chunks are sent: controller, probe timeouts, tries (congestion/sender.rs).
+    pub sender: SenderConfig,
+    /// Chunks beyond the cumulative number the receiver takes (and so may hold while a
+    /// gap fills): the `window` of its `ChunkAck`s, the bound of flow control.
+    pub receive_window: usize,
     /// `file_progress` events come at most this often per transfer.
     pub progress_interval: Duration,
     /// An offer not answered for this long is withdrawn.
@@ -60,14 +68,20 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
-    /// Derives the settings from the chat's: same timeouts, a window of 64 chunks (70 KB,
-    /// well within a socket's default receive buffer).
+    /// Derives the settings from the chat's: the same number of tries, probe timeouts of
+    /// at most the retry interval, and a receive window of 2,048 chunks (2.2 MiB: the
+    /// bandwidth-delay product of 100 Mbit/s over 100 ms with room for a queue of a
+    /// quarter of it, and what a client's socket receive buffer of 2 MiB holds).
     pub fn from_chat(chat: &SendConfig, retry_interval: Duration, connect_tries: u32) -> Self {
         FileConfig {
-            chunks: SendConfig {
-                window: 64,
-                ..chat.clone()
+            sender: SenderConfig {
+                max_tries: chat.max_tries,
+                max_pto: retry_interval,
+                initial_rtt: Duration::from_millis(333).min(retry_interval),
+                chunk_size: CHUNK_SIZE as u64,
+                ..SenderConfig::default()
             },
+            receive_window: 2048,
             progress_interval: Duration::from_millis(500),
             offer_lifetime: retry_interval * connect_tries.max(1),
             cancel_tries: 6,
@@ -210,6 +224,14 @@ impl Files {
                 .sum::<u64>()
     }
 
+    /// The congestion-control counters of every transfer we are sending, by local number.
+    pub fn sender_stats(&self) -> Vec<(u64, SenderStats)> {
+        self.transfers
+            .iter()
+            .filter_map(|(&n, t)| t.sender_stats().map(|s| (n, s)))
+            .collect()
+    }
+
     /// Takes transfer `n` out, keeping its counters.
     fn take(&mut self, n: u64) -> Option<Transfer> {
         let t = self.transfers.remove(&n)?;
@@ -340,7 +362,7 @@ impl Files {
         n: u64,
         sink: Box<dyn FileSink>,
     ) -> Result<(), FileError> {
-        let window = self.config.chunks.window;
+        let window = self.config.receive_window;
         let max_rto = self.max_rto;
         let t = match self.transfers.get_mut(&n) {
             Some(t) if matches!(t.kind, Kind::Offered) => t,
@@ -576,7 +598,7 @@ impl Files {
                     }
                     return;
                 };
-                let chunks = self.config.chunks.clone();
+                let sender = self.config.sender.clone();
                 let t = self.transfers.get_mut(&local).expect("indexed");
                 if let Kind::Offering { .. } = t.kind {
                     let Kind::Offering { source, .. } =
@@ -588,7 +610,7 @@ impl Files {
                         now,
                         Kind::Sending {
                             source,
-                            tx: Box::new(SendWindow::for_payload(chunks)),
+                            tx: Box::new(ChunkSender::new(now, sender)),
                             next_chunk: 1,
                             acked: 0,
                         },
@@ -600,7 +622,7 @@ impl Files {
                 let Some(&local) = self.index.get(&key) else {
                     match self.closed.get(&key).copied() {
                         Some(Closed::Received { chunks }) => {
-                            self.reply(link, chunk_ack(me, link, n, seq, chunks))
+                            self.reply(link, chunk_ack(me, link, n, seq, chunks, Vec::new(), 0))
                         }
                         Some(Closed::Failed(reason)) => {
                             self.send_cancel(me, key, link.addr, reason)
@@ -613,7 +635,12 @@ impl Files {
                 self.on_chunk(now, me, local, seq, data);
             }
             Message::ChunkAck {
-                n, seq, cumulative, ..
+                n,
+                seq,
+                cumulative,
+                ranges,
+                window,
+                ..
             } => {
                 let key = (peer, link.session, me, n);
                 let Some(&local) = self.index.get(&key) else {
@@ -626,10 +653,8 @@ impl Files {
                 let Kind::Sending { tx, acked, .. } = &mut t.kind else {
                     return;
                 };
-                tx.on_ack(now, seq, cumulative);
-                while let Some(s) = tx.poll_delivered() {
-                    *acked = s;
-                }
+                tx.on_ack(now, seq, cumulative, &ranges, window);
+                *acked = tx.cumulative();
                 if *acked >= t.chunks {
                     let t = self.take(local).expect("present");
                     self.index.remove(&key);
@@ -760,30 +785,29 @@ impl Files {
                     return;
                 }
             }
-            self.reply(link, chunk_ack(me, link, wire_n, seq, cumulative));
+            self.reply(
+                link,
+                chunk_ack(me, link, wire_n, seq, cumulative, Vec::new(), 0),
+            );
             return;
         }
-        // Merge into our queued acknowledgement when it says nothing the new one does not.
-        if seq <= cumulative {
-            if let Some(Transmit {
-                message:
-                    Message::ChunkAck {
-                        seq: qs,
-                        cumulative: qc,
-                        ..
-                    },
-                ..
-            }) = self.out.queued_mut(*queued_ack)
-            {
-                if *qs <= cumulative {
-                    *qs = seq;
-                    *qc = cumulative;
-                    return;
-                }
-            }
+        let ranges = rx.ranges(MAX_ACK_RANGES);
+        let window = rx.capacity();
+        // An acknowledgement still queued is replaced by this one, which says all it said
+        // (the cumulative number only grows; held chunks stay held until it covers them).
+        if let Some(Transmit {
+            message: queued @ Message::ChunkAck { .. },
+            ..
+        }) = self.out.queued_mut(*queued_ack)
+        {
+            *queued = chunk_ack(me, link, wire_n, seq, cumulative, ranges, window);
+            return;
         }
         *queued_ack = Some(self.out.next_position());
-        self.reply(link, chunk_ack(me, link, wire_n, seq, cumulative));
+        self.reply(
+            link,
+            chunk_ack(me, link, wire_n, seq, cumulative, ranges, window),
+        );
     }
 
     // ------------------------------------------------------------------ output
@@ -792,10 +816,9 @@ impl Files {
     /// by the owning peer after every input.
     pub fn flush(&mut self, now: Instant, me: ClientId) {
         let mut failed = Vec::new();
-        let window = self.config.chunks.window;
         let interval = self.config.progress_interval;
         for (&local, t) in self.transfers.iter_mut() {
-            if let Some(why) = t.flush(now, me, local, window, interval, &mut self.out) {
+            if let Some(why) = t.flush(now, me, local, interval, &mut self.out) {
                 failed.push((local, why));
             }
         }
@@ -871,15 +894,25 @@ impl Files {
     }
 }
 
-/// Our acknowledgement of chunk `seq` of transfer `n` on `link`, and of every chunk up to
-/// `cumulative`.
-fn chunk_ack(me: ClientId, link: Link, n: u64, seq: u64, cumulative: u64) -> Message {
+/// Our acknowledgement of chunk `seq` of transfer `n` on `link`, of every chunk up to
+/// `cumulative` and of those in `ranges`; `window`: the chunks beyond `cumulative` we take.
+fn chunk_ack(
+    me: ClientId,
+    link: Link,
+    n: u64,
+    seq: u64,
+    cumulative: u64,
+    ranges: Vec<(u64, u64)>,
+    window: u64,
+) -> Message {
     Message::ChunkAck {
         from: me,
         session: link.session,
         n,
         seq,
         cumulative,
+        ranges,
+        window,
     }
 }
 

@@ -934,6 +934,12 @@ impl Peer {
         self.files.list()
     }
 
+    /// The congestion-control counters (window, signals, losses) of the transfers we are
+    /// sending, by local number.
+    pub fn sender_stats(&self) -> Vec<(u64, crate::congestion::SenderStats)> {
+        self.files.sender_stats()
+    }
+
     /// File chunks resent so far.
     pub fn chunk_retransmissions(&self) -> u64 {
         self.files.retransmissions()

@@ -14,7 +14,8 @@ use sha2::Sha256;
 use super::event::{Event, TransferFailure, TransferInfo};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
-use crate::reliable::{RecvWindow, SendWindow};
+use crate::congestion::ChunkSender;
+use crate::reliable::RecvWindow;
 use crate::wire::{ClientId, Message, SessionId, CHUNK_SIZE};
 
 /// Where the offerer's bytes come from.
@@ -74,7 +75,8 @@ pub(super) enum Kind {
     /// Our file, on its way.
     Sending {
         source: Box<dyn FileSource>,
-        tx: Box<SendWindow<Vec<u8>>>,
+        /// Loss detection, congestion control, pacing, flow control (congestion/sender.rs).
+        tx: Box<ChunkSender>,
         /// The next chunk to read from the source.
         next_chunk: u64,
         /// Chunks acknowledged cumulatively.
@@ -193,6 +195,14 @@ impl Transfer {
         }
     }
 
+    /// The sender's congestion-control counters, while sending.
+    pub fn sender_stats(&self) -> Option<crate::congestion::SenderStats> {
+        match &self.kind {
+            Kind::Sending { tx, .. } => Some(tx.stats().clone()),
+            _ => None,
+        }
+    }
+
     /// Chunks resent so far.
     pub fn retransmissions(&self) -> u64 {
         match &self.kind {
@@ -213,15 +223,15 @@ impl Transfer {
         }
     }
 
-    /// Reads and queues the chunks the window has room for (`window` chunks in flight at
-    /// most), and reports progress at most every `interval`. A file that cannot be read
-    /// fails the transfer: the reason is returned (what was read is still sent).
+    /// Reads and queues the chunks the windows and the pacer let go now (a chunk is read
+    /// only when it can leave: the sender holds no more than it has in flight, plus one),
+    /// and reports progress at most every `interval`. A file that cannot be read fails the
+    /// transfer: the reason is returned (what was read is still sent).
     pub fn flush(
         &mut self,
         now: Instant,
         me: ClientId,
         local: u64,
-        window: usize,
         interval: Duration,
         out: &mut Outputs,
     ) -> Option<TransferFailure> {
@@ -233,18 +243,22 @@ impl Transfer {
             ..
         } = &mut self.kind
         {
-            while tx.outstanding() < window && *next_chunk <= self.chunks {
-                let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
-                let len = (self.size - offset).min(CHUNK_SIZE as u64) as usize;
-                let mut data = vec![0u8; len];
-                if let Err(e) = read_full(source.as_mut(), offset, &mut data) {
-                    failed = Some(TransferFailure::DiskError(e.to_string()));
-                    break;
+            loop {
+                if failed.is_none() && *next_chunk <= self.chunks && tx.wants_data() {
+                    let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
+                    let len = (self.size - offset).min(CHUNK_SIZE as u64) as usize;
+                    let mut data = vec![0u8; len];
+                    match read_full(source.as_mut(), offset, &mut data) {
+                        Ok(()) => {
+                            tx.push(data);
+                            *next_chunk += 1;
+                        }
+                        Err(e) => failed = Some(TransferFailure::DiskError(e.to_string())),
+                    }
                 }
-                tx.push(data);
-                *next_chunk += 1;
-            }
-            while let Some(chunk) = tx.poll_transmit(now) {
+                let Some(chunk) = tx.poll_transmit(now) else {
+                    break;
+                };
                 out.transmit(
                     self.link.addr,
                     Message::Chunk {
@@ -252,7 +266,7 @@ impl Transfer {
                         session: self.link.session,
                         n: self.wire_n,
                         seq: chunk.seq,
-                        data: chunk.text.to_vec(),
+                        data: chunk.data.to_vec(),
                     },
                 );
             }

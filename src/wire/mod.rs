@@ -301,7 +301,7 @@
 //! | `FileOffer` | `from`, `session`, `n`, `name`, `size`, `sha256` (32-byte bin) | offerer, resent until answered | `FileGet`, or `FileCancel` (`Refused`) |
 //! | `FileGet` | `from`, `session`, `n` | receiver | the chunks |
 //! | `Chunk` | `from`, `session`, `n`, `seq`, `data` (bin, at most [`CHUNK_SIZE`] bytes) | offerer | `ChunkAck` |
-//! | `ChunkAck` | `from`, `session`, `n`, `seq`, `cumulative` | receiver | - |
+//! | `ChunkAck` | `from`, `session`, `n`, `seq`, `cumulative`, optional `ranges`, optional `window` | receiver | - |
 //! | `FileCancel` | `from`, `session`, `offerer`, `n`, `reason` | either side, resent until acknowledged | `FileCancelAck` |
 //! | `FileCancelAck` | `from`, `session`, `offerer`, `n` | receiver of a `FileCancel` | - |
 //!
@@ -317,10 +317,23 @@
 //! After `FileGet`, the file travels as `Chunk`s numbered `seq` = 1, 2, 3, ...: chunk `seq`
 //! holds the bytes from `(seq - 1) * CHUNK_SIZE`, and every chunk but the last is full. A
 //! file of `size` bytes has `max(1, ceil(size / CHUNK_SIZE))` chunks: an empty file is one
-//! empty chunk. Chunks are sent, acknowledged, resent and reordered exactly like `Chat`
-//! (same window rules, same early retransmission; a `ChunkAck` may cover a burst), with a
-//! smaller window (64 chunks) so that a transfer does not fill the receiver's socket
-//! buffer. The receiver writes them in order and hashes them as they come; it acknowledges
+//! empty chunk. The receiver acknowledges what arrives at once (a `ChunkAck` may cover a
+//! burst): `seq` the chunk that just arrived, `cumulative` every chunk up to it, `ranges`
+//! the chunks above `cumulative` held for a gap to fill (inclusive `[first, last]` pairs,
+//! the highest first, at most [`MAX_ACK_RANGES`]), and `window`, how many chunks beyond
+//! `cumulative` it can take (flow control: what it can buffer). A chunk above
+//! `cumulative + window` is dropped unacknowledged. A receiver that sends no `window` takes
+//! [`DEFAULT_CHUNK_WINDOW`] (64) chunks, so an older receiver is never flooded; an older
+//! sender ignores both fields and keeps its window of 64.
+//!
+//! How the offerer paces the chunks is its own business, not the protocol's; p2pchat's
+//! sender (see [`crate::congestion`]) numbers every copy it sends, declares a chunk lost
+//! once a chunk sent 3 after it, or 9/8 of a round trip after it, has been acknowledged
+//! (RFC 9002), resends only the lost chunks, probes when acknowledgements stop, and keeps
+//! what is in flight within a congestion window (CUBIC with a delay signal) and the
+//! receiver's `window`, paced over the round trip.
+//!
+//! The receiver writes the chunks in order and hashes them as they come; it acknowledges
 //! the **last** chunk with a `cumulative` that covers it only once the SHA-256 of the whole
 //! file matches `sha256`, so that acknowledgement means "received and verified". If the
 //! digest differs it sends `FileCancel` `ChecksumMismatch` instead. A repeated last chunk of
@@ -932,6 +945,16 @@ pub enum Message {
         n: u64,
         seq: u64,
         cumulative: u64,
+        /// Chunks above `cumulative` that have arrived and wait for the gap before them to
+        /// fill, as inclusive `[first, last]` pairs, the highest first, at most
+        /// [`MAX_ACK_RANGES`] of them (selective acknowledgement). Absent: none (or a peer
+        /// that predates the field).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ranges: Vec<(u64, u64)>,
+        /// Flow control: the receiver takes chunks up to `cumulative + window`. Absent or 0:
+        /// 64 (what every receiver took before the field existed).
+        #[serde(default, skip_serializing_if = "is_zero_u64")]
+        window: u64,
     },
     /// Ends transfer `n` offered by `offerer` (either side may send it): refused, cancelled,
     /// or failed. Resent until `FileCancelAck`.
@@ -1043,6 +1066,16 @@ impl FileEnd {
             known => known,
         }
     }
+}
+
+/// The most ranges a `ChunkAck` carries (a sender reads no more than 64 of them).
+pub const MAX_ACK_RANGES: usize = 16;
+
+/// The window a receiver that does not advertise one (`window` absent) takes.
+pub const DEFAULT_CHUNK_WINDOW: u64 = 64;
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The most file bytes one `Chunk` carries (1056): with its fields, a `Chunk` sealed alone

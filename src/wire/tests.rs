@@ -300,6 +300,17 @@ fn all_messages() -> Vec<Message> {
             n: 1,
             seq: 3,
             cumulative: 2,
+            ranges: Vec::new(),
+            window: 0,
+        },
+        Message::ChunkAck {
+            from: 2,
+            session: 5,
+            n: 1,
+            seq: 9,
+            cumulative: 2,
+            ranges: vec![(9, 9), (4, 6)],
+            window: 2048,
         },
         Message::FileCancel {
             from: 2,
@@ -820,4 +831,40 @@ fn probes_and_introductions_travel_alone() {
     assert!(out
         .iter()
         .all(|d| d.len() == 1 || d.iter().all(|m| m.name() == "Ack")));
+}
+
+#[test]
+fn a_chunk_ack_without_ranges_or_window_encodes_as_before_and_decodes_with_defaults() {
+    // What a peer that predates `ranges` and `window` sends: five fields.
+    #[derive(serde::Serialize)]
+    enum Old {
+        ChunkAck {
+            from: ClientId,
+            session: SessionId,
+            n: u64,
+            seq: u64,
+            cumulative: u64,
+        },
+    }
+    let old = Old::ChunkAck {
+        from: 2,
+        session: 5,
+        n: 1,
+        seq: 3,
+        cumulative: 2,
+    };
+    let mut body = vec![MAGIC, VERSION];
+    old.serialize(&mut rmp_serde::Serializer::new(&mut body).with_struct_map())
+        .unwrap();
+    let new = Message::ChunkAck {
+        from: 2,
+        session: 5,
+        n: 1,
+        seq: 3,
+        cumulative: 2,
+        ranges: Vec::new(),
+        window: 0,
+    };
+    assert_eq!(encode(&new), body, "no new field is written when empty");
+    assert_eq!(decode_all(&body).unwrap(), vec![new]);
 }
