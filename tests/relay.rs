@@ -91,31 +91,27 @@ impl Net {
             }
             let t = self.t();
             if !self.server_dead {
-                loop {
-                    match self.server.poll(t) {
-                        TurnServerPollRet::AllocateSocket {
-                            transport,
-                            listen_addr,
-                            client_addr,
-                            allocation_transport,
-                            family,
-                        } => {
-                            let relayed: SocketAddr =
-                                format!("192.0.2.1:{}", self.next_port).parse().unwrap();
-                            self.next_port += 1;
-                            self.relayed.push(relayed);
-                            self.server.allocated_socket(
-                                transport,
-                                listen_addr,
-                                client_addr,
-                                allocation_transport,
-                                family,
-                                Ok(relayed),
-                                t,
-                            );
-                        }
-                        _ => break,
-                    }
+                while let TurnServerPollRet::AllocateSocket {
+                    transport,
+                    listen_addr,
+                    client_addr,
+                    allocation_transport,
+                    family,
+                } = self.server.poll(t)
+                {
+                    let relayed: SocketAddr =
+                        format!("192.0.2.1:{}", self.next_port).parse().unwrap();
+                    self.next_port += 1;
+                    self.relayed.push(relayed);
+                    self.server.allocated_socket(
+                        transport,
+                        listen_addr,
+                        client_addr,
+                        allocation_transport,
+                        family,
+                        Ok(relayed),
+                        t,
+                    );
                 }
                 while let Some(tx) = self.server.poll_transmit(t) {
                     queue.push_back((tx.from, tx.to, tx.data));
