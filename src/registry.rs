@@ -21,6 +21,7 @@ use crate::wire::{
 
 mod introductions;
 pub mod limits;
+pub mod turn;
 
 pub use introductions::usable_candidate;
 use limits::{Limiter, Verdict};
