@@ -38,6 +38,10 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// allocation, the relay is declared gone ([`RelayEvent::Lost`]): four probes unanswered,
 /// well under the 30 s the issue allows.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(20);
+/// An allocation not made this long after it was asked for fails
+/// ([`RelayEvent::Failed`]): coturn answers wrong or expired credentials with a 401 that
+/// the client may keep retrying, and a server that is not there does not answer at all.
+pub const ALLOCATE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Whether a datagram is TURN/STUN traffic (first byte 0..=3: STUN; 64..=79: TURN
 /// ChannelData) rather than a p2pchat datagram (first byte [`crate::wire::MAGIC`]).
@@ -322,7 +326,17 @@ impl Relay {
         let t = self.t(now);
         let closed = matches!(self.client.poll(t), TurnPollRet::Closed);
         self.collect();
-        if closed {
+        if !closed
+            && self.relayed.is_none()
+            && now.saturating_duration_since(self.base) >= ALLOCATE_WITHIN
+        {
+            self.client.protocol_error();
+            self.end(format!(
+                "no allocation from the TURN server {} within {} s (wrong or expired credentials, or no answer)",
+                self.server,
+                ALLOCATE_WITHIN.as_secs()
+            ));
+        } else if closed {
             let reason = if self.relayed.is_some() {
                 format!("the TURN allocation on {} ended", self.server)
             } else {
@@ -355,7 +369,11 @@ impl Relay {
             _ => Some(now),
         };
         self.collect();
-        let silence = self.relayed.map(|_| self.heard + SILENCE_LIMIT);
+        let silence = match self.relayed {
+            Some(_) => self.heard + SILENCE_LIMIT,
+            None => self.base + ALLOCATE_WITHIN,
+        };
+        let silence = Some(silence);
         [wake, silence, self.next_probe].into_iter().flatten().min()
     }
 
