@@ -78,7 +78,7 @@ fn start_coturn() -> Option<Coturn> {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("log")).unwrap();
-    let child = Command::new("turnserver")
+    let mut child = Command::new("turnserver")
         .arg("-c")
         .arg(&conf)
         .stdout(log.try_clone().unwrap())
@@ -101,6 +101,8 @@ fn start_coturn() -> Option<Coturn> {
             return Some(Coturn { child, addr, dir });
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
     panic!("turnserver did not answer within 5 s; its log:\n{log}");
 }
