@@ -14,6 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2pchat::peer::relay::{Received, Relay, RelayEvent, TurnServer, SILENCE_LIMIT};
 use p2pchat::registry::turn::{rest_credentials, TurnSecret};
+use p2pchat::wire::{decode, encode_request, Message};
+
+mod common;
 
 const SECRET: &str = "relay-test-secret";
 
@@ -117,7 +120,15 @@ struct Client {
 
 impl Client {
     fn new(server: SocketAddr, username: String, password: String) -> Client {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Client::on(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            server,
+            username,
+            password,
+        )
+    }
+
+    fn on(socket: UdpSocket, server: SocketAddr, username: String, password: String) -> Client {
         socket.set_nonblocking(true).unwrap();
         let turn = TurnServer {
             addr: server,
@@ -193,6 +204,7 @@ fn secret_for(server: SocketAddr) -> TurnSecret {
         server,
         secret: SECRET.as_bytes().to_vec(),
         lifetime: Duration::from_secs(600),
+        clock: (Instant::now(), unix_now()),
     }
 }
 
@@ -310,3 +322,102 @@ fn killing_coturn_gives_a_lost_event_within_30_seconds() {
 
 /// The loss is noticed no earlier than the silence limit less one probe interval.
 const PROBE_SLACK: Duration = p2pchat::peer::relay::PROBE_EVERY;
+
+/// Registers with a rendezvous server from `socket` and returns its `Registered`.
+fn register(socket: &UdpSocket, server: SocketAddr) -> Message {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        socket
+            .send_to(&encode_request(&Message::register(None, [0; 32])), server)
+            .unwrap();
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if from == server {
+                return decode(&buf[..n]).unwrap();
+            }
+        }
+    }
+    panic!("no answer from the rendezvous server");
+}
+
+#[test]
+fn the_rendezvous_server_hands_out_credentials_that_coturn_accepts() {
+    let Some(coturn) = start_coturn() else { return };
+    let secret_file = coturn.dir.join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let url = format!("turn:{}", coturn.addr);
+    let server = common::Server::start(&[
+        "--turn",
+        &url,
+        "--turn-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let answer = register(&socket, server.addr);
+        let Message::Registered {
+            id,
+            turn: Some(grant),
+            ..
+        } = answer
+        else {
+            panic!("no TURN grant in {answer:?}");
+        };
+        assert_eq!(grant.server, coturn.addr);
+        assert!(grant.user.ends_with(&format!(":{id}")), "{}", grant.user);
+        clients.push(Client::on(socket, grant.server, grant.user, grant.pass));
+    }
+    let mut b = clients.pop().unwrap();
+    let mut a = clients.pop().unwrap();
+    let (ra, rb) = connect(&mut a, &mut b);
+    a.relay
+        .send(Instant::now(), rb, b"\x50hello via coturn")
+        .unwrap();
+    let took = run(&mut a, &mut b, Duration::from_secs(5), |_, b| {
+        !b.got.is_empty()
+    });
+    assert!(took.is_some());
+    assert_eq!(b.got[0], (ra, b"\x50hello via coturn".to_vec()));
+}
+
+#[test]
+fn the_server_refuses_a_turn_server_without_a_secret_or_an_empty_secret() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pchat"))
+        .args([
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+            "--turn",
+            "turn:127.0.0.1:3478",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--turn-secret-file"));
+    let dir = std::env::temp_dir().join(format!("p2pchat-empty-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pchat"))
+        .args([
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+            "--turn",
+            "turn:127.0.0.1:3478",
+        ])
+        .arg("--turn-secret-file")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -30,6 +30,9 @@ pub struct TurnSecret {
     pub server: SocketAddr,
     pub secret: Vec<u8>,
     pub lifetime: Duration,
+    /// An instant and the Unix time (seconds) at it: the registry has no clock of its
+    /// own (`now` is passed in), and the expiry in a username is Unix time.
+    pub clock: (Instant, u64),
 }
 
 impl fmt::Debug for TurnSecret {
@@ -38,6 +41,7 @@ impl fmt::Debug for TurnSecret {
         f.debug_struct("TurnSecret")
             .field("server", &self.server)
             .field("lifetime", &self.lifetime)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +79,23 @@ impl TurnSecret {
             id,
             now_unix.saturating_add(self.lifetime.as_secs()),
         )
+    }
+
+    /// Credentials for client `id` at `now` (converted to Unix time with `clock`).
+    pub fn credentials_at(&self, id: &str, now: Instant) -> Credentials {
+        let (at, unix) = self.clock;
+        let unix_now = unix.saturating_add(now.saturating_duration_since(at).as_secs());
+        self.credentials_for(id, unix_now)
+    }
+
+    /// What `Registered` carries for client `id` at `now`.
+    pub fn grant(&self, id: crate::wire::ClientId, now: Instant) -> crate::wire::TurnGrant {
+        let c = self.credentials_at(&id.to_string(), now);
+        crate::wire::TurnGrant {
+            server: self.server,
+            user: c.username,
+            pass: c.password,
+        }
     }
 }
 
@@ -141,8 +162,16 @@ mod tests {
             server: "192.0.2.1:3478".parse().unwrap(),
             secret: b"north".to_vec(),
             lifetime: Duration::from_secs(600),
+            clock: (Instant::now(), 1000),
         };
         let c = s.credentials_for("7", 1000);
+        let later = s.clock.0 + Duration::from_secs(50);
+        assert_eq!(s.credentials_at("7", later).username, "1650:7");
+        assert_eq!(s.grant(7, later).user, "1650:7");
+        assert_eq!(
+            s.grant(7, later).pass,
+            rest_credentials(b"north", "7", 1650).password
+        );
         assert_eq!(c.username, "1600:7");
         assert_eq!(c, rest_credentials(b"north", "7", 1600));
         assert!(!format!("{s:?}").contains("north"));
