@@ -34,6 +34,8 @@ struct Net {
     /// Peer data each client received: (from, bytes).
     got_a: Vec<(SocketAddr, Vec<u8>)>,
     got_b: Vec<(SocketAddr, Vec<u8>)>,
+    /// Datagrams that reached a's address at all, whatever its relay made of them.
+    raw_a: usize,
     events_a: Vec<RelayEvent>,
     events_b: Vec<RelayEvent>,
     /// The server is gone: everything to it is dropped.
@@ -64,6 +66,7 @@ impl Net {
             b: Relay::allocate(base, addr(B), &turn("bob", "secret-b")),
             got_a: Vec::new(),
             got_b: Vec::new(),
+            raw_a: 0,
             events_a: Vec::new(),
             events_b: Vec::new(),
             server_dead: false,
@@ -159,6 +162,7 @@ impl Net {
                 queue.push_back((out.from, dest, out.data));
             }
         } else if to == addr(A) {
+            self.raw_a += 1;
             if let Received::Peer { from, data } = self.a.handle_datagram(self.now, from, &data) {
                 self.got_a.push((from, data));
             }
@@ -335,9 +339,12 @@ fn release_deletes_the_allocation_on_the_server() {
         .events_a
         .iter()
         .any(|e| matches!(e, RelayEvent::Lost(r) if r == "released")));
-    // b still sends to a's old relayed address; the server no longer relays it.
+    // b still sends to a's old relayed address; the server no longer relays it (nothing
+    // at all reaches a's socket).
+    net.raw_a = 0;
     net.b.send(net.now, ra, b"\x50after release").unwrap();
     net.settle();
+    assert_eq!(net.raw_a, 0);
     assert!(net.got_a.is_empty(), "{:?}", net.got_a);
 }
 

@@ -134,7 +134,13 @@ pub struct Relay {
     /// When the next Binding probe goes to the server.
     next_probe: Option<Instant>,
     ended: bool,
+    /// After [`Relay::release`]: until then the client may still send the delete (its
+    /// requests are paced 50 ms apart, so it may not go at once).
+    releasing_until: Option<Instant>,
 }
+
+/// How long a released allocation's delete may take to leave.
+pub const RELEASE_WITHIN: Duration = Duration::from_secs(1);
 
 impl Relay {
     /// Starts an allocation on `server` from our socket at `local`.
@@ -153,6 +159,7 @@ impl Relay {
             queued: VecDeque::new(),
             next_probe: None,
             ended: false,
+            releasing_until: None,
         }
     }
 
@@ -230,8 +237,21 @@ impl Relay {
 
     /// A datagram came from `from` to our socket.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Received {
-        if from != self.server || !is_turn(data) || self.ended {
+        if from != self.server || !is_turn(data) {
             return Received::NotTurn;
+        }
+        if self.ended {
+            if !self.releasing_until.is_some_and(|u| now < u) {
+                return Received::NotTurn;
+            }
+            // The answer to our delete (so that it is not sent again); nothing else.
+            let t = self.t(now);
+            let local = self.client.local_addr();
+            let _ = self
+                .client
+                .recv(TurnTransmit::new(data, TransportType::Udp, from, local), t);
+            while self.client.poll_event().is_some() {}
+            return Received::Handled;
         }
         let t = self.t(now);
         let local = self.client.local_addr();
@@ -321,6 +341,12 @@ impl Relay {
     /// Time passed: retransmissions, refreshes, expiry, silence.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.ended {
+            if self.releasing_until.is_some_and(|u| now < u) {
+                let t = self.t(now);
+                let _ = self.client.poll(t);
+            } else {
+                self.releasing_until = None;
+            }
             return;
         }
         let t = self.t(now);
@@ -361,7 +387,12 @@ impl Relay {
     /// When [`Relay::handle_timeout`] should next run.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         if self.ended {
-            return None;
+            let until = self.releasing_until?;
+            let t = self.t(now);
+            return match self.client.poll(t) {
+                TurnPollRet::WaitUntil(w) => Some(self.std_instant(w).min(until)),
+                _ => Some(until),
+            };
         }
         let t = self.t(now);
         let wake = match self.client.poll(t) {
@@ -382,7 +413,7 @@ impl Relay {
         if let Some(d) = self.queued.pop_front() {
             return Some(d);
         }
-        if self.ended {
+        if self.ended && !self.releasing_until.is_some_and(|u| now < u) {
             return None;
         }
         let t = self.t(now);
@@ -395,23 +426,20 @@ impl Relay {
         self.events.pop_front()
     }
 
-    /// Releases the allocation (a Refresh with lifetime 0 goes out through
-    /// [`Relay::poll_transmit`]); ends with [`RelayEvent::Lost`].
+    /// Releases the allocation: a Refresh with lifetime 0 goes out through
+    /// [`Relay::poll_transmit`] within [`RELEASE_WITHIN`] (keep driving `handle_timeout`
+    /// and `poll_transmit` until `poll_timeout` says `None`); ends at once with
+    /// [`RelayEvent::Lost`] ("released"): nothing more is sent to or taken from peers.
     pub fn release(&mut self, now: Instant) {
         if self.ended {
             return;
         }
         let t = self.t(now);
-        if self.relayed.is_some() {
-            let _ = self.client.delete(t);
-        }
-        // The delete's datagram is taken out before `end` clears the queue.
-        let mut out = Vec::new();
-        while let Some(tx) = self.client.poll_transmit(t) {
-            out.push((tx.to, tx.data.to_vec()));
-        }
+        let deleting = self.relayed.is_some() && self.client.delete(t).is_ok();
         self.end("released".to_string());
-        self.queued.extend(out);
+        if deleting {
+            self.releasing_until = Some(now + RELEASE_WITHIN);
+        }
     }
 }
 
