@@ -241,7 +241,7 @@ impl Relay {
             return Received::NotTurn;
         }
         if self.ended {
-            if !self.releasing_until.is_some_and(|u| now < u) {
+            if self.releasing_until.is_none_or(|u| now >= u) {
                 return Received::NotTurn;
             }
             // The answer to our delete (so that it is not sent again); nothing else.
@@ -413,7 +413,7 @@ impl Relay {
         if let Some(d) = self.queued.pop_front() {
             return Some(d);
         }
-        if self.ended && !self.releasing_until.is_some_and(|u| now < u) {
+        if self.ended && self.releasing_until.is_none_or(|u| now >= u) {
             return None;
         }
         let t = self.t(now);
