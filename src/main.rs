@@ -64,6 +64,15 @@ enum Command {
         /// its clients" (names can still be claimed and resolved).
         #[arg(long)]
         no_list: bool,
+        /// A TURN server (coturn) for clients that cannot reach each other directly,
+        /// `turn:IP:PORT`: each registered client is given short-lived credentials for it
+        /// (needs --turn-secret-file).
+        #[arg(long, value_parser = parse_turn, requires = "turn_secret_file")]
+        turn: Option<SocketAddr>,
+        /// A file holding the secret shared with the TURN server (coturn's
+        /// static-auth-secret, with use-auth-secret).
+        #[arg(long, requires = "turn")]
+        turn_secret_file: Option<std::path::PathBuf>,
     },
     /// Run a chat client: register with the server, then connect to peers and chat.
     Client {
@@ -172,6 +181,10 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_turn(s: &str) -> Result<SocketAddr, String> {
+    p2pchat::registry::turn::parse_turn_url(s)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -187,7 +200,32 @@ fn main() -> ExitCode {
             list_burst,
             table_rows,
             no_list,
+            turn,
+            turn_secret_file,
         } => {
+            let turn = match (turn, turn_secret_file) {
+                (Some(server), Some(file)) => {
+                    match p2pchat::registry::turn::read_secret_file(&file) {
+                        Ok(secret) => Some(p2pchat::registry::turn::TurnSecret {
+                            server,
+                            secret,
+                            lifetime: p2pchat::registry::turn::CREDENTIAL_LIFETIME,
+                            clock: (
+                                std::time::Instant::now(),
+                                std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map(|d| d.as_secs())
+                                    .unwrap_or(0),
+                            ),
+                        }),
+                        Err(e) => {
+                            eprintln!("p2pchat: --turn-secret-file {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                _ => None,
+            };
             let opts = ServerOptions {
                 bind,
                 registry: RegistryConfig {
@@ -196,6 +234,7 @@ fn main() -> ExitCode {
                     register_rate: register_rate.max(0.0),
                     register_burst: register_burst.max(1),
                     list: !no_list,
+                    turn,
                 },
                 table_rows,
             };

@@ -21,6 +21,7 @@ use crate::wire::{
 
 mod introductions;
 pub mod limits;
+pub mod turn;
 
 pub use introductions::usable_candidate;
 use limits::{Limiter, Verdict};
@@ -44,6 +45,10 @@ pub struct RegistryConfig {
     /// Whether registered clients may ask who is online (`List`); `false` answers every
     /// `List` with `ListDisabled` (`p2pchat server --no-list`).
     pub list: bool,
+    /// A TURN server and the secret shared with it (`p2pchat server --turn ...
+    /// --turn-secret-file ...`): `Registered` then hands each client short-lived
+    /// credentials for it (see [`turn`]).
+    pub turn: Option<turn::TurnSecret>,
 }
 
 impl Default for RegistryConfig {
@@ -54,6 +59,7 @@ impl Default for RegistryConfig {
             register_rate: 20.0,
             register_burst: 200,
             list: true,
+            turn: None,
         }
     }
 }
@@ -730,7 +736,7 @@ impl Registry {
                 return;
             }
             // A retransmission (our answer was lost): the same answer again.
-            let answer = self.registered(r.id, r.token);
+            let answer = self.registered(now, r.id, r.token);
             let t = self.clients.nanos(now);
             if let Some(r) = self.clients.at_addr_mut(&from) {
                 r.last_seen = t;
@@ -784,7 +790,7 @@ impl Registry {
         }
         debug!("client {id} joined from {from}");
         self.events.push_back(TableEvent::Joined { id, addr: from });
-        let answer = self.registered(id, token);
+        let answer = self.registered(now, id, token);
         self.send(from, answer);
     }
 
@@ -1077,8 +1083,9 @@ impl Registry {
         }
     }
 
-    fn registered(&self, id: ClientId, token: Token) -> Message {
+    fn registered(&self, now: Instant, id: ClientId, token: Token) -> Message {
         Message::Registered {
+            turn: self.config.turn.as_ref().map(|t| t.grant(id, now)),
             id,
             token,
             key: *self.identity.public(),

@@ -36,6 +36,7 @@ fn registered(cfg: PeerConfig, t0: Instant) -> Peer {
         token: 7,
         ttl_secs: 30,
         nonce: register.nonce().expect("a request"),
+        turn: None,
     };
     p.handle_datagram(t0, SERVER, &encode(&registered));
     drain(&mut p);

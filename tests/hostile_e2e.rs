@@ -188,6 +188,7 @@ fn a_client_takes_no_answer_it_did_not_ask_for() {
                 token: 1,
                 ttl_secs: u32::MAX,
                 nonce: guess,
+                turn: None,
             },
             Message::Error {
                 code: ErrorCode::IdTaken,
@@ -208,6 +209,7 @@ fn a_client_takes_no_answer_it_did_not_ask_for() {
         token: 99,
         ttl_secs: 30,
         nonce: register.nonce().unwrap(),
+        turn: None,
     };
     server.send_to(&wire::encode(&answer), from).unwrap();
     let line = client.wait_for_line("registered", |l| l.contains("\"registered\""));

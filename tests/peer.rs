@@ -131,6 +131,7 @@ fn connect_request_is_resent_exactly_at_each_retry_interval_then_no_answer() {
         token: 7,
         ttl_secs: 30,
         nonce: 0,
+        turn: None,
     };
     let (sent, _) = drain(&mut p);
     p.handle_datagram(t0, SERVER, &encode(&echo(&sent, registered)));
@@ -1071,6 +1072,7 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
         token: 1,
         ttl_secs: 30,
         nonce: 0,
+        turn: None,
     };
     p.handle_datagram(t0, stranger(), &encode(&forged));
     let refusal = Message::Error {
@@ -1090,6 +1092,7 @@ fn server_answers_from_a_third_address_are_ignored_while_registering() {
         token: 2,
         ttl_secs: 30,
         nonce: 0,
+        turn: None,
     };
     p.handle_datagram(t0, SERVER, &encode(&echo(&register, real)));
     assert_eq!(p.id(), Some(3));
@@ -1125,6 +1128,7 @@ fn forged_server_answers_from_the_servers_address_change_nothing() {
                 token: 1,
                 ttl_secs: u32::MAX,
                 nonce,
+                turn: None,
             },
         );
     }
@@ -1180,6 +1184,7 @@ fn late_not_registered_while_registering_again_is_not_fatal() {
         token: 7,
         ttl_secs: 30,
         nonce: 0,
+        turn: None,
     };
     let (register, _) = drain(&mut p);
     p.handle_datagram(t0, SERVER, &encode(&echo(&register, registered.clone())));
@@ -1260,6 +1265,7 @@ fn a_rate_limited_registration_is_retried_and_the_user_told_why() {
         token: 9,
         ttl_secs: 30,
         nonce: 0,
+        turn: None,
     };
     p.handle_datagram(
         t0 + cfg.server_retry,
@@ -1334,6 +1340,7 @@ fn a_rate_limited_client_keeps_trying_says_so_once_and_gets_in() {
         token: 1,
         ttl_secs: 30,
         nonce: 0,
+        turn: None,
     };
     p.handle_datagram(now, SERVER, &encode(&echo(&sent, registered)));
     let (_, events) = drain(&mut p);

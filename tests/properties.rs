@@ -86,6 +86,7 @@ fn server_message() -> impl Strategy<Value = Message> {
                 token,
                 ttl_secs,
                 nonce: 0,
+                turn: None,
             }
         }),
         (small_id(), arb_addr()).prop_map(|(id, addr)| Message::Found {
@@ -342,6 +343,7 @@ proptest! {
             register_rate: 1.0,
             register_burst: 3,
             list: true,
+            turn: None,
         };
         let mut reg = Registry::with_seed(config, seed);
         let mut now = Instant::now();

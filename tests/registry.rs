@@ -254,7 +254,8 @@ fn a_retransmitted_register_gets_the_same_id_and_token_and_no_second_entry() {
                 id,
                 token,
                 ttl_secs: 30,
-                nonce: 0
+                nonce: 0,
+                turn: None,
             }]
         );
     }
@@ -277,7 +278,8 @@ fn a_retransmitted_register_is_answered_even_when_the_server_is_full() {
             id,
             token,
             ttl_secs: 30,
-            nonce: 0
+            nonce: 0,
+            turn: None,
         }]
     );
 }
@@ -808,6 +810,7 @@ fn unexpected_messages() -> Vec<Message> {
             token: 1,
             ttl_secs: 1,
             nonce: 0,
+            turn: None,
         },
         Message::Found {
             key: [0; 32],

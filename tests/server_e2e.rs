@@ -132,7 +132,8 @@ fn a_second_register_from_the_same_socket_is_a_retransmission() {
             id: 1,
             token,
             ttl_secs: 30,
-            nonce: 0
+            nonce: 0,
+            turn: None,
         }
     );
     // Nothing was printed for it: the next line is the next client's join.

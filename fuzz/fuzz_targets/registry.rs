@@ -249,6 +249,7 @@ fuzz_target!(|input: Input| {
         register_rate: f64::from(input.register_rate % 4) / 2.0,
         register_burst: u32::from(input.register_burst % 4),
         list: true,
+        turn: None,
     };
     let limits = Limits {
         max_per_prefix: Some(usize::from(input.max_per_prefix % 4) + 1),

@@ -243,6 +243,7 @@ impl FuzzMessage {
                 ttl_secs,
                 key,
                 nonce: 0,
+                turn: None,
             },
             F::Found {
                 id,

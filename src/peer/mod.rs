@@ -76,6 +76,7 @@ mod names;
 mod outbox;
 mod outputs;
 mod punch;
+pub mod relay;
 mod requests;
 mod retry;
 mod secure;

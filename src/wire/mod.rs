@@ -65,7 +65,7 @@
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
 //! | `Register` | `want_id`: id or nil, `key` (32-byte bin: the client's X25519 public key), `nonce`, `pad` | client | `Registered`, or `Error` (`ServerFull`, `IdTaken`, `RateLimited`) |
-//! | `Registered` | `id`, `token`, `ttl_secs`, `key` (32-byte bin: the server's static key for this run), `nonce` | server | - |
+//! | `Registered` | `id`, `token`, `ttl_secs`, `key` (32-byte bin: the server's static key for this run), `nonce`, `turn`: map `{server, user, pass}` or absent (a TURN server and short-lived credentials, [`TurnGrant`]) | server | - |
 //! | `Lookup` | `id`, `nonce`, `pad` | anyone | `Found` or `Inactive` |
 //! | `Found` | `id`, `addr`, `key` (32-byte bin), `nonce` | server | - |
 //! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
@@ -357,6 +357,29 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+/// A TURN server and credentials for it, in `Registered` (see [`crate::peer::relay`] and
+/// [`crate::registry::turn`]): `user` is `"<expiry>:<id>"`, `pass` the base64 of an
+/// HMAC-SHA1 over it with the secret shared by the rendezvous and TURN servers (coturn's
+/// `use-auth-secret`). Longest: an IPv6 address, a 20-digit expiry and id, 28 base64
+/// characters; it keeps `Registered` within [`REQUEST_SIZE`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnGrant {
+    #[serde(with = "addr_as_string")]
+    pub server: SocketAddr,
+    pub user: String,
+    pub pass: String,
+}
+
+impl std::fmt::Debug for TurnGrant {
+    // The password is a credential: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnGrant")
+            .field("server", &self.server)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The first byte of every datagram.
 pub const MAGIC: u8 = 0x50;
@@ -774,6 +797,11 @@ pub enum Message {
         key: Key,
         #[serde(default, skip_serializing_if = "is_zero")]
         nonce: Nonce,
+        /// A TURN server and short-lived credentials for it (issue 16), when the server
+        /// was started with `--turn` and `--turn-secret-file`; left out otherwise (older
+        /// encodings stay valid).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<TurnGrant>,
     },
     /// Client `id` is registered at `addr`, with its name if it has claimed one.
     Found {

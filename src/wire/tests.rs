@@ -15,6 +15,12 @@ fn every_answer_to_an_unproven_request_fits_in_a_padded_request() {
             token: Token::MAX,
             ttl_secs: u32::MAX,
             nonce,
+            turn: Some(TurnGrant {
+                server: far,
+                user: format!("{}:{}", u64::MAX, ClientId::MAX),
+                // base64 of a 20-byte HMAC-SHA1.
+                pass: "A".repeat(28),
+            }),
         },
         Message::Found {
             key: [0; 32],
@@ -207,6 +213,7 @@ fn all_messages() -> Vec<Message> {
             token: 9,
             ttl_secs: 30,
             nonce: 0,
+            turn: None,
         },
         Message::Found {
             key: [0; 32],
