@@ -738,9 +738,9 @@ pub enum Message {
         candidates: Vec<SocketAddr>,
     },
     /// Registered client `id` (proved by `token`) takes the unique `name`, with an optional
-    /// free-form `display_name`. `previous` is the token of an earlier registration of the
-    /// same client (kept in its state directory): if the entry holding `name` has that
-    /// token, it is a leftover of this client's last run and is removed.
+    /// free-form `display_name`. If the entry holding `name` has the same key as this
+    /// client and `proof` proves the private key, it is a leftover of this client's last run
+    /// and is removed.
     Claim {
         id: ClientId,
         token: Token,
