@@ -1159,24 +1159,14 @@ impl Peer {
                     self.out.ignore(server, &msg);
                 }
             }
-            Message::Introduce {
+            msg @ Message::Introduce {
                 id: peer,
                 addr,
-                candidates,
                 punch,
                 you,
                 proof,
-                pad,
+                ..
             } => {
-                let msg = Message::Introduce {
-                    id: peer,
-                    addr,
-                    candidates,
-                    punch,
-                    you,
-                    proof,
-                    pad,
-                };
                 match self.server.id() {
                     // Only the server and we know our token: not forged.
                     Some(me) if proof == self.server.token() => {

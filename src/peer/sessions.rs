@@ -936,19 +936,8 @@ impl Sessions {
             out.ignore(src, &msg);
             return Requested::Nothing;
         }
-        if self.rejected.contains_key(&(from, session)) {
-            // Our Reject was lost: the same answer again.
-            out.transmit(
-                src,
-                Message::Reject {
-                    from: me,
-                    session,
-                    hs: Vec::new(),
-                },
-            );
-            return Requested::Nothing;
-        }
-        if finishing {
+        // Our Reject was lost (the same answer again), or we are leaving and decline all.
+        if finishing || self.rejected.contains_key(&(from, session)) {
             out.transmit(
                 src,
                 Message::Reject {
