@@ -11,6 +11,7 @@
 
 pub mod emulator;
 pub mod lab;
+pub mod natlab;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
