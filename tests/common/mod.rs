@@ -9,6 +9,8 @@
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod capture;
+pub mod coturn;
 pub mod emulator;
 pub mod lab;
 pub mod natlab;

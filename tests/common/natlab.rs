@@ -211,11 +211,6 @@ impl Lab {
         Server::start_via(&self.nets[0].prefix(), SERVER, extra)
     }
 
-    /// The value, or the test's one-line failure (see [`netns::require`]).
-    pub fn require<T>(&self, setup: Result<T, String>) -> T {
-        netns::require(self.test, setup)
-    }
-
     /// A client in namespace `ns`, registered (its id returned with it).
     pub fn client(&self, ns: usize, name: &str, extra: &[&str]) -> (JsonClient, ClientId) {
         client_at(&self.nets[ns], name, SERVER, "0.0.0.0:0", extra)
