@@ -127,7 +127,29 @@ enum Command {
         /// server is not on loopback), "none", or IP addresses separated by commas.
         #[arg(long, default_value = "auto", value_parser = parse_candidates)]
         candidates: Candidates,
+        /// A TURN server to relay through when no direct path to a peer exists,
+        /// `turn:HOST:PORT` (with --turn-user and --turn-pass) [default: the one the
+        /// rendezvous server hands out, if it was started with --turn].
+        #[arg(long, value_parser = parse_client_turn, requires_all = ["turn_user", "turn_pass"])]
+        turn: Option<SocketAddr>,
+        /// The user name for --turn.
+        #[arg(long, requires = "turn")]
+        turn_user: Option<String>,
+        /// The password for --turn.
+        #[arg(long, requires = "turn")]
+        turn_pass: Option<String>,
     },
+}
+
+/// `--turn` of the client: `turn:HOST:PORT`, the host resolved once at start.
+fn parse_client_turn(text: &str) -> Result<SocketAddr, String> {
+    let rest = text
+        .strip_prefix("turn:")
+        .ok_or_else(|| format!("{text:?}: expected turn:HOST:PORT"))?;
+    if rest.contains('?') || rest.contains("transport=") {
+        return Err(format!("{text:?}: only UDP TURN (turn:HOST:PORT) is supported"));
+    }
+    parse_server(rest)
 }
 
 /// `--candidates`: `None` gathers them.
@@ -260,6 +282,9 @@ fn main() -> ExitCode {
             queue_retry,
             downloads,
             candidates,
+            turn,
+            turn_user,
+            turn_pass,
         } => {
             use std::io::IsTerminal;
             let bind = match driver::client_bind(bind, server) {
@@ -274,6 +299,13 @@ fn main() -> ExitCode {
             peer.name = name;
             peer.display_name = display_name;
             peer.candidates = candidates.0;
+            if let (Some(addr), Some(username), Some(password)) = (turn, turn_user, turn_pass) {
+                peer.turn = Some(p2pchat::peer::relay::TurnServer {
+                    addr,
+                    username,
+                    password,
+                });
+            }
             if let Some(q) = queue_retry {
                 peer.queue_retry = q;
             }

@@ -609,12 +609,16 @@ impl Registry {
                 id,
                 token,
                 candidates,
+                relay,
                 ..
             } => {
                 if !self.owns(from, id, token) {
                     self.not_registered(from, id, "keepalive");
-                } else if !candidates.is_empty() {
-                    self.intro.set_candidates(id, candidates);
+                } else {
+                    if !candidates.is_empty() {
+                        self.intro.set_candidates(id, candidates);
+                    }
+                    self.intro.set_relay(id, relay);
                 }
             }
             other => {

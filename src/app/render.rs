@@ -198,9 +198,33 @@ pub fn render_human(ev: &Event, names: &dyn Names, style: Style, now: SystemTime
                     Path::Direct => "direct",
                     Path::Lan => "on the LAN",
                     Path::Punched => "punched through NATs",
+                    Path::Relay => "through the TURN relay: it sees sizes and timing, not content",
                 }
             )
         }
+        Event::PathChanged { peer, path, addr } => format!(
+            "{} is now reached {} at {addr} (was through the relay)",
+            who(names, *peer),
+            match path {
+                Path::Relay => "through the relay",
+                Path::Lan => "on the LAN",
+                Path::Direct | Path::Punched => "directly",
+            }
+        ),
+        Event::RelayReady { server, relayed } => format!(
+            "relay ready: {relayed} on the TURN server {server} (used only for peers that cannot be reached directly)"
+        ),
+        Event::RelayFailed { server, reason } => format!(
+            "no relay: {}; peers behind NATs that change ports cannot be reached (the TURN server was {server})",
+            sanitize(reason)
+        ),
+        Event::RelayLost { server, reason } => style.paint(
+            "1;33",
+            &format!(
+                "lost the relay (TURN server {server}): {}; sessions through it end",
+                sanitize(reason)
+            ),
+        ),
         Event::NoPath { peer } => format!(
             "no direct path to {}: both behind NATs that change ports (nothing got through either way); gave up asking",
             who(names, *peer)
@@ -369,6 +393,18 @@ pub fn render_json(ev: &Event, names: &dyn Names) -> String {
             "event": "connected", "peer": peer, "path": path.as_str(), "addr": addr.to_string()
         }),
         Event::NoPath { peer } => json!({"event": "no_path", "peer": peer}),
+        Event::PathChanged { peer, path, addr } => json!({
+            "event": "path_changed", "peer": peer, "path": path.as_str(), "addr": addr.to_string()
+        }),
+        Event::RelayReady { server, relayed } => json!({
+            "event": "relay_ready", "server": server.to_string(), "relayed": relayed.to_string()
+        }),
+        Event::RelayFailed { server, reason } => json!({
+            "event": "relay_failed", "server": server.to_string(), "reason": reason
+        }),
+        Event::RelayLost { server, reason } => json!({
+            "event": "relay_lost", "server": server.to_string(), "reason": reason
+        }),
         Event::Rejected { peer } => json!({"event": "rejected", "peer": peer}),
         Event::KeyChanged {
             peer,

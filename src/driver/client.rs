@@ -175,20 +175,39 @@ impl Endpoint {
     pub fn flush(&mut self) {
         let socket = &self.socket;
         let mut failed = Vec::new();
-        let mut send = |to: SocketAddr, d: &[u8]| {
-            if let Err(e) = send_datagram(socket, to, None, d) {
-                failed.push((to, send_error(&e)));
-            }
-        };
+        // Datagrams to peers' relayed addresses go through our TURN relay: set aside here
+        // (packed like any other), wrapped below.
+        let mut relayed = Vec::new();
         while let Some(t) = self.peer.poll_transmit() {
+            let peer = &self.peer;
+            let mut send = |to: SocketAddr, d: &[u8]| {
+                if peer.relays(to) {
+                    relayed.push((to, d.to_vec()));
+                } else if let Err(e) = send_datagram(socket, to, None, d) {
+                    failed.push((to, send_error(&e)));
+                }
+            };
             self.packer.push(t.to, &t.message, &mut send);
         }
-        self.packer.flush(&mut send);
-        if !failed.is_empty() {
-            let now = Instant::now();
-            for (to, error) in failed {
-                self.peer.handle_send_error(now, to, error);
+        let peer = &self.peer;
+        self.packer.flush(|to: SocketAddr, d: &[u8]| {
+            if peer.relays(to) {
+                relayed.push((to, d.to_vec()));
+            } else if let Err(e) = send_datagram(socket, to, None, d) {
+                failed.push((to, send_error(&e)));
             }
+        });
+        let now = Instant::now();
+        for (to, d) in relayed {
+            self.peer.relay_send(now, to, &d);
+        }
+        while let Some((to, d)) = self.peer.poll_relay_transmit(now) {
+            if let Err(e) = send_datagram(socket, to, None, &d) {
+                failed.push((to, send_error(&e)));
+            }
+        }
+        for (to, error) in failed {
+            self.peer.handle_send_error(now, to, error);
         }
     }
 

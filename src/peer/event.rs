@@ -86,6 +86,9 @@ pub enum Path {
     Lan,
     /// To a NAT's mapping of the peer, opened by hole punching.
     Punched,
+    /// Through TURN relays: ours, to the peer's relayed address (no direct path was found;
+    /// the relays see sealed datagrams only).
+    Relay,
 }
 
 impl Path {
@@ -94,6 +97,7 @@ impl Path {
             Path::Direct => "direct",
             Path::Lan => "lan",
             Path::Punched => "punched",
+            Path::Relay => "relay",
         }
     }
 }
@@ -122,6 +126,9 @@ pub enum EndReason {
     /// A message of ours got no acknowledgement after every try: the peer is unreachable,
     /// and the messages after it could never be shown in order, so the session was ended.
     Undeliverable,
+    /// The session went through our TURN relay, and the relay went away (see
+    /// [`Event::RelayLost`]).
+    RelayLost,
 }
 
 impl EndReason {
@@ -135,6 +142,7 @@ impl EndReason {
             EndReason::PeerSilent => "peer_silent",
             EndReason::Replaced => "replaced",
             EndReason::Undeliverable => "undeliverable",
+            EndReason::RelayLost => "relay_lost",
         }
     }
 }
@@ -149,6 +157,7 @@ impl fmt::Display for EndReason {
             EndReason::PeerSilent => "the peer stopped answering",
             EndReason::Replaced => "the peer started a new session",
             EndReason::Undeliverable => "a message could not be delivered, so it was ended",
+            EndReason::RelayLost => "the relay it went through went away",
         })
     }
 }
@@ -170,6 +179,25 @@ pub enum Event {
     /// introduced us, and both of us are behind NATs (so at least one changes ports, or
     /// drops what it was not expecting); a relay would be needed.
     NoPath { peer: ClientId },
+    /// Our allocation on the TURN server `server` is made: peers that cannot be reached
+    /// directly are reached through `relayed`.
+    RelayReady {
+        server: SocketAddr,
+        relayed: SocketAddr,
+    },
+    /// No allocation could be made on the TURN server `server`: peers that cannot be
+    /// reached directly cannot be reached.
+    RelayFailed { server: SocketAddr, reason: String },
+    /// The TURN server `server` stopped answering, or our allocation ended: the sessions
+    /// through it end (with [`EndReason::RelayLost`]).
+    RelayLost { server: SocketAddr, reason: String },
+    /// The session with `peer` moved to another path (from the relay to a direct one),
+    /// now at `addr`.
+    PathChanged {
+        peer: ClientId,
+        path: Path,
+        addr: SocketAddr,
+    },
     /// `peer` rejected our request.
     Rejected { peer: ClientId },
     /// The server has no client `peer` ("Client 3 Inactive").

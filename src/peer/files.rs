@@ -486,6 +486,16 @@ impl Files {
         }
     }
 
+    /// The session `session` with `peer` moved to `addr` (off a relay): its transfers go
+    /// there from now on.
+    pub fn migrate(&mut self, peer: ClientId, session: SessionId, addr: SocketAddr) {
+        for t in self.transfers.values_mut() {
+            if t.link.peer == peer && t.link.session == session {
+                t.link.addr = addr;
+            }
+        }
+    }
+
     /// The session with `peer` ended: every transfer on it fails, partial files go.
     pub fn session_ended(&mut self, peer: ClientId, session: SessionId, reason: EndReason) {
         let gone: Vec<u64> = self

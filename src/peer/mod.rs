@@ -75,6 +75,7 @@ mod files;
 mod names;
 mod outbox;
 mod outputs;
+mod paths;
 mod punch;
 pub mod relay;
 mod requests;
@@ -99,7 +100,9 @@ use files::{Files, Link};
 use names::{Heard, Lapsed, Names};
 use outbox::Outbox;
 use outputs::{Outputs, Seen};
+use paths::Paths;
 use punch::Punches;
+use relay::{Received, TurnServer};
 use requests::Requests;
 use secure::{Pin, Request, Secure};
 use send_errors::SendFailures;
@@ -171,6 +174,12 @@ pub struct PeerConfig {
     /// host's interfaces, only when the server is not on loopback); `Some` is the list to
     /// tell (empty: none).
     pub candidates: Option<Vec<SocketAddr>>,
+    /// A TURN server to relay through when no direct path exists (`--turn`); without it,
+    /// the one the rendezvous server grants, if any.
+    pub turn: Option<TurnServer>,
+    /// A session on the relay asks the server for the peer this often, so that both
+    /// probe again and the session moves to a direct path once one opens.
+    pub relay_upgrade: Duration,
 }
 
 impl PeerConfig {
@@ -212,6 +221,8 @@ impl PeerConfig {
             max_requests_per_source: 8,
             summary_interval: Duration::from_secs(5),
             candidates: None,
+            turn: None,
+            relay_upgrade: retry_interval * 3,
         }
         .with_file_defaults()
     }
@@ -253,6 +264,8 @@ pub struct Peer {
     send_failures: SendFailures,
     /// Hole punching: the introductions from the server and our probes (punch.rs).
     punch: Punches,
+    /// The relay, and the choice between relayed and direct paths (paths.rs).
+    paths: Paths,
     /// Handshakes, keys and sealing (secure.rs).
     secure: Secure,
     /// When the keys of ended sessions were last swept.
@@ -329,6 +342,7 @@ impl Peer {
             grace,
             config.handshake_rate,
         );
+        let paths = Paths::new(config.turn.clone(), config.server, config.relay_upgrade);
         Peer {
             secure,
             swept: now,
@@ -351,6 +365,7 @@ impl Peer {
             },
             send_failures: SendFailures::default(),
             punch: Punches::new(own),
+            paths,
         }
     }
 
@@ -470,7 +485,30 @@ impl Peer {
 
     /// True once the peer has left (or failed fatally): the driver may close the socket.
     pub fn is_finished(&self) -> bool {
-        self.server.is_done()
+        self.server.is_done() && !self.paths.releasing()
+    }
+
+    /// Our relayed address on the TURN server, once allocated.
+    pub fn relayed_addr(&self) -> Option<SocketAddr> {
+        self.paths.relayed_addr()
+    }
+
+    /// Whether a datagram to `to` goes through our relay: the driver then hands it to
+    /// [`Peer::relay_send`] instead of sending it (after packing, like any datagram).
+    pub fn relays(&self, to: SocketAddr) -> bool {
+        self.paths.carries(to)
+    }
+
+    /// Sends the encoded `datagram` to `to` through our relay; what goes to the TURN
+    /// server comes out of [`Peer::poll_relay_transmit`].
+    pub fn relay_send(&mut self, now: Instant, to: SocketAddr, datagram: &[u8]) {
+        self.paths.send(now, to, datagram);
+    }
+
+    /// The next datagram to the TURN server (allocation, refreshes, relayed datagrams):
+    /// drain it after [`Peer::poll_transmit`] and every `relay_send`.
+    pub fn poll_relay_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        self.paths.poll_transmit(now)
     }
 
     /// The next datagram to send. Acknowledgements of chat messages wait here until
@@ -561,7 +599,13 @@ impl Peer {
                     session,
                     n,
                     data,
-                } => out.extend(self.secure.open(from, id, session, n, &data)?),
+                } => {
+                    let opened = self.secure.open(from, id, session, n, &data)?;
+                    if !opened.known {
+                        return None;
+                    }
+                    out.extend(opened.messages)
+                }
                 other => out.push(other),
             }
         }
@@ -610,6 +654,7 @@ impl Peer {
             self.outbox.poll_timeout().filter(|_| pursuing),
             self.files.poll_timeout(),
             self.punch.poll_timeout(),
+            self.paths.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -825,6 +870,7 @@ impl Peer {
         }
         // Never registered: nothing to tell anyone, and we are done at once.
         self.server.leave(now, &mut self.out);
+        self.paths.release(now);
     }
 
     /// Leaves once everything the user started has settled (for the end of a script's
@@ -980,7 +1026,24 @@ impl Peer {
         }
     }
 
+    ///
+    /// TURN traffic from our relay's server is the relay's; what it carried is handled as
+    /// a datagram from the peer's relayed address.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if from != self.config.server {
+            match self.paths.handle_datagram(now, from, datagram) {
+                Received::NotTurn => {}
+                Received::Handled => return self.after_paths(now),
+                Received::Peer { from, data } => {
+                    self.handle_plain(now, from, &data);
+                    return self.after_paths(now);
+                }
+            }
+        }
+        self.handle_plain(now, from, datagram);
+    }
+
+    fn handle_plain(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.secure.tick(now);
         match wire::decode_all(datagram) {
             Ok(mut messages) => {
@@ -1111,6 +1174,9 @@ impl Peer {
         let settled = self.sessions.all_closed();
         let msg = match self.server.handle_message(now, msg, settled, &mut self.out) {
             Answer::Registered => {
+                let grant = self.server.take_grant();
+                self.paths.registered(now, grant);
+                self.after_paths(now);
                 let (id, token) = (self.server.id(), self.server.token());
                 let proof = self
                     .server
@@ -1171,9 +1237,15 @@ impl Peer {
                     // Only the server and we know our token: not forged.
                     Some(me) if proof == self.server.token() => {
                         let size = wire::encoded_len(&msg);
-                        let Message::Introduce { candidates, .. } = msg else {
+                        let Message::Introduce {
+                            candidates, relay, ..
+                        } = msg
+                        else {
                             unreachable!()
                         };
+                        if let Some(relay) = relay {
+                            self.paths.introduced(now, peer, relay);
+                        }
                         let out = &mut self.out;
                         self.punch
                             .introduce(now, me, peer, addr, candidates, punch, you, size, out);
@@ -1361,14 +1433,23 @@ impl Peer {
                 n,
                 data,
             } => {
-                let Some(messages) = self.secure.open(src, from, session, n, &data) else {
+                let Some(opened) = self.secure.open(src, from, session, n, &data) else {
                     return;
                 };
-                for m in messages.into_iter().take(wire::MAX_PEER_MESSAGES) {
-                    self.handle_session_message(now, me, src, m);
+                if !opened.known {
+                    return self.from_new_path(now, me, src, from, session, opened.messages);
+                }
+                let via = opened.addr;
+                for m in opened.messages.into_iter().take(wire::MAX_PEER_MESSAGES) {
+                    if src != via && self.on_other_path(now, me, src, from, session, &m) {
+                        continue;
+                    }
+                    self.handle_session_message(now, me, via, m);
                 }
             }
             Message::Probe { from, punch } => match self.punch.handle_probe(from, punch, src) {
+                // A session on the relay: a direct path may have opened; check it.
+                Some(_) if self.paths.is_on_relay(from) => self.check_path(now, from, src),
                 // A path to the peer: our request to it goes there now. The probe carried
                 // the secret the server gave the peer alone, so `src` is the peer's: what
                 // goes there is not bound by what came from it (see `proves_receipt`).
@@ -1438,6 +1519,133 @@ impl Peer {
         }
     }
 
+    /// A sealed message of session `session` with `from` that came from `src`, one of the
+    /// session's paths other than its address: a path check (`Ping` answered with a
+    /// `Pong` there; a `Pong` from an address we check moves the session there). True if
+    /// handled; anything else is handled as the session's.
+    fn on_other_path(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        m: &Message,
+    ) -> bool {
+        match m {
+            Message::Ping { .. } => {
+                self.out.transmit(src, Message::Pong { from: me, session });
+                true
+            }
+            Message::Pong { .. } => {
+                if self.paths.checked(from, src).is_some() {
+                    self.migrate(now, from, src);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A `Sealed` of our session with `from` opened, but it came from `src`, which is not
+    /// one of the session's addresses. Only a path check of a session on the relay is acted
+    /// on, and only from one of the peer's IPs (its introduction): a `Ping` is answered
+    /// with a `Pong` there, and we check that address ourselves.
+    fn from_new_path(
+        &mut self,
+        now: Instant,
+        me: ClientId,
+        src: SocketAddr,
+        from: ClientId,
+        session: SessionId,
+        messages: Vec<Message>,
+    ) {
+        let ping = messages.iter().any(|m| matches!(m, Message::Ping { .. }));
+        let acceptable = ping
+            && self.paths.is_on_relay(from)
+            && self.sessions.connected_session(from) == Some(session)
+            && self.punch.is_peer_ip(from, src.ip());
+        if !acceptable {
+            self.secure.refused += 1;
+            debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
+            return;
+        }
+        self.secure.add_path(from, session, src);
+        self.out.transmit(src, Message::Pong { from: me, session });
+        self.check_path(now, from, src);
+    }
+
+    /// A sign of a direct path to `peer`, whose session is on the relay, at `addr`: check
+    /// it (sealed `Ping`s there; see paths.rs).
+    fn check_path(&mut self, now: Instant, peer: ClientId, addr: SocketAddr) {
+        let Some(session) = self.sessions.connected_session(peer) else {
+            return;
+        };
+        if self.paths.maybe_direct(now, peer, addr) {
+            self.secure.add_path(peer, session, addr);
+        }
+    }
+
+    /// The session with `peer` moves to `addr`, a direct path checked both ways.
+    fn migrate(&mut self, now: Instant, peer: ClientId, addr: SocketAddr) {
+        let Some(session) = self.sessions.migrate(peer, addr) else {
+            return;
+        };
+        self.secure.migrate(peer, session, addr);
+        self.files.migrate(peer, session, addr);
+        self.paths.closed(peer);
+        let path = match self.punch.path(peer, addr) {
+            Path::Relay => Path::Punched,
+            p => p,
+        };
+        self.punch.finish(peer);
+        self.out.event(Event::PathChanged { peer, path, addr });
+        self.flush(now);
+    }
+
+    /// Acts on what the relay and the choice of paths made due.
+    fn after_paths(&mut self, now: Instant) {
+        for ev in self.paths.take_events() {
+            self.out.event(ev);
+        }
+        let due = self.paths.take_due();
+        self.act_on_paths(now, due);
+    }
+
+    fn act_on_paths(&mut self, now: Instant, due: paths::Due) {
+        if let Some(relayed) = due.relayed {
+            self.server.set_relay(relayed, &mut self.out);
+        }
+        let me = self.server.id();
+        let mut lost = due.lost;
+        lost.sort_unstable();
+        lost.dedup();
+        for peer in lost {
+            let through_relay = self
+                .sessions
+                .addr_of(peer)
+                .is_some_and(|a| self.paths.is_relay_of(peer, a));
+            if through_relay {
+                if let Some(ended) = self.sessions.relay_lost(now, peer, &mut self.out) {
+                    self.session_ended(ended);
+                }
+            }
+        }
+        let Some(me) = me else { return };
+        for (peer, addr) in due.to_relay {
+            debug!("no probe from {peer}: the request goes through the relays to {addr}");
+            self.punch.relayed(peer);
+            self.sessions.probed(now, me, peer, addr, &mut self.out);
+        }
+        for peer in due.lookups {
+            self.out.transmit(self.config.server, Message::lookup(peer));
+        }
+        for (peer, session, addr) in due.checks {
+            debug!("path check to {peer} at {addr}");
+            self.out.transmit(addr, Message::Ping { from: me, session });
+        }
+    }
+
     /// Whether our request to `peer` may move to `src`: a valid probe came from there,
     /// and the request is not already at an address a probe came from (the first path
     /// found is kept, so that the peer's answer comes from where our request goes).
@@ -1482,6 +1690,12 @@ impl Peer {
             }
         }
         self.pursue(now);
+        let (sessions, punch) = (&self.sessions, &self.punch);
+        let due = self.paths.handle_timeout(now, |peer| {
+            sessions.is_requesting_peer(peer) && punch.first_heard(peer).is_none()
+        });
+        self.act_on_paths(now, due);
+        self.after_paths(now);
         if let Some(me) = self.server.id() {
             self.files.handle_timeout(now, me);
             let due = self.punch.handle_timeout(now, me, &mut self.out);
@@ -1509,17 +1723,26 @@ impl Peer {
             let name = name.to_string();
             self.secure.pin(&name, key);
         }
-        let path = match self.sessions.addr_of(peer) {
+        let addr = self.sessions.addr_of(peer);
+        let path = match addr {
+            Some(addr) if self.paths.is_relay_of(peer, addr) => Path::Relay,
             Some(addr) => self.punch.path(peer, addr),
             None => Path::Direct,
         };
-        self.punch.finish(peer);
+        if path != Path::Relay {
+            // On the relay, the probes go on: a direct path may still open.
+            self.punch.finish(peer);
+        }
         self.sessions.open(now, peer, path, &mut self.out);
+        if let (Some(addr), Some(session)) = (addr, self.sessions.connected_session(peer)) {
+            self.paths.opened(now, peer, session, addr);
+        }
         self.deliver_queued(now, peer);
     }
 
     /// A session ended: so do the file transfers on it.
     fn session_ended(&mut self, ended: Ended) {
+        self.paths.closed(ended.peer);
         self.files
             .session_ended(ended.peer, ended.session, ended.reason);
     }

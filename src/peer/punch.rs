@@ -231,6 +231,18 @@ impl Punches {
 
     /// Whether a valid probe came from `addr` (it has proved it is the peer, and receives:
     /// the secret came to it from the server).
+    /// Our request to `peer` went through the relays: no `NoPath` verdict for it.
+    pub fn relayed(&mut self, peer: ClientId) {
+        if let Some(a) = self.by_peer.get_mut(&peer) {
+            a.verdict_at = None;
+        }
+    }
+
+    /// Whether `ip` is one of `peer`'s, from its introduction.
+    pub fn is_peer_ip(&self, peer: ClientId, ip: IpAddr) -> bool {
+        self.by_peer.get(&peer).is_some_and(|a| a.has_ip(ip))
+    }
+
     pub fn proves_receipt(&self, addr: SocketAddr) -> bool {
         self.by_peer.values().any(|a| a.heard.contains(&addr))
     }

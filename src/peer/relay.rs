@@ -192,6 +192,11 @@ impl Relay {
         self.peers.iter().any(|(p, ready)| *p == peer && *ready)
     }
 
+    /// Whether a permission and channel for `peer` were asked for (and not refused).
+    pub fn has_peer(&self, peer: SocketAddr) -> bool {
+        self.peers.iter().any(|(p, _)| *p == peer)
+    }
+
     /// Asks for a permission and a channel for `peer` (its relayed address, or any
     /// address it will send from). [`RelayEvent::Ready`] follows.
     pub fn permit(&mut self, now: Instant, peer: SocketAddr) -> Result<(), RelayError> {

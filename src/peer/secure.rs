@@ -147,6 +147,32 @@ struct Transport {
     window: ReplayWindow,
     /// When it is dropped, once its session is over (see [`Secure::sweep`]).
     expires: Option<Instant>,
+    /// Other addresses of the peer this session also speaks on, latest last (at most
+    /// [`MAX_PATHS`]): a direct path being checked while the session goes through a
+    /// relay, and the relay once the session moved off it (what was in flight there
+    /// still opens).
+    paths: Vec<SocketAddr>,
+}
+
+impl Transport {
+    fn speaks_on(&self, addr: SocketAddr) -> bool {
+        self.addr == addr || self.paths.contains(&addr)
+    }
+}
+
+/// The most other addresses a session speaks on (see `Transport::paths`).
+pub const MAX_PATHS: usize = 4;
+
+/// What [`Secure::open`] opened.
+#[derive(Debug)]
+pub struct Opened {
+    pub messages: Vec<Message>,
+    /// The session's address (where it was sent, if that is one of its paths).
+    pub addr: SocketAddr,
+    /// Whether it came from the session's address or one of its paths: a `Sealed` from
+    /// anywhere else opens (the keys prove the peer sent it), but only its path checks
+    /// may be acted on (see `paths.rs`).
+    pub known: bool,
 }
 
 /// Our request to a peer: the handshake, and its first message (resent as is).
@@ -650,6 +676,7 @@ impl Secure {
                 next: 0,
                 window: ReplayWindow::default(),
                 expires: None,
+                paths: Vec::new(),
             },
         );
     }
@@ -743,7 +770,39 @@ impl Secure {
     fn transport_to(&mut self, to: SocketAddr, session: SessionId) -> Option<&mut Transport> {
         self.transports
             .values_mut()
-            .find(|t| t.addr == to && t.sid == session)
+            .find(|t| t.sid == session && t.speaks_on(to))
+    }
+
+    /// Session `session` with `peer` also speaks on `addr` (a path being checked). False
+    /// if there is no such session.
+    pub fn add_path(&mut self, peer: ClientId, session: SessionId, addr: SocketAddr) -> bool {
+        let Some(t) = self.transports.get_mut(&(peer, session)) else {
+            return false;
+        };
+        if !t.speaks_on(addr) {
+            if t.paths.len() >= MAX_PATHS {
+                t.paths.remove(0);
+            }
+            t.paths.push(addr);
+        }
+        true
+    }
+
+    /// Session `session` with `peer` moves to `addr` (one of its paths): what it seals goes
+    /// there; the old address stays one of its paths.
+    pub fn migrate(&mut self, peer: ClientId, session: SessionId, addr: SocketAddr) {
+        let Some(t) = self.transports.get_mut(&(peer, session)) else {
+            return;
+        };
+        if t.addr == addr {
+            return;
+        }
+        let old = std::mem::replace(&mut t.addr, addr);
+        t.paths.retain(|p| *p != addr);
+        if t.paths.len() >= MAX_PATHS {
+            t.paths.remove(0);
+        }
+        t.paths.push(old);
     }
 
     /// Our `Accept` of session `session` with the peer at `to`, if the peer has sent
@@ -835,7 +894,7 @@ impl Secure {
         session: SessionId,
         n: u64,
         data: &[u8],
-    ) -> Option<Vec<Message>> {
+    ) -> Option<Opened> {
         let opened = self.open_inner(src, from, session, n, data);
         if opened.is_none() {
             self.refused += 1;
@@ -850,11 +909,12 @@ impl Secure {
         session: SessionId,
         n: u64,
         data: &[u8],
-    ) -> Option<Vec<Message>> {
+    ) -> Option<Opened> {
         let mut plain = std::mem::take(&mut self.plain);
         let t = self.transports.get_mut(&(from, session))?;
-        if t.addr != src || !t.window.check(n) || data.len() < TAG {
-            debug!("{src}: Sealed {n} of session {session} refused (address or replay)");
+        let (addr, known) = (t.addr, t.speaks_on(src));
+        if !t.window.check(n) || data.len() < TAG {
+            debug!("{src}: Sealed {n} of session {session} refused (replay)");
             return None;
         }
         plain.clear();
@@ -871,7 +931,11 @@ impl Secure {
         let own = messages.iter().all(|m| {
             Self::is_sealed_kind(m) && m.session() == Some(session) && peer_from(m) == from
         });
-        own.then_some(messages)
+        own.then_some(Opened {
+            messages,
+            addr,
+            known,
+        })
     }
 
     // ------------------------------------------------------------------ lifetime

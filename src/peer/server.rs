@@ -8,7 +8,7 @@ use super::event::{CommandError, Event};
 use super::outputs::Outputs;
 use super::retry::{Retry, Step};
 use super::PeerConfig;
-use crate::wire::{ClientId, ErrorCode, Key, Message, Token};
+use crate::wire::{ClientId, ErrorCode, Key, Message, Token, TurnGrant};
 
 enum State {
     Registering {
@@ -54,6 +54,10 @@ pub(super) struct Server {
     key: Key,
     /// The server's static key, from its `Registered`.
     server_key: Option<Key>,
+    /// Our relayed address on a TURN server, told with every `Keepalive`.
+    relay: Option<SocketAddr>,
+    /// The TURN server and credentials of the last `Registered`, until taken.
+    grant: Option<TurnGrant>,
 }
 
 /// The longest time to live of our entry that we believe: a `Registered` saying more is
@@ -92,6 +96,8 @@ impl Server {
             candidates: config.candidates.clone().unwrap_or_default(),
             key: *config.identity.public(),
             server_key: None,
+            relay: None,
+            grant: None,
         };
         server.send_register(want, out);
         server
@@ -137,11 +143,36 @@ impl Server {
     /// Tells the server our own addresses at once (a `Keepalive` with them), if we have
     /// any to tell; every keepalive carries them too.
     fn send_candidates(&self, out: &mut Outputs) {
-        let Some(id) = self.id.filter(|_| !self.candidates.is_empty()) else {
+        let Some(id) = self
+            .id
+            .filter(|_| !self.candidates.is_empty() || self.relay.is_some())
+        else {
             return;
         };
-        let candidates = self.candidates.clone();
-        self.send(out, Message::keepalive_with(id, self.token, candidates));
+        self.send(out, self.keepalive(id, self.token));
+    }
+
+    /// A `Keepalive` with our addresses and relayed address.
+    fn keepalive(&self, id: ClientId, token: Token) -> Message {
+        let mut m = Message::keepalive_with(id, token, self.candidates.clone());
+        if let Message::Keepalive { relay, .. } = &mut m {
+            *relay = self.relay;
+        }
+        m
+    }
+
+    /// Our relayed address is now `relay` (or none): the server is told at once, if we are
+    /// registered, and with every keepalive.
+    pub fn set_relay(&mut self, relay: Option<SocketAddr>, out: &mut Outputs) {
+        self.relay = relay;
+        if matches!(self.state, State::Registered { .. }) {
+            self.send_candidates(out);
+        }
+    }
+
+    /// The TURN server and credentials the server gave with our registration, once.
+    pub fn take_grant(&mut self) -> Option<TurnGrant> {
+        self.grant.take()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -199,8 +230,8 @@ impl Server {
             },
             State::Registered { keepalive_at } if *keepalive_at <= now => {
                 *keepalive_at = now + keepalive;
-                let candidates = self.candidates.clone();
-                self.send(out, Message::keepalive_with(id, token, candidates));
+                let m = self.keepalive(id, token);
+                self.send(out, m);
             }
             State::Leaving { retry: Some(r), .. } => match r.poll(now, tries, now + retry) {
                 None => {}
@@ -237,10 +268,12 @@ impl Server {
                     token,
                     ttl_secs,
                     key,
+                    turn,
                     ..
                 },
             ) => {
                 let again = *again;
+                self.grant = turn;
                 self.server_key = Some(key);
                 self.id = Some(id);
                 self.rate_limited = false;

@@ -550,6 +550,44 @@ impl Sessions {
         }
     }
 
+    /// The id of the connected session with `peer`.
+    pub fn connected_session(&self, peer: ClientId) -> Option<SessionId> {
+        self.by_peer
+            .get(&peer)
+            .filter(|s| matches!(s.state, State::Connected { .. }))
+            .map(|s| s.id)
+    }
+
+    /// The connected session with `peer` moves to `addr` (a path checked both ways):
+    /// everything of it goes there from now on. Its id, if it is connected.
+    pub fn migrate(&mut self, peer: ClientId, addr: SocketAddr) -> Option<SessionId> {
+        let s = self.by_peer.get_mut(&peer)?;
+        if !matches!(s.state, State::Connected { .. }) || s.addr == Some(addr) {
+            return None;
+        }
+        log::debug!("session with {peer} moves from {:?} to {addr}", s.addr);
+        self.index.remove(s);
+        s.addr = Some(addr);
+        self.index.add(s);
+        Some(s.id)
+    }
+
+    /// The relay the session (or request) with `peer` went through is gone: it ends with
+    /// [`EndReason::RelayLost`].
+    pub fn relay_lost(&mut self, now: Instant, peer: ClientId, out: &mut Outputs) -> Option<Ended> {
+        let connected = self.by_peer.get(&peer).is_some_and(|s| {
+            matches!(
+                s.state,
+                State::Connected { .. } | State::Requesting { .. }
+            )
+        });
+        if !connected {
+            return None;
+        }
+        let s = self.take(peer)?;
+        Some(self.end_with(now, s, EndReason::RelayLost, out))
+    }
+
     /// Makes `peer`, which must be connected, the current peer.
     pub fn switch(&mut self, peer: ClientId) -> Result<ClientId, CommandError> {
         if self.is_connected(peer) {

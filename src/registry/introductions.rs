@@ -42,6 +42,8 @@ struct Pair {
 #[derive(Debug, Default)]
 pub(super) struct Introductions {
     candidates: HashMap<ClientId, Vec<SocketAddr>>,
+    /// The relayed addresses (on TURN servers) the clients told.
+    relays: HashMap<ClientId, SocketAddr>,
     /// By (smaller id, larger id): one secret for the pair whoever asks.
     pairs: HashMap<(ClientId, ClientId), Pair>,
     order: VecDeque<((ClientId, ClientId), Instant)>,
@@ -86,9 +88,30 @@ impl Introductions {
         self.candidates.get(&id).map_or(&[], Vec::as_slice)
     }
 
+    /// Client `id` says its relayed address is `addr` (kept if it is a unicast address
+    /// with a port; loopback too, for a TURN server on the same host as its clients; `None`
+    /// keeps the last one: a `Keepalive` without it says nothing new).
+    pub fn set_relay(&mut self, id: ClientId, addr: Option<SocketAddr>) {
+        let usable = |a: &SocketAddr| {
+            a.ip().is_loopback() || usable_candidate(a)
+        };
+        match addr {
+            Some(a) if usable(&a) => {
+                self.relays.insert(id, a);
+            }
+            Some(a) => debug!("client {id}: relayed address {a} not kept (unusable)"),
+            None => {}
+        }
+    }
+
+    pub fn relay(&self, id: ClientId) -> Option<SocketAddr> {
+        self.relays.get(&id).copied()
+    }
+
     /// Client `id` is gone.
     pub fn forget(&mut self, id: ClientId) {
         self.candidates.remove(&id);
+        self.relays.remove(&id);
     }
 
     /// The secret for introducing `a` and `b` now, and whether `b` (the one that did not
@@ -214,6 +237,7 @@ impl Registry {
             you: to.addr,
             proof: to.token,
             pad: wire::Padding(0),
+            relay: self.intro.relay(about.id),
         }
     }
 }

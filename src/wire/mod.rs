@@ -71,7 +71,7 @@
 //! | `Inactive` | `id`, `nonce` | server | - (shown as "Client 3 Inactive") |
 //! | `Leave` | `id`, `token`, `nonce`, `pad` | client | `LeaveAck`, or `Error` (`NotRegistered`) |
 //! | `LeaveAck` | `id`, `nonce` | server | - |
-//! | `Keepalive` | `id`, `token`, `nonce`, `pad`, `candidates` (array of at most [`MAX_CANDIDATES`] addresses; left out when none) | client | nothing; `Error` (`NotRegistered`) if unknown |
+//! | `Keepalive` | `id`, `token`, `nonce`, `pad`, `candidates` (array of at most [`MAX_CANDIDATES`] addresses; left out when none), `relay` (address string: our relayed address on a TURN server; left out when none) | client | nothing; `Error` (`NotRegistered`) if unknown |
 //! | `Error` | `code`, `detail`, `nonce` | server | - |
 //! | `Claim` | `id`, `token`, `name`, `display_name`: text or nil, `proof`: bin or absent, `nonce`, `pad` | client | `Claimed`, or `Error` (`NameTaken`, `BadName`, `NotRegistered`) |
 //! | `Claimed` | `id`, `name`, `nonce` | server | - |
@@ -79,7 +79,7 @@
 //! | `Unknown` | `name`, `nonce` | server | - |
 //! | `List` | `id`, `token`, `after`: id or nil, `nonce`, `pad` | client | `Listing`, or `Error` (`ListDisabled`, `NotRegistered`) |
 //! | `Listing` | `clients`: array of {`id`, `key`, `name`, `display_name` (each left out when none), `online_secs`}, `next`: id or nil, `total`, `nonce` | server | - |
-//! | `Introduce` | `id`, `addr`, `candidates`: array of addresses, `punch`, `you`, `proof`, `pad` | server, unasked | - (probes: see "Across NATs") |
+//! | `Introduce` | `id`, `addr`, `candidates`: array of addresses, `punch`, `you`, `proof`, `pad`, `relay`: the other's relayed address or absent | server, unasked | - (probes: see "Across NATs") |
 //!
 //! `Found` also carries `name` and `display_name` when the client has claimed a name (the
 //! fields are left out otherwise).
@@ -601,6 +601,7 @@ impl Message {
             nonce: 0,
             pad: Padding(0),
             candidates,
+            relay: None,
         }
     }
 
@@ -736,6 +737,14 @@ pub enum Message {
             with = "addrs_as_strings"
         )]
         candidates: Vec<SocketAddr>,
+        /// Our relayed address on a TURN server (see "Through a relay"), told so that the
+        /// server hands it to the peers it introduces us to; left out when we have none.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_addr_as_string"
+        )]
+        relay: Option<SocketAddr>,
     },
     /// Registered client `id` (proved by `token`) takes the unique `name`, with an optional
     /// free-form `display_name`. If the entry holding `name` has the same key as this
@@ -1031,6 +1040,14 @@ pub enum Message {
         proof: Token,
         #[serde(default, skip_serializing_if = "Padding::is_empty")]
         pad: Padding,
+        /// The other client's relayed address on a TURN server, if it told one (the
+        /// `relay` of its `Keepalive`): where to reach it when no probe gets through.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_addr_as_string"
+        )]
+        relay: Option<SocketAddr>,
     },
     /// A hole-punching probe: "I am `from`, introduced to you with `punch`". Sent only to
     /// addresses from an `Introduce`; never answered as such.
@@ -1618,6 +1635,29 @@ mod addr_as_string {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         text.parse()
+            .map_err(|_| D::Error::custom(format!("not a socket address: {text:?}")))
+    }
+}
+
+/// An optional address, as a string when present (see `addr_as_string`).
+mod opt_addr_as_string {
+    use std::net::SocketAddr;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let Some(text) = Option::<std::borrow::Cow<'de, str>>::deserialize(d)? else {
+            return Ok(None);
+        };
+        text.parse()
+            .map(Some)
             .map_err(|_| D::Error::custom(format!("not a socket address: {text:?}")))
     }
 }
