@@ -35,7 +35,7 @@ use common::capture::{self, Capture, Report};
 use common::coturn::{self, Coturn};
 use common::natlab::*;
 use common::netns;
-use common::{JsonClient, TempDir};
+use common::{events_named, JsonClient, TempDir};
 use p2pchat::peer::relay::{Received, Relay, RelayEvent, TurnServer};
 use p2pchat::registry::turn::rest_credentials;
 use p2pchat::wire::ClientId;
@@ -83,12 +83,18 @@ impl RelayLab {
     /// Two hosts, each behind its own home router of kind `nat` (198.51.100.20 with
     /// 192.168.1.0/24, 198.51.100.21 with 10.0.7.0/24).
     fn two_homes(&mut self, nat: Nat) -> (usize, usize) {
+        let (a, b, _) = self.two_homes_and_routers(nat);
+        (a, b)
+    }
+
+    /// [`RelayLab::two_homes`], and the two homes.
+    fn two_homes_and_routers(&mut self, nat: Nat) -> (usize, usize, [Home; 2]) {
         let lab = &mut self.lab;
         let h1 = need(lab.home("r1", "198.51.100.20", "192.168.1", nat));
         let h2 = need(lab.home("r2", "198.51.100.21", "10.0.7", nat));
         let a = need(lab.home_host("a", &h1, 2));
         let b = need(lab.home_host("b", &h2, 2));
-        (a, b)
+        (a, b, [h1, h2])
     }
 
     /// The rendezvous server, handing out credentials for coturn.
@@ -583,4 +589,115 @@ fn killing_coturn_under_a_relayed_session_ends_it_clearly_on_both_sides_within_3
         let v = c.wait_event("sessions", |v| v["event"] == "sessions");
         assert_eq!(v["sessions"].as_array().map(Vec::len), Some(0), "{v}");
     }
+}
+
+/// Home 1's router drops everything between its home and home 2's router: no probe gets
+/// through either way, as between two NATs that change ports, while the relay (another
+/// address) is reachable. Removed by [`UNBLOCK`].
+const BLOCK: &str = "table ip relaylab_block {
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    ip daddr 198.51.100.21 drop
+    ip saddr 198.51.100.21 drop
+  }
+}
+";
+const UNBLOCK: &str = "delete table ip relaylab_block\n";
+
+/// A pair that cannot punch at first (a firewall rule), so its session goes through the
+/// relay; once the rule is gone, the session's periodic look for a direct path finds one
+/// and moves there (`path_changed`), and a stream of messages sent all along arrives
+/// whole, once each, in order.
+#[test]
+fn a_relayed_session_moves_to_the_punched_path_when_one_opens_losing_nothing() {
+    let Some(mut rl) = RelayLab::new("rup") else {
+        return;
+    };
+    let (ha, hb, [h1, _]) = rl.two_homes_and_routers(Nat::Home);
+    let r1 = h1.router;
+    need(rl.lab.nets[r1].nft(&["-f", "-"], Some(BLOCK)));
+    let _server = rl.server();
+    let (mut a, ia, _da) = client(&rl.lab, ha, "A", &[]);
+    let (mut b, ib, _db) = client(&rl.lab, hb, "B", &[]);
+    relay_ready(&mut a);
+    relay_ready(&mut b);
+    let (ours, theirs) = connect(&mut a, ia, &mut b, ib);
+    assert_eq!((path(&ours), path(&theirs)), ("relay", "relay"));
+    exchange(&mut a, ia, &mut b, ib);
+
+    // A message every 30 ms or so: 10 on the relay, then the firewall rule goes, and
+    // on until both have moved, and 20 more; 15 s at most.
+    let mut sent = 0u32;
+    let mut after = 0;
+    let mut opened = None;
+    let mut moved_at: [Option<Duration>; 2] = [None, None];
+    while after < 20 {
+        if sent == 10 {
+            need(rl.lab.nets[r1].nft(&["-f", "-"], Some(UNBLOCK)));
+            opened = Some(Instant::now());
+        }
+        let since = opened.map_or(Duration::ZERO, |t| t.elapsed());
+        assert!(
+            since < Duration::from_secs(15),
+            "no path_changed on both sides within 15 s of the path opening: A {:#?}, B {:#?}",
+            a.log,
+            b.log
+        );
+        sent += 1;
+        a.type_line(&format!("send @{ib} stream {sent}"));
+        a.read_for(Duration::from_millis(15));
+        b.read_for(Duration::from_millis(15));
+        for (i, c) in [&a, &b].into_iter().enumerate() {
+            if moved_at[i].is_none() && !c.events("path_changed").is_empty() {
+                moved_at[i] = Some(since);
+            }
+        }
+        if moved_at.iter().all(Option::is_some) {
+            after += 1;
+        }
+    }
+    println!(
+        "on the direct path {:?} (A) and {:?} (B) after it opened; {sent} messages sent",
+        moved_at[0].unwrap(),
+        moved_at[1].unwrap()
+    );
+    let texts: Vec<String> = (1..=sent).map(|i| format!("stream {i}")).collect();
+    b.wait_until(Duration::from_secs(5), "every message shown", |log| {
+        texts.iter().all(|t| {
+            log.iter()
+                .any(|v| v["event"] == "message" && v["text"] == *t)
+        })
+    });
+    a.wait_until(Duration::from_secs(5), "every message delivered", |log| {
+        events_named(log, "delivered").len() == sent as usize + 1
+    });
+    b.read_for(Duration::from_millis(300));
+    let shown: Vec<&str> = b
+        .events("message")
+        .iter()
+        .filter_map(|v| v["text"].as_str())
+        .filter(|t| t.starts_with("stream "))
+        .collect();
+    assert_eq!(shown, texts, "lost, doubled or out of order");
+    for (c, peer_ip) in [(&a, "198.51.100.21"), (&b, "198.51.100.20")] {
+        let changed = c.events("path_changed");
+        assert_eq!(changed.len(), 1, "{}: {changed:#?}", c.name);
+        assert_eq!(path(changed[0]), "punched", "{}: {}", c.name, changed[0]);
+        assert_eq!(addr_ip(changed[0]), peer_ip, "{}: {}", c.name, changed[0]);
+        assert!(
+            c.events("terminated").is_empty(),
+            "{}: {:#?}",
+            c.name,
+            c.log
+        );
+    }
+    // And chat flows both ways there, no longer through the relay: the relay's capture
+    // sees no ChannelData meanwhile (and does see a control datagram).
+    let capture = rl.capture(vec![b"CONTROL".to_vec()]);
+    exchange(&mut a, ia, &mut b, ib);
+    a.read_for(Duration::from_millis(500));
+    rl.send_control(&[b"CONTROL"]);
+    let report = stop(capture);
+    assert_markers_only_in_control(&report, 1);
+    assert_eq!(report.channel_data.get("eth0"), None, "{report:?}");
 }
