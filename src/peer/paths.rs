@@ -47,7 +47,7 @@ pub const CHECK_GAP: Duration = Duration::from_millis(200);
 pub const CHECK_TRIES: u8 = 5;
 /// An allocation that failed or was lost is tried again this long after, then twice as
 /// long each time, up to [`RETRY_MAX`].
-pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
 pub const RETRY_MAX: Duration = Duration::from_secs(600);
 /// The most peers' relayed addresses held at once (introductions are bounded too).
 const MAX_PEER_RELAYS: usize = 256;
