@@ -10,6 +10,9 @@ use turn_server_proto::api::{TurnServerApi, TurnServerPollRet};
 use turn_server_proto::server::TurnServer as ModelServer;
 use turn_server_proto::types::TransportType;
 
+/// A datagram the server sends: (from, to, bytes).
+type Out = (SocketAddr, SocketAddr, Vec<u8>);
+
 pub struct TurnNode {
     pub addr: SocketAddr,
     server: ModelServer,
@@ -24,7 +27,7 @@ pub struct TurnNode {
     /// The last answer to each (client, transaction id): a retransmitted request gets
     /// the same answer again (RFC 8656 7.2 asks it, coturn does it; the model server
     /// would answer a repeated Allocate with an error).
-    answers: std::collections::HashMap<(SocketAddr, [u8; 12]), (SocketAddr, SocketAddr, Vec<u8>)>,
+    answers: std::collections::HashMap<(SocketAddr, [u8; 12]), Out>,
 }
 
 impl TurnNode {
@@ -64,7 +67,7 @@ impl TurnNode {
         from: SocketAddr,
         to: SocketAddr,
         data: &[u8],
-    ) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    ) -> Vec<Out> {
         if self.dead {
             return Vec::new();
         }
@@ -104,7 +107,7 @@ impl TurnNode {
         out
     }
 
-    fn poll(&mut self, now: Instant, out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>) {
+    fn poll(&mut self, now: Instant, out: &mut Vec<Out>) {
         let t = self.t(now);
         while let TurnServerPollRet::AllocateSocket {
             transport,
