@@ -147,7 +147,9 @@ fn parse_client_turn(text: &str) -> Result<SocketAddr, String> {
         .strip_prefix("turn:")
         .ok_or_else(|| format!("{text:?}: expected turn:HOST:PORT"))?;
     if rest.contains('?') || rest.contains("transport=") {
-        return Err(format!("{text:?}: only UDP TURN (turn:HOST:PORT) is supported"));
+        return Err(format!(
+            "{text:?}: only UDP TURN (turn:HOST:PORT) is supported"
+        ));
     }
     parse_server(rest)
 }

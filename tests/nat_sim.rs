@@ -334,6 +334,7 @@ fn a_forged_introduction_makes_no_probe() {
         you: addr("198.51.100.10:4000"),
         proof: 12345, // not the peer's token
         pad: wire::Padding(0),
+        relay: Some(victim),
     };
     sim.deliver_now(SERVER, addr("198.51.100.10:4000"), &forged);
     sim.run_for(Duration::from_secs(3));

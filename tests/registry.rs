@@ -1340,6 +1340,7 @@ fn keepalives_of_nobody_get_nothing_larger_than_themselves() {
         nonce: 5,
         pad: Default::default(),
         candidates: Vec::new(),
+        relay: None,
     };
     wire::pad_request(&mut keepalive);
     let mut packer = wire::Packer::new();
@@ -1451,6 +1452,7 @@ fn every_answer_echoes_the_nonce_of_its_request() {
                 nonce: 15,
                 pad: Default::default(),
                 candidates: Vec::new(),
+                relay: None,
             },
             15,
         ),

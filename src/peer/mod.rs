@@ -1437,7 +1437,7 @@ impl Peer {
                     return;
                 };
                 if !opened.known {
-                    return self.from_new_path(now, me, src, from, session, opened.messages);
+                    return self.sealed_from_new_path(now, me, src, from, session, opened.messages);
                 }
                 let via = opened.addr;
                 for m in opened.messages.into_iter().take(wire::MAX_PEER_MESSAGES) {
@@ -1551,7 +1551,7 @@ impl Peer {
     /// one of the session's addresses. Only a path check of a session on the relay is acted
     /// on, and only from one of the peer's IPs (its introduction): a `Ping` is answered
     /// with a `Pong` there, and we check that address ourselves.
-    fn from_new_path(
+    fn sealed_from_new_path(
         &mut self,
         now: Instant,
         me: ClientId,

@@ -47,7 +47,7 @@ pub const CHECK_GAP: Duration = Duration::from_millis(200);
 pub const CHECK_TRIES: u8 = 5;
 /// An allocation that failed or was lost is tried again this long after, then twice as
 /// long each time, up to [`RETRY_MAX`].
-pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
 pub const RETRY_MAX: Duration = Duration::from_secs(600);
 /// The most peers' relayed addresses held at once (introductions are bounded too).
 const MAX_PEER_RELAYS: usize = 256;
@@ -138,7 +138,10 @@ impl Paths {
 
     /// Our relayed address, if we hold an allocation.
     pub fn relayed_addr(&self) -> Option<SocketAddr> {
-        self.relay.as_ref().filter(|r| !r.is_ended())?.relayed_addr()
+        self.relay
+            .as_ref()
+            .filter(|r| !r.is_ended())?
+            .relayed_addr()
     }
 
     /// Whether datagrams to `to` go through our relay (`to` is a peer's relayed address
@@ -289,10 +292,7 @@ impl Paths {
     /// The session `session` with `peer` is on the relay and checks `addr`.
     pub fn checking(&self, peer: ClientId, addr: SocketAddr) -> Option<SessionId> {
         let s = self.on_relay.get(&peer)?;
-        s.checks
-            .iter()
-            .any(|c| c.addr == addr)
-            .then_some(s.session)
+        s.checks.iter().any(|c| c.addr == addr).then_some(s.session)
     }
 
     /// A `Pong` came from `addr`, which we check: the session moves there (the caller
@@ -355,11 +355,7 @@ impl Paths {
 
     /// Time passed. `requesting(peer)`: whether our request to `peer` waits for an
     /// answer and no probe of it came (then it may go through the relays).
-    pub fn handle_timeout(
-        &mut self,
-        now: Instant,
-        requesting: impl Fn(ClientId) -> bool,
-    ) -> Due {
+    pub fn handle_timeout(&mut self, now: Instant, requesting: impl Fn(ClientId) -> bool) -> Due {
         if let Some(relay) = self.relay.as_mut() {
             relay.handle_timeout(now);
         }

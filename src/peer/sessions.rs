@@ -575,12 +575,10 @@ impl Sessions {
     /// The relay the session (or request) with `peer` went through is gone: it ends with
     /// [`EndReason::RelayLost`].
     pub fn relay_lost(&mut self, now: Instant, peer: ClientId, out: &mut Outputs) -> Option<Ended> {
-        let connected = self.by_peer.get(&peer).is_some_and(|s| {
-            matches!(
-                s.state,
-                State::Connected { .. } | State::Requesting { .. }
-            )
-        });
+        let connected = self
+            .by_peer
+            .get(&peer)
+            .is_some_and(|s| matches!(s.state, State::Connected { .. } | State::Requesting { .. }));
         if !connected {
             return None;
         }

@@ -92,9 +92,7 @@ impl Introductions {
     /// with a port; loopback too, for a TURN server on the same host as its clients; `None`
     /// keeps the last one: a `Keepalive` without it says nothing new).
     pub fn set_relay(&mut self, id: ClientId, addr: Option<SocketAddr>) {
-        let usable = |a: &SocketAddr| {
-            a.ip().is_loopback() || usable_candidate(a)
-        };
+        let usable = |a: &SocketAddr| a.ip().is_loopback() || usable_candidate(a);
         match addr {
             Some(a) if usable(&a) => {
                 self.relays.insert(id, a);

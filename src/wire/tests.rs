@@ -350,6 +350,7 @@ fn all_messages() -> Vec<Message> {
             you: "203.0.113.1:4000".parse().unwrap(),
             proof: 77,
             pad: Padding(10),
+            relay: Some("203.0.113.50:49152".parse().unwrap()),
         },
         Message::Probe {
             from: 2,

@@ -25,6 +25,7 @@
 
 pub mod link;
 pub mod nat;
+pub mod turn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -282,6 +283,10 @@ pub struct Sim {
     /// Routers ([`Sim::add_nat`]) and which router each inside address is behind.
     pub nats: Vec<nat::Nat>,
     behind: HashMap<SocketAddr, usize>,
+    /// A TURN server ([`Sim::add_turn`]).
+    pub turn: Option<turn::TurnNode>,
+    /// Datagrams that went through a peer's relay (encoded p2pchat datagrams), by sender.
+    pub relayed: Vec<(SocketAddr, Message)>,
 }
 
 impl Sim {
@@ -313,7 +318,31 @@ impl Sim {
             steps: 0,
             nats: Vec::new(),
             behind: HashMap::new(),
+            turn: None,
+            relayed: Vec::new(),
         }
+    }
+
+    /// Adds a TURN server at `addr` with long-term credentials for `users` (name,
+    /// password).
+    pub fn add_turn(&mut self, addr: SocketAddr, users: &[(&str, &str)]) {
+        self.turn = Some(turn::TurnNode::new(addr, self.start, users));
+    }
+
+    /// A raw datagram (TURN traffic) from `from` to `to`: through the routers, lost like
+    /// any other, but not in the log.
+    fn transmit_bytes(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.stats.sent += 1;
+        let Some(from) = self.translate_out(from, to) else {
+            self.stats.undeliverable += 1;
+            return;
+        };
+        if self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let now = self.now;
+        self.schedule(from, to, bytes, now);
     }
 
     /// Adds a router with the public IP `public`; returns its index.
@@ -415,6 +444,11 @@ impl Sim {
 
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].addr
+    }
+
+    /// Removes every filter of [`Sim::drop_first`] and [`Sim::drop_first_where`].
+    pub fn clear_filters(&mut self) {
+        self.filters.clear();
     }
 
     /// The id the server gave peer `i`; panics if it has none yet.
@@ -689,6 +723,18 @@ impl Sim {
             });
             return;
         }
+        if self.turn.as_ref().is_some_and(|t| t.owns(d.to)) {
+            let turn = self.turn.as_mut().expect("just seen");
+            if turn.dead {
+                self.stats.undeliverable += 1;
+                return;
+            }
+            self.stats.delivered += 1;
+            for (from, to, bytes) in turn.receive(now, d.from, d.to, &d.bytes) {
+                self.transmit_bytes(from, to, bytes);
+            }
+            return;
+        }
         if d.to == SERVER {
             self.stats.delivered += 1;
             self.registry.handle_datagram(now, d.from, &d.bytes);
@@ -716,9 +762,21 @@ impl Sim {
 
     fn drain_peer(&mut self, i: usize) {
         let from = self.nodes[i].addr;
+        let now = self.now;
         while let Some((t, mut plain)) = self.nodes[i].peer.poll_transmit_plain() {
             let plain = (plain.len() == 1).then(|| plain.remove(0));
+            if self.nodes[i].peer.relays(t.to) {
+                // Through the peer's relay, as the driver does it.
+                let bytes = wire::encode(&t.message);
+                self.nodes[i].peer.relay_send(now, t.to, &bytes);
+                self.relayed
+                    .push((from, plain.unwrap_or_else(|| t.message.clone())));
+                continue;
+            }
             self.transmit_plain(from, t, plain);
+        }
+        while let Some((to, bytes)) = self.nodes[i].peer.poll_relay_transmit(now) {
+            self.transmit_bytes(from, to, bytes);
         }
         while let Some(e) = self.nodes[i].peer.poll_event() {
             self.nodes[i].events.push((self.now, e));
