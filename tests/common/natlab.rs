@@ -224,7 +224,8 @@ impl Drop for Lab {
     }
 }
 
-/// A `--json` client in `ns`, registered with `server`.
+/// A `--json` client in `ns`, registered with `server`; `--retry-interval 1` unless
+/// `extra` gives another.
 pub fn client_at(
     ns: &Netns,
     name: &str,
@@ -232,15 +233,10 @@ pub fn client_at(
     bind: &str,
     extra: &[&str],
 ) -> (JsonClient, ClientId) {
-    let mut args = vec![
-        "--server",
-        server,
-        "--bind",
-        bind,
-        "--retry-interval",
-        "1",
-        "--no-state",
-    ];
+    let mut args = vec!["--server", server, "--bind", bind, "--no-state"];
+    if !extra.contains(&"--retry-interval") {
+        args.extend_from_slice(&["--retry-interval", "1"]);
+    }
     args.extend_from_slice(extra);
     let mut c = JsonClient::spawn_via(name, &ns.prefix(), &args);
     let v = c.wait_event_within(Duration::from_secs(10), "registered", |v| {
