@@ -618,7 +618,21 @@ impl Registry {
                     if !candidates.is_empty() {
                         self.intro.set_candidates(id, candidates);
                     }
-                    self.intro.set_relay(id, relay);
+                    // With a TURN server of our own, only its relayed addresses are
+                    // handed on: a client cannot have its peers' requests sent through
+                    // their relays to an address of its choosing.
+                    let ours = |r: &SocketAddr| {
+                        self.config
+                            .turn
+                            .as_ref()
+                            .is_none_or(|t| t.server.ip() == r.ip())
+                    };
+                    match relay {
+                        Some(r) if !ours(&r) => {
+                            debug!("client {id}: relayed address {r} is not on our TURN server: not kept")
+                        }
+                        _ => self.intro.set_relay(id, relay),
+                    }
                 }
             }
             other => {

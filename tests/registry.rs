@@ -2383,3 +2383,88 @@ fn a_register_with_another_key_from_a_registered_address_takes_nothing_over() {
     let new = register_with_key(&mut r, t0 + secs(31), addr(1001), None, [2; 32]);
     assert_eq!(r.get(new.0).unwrap().key, [2; 32]);
 }
+
+// ---------------------------------------------------------------- relayed addresses
+
+/// Registers a and b, has each tell `relay_of(i)` in a keepalive, lets a look b up, and
+/// returns the `relay` of the introductions (to a about b, to b about a).
+fn introductions_with_relays(
+    turn: Option<SocketAddr>,
+    relay_a: Option<SocketAddr>,
+    relay_b: Option<SocketAddr>,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let t0 = Instant::now();
+    let mut r = Registry::with_seed(
+        RegistryConfig {
+            ttl: TTL,
+            max_clients: 10,
+            turn: turn.map(|server| p2pchat::registry::turn::TurnSecret {
+                server,
+                secret: b"secret".to_vec(),
+                lifetime: Duration::from_secs(3600),
+                clock: (t0, 1_800_000_000),
+            }),
+            ..RegistryConfig::default()
+        },
+        SEED,
+    );
+    let (a, b) = (addr(4001), addr(4002));
+    let (ida, ta) = register(&mut r, t0, a, None);
+    let (idb, tb) = register(&mut r, t0, b, None);
+    for (from, id, token, relay) in [(a, ida, ta, relay_a), (b, idb, tb, relay_b)] {
+        let mut k = Message::keepalive_with(id, token, Vec::new());
+        if let Message::Keepalive { relay: r, .. } = &mut k {
+            *r = relay;
+        }
+        send(&mut r, t0, from, &k);
+    }
+    r.handle_datagram(
+        t0,
+        a,
+        &encode(&{
+            let mut m = Message::lookup(idb);
+            wire::pad_request(&mut m);
+            m
+        }),
+    );
+    let (mut to_a, mut to_b) = (None, None);
+    while let Some(t) = r.poll_transmit() {
+        if let Message::Introduce { id, relay, .. } = t.message {
+            if t.to == a && id == idb {
+                to_a = Some(relay);
+            } else if t.to == b && id == ida {
+                to_b = Some(relay);
+            }
+        }
+    }
+    (
+        to_a.expect("a was introduced to b"),
+        to_b.expect("b was introduced to a"),
+    )
+}
+
+#[test]
+fn a_relayed_address_told_in_a_keepalive_reaches_the_peer_in_its_introduction() {
+    let ra: SocketAddr = "192.0.2.1:49152".parse().unwrap();
+    let rb: SocketAddr = "192.0.2.1:49153".parse().unwrap();
+    assert_eq!(
+        introductions_with_relays(None, Some(ra), Some(rb)),
+        (Some(rb), Some(ra))
+    );
+    // One that told none: none in the introduction.
+    assert_eq!(
+        introductions_with_relays(None, Some(ra), None),
+        (None, Some(ra))
+    );
+}
+
+#[test]
+fn with_a_turn_server_only_its_relayed_addresses_are_handed_on() {
+    let turn: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+    let on_it: SocketAddr = "192.0.2.1:49152".parse().unwrap();
+    let victim: SocketAddr = "203.0.113.99:53".parse().unwrap();
+    assert_eq!(
+        introductions_with_relays(Some(turn), Some(on_it), Some(victim)),
+        (None, Some(on_it))
+    );
+}

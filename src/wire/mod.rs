@@ -289,6 +289,42 @@
 //! A client that knows none of this drops the datagrams of `Introduce` and `Probe` (they
 //! are alone in theirs), and connects as before where no NAT is in the way.
 //!
+//! # Through a relay
+//!
+//! When both sides are behind NATs that change ports for every destination (or a
+//! firewall passes nothing between them), no probe gets through. Then both go through
+//! TURN relays (RFC 8656; coturn in the tests), relay to relay:
+//!
+//! - A client with a TURN server (its own `--turn`, or the `turn` of `Registered`: a
+//!   server started with `--turn` hands out short-lived credentials, coturn's
+//!   `use-auth-secret` scheme) makes an allocation as soon as it is registered, and tells
+//!   the server its relayed address in the `relay` of its `Keepalive`s (one is sent at
+//!   once). The server keeps the last one per client (forgotten with the client), and
+//!   puts it in the `relay` of the `Introduce`s about that client.
+//! - An `Introduce` with a `relay` makes the receiver ask its own TURN server for a
+//!   permission and a channel to that address at once (so that the peer's datagrams
+//!   through the relays are let in), and nothing more.
+//! - A requester that has heard no valid probe 1 s after the introduction, and whose
+//!   channel to the peer's relayed address is bound, moves its `ConnectRequest` there and
+//!   sends it at once (no `NoPath` verdict follows). The datagrams are the same as on a
+//!   direct path, wrapped in TURN ChannelData to the TURN server (4 bytes more), relayed
+//!   from our allocation to the peer's, and unwrapped by the peer's client: the relays
+//!   see addresses, sizes and timing, and only the handshake and sealed datagrams.
+//! - The session on the relay keeps looking for a direct path: every `relay_upgrade`
+//!   (3 x the retry interval) it looks the peer up again, so that the server introduces
+//!   both again and both probe again. A probe from the peer, or a `Sealed` `Ping` of the
+//!   session from one of the IPs of the peer's introduction, starts a path check: sealed
+//!   `Ping`s to that address, 200 ms apart, at most 5. A `Sealed` from an address the
+//!   session does not use is opened (its keys prove the sender) but only a `Ping` in it
+//!   is acted on, answered with a `Pong` to where it came from. A `Pong` from the checked
+//!   address proves the path both ways: the session moves there (`path_changed`). What was
+//!   in flight on the relay is still taken from the relay's address; chat sequence numbers
+//!   drop anything that arrives twice.
+//! - A relay that stops answering for 20 s, or whose allocation ends, ends the sessions
+//!   through it (`relay_lost`); the client allocates again 5 s later, then twice as long
+//!   each time up to 10 minutes. `leave` deletes the allocation (a Refresh with lifetime
+//!   0) before the client stops.
+//!
 //! # File transfer
 //!
 //! Files go from peer to peer inside a session, as messages of the session (with its `from`
