@@ -342,7 +342,7 @@ fn bad_commands_get_one_error_line_and_change_nothing() {
     let status = c.next_event("the status");
     assert_eq!(
         status,
-        json!({"event": "status", "id": 1, "name": null, "current": null, "connected": [], "requests": []})
+        json!({"event": "status", "id": 1, "name": null, "current": null, "connected": [], "requests": [], "relayed": null})
     );
     assert_eq!(c.proc.try_exit(), None, "the client exited");
     // Network commands still work too.

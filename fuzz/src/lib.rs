@@ -103,6 +103,7 @@ pub enum FuzzMessage {
         id: Id,
         token: Num,
         candidates: Vec<FuzzAddr>,
+        relay: Option<FuzzAddr>,
     },
     Registered {
         id: Id,
@@ -209,6 +210,7 @@ pub enum FuzzMessage {
         punch: Num,
         you: FuzzAddr,
         proof: Num,
+        relay: Option<FuzzAddr>,
     },
     Probe {
         from: Id,
@@ -227,11 +229,18 @@ impl FuzzMessage {
                 id,
                 token,
                 candidates,
-            } => Message::keepalive_with(
-                id.0,
-                token.0,
-                candidates.iter().map(FuzzAddr::to_addr).collect(),
-            ),
+                relay,
+            } => {
+                let mut m = Message::keepalive_with(
+                    id.0,
+                    token.0,
+                    candidates.iter().map(FuzzAddr::to_addr).collect(),
+                );
+                if let Message::Keepalive { relay: r, .. } = &mut m {
+                    *r = relay.as_ref().map(FuzzAddr::to_addr);
+                }
+                m
+            }
             F::Registered {
                 id,
                 token,
@@ -383,6 +392,7 @@ impl FuzzMessage {
                 punch,
                 you,
                 proof,
+                relay,
             } => Message::Introduce {
                 id: id.0,
                 addr: addr.to_addr(),
@@ -391,6 +401,7 @@ impl FuzzMessage {
                 you: you.to_addr(),
                 proof: proof.0,
                 pad: p2pchat::wire::Padding(0),
+                relay: relay.as_ref().map(FuzzAddr::to_addr),
             },
             F::Probe { from, punch } => Message::Probe {
                 from: from.0,

@@ -474,6 +474,7 @@ fn show_status(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
                 "current": peer.current_peer(),
                 "connected": connected,
                 "requests": requests,
+                "relayed": peer.relayed_addr().map(|a| a.to_string()),
             })
             .to_string(),
         );
@@ -498,6 +499,11 @@ fn show_status(peer: &Peer, out: &mut dyn Output, ui: &Ui) {
         peer.current_peer().map_or("none".into(), |p| who(peer, p)),
         list(&requests)
     ));
+    if let Some(relayed) = peer.relayed_addr() {
+        out.line(&format!(
+            "relay: peers that cannot reach you directly reach you at {relayed}"
+        ));
+    }
 }
 
 fn show_history(peer: &Peer, target: Option<Target>, count: usize, out: &mut dyn Output, ui: &Ui) {

@@ -1692,7 +1692,11 @@ impl Peer {
         self.pursue(now);
         let (sessions, punch) = (&self.sessions, &self.punch);
         let due = self.paths.handle_timeout(now, |peer| {
-            sessions.is_requesting_peer(peer) && punch.first_heard(peer).is_none()
+            if sessions.is_looking_up(peer) {
+                None
+            } else {
+                Some(sessions.is_requesting_peer(peer) && punch.first_heard(peer).is_none())
+            }
         });
         self.act_on_paths(now, due);
         self.after_paths(now);

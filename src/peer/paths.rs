@@ -354,8 +354,13 @@ impl Paths {
     }
 
     /// Time passed. `requesting(peer)`: whether our request to `peer` waits for an
-    /// answer and no probe of it came (then it may go through the relays).
-    pub fn handle_timeout(&mut self, now: Instant, requesting: impl Fn(ClientId) -> bool) -> Due {
+    /// answer and no probe of it came (then it may go through the relays): `Some(true)`;
+    /// `None` while we still look it up (the request may follow).
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        requesting: impl Fn(ClientId) -> Option<bool>,
+    ) -> Due {
         if let Some(relay) = self.relay.as_mut() {
             relay.handle_timeout(now);
         }
@@ -366,14 +371,17 @@ impl Paths {
             let Some(at) = p.at.filter(|at| *at <= now) else {
                 continue;
             };
-            if !requesting(peer) {
+            let asking = requesting(peer);
+            if asking == Some(false) {
                 p.at = None;
-            } else if relay.is_some_and(|r| r.is_ready(p.addr)) {
+            } else if asking == Some(true) && relay.is_some_and(|r| r.is_ready(p.addr)) {
                 p.at = None;
                 due.to_relay.push((peer, p.addr));
-            } else if relay.is_some_and(|r| r.has_peer(p.addr)) && now < at + RELAY_AFTER * 5 {
-                // The channel is on its way: look again shortly.
-                p.at = Some(now + Duration::from_millis(100));
+            } else if relay.is_some_and(|r| r.has_peer(p.addr))
+                && now < p.introduced + RELAY_AFTER * 5
+            {
+                // The channel (or the lookup's answer) is on its way: look again shortly.
+                p.at = Some(at.max(now) + Duration::from_millis(100));
             } else {
                 p.at = None;
             }

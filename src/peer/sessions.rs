@@ -492,6 +492,13 @@ impl Sessions {
             .is_some_and(|s| matches!(s.state, State::Requesting { .. }))
     }
 
+    /// Whether we look `peer` up (a request follows the answer).
+    pub fn is_looking_up(&self, peer: ClientId) -> bool {
+        self.by_peer
+            .get(&peer)
+            .is_some_and(|s| matches!(s.state, State::LookingUp { .. }))
+    }
+
     /// The address of the session with `peer`, if it has one yet.
     pub fn addr_of(&self, peer: ClientId) -> Option<SocketAddr> {
         self.by_peer.get(&peer).and_then(|s| s.addr)
