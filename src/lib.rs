@@ -21,7 +21,8 @@
 //!   for hole punching (see "Across NATs" in [`wire`]).
 //! - [`peer`]: a client's state machine, a folder split by concern (the link to the
 //!   server and the nonces of our requests to it, names, sessions, the outbox of queued
-//!   messages, file transfers); its `mod.rs` has a Layout of its own.
+//!   messages, file transfers, hole punching, the TURN relay and the choice of paths);
+//!   its `mod.rs` has a Layout of its own.
 //! - [`identity`]: a client's long-term X25519 key pair, its fingerprint, and the Noise
 //!   `X` proof of a key to the server (the cryptography itself is the `snow` crate's).
 //! - [`text`]: pure text helpers both sides use: [`text::sanitize`] for text from the

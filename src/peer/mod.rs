@@ -55,6 +55,11 @@
 //! - `transfer.rs`: one transfer: reading and sending chunks, progress, its timers.
 //! - `punch.rs`: hole punching: the server's introductions, our probes on their own short
 //!   schedule, the paths they find (`path` of [`Event::Connected`]), and `NoPath`.
+//! - `relay.rs`: [`relay::Relay`], a TURN client (allocation, permissions, channels,
+//!   refreshes, release) over `turn-client-proto`.
+//! - `paths.rs`: `Paths`, the relayed path and the choice between paths: our allocation,
+//!   the peers' relayed addresses from their introductions, when a request goes through
+//!   the relays, and the checks that move a session from the relay to a direct path.
 //! - `retry.rs`: `Retry`, the one "resend or give up" rule of every resent message.
 //! - `timers.rs`: `Timers`, deadlines in order, so that the next one is found without
 //!   walking every session.
