@@ -27,6 +27,8 @@ use p2pchat::wire::{self, ClientId, Message, Packer, SessionId};
 use p2pchat_fuzz::{Advance, FuzzAddr, FuzzMessage, Id, Num};
 
 const SERVER: &str = "10.0.0.1:7070";
+/// Node 0 has a TURN server here (nothing answers: what comes from it is the fuzzer's).
+const TURN: &str = "10.0.0.9:3478";
 const PEERS: [&str; 2] = ["10.0.1.1:4000", "10.0.1.2:4000"];
 const STRANGERS: [&str; 2] = ["10.0.1.1:4001", "10.9.9.9:6666"];
 
@@ -71,6 +73,8 @@ enum Target {
 #[derive(Arbitrary, Debug)]
 enum Source {
     Server,
+    /// Node 0's TURN server (raw bytes from it go to its TURN client).
+    Turn,
     Peer(bool),
     Stranger(bool),
     Any(FuzzAddr),
@@ -226,6 +230,9 @@ impl Net {
         let out: Vec<Transmit> =
             std::iter::from_fn(|| self.nodes[i].peer.poll_transmit()).collect();
         self.queue(from, out);
+        // What goes to the TURN server: nobody is there.
+        let now = self.now;
+        while self.nodes[i].peer.poll_relay_transmit(now).is_some() {}
         while let Some(e) = self.nodes[i].peer.poll_event() {
             self.nodes[i].check(&e);
         }
@@ -385,6 +392,7 @@ impl Net {
     fn source(&self, s: &Source) -> SocketAddr {
         match s {
             Source::Server => self.server,
+            Source::Turn => TURN.parse().unwrap(),
             Source::Peer(b) => self.nodes[usize::from(*b)].addr,
             Source::Stranger(b) => STRANGERS[usize::from(*b)].parse().unwrap(),
             Source::Any(a) => a.to_addr(),
@@ -543,7 +551,14 @@ fuzz_target!(|input: Input| {
     let retry = Duration::from_millis(u64::from(input.retry_ms).max(1));
     let t0 = Instant::now();
     let mk = |k: usize| {
-        let config = PeerConfig::new(server, retry);
+        let mut config = PeerConfig::new(server, retry);
+        if k == 0 {
+            config.turn = Some(p2pchat::peer::relay::TurnServer {
+                addr: TURN.parse().unwrap(),
+                username: "fuzz".into(),
+                password: "fuzz".into(),
+            });
+        }
         Node {
             addr: PEERS[k].parse().unwrap(),
             peer: Peer::with_seed(config, t0, input.seed.wrapping_add(k as u64)),
