@@ -47,6 +47,7 @@ mod newreno;
 mod pacer;
 mod sender;
 mod signals;
+mod startup;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ pub use newreno::NewReno;
 pub use pacer::Pacer;
 pub use sender::{ChunkSender, Outgoing, SenderConfig, SenderStats, INITIAL_WINDOW};
 pub use signals::{Signal, Signals, DEEP_QUEUE};
+pub use startup::{FastStart, Growth, FAST_GAIN, FAST_ROUNDS};
 
 /// The window is cut to this fraction on a delay signal (a standing queue above target).
 pub const DELAY_BETA: f64 = 0.85;
@@ -76,6 +78,10 @@ pub trait Controller: Send + fmt::Debug {
     /// it (but by half at most), draining the queue that slow start's last round trip built
     /// before its samples could show it (as BBR's drain phase does); else it stays.
     fn exit_slow_start(&mut self, bdp: Option<u64>);
+
+    /// In slow start: the window grows to `window` bytes if it is below (the path's product
+    /// measured at the end of fast growth, see [`FastStart`]); else nothing.
+    fn grow_to(&mut self, window: u64);
 
     /// Persistent congestion (RFC 9002 §7.6): back to the minimum window.
     fn on_persistent_congestion(&mut self);
