@@ -28,6 +28,7 @@
 //! cargo run --release --example bench_path              # 3 runs of each, 32 MiB
 //! cargo run --release --example bench_path -- 5         # 5 runs
 //! BENCH_PATH_MIB=8 cargo run --release --example bench_path -- 1
+//! BENCH_PATH_FAST=0 cargo run --release --example bench_path   # without fast start
 //! BENCH_PATH_ONLY="100 ms" cargo run --release --example bench_path   # the rows whose
 //!                                                # name holds this ("two", "chat", ...)
 //! ```
@@ -93,7 +94,12 @@ fn in_ns<T: Send>(ns: &link_common::netns::Netns, f: impl FnOnce() -> io::Result
 }
 
 fn config(server: SocketAddr) -> PeerConfig {
-    PeerConfig::new(server, Duration::from_secs(10))
+    let mut cfg = PeerConfig::new(server, Duration::from_secs(10));
+    // BENCH_PATH_FAST=0: without fast start (plain doubling), for comparison.
+    if std::env::var("BENCH_PATH_FAST").is_ok_and(|v| v == "0") {
+        cfg.files.sender.fast_start = false;
+    }
+    cfg
 }
 
 /// When the first transfer finished, and the bytes each had received then.
@@ -594,16 +600,25 @@ fn main() {
             println!("  chat run {run}: the transfer failed");
             continue;
         };
+        // The three slowest, with their place in the run (one message every 50 ms).
+        let mut slowest: Vec<(usize, Duration)> = during.iter().copied().enumerate().collect();
+        slowest.sort_by_key(|&(_, d)| std::cmp::Reverse(d));
+        let slowest: Vec<String> = slowest
+            .iter()
+            .take(3)
+            .map(|&(k, d)| format!("#{k} {:.1} ms", ms(d)))
+            .collect();
         during.sort();
         let p99 = percentile(&during, 0.99);
         let share = out.rates[0] / path.rate() as f64;
         println!(
-            "  chat run {run}: {} messages during a transfer at {:.0}% of the link: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; base round trip {:.1} ms",
+            "  chat run {run}: {} messages during a transfer at {:.0}% of the link: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (slowest: {}); base round trip {:.1} ms",
             during.len(),
             share * 100.0,
             ms(percentile(&during, 0.5)),
             ms(p99),
             ms(*during.last().unwrap_or(&Duration::ZERO)),
+            slowest.join(", "),
             ms(base)
         );
         p99s.push(ms(p99));

@@ -498,11 +498,14 @@ impl ChunkSender {
             }
             Growth::Ended { rate } => {
                 // The acknowledgements came back at the bottleneck's rate: slow start ends
-                // with the window at that rate x the minimum round trip (BBR's estimate
-                // of the path's product), up or down (down by half at most).
+                // with the window at 9/8 of that rate x the minimum round trip (BBR's
+                // estimate of the path's product; 9/8 as HyStart++'s drain here, a queue of
+                // an eighth of the round trip: below a quarter of the target, the window
+                // right at the product counts as an empty path and its boost overshoots
+                // the first cut), up or down (down by half at most).
                 if let (Some(rate), Some(min)) = (rate, self.signals.min_rtt()) {
                     let bdp = (rate * min.as_secs_f64()) as u64;
-                    self.controller.grow_to(bdp);
+                    self.controller.grow_to(bdp + bdp / 8);
                     self.controller.exit_slow_start(Some(bdp));
                     self.stats.fast_exits += 1;
                 } else {

@@ -42,6 +42,9 @@ const SLACK_MIN: Duration = Duration::from_millis(1);
 pub struct FastStart {
     /// Still growing fast.
     active: bool,
+    /// Fast growth is over: the bottleneck spread the acknowledgements, and their rate is
+    /// being measured over [`FastStart::measure_span`] before slow start ends on it.
+    measuring: bool,
     /// Round trips begun while fast.
     rounds: u32,
     /// The current flight ends with this transmission (its acknowledgement ends the round).
@@ -61,14 +64,15 @@ pub enum Growth {
     /// `cap`, if any: the rate the flight's acknowledgements came back at so far x the
     /// minimum RTT (what the path is proven to hold; above it, only plain growth).
     Fast { cap: Option<u64> },
-    /// Fast growth just ended because the path did not keep up: the acknowledgements came
-    /// back spread by the bottleneck (or with a queue). `rate`: the rate (bytes/s) they came
-    /// back at over the flight so far, the bottleneck's, when measured over at least
-    /// [`MIN_SPAN`]; slow start ends there, the window set to that rate x the minimum RTT.
+    /// Fast growth ended because the path did not keep up. `rate`: when the bottleneck
+    /// spread the acknowledgements, the rate (bytes/s) they came back at, measured over at
+    /// least [`FastStart::measure_span`] (plain growth meanwhile): the bottleneck's; slow
+    /// start ends there, the window set to 9/8 of that rate x the minimum RTT. `None`: a
+    /// queue ended it, not a measured rate (another flow's queue, perhaps).
     Ended { rate: Option<f64> },
 }
 
-/// The shortest train of acknowledgements whose rate is taken for the bottleneck's.
+/// The shortest train of acknowledgements whose rate caps fast growth.
 pub const MIN_SPAN: Duration = Duration::from_millis(1);
 
 impl FastStart {
@@ -76,6 +80,7 @@ impl FastStart {
     pub fn new(enabled: bool) -> Self {
         FastStart {
             active: enabled,
+            measuring: false,
             rounds: 0,
             round_end: 0,
             first: None,
@@ -100,6 +105,21 @@ impl FastStart {
     /// Slow start ended (or the window was cut): no more fast growth.
     pub fn stop(&mut self) {
         self.active = false;
+        self.measuring = false;
+    }
+
+    /// How long acknowledgements are counted to measure the bottleneck's rate: an eighth
+    /// of the minimum RTT, at least 2 ms (a receiver or a link that hands acknowledgements
+    /// over in bunches would make a shorter train look faster than the bottleneck).
+    pub fn measure_span(min_rtt: Option<Duration>) -> Duration {
+        (min_rtt.unwrap_or_default() / 8).max(Duration::from_millis(2))
+    }
+
+    /// The rate of the flight's acknowledgements after its first, if they span `at_least`.
+    fn rate(&self, now: Instant, at_least: Duration) -> Option<f64> {
+        let (acked0, _) = self.first?;
+        let span = now.saturating_duration_since(acked0);
+        (span >= at_least && span > Duration::ZERO).then(|| self.acked as f64 / span.as_secs_f64())
     }
 
     /// An acknowledgement in slow start: its largest transmission `pn` newly acknowledged
@@ -118,6 +138,21 @@ impl FastStart {
         min_rtt: Option<Duration>,
         eta: Duration,
     ) -> Growth {
+        if self.measuring {
+            if pn > self.round_end {
+                // The flight is over before the span: its rate so far.
+                self.measuring = false;
+                return Growth::Ended {
+                    rate: self.rate(now, MIN_SPAN),
+                };
+            }
+            self.acked += bytes;
+            if let Some(rate) = self.rate(now, Self::measure_span(min_rtt)) {
+                self.measuring = false;
+                return Growth::Ended { rate: Some(rate) };
+            }
+            return Growth::Plain;
+        }
         if !self.active {
             return Growth::Plain;
         }
@@ -146,15 +181,17 @@ impl FastStart {
             }
             None => true,
         };
-        let rate = self.first.and_then(|(acked0, _)| {
-            let span = now.saturating_duration_since(acked0);
-            (span >= MIN_SPAN).then(|| self.acked as f64 / span.as_secs_f64())
-        });
-        if queued || !kept_up {
+        if queued {
             self.active = false;
-            return Growth::Ended { rate };
+            return Growth::Ended { rate: None };
         }
-        let cap = rate
+        if !kept_up {
+            self.active = false;
+            self.measuring = true;
+            return Growth::Plain;
+        }
+        let cap = self
+            .rate(now, MIN_SPAN)
             .zip(min_rtt)
             .map(|(rate, min)| (rate * min.as_secs_f64()) as u64);
         Growth::Fast { cap }
@@ -204,18 +241,21 @@ mod tests {
             let now = t0 + ms(100 + 2 * pn);
             got.push(f.on_ack(now, pn, sent, 10, 1000, None, MIN, ETA));
         }
-        // 2 ms back for 1 ms out is within 5/4 + 1 ms; 4 for 2 is not: the rate then,
-        // 2,000 bytes over 4 ms, is the bottleneck's.
+        // 2 ms back for 1 ms out is within 5/4 + 1 ms; 4 for 2 is not: from there the
+        // window grows as in plain slow start, and the rate is measured over an eighth of
+        // the minimum RTT (12.5 ms; 14 ms at the 8th): 7,000 bytes over 14 ms, the
+        // bottleneck's.
         assert!(matches!(got[1], Growth::Fast { .. }));
+        assert!(got[2..7].iter().all(|&g| g == Growth::Plain), "{got:?}");
+        assert!(!f.active());
+        assert_eq!(f.pacing_gain(), 2.0);
         assert_eq!(
-            got[2],
+            got[7],
             Growth::Ended {
                 rate: Some(500_000.0)
             }
         );
-        assert!(got[3..].iter().all(|&g| g == Growth::Plain));
-        assert!(!f.active());
-        assert_eq!(f.pacing_gain(), 2.0);
+        assert!(got[8..].iter().all(|&g| g == Growth::Plain));
     }
 
     #[test]
