@@ -14,8 +14,11 @@
 //!   repaired without shrinking the window. At most one reduction per round trip (the
 //!   recovery period of RFC 9002 §7.3.2).
 //! - [`Pacer`]: a token bucket that spreads a window over the round trip (after quinn's
-//!   `pacing.rs`): rate 1.25 x window / minimum RTT (2 x in slow start, as Linux does),
+//!   `pacing.rs`): rate 1.25 x window / minimum RTT (2 x in slow start, as Linux does; 4 x
+//!   while [`FastStart`] grows),
 //!   bursts of at most 2 ms of that rate (between 10 and 256 datagrams).
+//! - [`FastStart`]: slow start grows x4 per round trip instead of x2 while the path proves
+//!   it has the room (after SUSS and BBR's startup), and ends on the bottleneck's rate.
 //! - [`ChunkSender`]: one transfer's sending side: numbering of transmissions, acknowledged
 //!   ranges, packet-threshold (3) and time-threshold (9/8 RTT) loss detection, the probe
 //!   timeout (PTO), the receiver's window (flow control), the controller and the pacer.

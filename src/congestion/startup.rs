@@ -2,7 +2,8 @@
 //! room: after SUSS ("Improving TCP Performance by Speeding Up Slow-Start", Arghavani et al.,
 //! ACM SIGCOMM 2024), which quadruples CUBIC's window in a round of slow start when the
 //! acknowledgements of the previous one came back in a short train and the round trip did
-//! not rise, at most three times, and paces the extra data.
+//! not rise, at most three times, and paces the extra data; and after BBR's startup, which
+//! ends on the delivery rate it measured and sets the window from it.
 //!
 //! Here the window's flight is paced at [`FAST_GAIN`] x window / minimum RTT (a quarter of
 //! the round trip), and the acknowledgements of a flight are checked as they arrive: each
@@ -10,19 +11,26 @@
 //! flight's first transmission (with [`SLACK_NUM`]/[`SLACK_DEN`] and [`SLACK_MIN`] for
 //! jitter), and with a round trip less than a quarter of slow start's eta above the minimum.
 //! Such acknowledgements prove the bottleneck carries at least the rate the flight was sent
-//! at: [`FAST_GAIN`] windows per round trip, so a window [`FAST_GAIN`] times larger still
-//! fits the path without a queue. While that holds, each acknowledged byte grows the window
-//! by [`FAST_GAIN`] - 1 bytes (x4 per round trip instead of x2). The first acknowledgement
-//! that comes back later (the flight was faster than the bottleneck: the acknowledgements
-//! are spread by it) or shows a queue ends it for good: slow start goes on doubling, paced
-//! at 2x, and HyStart++'s exit and the drain to the measured product follow as before.
+//! at. While that holds, each acknowledged byte grows the window by [`FAST_GAIN`] - 1 bytes
+//! (x4 per round trip instead of x2), but never above the rate the flight's
+//! acknowledgements came back at x the minimum RTT: what the path is proven to hold.
+//!
+//! Fast growth ends for good at the first acknowledgement that does not keep up or shows a
+//! queue:
+//! - spread by the bottleneck (the flight left faster than it drains): the rate of the
+//!   acknowledgements is counted over [`FastStart::measure_span`] (plain growth, pacing at
+//!   2x, meanwhile) and slow start ends with the window at 9/8 of that rate x the minimum
+//!   RTT (BBR's estimate of the path's product, with HyStart++'s drain factor here);
+//! - a queue without that spread (another flow's, perhaps): slow start goes on doubling and
+//!   HyStart++ ends it as before, but without the drain to this flow's own delivery rate
+//!   (see `ChunkSender::on_ack`).
 //!
 //! The queue this can build is bounded as plain slow start's is: a window grows to at most
-//! [`FAST_GAIN`] x the flight just proven to pass at a quarter of the round trip, so it is at
-//! most the path's product, and a flight of it sent at a quarter of the round trip into a
-//! bottleneck that turns out slower leaves at most 3/4 of the product queued (plain slow
-//! start, a doubled window sent over half the round trip: up to 1/2 to one product).
-//! Only in a transfer's first slow start and for at most [`FAST_ROUNDS`] round trips.
+//! what the acknowledgements proved, so it is at most the path's product, and a flight of it
+//! sent at a quarter of the round trip into a bottleneck that turns out slower leaves at most
+//! 3/4 of the product queued (plain slow start, a doubled window sent over half the round
+//! trip: up to 1/2 to one product). Only in a transfer's first slow start and for at most
+//! [`FAST_ROUNDS`] round trips.
 
 use std::time::{Duration, Instant};
 
