@@ -344,6 +344,7 @@ fn a_client_never_answers_a_stranger_at_all() {
                         from,
                         session,
                         n: 1,
+                        window: 0,
                     },
                 ]
             })),

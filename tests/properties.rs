@@ -162,6 +162,7 @@ fn peer_message(
             from,
             session,
             n: a % 4,
+            window: b % 3000,
         },
         11 => Message::Chunk {
             from,

@@ -199,6 +199,12 @@ impl Controller for Cubic {
         }
     }
 
+    fn grow_to(&mut self, window: u64) {
+        if self.window < self.ssthresh {
+            self.window = self.window.max(window);
+        }
+    }
+
     fn on_persistent_congestion(&mut self) {
         self.reduce(BETA);
         self.window = minimum_window(self.mss);

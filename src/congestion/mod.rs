@@ -14,8 +14,11 @@
 //!   repaired without shrinking the window. At most one reduction per round trip (the
 //!   recovery period of RFC 9002 §7.3.2).
 //! - [`Pacer`]: a token bucket that spreads a window over the round trip (after quinn's
-//!   `pacing.rs`): rate 1.25 x window / minimum RTT (2 x in slow start, as Linux does),
+//!   `pacing.rs`): rate 1.25 x window / minimum RTT (2 x in slow start, as Linux does; 4 x
+//!   while [`FastStart`] grows),
 //!   bursts of at most 2 ms of that rate (between 10 and 256 datagrams).
+//! - [`FastStart`]: slow start grows x4 per round trip instead of x2 while the path proves
+//!   it has the room (after SUSS and BBR's startup), and ends on the bottleneck's rate.
 //! - [`ChunkSender`]: one transfer's sending side: numbering of transmissions, acknowledged
 //!   ranges, packet-threshold (3) and time-threshold (9/8 RTT) loss detection, the probe
 //!   timeout (PTO), the receiver's window (flow control), the controller and the pacer.
@@ -47,6 +50,7 @@ mod newreno;
 mod pacer;
 mod sender;
 mod signals;
+mod startup;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -56,6 +60,7 @@ pub use newreno::NewReno;
 pub use pacer::Pacer;
 pub use sender::{ChunkSender, Outgoing, SenderConfig, SenderStats, INITIAL_WINDOW};
 pub use signals::{Signal, Signals, DEEP_QUEUE};
+pub use startup::{FastStart, Growth, FAST_GAIN, FAST_ROUNDS};
 
 /// The window is cut to this fraction on a delay signal (a standing queue above target).
 pub const DELAY_BETA: f64 = 0.85;
@@ -76,6 +81,10 @@ pub trait Controller: Send + fmt::Debug {
     /// it (but by half at most), draining the queue that slow start's last round trip built
     /// before its samples could show it (as BBR's drain phase does); else it stays.
     fn exit_slow_start(&mut self, bdp: Option<u64>);
+
+    /// In slow start: the window grows to `window` bytes if it is below (the path's product
+    /// measured at the end of fast growth, see [`FastStart`]); else nothing.
+    fn grow_to(&mut self, window: u64);
 
     /// Persistent congestion (RFC 9002 §7.6): back to the minimum window.
     fn on_persistent_congestion(&mut self);

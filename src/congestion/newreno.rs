@@ -75,6 +75,12 @@ impl Controller for NewReno {
         }
     }
 
+    fn grow_to(&mut self, window: u64) {
+        if self.window < self.ssthresh {
+            self.window = self.window.max(window);
+        }
+    }
+
     fn on_persistent_congestion(&mut self) {
         self.reduce(0.5);
         self.window = minimum_window(self.mss);

@@ -36,10 +36,10 @@ impl Pacer {
         self.capacity
     }
 
-    /// The pacing rate in bytes per second for `window` over the round trip `srtt`.
-    pub fn rate(window: u64, srtt: Duration, slow_start: bool) -> f64 {
-        let factor = if slow_start { 2.0 } else { 1.25 };
-        window as f64 * factor / srtt.as_secs_f64().max(1e-6)
+    /// The pacing rate in bytes per second for `window` over the round trip `srtt`, times
+    /// `gain` (1.25; 2 in slow start; 4 while growing fast, see `FastStart`).
+    pub fn rate(window: u64, srtt: Duration, gain: f64) -> f64 {
+        window as f64 * gain / srtt.as_secs_f64().max(1e-6)
     }
 
     /// When `bytes` may leave: `None` for now, or the time the bucket will hold them.
@@ -50,10 +50,10 @@ impl Pacer {
         bytes: u64,
         window: u64,
         srtt: Option<Duration>,
-        slow_start: bool,
+        gain: f64,
     ) -> Option<Instant> {
         let srtt = srtt?;
-        let rate = Self::rate(window, srtt, slow_start);
+        let rate = Self::rate(window, srtt, gain);
         let burst = (rate * BURST_INTERVAL.as_secs_f64()) as u64;
         self.capacity = burst.clamp(MIN_BURST * self.mss, MAX_BURST * self.mss);
         let elapsed = now.saturating_duration_since(self.prev).as_secs_f64();
@@ -91,7 +91,7 @@ mod tests {
         let mut now = t0;
         let mut sent_at = Vec::new();
         while sent_at.len() < 1000 {
-            match p.delay(now, mss, window, srtt, false) {
+            match p.delay(now, mss, window, srtt, 1.25) {
                 None => {
                     p.on_sent(mss);
                     sent_at.push(now);

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{Algorithm, Controller, Pacer, Signal, Signals};
+use super::{Algorithm, Controller, FastStart, Growth, Pacer, Signal, Signals, FAST_GAIN};
 
 /// Settings of a [`ChunkSender`].
 #[derive(Debug, Clone)]
@@ -48,6 +48,9 @@ pub struct SenderConfig {
     pub pacing: bool,
     /// The initial congestion window, in datagrams (see [`INITIAL_WINDOW`]).
     pub initial_window: u64,
+    /// Grow faster than doubling at the start while the path proves it has the room
+    /// ([`FastStart`]).
+    pub fast_start: bool,
 }
 
 /// The initial window of a transfer, in datagrams: 64, the fixed window the release before
@@ -72,6 +75,7 @@ impl Default for SenderConfig {
             chunk_size: crate::wire::CHUNK_SIZE as u64,
             pacing: true,
             initial_window: INITIAL_WINDOW,
+            fast_start: true,
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct SenderStats {
     pub max_in_flight: u64,
     /// The congestion window now.
     pub window: u64,
+    /// Slow starts ended by the bottleneck's rate measured at the end of fast growth.
+    pub fast_exits: u64,
 }
 
 /// What [`ChunkSender::poll_transmit`] asks to send.
@@ -133,6 +139,7 @@ pub struct ChunkSender {
     controller: Box<dyn Controller>,
     pacer: Pacer,
     signals: Signals,
+    fast: FastStart,
     srtt: Option<Duration>,
     rttvar: Duration,
     latest_rtt: Duration,
@@ -158,6 +165,15 @@ pub struct ChunkSender {
     probes: u32,
     /// When the pacer lets the next datagram go, if it held one back.
     paced_until: Option<Instant>,
+    /// The pacer, not a lack of data, held the latest transmissions back: the window is not
+    /// underused (RFC 9002 §7.8), so what leaves now counts as window-limited.
+    pacing_limited: bool,
+    /// The first transmission sent since the sender last ran out of data: when the pacer
+    /// then holds one back, those sent before it (a burst the bucket let go at once) were
+    /// limited by the window and the pacer too, not by the data.
+    burst_from: u64,
+    /// Slow start ends without the drain (see [`Growth::Ended`] in `on_ack`).
+    skip_drain: bool,
     broken: bool,
     stats: SenderStats,
     /// Bytes acknowledged so far, and (time, that count) at recent acknowledgements, for
@@ -175,6 +191,7 @@ impl ChunkSender {
                 .build(mss, config.initial_window.saturating_mul(mss)),
             pacer: Pacer::new(now, mss),
             signals: Signals::new(),
+            fast: FastStart::new(config.fast_start),
             srtt: None,
             rttvar: Duration::ZERO,
             latest_rtt: Duration::ZERO,
@@ -193,6 +210,9 @@ impl ChunkSender {
             last_sent: None,
             probes: 0,
             paced_until: None,
+            pacing_limited: false,
+            burst_from: 1,
+            skip_drain: false,
             broken: false,
             stats: SenderStats::default(),
             delivered: 0,
@@ -242,6 +262,8 @@ impl ChunkSender {
         let has_due = !self.due.is_empty();
         let has_new = self.waiting.front().is_some_and(|&(s, _)| s <= self.limit);
         if !has_due && !has_new {
+            self.pacing_limited = false;
+            self.burst_from = self.next_pn;
             return None;
         }
         let window = self.controller.window();
@@ -249,15 +271,25 @@ impl ChunkSender {
             return None;
         }
         if self.config.pacing {
-            let ss = self.controller.in_slow_start();
+            let gain = if self.controller.in_slow_start() {
+                self.fast.pacing_gain()
+            } else {
+                1.25
+            };
             // The window over the path's minimum round trip: the window spread over the
             // round trip the path has without a queue. Over the smoothed one, a queue in
             // the receiving host (acknowledgements of a burst sent after the whole burst
             // is read) slows the pacing and so the transfer: on loopback, to half. Before a
             // round trip is measured, the initial RTT (RFC 9002 §7.7).
             let rtt = self.signals.min_rtt().unwrap_or(self.config.initial_rtt);
-            if let Some(at) = self.pacer.delay(now, self.mss(), window, Some(rtt), ss) {
+            if let Some(at) = self.pacer.delay(now, self.mss(), window, Some(rtt), gain) {
                 self.paced_until = Some(at);
+                if !self.pacing_limited {
+                    for t in self.sent.range_mut(self.burst_from..).map(|(_, t)| t) {
+                        t.cwnd_limited = true;
+                    }
+                    self.pacing_limited = true;
+                }
                 return None;
             }
         }
@@ -307,7 +339,7 @@ impl ChunkSender {
                 seq,
                 time: now,
                 bytes,
-                cwnd_limited: self.bytes_in_flight * 2 >= window,
+                cwnd_limited: self.bytes_in_flight * 2 >= window || self.pacing_limited,
             },
         );
         self.pacer.on_sent(bytes);
@@ -417,7 +449,11 @@ impl ChunkSender {
             ss,
         ) {
             Some(Signal::SlowStartDone) => {
-                let bdp = self.measured_bdp(now);
+                let bdp = if self.skip_drain {
+                    None
+                } else {
+                    self.measured_bdp(now)
+                };
                 self.controller.exit_slow_start(bdp);
             }
             Some(signal) => {
@@ -429,10 +465,61 @@ impl ChunkSender {
             }
             None => {}
         }
+        // Fast growth at the start: each byte counts FAST_GAIN - 1 times while the path
+        // keeps up (in slow start only: anything else ends it).
+        let growth = if self.controller.in_slow_start() {
+            self.fast.on_ack(
+                now,
+                pn,
+                time,
+                largest_sent,
+                acked_bytes,
+                sample,
+                self.signals.min_rtt(),
+                self.signals.slow_start_eta(),
+            )
+        } else {
+            self.fast.stop();
+            Growth::Plain
+        };
         let srtt = self.srtt.unwrap_or(self.config.initial_rtt);
         self.controller.set_no_queue(self.signals.no_queue());
         self.controller.set_low_queue(self.signals.low_queue());
+        let before = self.controller.window();
         self.controller.on_ack(now, acked_bytes, cwnd_limited, srtt);
+        match growth {
+            Growth::Plain => {}
+            Growth::Fast { cap } => {
+                if cwnd_limited {
+                    let fast = before + acked_bytes * (FAST_GAIN - 1);
+                    self.controller
+                        .grow_to(cap.map_or(fast, |cap| fast.min(cap)));
+                }
+            }
+            Growth::Ended { rate } => {
+                // The acknowledgements came back at the bottleneck's rate: slow start ends
+                // with the window at 9/8 of that rate x the minimum round trip (BBR's
+                // estimate of the path's product; 9/8 as HyStart++'s drain here, a queue of
+                // an eighth of the round trip: below a quarter of the target, the window
+                // right at the product counts as an empty path and its boost overshoots
+                // the first cut), up or down (down by half at most).
+                if let (Some(rate), Some(min)) = (rate, self.signals.min_rtt()) {
+                    let bdp = (rate * min.as_secs_f64()) as u64;
+                    self.controller.grow_to(bdp + bdp / 8);
+                    self.controller.exit_slow_start(Some(bdp));
+                    self.stats.fast_exits += 1;
+                } else {
+                    // Ended by a queue, its rate not measured: another flow may have
+                    // filled the link meanwhile (a transfer that starts a round trip
+                    // after another grows as fast and meets the queue of the other's
+                    // growth). Slow start ends at the queue as before (HyStart++), but
+                    // without the drain to the delivery rate this flow measures, which is
+                    // then its own small share: drained, it starts its convergence to an
+                    // equal share from a quarter of the other's window rather than a half.
+                    self.skip_drain = true;
+                }
+            }
+        }
         self.stats.window = self.controller.window();
         self.stats.max_window = self.stats.max_window.max(self.stats.window);
     }
@@ -519,6 +606,7 @@ impl ChunkSender {
             }
         }
         if persistent {
+            self.fast.stop();
             self.stats.persistent += 1;
             self.controller.on_persistent_congestion();
             self.signals.on_reduced(self.next_pn - 1);
@@ -707,8 +795,9 @@ mod tests {
         for _ in 0..200 {
             s.push(vec![0; 1056]);
         }
-        // Before any round trip: a burst of 10, then the rest at 2 x the initial window
-        // over the initial RTT (333 ms), until the window is full.
+        // Before any round trip: a burst of 10, then the rest at 4 x the initial window
+        // over the initial RTT (333 ms; 4: fast start's pacing gain), until the window is
+        // full.
         let mut times = Vec::new();
         let mut now = t0;
         while times.len() < 100 {
@@ -723,9 +812,9 @@ mod tests {
         assert_eq!(times.len(), 64, "the initial window, no more");
         assert_eq!(times.iter().filter(|&&t| t == t0).count(), 10);
         let last = (times[63] - t0).as_secs_f64();
-        // 54 x 1,200 bytes at 2 x 64 x 1,200 / 0.333 s: 140 ms.
+        // 54 x 1,200 bytes at 4 x 64 x 1,200 / 0.333 s: 70 ms.
         assert!(
-            (0.130..0.150).contains(&last),
+            (0.065..0.075).contains(&last),
             "the 64th left after {last} s"
         );
     }

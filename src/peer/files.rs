@@ -396,6 +396,7 @@ impl Files {
                 from: me,
                 session,
                 n: wire_n,
+                window: window as u64,
             },
         );
         Ok(())
@@ -545,6 +546,7 @@ impl Files {
                                 from: me,
                                 session: link.session,
                                 n,
+                                window: self.config.receive_window as u64,
                             },
                         );
                     }
@@ -596,7 +598,7 @@ impl Files {
                 let t = Transfer::new(now, link, peer, n, name, size, sha256, Kind::Offered);
                 self.transfers.insert(local, t);
             }
-            Message::FileGet { n, .. } => {
+            Message::FileGet { n, window, .. } => {
                 let key = (peer, link.session, me, n);
                 let Some(&local) = self.index.get(&key) else {
                     match self.closed.get(&key).copied() {
@@ -608,8 +610,26 @@ impl Files {
                     }
                     return;
                 };
-                let sender = self.config.sender.clone();
+                let mut sender = self.config.sender.clone();
                 let t = self.transfers.get_mut(&local).expect("indexed");
+                // Until a chunk's round trip is measured, the sender assumes RFC 9002's 333
+                // ms (§6.2: for the initial window's pacing and the first probe timeout),
+                // or less when the path is known to be shorter: the round trip the session
+                // measured (its chat), and the time from our offer to this answer, which
+                // cannot have come sooner than one round trip after the offer left (an
+                // upper bound of the round trip, whoever answered and however late).
+                let answered = now.saturating_duration_since(t.started());
+                let rtt = [Some(sender.initial_rtt), Some(answered), link.srtt]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(sender.initial_rtt);
+                sender.initial_rtt = rtt.max(Duration::from_millis(1));
+                // The receiver's window from the first chunk (an older one says nothing:
+                // the default stays).
+                if window > 0 {
+                    sender.default_window = window;
+                }
                 if let Kind::Offering { .. } = t.kind {
                     let Kind::Offering { source, .. } =
                         std::mem::replace(&mut t.kind, Kind::Offered)
@@ -864,6 +884,7 @@ impl Files {
                     from: me,
                     session: link.session,
                     n,
+                    window: self.config.receive_window as u64,
                 },
             );
         }

@@ -168,15 +168,16 @@ impl Session {
 
     /// The session as the file transfers on it see it.
     pub fn link(&self) -> Link {
-        let rto = match &self.state {
-            State::Connected { tx, .. } => tx.rtt().rto(),
-            _ => Duration::from_secs(1),
+        let (rto, srtt) = match &self.state {
+            State::Connected { tx, .. } => (tx.rtt().rto(), tx.rtt().srtt()),
+            _ => (Duration::from_secs(1), None),
         };
         Link {
             peer: self.peer,
             session: self.id,
             addr: self.addr.expect("connected sessions have an address"),
             rto,
+            srtt,
         }
     }
 

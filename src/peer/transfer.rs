@@ -56,6 +56,9 @@ pub struct Link {
     /// The session's current retransmission timeout: the first resend period of control
     /// messages.
     pub rto: Duration,
+    /// The session's smoothed round trip, once measured (its handshake and chat): a
+    /// transfer's sender starts from it rather than from an assumed one.
+    pub srtt: Option<Duration>,
 }
 
 /// How many chunks a file of `size` bytes travels in (an empty file is one empty chunk).
@@ -152,6 +155,11 @@ impl Transfer {
             progress_bytes: 0,
             kind,
         }
+    }
+
+    /// When it began (the offer was made or arrived), until it starts moving.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The transfer starts moving `now`, as `kind`: progress and rate count from here.

@@ -335,7 +335,7 @@
 //! | message | fields | sent by | answered by |
 //! |---|---|---|---|
 //! | `FileOffer` | `from`, `session`, `n`, `name`, `size`, `sha256` (32-byte bin) | offerer, resent until answered | `FileGet`, or `FileCancel` (`Refused`) |
-//! | `FileGet` | `from`, `session`, `n` | receiver | the chunks |
+//! | `FileGet` | `from`, `session`, `n`, optional `window` | receiver | the chunks |
 //! | `Chunk` | `from`, `session`, `n`, `seq`, `data` (bin, at most [`CHUNK_SIZE`] bytes) | offerer | `ChunkAck` |
 //! | `ChunkAck` | `from`, `session`, `n`, `seq`, `cumulative`, optional `ranges`, optional `window` | receiver | - |
 //! | `FileCancel` | `from`, `session`, `offerer`, `n`, `reason` | either side, resent until acknowledged | `FileCancelAck` |
@@ -360,7 +360,8 @@
 //! `cumulative` it can take (flow control: what it can buffer). A chunk above
 //! `cumulative + window` is dropped unacknowledged. A receiver that sends no `window` takes
 //! [`DEFAULT_CHUNK_WINDOW`] (64) chunks, so an older receiver is never flooded; an older
-//! sender ignores both fields and keeps its window of 64.
+//! sender ignores both fields and keeps its window of 64. `FileGet` carries the same
+//! `window`, so that it holds from the first chunk, before any `ChunkAck` (absent: 64).
 //!
 //! How the offerer paces the chunks is its own business, not the protocol's; p2pchat's
 //! sender (see [`crate::congestion`]) numbers every copy it sends, declares a chunk lost
@@ -997,6 +998,10 @@ pub enum Message {
         from: ClientId,
         session: SessionId,
         n: u64,
+        /// Flow control from the first chunk: the `window` of the receiver's `ChunkAck`s,
+        /// before its first one. Absent or 0: [`DEFAULT_CHUNK_WINDOW`].
+        #[serde(default, skip_serializing_if = "is_zero_u64")]
+        window: u64,
     },
     /// Chunk `seq` (1, 2, 3, ...) of transfer `n`: bytes `(seq - 1) * CHUNK_SIZE` onwards.
     Chunk {

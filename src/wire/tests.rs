@@ -293,6 +293,13 @@ fn all_messages() -> Vec<Message> {
             from: 2,
             session: 5,
             n: 1,
+            window: 0,
+        },
+        Message::FileGet {
+            from: 2,
+            session: 5,
+            n: 1,
+            window: 2048,
         },
         Message::Chunk {
             from: 1,
