@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::{initial_window, minimum_window, Controller, Signal, DELAY_BETA};
 
 /// The delay cut of a flow cut again below its previous window (see [`Cubic::on_congestion`]).
-pub const DELAY_BETA_CONVERGE: f64 = 0.8;
+pub const DELAY_BETA_CONVERGE: f64 = 0.85;
 
 /// RFC 9438's C, in segments per second cubed.
 const C: f64 = 0.4;
@@ -163,7 +163,7 @@ impl Controller for Cubic {
             Signal::Delay => {
                 // Fast convergence for the delay signal: a flow cut again below the window
                 // of its previous cut is losing share to another flow; it gives back more
-                // (0.8: still at least the path's product, with a queue of the target).
+                // (0.85: still at least the path's product, with a queue of the target).
                 let w = self.window as f64;
                 let beta = if w < self.last_cut {
                     DELAY_BETA_CONVERGE

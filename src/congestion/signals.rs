@@ -70,11 +70,11 @@ impl Signals {
         self.min_rtt
     }
 
-    /// The standing queue that counts as congestion on this path: a quarter of the minimum
+    /// The standing queue that counts as congestion on this path: an eighth of the minimum
     /// round trip, between 2 and 25 ms.
     pub fn target(&self) -> Duration {
         let min = self.min_rtt.unwrap_or(Duration::from_millis(100));
-        (min / 4).clamp(Duration::from_millis(2), Duration::from_millis(25))
+        (min / 8).clamp(Duration::from_millis(2), Duration::from_millis(25))
     }
 
     /// The rise that ends slow start (RFC 9406's eta: an eighth of the minimum, 4 to 16 ms).
@@ -238,7 +238,7 @@ mod tests {
     fn a_standing_queue_above_target_is_a_delay_signal_once_per_round_trip() {
         let mut s = Signals::new();
         assert!(acks(&mut s, 1, 10, 10, ms(50)).is_empty());
-        assert_eq!(s.target(), Duration::from_micros(12_500));
+        assert_eq!(s.target(), Duration::from_micros(6_250));
         // From here every sample is 20 ms above the minimum; the first round of them ends
         // when 21 is acknowledged (it was sent after the round began).
         assert!(acks(&mut s, 11, 20, 20, ms(70)).is_empty());
