@@ -642,4 +642,108 @@ mod tests {
             assert_eq!(from.port(), local.port());
         }
     }
+
+    /// Receives (bounded in time) until `want` datagrams are in, batch by batch.
+    fn recv_all(udp: &Udp, want: usize) -> Vec<(Received, Vec<u8>)> {
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while got.len() < want {
+            match udp.recv_batch(&mut batch) {
+                Ok(n) => {
+                    assert!((1..=BATCH).contains(&n), "{n} datagrams in one batch");
+                    for k in 0..n {
+                        let (r, data) = batch.get(k);
+                        got.push((r, data.to_vec()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(5),
+                        "only {} of {want} arrived",
+                        got.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_order_past_a_refused_datagram_and_names_only_that_one() {
+        let sender = bind("127.0.0.1:0");
+        let a = bind("127.0.0.1:0");
+        let b = bind("127.0.0.1:0");
+        let (to_a, to_b) = (
+            a.socket().local_addr().unwrap(),
+            b.socket().local_addr().unwrap(),
+        );
+        // An IPv6 destination on an IPv4 socket: the kernel refuses that one datagram.
+        let bad: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        let mut batch = SendBatch::default();
+        // More than three batches' worth, so that sendmmsg is called several times, with
+        // the refused datagram in the middle of one and one more at the very end.
+        let count = 3 * BATCH + 7;
+        for i in 0..count {
+            let to = if i % 2 == 0 { to_a } else { to_b };
+            batch.push(to, format!("datagram {i}").as_bytes());
+            if i == BATCH + 5 {
+                batch.push(bad, b"refused");
+            }
+        }
+        batch.push(bad, b"refused too");
+        let mut failed = Vec::new();
+        sender.send_batch(&mut batch, |to, e| failed.push((to, e.raw_os_error())));
+        assert_eq!(batch.len(), 0, "the batch is emptied");
+        assert_eq!(
+            failed,
+            vec![
+                (bad, Some(libc::EAFNOSUPPORT)),
+                (bad, Some(libc::EAFNOSUPPORT))
+            ]
+        );
+        let from = sender.socket().local_addr().unwrap();
+        for (udp, first) in [(&a, 0), (&b, 1)] {
+            let got = recv_all(udp, count.div_ceil(2) - first);
+            let want: Vec<Vec<u8>> = (first..count)
+                .step_by(2)
+                .map(|i| format!("datagram {i}").into_bytes())
+                .collect();
+            assert!(got.iter().all(|(r, _)| r.from == from && r.to.is_none()));
+            let data: Vec<Vec<u8>> = got.into_iter().map(|(_, d)| d).collect();
+            assert_eq!(data, want, "lost or out of order");
+        }
+    }
+
+    #[test]
+    fn a_batch_on_an_unspecified_address_still_learns_destinations() {
+        let server = bind("0.0.0.0:0");
+        let port = server.socket().local_addr().unwrap().port();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            client.send_to(&[i; 5], ("127.0.0.1", port)).unwrap();
+        }
+        let got = recv_all(&server, 3);
+        for (i, (r, data)) in got.iter().enumerate() {
+            assert_eq!(data, &vec![i as u8; 5]);
+            assert_eq!(r.from, client.local_addr().unwrap());
+            assert_eq!(r.to, Some("127.0.0.1".parse().unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_datagram_longer_than_a_slot_arrives_too_long_for_the_decoder() {
+        let server = bind("127.0.0.1:0");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = server.socket().local_addr().unwrap();
+        client.send_to(&vec![7u8; SLOT + 1000], to).unwrap();
+        client.send_to(b"after", to).unwrap();
+        let got = recv_all(&server, 2);
+        assert_eq!(got[0].1.len(), SLOT);
+        assert!(got[0].1.len() > crate::wire::MAX_DATAGRAM);
+        assert!(crate::wire::decode_all(&got[0].1).is_err());
+        assert_eq!(got[1].1, b"after");
+    }
 }
