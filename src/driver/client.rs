@@ -11,9 +11,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use super::udp::BATCH;
 use super::{
-    drain_socket, request_receive_buffer, send_datagram, send_error, wait_for, watch_socket,
-    FatalError, Udp, CLIENT_RECEIVE_BUFFER, RECV_BUFFER, SIGNALS, SOCKET, WAKER,
+    drain_socket_batched, request_receive_buffer, send_error, wait_for, watch_socket, FatalError,
+    RecvBatch, SendBatch, Udp, CLIENT_RECEIVE_BUFFER, SIGNALS, SOCKET, WAKER,
 };
 use crate::app::client::{App, Exit};
 use crate::app::profile::StateChoice;
@@ -127,7 +128,8 @@ pub struct Endpoint {
     socket: Udp,
     poll: Poll,
     events: Events,
-    buf: Vec<u8>,
+    recv: RecvBatch,
+    batch: SendBatch,
     packer: Packer,
     peer: Peer,
     local: SocketAddr,
@@ -148,7 +150,8 @@ impl Endpoint {
             socket,
             poll,
             events: Events::with_capacity(64),
-            buf: vec![0u8; RECV_BUFFER],
+            recv: RecvBatch::new(),
+            batch: SendBatch::default(),
             packer: Packer::new(),
             peer: Peer::new(config, Instant::now()),
             local,
@@ -176,15 +179,21 @@ impl Endpoint {
         let socket = &self.socket;
         let mut failed = Vec::new();
         // Datagrams to peers' relayed addresses go through our TURN relay: set aside here
-        // (packed like any other), wrapped below.
+        // (packed like any other), wrapped below. The others are gathered in `batch` and sent
+        // [`udp::BATCH`] per system call.
         let mut relayed = Vec::new();
+        let batch = &mut self.batch;
+        let mut fail = |to: SocketAddr, e: io::Error| failed.push((to, send_error(&e)));
         while let Some(t) = self.peer.poll_transmit() {
             let peer = &self.peer;
             let mut send = |to: SocketAddr, d: &[u8]| {
                 if peer.relays(to) {
                     relayed.push((to, d.to_vec()));
-                } else if let Err(e) = send_datagram(socket, to, None, d) {
-                    failed.push((to, send_error(&e)));
+                } else {
+                    batch.push(to, d);
+                    if batch.len() >= BATCH {
+                        socket.send_batch(batch, &mut fail);
+                    }
                 }
             };
             self.packer.push(t.to, &t.message, &mut send);
@@ -193,19 +202,22 @@ impl Endpoint {
         self.packer.flush(|to: SocketAddr, d: &[u8]| {
             if peer.relays(to) {
                 relayed.push((to, d.to_vec()));
-            } else if let Err(e) = send_datagram(socket, to, None, d) {
-                failed.push((to, send_error(&e)));
+            } else {
+                batch.push(to, d);
             }
         });
+        socket.send_batch(batch, &mut fail);
         let now = Instant::now();
         for (to, d) in relayed {
             self.peer.relay_send(now, to, &d);
         }
         while let Some((to, d)) = self.peer.poll_relay_transmit(now) {
-            if let Err(e) = send_datagram(socket, to, None, &d) {
-                failed.push((to, send_error(&e)));
+            batch.push(to, &d);
+            if batch.len() >= BATCH {
+                socket.send_batch(batch, &mut fail);
             }
         }
+        socket.send_batch(batch, &mut fail);
         for (to, error) in failed {
             self.peer.handle_send_error(now, to, error);
         }
@@ -234,7 +246,7 @@ impl Endpoint {
             match event.token() {
                 SOCKET => {
                     let (peer, received) = (&mut self.peer, &mut self.received);
-                    let res = drain_socket(&self.socket, &mut self.buf, |r, data| {
+                    let res = drain_socket_batched(&self.socket, &mut self.recv, |r, data| {
                         *received += 1;
                         peer.handle_datagram(Instant::now(), r.from, data);
                     });

@@ -22,7 +22,7 @@ pub mod client;
 pub mod server;
 mod udp;
 
-use udp::{Received, Udp};
+use udp::{Received, RecvBatch, SendBatch, Udp};
 
 pub use client::{run_client, ClientOptions, Endpoint, UiMode};
 pub use server::{run_server, Server, ServerOptions, Stopper};
@@ -129,6 +129,27 @@ pub(crate) fn drain_socket(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // An ICMP "port unreachable" from an earlier send shows up here on Linux; it
             // concerns one destination, not this socket.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`drain_socket`] with [`Udp::recv_batch`]: up to [`udp::BATCH`] datagrams per system
+/// call, received into `batch`.
+pub(crate) fn drain_socket_batched(
+    socket: &Udp,
+    batch: &mut RecvBatch,
+    mut each: impl FnMut(Received, &[u8]),
+) -> io::Result<()> {
+    loop {
+        match socket.recv_batch(batch) {
+            Ok(n) => (0..n).for_each(|k| {
+                let (r, data) = batch.get(k);
+                each(r, data)
+            }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(e) => return Err(e),
         }

@@ -27,6 +27,65 @@ pub(crate) struct Received {
     pub to: Option<IpAddr>,
 }
 
+/// How many datagrams one `sendmmsg` or `recvmmsg` carries at most.
+pub(crate) const BATCH: usize = 32;
+
+/// The room for one received datagram in a [`RecvBatch`]: more than the longest datagram
+/// the decoder accepts ([`crate::wire::MAX_DATAGRAM`]) even wrapped for a TURN relay, so that
+/// any longer one still arrives longer than that and is refused as too large.
+pub(crate) const SLOT: usize = crate::wire::MAX_DATAGRAM + 512;
+
+/// Datagrams waiting to be sent by [`Udp::send_batch`]: their bytes one after another, and
+/// for each its destination, start and length.
+#[derive(Default)]
+pub(crate) struct SendBatch {
+    data: Vec<u8>,
+    items: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl SendBatch {
+    pub(crate) fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.items.push((to, self.data.len(), datagram.len()));
+        self.data.extend_from_slice(datagram);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.data.clear();
+    }
+}
+
+/// Room for [`BATCH`] received datagrams, [`SLOT`] bytes each, filled by
+/// [`Udp::recv_batch`].
+pub(crate) struct RecvBatch {
+    data: Vec<u8>,
+    received: [Received; BATCH],
+}
+
+impl RecvBatch {
+    pub(crate) fn new() -> RecvBatch {
+        let none = Received {
+            len: 0,
+            from: SocketAddr::from(([0, 0, 0, 0], 0)),
+            to: None,
+        };
+        RecvBatch {
+            data: vec![0; BATCH * SLOT],
+            received: [none; BATCH],
+        }
+    }
+
+    /// The `k`th datagram of the last [`Udp::recv_batch`]: what is known of it, and its bytes.
+    pub(crate) fn get(&self, k: usize) -> (Received, &[u8]) {
+        let r = self.received[k];
+        (r, &self.data[k * SLOT..k * SLOT + r.len])
+    }
+}
+
 /// A mio UDP socket with the address handling above.
 pub(crate) struct Udp {
     socket: UdpSocket,
@@ -99,6 +158,144 @@ impl Udp {
         }
         let _ = from;
         self.socket.send_to(payload, to)
+    }
+
+    /// Sends the datagrams of `batch` in order, as many per system call as the kernel
+    /// takes (`sendmmsg` on Linux, up to [`BATCH`] at once), from the address the kernel
+    /// picks; empties `batch`. A datagram the system refuses is passed to `failed` with the
+    /// error and skipped; the ones after it are still sent, in order.
+    pub(crate) fn send_batch(
+        &self,
+        batch: &mut SendBatch,
+        mut failed: impl FnMut(SocketAddr, io::Error),
+    ) {
+        let mut i = 0;
+        while i < batch.items.len() {
+            match self.send_some(batch, i) {
+                Ok(sent) => i += sent.max(1),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let to = batch.items[i].0;
+                    log::debug!("send to {to} failed: {e}");
+                    failed(to, e);
+                    i += 1;
+                }
+            }
+        }
+        batch.clear();
+    }
+
+    /// Sends datagrams `first..` of `batch` (at least the first, or fails with its error);
+    /// returns how many went.
+    #[cfg(target_os = "linux")]
+    fn send_some(&self, batch: &SendBatch, first: usize) -> io::Result<usize> {
+        use std::mem::zeroed;
+        use std::os::fd::AsRawFd;
+        let items = &batch.items[first..];
+        let n = items.len().min(BATCH);
+        // SAFETY: every pointer in `msgs` points into `names`, `iovs` or `batch.data`, all of
+        // which outlive the call and are not moved during it; `n` entries are filled in.
+        unsafe {
+            let mut names: [libc::sockaddr_storage; BATCH] = zeroed();
+            let mut iovs: [libc::iovec; BATCH] = zeroed();
+            let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
+            for (k, &(to, start, len)) in items[..n].iter().enumerate() {
+                let (name, name_len) = pktinfo::sockaddr(self.in_socket_family(to));
+                names[k] = name;
+                iovs[k] = libc::iovec {
+                    iov_base: batch.data[start..start + len].as_ptr() as *mut libc::c_void,
+                    iov_len: len,
+                };
+                let hdr = &mut msgs[k].msg_hdr;
+                hdr.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
+                hdr.msg_namelen = name_len;
+                hdr.msg_iov = &mut iovs[k];
+                hdr.msg_iovlen = 1;
+            }
+            let rc = libc::sendmmsg(self.socket.as_raw_fd(), msgs.as_mut_ptr(), n as _, 0);
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(rc as usize)
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn send_some(&self, batch: &SendBatch, first: usize) -> io::Result<usize> {
+        let (to, start, len) = batch.items[first];
+        self.send(to, None, &batch.data[start..start + len])
+            .map(|_| 1)
+    }
+
+    /// Receives the datagrams waiting, as many per system call as `batch` holds
+    /// (`recvmmsg` on Linux; one at a time on a socket that asks for destination addresses,
+    /// and elsewhere); returns how many are now in `batch` (non-blocking: `WouldBlock`
+    /// when none is waiting).
+    pub(crate) fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if !self.pktinfo {
+            return self.recv_some(batch);
+        }
+        let r = self.recv(&mut batch.data[..SLOT])?;
+        batch.received[0] = r;
+        Ok(1)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn recv_some(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        use std::mem::{size_of, zeroed};
+        use std::os::fd::AsRawFd;
+        // SAFETY: every pointer in `msgs` points into `names`, `iovs` or `batch.data` (one
+        // slot of SLOT bytes each), all of which outlive the call; the kernel writes at most
+        // msg_namelen bytes of each name and iov_len bytes of each slot.
+        unsafe {
+            let mut names: [libc::sockaddr_storage; BATCH] = zeroed();
+            let mut iovs: [libc::iovec; BATCH] = zeroed();
+            let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
+            let base = batch.data.as_mut_ptr();
+            for k in 0..BATCH {
+                iovs[k] = libc::iovec {
+                    iov_base: base.add(k * SLOT).cast(),
+                    iov_len: SLOT,
+                };
+                let hdr = &mut msgs[k].msg_hdr;
+                hdr.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
+                hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                hdr.msg_iov = &mut iovs[k];
+                hdr.msg_iovlen = 1;
+            }
+            let rc = libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as _,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            );
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = rc as usize;
+            for k in 0..n {
+                let from = pktinfo::socket_addr(&names[k]).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a datagram from an unknown address family",
+                    )
+                })?;
+                let len = msgs[k].msg_len as usize;
+                if msgs[k].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    // Longer than a slot, so longer than any datagram the decoder accepts:
+                    // handed on as it is (a slot's worth), and refused there as too large.
+                    log::debug!("a datagram from {from} of more than {SLOT} bytes, truncated");
+                }
+                batch.received[k] = Received {
+                    len: len.min(SLOT),
+                    from: canonical(from),
+                    to: None,
+                };
+            }
+            Ok(n)
+        }
     }
 
     /// `to` as this socket's family can carry it: an IPv4 address as IPv4-mapped IPv6 on an
@@ -294,7 +491,7 @@ mod pktinfo {
     }
 
     /// The address in `name`, if it is IPv4 or IPv6.
-    unsafe fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    pub(super) unsafe fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
         match libc::c_int::from(name.ss_family) {
             libc::AF_INET => {
                 let a = &*(name as *const libc::sockaddr_storage as *const libc::sockaddr_in);
@@ -318,7 +515,7 @@ mod pktinfo {
     }
 
     /// `addr` as a `sockaddr_storage` and its length.
-    unsafe fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    pub(super) unsafe fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         let mut name: libc::sockaddr_storage = zeroed();
         match addr {
             SocketAddr::V4(a) => {
@@ -444,5 +641,109 @@ mod tests {
             assert_eq!(&buf[..n], want);
             assert_eq!(from.port(), local.port());
         }
+    }
+
+    /// Receives (bounded in time) until `want` datagrams are in, batch by batch.
+    fn recv_all(udp: &Udp, want: usize) -> Vec<(Received, Vec<u8>)> {
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while got.len() < want {
+            match udp.recv_batch(&mut batch) {
+                Ok(n) => {
+                    assert!((1..=BATCH).contains(&n), "{n} datagrams in one batch");
+                    for k in 0..n {
+                        let (r, data) = batch.get(k);
+                        got.push((r, data.to_vec()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(5),
+                        "only {} of {want} arrived",
+                        got.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_order_past_a_refused_datagram_and_names_only_that_one() {
+        let sender = bind("127.0.0.1:0");
+        let a = bind("127.0.0.1:0");
+        let b = bind("127.0.0.1:0");
+        let (to_a, to_b) = (
+            a.socket().local_addr().unwrap(),
+            b.socket().local_addr().unwrap(),
+        );
+        // An IPv6 destination on an IPv4 socket: the kernel refuses that one datagram.
+        let bad: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        let mut batch = SendBatch::default();
+        // More than three batches' worth, so that sendmmsg is called several times, with
+        // the refused datagram in the middle of one and one more at the very end.
+        let count = 3 * BATCH + 7;
+        for i in 0..count {
+            let to = if i % 2 == 0 { to_a } else { to_b };
+            batch.push(to, format!("datagram {i}").as_bytes());
+            if i == BATCH + 5 {
+                batch.push(bad, b"refused");
+            }
+        }
+        batch.push(bad, b"refused too");
+        let mut failed = Vec::new();
+        sender.send_batch(&mut batch, |to, e| failed.push((to, e.raw_os_error())));
+        assert_eq!(batch.len(), 0, "the batch is emptied");
+        assert_eq!(
+            failed,
+            vec![
+                (bad, Some(libc::EAFNOSUPPORT)),
+                (bad, Some(libc::EAFNOSUPPORT))
+            ]
+        );
+        let from = sender.socket().local_addr().unwrap();
+        for (udp, first) in [(&a, 0), (&b, 1)] {
+            let got = recv_all(udp, count.div_ceil(2) - first);
+            let want: Vec<Vec<u8>> = (first..count)
+                .step_by(2)
+                .map(|i| format!("datagram {i}").into_bytes())
+                .collect();
+            assert!(got.iter().all(|(r, _)| r.from == from && r.to.is_none()));
+            let data: Vec<Vec<u8>> = got.into_iter().map(|(_, d)| d).collect();
+            assert_eq!(data, want, "lost or out of order");
+        }
+    }
+
+    #[test]
+    fn a_batch_on_an_unspecified_address_still_learns_destinations() {
+        let server = bind("0.0.0.0:0");
+        let port = server.socket().local_addr().unwrap().port();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            client.send_to(&[i; 5], ("127.0.0.1", port)).unwrap();
+        }
+        let got = recv_all(&server, 3);
+        for (i, (r, data)) in got.iter().enumerate() {
+            assert_eq!(data, &vec![i as u8; 5]);
+            assert_eq!(r.from, client.local_addr().unwrap());
+            assert_eq!(r.to, Some("127.0.0.1".parse().unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_datagram_longer_than_a_slot_arrives_too_long_for_the_decoder() {
+        let server = bind("127.0.0.1:0");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = server.socket().local_addr().unwrap();
+        client.send_to(&vec![7u8; SLOT + 1000], to).unwrap();
+        client.send_to(b"after", to).unwrap();
+        let got = recv_all(&server, 2);
+        assert_eq!(got[0].1.len(), SLOT);
+        assert!(got[0].1.len() > crate::wire::MAX_DATAGRAM);
+        assert!(crate::wire::decode_all(&got[0].1).is_err());
+        assert_eq!(got[1].1, b"after");
     }
 }
