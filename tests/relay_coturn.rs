@@ -6,13 +6,13 @@
 //! Needs coturn installed (`.ci/run` installs it); without it each test fails with one
 //! line saying so, unless `P2PCHAT_SKIP_TURN=1`.
 
-use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use p2pchat::peer::relay::{Received, Relay, RelayEvent, TurnServer, SILENCE_LIMIT};
+use common::turn_client::{run, TurnClient};
+use p2pchat::peer::relay::{RelayEvent, TurnServer, SILENCE_LIMIT};
 use p2pchat::registry::turn::{rest_credentials, TurnSecret};
 use p2pchat::wire::{decode, encode_request, Message};
 
@@ -110,90 +110,14 @@ fn start_coturn() -> Option<Coturn> {
     panic!("turnserver did not answer within 5 s; its log:\n{log}");
 }
 
-/// A Relay with its own socket, driven in real time.
-struct Client {
-    socket: UdpSocket,
-    relay: Relay,
-    events: Vec<RelayEvent>,
-    got: Vec<(SocketAddr, Vec<u8>)>,
-    /// Every datagram that reached the socket, whatever the relay made of it.
-    raw: usize,
-}
-
-impl Client {
-    fn new(server: SocketAddr, username: String, password: String) -> Client {
-        Client::on(
-            UdpSocket::bind("127.0.0.1:0").unwrap(),
-            server,
-            username,
-            password,
-        )
-    }
-
-    fn on(socket: UdpSocket, server: SocketAddr, username: String, password: String) -> Client {
-        socket.set_nonblocking(true).unwrap();
-        let turn = TurnServer {
-            addr: server,
-            username,
-            password,
-        };
-        let relay = Relay::allocate(Instant::now(), socket.local_addr().unwrap(), &turn);
-        Client {
-            socket,
-            relay,
-            events: Vec::new(),
-            got: Vec::new(),
-            raw: 0,
-        }
-    }
-
-    fn step(&mut self) {
-        let now = Instant::now();
-        let mut buf = [0u8; 65536];
-        loop {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    self.raw += 1;
-                    if let Received::Peer { from, data } =
-                        self.relay.handle_datagram(now, from, &buf[..n])
-                    {
-                        self.got.push((from, data));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // ICMP port unreachable after coturn dies: nothing to read.
-                Err(_) => break,
-            }
-        }
-        if self.relay.poll_timeout(now).is_some_and(|t| t <= now) {
-            self.relay.handle_timeout(now);
-        }
-        while let Some((to, d)) = self.relay.poll_transmit(now) {
-            let _ = self.socket.send_to(&d, to);
-        }
-        while let Some(e) = self.relay.poll_event() {
-            self.events.push(e);
-        }
-    }
-}
-
-/// Steps both until `done` or `limit` passes; returns the time taken.
-fn run(
-    a: &mut Client,
-    b: &mut Client,
-    limit: Duration,
-    mut done: impl FnMut(&Client, &Client) -> bool,
-) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        a.step();
-        b.step();
-        if done(a, b) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
+/// A client of `server` on a loopback socket of its own.
+fn client(server: SocketAddr, username: String, password: String) -> TurnClient {
+    let turn = TurnServer {
+        addr: server,
+        username,
+        password,
+    };
+    TurnClient::on(UdpSocket::bind("127.0.0.1:0").unwrap(), &turn)
 }
 
 fn unix_now() -> u64 {
@@ -212,18 +136,18 @@ fn secret_for(server: SocketAddr) -> TurnSecret {
     }
 }
 
-fn pair(coturn: &Coturn) -> (Client, Client) {
+fn pair(coturn: &Coturn) -> (TurnClient, TurnClient) {
     let s = secret_for(coturn.addr);
     let ca = s.credentials_for("1", unix_now());
     let cb = s.credentials_for("2", unix_now());
     (
-        Client::new(coturn.addr, ca.username, ca.password),
-        Client::new(coturn.addr, cb.username, cb.password),
+        client(coturn.addr, ca.username, ca.password),
+        client(coturn.addr, cb.username, cb.password),
     )
 }
 
 /// Both allocated and permitted for each other; returns the relayed addresses.
-fn connect(a: &mut Client, b: &mut Client) -> (SocketAddr, SocketAddr) {
+fn connect(a: &mut TurnClient, b: &mut TurnClient) -> (SocketAddr, SocketAddr) {
     let took = run(a, b, Duration::from_secs(5), |a, b| {
         a.relay.relayed_addr().is_some() && b.relay.relayed_addr().is_some()
     });
@@ -292,8 +216,8 @@ fn wrong_or_expired_credentials_fail_with_an_event() {
     let Some(coturn) = start_coturn() else { return };
     let wrong = rest_credentials(b"not-the-secret", "1", unix_now() + 600);
     let expired = rest_credentials(SECRET.as_bytes(), "2", unix_now() - 10);
-    let mut a = Client::new(coturn.addr, wrong.username, wrong.password);
-    let mut b = Client::new(coturn.addr, expired.username, expired.password);
+    let mut a = client(coturn.addr, wrong.username, wrong.password);
+    let mut b = client(coturn.addr, expired.username, expired.password);
     let took = run(&mut a, &mut b, Duration::from_secs(20), |a, b| {
         a.relay.is_ended() && b.relay.is_ended()
     });
@@ -382,7 +306,12 @@ fn the_rendezvous_server_hands_out_credentials_that_coturn_accepts() {
         };
         assert_eq!(grant.server, coturn.addr);
         assert!(grant.user.ends_with(&format!(":{id}")), "{}", grant.user);
-        clients.push(Client::on(socket, grant.server, grant.user, grant.pass));
+        let turn = TurnServer {
+            addr: grant.server,
+            username: grant.user,
+            password: grant.pass,
+        };
+        clients.push(TurnClient::on(socket, &turn));
     }
     let mut b = clients.pop().unwrap();
     let mut a = clients.pop().unwrap();

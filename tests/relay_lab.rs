@@ -23,7 +23,6 @@
 
 mod common;
 
-use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,8 +34,9 @@ use common::capture::{self, Capture, Report};
 use common::coturn::{self, Coturn};
 use common::natlab::*;
 use common::netns;
+use common::turn_client::{run, TurnClient};
 use common::{events_named, JsonClient, TempDir};
-use p2pchat::peer::relay::{Received, Relay, RelayEvent, TurnServer};
+use p2pchat::peer::relay::{RelayEvent, TurnServer};
 use p2pchat::registry::turn::rest_credentials;
 use p2pchat::wire::ClientId;
 
@@ -171,77 +171,16 @@ fn assert_markers_only_in_control(report: &Report, markers: usize) {
 
 // ---------------------------------------------------------------- the harness, without the client
 
-/// The `Relay` state machine on a socket of a lab namespace, driven in real time.
-struct TurnClient {
-    socket: UdpSocket,
-    relay: Relay,
-    events: Vec<RelayEvent>,
-    got: Vec<(SocketAddr, Vec<u8>)>,
-}
-
-impl TurnClient {
-    fn new(socket: UdpSocket, server: SocketAddr, id: &str) -> TurnClient {
-        socket.set_nonblocking(true).unwrap();
-        let c = rest_credentials(SECRET.as_bytes(), id, unix_now() + 600);
-        let turn = TurnServer {
-            addr: server,
-            username: c.username,
-            password: c.password,
-        };
-        let relay = Relay::allocate(Instant::now(), socket.local_addr().unwrap(), &turn);
-        TurnClient {
-            socket,
-            relay,
-            events: Vec::new(),
-            got: Vec::new(),
-        }
-    }
-
-    fn step(&mut self) {
-        let now = Instant::now();
-        let mut buf = [0u8; 65536];
-        loop {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    if let Received::Peer { from, data } =
-                        self.relay.handle_datagram(now, from, &buf[..n])
-                    {
-                        self.got.push((from, data));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-        if self.relay.poll_timeout(now).is_some_and(|t| t <= now) {
-            self.relay.handle_timeout(now);
-        }
-        while let Some((to, d)) = self.relay.poll_transmit(now) {
-            let _ = self.socket.send_to(&d, to);
-        }
-        while let Some(e) = self.relay.poll_event() {
-            self.events.push(e);
-        }
-    }
-}
-
-/// Steps both until `done`, at most `limit`.
-fn run(
-    a: &mut TurnClient,
-    b: &mut TurnClient,
-    limit: Duration,
-    mut done: impl FnMut(&TurnClient, &TurnClient) -> bool,
-) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        a.step();
-        b.step();
-        if done(a, b) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
+/// The `Relay` state machine on a socket of a lab namespace, driven in real time, with
+/// credentials for client `id` made from the lab's secret.
+fn turn_client(socket: UdpSocket, server: SocketAddr, id: &str) -> TurnClient {
+    let c = rest_credentials(SECRET.as_bytes(), id, unix_now() + 600);
+    let turn = TurnServer {
+        addr: server,
+        username: c.username,
+        password: c.password,
+    };
+    TurnClient::on(socket, &turn)
 }
 
 #[test]
@@ -253,12 +192,17 @@ fn coturn_in_the_lab_relays_between_two_allocations_behind_port_changing_nats() 
     let marker = b"PLAIN-THROUGH-THE-RELAY".to_vec();
     let capture = rl.capture(vec![marker.clone()]);
     let bind = |ns: usize, ip: &str| need(rl.lab.nets[ns].bind_udp(ip.parse().unwrap()));
-    let mut a = TurnClient::new(bind(ha, "192.168.1.2:0"), rl.coturn.addr, "1");
-    let mut b = TurnClient::new(bind(hb, "10.0.7.2:0"), rl.coturn.addr, "2");
+    let mut a = turn_client(bind(ha, "192.168.1.2:0"), rl.coturn.addr, "1");
+    let mut b = turn_client(bind(hb, "10.0.7.2:0"), rl.coturn.addr, "2");
     let allocated = run(&mut a, &mut b, Duration::from_secs(5), |a, b| {
         a.relay.relayed_addr().is_some() && b.relay.relayed_addr().is_some()
     });
-    assert!(allocated, "no allocation: {:?} {:?}", a.events, b.events);
+    assert!(
+        allocated.is_some(),
+        "no allocation: {:?} {:?}",
+        a.events,
+        b.events
+    );
     let (ra, rb) = (
         a.relay.relayed_addr().unwrap(),
         b.relay.relayed_addr().unwrap(),
@@ -277,9 +221,10 @@ fn coturn_in_the_lab_relays_between_two_allocations_behind_port_changing_nats() 
             && a.events.contains(&RelayEvent::PeerFailed(private))
     });
     assert!(
-        ready,
+        ready.is_some(),
         "no channel, or the private peer was not refused: {:?} {:?}",
-        a.events, b.events
+        a.events,
+        b.events
     );
     assert!(!a.relay.is_ready(private));
 
@@ -298,7 +243,12 @@ fn coturn_in_the_lab_relays_between_two_allocations_behind_port_changing_nats() 
     let all = run(&mut a, &mut b, Duration::from_secs(5), |a, b| {
         a.got.len() == N as usize && b.got.len() == N as usize
     });
-    assert!(all, "a got {}, b got {}", a.got.len(), b.got.len());
+    assert!(
+        all.is_some(),
+        "a got {}, b got {}",
+        a.got.len(),
+        b.got.len()
+    );
     // Each saw the other at its relayed address, with its bytes.
     assert!(b
         .got

@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod lab;
 pub mod natlab;
 pub mod netns;
+pub mod turn_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
