@@ -136,6 +136,24 @@ pub struct Endpoint {
     received: u64,
 }
 
+/// Where a packed datagram goes: set aside in `relayed` if it is for a peer's relayed
+/// address (our TURN relay wraps it), else into `batch`. True when the batch is full.
+fn route(
+    peer: &Peer,
+    relayed: &mut Vec<(SocketAddr, Vec<u8>)>,
+    batch: &mut super::udp::SendBatch,
+    to: SocketAddr,
+    d: &[u8],
+) -> bool {
+    if peer.relays(to) {
+        relayed.push((to, d.to_vec()));
+        false
+    } else {
+        batch.push(to, d);
+        batch.len() >= BATCH
+    }
+}
+
 impl Endpoint {
     /// Binds `addr` and starts registering with the server of `config`.
     pub fn bind(addr: SocketAddr, mut config: PeerConfig) -> Result<Endpoint, FatalError> {
@@ -186,25 +204,15 @@ impl Endpoint {
         let mut fail = |to: SocketAddr, e: io::Error| failed.push((to, send_error(&e)));
         while let Some(t) = self.peer.poll_transmit() {
             let peer = &self.peer;
-            let mut send = |to: SocketAddr, d: &[u8]| {
-                if peer.relays(to) {
-                    relayed.push((to, d.to_vec()));
-                } else {
-                    batch.push(to, d);
-                    if batch.len() >= BATCH {
-                        socket.send_batch(batch, &mut fail);
-                    }
+            self.packer.push(t.to, &t.message, |to, d| {
+                if route(peer, &mut relayed, batch, to, d) {
+                    socket.send_batch(batch, &mut fail);
                 }
-            };
-            self.packer.push(t.to, &t.message, &mut send);
+            });
         }
         let peer = &self.peer;
-        self.packer.flush(|to: SocketAddr, d: &[u8]| {
-            if peer.relays(to) {
-                relayed.push((to, d.to_vec()));
-            } else {
-                batch.push(to, d);
-            }
+        self.packer.flush(|to, d| {
+            route(peer, &mut relayed, batch, to, d);
         });
         socket.send_batch(batch, &mut fail);
         let now = Instant::now();
