@@ -299,6 +299,9 @@ enum RegInput {
         id_delta: u32,
         token_xor: u64,
     },
+    /// A `Lookup` of the `asked`-th entry of the table from the address of the
+    /// `asker`-th (both taken modulo the table's length), as a client that punches sends.
+    LookupKnown { asker: usize, asked: usize },
     /// The expiry timer fires.
     Timeout,
 }
@@ -314,6 +317,8 @@ fn reg_input() -> impl Strategy<Value = RegInput> {
             .prop_map(|(entry, leave, own, id_delta, token_xor)| RegInput::Known {
                 entry, leave, own, id_delta, token_xor
             }),
+        1 => (any::<usize>(), any::<usize>())
+            .prop_map(|(asker, asked)| RegInput::LookupKnown { asker, asked }),
         1 => Just(RegInput::Timeout),
     ]
 }
@@ -373,6 +378,16 @@ proptest! {
                         Message::keepalive(id, token)
                     }))
                 }
+                RegInput::LookupKnown { asker, asked } => {
+                    let n = before.len().max(1);
+                    if let Some((_, &(addr, _, _))) = before.iter().nth(asker % n) {
+                        from = addr;
+                    }
+                    let id = before.keys().nth(asked % n).copied().unwrap_or(0);
+                    let mut lookup = Message::lookup(id);
+                    p2pchat::wire::pad_request(&mut lookup);
+                    Some(encode(&lookup))
+                }
                 RegInput::Timeout => None,
             };
             match &datagram {
@@ -415,10 +430,39 @@ proptest! {
                 }
                 continue;
             };
-            for a in &answers {
-                prop_assert_eq!(a.to, from, "an answer went to a third party: {:?}", a.message);
-            }
             let messages = decode_all(&d).unwrap_or_default();
+            // Answers go back to the sender, with one exception: a lookup (or name
+            // resolution) from a registered client introduces it to the client it asked
+            // for, so that both punch. That Introduce goes to the other client's registered
+            // address, names the asker at the sending address, and proves itself with the
+            // receiver's own token; only lookups can cause it, at most one per lookup.
+            let asker = before.iter().find(|(_, r)| r.0 == from).map(|(&id, _)| id);
+            let lookups = messages
+                .iter()
+                .filter(|m| matches!(m, Message::Lookup { .. } | Message::Resolve { .. }))
+                .count();
+            let mut introductions = 0;
+            for a in answers.iter().filter(|a| a.to != from) {
+                introductions += 1;
+                let is_introduction = match &a.message {
+                    Message::Introduce { id, addr, you, proof, .. } => {
+                        Some(*id) == asker
+                            && *addr == from
+                            && *you == a.to
+                            && before.values().any(|r| r.0 == a.to && r.1 == *proof)
+                    }
+                    _ => false,
+                };
+                prop_assert!(
+                    is_introduction,
+                    "an answer went to a third party {}: {:?} (for {:?} from {})",
+                    a.to, a.message, messages, from
+                );
+            }
+            prop_assert!(
+                introductions <= lookups,
+                "{} introductions for {} lookups", introductions, lookups
+            );
             // What may have changed the table: a Leave from the owner with its token removes
             // that entry; a Register from an address without an entry adds one there.
             let honoured: Vec<ClientId> = messages
