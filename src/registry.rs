@@ -753,7 +753,8 @@ impl Registry {
                 self.send_error(from, ErrorCode::RateLimited, detail);
                 return;
             }
-            // A retransmission (our answer was lost): the same answer again.
+            // A retransmission (our answer was lost), or a client asking for fresh TURN
+            // credentials: the same registration again, with a new grant.
             let answer = self.registered(now, r.id, r.token);
             let t = self.clients.nanos(now);
             if let Some(r) = self.clients.at_addr_mut(&from) {

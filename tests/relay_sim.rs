@@ -11,8 +11,11 @@ mod sim;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use p2pchat::peer::paths::{GRANT_WAIT, RETRY_FIRST};
 use p2pchat::peer::relay::TurnServer;
 use p2pchat::peer::{EndReason, Event, Path, PeerConfig};
+use p2pchat::registry::turn::{TurnSecret, CREDENTIAL_LIFETIME};
+use p2pchat::registry::RegistryConfig;
 use p2pchat::wire::Message;
 use sim::nat::NatKind;
 use sim::{NetConfig, Sim, SERVER};
@@ -374,4 +377,133 @@ fn leaving_releases_the_allocation() {
     // The delete (a Refresh with lifetime 0) went: its answer ended the allocation.
     let relayed = sim.turn.as_ref().unwrap().relayed[0];
     assert!(!sim.peer(0).relays(relayed));
+}
+
+/// The TURN users that the rendezvous server's grants for client `id` name when issued
+/// within `window` seconds from `unix` (coturn's REST credentials carry their expiry).
+fn rest_users(secret: &TurnSecret, id: u32, unix: u64, window: u64) -> Vec<(String, String)> {
+    (0..=window)
+        .map(|s| {
+            let c = secret.credentials_for(&id.to_string(), unix + s);
+            (c.username, c.password)
+        })
+        .collect()
+}
+
+/// A client of a rendezvous server that grants coturn REST credentials, alone (no NAT),
+/// its relay ready; then two hours pass and its TURN server restarts, knowing only
+/// credentials issued from then on (the old ones have "expired"). `meanwhile` runs once the
+/// relay is lost. Returns the simulation once the relay is ready again or failed, and how
+/// long after the loss that was.
+fn relay_lost_hours_later(seed: u64, meanwhile: impl Fn(&mut Sim, &TurnSecret)) -> (Sim, Duration) {
+    println!("seed {seed}");
+    let unix = 1_800_000_000;
+    let secret = TurnSecret {
+        server: addr(TURN),
+        secret: b"sim-shared-secret".to_vec(),
+        lifetime: CREDENTIAL_LIFETIME,
+        clock: (std::time::Instant::now(), unix),
+    };
+    let config = RegistryConfig {
+        turn: Some(secret.clone()),
+        ..RegistryConfig::default()
+    };
+    let mut sim = Sim::with_registry(seed, NetConfig::perfect(), config);
+    let users = rest_users(&secret, 1, unix, 30);
+    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (&u[..], &p[..])).collect();
+    sim.add_turn(addr(TURN), &users);
+    let mut c = PeerConfig::new(SERVER, Duration::from_secs(1));
+    c.candidates = Some(vec![addr(A_INSIDE)]);
+    sim.add_peer_at(c, addr(A_INSIDE), None);
+    sim.expect(Duration::from_secs(10), "registered, relay ready", |s| {
+        s.registered(0) && s.has(0, |e| matches!(e, Event::RelayReady { .. }))
+    });
+    assert_eq!(sim.id(0), 1);
+
+    sim.run_for(Duration::from_secs(2 * 3600));
+    sim.turn.as_mut().unwrap().dead = true;
+    sim.expect(Duration::from_secs(30), "relay_lost", |s| {
+        s.has(0, |e| matches!(e, Event::RelayLost { .. }))
+    });
+    let lost = sim.now;
+    let now_unix = unix + (sim.now - sim.start).as_secs();
+    let users = rest_users(&secret, 1, now_unix, 60);
+    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (&u[..], &p[..])).collect();
+    sim.add_turn(addr(TURN), &users);
+    meanwhile(&mut sim, &secret);
+    sim.expect(
+        Duration::from_secs(30),
+        "the relay ready again, or failed",
+        |s| relay_ready_count(s) == 2 || s.has(0, |e| matches!(e, Event::RelayFailed { .. })),
+    );
+    let took = sim.now - lost;
+    println!("ready again {took:?} after the loss");
+    (sim, took)
+}
+
+fn relay_ready_count(sim: &Sim) -> usize {
+    sim.events(0)
+        .iter()
+        .filter(|e| matches!(e, Event::RelayReady { .. }))
+        .count()
+}
+
+fn assert_ready_again_without_failure(sim: &Sim, took: Duration) {
+    let failed: Vec<_> = sim
+        .events(0)
+        .into_iter()
+        .filter(|e| matches!(e, Event::RelayFailed { .. }))
+        .collect();
+    assert!(failed.is_empty(), "seed {}: {failed:?}", sim.seed);
+    assert_eq!(relay_ready_count(sim), 2);
+    assert!(
+        took <= RETRY_FIRST + GRANT_WAIT + Duration::from_secs(1),
+        "{took:?}"
+    );
+}
+
+/// The rendezvous server's credentials live a day; coturn refuses a new allocation with
+/// expired ones. A client whose relay is lost two hours after it registered asks the
+/// server for a fresh grant before it allocates again, and gets its relay back without a
+/// failure. With the renewal disabled this test fails (relay_failed): the restarted TURN
+/// server does not know the old credentials.
+#[test]
+fn allocating_again_hours_later_asks_the_server_for_fresh_credentials() {
+    let (sim, took) = relay_lost_hours_later(21, |_, _| {});
+    assert_ready_again_without_failure(&sim, took);
+}
+
+/// The same, the rendezvous server having restarted too, just before the client asks
+/// (between two keepalives): it registers the client again with its id and a new token,
+/// and the client takes the new token (its keepalives are not refused afterwards).
+#[test]
+fn asking_for_fresh_credentials_from_a_restarted_server_registers_again() {
+    let (mut sim, took) = relay_lost_hours_later(22, |sim, secret| {
+        // The renewal goes RETRY_FIRST after the loss: restart the server just before.
+        sim.run_for(RETRY_FIRST - Duration::from_millis(50));
+        let config = RegistryConfig {
+            turn: Some(secret.clone()),
+            ..RegistryConfig::default()
+        };
+        sim.registry = p2pchat::registry::Registry::with_seed(config, 0xfeed);
+    });
+    assert_ready_again_without_failure(&sim, took);
+    assert!(
+        sim.has(0, |e| matches!(e, Event::Registered { id: 1, again: true })),
+        "{:?}",
+        sim.events(0)
+    );
+    let token = sim.registry.get(1).expect("registered again").token;
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.registry.get(1).map(|e| e.token), Some(token));
+    assert_eq!(sim.id(0), 1);
+    // Registered again by the renewal's answer, not by a keepalive refused afterwards.
+    let refused: Vec<_> = sim
+        .events(0)
+        .into_iter()
+        .filter(
+            |e| matches!(e, Event::Notice { message } if message.contains("no longer knows us")),
+        )
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }

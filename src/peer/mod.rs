@@ -80,7 +80,7 @@ mod files;
 mod names;
 mod outbox;
 mod outputs;
-mod paths;
+pub mod paths;
 mod punch;
 pub mod relay;
 mod requests;
@@ -1190,6 +1190,12 @@ impl Peer {
                 self.names.set_proof(proof);
                 return self.names.claim(now, id, token, &mut self.out);
             }
+            Answer::Regranted => {
+                let grant = self.server.take_grant();
+                self.paths.registered(now, grant);
+                self.after_paths(now);
+                return;
+            }
             Answer::Handled => return,
             Answer::NotMine(msg) => msg,
         };
@@ -1620,6 +1626,9 @@ impl Peer {
     fn act_on_paths(&mut self, now: Instant, due: paths::Due) {
         if let Some(relayed) = due.relayed {
             self.server.set_relay(relayed, &mut self.out);
+        }
+        if due.renew_grant {
+            self.server.renew_grant(&mut self.out);
         }
         let me = self.server.id();
         let mut lost = due.lost;

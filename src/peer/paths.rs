@@ -26,6 +26,11 @@
 //!   session moves there. What was in flight on the relay still opens (the relay stays one
 //!   of the session's paths), and the chat's sequence numbers drop what comes twice, so
 //!   nothing is lost or shown twice.
+//! - **Fresh credentials.** The rendezvous server's credentials are short-lived (a day):
+//!   coturn keeps an allocation made with them past their expiry, but refuses a new one.
+//!   So an allocation (again) with a grant older than [`GRANT_FRESH`] first asks the server
+//!   for a new grant (a `Register` of our registration, answered with it as it is and a new
+//!   grant) and allocates when it comes, or with the old one [`GRANT_WAIT`] later.
 //! - **Loss.** The relay silent for [`relay::SILENCE_LIMIT`] (or its allocation ended) is
 //!   [`Event::RelayLost`]; the sessions through it end with `RelayLost`.
 
@@ -49,6 +54,11 @@ pub const CHECK_TRIES: u8 = 5;
 /// long each time, up to [`RETRY_MAX`].
 pub const RETRY_FIRST: Duration = Duration::from_secs(5);
 pub const RETRY_MAX: Duration = Duration::from_secs(600);
+/// A grant from the rendezvous server older than this is renewed before an allocation
+/// (the server's credentials live [`crate::registry::turn::CREDENTIAL_LIFETIME`]).
+pub const GRANT_FRESH: Duration = Duration::from_secs(3600);
+/// How long an allocation waits for the renewed grant before it goes with the old one.
+pub const GRANT_WAIT: Duration = Duration::from_secs(2);
 /// The most peers' relayed addresses held at once (introductions are bounded too).
 const MAX_PEER_RELAYS: usize = 256;
 
@@ -91,6 +101,8 @@ pub(super) struct Due {
     pub lost: Vec<ClientId>,
     /// Our relayed address changed (told to the server).
     pub relayed: Option<Option<SocketAddr>>,
+    /// Ask the rendezvous server for fresh TURN credentials.
+    pub renew_grant: bool,
 }
 
 /// See the module documentation.
@@ -100,6 +112,10 @@ pub(super) struct Paths {
     configured: Option<TurnServer>,
     /// What we allocate with.
     turn: Option<TurnServer>,
+    /// When the rendezvous server granted `turn` (`None`: ours, from the flags).
+    granted_at: Option<Instant>,
+    /// We asked for a fresh grant and allocate when it comes (or at `allocate_at`).
+    renewing: bool,
     relay: Option<Relay>,
     /// When to allocate (again).
     allocate_at: Option<Instant>,
@@ -122,6 +138,8 @@ impl Paths {
         Paths {
             turn: configured.clone(),
             configured,
+            granted_at: None,
+            renewing: false,
             relay: None,
             allocate_at: None,
             retry_gap: RETRY_FIRST,
@@ -171,6 +189,11 @@ impl Paths {
                     username: g.user,
                     password: g.pass,
                 });
+                self.granted_at = Some(now);
+                if std::mem::take(&mut self.renewing) && self.allocate_at.is_some() {
+                    // The allocation that waited for these credentials goes now.
+                    self.allocate_at = Some(now);
+                }
             }
         }
         let live = self.relay.as_ref().is_some_and(|r| !r.is_ended());
@@ -413,8 +436,19 @@ impl Paths {
     /// Runs the relay's events and the allocation schedule.
     fn step(&mut self, now: Instant) {
         if self.allocate_at.is_some_and(|at| at <= now) && !self.leaving {
-            self.allocate_at = None;
-            self.allocate(now);
+            let stale = self
+                .granted_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= GRANT_FRESH);
+            if stale && !self.renewing {
+                debug!("asking the rendezvous server for fresh TURN credentials first");
+                self.renewing = true;
+                self.due.renew_grant = true;
+                self.allocate_at = Some(now + GRANT_WAIT);
+            } else {
+                self.renewing = false;
+                self.allocate_at = None;
+                self.allocate(now);
+            }
         }
         let Some(relay) = self.relay.as_mut() else {
             return;

@@ -68,6 +68,9 @@ pub(super) const MAX_TTL: Duration = Duration::from_secs(3600);
 pub(super) enum Answer {
     /// We are registered (again): the name can be claimed.
     Registered,
+    /// The server answered [`Server::renew_grant`]: the same registration, with fresh
+    /// TURN credentials (in [`Server::take_grant`]).
+    Regranted,
     Handled,
     /// Not about the registration.
     NotMine(Message),
@@ -167,6 +170,16 @@ impl Server {
         self.relay = relay;
         if matches!(self.state, State::Registered { .. }) {
             self.send_candidates(out);
+        }
+    }
+
+    /// Asks the server for fresh TURN credentials: a `Register` from our registered
+    /// address with our key is answered with our registration as it is (same id, same
+    /// token) and a new grant, the server's credentials being short-lived. Nothing is sent
+    /// unless registered; the caller asks again if no answer comes.
+    pub fn renew_grant(&self, out: &mut Outputs) {
+        if let (State::Registered { .. }, Some(id)) = (&self.state, self.id) {
+            self.send_register(Some(id), out);
         }
     }
 
@@ -318,6 +331,43 @@ impl Server {
                     _ => self.fatal(format!("the server refused to register us: {detail}"), out),
                 }
             }
+            (
+                State::Registered { .. },
+                Message::Registered {
+                    id,
+                    token,
+                    ttl_secs,
+                    key,
+                    turn,
+                    nonce,
+                },
+            ) => {
+                if Some(id) != self.id {
+                    // Not our registration (our id was given away): the next keepalive
+                    // finds out and registers again.
+                    let message = Message::Registered {
+                        id,
+                        token,
+                        ttl_secs,
+                        key,
+                        turn,
+                        nonce,
+                    };
+                    out.ignore(self.addr, &message);
+                    return Answer::Handled;
+                }
+                self.grant = turn;
+                self.server_key = Some(key);
+                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1))).min(MAX_TTL);
+                if token != self.token {
+                    // The server had forgotten us and registered us again, with our id.
+                    self.token = token;
+                    out.event(Event::Registered { id, again: true });
+                    self.send_candidates(out);
+                    return Answer::Registered;
+                }
+                return Answer::Regranted;
+            }
             (State::Registered { .. }, Message::Error { code, detail, .. }) => {
                 if code == ErrorCode::NotRegistered {
                     let recently = self
@@ -340,6 +390,16 @@ impl Server {
                             .into(),
                     });
                     self.register_again(now, self.id, out);
+                } else if code == ErrorCode::IdTaken {
+                    // An answer to `renew_grant` from an address the server does not have
+                    // us at (our router changed our port): the next keepalive tells it, and
+                    // we register again then.
+                    let message = Message::Error {
+                        code,
+                        detail,
+                        nonce: 0,
+                    };
+                    out.ignore(self.addr, &message);
                 } else {
                     out.event(Event::Notice {
                         message: format!("the server says: {detail}"),

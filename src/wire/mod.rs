@@ -300,7 +300,10 @@
 //!   `use-auth-secret` scheme) makes an allocation as soon as it is registered, and tells
 //!   the server its relayed address in the `relay` of its `Keepalive`s (one is sent at
 //!   once). The server keeps the last one per client (forgotten with the client), and
-//!   puts it in the `relay` of the `Introduce`s about that client.
+//!   puts it in the `relay` of the `Introduce`s about that client. A client whose
+//!   credentials are more than an hour old, before it allocates again, sends its
+//!   `Register` again (same key, from its registered address): the answer is its
+//!   `Registered` as it was, with a fresh `turn`.
 //! - An `Introduce` with a `relay` makes the receiver ask its own TURN server for a
 //!   permission and a channel to that address at once (so that the peer's datagrams
 //!   through the relays are let in), and nothing more.
