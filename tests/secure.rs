@@ -208,6 +208,51 @@ fn an_attacker_that_replays_modifies_and_injects_achieves_nothing() {
     });
 }
 
+/// A sealed datagram captured on the way and replayed from another address before the
+/// original arrives is refused on its address, unopened: the original, when it comes, is
+/// still shown at once (the copy did not take its counter), and exactly once.
+#[test]
+fn a_sealed_datagram_replayed_from_elsewhere_first_does_not_spoil_the_original() {
+    let (mut s, a, b) = connected(SEED);
+    let (x, y) = (s.addr(a), s.addr(b));
+    let ida = s.id(a);
+    // Hold back alice's first datagram with the chat "held" (as an on-path attacker would
+    // that races the original).
+    s.drop_first_where(1, move |p| {
+        p.from == x && matches!(p.message, Message::Chat { text, .. } if text == "held")
+    });
+    s.send(a, None, "held");
+    s.run_for(Duration::from_millis(1));
+    let captured = s
+        .log
+        .iter()
+        .rev()
+        .find(|r| r.from == x && matches!(&r.message, Message::Chat { text, .. } if text == "held"))
+        .map(|r| r.wire.clone())
+        .expect("the chat was sent");
+    assert!(matches!(captured, Message::Sealed { .. }), "{captured:?}");
+    assert!(s.shown(b, ida).is_empty());
+    let refused = s.peer(b).stats().refused;
+    s.deliver_now("10.9.9.9:1".parse().unwrap(), y, &captured);
+    s.run_for(Duration::from_millis(1));
+    assert_eq!(
+        s.peer(b).stats().refused,
+        refused + 1,
+        "the copy is refused"
+    );
+    assert!(s.shown(b, ida).is_empty());
+    s.deliver_now(x, y, &captured);
+    s.run_for(Duration::from_millis(1));
+    let shown: Vec<String> = s.shown(b, ida).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        shown,
+        vec!["held".to_string()],
+        "the original is shown at once"
+    );
+    s.run_for(secs(10));
+    assert_eq!(s.shown(b, ida).len(), 1, "shown once");
+}
+
 /// `deliver_now` without the sim's help (it would seal a clear message with the peer's keys).
 fn deliver_raw(s: &mut Sim, from: SocketAddr, to: SocketAddr, m: &Message) {
     let stranger: SocketAddr = "10.9.9.9:1".parse().unwrap();

@@ -1444,6 +1444,16 @@ impl Peer {
                 n,
                 data,
             } => {
+                if self.secure.speaks_on(from, session, src) == Some(false)
+                    && !self.may_be_new_path(from, session, src)
+                {
+                    // Refused on the address alone, before any decryption: a datagram
+                    // replayed from elsewhere neither costs an AEAD open nor takes the
+                    // original's counter.
+                    self.secure.refused += 1;
+                    debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
+                    return;
+                }
                 let Some(opened) = self.secure.open(src, from, session, n, &data) else {
                     return;
                 };
@@ -1572,11 +1582,7 @@ impl Peer {
         messages: Vec<Message>,
     ) {
         let ping = messages.iter().any(|m| matches!(m, Message::Ping { .. }));
-        let acceptable = ping
-            && self.paths.is_on_relay(from)
-            && self.sessions.connected_session(from) == Some(session)
-            && self.punch.is_peer_ip(from, src.ip());
-        if !acceptable {
+        if !ping || !self.may_be_new_path(from, session, src) {
             self.secure.refused += 1;
             debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
             return;
@@ -1584,6 +1590,16 @@ impl Peer {
         self.secure.add_path(from, session, src);
         self.out.transmit(src, Message::Pong { from: me, session });
         self.check_path(now, from, src);
+    }
+
+    /// Whether a `Sealed` of `session` from `src`, an address the session does not use,
+    /// may be a direct path opening: the session is the one on the relay with `from`, and
+    /// `src` is at one of the IPs its introduction gave. Only then is it opened (and, if it
+    /// is a `Ping`, answered).
+    fn may_be_new_path(&self, from: ClientId, session: SessionId, src: SocketAddr) -> bool {
+        self.paths.is_on_relay(from)
+            && self.sessions.connected_session(from) == Some(session)
+            && self.punch.is_peer_ip(from, src.ip())
     }
 
     /// A sign of a direct path to `peer`, whose session is on the relay, at `addr`: check

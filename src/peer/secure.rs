@@ -773,6 +773,12 @@ impl Secure {
             .find(|t| t.sid == session && t.speaks_on(to))
     }
 
+    /// Whether session `session` with `peer` speaks on `addr` (its address or one of its
+    /// paths); `None` if we hold no keys for it.
+    pub fn speaks_on(&self, peer: ClientId, session: SessionId, addr: SocketAddr) -> Option<bool> {
+        Some(self.transports.get(&(peer, session))?.speaks_on(addr))
+    }
+
     /// Session `session` with `peer` also speaks on `addr` (a path being checked). False
     /// if there is no such session.
     pub fn add_path(&mut self, peer: ClientId, session: SessionId, addr: SocketAddr) -> bool {

@@ -318,8 +318,10 @@
 //!   both again and both probe again. A probe from the peer, or a `Sealed` `Ping` of the
 //!   session from one of the IPs of the peer's introduction, starts a path check: sealed
 //!   `Ping`s to that address, 200 ms apart, at most 5. A `Sealed` from an address the
-//!   session does not use is opened (its keys prove the sender) but only a `Ping` in it
-//!   is acted on, answered with a `Pong` to where it came from. A `Pong` from the checked
+//!   session does not use is dropped unopened, unless the session is on the relay and the
+//!   address is at one of the IPs of the peer's introduction: then it is opened (its keys
+//!   prove the sender) but only a `Ping` in it is acted on, answered with a `Pong` to
+//!   where it came from. A `Pong` from the checked
 //!   address proves the path both ways: the session moves there (`path_changed`). What was
 //!   in flight on the relay is still taken from the relay's address; chat sequence numbers
 //!   drop anything that arrives twice.
