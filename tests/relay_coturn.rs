@@ -364,3 +364,40 @@ fn the_server_refuses_a_turn_server_without_a_secret_or_an_empty_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What the client's grant renewal (src/peer/paths.rs, "Fresh credentials") relies on:
+/// coturn keeps an allocation made with REST credentials past their expiry (its refreshes,
+/// permissions and channels are still accepted), while a new allocation with expired ones
+/// is refused (`wrong_or_expired_credentials_fail_with_an_event`).
+#[test]
+fn an_allocation_outlives_its_credentials() {
+    let Some(coturn) = start_coturn() else { return };
+    let s = secret_for(coturn.addr);
+    let short = rest_credentials(SECRET.as_bytes(), "1", unix_now() + 3);
+    let long = s.credentials_for("2", unix_now());
+    let mut a = client(coturn.addr, short.username, short.password);
+    let mut b = client(coturn.addr, long.username, long.password);
+    let (ra, rb) = connect(&mut a, &mut b);
+    // Past the expiry (whole seconds in the user name: up to 2 s more).
+    run(&mut a, &mut b, Duration::from_secs(5), |_, _| false);
+    // A new channel (an authenticated ChannelBind) on a's allocation, and data both ways.
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap();
+    a.relay.permit(Instant::now(), other_addr).unwrap();
+    let took = run(&mut a, &mut b, Duration::from_secs(5), |a, _| {
+        a.relay.is_ready(other_addr)
+    });
+    assert!(
+        took.is_some(),
+        "no channel after the expiry: {:?}",
+        a.events
+    );
+    let now = Instant::now();
+    a.relay.send(now, rb, &[0x50, 0xa1]).unwrap();
+    b.relay.send(now, ra, &[0x50, 0xb1]).unwrap();
+    let took = run(&mut a, &mut b, Duration::from_secs(5), |a, b| {
+        !a.got.is_empty() && !b.got.is_empty()
+    });
+    assert!(took.is_some(), "a got {:?}, b got {:?}", a.got, b.got);
+    assert!(!a.relay.is_ended(), "{:?}", a.events);
+}
