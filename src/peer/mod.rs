@@ -605,7 +605,7 @@ impl Peer {
                     n,
                     data,
                 } => {
-                    let opened = self.secure.open(from, id, session, n, &data)?;
+                    let opened = self.secure.open(from, id, session, n, &data, false)?;
                     if !opened.known {
                         return None;
                     }
@@ -1444,17 +1444,8 @@ impl Peer {
                 n,
                 data,
             } => {
-                if self.secure.speaks_on(from, session, src) == Some(false)
-                    && !self.may_be_new_path(from, session, src)
-                {
-                    // Refused on the address alone, before any decryption: a datagram
-                    // replayed from elsewhere neither costs an AEAD open nor takes the
-                    // original's counter.
-                    self.secure.refused += 1;
-                    debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
-                    return;
-                }
-                let Some(opened) = self.secure.open(src, from, session, n, &data) else {
+                let elsewhere = self.may_be_new_path(from, session, src);
+                let Some(opened) = self.secure.open(src, from, session, n, &data, elsewhere) else {
                     return;
                 };
                 if !opened.known {

@@ -773,12 +773,6 @@ impl Secure {
             .find(|t| t.sid == session && t.speaks_on(to))
     }
 
-    /// Whether session `session` with `peer` speaks on `addr` (its address or one of its
-    /// paths); `None` if we hold no keys for it.
-    pub fn speaks_on(&self, peer: ClientId, session: SessionId, addr: SocketAddr) -> Option<bool> {
-        Some(self.transports.get(&(peer, session))?.speaks_on(addr))
-    }
-
     /// Session `session` with `peer` also speaks on `addr` (a path being checked). False
     /// if there is no such session.
     pub fn add_path(&mut self, peer: ClientId, session: SessionId, addr: SocketAddr) -> bool {
@@ -893,6 +887,9 @@ impl Secure {
 
     /// Opens a `Sealed` from `from` at `src`: its messages, each of that session and sender,
     /// or `None` (counted) if it is forged, replayed, or of a session we hold no keys for.
+    /// From an address the session does not use, it is opened only if `elsewhere` (it may
+    /// be a new path), else refused unopened: a copy replayed from elsewhere neither costs
+    /// an AEAD open nor takes the original's counter.
     pub fn open(
         &mut self,
         src: SocketAddr,
@@ -900,8 +897,9 @@ impl Secure {
         session: SessionId,
         n: u64,
         data: &[u8],
+        elsewhere: bool,
     ) -> Option<Opened> {
-        let opened = self.open_inner(src, from, session, n, data);
+        let opened = self.open_inner(src, from, session, n, data, elsewhere);
         if opened.is_none() {
             self.refused += 1;
         }
@@ -915,10 +913,15 @@ impl Secure {
         session: SessionId,
         n: u64,
         data: &[u8],
+        elsewhere: bool,
     ) -> Option<Opened> {
-        let mut plain = std::mem::take(&mut self.plain);
         let t = self.transports.get_mut(&(from, session))?;
         let (addr, known) = (t.addr, t.speaks_on(src));
+        if !known && !elsewhere {
+            debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
+            return None;
+        }
+        let mut plain = std::mem::take(&mut self.plain);
         if !t.window.check(n) || data.len() < TAG {
             debug!("{src}: Sealed {n} of session {session} refused (replay)");
             return None;
