@@ -183,6 +183,39 @@ impl Server {
         }
     }
 
+    /// A `Registered` while registered: the answer to [`Server::renew_grant`], our
+    /// registration with a fresh grant; with a new token if the server had forgotten us
+    /// (restarted) and registered us again, with our id.
+    fn renewed(&mut self, msg: Message, out: &mut Outputs) -> Answer {
+        if !matches!(&msg, Message::Registered { id, .. } if Some(*id) == self.id) {
+            // Not our registration (our id was given away): the next keepalive finds
+            // out, and we register again then.
+            out.ignore(self.addr, &msg);
+            return Answer::Handled;
+        }
+        let Message::Registered {
+            id,
+            token,
+            ttl_secs,
+            key,
+            turn,
+            ..
+        } = msg
+        else {
+            return Answer::NotMine(msg);
+        };
+        self.grant = turn;
+        self.server_key = Some(key);
+        self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1))).min(MAX_TTL);
+        if token == self.token {
+            return Answer::Regranted;
+        }
+        self.token = token;
+        out.event(Event::Registered { id, again: true });
+        self.send_candidates(out);
+        Answer::Registered
+    }
+
     /// The TURN server and credentials the server gave with our registration, once.
     pub fn take_grant(&mut self) -> Option<TurnGrant> {
         self.grant.take()
@@ -331,42 +364,20 @@ impl Server {
                     _ => self.fatal(format!("the server refused to register us: {detail}"), out),
                 }
             }
+            (State::Registered { .. }, msg @ Message::Registered { .. }) => {
+                return self.renewed(msg, out);
+            }
             (
                 State::Registered { .. },
-                Message::Registered {
-                    id,
-                    token,
-                    ttl_secs,
-                    key,
-                    turn,
-                    nonce,
+                msg @ Message::Error {
+                    code: ErrorCode::IdTaken,
+                    ..
                 },
             ) => {
-                if Some(id) != self.id {
-                    // Not our registration (our id was given away): the next keepalive
-                    // finds out and registers again.
-                    let message = Message::Registered {
-                        id,
-                        token,
-                        ttl_secs,
-                        key,
-                        turn,
-                        nonce,
-                    };
-                    out.ignore(self.addr, &message);
-                    return Answer::Handled;
-                }
-                self.grant = turn;
-                self.server_key = Some(key);
-                self.ttl = Duration::from_secs(u64::from(ttl_secs.max(1))).min(MAX_TTL);
-                if token != self.token {
-                    // The server had forgotten us and registered us again, with our id.
-                    self.token = token;
-                    out.event(Event::Registered { id, again: true });
-                    self.send_candidates(out);
-                    return Answer::Registered;
-                }
-                return Answer::Regranted;
+                // An answer to `renew_grant` from an address the server does not have us
+                // at (our router changed our port): the next keepalive tells it, and we
+                // register again then.
+                out.ignore(self.addr, &msg);
             }
             (State::Registered { .. }, Message::Error { code, detail, .. }) => {
                 if code == ErrorCode::NotRegistered {
@@ -390,16 +401,6 @@ impl Server {
                             .into(),
                     });
                     self.register_again(now, self.id, out);
-                } else if code == ErrorCode::IdTaken {
-                    // An answer to `renew_grant` from an address the server does not have
-                    // us at (our router changed our port): the next keepalive tells it, and
-                    // we register again then.
-                    let message = Message::Error {
-                        code,
-                        detail,
-                        nonce: 0,
-                    };
-                    out.ignore(self.addr, &message);
                 } else {
                     out.event(Event::Notice {
                         message: format!("the server says: {detail}"),
