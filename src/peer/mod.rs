@@ -609,7 +609,7 @@ impl Peer {
                     n,
                     data,
                 } => {
-                    let opened = self.secure.open(from, id, session, n, &data, false)?;
+                    let opened = self.secure.open(from, id, session, n, &data, || false)?;
                     if !opened.known {
                         return None;
                     }
@@ -1448,7 +1448,9 @@ impl Peer {
                 n,
                 data,
             } => {
-                let elsewhere = self.may_be_new_path(from, session, src);
+                let (paths, sessions, punch) = (&self.paths, &self.sessions, &self.punch);
+                let elsewhere =
+                    || path_steps::may_be_new_path(paths, sessions, punch, from, session, src);
                 let Some(opened) = self.secure.open(src, from, session, n, &data, elsewhere) else {
                     return;
                 };

@@ -10,6 +10,9 @@ use std::time::Instant;
 
 use log::debug;
 
+use super::paths::Paths;
+use super::punch::Punches;
+use super::sessions::Sessions;
 use super::{paths, Event, Path, Peer};
 use crate::wire::{ClientId, Message, SessionId};
 
@@ -56,7 +59,8 @@ impl Peer {
         messages: Vec<Message>,
     ) {
         let ping = messages.iter().any(|m| matches!(m, Message::Ping { .. }));
-        if !ping || !self.may_be_new_path(from, session, src) {
+        // Opened because it may be a new path (`may_be_new_path`): only a `Ping` is acted on.
+        if !ping {
             self.secure.refused += 1;
             debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
             return;
@@ -64,21 +68,6 @@ impl Peer {
         self.secure.add_path(from, session, src);
         self.out.transmit(src, Message::Pong { from: me, session });
         self.check_path(now, from, src);
-    }
-
-    /// Whether a `Sealed` of `session` from `src`, an address the session does not use,
-    /// may be a direct path opening: the session is the one on the relay with `from`, and
-    /// `src` is at one of the IPs its introduction gave. Only then is it opened (and, if it
-    /// is a `Ping`, answered).
-    pub(super) fn may_be_new_path(
-        &self,
-        from: ClientId,
-        session: SessionId,
-        src: SocketAddr,
-    ) -> bool {
-        self.paths.is_on_relay(from)
-            && self.sessions.connected_session(from) == Some(session)
-            && self.punch.is_peer_ip(from, src.ip())
     }
 
     /// A sign of a direct path to `peer`, whose session is on the relay, at `addr`: check
@@ -165,4 +154,22 @@ impl Peer {
             .is_some_and(|a| a != src && self.punch.heard_from(peer, a));
         !pinned && self.punch.heard_from(peer, src)
     }
+}
+
+/// Whether a `Sealed` of `session` from `src`, an address the session does not use, may be
+/// a direct path opening: the session is the one on the relay with `from`, and `src` is at
+/// one of the IPs its introduction gave. Only then is it opened (and, if it is a `Ping`,
+/// answered). Free of `Peer` so that it can be asked while `Peer::secure` is borrowed, and
+/// only for such a datagram (not on every `Sealed`).
+pub(super) fn may_be_new_path(
+    paths: &Paths,
+    sessions: &Sessions,
+    punch: &Punches,
+    from: ClientId,
+    session: SessionId,
+    src: SocketAddr,
+) -> bool {
+    paths.is_on_relay(from)
+        && sessions.connected_session(from) == Some(session)
+        && punch.is_peer_ip(from, src.ip())
 }

@@ -887,8 +887,8 @@ impl Secure {
 
     /// Opens a `Sealed` from `from` at `src`: its messages, each of that session and sender,
     /// or `None` (counted) if it is forged, replayed, or of a session we hold no keys for.
-    /// From an address the session does not use, it is opened only if `elsewhere` (it may
-    /// be a new path), else refused unopened: a copy replayed from elsewhere neither costs
+    /// From an address the session does not use, it is opened only if `elsewhere()` says
+    /// it may be a new path (asked only then), else refused unopened: a copy replayed from elsewhere neither costs
     /// an AEAD open nor takes the original's counter.
     pub fn open(
         &mut self,
@@ -897,7 +897,7 @@ impl Secure {
         session: SessionId,
         n: u64,
         data: &[u8],
-        elsewhere: bool,
+        elsewhere: impl FnOnce() -> bool,
     ) -> Option<Opened> {
         let opened = self.open_inner(src, from, session, n, data, elsewhere);
         if opened.is_none() {
@@ -913,11 +913,11 @@ impl Secure {
         session: SessionId,
         n: u64,
         data: &[u8],
-        elsewhere: bool,
+        elsewhere: impl FnOnce() -> bool,
     ) -> Option<Opened> {
         let t = self.transports.get_mut(&(from, session))?;
         let (addr, known) = (t.addr, t.speaks_on(src));
-        if !known && !elsewhere {
+        if !known && !elsewhere() {
             debug!("{src}: Sealed of session {session} from an address it does not use: dropped");
             return None;
         }
