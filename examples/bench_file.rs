@@ -94,6 +94,11 @@ fn main() {
             "  peak memory (VmHWM): sender {} KiB, receiver {} KiB; sender retransmitted {} chunks",
             p2p.sender_hwm_kib, p2p.receiver_hwm_kib, p2p.retransmissions
         );
+        println!(
+            "  sender's most bytes in flight {} KiB (window peak {} KiB)",
+            p2p.in_flight / 1024,
+            p2p.max_window / 1024
+        );
         results.push((size, p2p_rate / bare_rate, p2p));
     }
     server.stop();
@@ -218,6 +223,9 @@ struct Transfer {
     sender_hwm_kib: u64,
     receiver_hwm_kib: u64,
     retransmissions: u64,
+    /// The most bytes the sender had in flight, and its congestion window's peak.
+    in_flight: u64,
+    max_window: u64,
     received_path: PathBuf,
     /// Datagrams the sender and the receiver sent.
     chunks: u64,
@@ -249,6 +257,8 @@ fn transfer(server: SocketAddr, path: &Path, downloads: &Path) -> Transfer {
     let receiver_hwm_kib = field(&mut rlines, "hwm").parse().unwrap();
     let retransmissions = field(&mut slines, "retransmissions").parse().unwrap();
     let chunks: u64 = field(&mut slines, "datagrams").parse().unwrap();
+    let inflight = field(&mut slines, "inflight");
+    let (in_flight, max_window) = inflight.split_once(' ').expect("two numbers");
     let sender_hwm_kib = field(&mut slines, "hwm").parse().unwrap();
     assert!(receiver.wait().unwrap().success(), "the receiver failed");
     assert!(sender.wait().unwrap().success(), "the sender failed");
@@ -258,6 +268,8 @@ fn transfer(server: SocketAddr, path: &Path, downloads: &Path) -> Transfer {
         sender_hwm_kib,
         receiver_hwm_kib,
         retransmissions,
+        in_flight: in_flight.parse().unwrap(),
+        max_window: max_window.parse().unwrap(),
         received_path,
         chunks,
         acks,
@@ -334,8 +346,15 @@ fn child_sender(server: &str, peer: &str, path: &str) {
     let peer: ClientId = peer.parse().unwrap();
     let cfg = peer_config(server.parse().unwrap());
     let mut ep = Endpoint::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+    // The congestion window's peak and the most bytes in flight, reported with the peak
+    // memory (the sender reads each chunk as it leaves and keeps no copy for a resend, so
+    // its memory should not follow them).
+    let mut most = (0u64, 0u64);
     loop {
         ep.turn(Some(Duration::from_millis(50)), |_| {}).unwrap();
+        for (_, st) in ep.peer().sender_stats() {
+            most = (most.0.max(st.max_window), most.1.max(st.max_in_flight));
+        }
         while let Some(ev) = ep.peer().poll_event() {
             match ev {
                 Event::Registered { .. } => ep.peer().connect(Instant::now(), peer).unwrap(),
@@ -358,6 +377,7 @@ fn child_sender(server: &str, peer: &str, path: &str) {
                 Event::FileSent { .. } => {
                     println!("retransmissions {}", ep.peer().chunk_retransmissions());
                     println!("datagrams {}", ep.datagrams().0);
+                    println!("inflight {} {}", most.1, most.0);
                     println!("hwm {}", peak_memory_kib());
                     return;
                 }

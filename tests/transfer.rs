@@ -605,3 +605,109 @@ fn an_offer_refused_for_want_of_space_fails_as_no_space_on_both_sides() {
         "not enough free space in the downloads directory: the file needs 1.0 PiB, 3.0 GiB are free"
     );
 }
+
+/// A source over bytes in memory that counts its reads, and fails every read at or past
+/// `fail_from` (a disk that goes bad mid-transfer).
+struct CountingSource {
+    data: Vec<u8>,
+    reads: Arc<Mutex<u64>>,
+    fail_from: u64,
+}
+
+impl p2pchat::peer::FileSource for CountingSource {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        *self.reads.lock().unwrap() += 1;
+        if offset >= self.fail_from {
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        let start = (offset as usize).min(self.data.len());
+        let n = buf.len().min(self.data.len() - start);
+        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        Ok(n)
+    }
+}
+
+fn offer_from(sim: &mut Sim, data: &[u8], source: CountingSource) -> u64 {
+    let to = sim.id(1);
+    let (size, digest) = (data.len() as u64, sha256(data));
+    sim.command(0, |p, now| {
+        p.send_file(now, Some(to), "counted.bin", size, digest, Box::new(source))
+    })
+    .expect("sendfile");
+    sim.expect(secs(120), "the offer arrives", |s| {
+        s.has(1, |e| matches!(e, Event::FileOffer { .. }))
+    });
+    sim.events(1)
+        .iter()
+        .find_map(|e| match e {
+            Event::FileOffer { n, .. } => Some(*n),
+            _ => None,
+        })
+        .expect("offered")
+}
+
+/// The sender keeps no copy of the chunks in flight: each copy it sends, a resend too, is
+/// read from the source as it leaves. Through 30% loss the file arrives whole, and the
+/// source was read once per chunk sent (first copies and resends), more than once per chunk.
+#[test]
+fn every_chunk_sent_is_read_as_it_leaves_resends_too() {
+    let seed = 3;
+    println!("seed {seed}");
+    let cfg = patient_config();
+    let mut sim = connected(seed, NetConfig::lossy(0.3, 0.1), &cfg);
+    let chunks = 120;
+    let data = file_bytes(chunks * CHUNK_SIZE, seed);
+    let reads = Arc::new(Mutex::new(0));
+    let source = CountingSource {
+        data: data.clone(),
+        reads: Arc::clone(&reads),
+        fail_from: u64::MAX,
+    };
+    let n = offer_from(&mut sim, &data, source);
+    let written = get(&mut sim, n);
+    sim.expect(secs(600), "the file is received and confirmed", |s| {
+        s.has(1, |e| matches!(e, Event::FileReceived { .. }))
+            && s.has(0, |e| matches!(e, Event::FileSent { .. }))
+    });
+    assert!(written.lock().unwrap().data == data, "the bytes differ");
+    let sent = sim
+        .sent_by(sim.addr(0), |m| matches!(m, Message::Chunk { .. }))
+        .len() as u64;
+    let reads = *reads.lock().unwrap();
+    println!("{chunks} chunks, {sent} sent, {reads} reads");
+    assert_eq!(reads, sent, "one read per chunk sent");
+    assert!(sent > chunks as u64, "30% loss and no resend?");
+}
+
+/// A source that fails mid-transfer fails it on both sides (disk_error at the sender), and
+/// nothing of it is left at the receiver.
+#[test]
+fn a_source_that_fails_mid_transfer_fails_it_on_both_sides() {
+    let seed = 4;
+    println!("seed {seed}");
+    let cfg = default_config().with_file_defaults();
+    let mut sim = connected(seed, NetConfig::perfect(), &cfg);
+    let data = file_bytes(200 * CHUNK_SIZE, seed);
+    let source = CountingSource {
+        data: data.clone(),
+        reads: Arc::new(Mutex::new(0)),
+        fail_from: 50 * CHUNK_SIZE as u64,
+    };
+    let n = offer_from(&mut sim, &data, source);
+    let written = get(&mut sim, n);
+    sim.expect(secs(120), "failed on both sides", |s| {
+        failed(s, 0).is_some() && failed(s, 1).is_some()
+    });
+    assert!(
+        matches!(failed(&sim, 0), Some(TransferFailure::DiskError(d)) if d.contains("the disk went away")),
+        "{:?}",
+        failed(&sim, 0)
+    );
+    // The receiver is told it was the peer's disk (an empty detail).
+    assert_eq!(
+        failed(&sim, 1),
+        Some(TransferFailure::DiskError(String::new()))
+    );
+    let w = written.lock().unwrap();
+    assert!(w.aborted && !w.finished && w.data.is_empty());
+}

@@ -104,11 +104,13 @@ pub struct SenderStats {
     pub fast_exits: u64,
 }
 
-/// What [`ChunkSender::poll_transmit`] asks to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing<'a> {
+/// What [`ChunkSender::poll_transmit`] asks to send: chunk `seq`, of `len` bytes. The
+/// sender keeps no copy of the chunks' bytes (the caller reads them again for a resend), so
+/// that its memory does not follow its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outgoing {
     pub seq: u64,
-    pub data: &'a [u8],
+    pub len: usize,
     /// True when this is not the chunk's first copy.
     pub retransmit: bool,
 }
@@ -124,7 +126,8 @@ struct Transmission {
 
 #[derive(Debug, Clone)]
 struct Chunk {
-    data: Vec<u8>,
+    /// Bytes of data.
+    len: usize,
     /// Its transmissions still in flight.
     in_flight: Vec<u64>,
     sends: u32,
@@ -150,7 +153,7 @@ pub struct ChunkSender {
     /// Chunks sent and not acknowledged, by number.
     chunks: BTreeMap<u64, Chunk>,
     /// Chunks pushed and never sent.
-    waiting: VecDeque<(u64, Vec<u8>)>,
+    waiting: VecDeque<(u64, usize)>,
     /// Chunks declared lost, to resend, lowest first.
     due: BTreeSet<u64>,
     cumulative: u64,
@@ -221,17 +224,17 @@ impl ChunkSender {
         }
     }
 
-    /// Numbers the next chunk and queues it; returns its number.
-    pub fn push(&mut self, data: Vec<u8>) -> u64 {
+    /// Numbers the next chunk, of `len` bytes, and queues it; returns its number.
+    pub fn push(&mut self, len: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.waiting.push_back((seq, data));
+        self.waiting.push_back((seq, len));
         seq
     }
 
     /// True when a new chunk pushed now could leave as far as the receiver's window and the
-    /// congestion window go (the pacer aside): the time to read the next one, and not
-    /// before, so that the sender holds no more than it has in flight.
+    /// congestion window go (the pacer aside): the time to push the next one, and not
+    /// before.
     pub fn wants_data(&self) -> bool {
         self.waiting.is_empty()
             && self.next_seq <= self.limit
@@ -244,7 +247,7 @@ impl ChunkSender {
 
     /// The next chunk to send now, if any: a probe, else a resend, else a new chunk, as the
     /// windows and the pacer allow. Call until it returns `None`.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Outgoing<'_>> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Outgoing> {
         self.paced_until = None;
         if self.broken {
             return None;
@@ -305,11 +308,11 @@ impl ChunkSender {
         if self.waiting.front()?.0 > self.limit {
             return None;
         }
-        let (seq, data) = self.waiting.pop_front()?;
+        let (seq, len) = self.waiting.pop_front()?;
         self.chunks.insert(
             seq,
             Chunk {
-                data,
+                len,
                 in_flight: Vec::new(),
                 sends: 0,
                 due: false,
@@ -318,7 +321,7 @@ impl ChunkSender {
         Some(seq)
     }
 
-    fn send(&mut self, now: Instant, seq: u64) -> Outgoing<'_> {
+    fn send(&mut self, now: Instant, seq: u64) -> Outgoing {
         let pn = self.next_pn;
         self.next_pn += 1;
         let window = self.controller.window();
@@ -326,7 +329,8 @@ impl ChunkSender {
             .chunks
             .get_mut(&seq)
             .expect("sent chunks are in the table");
-        let bytes = chunk.data.len() as u64 + self.config.overhead;
+        let len = chunk.len;
+        let bytes = len as u64 + self.config.overhead;
         let retransmit = chunk.sends > 0;
         chunk.sends += 1;
         chunk.due = false;
@@ -349,10 +353,9 @@ impl ChunkSender {
             self.stats.retransmissions += 1;
         }
         self.stats.max_in_flight = self.stats.max_in_flight.max(self.bytes_in_flight);
-        let chunk = &self.chunks[&seq];
         Outgoing {
             seq,
-            data: &chunk.data,
+            len,
             retransmit,
         }
     }
@@ -736,7 +739,7 @@ mod tests {
             },
         );
         for _ in 0..chunks {
-            s.push(vec![0; crate::wire::CHUNK_SIZE]);
+            s.push(crate::wire::CHUNK_SIZE);
         }
         s
     }
@@ -793,7 +796,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ChunkSender::new(t0, SenderConfig::default());
         for _ in 0..200 {
-            s.push(vec![0; 1056]);
+            s.push(1056);
         }
         // Before any round trip: a burst of 10, then the rest at 4 x the initial window
         // over the initial RTT (333 ms; 4: fast start's pacing gain), until the window is

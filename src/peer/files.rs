@@ -6,9 +6,10 @@
 //! [`FileSource`] (offerer) or a [`FileSink`] (receiver) that the driver implements with
 //! real files (the client's `downloads` module) and the tests in memory, and `now` is passed in.
 //!
-//! Memory stays bounded whatever the size of the file: the offerer reads a chunk only when
-//! it can leave (its congestion window and the receiver's window have room), so it holds
-//! at most what is in flight, plus one; the receiver holds at most `receive_window` chunks
+//! Memory stays bounded whatever the size of the file: the offerer reads a chunk only as
+//! it leaves (its congestion window and the receiver's window have room), and reads it
+//! again for a resend, so it holds no chunk's bytes between sends, whatever its window; the
+//! receiver holds at most `receive_window` chunks
 //! that arrived early (it advertises that window in its `ChunkAck`s and drops what is
 //! beyond) and writes every chunk as soon as it is next in order. Both SHA-256 digests are
 //! computed while streaming (the offerer's by the driver before offering, since the offer

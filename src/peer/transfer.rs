@@ -231,10 +231,11 @@ impl Transfer {
         }
     }
 
-    /// Reads and queues the chunks the windows and the pacer let go now (a chunk is read
-    /// only when it can leave: the sender holds no more than it has in flight, plus one),
-    /// and reports progress at most every `interval`. A file that cannot be read fails the
-    /// transfer: the reason is returned (what was read is still sent).
+    /// Sends the chunks the windows and the pacer let go now, each read from the source as
+    /// it leaves (a resend is read again: the sender holds no chunk's bytes between sends,
+    /// whatever its window), and reports progress at most every `interval`. A file that
+    /// cannot be read fails the transfer: the reason is returned (what was sent before
+    /// stays sent).
     pub fn flush(
         &mut self,
         now: Instant,
@@ -252,21 +253,22 @@ impl Transfer {
         } = &mut self.kind
         {
             loop {
-                if failed.is_none() && *next_chunk <= self.chunks && tx.wants_data() {
+                if *next_chunk <= self.chunks && tx.wants_data() {
                     let offset = (*next_chunk - 1) * CHUNK_SIZE as u64;
-                    let len = (self.size - offset).min(CHUNK_SIZE as u64) as usize;
-                    let mut data = vec![0u8; len];
-                    match read_full(source.as_mut(), offset, &mut data) {
-                        Ok(()) => {
-                            tx.push(data);
-                            *next_chunk += 1;
-                        }
-                        Err(e) => failed = Some(TransferFailure::DiskError(e.to_string())),
-                    }
+                    tx.push((self.size - offset).min(CHUNK_SIZE as u64) as usize);
+                    *next_chunk += 1;
                 }
                 let Some(chunk) = tx.poll_transmit(now) else {
                     break;
                 };
+                // Read as it leaves, a first copy or a resend: nothing of the file is held
+                // between sends.
+                let mut data = vec![0u8; chunk.len];
+                let offset = (chunk.seq - 1) * CHUNK_SIZE as u64;
+                if let Err(e) = read_full(source.as_mut(), offset, &mut data) {
+                    failed = Some(TransferFailure::DiskError(e.to_string()));
+                    break;
+                }
                 out.transmit(
                     self.link.addr,
                     Message::Chunk {
@@ -274,7 +276,7 @@ impl Transfer {
                         session: self.link.session,
                         n: self.wire_n,
                         seq: chunk.seq,
-                        data: chunk.data.to_vec(),
+                        data,
                     },
                 );
             }
